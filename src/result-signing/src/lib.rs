@@ -1,0 +1,198 @@
+//! The signed answer of `POST /process_data`: its wire types, the exact bytes
+//! that are signed, and how to sign and verify them.
+//!
+//! The server signs, clients verify, and third parties (a JS verifier,
+//! on-chain code) rebuild the signed bytes themselves, so the layout below is
+//! a contract. Nothing in this crate depends on the server or the client.
+//!
+//! # The JSON a client receives
+//!
+//! ```json
+//! {"response": {"intent": 0, "timestamp_ms": 1700000000000, "data": { ...TaskResult... }},
+//!  "signature": "<128 hex digits>"}
+//! ```
+//!
+//! # The signed bytes
+//!
+//! The signature covers the [BCS] encoding of [`IntentMessage`]`<`[`TaskResult`]`>`,
+//! fields in declaration order, nothing else (no JSON, no domain prefix
+//! besides `intent`):
+//!
+//! | field | type | BCS encoding |
+//! |---|---|---|
+//! | `intent` | `u8` | 1 byte; [`INTENT_TASK_RESULT`] = 0 |
+//! | `timestamp_ms` | `u64` | 8 bytes little-endian |
+//! | `data.task_id` | `String` | ULEB128 byte length, UTF-8 bytes |
+//! | `data.task_path` | `String` | same |
+//! | `data.task_digest` | `String` | same (64 lowercase hex digits) |
+//! | `data.args` | `Vec<String>` | ULEB128 count, then each string |
+//! | `data.stdin_sha256` | `Option<String>` | `00`, or `01` then the string |
+//! | `data.nonce` | `Option<String>` | same |
+//! | `data.status` | `String` | `"success"` or `"failed"` |
+//! | `data.exit_code` | `Option<i32>` | `00`, or `01` then 4 bytes little-endian |
+//! | `data.signal` | `Option<String>` | e.g. `"SIGKILL"` |
+//! | `data.stdout` | `String` | |
+//! | `data.stderr` | `String` | |
+//! | `data.stdout_truncated` | `bool` | `00` / `01` |
+//! | `data.stderr_truncated` | `bool` | `00` / `01` |
+//! | `data.execution_time_ms` | `u64` | 8 bytes little-endian |
+//!
+//! The signature is ECDSA over NIST P-256 with SHA-256 of those bytes,
+//! serialized as `r || s` (32 + 32 bytes, big-endian), with `s` in the lower
+//! half of the group order ("low-S"). Verifiers here reject high-S signatures,
+//! so a signature has exactly one valid encoding.
+//!
+//! # A worked example
+//!
+//! `tests/vectors/task_result_v1.json` holds a fixed key, a fixed message, its
+//! BCS bytes and its signature; `tests/vector.rs` checks all of them. Its
+//! message, with `args = ["1", "2"]`, `stdin_sha256 = None`,
+//! `nonce = Some("00ff")`, `exit_code = Some(0)`, encodes as:
+//!
+//! ```text
+//! 00                                  intent = 0
+//! 00 68 e5 cf 8b 01 00 00             timestamp_ms = 1700000000000
+//! 24 "0b8f4c5e-…"                     task_id: length 0x24 = 36, then 36 bytes
+//! 0b "nodejs-task"                    task_path
+//! 40 "e3b0…"                          task_digest: 64 hex digits
+//! 02 01 "1" 01 "2"                    args: 2 strings
+//! 00                                  stdin_sha256 = None
+//! 01 04 "00ff"                        nonce = Some("00ff")
+//! 07 "success"                        status
+//! 01 00 00 00 00                      exit_code = Some(0)
+//! 00                                  signal = None
+//! 0c "hello world\n"                  stdout
+//! 00                                  stderr = ""
+//! 00 00                               stdout_truncated, stderr_truncated
+//! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
+//! ```
+//!
+//! Lengths are ULEB128: a 200-byte stdout starts `c8 01`.
+//!
+//! [BCS]: https://github.com/diem/bcs
+
+use p256::ecdsa::signature::{Signer, Verifier};
+pub use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// `intent` of a signed task result. Other intents are reserved so that a
+/// signature over one kind of message can never be replayed as another.
+pub const INTENT_TASK_RESULT: u8 = 0;
+
+/// What a task did, as signed by the server. Field order is the BCS layout:
+/// never reorder, only append in a new intent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub task_path: String,
+    pub task_digest: String,
+    pub args: Vec<String>,
+    pub stdin_sha256: Option<String>,
+    pub nonce: Option<String>,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub execution_time_ms: u64,
+}
+
+/// The message that is signed: a typed payload with an intent and the
+/// signing time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IntentMessage<T> {
+    pub intent: u8,
+    pub timestamp_ms: u64,
+    pub data: T,
+}
+
+/// The JSON body of a successful `POST /process_data`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedResponse<T> {
+    pub response: IntentMessage<T>,
+    /// Hex of the 64-byte `r || s` signature.
+    pub signature: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("message cannot be BCS-encoded: {0}")]
+    Encode(#[from] bcs::Error),
+    #[error("signature is not 64 bytes of hex (r || s)")]
+    MalformedSignature,
+    #[error("signature is not low-S normalized")]
+    HighS,
+    #[error("signature does not verify against the attested public key")]
+    BadSignature,
+    #[error("intent is {found}, expected {expected}")]
+    WrongIntent { expected: u8, found: u8 },
+}
+
+impl<T: Serialize> IntentMessage<T> {
+    pub fn new(intent: u8, timestamp_ms: u64, data: T) -> Self {
+        Self {
+            intent,
+            timestamp_ms,
+            data,
+        }
+    }
+
+    /// The exact bytes the signature covers.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, Error> {
+        Ok(bcs::to_bytes(self)?)
+    }
+
+    /// Signs with RFC 6979 deterministic nonces and returns the low-S form.
+    pub fn sign(self, key: &SigningKey) -> Result<SignedResponse<T>, Error> {
+        let bytes = self.signing_bytes()?;
+        let signature: Signature = key.sign(&bytes);
+        let signature = signature.normalize_s().unwrap_or(signature);
+        Ok(SignedResponse {
+            response: self,
+            signature: hex::encode(signature.to_bytes()),
+        })
+    }
+}
+
+impl<T: Serialize> SignedResponse<T> {
+    /// Parses the hex signature strictly: exactly 64 bytes, both scalars in
+    /// range, low-S.
+    pub fn parsed_signature(&self) -> Result<Signature, Error> {
+        let raw = hex::decode(&self.signature).map_err(|_| Error::MalformedSignature)?;
+        let signature = Signature::from_slice(&raw).map_err(|_| Error::MalformedSignature)?;
+        if signature.normalize_s().is_some() {
+            return Err(Error::HighS);
+        }
+        Ok(signature)
+    }
+
+    /// Checks that `key` signed exactly this response with the expected intent.
+    pub fn verify(&self, key: &VerifyingKey, expected_intent: u8) -> Result<(), Error> {
+        if self.response.intent != expected_intent {
+            return Err(Error::WrongIntent {
+                expected: expected_intent,
+                found: self.response.intent,
+            });
+        }
+        let signature = self.parsed_signature()?;
+        let bytes = self.response.signing_bytes()?;
+        key.verify(&bytes, &signature)
+            .map_err(|_| Error::BadSignature)
+    }
+}
+
+/// The attested form of a public key: 33-byte compressed SEC1.
+pub fn encode_public_key(key: &VerifyingKey) -> Vec<u8> {
+    key.to_encoded_point(true).as_bytes().to_vec()
+}
+
+/// Parses a SEC1 P-256 point (compressed or not), as found in an
+/// attestation document's `public_key`.
+pub fn decode_public_key(sec1: &[u8]) -> Option<VerifyingKey> {
+    VerifyingKey::from_sec1_bytes(sec1).ok()
+}
