@@ -1,0 +1,132 @@
+//! The endpoints every Nautilus server has, whatever its tasks:
+//! attestation, manifest and health.
+
+use std::sync::Arc;
+
+use attestation_dev::AttestationRequest;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::error::EnclaveError;
+use crate::state::AppState;
+
+pub use result_signing::{IntentMessage, TaskResult};
+
+/// The body of every `POST /process_data`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessDataRequest<T> {
+    pub payload: T,
+}
+
+/// A signed answer: `{"response": {"intent", "timestamp_ms", "data"}, "signature"}`.
+pub type ProcessedDataResponse<T> = result_signing::SignedResponse<T>;
+
+/// Longest nonce the NSM accepts in an attestation document.
+pub const MAX_ATTESTATION_NONCE_BYTES: usize = 512;
+
+/// Parses a client nonce: non-empty hex of at most `max` bytes.
+pub fn parse_hex_nonce(hex_nonce: &str, max: usize) -> Result<Vec<u8>, EnclaveError> {
+    // Check the length before decoding so an oversized nonce costs nothing.
+    if hex_nonce.len() > max * 2 {
+        return Err(EnclaveError::BadRequest(format!(
+            "nonce is too long: {} hex digits, at most {} ({max} bytes) allowed",
+            hex_nonce.len(),
+            max * 2
+        )));
+    }
+    if hex_nonce.is_empty() {
+        return Err(EnclaveError::BadRequest("nonce is empty".into()));
+    }
+    hex::decode(hex_nonce)
+        .map_err(|e| EnclaveError::BadRequest(format!("nonce is not valid hex: {e}")))
+}
+
+pub async fn ping() -> &'static str {
+    "Pong!"
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationQuery {
+    pub nonce: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GetAttestationResponse {
+    /// Hex of the COSE_Sign1 attestation document.
+    pub attestation: String,
+}
+
+/// Returns a fresh attestation document binding the server's public key and
+/// the manifest hash; the caller may only choose the nonce.
+pub async fn get_attestation(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<AttestationQuery>,
+) -> Result<Json<GetAttestationResponse>, EnclaveError> {
+    let nonce = query
+        .nonce
+        .as_deref()
+        .map(|n| parse_hex_nonce(n, MAX_ATTESTATION_NONCE_BYTES))
+        .transpose()?;
+    let attester = Arc::clone(state.attester());
+    let worker_state = Arc::clone(&state);
+    // The NSM call is a blocking ioctl; keep it off the async workers.
+    let document = tokio::task::spawn_blocking(move || {
+        attester.attest(AttestationRequest {
+            public_key: worker_state.public_key(),
+            user_data: worker_state.manifest().sha256(),
+            nonce: nonce.as_deref(),
+        })
+    })
+    .await
+    .map_err(|e| EnclaveError::Internal(format!("attestation worker failed: {e}")))??;
+    Ok(Json(GetAttestationResponse {
+        attestation: hex::encode(document),
+    }))
+}
+
+/// The manifest bytes, verbatim: their SHA-256 is the attested `user_data`.
+pub async fn manifest(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.manifest().bytes().clone(),
+    )
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Hex of the attested public key (compressed SEC1).
+    pub pk: String,
+    pub status: String,
+    pub attestation: String,
+    pub node_version: Option<String>,
+    pub tasks: usize,
+    pub running: usize,
+    pub queued: usize,
+    pub version: String,
+}
+
+pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthCheck> {
+    let stats = state.runner().stats();
+    let node_version = state.runner().node_version().map(str::to_owned);
+    Json(HealthCheck {
+        pk: hex::encode(state.public_key()),
+        // Without Node.js every task fails: say so rather than "ok".
+        status: if node_version.is_some() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        attestation: state.attestation_mode().as_str().into(),
+        node_version,
+        tasks: state.manifest().task_count(),
+        running: stats.running,
+        queued: stats.queued,
+        version: crate::SERVER_VERSION.into(),
+    })
+}

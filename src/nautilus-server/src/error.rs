@@ -1,0 +1,79 @@
+//! Every failure a client can see, and how it becomes an HTTP response.
+//!
+//! Each variant maps to one status; the body is always JSON with an `error`
+//! sentence. Task-runner sentences are passed through unchanged: they are part
+//! of the product's contract.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use task_runner::{ErrorKind, TaskError};
+
+/// How long a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnclaveError {
+    /// The request is malformed or outside a limit.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("attestation failed: {0}")]
+    Attestation(#[from] attestation_dev::AttestError),
+    #[error("could not sign the result: {0}")]
+    Signing(#[from] result_signing::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EnclaveError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EnclaveError::Task(e) => match e.kind() {
+                ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+                ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::ShuttingDown => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            EnclaveError::Attestation(_) | EnclaveError::Signing(_) | EnclaveError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+}
+
+impl IntoResponse for EnclaveError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = match &self {
+            // A timed-out task still produced output the caller may need to
+            // diagnose it; it is not signed because the task did not finish.
+            EnclaveError::Task(TaskError::Timeout { partial, .. }) => json!({
+                "error": self.to_string(),
+                "task_id": partial.task_id,
+                "stdout": partial.stdout,
+                "stderr": partial.stderr,
+                "stdout_truncated": partial.stdout_truncated,
+                "stderr_truncated": partial.stderr_truncated,
+            }),
+            _ => json!({ "error": self.to_string() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}

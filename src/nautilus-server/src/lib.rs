@@ -1,0 +1,52 @@
+//! The attested task server that runs inside an AWS Nitro Enclave.
+//!
+//! The whole flow fits in a few files:
+//!
+//! * [`state`]: at start the server makes an ephemeral P-256 key, opens the
+//!   attester (the NSM, or the software stand-in in dev mode), builds the
+//!   task runner and freezes the [`manifest`].
+//! * [`common`]: `GET /get_attestation` asks the attester for a document whose
+//!   `public_key` is the server's key and whose `user_data` is the SHA-256 of
+//!   the manifest bytes; `GET /health_check`, `GET /manifest`.
+//! * [`app`]: `POST /process_data` parses the request, runs the task through
+//!   [`task_runner`] and signs the result with [`result_signing`].
+//! * [`error`]: every failure is an [`error::EnclaveError`] that becomes a JSON
+//!   `{"error": ...}` response with the right status.
+//! * [`router`] wires the routes and middleware; [`transport`] listens on TCP
+//!   or vsock; [`metrics`] exports Prometheus text.
+//!
+//! Handlers can be called directly, without HTTP:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::{extract::State, Json};
+//! use nautilus_server::app::{process_data, TaskRequest};
+//! use nautilus_server::common::ProcessDataRequest;
+//! use nautilus_server::state::{AppState, ServerConfig};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let state = Arc::new(AppState::new(ServerConfig::dev())?);
+//! let request = ProcessDataRequest {
+//!     payload: TaskRequest {
+//!         task_path: Some("nodejs-task".into()),
+//!         args: Some(vec!["1".into(), "2".into()]),
+//!         ..Default::default()
+//!     },
+//! };
+//! let Json(signed) = process_data(State(state), Json(request)).await?;
+//! println!("exit code {:?}", signed.response.data.exit_code);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod app;
+pub mod common;
+pub mod error;
+pub mod manifest;
+pub mod metrics;
+pub mod router;
+pub mod state;
+pub mod transport;
+
+/// Version of this server, reported in the manifest and `/health_check`.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

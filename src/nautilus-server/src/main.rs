@@ -1,0 +1,196 @@
+//! `nautilus-server`: flags → [`ServerConfig`], then serve until SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::HeaderValue;
+use clap::Parser;
+use nautilus_server::router::router;
+use nautilus_server::state::{AppState, AttestationMode, ServerConfig};
+use nautilus_server::transport::{Bound, Listen};
+use task_runner::RunnerConfig;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Attested Node.js task server for AWS Nitro Enclaves")]
+struct Args {
+    /// `tcp://HOST:PORT` or `vsock://PORT`.
+    #[arg(long, env = "NAUTILUS_LISTEN", default_value = "tcp://127.0.0.1:3000")]
+    listen: Listen,
+    /// Directory whose subdirectories are the tasks.
+    #[arg(long, env = "NAUTILUS_TASKS_DIR", default_value = ".")]
+    tasks_dir: PathBuf,
+    /// `nsm` inside an enclave; `dev` for a local server with a throwaway CA.
+    #[arg(long, env = "NAUTILUS_ATTESTATION", value_enum, default_value_t = AttestationMode::Nsm)]
+    attestation: AttestationMode,
+    /// In dev mode, write the dev root CA certificate (PEM) here for clients.
+    #[arg(long, env = "NAUTILUS_DEV_ROOT_OUT")]
+    dev_root_out: Option<PathBuf>,
+    /// Node.js binary; default: `node` on PATH.
+    #[arg(long, env = "NAUTILUS_NODE")]
+    node: Option<PathBuf>,
+    /// Tasks running at once; default: number of CPUs.
+    #[arg(long, env = "NAUTILUS_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
+    /// Tasks waiting for a slot before new ones are refused with 503.
+    #[arg(long, env = "NAUTILUS_MAX_QUEUE")]
+    max_queue: Option<usize>,
+    /// Largest `timeout_secs` a request may ask for.
+    #[arg(long, env = "NAUTILUS_MAX_TIMEOUT_SECS")]
+    max_timeout_secs: Option<u64>,
+    /// Bytes kept of each of stdout and stderr.
+    #[arg(long, env = "NAUTILUS_MAX_OUTPUT_BYTES")]
+    max_output_bytes: Option<usize>,
+    /// Memory a task may use (bytes).
+    #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES")]
+    memory_limit_bytes: Option<u64>,
+    /// Largest request body (bytes).
+    #[arg(long, env = "NAUTILUS_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Browser origins allowed by CORS, comma-separated; default none.
+    #[arg(long, env = "NAUTILUS_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<HeaderValue>,
+    /// Names of server environment variables tasks may see.
+    #[arg(long, env = "NAUTILUS_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
+    /// On SIGTERM, seconds running tasks get before they are stopped.
+    #[arg(long, env = "NAUTILUS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "NAUTILUS_LOG_JSON")]
+    log_json: bool,
+}
+
+impl Args {
+    fn server_config(&self) -> ServerConfig {
+        let d = RunnerConfig::default();
+        ServerConfig {
+            attestation: self.attestation,
+            runner: RunnerConfig {
+                tasks_dir: self.tasks_dir.clone(),
+                node: self.node.clone(),
+                max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
+                max_queue: self.max_queue.unwrap_or(d.max_queue),
+                max_timeout_secs: self.max_timeout_secs.unwrap_or(d.max_timeout_secs),
+                max_output_bytes: self.max_output_bytes.unwrap_or(d.max_output_bytes),
+                memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
+                pass_env: self.pass_env.clone(),
+                ..d
+            },
+            max_body_bytes: self.max_body_bytes,
+            cors_origins: self.cors_origins.clone(),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_json);
+    // Before the key exists: no core dumps, no ptrace or /proc/<pid>/mem
+    // access by other uids (tasks run under those).
+    nautilus_server::state::harden_process().context("could not mark the process non-dumpable")?;
+
+    let config = args.server_config();
+    let grace = config.shutdown_grace;
+    let state = Arc::new(AppState::new(config)?);
+
+    if let Some(path) = &args.dev_root_out {
+        let pem = state
+            .dev_root_pem()
+            .context("--dev-root-out only makes sense with --attestation dev")?;
+        write_file(path, pem)
+            .with_context(|| format!("writing the dev root to {}", path.display()))?;
+    }
+
+    let bound = Bound::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let local = bound.local_addr()?;
+    announce(&state, &local, args.dev_root_out.as_deref());
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stopping = async move {
+        // An error means the sender is gone: stop too.
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let serve = tokio::spawn(bound.serve(router(Arc::clone(&state)), stopping));
+
+    wait_for_signal().await?;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: no new requests, finishing running tasks"
+    );
+    let _ = stop_tx.send(true);
+    // Tasks still running after the grace period are stopped; their requests
+    // then complete and the server drains.
+    state.runner().shutdown(grace).await;
+    match tokio::time::timeout(Duration::from_secs(5), serve).await {
+        Ok(joined) => joined
+            .context("server task failed")?
+            .context("server failed")?,
+        Err(_) => tracing::warn!("connections still open 5 s after the tasks stopped; exiting"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn write_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, contents)
+}
+
+fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>) {
+    tracing::info!(
+        listen = %local,
+        attestation = state.attestation_mode().as_str(),
+        public_key = %hex::encode(state.public_key()),
+        node_version = state.runner().node_version().unwrap_or("NOT FOUND"),
+        tasks = state.manifest().task_count(),
+        "nautilus-server ready"
+    );
+    if let Listen::Tcp(addr) = local {
+        let base = format!("http://{addr}");
+        eprintln!("\nnautilus-server is listening on {base}");
+        eprintln!("  curl {base}/health_check");
+        eprintln!(
+            "  curl -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'"
+        );
+        if let Some(root) = dev_root {
+            eprintln!(
+                "  cargo run -q --bin nautilus-client -- run --url {base} --root {} --allow-debug -- 1 2 3",
+                root.display()
+            );
+        }
+        eprintln!();
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

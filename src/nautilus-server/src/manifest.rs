@@ -1,0 +1,91 @@
+//! `GET /manifest`: what this server is and what it will run.
+//!
+//! The attestation document's `user_data` is the SHA-256 of these exact
+//! bytes, so the manifest is serialized once at start and served verbatim
+//! for the life of the process: a client that hashes what it downloaded gets
+//! the value the enclave attested.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use task_runner::TaskInfo;
+
+use crate::state::{AttestationMode, ServerConfig};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub max_concurrent: usize,
+    pub max_queue: usize,
+    pub default_timeout_secs: u64,
+    pub max_timeout_secs: u64,
+    pub max_output_bytes: usize,
+    pub memory_limit_bytes: u64,
+    pub max_body_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_config(config: &ServerConfig) -> Self {
+        let r = &config.runner;
+        Self {
+            max_concurrent: r.max_concurrent,
+            max_queue: r.max_queue,
+            default_timeout_secs: r.default_timeout_secs,
+            max_timeout_secs: r.max_timeout_secs,
+            max_output_bytes: r.max_output_bytes,
+            memory_limit_bytes: r.memory_limit_bytes,
+            max_body_bytes: config.max_body_bytes,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ManifestBody<'a> {
+    server_version: &'a str,
+    attestation: &'a str,
+    node_version: Option<&'a str>,
+    limits: &'a Limits,
+    tasks: &'a [TaskInfo],
+}
+
+/// The frozen manifest: its bytes and their SHA-256.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    bytes: axum::body::Bytes,
+    sha256: [u8; 32],
+    task_count: usize,
+}
+
+impl Manifest {
+    pub fn new(
+        mode: AttestationMode,
+        node_version: Option<String>,
+        limits: Limits,
+        tasks: Vec<TaskInfo>,
+    ) -> Result<Self, serde_json::Error> {
+        let bytes = serde_json::to_vec(&ManifestBody {
+            server_version: crate::SERVER_VERSION,
+            attestation: mode.as_str(),
+            node_version: node_version.as_deref(),
+            limits: &limits,
+            tasks: &tasks,
+        })?;
+        let sha256 = Sha256::digest(&bytes).into();
+        Ok(Self {
+            bytes: bytes.into(),
+            sha256,
+            task_count: tasks.len(),
+        })
+    }
+
+    pub fn bytes(&self) -> &axum::body::Bytes {
+        &self.bytes
+    }
+
+    /// What the attestation document carries as `user_data`.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.task_count
+    }
+}

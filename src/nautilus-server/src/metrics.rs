@@ -1,0 +1,155 @@
+//! `GET /metrics`: Prometheus text exposition.
+//!
+//! Endpoint labels come from the matched route, never the raw path, so a
+//! scanner probing random URLs cannot grow the label set without bound.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use task_runner::{ErrorKind, TaskError, TaskResult};
+
+use crate::error::EnclaveError;
+use crate::state::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    tasks: Family<OutcomeLabels, Counter>,
+    task_duration: Histogram,
+    running: Gauge,
+    queued: Gauge,
+    shed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("nautilus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by endpoint and status",
+            requests.clone(),
+        );
+        let tasks = Family::<OutcomeLabels, Counter>::default();
+        registry.register("tasks", "Tasks by outcome", tasks.clone());
+        // 10 ms .. ~164 s: covers a trivial task up to the longest timeout.
+        let task_duration = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        registry.register(
+            "task_duration_seconds",
+            "Wall-clock time of tasks that ran",
+            task_duration.clone(),
+        );
+        let running = Gauge::default();
+        registry.register("tasks_running", "Tasks running now", running.clone());
+        let queued = Gauge::default();
+        registry.register("tasks_queued", "Tasks waiting for a slot", queued.clone());
+        let shed = Counter::default();
+        registry.register(
+            "tasks_shed",
+            "Tasks refused because the queue was full",
+            shed.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            tasks,
+            task_duration,
+            running,
+            queued,
+            shed,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_task(&self, outcome: &Result<TaskResult, TaskError>) {
+        let label = match outcome {
+            Ok(r) => {
+                self.task_duration
+                    .observe(r.execution_time_ms as f64 / 1000.0);
+                if r.status == "success" {
+                    "success"
+                } else {
+                    "failed"
+                }
+            }
+            Err(e) => match e.kind() {
+                ErrorKind::Timeout => "timeout",
+                ErrorKind::Busy => {
+                    self.shed.inc();
+                    "shed"
+                }
+                ErrorKind::InvalidRequest | ErrorKind::NotFound => "rejected",
+                ErrorKind::Unavailable | ErrorKind::ShuttingDown => "unavailable",
+                ErrorKind::Internal => "error",
+            },
+        };
+        self.tasks
+            .get_or_create(&OutcomeLabels { outcome: label })
+            .inc();
+    }
+}
+
+/// Counts every request by route and final status.
+pub async fn track_requests(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
+    let stats = state.runner().stats();
+    let m = &state.metrics;
+    m.running
+        .set(i64::try_from(stats.running).unwrap_or(i64::MAX));
+    m.queued
+        .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+    let mut body = String::new();
+    encode(&mut body, &m.registry)
+        .map_err(|e| EnclaveError::Internal(format!("metrics encoding failed: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}

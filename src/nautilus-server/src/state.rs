@@ -1,0 +1,187 @@
+//! Everything a request handler needs, built once at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attestation_dev::{AttestError, Attester, DevAttester, Mode, NsmAttester};
+use result_signing::{encode_public_key, SigningKey};
+use task_runner::{Runner, RunnerConfig};
+
+use crate::manifest::{Limits, Manifest};
+use crate::metrics::Metrics;
+
+/// Where attestation documents come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttestationMode {
+    /// The Nitro Secure Module at `/dev/nsm`: the only mode a verifier
+    /// trusting the AWS root accepts.
+    Nsm,
+    /// A software stand-in with a dev root CA generated at start, for local
+    /// development and tests. Its documents carry debug-mode (zero) PCRs and a
+    /// `dev-` module id, and chain to a root nobody else trusts.
+    Dev,
+}
+
+impl AttestationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttestationMode::Nsm => "nsm",
+            AttestationMode::Dev => "dev",
+        }
+    }
+}
+
+/// Server settings that are not transport: the binary maps flags onto this.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub attestation: AttestationMode,
+    pub runner: RunnerConfig,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Origins allowed to call the API from a browser; empty = no CORS.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+    /// On shutdown, how long running tasks may take before they are stopped.
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Dev attestation and the runner's defaults: what tests and examples use.
+    pub fn dev() -> Self {
+        Self {
+            attestation: AttestationMode::Dev,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            attestation: AttestationMode::Nsm,
+            runner: RunnerConfig::default(),
+            max_body_bytes: 2 * 1024 * 1024,
+            cors_origins: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "the Nitro Secure Module is not available ({0}); outside an enclave run with \
+         `--attestation dev` for a local development server"
+    )]
+    NsmUnavailable(#[source] AttestError),
+    #[error("could not create the dev attestation CA: {0}")]
+    DevAttester(#[source] AttestError),
+    #[error("invalid task runner configuration: {0}")]
+    Runner(#[from] task_runner::ConfigError),
+    #[error("could not list the tasks for the manifest: {0}")]
+    Tasks(#[source] task_runner::TaskError),
+    #[error("could not serialize the manifest: {0}")]
+    Manifest(#[from] serde_json::Error),
+}
+
+/// Shared, immutable-after-start server state. The signing key lives only
+/// here, in memory; it is never logged (it has no `Debug` that shows it) and
+/// never leaves the process.
+pub struct AppState {
+    signing_key: SigningKey,
+    public_key: Vec<u8>,
+    attester: Arc<dyn Attester>,
+    dev_root_pem: Option<String>,
+    pub(crate) runner: Runner,
+    manifest: Manifest,
+    pub(crate) metrics: Metrics,
+    pub(crate) config: ServerConfig,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig) -> Result<Self, StartupError> {
+        let (attester, dev_root_pem): (Arc<dyn Attester>, _) = match config.attestation {
+            AttestationMode::Nsm => (
+                Arc::new(NsmAttester::open().map_err(StartupError::NsmUnavailable)?),
+                None,
+            ),
+            AttestationMode::Dev => {
+                let dev = DevAttester::generate().map_err(StartupError::DevAttester)?;
+                let pem = dev.root_pem();
+                (Arc::new(dev), Some(pem))
+            }
+        };
+        debug_assert_eq!(
+            attester.mode() == Mode::Dev,
+            config.attestation == AttestationMode::Dev
+        );
+
+        let signing_key = SigningKey::random(&mut rand_core::OsRng);
+        let public_key = encode_public_key(signing_key.verifying_key());
+
+        let runner = Runner::new(config.runner.clone())?;
+        let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
+        let manifest = Manifest::new(
+            config.attestation,
+            runner.node_version().map(str::to_owned),
+            Limits::from_config(&config),
+            tasks,
+        )?;
+
+        Ok(Self {
+            signing_key,
+            public_key,
+            attester,
+            dev_root_pem,
+            runner,
+            manifest,
+            metrics: Metrics::default(),
+            config,
+        })
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
+    /// The attested public key: 33-byte compressed SEC1.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    pub fn attester(&self) -> &Arc<dyn Attester> {
+        &self.attester
+    }
+
+    pub fn attestation_mode(&self) -> AttestationMode {
+        self.config.attestation
+    }
+
+    /// PEM of the dev root CA, in dev mode only.
+    pub fn dev_root_pem(&self) -> Option<&str> {
+        self.dev_root_pem.as_deref()
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+}
+
+/// Marks the process non-dumpable: no core dumps, and other uids (the tasks)
+/// can neither ptrace it nor open its `/proc/<pid>/mem` or `environ`, where
+/// the signing key and the operator's secrets live.
+pub fn harden_process() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

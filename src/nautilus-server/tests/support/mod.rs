@@ -1,0 +1,109 @@
+//! A real server on a loopback port, for the HTTP tests.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nautilus_server::router::router;
+use nautilus_server::state::{AppState, ServerConfig};
+use nautilus_server::transport::{Bound, Listen};
+use tokio::sync::oneshot;
+
+pub fn fixture_tasks() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Dev attestation, fixture tasks, short timeouts.
+pub fn config() -> ServerConfig {
+    let mut c = ServerConfig::dev();
+    c.runner.tasks_dir = fixture_tasks();
+    c.runner.max_timeout_secs = 20;
+    c.runner.kill_grace = Duration::from_millis(500);
+    c
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub state: Arc<AppState>,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> Self {
+        let state = Arc::new(AppState::new(config).expect("server state"));
+        let bound = Bound::bind(Listen::Tcp("127.0.0.1:0".parse().expect("addr")))
+            .await
+            .expect("bind loopback");
+        let Listen::Tcp(addr) = bound.local_addr().expect("local addr") else {
+            unreachable!("bound to TCP")
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(bound.serve(router(Arc::clone(&state)), async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            http,
+            stop: Some(stop),
+            serving: Some(serving),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request answered")
+    }
+
+    /// Stops accepting, stops running tasks and waits for the server to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.state.runner().shutdown(Duration::from_secs(1)).await;
+        if let Some(serving) = self.serving.take() {
+            tokio::time::timeout(Duration::from_secs(10), serving)
+                .await
+                .expect("server drained in time")
+                .expect("server task")
+                .expect("server io");
+        }
+    }
+}
+
+/// Asserts the response is a JSON error with this status and returns its body.
+pub async fn expect_error(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(ct.starts_with("application/json"), "error content-type {ct:?}");
+    let body: serde_json::Value = resp.json().await.expect("JSON error body");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "no error sentence in {body}"
+    );
+    body
+}
