@@ -17,7 +17,7 @@
 //!
 //! Handlers can be called directly, without HTTP:
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use axum::{extract::State, Json};
 //! use nautilus_server::app::{process_data, TaskRequest};
@@ -25,7 +25,9 @@
 //! use nautilus_server::state::{AppState, ServerConfig};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
-//! let state = Arc::new(AppState::new(ServerConfig::dev())?);
+//! let mut config = ServerConfig::dev();
+//! # config.runner.tasks_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../..").into();
+//! let state = Arc::new(AppState::new(config)?);
 //! let request = ProcessDataRequest {
 //!     payload: TaskRequest {
 //!         task_path: Some("nodejs-task".into()),
@@ -37,6 +39,7 @@
 //! println!("exit code {:?}", signed.response.data.exit_code);
 //! # Ok(())
 //! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
 pub mod app;

@@ -17,15 +17,33 @@ async fn malformed_requests_are_400_json() {
     };
 
     let e = expect_error(post_raw("{not json").await.expect("answered"), 400).await;
-    assert!(e["error"].as_str().unwrap_or_default().contains("JSON"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap_or_default().contains("JSON"),
+        "{e}"
+    );
     // Valid JSON of the wrong shape is also the client's fault: 400, not 422.
-    expect_error(post_raw(r#"{"payload": {"args": "x"}}"#).await.expect("answered"), 400).await;
-    expect_error(post_raw(r#"{"payload": {"surprise": 1}}"#).await.expect("answered"), 400).await;
+    expect_error(
+        post_raw(r#"{"payload": {"args": "x"}}"#)
+            .await
+            .expect("answered"),
+        400,
+    )
+    .await;
+    expect_error(
+        post_raw(r#"{"payload": {"surprise": 1}}"#)
+            .await
+            .expect("answered"),
+        400,
+    )
+    .await;
     expect_error(post_raw(r#"{}"#).await.expect("answered"), 400).await;
 
     for (payload, needle) in [
         (json!({"task_path": "echo", "nonce": "zz"}), "hex"),
-        (json!({"task_path": "echo", "nonce": "ab".repeat(65)}), "too long"),
+        (
+            json!({"task_path": "echo", "nonce": "ab".repeat(65)}),
+            "too long",
+        ),
         (json!({"task_path": "echo", "nonce": ""}), "empty"),
         (json!({"task_path": "../echo"}), ""),
         (json!({"task_path": "/etc"}), ""),
@@ -33,12 +51,22 @@ async fn malformed_requests_are_400_json() {
         (json!({"task_path": "echo", "timeout_secs": 100000}), ""),
         (json!({"task_path": "echo", "args": ["a\u{0}b"]}), ""),
     ] {
-        let resp = s.post_json("/process_data", &json!({ "payload": payload })).await;
+        let resp = s
+            .post_json("/process_data", &json!({ "payload": payload }))
+            .await;
         let e = expect_error(resp, 400).await;
-        assert!(e["error"].as_str().unwrap_or_default().contains(needle), "{payload}: {e}");
+        assert!(
+            e["error"].as_str().unwrap_or_default().contains(needle),
+            "{payload}: {e}"
+        );
     }
 
-    let resp = s.http.get(s.url("/get_attestation?nonce=xyz")).send().await.expect("answered");
+    let resp = s
+        .http
+        .get(s.url("/get_attestation?nonce=xyz"))
+        .send()
+        .await
+        .expect("answered");
     expect_error(resp, 400).await;
     let long = "00".repeat(513);
     let resp = s
@@ -48,7 +76,10 @@ async fn malformed_requests_are_400_json() {
         .await
         .expect("answered");
     let e = expect_error(resp, 400).await;
-    assert!(e["error"].as_str().unwrap_or_default().contains("too long"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap_or_default().contains("too long"),
+        "{e}"
+    );
     s.shutdown().await;
 }
 
@@ -70,16 +101,47 @@ async fn transport_level_rejections_are_json_too() {
 
     let big = json!({"payload": {"task_path": "echo", "stdin": "x".repeat(8192)}});
     let e = expect_error(s.post_json("/process_data", &big).await, 413).await;
-    assert!(e["error"].as_str().unwrap_or_default().to_lowercase().contains("large"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("large"),
+        "{e}"
+    );
 
-    let resp = s.http.get(s.url("/no/such/route")).send().await.expect("answered");
+    let resp = s
+        .http
+        .get(s.url("/no/such/route"))
+        .send()
+        .await
+        .expect("answered");
     let e = expect_error(resp, 404).await;
-    assert!(e["error"].as_str().unwrap_or_default().contains("/no/such/route"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/route"),
+        "{e}"
+    );
 
-    let resp = s.http.get(s.url("/process_data")).send().await.expect("answered");
-    assert!(resp.headers().contains_key("allow"), "405 keeps its Allow header");
+    let resp = s
+        .http
+        .get(s.url("/process_data"))
+        .send()
+        .await
+        .expect("answered");
+    assert!(
+        resp.headers().contains_key("allow"),
+        "405 keeps its Allow header"
+    );
     expect_error(resp, 405).await;
-    let resp = s.http.delete(s.url("/get_attestation")).send().await.expect("answered");
+    let resp = s
+        .http
+        .delete(s.url("/get_attestation"))
+        .send()
+        .await
+        .expect("answered");
     expect_error(resp, 405).await;
     s.shutdown().await;
 }
@@ -88,7 +150,8 @@ async fn transport_level_rejections_are_json_too() {
 async fn unknown_task_is_404_with_the_contract_sentences() {
     let s = TestServer::start(config()).await;
     let e = expect_error(
-        s.post_json("/process_data", &json!({"payload": {"task_path": "nope"}})).await,
+        s.post_json("/process_data", &json!({"payload": {"task_path": "nope"}}))
+            .await,
         404,
     )
     .await;
@@ -104,7 +167,8 @@ async fn unknown_task_is_404_with_the_contract_sentences() {
     c.runner.tasks_dir = dir.path().to_path_buf();
     let s2 = TestServer::start(c).await;
     let e = expect_error(
-        s2.post_json("/process_data", &json!({"payload": {"task_path": "empty"}})).await,
+        s2.post_json("/process_data", &json!({"payload": {"task_path": "empty"}}))
+            .await,
         404,
     )
     .await;
@@ -120,15 +184,27 @@ async fn unknown_task_is_404_with_the_contract_sentences() {
 async fn timeout_is_504_with_task_id_and_partial_output() {
     let s = TestServer::start(config()).await;
     let resp = s
-        .post_json("/process_data", &json!({"payload": {"task_path": "spin", "timeout_secs": 1}}))
+        .post_json(
+            "/process_data",
+            &json!({"payload": {"task_path": "spin", "timeout_secs": 1}}),
+        )
         .await;
     let e = expect_error(resp, 504).await;
     assert_eq!(
         e["error"],
         "Failed to execute Node.js task: Task execution timed out after 1 seconds"
     );
-    assert!(uuid::Uuid::parse_str(e["task_id"].as_str().unwrap_or_default()).is_ok(), "{e}");
-    assert!(e["stdout"].as_str().unwrap_or_default().contains("spinning"), "{e}");
+    assert!(
+        uuid::Uuid::parse_str(e["task_id"].as_str().unwrap_or_default()).is_ok(),
+        "{e}"
+    );
+    assert!(
+        e["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spinning"),
+        "{e}"
+    );
     s.shutdown().await;
 }
 
@@ -149,8 +225,15 @@ async fn missing_node_is_503_with_retry_after() {
     assert_eq!(health["status"], "degraded");
     assert!(health["node_version"].is_null());
 
-    let resp = s.post_json("/process_data", &json!({"payload": {"task_path": "echo"}})).await;
-    assert_eq!(resp.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let resp = s
+        .post_json("/process_data", &json!({"payload": {"task_path": "echo"}}))
+        .await;
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
     let e = expect_error(resp, 503).await;
     assert_eq!(
         e["error"],

@@ -43,7 +43,9 @@ async fn the_seed_example_runs_nodejs_task_and_is_signed() {
         .expect("answered");
     assert_eq!(resp.status(), 200);
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed response");
-    signed.verify(&key, INTENT_TASK_RESULT).expect("signature verifies");
+    signed
+        .verify(&key, INTENT_TASK_RESULT)
+        .expect("signature verifies");
     let d = &signed.response.data;
     assert_eq!(d.task_path, "nodejs-task");
     assert_eq!(d.status, "success");
@@ -54,8 +56,15 @@ async fn the_seed_example_runs_nodejs_task_and_is_signed() {
     assert_eq!(d.stdin_sha256, None);
 
     // The signed digest is the one the attested manifest announces.
-    let manifest: serde_json::Value =
-        s.http.get(s.url("/manifest")).send().await.expect("answered").json().await.expect("json");
+    let manifest: serde_json::Value = s
+        .http
+        .get(s.url("/manifest"))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
     let listed = manifest["tasks"]
         .as_array()
         .expect("tasks")
@@ -80,9 +89,16 @@ async fn args_stdin_and_nonce_are_signed_and_echoed() {
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
     signed.verify(&key, INTENT_TASK_RESULT).expect("verifies");
     let d = &signed.response.data;
-    assert_eq!(d.nonce.as_deref(), Some("00ffaa"), "nonce echoed lower-case");
+    assert_eq!(
+        d.nonce.as_deref(),
+        Some("00ffaa"),
+        "nonce echoed lower-case"
+    );
     assert_eq!(d.args, ["a b", "c"]);
-    assert_eq!(d.stdin_sha256.as_deref(), Some(hex::encode(Sha256::digest(b"hello")).as_str()));
+    assert_eq!(
+        d.stdin_sha256.as_deref(),
+        Some(hex::encode(Sha256::digest(b"hello")).as_str())
+    );
     let echoed: serde_json::Value = serde_json::from_str(d.stdout.trim()).expect("echo output");
     assert_eq!(echoed, json!({"args": ["a b", "c"], "stdin": "hello"}));
     assert_eq!(d.stderr, "echo done\n");
@@ -100,11 +116,16 @@ async fn failing_task_is_a_signed_failure_not_an_http_error() {
     c.runner.tasks_dir = repo_root();
     let s = TestServer::start(c).await;
     let resp = s
-        .post_json("/process_data", &json!({"payload": {"args": ["not-a-number"]}}))
+        .post_json(
+            "/process_data",
+            &json!({"payload": {"args": ["not-a-number"]}}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
-    signed.verify(&server_key(&s).await, INTENT_TASK_RESULT).expect("verifies");
+    signed
+        .verify(&server_key(&s).await, INTENT_TASK_RESULT)
+        .expect("verifies");
     assert_eq!(signed.response.data.status, "failed");
     assert_eq!(signed.response.data.exit_code, Some(1));
     assert!(signed.response.data.stderr.contains("❌ Error:"));
@@ -144,7 +165,8 @@ async fn overload_sheds_with_503_and_leaves_nothing_running() {
         let (i, status, retry, text) = joined.expect("request task");
         match status {
             200 => {
-                let signed: SignedResponse<TaskResult> = serde_json::from_str(&text).expect("signed");
+                let signed: SignedResponse<TaskResult> =
+                    serde_json::from_str(&text).expect("signed");
                 signed.verify(&key, INTENT_TASK_RESULT).expect("verifies");
                 let nonce = format!("{i:04x}");
                 assert_eq!(signed.response.data.nonce.as_deref(), Some(nonce.as_str()));
@@ -160,24 +182,46 @@ async fn overload_sheds_with_503_and_leaves_nothing_running() {
         }
     }
     assert_eq!(ok + shed, 400);
-    assert!(ok >= 6, "at least the slots and the queue were served, got {ok}");
+    assert!(
+        ok >= 6,
+        "at least the slots and the queue were served, got {ok}"
+    );
     assert!(shed > 0, "a queue of 4 cannot absorb 400 requests");
 
     let stats = s.state.runner().stats();
     assert_eq!((stats.running, stats.queued), (0, 0));
     assert_eq!(node_children(), 0, "no task process outlives its request");
 
-    let metrics = s.http.get(s.url("/metrics")).send().await.expect("answered").text().await.expect("text");
-    assert!(metrics.contains(&format!("nautilus_tasks_shed_total {shed}")), "{metrics}");
-    assert!(metrics.contains("nautilus_http_requests_total{endpoint=\"/process_data\",status=\"503\"}"), "{metrics}");
-    assert!(metrics.contains("nautilus_task_duration_seconds_count"), "{metrics}");
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!("nautilus_tasks_shed_total {shed}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nautilus_http_requests_total{endpoint=\"/process_data\",status=\"503\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nautilus_task_duration_seconds_count"),
+        "{metrics}"
+    );
     s.shutdown().await;
 }
 
 /// Direct children of this process that are still running `node`.
 fn node_children() -> usize {
     let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
     entries
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
@@ -205,14 +249,20 @@ async fn a_task_cannot_reach_into_the_server_process() {
     let s = TestServer::start(config()).await;
     let pid = std::process::id().to_string();
     let resp = s
-        .post_json("/process_data", &json!({"payload": {"task_path": "probe", "args": [pid]}}))
+        .post_json(
+            "/process_data",
+            &json!({"payload": {"task_path": "probe", "args": [pid]}}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
     let seen: serde_json::Value =
         serde_json::from_str(signed.response.data.stdout.trim()).expect("probe output");
     for what in ["environ", "mem", "signal"] {
-        assert_ne!(seen[what], "allowed", "task could access the server's {what}: {seen}");
+        assert_ne!(
+            seen[what], "allowed",
+            "task could access the server's {what}: {seen}"
+        );
     }
     assert_eq!(seen["environ"], "EACCES", "{seen}");
     assert_eq!(seen["signal"], "EPERM", "{seen}");
@@ -227,26 +277,70 @@ fn nix_is_root() -> bool {
 #[tokio::test]
 async fn health_manifest_and_ping() {
     let s = TestServer::start(config()).await;
-    let pong = s.http.get(s.url("/")).send().await.expect("answered").text().await.expect("text");
+    let pong = s
+        .http
+        .get(s.url("/"))
+        .send()
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("text");
     assert_eq!(pong, "Pong!");
 
-    let h: serde_json::Value =
-        s.http.get(s.url("/health_check")).send().await.expect("answered").json().await.expect("json");
+    let h: serde_json::Value = s
+        .http
+        .get(s.url("/health_check"))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(h["status"], "ok");
     assert_eq!(h["attestation"], "dev");
     assert_eq!(h["tasks"], 4);
-    assert!(h["node_version"].as_str().is_some_and(|v| v.starts_with('v')), "{h}");
+    assert!(
+        h["node_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with('v')),
+        "{h}"
+    );
     assert_eq!(h["running"], 0);
     assert_eq!(h["queued"], 0);
 
-    let a = s.http.get(s.url("/manifest")).send().await.expect("answered").bytes().await.expect("bytes");
-    let b = s.http.get(s.url("/manifest")).send().await.expect("answered").bytes().await.expect("bytes");
+    let a = s
+        .http
+        .get(s.url("/manifest"))
+        .send()
+        .await
+        .expect("answered")
+        .bytes()
+        .await
+        .expect("bytes");
+    let b = s
+        .http
+        .get(s.url("/manifest"))
+        .send()
+        .await
+        .expect("answered")
+        .bytes()
+        .await
+        .expect("bytes");
     assert_eq!(a, b, "manifest is byte-stable");
-    assert_eq!(Sha256::digest(&a).as_slice(), s.state.manifest().sha256());
+    assert_eq!(Sha256::digest(&a)[..], s.state.manifest().sha256()[..]);
     let m: serde_json::Value = serde_json::from_slice(&a).expect("json");
     assert_eq!(m["attestation"], "dev");
-    let paths: Vec<_> = m["tasks"].as_array().expect("tasks").iter().map(|t| t["task_path"].clone()).collect();
-    assert_eq!(paths, [json!("echo"), json!("probe"), json!("sleep"), json!("spin")]);
+    let paths: Vec<_> = m["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["task_path"].clone())
+        .collect();
+    assert_eq!(
+        paths,
+        [json!("echo"), json!("probe"), json!("sleep"), json!("spin")]
+    );
     assert_eq!(m["limits"]["max_body_bytes"], 2 * 1024 * 1024);
     s.shutdown().await;
 }
@@ -254,9 +348,19 @@ async fn health_manifest_and_ping() {
 #[tokio::test]
 async fn unknown_query_parameters_are_rejected() {
     let s = TestServer::start(config()).await;
-    let resp = s.http.get(s.url("/get_attestation?public_key=00")).send().await.expect("answered");
+    let resp = s
+        .http
+        .get(s.url("/get_attestation?public_key=00"))
+        .send()
+        .await
+        .expect("answered");
     expect_error(resp, 400).await;
-    let resp = s.http.get(s.url("/get_attestation?user_data=00")).send().await.expect("answered");
+    let resp = s
+        .http
+        .get(s.url("/get_attestation?user_data=00"))
+        .send()
+        .await
+        .expect("answered");
     expect_error(resp, 400).await;
     s.shutdown().await;
 }

@@ -99,7 +99,10 @@ pub async fn expect_error(resp: reqwest::Response, status: u16) -> serde_json::V
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert!(ct.starts_with("application/json"), "error content-type {ct:?}");
+    assert!(
+        ct.starts_with("application/json"),
+        "error content-type {ct:?}"
+    );
     let body: serde_json::Value = resp.json().await.expect("JSON error body");
     assert!(
         body["error"].as_str().is_some_and(|e| !e.is_empty()),
