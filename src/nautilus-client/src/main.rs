@@ -1,0 +1,230 @@
+//! `nautilus-client`: verify attestation documents and run verified tasks.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use nautilus_client::{CheckTime, Client, ExpectedPcrs, Policy, TaskSpec, TrustedRoot};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Verify Nautilus enclave attestations and signed task results"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify an attestation document file. Exit 0 and print its fields as
+    /// JSON, or exit 1 with the reason on stderr.
+    VerifyDoc(VerifyDocArgs),
+    /// Attest a running server and print the verified document and manifest.
+    /// Exit 0, or 1 with the reason.
+    Attest(AttestArgs),
+    /// Attest a server, run a task, verify the signed result and print it.
+    /// Exit 0 if the task succeeded, 1 if it ran and failed (the result is
+    /// still verified and printed), 2 if anything could not be verified.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrustArgs {
+    /// Trust this root certificate (PEM or DER) instead of the AWS Nitro root,
+    /// e.g. the dev root a dev-mode server writes.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Expected PCRs: nitro-cli's measurements JSON (`out/nitro.pcrs`).
+    #[arg(long)]
+    pcrs: Option<PathBuf>,
+    /// Accept debug-mode documents (PCR0, PCR1 and PCR2 all zero).
+    #[arg(long)]
+    allow_debug: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyDocArgs {
+    /// The COSE_Sign1 document; `-` reads stdin.
+    file: PathBuf,
+    /// The file holds hex text rather than raw bytes.
+    #[arg(long)]
+    hex: bool,
+    /// Check at the document's own timestamp (for archived documents).
+    #[arg(long, conflicts_with = "at")]
+    at_doc_time: bool,
+    /// Check at this time, in milliseconds since the UNIX epoch.
+    #[arg(long, value_name = "UNIX_MS")]
+    at: Option<u64>,
+    /// Reject documents older than this at the check time (default 300).
+    #[arg(long, value_name = "N")]
+    max_age_secs: Option<u64>,
+    /// Expected nonce, hex.
+    #[arg(long)]
+    nonce: Option<String>,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+#[derive(Debug, Args)]
+struct AttestArgs {
+    /// Server base URL, e.g. http://127.0.0.1:3000
+    #[arg(long)]
+    url: String,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[arg(long)]
+    url: String,
+    /// Task directory on the server.
+    #[arg(long, default_value = "nodejs-task")]
+    task: String,
+    /// Seconds before the server stops the task.
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Send this file's contents (UTF-8) as the task's stdin.
+    #[arg(long)]
+    stdin_file: Option<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Arguments for the task.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// Largest file `verify-doc`, `--root` or `--pcrs` reads.
+const MAX_INPUT_FILE: u64 = 1024 * 1024;
+/// Largest stdin file `run` sends (the server's own limit is 1 MiB).
+const MAX_STDIN_FILE: u64 = 1024 * 1024;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let failure = match cli.command {
+        Command::Run(_) => 2,
+        _ => 1,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(failure);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(failure)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::VerifyDoc(a) => {
+            let raw = read_limited(&a.file, MAX_INPUT_FILE)?;
+            let bytes = if a.hex {
+                let text = String::from_utf8(raw).context("--hex file is not text")?;
+                hex::decode(text.trim()).context("--hex file is not valid hex")?
+            } else {
+                raw
+            };
+            let mut policy = a.trust.policy()?;
+            if a.at_doc_time {
+                policy = policy.check_time(CheckTime::DocumentTimestamp);
+            } else if let Some(at) = a.at {
+                policy = policy.check_time(CheckTime::UnixMillis(at));
+            }
+            if let Some(secs) = a.max_age_secs {
+                policy = policy.max_age(Some(Duration::from_secs(secs)));
+            }
+            if let Some(nonce) = &a.nonce {
+                policy =
+                    policy.expected_nonce(hex::decode(nonce).context("--nonce is not valid hex")?);
+            }
+            let doc = nautilus_client::attestation::verify(&bytes, &a.trust.root()?, &policy)?;
+            println!("{}", serde_json::to_string(&doc.summary())?);
+            Ok(0)
+        }
+        Command::Attest(a) => {
+            let client = Client::connect(&a.url, a.trust.root()?, a.trust.policy()?).await?;
+            let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw())?;
+            let out =
+                json!({ "attestation": client.attestation().summary(), "manifest": manifest });
+            println!("{out}");
+            Ok(0)
+        }
+        Command::Run(a) => {
+            let client = Client::connect(&a.url, a.trust.root()?, a.trust.policy()?).await?;
+            let mut spec = TaskSpec::new(a.task).args(a.args);
+            if let Some(t) = a.timeout {
+                spec = spec.timeout_secs(t);
+            }
+            if let Some(path) = &a.stdin_file {
+                let bytes = read_limited(path, MAX_STDIN_FILE)?;
+                spec = spec.stdin(String::from_utf8(bytes).context("--stdin-file is not UTF-8")?);
+            }
+            let result = client.run_task(&spec).await?;
+            println!("{}", serde_json::to_string(result.signed())?);
+            Ok(if result.data().status == "success" {
+                0
+            } else {
+                1
+            })
+        }
+    }
+}
+
+impl TrustArgs {
+    fn root(&self) -> anyhow::Result<TrustedRoot> {
+        match &self.root {
+            None => Ok(TrustedRoot::aws_nitro()?),
+            Some(path) => {
+                let bytes = read_limited(path, MAX_INPUT_FILE)?;
+                TrustedRoot::from_pem_or_der(&bytes)
+                    .with_context(|| format!("--root {}", path.display()))
+            }
+        }
+    }
+
+    fn policy(&self) -> anyhow::Result<Policy> {
+        let mut policy = Policy::default().allow_debug(self.allow_debug);
+        if let Some(path) = &self.pcrs {
+            let text = String::from_utf8(read_limited(path, MAX_INPUT_FILE)?)
+                .with_context(|| format!("--pcrs {} is not UTF-8", path.display()))?;
+            let pcrs = ExpectedPcrs::from_nitro_json(&text)
+                .with_context(|| format!("--pcrs {}", path.display()))?;
+            policy = policy.expected_pcrs(pcrs);
+        }
+        Ok(policy)
+    }
+}
+
+/// Reads a file (or stdin for `-`), refusing more than `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().take(limit + 1).read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+    };
+    read.with_context(|| format!("cannot read {}", path.display()))?;
+    if buf.len() as u64 > limit {
+        bail!("{} is larger than {limit} bytes", path.display());
+    }
+    Ok(buf)
+}

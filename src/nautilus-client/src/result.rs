@@ -1,0 +1,256 @@
+//! Checks of a signed task result that need no network.
+
+use std::time::Duration;
+
+use result_signing::{SignedResponse, TaskResult, VerifyingKey, INTENT_TASK_RESULT};
+use sha2::{Digest, Sha256};
+
+/// How far the server's clock may be from ours.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// What the caller asked for; the signed data must echo each of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected<'a> {
+    pub task_path: &'a str,
+    pub args: &'a [String],
+    pub stdin: Option<&'a [u8]>,
+    /// Hex nonce sent with the request.
+    pub nonce: &'a str,
+    /// The task's digest as announced in the attested manifest, if known.
+    pub task_digest: Option<&'a str>,
+    /// The signed timestamp must fall in `[not_before_ms - skew, not_after_ms + skew]`.
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+    pub clock_skew: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResultError {
+    #[error("result signature: {0}")]
+    Signature(String),
+    #[error("signed {field} is {got:?}, but {expected:?} was asked for")]
+    Mismatch {
+        field: &'static str,
+        expected: String,
+        got: String,
+    },
+    #[error(
+        "signed timestamp {timestamp_ms} ms is outside the request window {from_ms}..={to_ms} ms"
+    )]
+    Stale {
+        timestamp_ms: u64,
+        from_ms: u64,
+        to_ms: u64,
+    },
+    #[error("signed status {status:?} contradicts exit code {exit_code:?}")]
+    Inconsistent {
+        status: String,
+        exit_code: Option<i32>,
+    },
+}
+
+/// Task paths as the server reports them: no `.` components or empty
+/// segments. Used only to compare what was asked with what was signed.
+pub fn normalize_task_path(path: &str) -> String {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Verifies the signature under `key`, then that the signed data answers
+/// exactly the request described by `expected`.
+pub fn verify_result(
+    signed: &SignedResponse<TaskResult>,
+    key: &VerifyingKey,
+    expected: &Expected<'_>,
+) -> Result<(), ResultError> {
+    signed
+        .verify(key, INTENT_TASK_RESULT)
+        .map_err(|e| ResultError::Signature(e.to_string()))?;
+    let d = &signed.response.data;
+
+    let mismatch = |field, expected: String, got: String| ResultError::Mismatch {
+        field,
+        expected,
+        got,
+    };
+    if d.nonce.as_deref() != Some(expected.nonce) {
+        return Err(mismatch(
+            "nonce",
+            expected.nonce.to_owned(),
+            d.nonce.clone().unwrap_or_else(|| "none".into()),
+        ));
+    }
+    let want_path = normalize_task_path(expected.task_path);
+    if d.task_path != want_path {
+        return Err(mismatch("task_path", want_path, d.task_path.clone()));
+    }
+    if d.args != expected.args {
+        return Err(mismatch(
+            "args",
+            format!("{:?}", expected.args),
+            format!("{:?}", d.args),
+        ));
+    }
+    let want_stdin = expected.stdin.map(|s| hex::encode(Sha256::digest(s)));
+    if d.stdin_sha256 != want_stdin {
+        return Err(mismatch(
+            "stdin_sha256",
+            want_stdin.unwrap_or_else(|| "none".into()),
+            d.stdin_sha256.clone().unwrap_or_else(|| "none".into()),
+        ));
+    }
+    if let Some(digest) = expected.task_digest {
+        if d.task_digest != digest {
+            return Err(mismatch(
+                "task_digest",
+                digest.to_owned(),
+                d.task_digest.clone(),
+            ));
+        }
+    }
+    let success = d.status == "success";
+    if success != (d.exit_code == Some(0)) || !(success || d.status == "failed") {
+        return Err(ResultError::Inconsistent {
+            status: d.status.clone(),
+            exit_code: d.exit_code,
+        });
+    }
+    let skew = u64::try_from(expected.clock_skew.as_millis()).unwrap_or(u64::MAX);
+    let from_ms = expected.not_before_ms.saturating_sub(skew);
+    let to_ms = expected.not_after_ms.saturating_add(skew);
+    let ts = signed.response.timestamp_ms;
+    if !(from_ms..=to_ms).contains(&ts) {
+        return Err(ResultError::Stale {
+            timestamp_ms: ts,
+            from_ms,
+            to_ms,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use result_signing::{IntentMessage, SigningKey};
+
+    fn signed(nonce: Option<&str>) -> (SignedResponse<TaskResult>, SigningKey) {
+        let key = SigningKey::random(&mut rand_core::OsRng);
+        let data = TaskResult {
+            task_id: "id".into(),
+            task_path: "nodejs-task".into(),
+            task_digest: "ab".repeat(32),
+            args: vec!["1".into()],
+            stdin_sha256: Some(hex::encode(Sha256::digest(b"in"))),
+            nonce: nonce.map(str::to_owned),
+            status: "success".into(),
+            exit_code: Some(0),
+            signal: None,
+            stdout: "out".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            execution_time_ms: 5,
+        };
+        let s = IntentMessage::new(INTENT_TASK_RESULT, 10_000, data)
+            .sign(&key)
+            .expect("signs");
+        (s, key)
+    }
+
+    fn expected<'a>(args: &'a [String], digest: &'a str) -> Expected<'a> {
+        Expected {
+            task_path: "./nodejs-task/",
+            args,
+            stdin: Some(b"in"),
+            nonce: "aa",
+            task_digest: Some(digest),
+            not_before_ms: 10_000,
+            not_after_ms: 10_000,
+            clock_skew: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_faithful_answer_passes_and_each_deviation_is_named() {
+        let args = vec!["1".to_string()];
+        let digest = "ab".repeat(32);
+        let (s, key) = signed(Some("aa"));
+        verify_result(&s, key.verifying_key(), &expected(&args, &digest)).expect("passes");
+
+        let field_of = |e: Expected<'_>, s: &SignedResponse<TaskResult>| match verify_result(
+            s,
+            key.verifying_key(),
+            &e,
+        ) {
+            Err(ResultError::Mismatch { field, .. }) => field,
+            other => panic!("expected a mismatch, got {other:?}"),
+        };
+        let other_args = vec!["2".to_string()];
+        assert_eq!(field_of(expected(&other_args, &digest), &s), "args");
+        assert_eq!(
+            field_of(
+                Expected {
+                    nonce: "bb",
+                    ..expected(&args, &digest)
+                },
+                &s
+            ),
+            "nonce"
+        );
+        assert_eq!(
+            field_of(
+                Expected {
+                    stdin: None,
+                    ..expected(&args, &digest)
+                },
+                &s
+            ),
+            "stdin_sha256"
+        );
+        assert_eq!(
+            field_of(
+                Expected {
+                    task_path: "other",
+                    ..expected(&args, &digest)
+                },
+                &s
+            ),
+            "task_path"
+        );
+        assert_eq!(
+            field_of(expected(&args, &"cd".repeat(32)), &s),
+            "task_digest"
+        );
+
+        let (no_nonce, k2) = signed(None);
+        assert!(matches!(
+            verify_result(&no_nonce, k2.verifying_key(), &expected(&args, &digest)),
+            Err(ResultError::Mismatch { field: "nonce", .. })
+        ));
+
+        let late = Expected {
+            not_before_ms: 20_000,
+            not_after_ms: 20_000,
+            ..expected(&args, &digest)
+        };
+        assert!(matches!(
+            verify_result(&s, key.verifying_key(), &late),
+            Err(ResultError::Stale { .. })
+        ));
+
+        let other = SigningKey::random(&mut rand_core::OsRng);
+        assert!(matches!(
+            verify_result(&s, other.verifying_key(), &expected(&args, &digest)),
+            Err(ResultError::Signature(_))
+        ));
+    }
+
+    #[test]
+    fn task_paths_compare_after_normalization() {
+        assert_eq!(normalize_task_path("./a//b/"), "a/b");
+        assert_eq!(normalize_task_path("nodejs-task"), "nodejs-task");
+    }
+}

@@ -1,0 +1,130 @@
+//! `nautilus-client verify-doc` on real Nitro documents.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../attestation-verify/tests/data")
+        .join(name)
+}
+
+fn verify_doc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nautilus-client"))
+        .arg("verify-doc")
+        .args(args)
+        .output()
+        .expect("client ran")
+}
+
+const NONDEBUG: &str = "anchorage_turnkey_prod_2025-05-05.cbor";
+const DEBUG: &str = "sui_2024-11-14_debug.cbor";
+
+fn expected(name: &str) -> Value {
+    let all: Value = serde_json::from_str(
+        &std::fs::read_to_string(data("expected.json")).expect("expected.json"),
+    )
+    .expect("json");
+    all[name].clone()
+}
+
+#[test]
+fn verifies_a_real_document_at_its_own_time_and_prints_its_fields() {
+    let path = data(NONDEBUG);
+    let out = verify_doc(&[path.to_str().expect("utf8"), "--at-doc-time"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let e = expected(NONDEBUG);
+    assert_eq!(v["module_id"], e["module_id"]);
+    assert_eq!(v["timestamp_ms"], e["timestamp_ms"]);
+    assert_eq!(v["pcrs"], e["pcrs"]);
+    assert_eq!(v["digest"], "SHA384");
+    assert_eq!(v["debug"], false);
+    for key in ["public_key", "user_data", "nonce"] {
+        assert_eq!(v[key], e[key], "{key}");
+    }
+
+    // Hex input is the same document.
+    let hex_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        hex_file.path(),
+        hex::encode(std::fs::read(&path).expect("read")),
+    )
+    .expect("write");
+    let out = verify_doc(&[
+        hex_file.path().to_str().expect("utf8"),
+        "--hex",
+        "--at-doc-time",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn failures_exit_1_with_one_line_of_reason() {
+    let nondebug = data(NONDEBUG);
+    let debug = data(DEBUG);
+    let pcrs = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        pcrs.path(),
+        format!(r#"{{"Measurements": {{"PCR0": "{}"}}}}"#, "11".repeat(48)),
+    )
+    .expect("write");
+
+    for (args, reason) in [
+        (vec![nondebug.to_str().expect("utf8")], "not valid at"),
+        (
+            vec![debug.to_str().expect("utf8"), "--at-doc-time"],
+            "debug-mode",
+        ),
+        (
+            vec![
+                nondebug.to_str().expect("utf8"),
+                "--at-doc-time",
+                "--pcrs",
+                pcrs.path().to_str().expect("utf8"),
+            ],
+            "PCR0 mismatch",
+        ),
+        (
+            vec![
+                nondebug.to_str().expect("utf8"),
+                "--at-doc-time",
+                "--nonce",
+                "abcd",
+            ],
+            "nonce mismatch",
+        ),
+        (vec!["/nonexistent/doc.cbor"], "cannot open"),
+    ] {
+        let out = verify_doc(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+
+    let out = verify_doc(&[
+        debug.to_str().expect("utf8"),
+        "--at-doc-time",
+        "--allow-debug",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,110 @@
+//! `/get_attestation` over a real socket, checked by the production verifier.
+
+mod support;
+
+use attestation_verify::{AttestationDocument, Error as VerifyError, Policy, TrustedRoot};
+use result_signing::{decode_public_key, SignedResponse, TaskResult, INTENT_TASK_RESULT};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use support::{config, TestServer};
+
+async fn fetch_document(s: &TestServer, query: &str) -> Vec<u8> {
+    let resp = s
+        .http
+        .get(s.url(&format!("/get_attestation{query}")))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    hex::decode(body["attestation"].as_str().expect("attestation field")).expect("hex")
+}
+
+#[tokio::test]
+async fn signed_results_verify_against_the_freshly_attested_key() {
+    let s = TestServer::start(config()).await;
+    let root =
+        TrustedRoot::from_pem(s.state.dev_root_pem().expect("dev root")).expect("dev root parses");
+    let nonce = "5eed".repeat(16);
+
+    let doc = fetch_document(&s, &format!("?nonce={nonce}")).await;
+    let policy = Policy::default()
+        .allow_debug(true)
+        .expected_nonce(hex::decode(&nonce).expect("hex"));
+    let verified = AttestationDocument::from_bytes(&doc)
+        .expect("AWS format")
+        .verify(&root, &policy)
+        .expect("verifies with the dev root");
+
+    assert!(
+        verified.module_id().starts_with("dev-"),
+        "{}",
+        verified.module_id()
+    );
+    assert!(verified.is_debug(), "dev documents carry zero PCRs");
+    assert_eq!(
+        verified.nonce(),
+        Some(hex::decode(&nonce).expect("hex").as_slice())
+    );
+
+    let manifest = s
+        .http
+        .get(s.url("/manifest"))
+        .send()
+        .await
+        .expect("answered")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(
+        verified.user_data(),
+        Some(&Sha256::digest(&manifest)[..]),
+        "user_data binds /manifest"
+    );
+
+    let pk = verified.public_key().expect("document carries the key");
+    assert_eq!(pk.len(), 33);
+    let key = decode_public_key(pk).expect("P-256 point");
+
+    let resp = s
+        .post_json(
+            "/process_data",
+            &json!({"payload": {"task_path": "echo", "args": ["x"], "nonce": "abcd"}}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
+    signed
+        .verify(&key, INTENT_TASK_RESULT)
+        .expect("signed by the attested key");
+    assert_eq!(signed.response.data.nonce.as_deref(), Some("abcd"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dev_documents_are_refused_by_default_policies() {
+    let s = TestServer::start(config()).await;
+    let doc = fetch_document(&s, "").await;
+    let parsed = AttestationDocument::from_bytes(&doc).expect("AWS format");
+
+    // The AWS root never accepts a dev document.
+    let aws = TrustedRoot::aws_nitro().expect("embedded root");
+    let err = parsed
+        .verify(&aws, &Policy::default().allow_debug(true))
+        .expect_err("not AWS");
+    assert!(matches!(err, VerifyError::RootMismatch { .. }), "{err}");
+
+    // Even with the dev root, debug-mode PCRs need explicit consent.
+    let dev = TrustedRoot::from_pem(s.state.dev_root_pem().expect("dev root")).expect("pem");
+    let err = parsed
+        .verify(&dev, &Policy::default())
+        .expect_err("debug refused");
+    assert!(matches!(err, VerifyError::DebugMode), "{err}");
+
+    // No nonce asked → none in the document.
+    let verified = parsed
+        .verify(&dev, &Policy::default().allow_debug(true))
+        .expect("verifies");
+    assert_eq!(verified.nonce(), None);
+    s.shutdown().await;
+}
