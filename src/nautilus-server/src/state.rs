@@ -68,10 +68,7 @@ impl Default for ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error(
-        "the Nitro Secure Module is not available ({0}); outside an enclave run with \
-         `--attestation dev` for a local development server"
-    )]
+    #[error("{0} (outside an enclave, start the server with `--attestation dev`)")]
     NsmUnavailable(#[source] AttestError),
     #[error("could not create the dev attestation CA: {0}")]
     DevAttester(#[source] AttestError),
