@@ -364,3 +364,54 @@ async fn unknown_query_parameters_are_rejected() {
     expect_error(resp, 400).await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn responses_carry_a_request_id_and_cors_is_opt_in() {
+    let mut c = config();
+    c.cors_origins = vec![axum::http::HeaderValue::from_static("https://app.example")];
+    let s = TestServer::start(c).await;
+    let resp = s
+        .http
+        .get(s.url("/health_check"))
+        .send()
+        .await
+        .expect("answered");
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "request id {id:?}");
+
+    let preflight = |origin: &'static str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/process_data"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.expect("answered");
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let other = preflight("https://evil.example").await.expect("answered");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    s.shutdown().await;
+
+    // Without configured origins there are no CORS headers at all.
+    let s = TestServer::start(config()).await;
+    let resp = s
+        .http
+        .get(s.url("/health_check"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("answered");
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+    s.shutdown().await;
+}
