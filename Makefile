@@ -20,3 +20,4 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked
+	node --test src/result-signing/js/

@@ -415,3 +415,51 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
     assert!(resp.headers().get("access-control-allow-origin").is_none());
     s.shutdown().await;
 }
+
+/// The JavaScript verifier in `src/result-signing/js` rebuilds the same bytes
+/// as the server for a live answer with non-ASCII output, stdin and a nonce.
+#[tokio::test]
+async fn the_js_verifier_accepts_live_responses() {
+    let s = TestServer::start(config()).await;
+    let resp = s
+        .post_json(
+            "/process_data",
+            &json!({"payload": {"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b"}}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.expect("body");
+    let verifier = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../result-signing/js/verify.js"
+    );
+    let script = format!(
+        "const v = require({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
+         process.stdin.on('end', () => {{ v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
+         const t = JSON.parse(s); t.response.data.stdout += '!'; \
+         try {{ v.verifySignedResponse(t, process.argv[1]); process.exit(3); }} catch (e) {{ console.log('ok'); }} }});"
+    );
+    let mut child = tokio::process::Command::new("node")
+        .args(["-e", &script, &hex::encode(s.state.public_key())])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(body.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("node finished")
+        .expect("node output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    s.shutdown().await;
+}
