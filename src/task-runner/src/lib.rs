@@ -135,6 +135,39 @@ struct Inner {
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
+    _uids: Option<UidLease>,
+}
+
+/// Exclusive use of a slot uid range within this process: a runner kills
+/// everything its slot uids own, so two runners sharing uids would kill each
+/// other's tasks.
+struct UidLease(std::ops::Range<u32>);
+
+static LEASED_UIDS: std::sync::Mutex<Vec<std::ops::Range<u32>>> = std::sync::Mutex::new(Vec::new());
+
+impl UidLease {
+    fn take(range: std::ops::Range<u32>) -> Result<Self, ConfigError> {
+        let mut leased = LEASED_UIDS.lock().unwrap_or_else(|p| p.into_inner());
+        if leased
+            .iter()
+            .any(|r| r.start < range.end && range.start < r.end)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "slot uids {range:?} overlap those of another Runner in this process"
+            )));
+        }
+        leased.push(range.clone());
+        Ok(Self(range))
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        LEASED_UIDS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| *r != self.0);
+    }
 }
 
 impl Runner {
@@ -159,6 +192,13 @@ impl Runner {
                 "not running as root: tasks share the runner's uid (weaker isolation, see docs)"
             );
         }
+        let uids = if privileged {
+            let base = config.sandbox_uid_base;
+            // `check` made sure this cannot overflow.
+            Some(UidLease::take(base..base + config.max_concurrent as u32)?)
+        } else {
+            None
+        };
         let policy = Policy::new(
             config.memory_limit_bytes,
             config.max_file_bytes,
@@ -184,6 +224,7 @@ impl Runner {
                 cancel: watch::Sender::new(false),
                 pass_env,
                 work_dir,
+                _uids: uids,
             }),
         })
     }
