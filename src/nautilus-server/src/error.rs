@@ -36,10 +36,12 @@ impl EnclaveError {
                 ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                ErrorKind::Unavailable | ErrorKind::Busy | ErrorKind::ShuttingDown => {
+                ErrorKind::NodeMissing | ErrorKind::Busy | ErrorKind::ShuttingDown => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
-                ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                // A task baked into the image that cannot run (bad package.json,
+                // missing entry file) is a fault of the deployment, not the caller.
+                ErrorKind::InvalidTask | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             EnclaveError::Attestation(_) | EnclaveError::Signing(_) | EnclaveError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -66,6 +66,7 @@ struct Args {
 impl Args {
     fn server_config(&self) -> ServerConfig {
         let d = RunnerConfig::default();
+        let max_timeout_secs = self.max_timeout_secs.unwrap_or(d.max_timeout_secs);
         ServerConfig {
             attestation: self.attestation,
             runner: RunnerConfig {
@@ -73,7 +74,9 @@ impl Args {
                 node: self.node.clone(),
                 max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
                 max_queue: self.max_queue.unwrap_or(d.max_queue),
-                max_timeout_secs: self.max_timeout_secs.unwrap_or(d.max_timeout_secs),
+                max_timeout_secs,
+                // A lowered maximum lowers the default with it.
+                default_timeout_secs: d.default_timeout_secs.min(max_timeout_secs),
                 max_output_bytes: self.max_output_bytes.unwrap_or(d.max_output_bytes),
                 memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
                 pass_env: self.pass_env.clone(),

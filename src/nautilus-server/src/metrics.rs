@@ -101,8 +101,8 @@ impl Metrics {
                     "shed"
                 }
                 ErrorKind::InvalidRequest | ErrorKind::NotFound => "rejected",
-                ErrorKind::Unavailable | ErrorKind::ShuttingDown => "unavailable",
-                ErrorKind::Internal => "error",
+                ErrorKind::NodeMissing | ErrorKind::ShuttingDown => "unavailable",
+                ErrorKind::InvalidTask | ErrorKind::Internal => "error",
             },
         };
         self.tasks

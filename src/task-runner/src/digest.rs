@@ -1,0 +1,192 @@
+//! The task digest: a SHA-256 over a task directory's tree, reproducible anywhere.
+//!
+//! # Algorithm (version 1)
+//!
+//! 1. Walk the task directory without following symlinks. Every directory,
+//!    regular file and symlink below it is an *entry*; its *path* is the
+//!    `/`-separated path relative to the task directory, as raw bytes (the task
+//!    directory itself is not an entry). Any other file type is an error.
+//! 2. Sort the entries by path, bytewise.
+//! 3. Feed SHA-256 the ASCII bytes `nautilus-task-digest-v1\n`, then for each entry:
+//!    - one tag byte: `d` (directory), `f` (regular file) or `l` (symlink);
+//!    - the path length as a big-endian `u64`, then the path bytes;
+//!    - the content length as a big-endian `u64`, then the content: nothing
+//!      for a directory, the file's bytes, or the symlink's target as stored.
+//! 4. The digest is the lowercase hex of the hash.
+//!
+//! Permissions, owners and timestamps are not part of it: the same files give
+//! the same digest on any machine. Symlinks are covered by their target text,
+//! not by what they point at.
+//!
+//! A shell sketch of the same computation, for checking by hand, is in
+//! `tests/digest.rs`.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Domain separator at the start of every digest input.
+const DOMAIN: &[u8] = b"nautilus-task-digest-v1\n";
+/// Deepest directory nesting accepted.
+const MAX_DEPTH: usize = 64;
+
+/// Caps on a tree walk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TreeLimits {
+    pub max_entries: usize,
+    pub max_bytes: u64,
+}
+
+/// Why a task tree cannot be digested or staged.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TreeError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("task directory has more than {0} entries")]
+    TooManyEntries(usize),
+    #[error("task directory holds more than {0} bytes")]
+    TooLarge(u64),
+    #[error("task directory nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("{0:?} is neither a regular file, a directory nor a symlink")]
+    SpecialFile(PathBuf),
+    #[error("{0:?} changed while it was being read")]
+    Changed(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One entry of a walked tree.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// `/`-separated path relative to the root.
+    pub rel: PathBuf,
+    pub kind: Kind,
+    /// File size as seen by the walk.
+    pub len: u64,
+}
+
+/// Lists `root`'s tree in digest order, enforcing `limits`.
+pub(crate) fn walk(root: &Path, limits: TreeLimits) -> Result<Vec<Entry>, TreeError> {
+    let mut entries = Vec::new();
+    let mut total = 0u64;
+    walk_dir(root, Path::new(""), 0, limits, &mut entries, &mut total)?;
+    entries.sort_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
+    Ok(entries)
+}
+
+fn walk_dir(
+    root: &Path,
+    rel: &Path,
+    depth: usize,
+    limits: TreeLimits,
+    out: &mut Vec<Entry>,
+    total: &mut u64,
+) -> Result<(), TreeError> {
+    if depth > MAX_DEPTH {
+        return Err(TreeError::TooDeep);
+    }
+    for dirent in fs::read_dir(root.join(rel))? {
+        let dirent = dirent?;
+        let child = rel.join(dirent.file_name());
+        let file_type = dirent.file_type()?;
+        let (kind, len) = if file_type.is_dir() {
+            (Kind::Dir, 0)
+        } else if file_type.is_file() {
+            (Kind::File, dirent.metadata()?.len())
+        } else if file_type.is_symlink() {
+            (Kind::Symlink, 0)
+        } else {
+            return Err(TreeError::SpecialFile(child));
+        };
+        *total = total.saturating_add(len);
+        if *total > limits.max_bytes {
+            return Err(TreeError::TooLarge(limits.max_bytes));
+        }
+        if out.len() >= limits.max_entries {
+            return Err(TreeError::TooManyEntries(limits.max_entries));
+        }
+        out.push(Entry {
+            rel: child.clone(),
+            kind,
+            len,
+        });
+        if kind == Kind::Dir {
+            walk_dir(root, &child, depth + 1, limits, out, total)?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens a regular file without following a symlink planted in its place.
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Computes the version-1 digest of the tree at `root` (see the module docs).
+pub(crate) fn digest_tree(root: &Path, limits: TreeLimits) -> Result<String, TreeError> {
+    let entries = walk(root, limits)?;
+    let mut hasher = Sha256::new();
+    hasher.update(DOMAIN);
+    let mut buf = vec![0u8; 64 * 1024];
+    for entry in &entries {
+        let path = entry.rel.as_os_str().as_bytes();
+        let full = root.join(&entry.rel);
+        match entry.kind {
+            Kind::Dir => frame(&mut hasher, b'd', path, &[]),
+            Kind::Symlink => frame(
+                &mut hasher,
+                b'l',
+                path,
+                fs::read_link(&full)?.as_os_str().as_bytes(),
+            ),
+            Kind::File => {
+                hasher.update([b'f']);
+                hasher.update((path.len() as u64).to_be_bytes());
+                hasher.update(path);
+                hasher.update(entry.len.to_be_bytes());
+                // Stream the content: the framing needs the length first, which the
+                // walk recorded; a file that no longer has that length is an error.
+                let mut file = open_nofollow(&full)?.take(entry.len + 1);
+                let mut seen = 0u64;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    seen += n as u64;
+                    hasher.update(&buf[..n]);
+                }
+                if seen != entry.len {
+                    return Err(TreeError::Changed(entry.rel.clone()));
+                }
+            }
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn frame(hasher: &mut Sha256, tag: u8, path: &[u8], content: &[u8]) {
+    hasher.update([tag]);
+    hasher.update((path.len() as u64).to_be_bytes());
+    hasher.update(path);
+    hasher.update((content.len() as u64).to_be_bytes());
+    hasher.update(content);
+}

@@ -1,0 +1,235 @@
+//! Starting a sandboxed `node` process and supervising one task in it.
+//!
+//! [`spawn`] creates the boxed process; [`supervise`] feeds it stdin, drains its
+//! output, enforces the timeout and empties the box. They are separate so a warm
+//! pool can spawn ahead of time and hand over a task later.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::sandbox::{BoxKind, Identity, Policy};
+use crate::TaskError;
+
+/// How long output may keep arriving after the box was emptied. Only a process
+/// that escaped the kill (possible only without a slot uid) can hold a pipe open.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// Read size for the output pipes.
+const CHUNK: usize = 64 * 1024;
+
+/// Everything needed to start `node` for one task.
+pub(crate) struct SpawnSpec {
+    pub node: PathBuf,
+    /// Node options before the entry file.
+    pub node_args: Vec<OsString>,
+    pub entry: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The complete environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub identity: Option<Identity>,
+    /// Task id, also found in the environment as `NAUTILUS_TASK_ID`.
+    pub task_id: String,
+    /// Whether stdin is a pipe (`true`) or `/dev/null`.
+    pub piped_stdin: bool,
+}
+
+/// A running, boxed `node` process.
+pub(crate) struct Boxed {
+    child: Child,
+    kind: BoxKind,
+    started: Instant,
+}
+
+pub(crate) fn spawn(spec: SpawnSpec, policy: &Policy) -> Result<Boxed, TaskError> {
+    let mut cmd = Command::new(&spec.node);
+    cmd.args(&spec.node_args)
+        .arg(&spec.entry)
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env)
+        .stdin(if spec.piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    policy.install(&mut cmd, spec.identity);
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| TaskError::internal("starting node", e))?;
+    let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    let kind = match (spec.identity, pid) {
+        (Some(id), _) => BoxKind::Uid(id),
+        (None, Some(pgid)) => BoxKind::Marker {
+            pgid,
+            marker: format!("NAUTILUS_TASK_ID={}", spec.task_id).into_bytes(),
+        },
+        (None, None) => {
+            return Err(TaskError::Internal(
+                "node exited before it could be tracked".to_owned(),
+            ))
+        }
+    };
+    Ok(Boxed {
+        child,
+        kind,
+        started,
+    })
+}
+
+/// Bytes read from one stream, up to a cap.
+#[derive(Debug, Default)]
+pub(crate) struct Captured {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// How a supervised run ended.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub elapsed: Duration,
+    pub ending: Ending,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Exited,
+    TimedOut,
+    Cancelled,
+}
+
+/// Limits of one supervision.
+pub(crate) struct Watch {
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub max_output: usize,
+    /// Flips to `true` when the runner shuts down and this run must stop.
+    pub cancel: watch::Receiver<bool>,
+}
+
+/// Runs the task to its end: writes `stdin`, drains output, enforces the timeout
+/// (SIGTERM to the group, `grace`, then SIGKILL to the whole box), then kills
+/// whatever is left in the box and reaps the main process.
+pub(crate) async fn supervise(
+    mut boxed: Boxed,
+    stdin: Option<Vec<u8>>,
+    mut w: Watch,
+) -> Result<Outcome, TaskError> {
+    let writer = match (boxed.child.stdin.take(), stdin) {
+        (Some(mut pipe), Some(bytes)) => Some(tokio::spawn(async move {
+            // A task may exit without reading; the broken pipe is not an error.
+            let _ = pipe.write_all(&bytes).await;
+        })),
+        _ => None,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let out = capture(boxed.child.stdout.take(), w.max_output, stopped.clone());
+    let err = capture(boxed.child.stderr.take(), w.max_output, stopped);
+
+    let deadline = tokio::time::Instant::from_std(boxed.started) + w.timeout;
+    let mut ending = Ending::Exited;
+    let mut status = tokio::select! {
+        status = boxed.child.wait() => Some(status),
+        _ = tokio::time::sleep_until(deadline) => { ending = Ending::TimedOut; None }
+        _ = w.cancel.wait_for(|c| *c) => { ending = Ending::Cancelled; None }
+    };
+    if status.is_none() {
+        if let Some(pid) = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: kill(2) on the task's own process group (its pid, as session leader).
+            unsafe { libc::kill(-pid, libc::SIGTERM) };
+        }
+        status = tokio::time::timeout(w.grace, boxed.child.wait()).await.ok();
+    }
+    let kind = boxed.kind.clone();
+    let killed = tokio::task::spawn_blocking(move || kind.kill_all()).await;
+    let status = match status {
+        Some(status) => status,
+        // The box kill reached the main process too; this wait is short.
+        None => boxed.child.wait().await,
+    }
+    .map_err(|e| TaskError::internal("waiting for node", e))?;
+    let elapsed = boxed.started.elapsed();
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+    match killed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "task processes survived the kill"),
+        Err(e) => tracing::error!(error = %e, "box kill panicked"),
+    }
+
+    // Everything that could write is dead (or, without a slot uid, may have
+    // escaped): give the pipes a bounded time to report end-of-file.
+    let drained = async { (out.await.unwrap_or_default(), err.await.unwrap_or_default()) };
+    tokio::pin!(drained);
+    let (stdout, stderr) = tokio::select! {
+        both = &mut drained => both,
+        _ = tokio::time::sleep(DRAIN_DEADLINE) => {
+            tracing::warn!("task output pipes still open after the box was emptied; cutting them off");
+            let _ = stop.send(true);
+            drained.await
+        }
+    };
+    Ok(Outcome {
+        status,
+        stdout,
+        stderr,
+        elapsed,
+        ending,
+    })
+}
+
+/// Starts a reader that keeps draining `pipe` (so the writer never blocks) and
+/// keeps at most `cap` bytes. It ends at end-of-file or when `stop` turns true.
+fn capture<R>(
+    pipe: Option<R>,
+    cap: usize,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Captured>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut captured = Captured::default();
+        let Some(mut pipe) = pipe else {
+            return captured;
+        };
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = tokio::select! {
+                biased;
+                r = pipe.read(&mut buf) => match r { Ok(n) if n > 0 => n, _ => break },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let room = cap - captured.bytes.len();
+            if n > room {
+                captured.truncated = true;
+            }
+            captured.bytes.extend_from_slice(&buf[..n.min(room)]);
+        }
+        captured
+    })
+}
+
+/// The signal name for `status`, e.g. `"SIGKILL"`.
+pub(crate) fn signal_name(status: &ExitStatus) -> Option<String> {
+    let sig = status.signal()?;
+    Some(match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_owned(),
+        Err(_) => format!("SIG{sig}"),
+    })
+}

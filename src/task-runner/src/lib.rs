@@ -1,0 +1,465 @@
+//! Runs Node.js tasks in a box and reports exactly what happened.
+//!
+//! A *task* is a directory directly or deeper under a tasks root that holds a
+//! `package.json` and its entry file (`main`, default `index.js`). A [`Runner`]
+//! validates a [`TaskRequest`], waits for a free slot (at most
+//! [`RunnerConfig::max_concurrent`] at once, at most [`RunnerConfig::max_queue`]
+//! waiting, else [`TaskError::Busy`]), and runs `node <entry> <args…>` in a box,
+//! returning a [`TaskResult`] whose field names are a signed wire contract.
+//!
+//! # The box
+//!
+//! For every run the runner:
+//! - stages a copy of the task directory into a fresh private run directory
+//!   (directories 0755, files 0644, owned by the runner) and computes the
+//!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
+//!   the task cannot modify any task directory;
+//! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
+//!   `HOME` and `TMPDIR` (a per-run directory, removed afterwards),
+//!   `NODE_ENV=production`, `NAUTILUS_TASK_ID` (the result's `task_id`), and the
+//!   variables named in [`RunnerConfig::pass_env`] with their values at
+//!   [`Runner::new`];
+//! - starts `node --max-old-space-size=<3/4 of the memory limit> -r <preload>
+//!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
+//!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
+//!   blocking (nodejs/node#6456);
+//! - in the child, before `exec`: a new session, `PR_SET_PDEATHSIG(SIGKILL)`,
+//!   leaked descriptors closed, rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`,
+//!   `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and `RLIMIT_NPROC` when root),
+//!   `PR_SET_NO_NEW_PRIVS`, and a seccomp filter that makes
+//!   `socket(AF_VSOCK, …)`, `socketpair(AF_VSOCK, …)` and `io_uring_setup` fail
+//!   with `EPERM`;
+//! - drains stdout and stderr continuously, keeping at most
+//!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
+//!   `*_truncated` set);
+//! - on timeout sends SIGTERM to the task's process group from outside it,
+//!   waits [`RunnerConfig::kill_grace`], then kills the whole box; when the
+//!   main process ends, kills whatever it left behind, reaps it, and waits at
+//!   most one more second for the output pipes.
+//!
+//! ## Root vs. non-root
+//!
+//! When the runner is root (as in the enclave), slot `i` runs as uid and gid
+//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups. The
+//! task then cannot read or ptrace the runner's memory, signal it, write any
+//! task directory, or touch a concurrent task. Everything a task started is
+//! killed with `kill(-1, SIGKILL)` issued *as the slot uid*, which the kernel
+//! applies to every process of that uid in one pass; that includes
+//! `setsid`/double-forked grandchildren.
+//!
+//! When the runner is not root, tasks run as the runner's own uid. They can
+//! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
+//! write wherever the runner can (not the staged copy they run from, though
+//! they could `chmod` it). Leftover processes are found by process group and
+//! by the `NAUTILUS_TASK_ID` marker in `/proc/<pid>/environ`; a process that
+//! leaves the group *and* rewrites its environment escapes. `RLIMIT_NPROC` is
+//! not set (it would count the runner's own threads). Use non-root mode for
+//! development only.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use task_runner::{Runner, RunnerConfig, TaskRequest};
+//!
+//! let runner = Runner::new(RunnerConfig::default())?;
+//! let result = runner
+//!     .run(TaskRequest { args: vec!["1".into(), "2".into()], ..TaskRequest::default() })
+//!     .await?;
+//! println!("{} {}", result.status, result.stdout);
+//! # Ok(()) }
+//! ```
+
+mod config;
+pub mod digest;
+mod error;
+mod exec;
+mod limiter;
+mod node;
+mod request;
+mod sandbox;
+mod task;
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+pub use config::RunnerConfig;
+pub use error::{ConfigError, ErrorKind, TaskError};
+pub use node::MIN_NODE_MAJOR;
+pub use request::{
+    TaskInfo, TaskRequest, TaskResult, ValidRequest, MAX_ARGS, MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES,
+    MAX_STDIN_BYTES, MAX_TASK_PATH_BYTES,
+};
+
+use digest::TreeLimits;
+use exec::{Ending, SpawnSpec, Watch};
+use sandbox::{BoxKind, Identity, Policy};
+
+/// `PATH` inside the box.
+const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
+const PRELOAD: &str = include_str!("preload.cjs");
+
+/// Load of a [`Runner`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RunnerStats {
+    /// Tasks holding a slot.
+    pub running: usize,
+    /// Runs waiting for a slot.
+    pub queued: usize,
+}
+
+/// Runs tasks; cheap to clone (all clones share slots and state).
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RunnerConfig,
+    /// Canonical tasks root.
+    root: PathBuf,
+    node: Option<node::Node>,
+    policy: Policy,
+    /// Whether tasks get slot uids (the runner is root).
+    privileged: bool,
+    limiter: Arc<limiter::Limiter>,
+    shutting_down: AtomicBool,
+    /// Turns true when running tasks must be killed for shutdown.
+    cancel: watch::Sender<bool>,
+    pass_env: Vec<(OsString, OsString)>,
+    work_dir: PathBuf,
+    _uids: Option<UidLease>,
+}
+
+/// Exclusive use of a slot uid range within this process: a runner kills
+/// everything its slot uids own, so two runners sharing uids would kill each
+/// other's tasks.
+struct UidLease(std::ops::Range<u32>);
+
+static LEASED_UIDS: std::sync::Mutex<Vec<std::ops::Range<u32>>> = std::sync::Mutex::new(Vec::new());
+
+impl UidLease {
+    fn take(range: std::ops::Range<u32>) -> Result<Self, ConfigError> {
+        let mut leased = LEASED_UIDS.lock().unwrap_or_else(|p| p.into_inner());
+        if leased
+            .iter()
+            .any(|r| r.start < range.end && range.start < r.end)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "slot uids {range:?} overlap those of another Runner in this process"
+            )));
+        }
+        leased.push(range.clone());
+        Ok(Self(range))
+    }
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        LEASED_UIDS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|r| *r != self.0);
+    }
+}
+
+impl Runner {
+    /// Checks `config`, resolves the tasks root and locates Node.js. A missing
+    /// or too old Node.js is not an error here: every run then fails fast with
+    /// [`TaskError::NodeMissing`].
+    pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
+        config.check()?;
+        let root =
+            std::fs::canonicalize(&config.tasks_dir).map_err(|source| ConfigError::TasksDir {
+                path: config.tasks_dir.clone(),
+                source,
+            })?;
+        let node = node::locate(config.node.as_deref(), std::env::var_os("PATH").as_deref());
+        if node.is_none() {
+            tracing::warn!("no usable Node.js (>= v{MIN_NODE_MAJOR}) found; every run will fail");
+        }
+        // SAFETY: geteuid cannot fail.
+        let privileged = unsafe { libc::geteuid() } == 0;
+        if !privileged {
+            tracing::warn!(
+                "not running as root: tasks share the runner's uid (weaker isolation, see docs)"
+            );
+        }
+        let uids = if privileged {
+            let base = config.sandbox_uid_base;
+            // `check` made sure this cannot overflow.
+            Some(UidLease::take(base..base + config.max_concurrent as u32)?)
+        } else {
+            None
+        };
+        let policy = Policy::new(
+            config.memory_limit_bytes,
+            config.max_file_bytes,
+            config.max_open_files,
+            privileged.then_some(config.max_processes),
+        )?;
+        let pass_env = config
+            .pass_env
+            .iter()
+            .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
+            .collect();
+        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
+        Ok(Runner {
+            inner: Arc::new(Inner {
+                config,
+                root,
+                node,
+                policy,
+                privileged,
+                limiter,
+                shutting_down: AtomicBool::new(false),
+                cancel: watch::Sender::new(false),
+                pass_env,
+                work_dir,
+                _uids: uids,
+            }),
+        })
+    }
+
+    /// Version of the Node.js in use (e.g. `"v20.11.1"`), `None` if none was found.
+    pub fn node_version(&self) -> Option<&str> {
+        self.inner.node.as_ref().map(|n| n.version.as_str())
+    }
+
+    /// The configuration this runner was built with.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.inner.config
+    }
+
+    /// Whether tasks run under per-slot uids (the runner is root).
+    pub fn is_privileged(&self) -> bool {
+        self.inner.privileged
+    }
+
+    /// Current load.
+    pub fn stats(&self) -> RunnerStats {
+        RunnerStats {
+            running: self.inner.limiter.running(),
+            queued: self.inner.limiter.queued(),
+        }
+    }
+
+    /// Every task directly under the tasks root (a directory holding
+    /// `package.json`), sorted by path, with its digest. Blocking file I/O.
+    pub fn list_tasks(&self) -> Result<Vec<TaskInfo>, TaskError> {
+        let inner = &self.inner;
+        let entries = std::fs::read_dir(&inner.root)
+            .map_err(|e| TaskError::internal("listing the tasks directory", e))?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let mut tasks = Vec::new();
+        for name in names {
+            let Ok(path) = request::normalize_task_path(&name) else {
+                continue;
+            };
+            let Ok(task) = task::resolve(&inner.root, &path) else {
+                continue;
+            };
+            let task_digest = digest::digest_tree(&task.dir, inner.tree_limits())?;
+            tasks.push(TaskInfo {
+                task_path: task.task_path,
+                task_digest,
+            });
+        }
+        Ok(tasks)
+    }
+
+    /// Validates `req`, waits for a slot and runs the task.
+    ///
+    /// The run continues to its end (bounded by its timeout) even if the
+    /// returned future is dropped, so nothing is left behind.
+    pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.run(req).await })
+            .await
+            .map_err(|e| TaskError::internal("task supervisor failed", e))?
+    }
+
+    /// Stops accepting runs (new and queued ones fail with
+    /// [`TaskError::ShuttingDown`]), gives running tasks `grace` to finish, then
+    /// kills them. Returns when nothing is left running.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::SeqCst);
+        inner.limiter.close();
+        let mut running = inner.limiter.watch_running();
+        if tokio::time::timeout(grace, running.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            inner.cancel.send_replace(true);
+            let _ = running.wait_for(|n| *n == 0).await;
+        }
+    }
+}
+
+/// A staged run directory: `task/` (the copy that runs), `home/` and the preload.
+struct RunDir {
+    _temp: tempfile::TempDir,
+    task: PathBuf,
+    home: PathBuf,
+    preload: PathBuf,
+    entry: PathBuf,
+    digest: String,
+}
+
+impl Inner {
+    fn tree_limits(&self) -> TreeLimits {
+        TreeLimits {
+            max_entries: self.config.max_task_files,
+            max_bytes: self.config.max_task_bytes,
+        }
+    }
+
+    async fn run(self: Arc<Self>, req: TaskRequest) -> Result<TaskResult, TaskError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(TaskError::ShuttingDown);
+        }
+        let node = self.node.as_ref().ok_or(TaskError::NodeMissing)?;
+        let req = req.validate(&self.config)?;
+        let task = task::resolve(&self.root, &req.task_path)?;
+        let slot = self.limiter.acquire().await?;
+        let identity = self.privileged.then(|| {
+            let id = self.config.sandbox_uid_base + slot.index() as u32;
+            Identity { uid: id, gid: id }
+        });
+        let task_id = uuid::Uuid::new_v4().to_string();
+
+        let this = self.clone();
+        let run_dir = tokio::task::spawn_blocking(move || {
+            if let Some(id) = identity {
+                // Whatever a crashed predecessor left under this uid must not meet the new task.
+                BoxKind::Uid(id)
+                    .kill_all()
+                    .map_err(|e| TaskError::internal("clearing the slot", e))?;
+            }
+            this.prepare(&task.dir, identity)
+        })
+        .await
+        .map_err(|e| TaskError::internal("preparing the run", e))??;
+
+        let mut env = vec![
+            (OsString::from("PATH"), OsString::from(TASK_PATH_ENV)),
+            ("HOME".into(), run_dir.home.clone().into()),
+            ("TMPDIR".into(), run_dir.home.clone().into()),
+            ("NODE_ENV".into(), "production".into()),
+            ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
+        ];
+        env.extend(self.pass_env.iter().cloned());
+        let spec = SpawnSpec {
+            node: node.path.clone(),
+            node_args: vec![
+                format!("--max-old-space-size={}", self.config.heap_limit_mib()).into(),
+                "-r".into(),
+                run_dir.preload.clone().into(),
+            ],
+            entry: run_dir.entry.clone(),
+            args: req.args.clone(),
+            cwd: run_dir.task.clone(),
+            env,
+            identity,
+            task_id: task_id.clone(),
+            piped_stdin: req.stdin.is_some(),
+        };
+        let watch = Watch {
+            timeout: Duration::from_secs(req.timeout_secs),
+            grace: self.config.kill_grace,
+            max_output: self.config.max_output_bytes,
+            cancel: self.cancel.subscribe(),
+        };
+        let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
+        let outcome = match exec::spawn(spec, &self.policy) {
+            Ok(boxed) => exec::supervise(boxed, stdin, watch).await,
+            Err(e) => Err(e),
+        };
+        let digest = run_dir.digest.clone();
+        // Removing the run directory is blocking I/O; the slot is held until it is gone.
+        let _ = tokio::task::spawn_blocking(move || drop(run_dir)).await;
+        drop(slot);
+        let outcome = outcome?;
+
+        let result = TaskResult {
+            task_id,
+            task_path: req.task_path,
+            task_digest: digest,
+            args: req.args,
+            stdin_sha256: req
+                .stdin
+                .as_ref()
+                .map(|s| hex::encode(Sha256::digest(s.as_bytes()))),
+            status: if outcome.status.success() {
+                "success"
+            } else {
+                "failed"
+            }
+            .to_owned(),
+            exit_code: outcome.status.code(),
+            signal: exec::signal_name(&outcome.status),
+            stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
+            stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
+            stdout_truncated: outcome.stdout.truncated,
+            stderr_truncated: outcome.stderr.truncated,
+            execution_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+        };
+        match outcome.ending {
+            Ending::Exited => Ok(result),
+            Ending::TimedOut => Err(TaskError::Timeout {
+                secs: req.timeout_secs,
+                partial: Box::new(result),
+            }),
+            Ending::Cancelled => Err(TaskError::ShuttingDown),
+        }
+    }
+
+    /// Creates the run directory: staged task, digest, entry point, home, preload.
+    fn prepare(&self, task_dir: &Path, identity: Option<Identity>) -> Result<RunDir, TaskError> {
+        let io = |what: &'static str| move |e: std::io::Error| TaskError::internal(what, e);
+        let temp = tempfile::Builder::new()
+            .prefix("nautilus-run-")
+            .tempdir_in(&self.work_dir)
+            .map_err(io("creating the run directory"))?;
+        // Traversable but not listable: the slot uid reaches its own paths only.
+        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
+            .map_err(io("securing the run directory"))?;
+        let staged = temp.path().join("task");
+        task::stage(task_dir, &staged, self.tree_limits())?;
+        let digest = digest::digest_tree(&staged, self.tree_limits())?;
+        let entry = task::entry_point(&staged)?;
+
+        let home = temp.path().join("home");
+        std::fs::create_dir(&home).map_err(io("creating the task's home"))?;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("securing the home"))?;
+        if let Some(id) = identity {
+            std::os::unix::fs::chown(&home, Some(id.uid), Some(id.gid))
+                .map_err(io("handing the home to the slot"))?;
+        }
+        let preload = temp.path().join("preload.cjs");
+        std::fs::write(&preload, PRELOAD).map_err(io("writing the preload"))?;
+        std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
+            .map_err(io("securing the preload"))?;
+        Ok(RunDir {
+            _temp: temp,
+            task: staged,
+            home,
+            preload,
+            entry,
+            digest,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! `task-runner`: run one Node.js task and print its result as JSON.
+//!
+//! Exit status: 0 the task succeeded, 1 it ran and failed, 2 it could not be
+//! run or timed out (then stdout holds `{"error": "..."}` and stderr the same sentence).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use task_runner::{Runner, RunnerConfig, TaskRequest};
+
+/// Run a Node.js task in a sandbox and print the result as one JSON object.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Task directory, relative to --tasks-dir.
+    #[arg(long, default_value = "nodejs-task")]
+    task: String,
+    /// Directory holding the tasks.
+    #[arg(long, default_value = ".")]
+    tasks_dir: PathBuf,
+    /// Seconds before the task is killed (default 30, at most 300).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// File whose content becomes the task's stdin (default: empty, end-of-file).
+    #[arg(long)]
+    stdin_file: Option<PathBuf>,
+    /// Node.js binary (default: `node` on PATH).
+    #[arg(long)]
+    node: Option<PathBuf>,
+    /// Arguments passed to the task.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => fail(&format!("{err:#}")),
+    }
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let stdin = match &cli.stdin_file {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                String::from_utf8(bytes)
+                    .with_context(|| format!("{} is not UTF-8", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let config = RunnerConfig {
+        tasks_dir: cli.tasks_dir,
+        node: cli.node,
+        max_concurrent: 1,
+        ..RunnerConfig::default()
+    };
+    let runner = Runner::new(config)?;
+    let request = TaskRequest {
+        task_path: cli.task,
+        timeout_secs: cli.timeout,
+        args: cli.args,
+        stdin,
+    };
+    match runner.run(request).await {
+        Ok(result) => {
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(if result.status == "success" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Err(err) => Ok(fail(&err.to_string())),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    println!("{}", serde_json::json!({ "error": message }));
+    eprintln!("{message}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,296 @@
+//! The box a task runs in: what happens between `fork` and `exec`, and how
+//! everything inside the box is killed afterwards.
+//!
+//! Everything in [`Policy::apply_in_child`] runs in the forked child of a
+//! multi-threaded process, so it only makes raw system calls (async-signal-safe,
+//! no allocation, no locks). The seccomp program is compiled before the fork.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::error::ConfigError;
+
+/// How long killing a box may take before the runner gives up and reports it.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The unprivileged identity of a slot (only when the runner is root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resource limits and the seccomp program, prepared once per runner.
+#[derive(Clone)]
+pub(crate) struct Policy {
+    seccomp: Arc<BpfProgram>,
+    rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+}
+
+impl Policy {
+    pub fn new(
+        memory_limit_bytes: u64,
+        max_file_bytes: u64,
+        max_open_files: u64,
+        max_processes: Option<u64>,
+    ) -> Result<Self, ConfigError> {
+        let mut rlimits = vec![
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_DATA, memory_limit_bytes),
+            (libc::RLIMIT_FSIZE, max_file_bytes),
+            (libc::RLIMIT_NOFILE, max_open_files),
+        ];
+        // RLIMIT_NPROC counts every thread of the real uid; without a uid of its own
+        // the task would share the count with the runner, so it is only set per slot.
+        if let Some(n) = max_processes {
+            rlimits.push((libc::RLIMIT_NPROC, n));
+        }
+        Ok(Self {
+            seccomp: Arc::new(seccomp_program()?),
+            rlimits,
+        })
+    }
+
+    /// Arranges for `cmd`'s child to enter the box just before `exec`:
+    /// new session, death signal, closed descriptors, rlimits, identity,
+    /// `PR_SET_NO_NEW_PRIVS` and the seccomp filter, in that order.
+    pub fn install(&self, cmd: &mut tokio::process::Command, identity: Option<Identity>) {
+        let policy = self.clone();
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure only makes async-signal-safe system calls and
+        // touches memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || policy.apply_in_child(parent, identity));
+        }
+    }
+
+    fn apply_in_child(&self, parent: libc::pid_t, identity: Option<Identity>) -> io::Result<()> {
+        // SAFETY (whole function): plain system calls on valid arguments.
+        unsafe {
+            // Own session and process group: the runner can signal the group and
+            // the task has no controlling terminal.
+            check(libc::setsid())?;
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+            // The runner may have died between fork and prctl.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            libc::umask(0o077);
+            // Descriptors some library opened without O_CLOEXEC must not leak into
+            // the task (std's own are already close-on-exec).
+            check(libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) as libc::c_int)?;
+            for &(resource, value) in &self.rlimits {
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                check(libc::setrlimit(resource, &limit))?;
+            }
+            if let Some(id) = identity {
+                // Raw calls: glibc's wrappers coordinate all threads of a process,
+                // which is pointless (and unsafe) after fork.
+                check(
+                    libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                        as libc::c_int,
+                )?;
+                check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) as libc::c_int)?;
+                check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) as libc::c_int)?;
+                if libc::geteuid() != id.uid || libc::getegid() != id.gid {
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
+            }
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        }
+        seccompiler::apply_filter(&self.seccomp)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Bit x32-ABI system call numbers carry on x86-64. The kernel accepts them under
+/// the x86-64 audit arch, so each denied call is listed under both numbers.
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+
+/// The seccomp program: everything allowed except
+/// - `socket(AF_VSOCK, ..)` and `socketpair(AF_VSOCK, ..)`: inside an enclave vsock
+///   is the one way out, to the parent instance;
+/// - `io_uring_setup`: io_uring can create sockets without calling `socket()`.
+///
+/// Both fail with `EPERM`. Foreign architectures (e.g. the i386 `socketcall`
+/// entry point) kill the process.
+fn seccomp_program() -> Result<BpfProgram, ConfigError> {
+    let vsock_family = || -> Result<Vec<SeccompRule>, ConfigError> {
+        let cond = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_VSOCK as u64,
+        )?;
+        Ok(vec![SeccompRule::new(vec![cond])?])
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut deny = |nr: i64, with: Vec<SeccompRule>| -> Result<(), ConfigError> {
+        #[cfg(target_arch = "x86_64")]
+        rules.insert(nr | X32_SYSCALL_BIT, with.clone());
+        rules.insert(nr, with);
+        Ok(())
+    };
+    deny(libc::SYS_socket, vsock_family()?)?;
+    deny(libc::SYS_socketpair, vsock_family()?)?;
+    deny(libc::SYS_io_uring_setup, Vec::new())?;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "seccomp: unsupported architecture {}",
+            std::env::consts::ARCH
+        ))
+    })?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// How to find everything a task started, to kill it.
+#[derive(Debug, Clone)]
+pub(crate) enum BoxKind {
+    /// Every process of this (slot-private) uid belongs to the task.
+    Uid(Identity),
+    /// Same uid as the runner: the task's process group, plus any process whose
+    /// environment still carries `NAUTILUS_TASK_ID=<id>`. Weaker: a process that
+    /// rewrites its own environment and leaves the group escapes.
+    Marker { pgid: libc::pid_t, marker: Vec<u8> },
+}
+
+/// The box could not be emptied in time.
+#[derive(Debug, thiserror::Error)]
+#[error("processes of the task were still alive after {KILL_DEADLINE:?}: {0:?}")]
+pub(crate) struct KillError(Vec<libc::pid_t>);
+
+impl BoxKind {
+    /// SIGKILLs everything in the box and returns once no live process is left
+    /// (zombies waiting for their parent to reap them do not count). Blocking.
+    pub fn kill_all(&self) -> Result<(), KillError> {
+        let deadline = Instant::now() + KILL_DEADLINE;
+        loop {
+            let alive = match self {
+                Self::Uid(id) => {
+                    kill_as(*id);
+                    live_pids(|pid, status| status_uid(status) == Some(id.uid) && pid > 1)
+                }
+                Self::Marker { pgid, marker } => {
+                    // SAFETY: plain kill(2); failure just means the group is gone.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    let own = std::process::id() as libc::pid_t;
+                    let found = live_pids(|pid, _| pid != own && environ_has(pid, marker));
+                    for &pid in &found {
+                        // SAFETY: as above.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    found
+                }
+            };
+            if alive.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(KillError(alive));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Forks a helper that takes the slot's identity and calls `kill(-1, SIGKILL)`:
+/// the kernel then signals every process of that uid in one pass under the
+/// task-list lock, so a fork bomb cannot outrun it (a process with a pending
+/// SIGKILL cannot fork).
+fn kill_as(id: Identity) {
+    // SAFETY: the child makes only raw system calls, then _exit.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let ok = libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                == 0
+                && libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) == 0
+                && libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) == 0;
+            if !ok {
+                libc::_exit(2);
+            }
+            libc::kill(-1, libc::SIGKILL);
+            libc::_exit(0);
+        }
+        if pid > 0 {
+            let mut status = 0;
+            while libc::waitpid(pid, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR
+            {
+            }
+        }
+    }
+}
+
+/// Pids in /proc that are not zombies and satisfy `pred(pid, status_text)`.
+fn live_pids(pred: impl Fn(libc::pid_t, &str) -> bool) -> Vec<libc::pid_t> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| {
+            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            !is_zombie(&status) && pred(pid, &status)
+        })
+        .collect()
+}
+
+fn is_zombie(status: &str) -> bool {
+    status
+        .lines()
+        .any(|l| l.starts_with("State:") && (l.contains("Z (zombie)") || l.contains("X (dead)")))
+}
+
+/// Real uid from a /proc/<pid>/status text.
+fn status_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker))
+}

@@ -1,0 +1,95 @@
+//! Helpers shared by the integration tests (each test binary uses a subset).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use task_runner::{Runner, RunnerConfig, TaskError, TaskRequest, TaskResult};
+
+/// Upper bound for any single run in the tests.
+pub const RUN_BOUND: Duration = Duration::from_secs(30);
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tasks")
+}
+
+/// The repository root, which holds the example `nodejs-task`.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A configuration with its own slot uid range: runners in one process must
+/// not share uids (a runner kills everything its slot uids own).
+pub fn config() -> RunnerConfig {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 61000 + 16 * NEXT.fetch_add(1, Ordering::SeqCst);
+    RunnerConfig {
+        tasks_dir: fixtures(),
+        sandbox_uid_base: base,
+        max_concurrent: 4,
+        ..RunnerConfig::default()
+    }
+}
+
+pub fn config_in(tasks_dir: impl Into<PathBuf>) -> RunnerConfig {
+    RunnerConfig {
+        tasks_dir: tasks_dir.into(),
+        ..config()
+    }
+}
+
+pub fn runner() -> Runner {
+    Runner::new(config()).expect("runner")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn request(task: &str, args: &[&str]) -> TaskRequest {
+    TaskRequest {
+        task_path: task.to_owned(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..TaskRequest::default()
+    }
+}
+
+/// Runs with a hard bound so a hung run fails the test instead of hanging it.
+pub async fn run(runner: &Runner, req: TaskRequest) -> Result<TaskResult, TaskError> {
+    tokio::time::timeout(RUN_BOUND, runner.run(req))
+        .await
+        .expect("run did not finish within the test bound")
+}
+
+pub async fn run_ok(runner: &Runner, task: &str, args: &[&str]) -> TaskResult {
+    match run(runner, request(task, args)).await {
+        Ok(result) => result,
+        Err(e) => panic!("{task} {args:?} failed to run: {e}"),
+    }
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Whether `pid` is a live process (zombies, which are dead and only wait to be
+/// reaped by their parent, count as gone).
+pub fn alive(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => !status
+            .lines()
+            .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains("X (dead)"))),
+        Err(_) => false,
+    }
+}
+
+/// Prints why a root-only check is skipped; returns whether to skip.
+pub fn skip_unless_root(what: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED (needs root): {what}");
+    true
+}

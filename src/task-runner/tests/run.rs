@@ -1,0 +1,474 @@
+//! Behaviour of `Runner::run` with real `node` processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use task_runner::{ErrorKind, Runner, RunnerConfig, TaskError, TaskRequest};
+
+#[tokio::test]
+async fn example_task_succeeds_with_args() {
+    let runner = Runner::new(config_in(repo_root())).unwrap();
+    let result = run_ok(&runner, "./nodejs-task/", &["1", "2", "3"]).await;
+    assert_eq!(result.status, "success");
+    assert_eq!(result.exit_code, Some(0));
+    assert_eq!(result.signal, None);
+    assert_eq!(result.task_path, "nodejs-task");
+    assert_eq!(result.args, ["1", "2", "3"]);
+    assert_eq!(result.stdin_sha256, None);
+    assert!(
+        result.stdout.starts_with("🚀 Task starting...\n"),
+        "{}",
+        result.stdout
+    );
+    assert!(
+        result
+            .stdout
+            .contains(r#"✅ Result: {"count":3,"sum":6,"mean":2"#),
+        "{}",
+        result.stdout
+    );
+    let id = uuid::Uuid::parse_str(&result.task_id).unwrap();
+    assert_eq!(id.get_version_num(), 4);
+    let listed = runner.list_tasks().unwrap();
+    let listed = listed
+        .iter()
+        .find(|t| t.task_path == "nodejs-task")
+        .expect("nodejs-task listed");
+    assert_eq!(
+        listed.task_digest, result.task_digest,
+        "digest of what ran == digest of the task on disk"
+    );
+    assert_eq!(result.task_digest.len(), 64);
+}
+
+#[tokio::test]
+async fn example_task_fails_on_bad_input() {
+    let runner = Runner::new(config_in(repo_root())).unwrap();
+    let result = run_ok(&runner, "nodejs-task", &["1", "x"]).await;
+    assert_eq!(result.status, "failed");
+    assert_eq!(result.exit_code, Some(1));
+    assert!(result.stderr.contains("❌ Error:"), "{}", result.stderr);
+}
+
+#[tokio::test]
+async fn non_zero_exit_is_reported() {
+    let result = run_ok(&runner(), "exit-with", &["7"]).await;
+    assert_eq!(
+        (result.status.as_str(), result.exit_code, result.signal),
+        ("failed", Some(7), None)
+    );
+    assert_eq!(result.stderr, "exiting with 7\n");
+}
+
+#[tokio::test]
+async fn death_by_signal_is_reported() {
+    let runner = runner();
+    for sig in ["SIGKILL", "SIGSEGV"] {
+        let result = run_ok(&runner, "self-signal", &[sig]).await;
+        assert_eq!(result.status, "failed");
+        assert_eq!(result.exit_code, None);
+        assert_eq!(result.signal.as_deref(), Some(sig));
+        assert_eq!(result.stdout, "about to be signalled\n");
+    }
+}
+
+#[tokio::test]
+async fn task_ignoring_sigterm_times_out_within_timeout_plus_grace() {
+    let runner = runner();
+    let grace = runner.config().kill_grace;
+    let check = |arg: &'static str| {
+        let runner = runner.clone();
+        async move {
+            let req = TaskRequest {
+                timeout_secs: Some(1),
+                ..request("ignore-term", &[arg])
+            };
+            let started = Instant::now();
+            let err = run(&runner, req).await.unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                took >= Duration::from_secs(1),
+                "{arg}: returned before the timeout: {took:?}"
+            );
+            assert!(
+                took <= Duration::from_secs(1) + grace + Duration::from_secs(1),
+                "{arg}: took {took:?}"
+            );
+            assert_eq!(err.kind(), ErrorKind::Timeout);
+            assert_eq!(
+                err.to_string(),
+                "Failed to execute Node.js task: Task execution timed out after 1 seconds"
+            );
+            let TaskError::Timeout { secs: 1, partial } = err else {
+                panic!("{err:?}")
+            };
+            assert!(
+                partial.stdout.starts_with("started\n"),
+                "{arg}: partial output kept: {:?}",
+                partial.stdout
+            );
+            assert_eq!(partial.signal.as_deref(), Some("SIGKILL"));
+            assert_eq!(partial.status, "failed");
+        }
+    };
+    // "stop" also SIGSTOPs its own process group: the runner signals from outside it.
+    tokio::join!(check("run"), check("stop"));
+}
+
+#[tokio::test]
+async fn detached_and_double_forked_grandchildren_do_not_survive() {
+    let result = run_ok(&runner(), "detach", &[]).await;
+    assert_eq!(result.status, "success", "{}", result.stderr);
+    let pids: Vec<i64> = serde_json::from_value(json(&result.stdout)["pids"].clone()).unwrap();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        assert!(!alive(pid), "grandchild {pid} survived the task");
+    }
+}
+
+#[tokio::test]
+async fn grandchild_holding_stdout_does_not_delay_the_result() {
+    let started = Instant::now();
+    let result = run_ok(&runner(), "hold-stdout", &[]).await;
+    assert_eq!(result.status, "success");
+    assert_eq!(result.stdout, "main done\n");
+    // The grandchild would hold the pipe for 60 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn large_output_before_process_exit_arrives_whole() {
+    let result = run_ok(&runner(), "big-exit", &[]).await;
+    assert_eq!(result.status, "success");
+    assert_eq!(result.stdout.len(), 500_000);
+    assert!(result.stdout.bytes().all(|b| b == b'o'));
+    assert_eq!(result.stderr.len(), 500_000);
+    assert!(!result.stdout_truncated && !result.stderr_truncated);
+}
+
+#[tokio::test]
+async fn output_is_capped_and_marked_truncated() {
+    let runner = Runner::new(RunnerConfig {
+        max_output_bytes: 100_000,
+        ..config()
+    })
+    .unwrap();
+    let result = run_ok(&runner, "flood", &["1000000"]).await;
+    assert_eq!(result.status, "success");
+    assert_eq!(
+        (result.stdout.len(), result.stderr.len()),
+        (100_000, 100_000)
+    );
+    assert!(result.stdout_truncated && result.stderr_truncated);
+
+    // A task printing forever keeps its capped output when it times out.
+    let err = run(
+        &runner,
+        TaskRequest {
+            timeout_secs: Some(1),
+            ..request("flood", &["-1"])
+        },
+    )
+    .await
+    .unwrap_err();
+    let TaskError::Timeout { partial, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(partial.stdout.len(), 100_000);
+    assert!(partial.stdout_truncated && partial.stderr_truncated);
+}
+
+#[tokio::test]
+async fn allocating_gigabytes_fails_cleanly() {
+    let runner = Runner::new(RunnerConfig {
+        memory_limit_bytes: 256 << 20,
+        ..config()
+    })
+    .unwrap();
+    let (buffer, heap) = tokio::join!(
+        run_ok(&runner, "hog", &["buffer"]),
+        run_ok(&runner, "hog", &["heap"])
+    );
+    for result in [buffer, heap] {
+        assert_eq!(result.status, "failed", "{result:?}");
+        assert!(
+            result.exit_code.is_some_and(|c| c != 0) || result.signal.is_some(),
+            "{result:?}"
+        );
+        assert!(!result.stdout.contains("allocated"), "{}", result.stdout);
+    }
+    // The runner is unharmed.
+    assert_eq!(run_ok(&runner, "exit-with", &["0"]).await.status, "success");
+}
+
+#[tokio::test]
+async fn stdin_is_delivered_or_reads_as_eof() {
+    let runner = runner();
+    let text = "hello, task\n";
+    let given = run(
+        &runner,
+        TaskRequest {
+            stdin: Some(text.to_owned()),
+            ..request("stdin-echo", &[])
+        },
+    )
+    .await
+    .unwrap();
+    let seen = json(&given.stdout);
+    assert_eq!(seen["text"], text);
+    assert_eq!(given.stdin_sha256.as_deref(), seen["sha256"].as_str());
+
+    let big = "y".repeat(task_runner::MAX_STDIN_BYTES);
+    let given = run(
+        &runner,
+        TaskRequest {
+            stdin: Some(big),
+            ..request("stdin-echo", &[])
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&given.stdout)["bytes"], task_runner::MAX_STDIN_BYTES);
+
+    let absent = run(
+        &runner,
+        TaskRequest {
+            timeout_secs: Some(10),
+            ..request("stdin-echo", &[])
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(json(&absent.stdout)["bytes"], 0);
+    assert_eq!(absent.stdin_sha256, None);
+}
+
+#[tokio::test]
+async fn bad_requests_are_rejected_before_running() {
+    let runner = runner();
+    let long = "a".repeat(300);
+    for path in [
+        "",
+        ".",
+        "/etc",
+        "/tmp/x",
+        "..",
+        "../fixtures",
+        "a/../b",
+        "a\0b",
+        "a\tb",
+        "a\u{1b}b",
+        long.as_str(),
+    ] {
+        let err = run(&runner, request(path, &[])).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{path:?}: {err}");
+    }
+    let cases = [
+        TaskRequest {
+            timeout_secs: Some(0),
+            ..request("sleep", &["1"])
+        },
+        TaskRequest {
+            timeout_secs: Some(301),
+            ..request("sleep", &["1"])
+        },
+        TaskRequest {
+            args: vec!["x".into(); 65],
+            ..request("sleep", &[])
+        },
+        TaskRequest {
+            args: vec!["x".repeat(4097)],
+            ..request("sleep", &[])
+        },
+        TaskRequest {
+            args: vec!["x".repeat(4096); 17],
+            ..request("sleep", &[])
+        },
+        TaskRequest {
+            args: vec!["a\0b".into()],
+            ..request("sleep", &[])
+        },
+        TaskRequest {
+            stdin: Some("z".repeat(task_runner::MAX_STDIN_BYTES + 1)),
+            ..request("sleep", &[])
+        },
+    ];
+    for req in cases {
+        let err = run(&runner, req.clone()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{req:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn symlink_out_of_the_tasks_dir_is_rejected() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("package.json"), "{}").unwrap();
+    std::fs::write(outside.path().join("index.js"), "").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+    let runner = Runner::new(config_in(root.path())).unwrap();
+    let err = run(&runner, request("escape", &[])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest, "{err}");
+    assert!(
+        err.to_string().contains("outside the tasks directory"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn missing_task_and_missing_package_json() {
+    let runner = runner();
+    let err = run(&runner, request("does-not-exist", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Failed to execute Node.js task: Task directory does not exist: does-not-exist"
+    );
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = run(&runner, request("no-package", &[])).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Failed to execute Node.js task: package.json not found in task directory"
+    );
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn missing_node_fails_every_run_fast() {
+    let runner = Runner::new(RunnerConfig {
+        node: Some("/nonexistent/bin/node".into()),
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(runner.node_version(), None);
+    let started = Instant::now();
+    let err = run(&runner, request("sleep", &["1"])).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(err.kind(), ErrorKind::NodeMissing);
+    assert_eq!(
+        err.to_string(),
+        "Failed to execute Node.js task: Failed to check Node.js installation. Is Node.js installed?"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_tasks_all_complete_in_distinct_slots() {
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 3,
+        max_queue: 8,
+        ..config()
+    })
+    .unwrap();
+    let runs: Vec<_> = (0..7)
+        .map(|_| {
+            let runner = runner.clone();
+            tokio::spawn(async move { run_ok(&runner, "sleep", &["300"]).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for handle in runs {
+        let result = handle.await.unwrap();
+        assert_eq!(result.status, "success");
+        let v = json(&result.stdout);
+        seen.push((
+            v["uid"].as_u64().unwrap(),
+            v["start"].as_u64().unwrap(),
+            v["end"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(runner.stats().running, 0);
+    if is_root() {
+        let base = u64::from(runner.config().sandbox_uid_base);
+        for (i, a) in seen.iter().enumerate() {
+            assert!(
+                (base..base + 3).contains(&a.0),
+                "uid {} outside the slot range",
+                a.0
+            );
+            for b in &seen[i + 1..] {
+                let overlap = a.1 < b.2 && b.1 < a.2;
+                assert!(
+                    !(overlap && a.0 == b.0),
+                    "overlapping runs shared uid {}",
+                    a.0
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn busy_past_the_queue() {
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        max_queue: 1,
+        ..config()
+    })
+    .unwrap();
+    let first = tokio::spawn({
+        let runner = runner.clone();
+        async move { run_ok(&runner, "sleep", &["1500"]).await }
+    });
+    wait_for(|| runner.stats().running == 1).await;
+    let second = tokio::spawn({
+        let runner = runner.clone();
+        async move { run_ok(&runner, "sleep", &["10"]).await }
+    });
+    wait_for(|| runner.stats().queued == 1).await;
+    let err = run(&runner, request("sleep", &["10"])).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    assert_eq!(first.await.unwrap().status, "success");
+    assert_eq!(second.await.unwrap().status, "success");
+}
+
+#[tokio::test]
+async fn shutdown_stops_queued_and_kills_running() {
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        max_queue: 4,
+        ..config()
+    })
+    .unwrap();
+    let spawn_sleeper = || {
+        let runner = runner.clone();
+        tokio::spawn(async move { run(&runner, request("sleep", &["20000"])).await })
+    };
+    let running = spawn_sleeper();
+    wait_for(|| runner.stats().running == 1).await;
+    let queued = spawn_sleeper();
+    wait_for(|| runner.stats().queued == 1).await;
+    let started = Instant::now();
+    tokio::time::timeout(RUN_BOUND, runner.shutdown(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(runner.stats().running, 0);
+    for handle in [running, queued] {
+        assert_eq!(
+            handle.await.unwrap().unwrap_err().kind(),
+            ErrorKind::ShuttingDown
+        );
+    }
+    assert_eq!(
+        run(&runner, request("sleep", &["1"]))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::ShuttingDown
+    );
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
