@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -46,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         }))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(max_body, json_errors))
         .layer(middleware::from_fn_with_state(state, metrics::track_requests))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -95,7 +95,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// Rewrites every non-JSON error (axum's extractor rejections, the body
 /// limit, panics) as `{"error": ...}`, so clients parse one error shape.
 /// Unparseable JSON bodies are client errors: axum's 422 becomes 400.
-async fn json_errors(req: Request, next: Next) -> Response {
+async fn json_errors(State(max_body): State<usize>, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
@@ -106,7 +106,10 @@ async fn json_errors(req: Request, next: Next) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let msg = if text.is_empty() {
+    let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // tower-http's own text ("length limit exceeded") does not say which limit.
+        format!("request body is larger than the {max_body}-byte limit")
+    } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
     } else {
         text
