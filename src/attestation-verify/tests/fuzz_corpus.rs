@@ -1,4 +1,4 @@
-//! Replays the cargo-fuzz corpus (and any saved crash artifacts) through the same
+//! Replays the cargo-fuzz seeds (and any local corpus and crash artifacts) through the same
 //! parse → verify path as `fuzz/fuzz_targets/parse_document.rs`, so that path runs
 //! on stable in CI even where the fuzzer itself cannot.
 
@@ -33,24 +33,17 @@ fn parse_document(data: &[u8]) -> bool {
 }
 
 #[test]
-fn corpus_and_artifacts_replay_without_panicking() {
-    let seeds = files_in(&fuzz_dir().join("corpus/parse_document"));
-    let seed_docs: Vec<_> = seeds
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "cbor"))
-        .collect();
-    assert_eq!(
-        seed_docs.len(),
-        19,
-        "seed corpus holds the 19 real documents"
-    );
-    for path in &seed_docs {
+fn seeds_corpus_and_artifacts_replay_without_panicking() {
+    let seeds = files_in(&fuzz_dir().join("seeds/parse_document"));
+    assert_eq!(seeds.len(), 19, "the seeds are the 19 real documents");
+    for path in &seeds {
         let data = std::fs::read(path).unwrap();
         assert!(parse_document(&data), "seed {} verifies", path.display());
     }
-    // Whatever the fuzzer added locally, and crash reproducers, must not panic.
-    let extra = seeds.iter().filter(|p| !seed_docs.contains(p));
-    for path in extra.chain(&files_in(&fuzz_dir().join("artifacts/parse_document"))) {
+    // The fuzzer's local corpus and crash reproducers (not in git) must not panic.
+    let corpus = files_in(&fuzz_dir().join("corpus/parse_document"));
+    let artifacts = files_in(&fuzz_dir().join("artifacts/parse_document"));
+    for path in corpus.iter().chain(&artifacts) {
         parse_document(&std::fs::read(path).unwrap());
     }
 }
