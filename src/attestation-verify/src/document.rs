@@ -408,29 +408,32 @@ fn optional_bytes(d: &mut Decoder<'_>, field: &'static str) -> Result<Option<Vec
 fn for_each_map_entry<'b>(
     d: &mut Decoder<'b>,
     context: &'static str,
-    mut entry: impl FnMut(&mut Decoder<'b>) -> Result<(), Error>,
+    entry: impl FnMut(&mut Decoder<'b>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    match d.map().map_err(cbor(context))? {
-        // A declared count costs nothing to honour: every entry consumes input, so
-        // an absurd count ends at end-of-input after at most `input.len()` steps.
-        Some(n) => (0..n).try_for_each(|_| entry(d)),
-        None => loop {
-            if d.datatype().map_err(cbor(context))? == Type::Break {
-                d.skip().map_err(cbor(context))?;
-                return Ok(());
-            }
-            entry(d)?;
-        },
-    }
+    let len = d.map().map_err(cbor(context))?;
+    for_each_item(d, context, len, entry)
 }
 
 /// Array counterpart of [`for_each_map_entry`].
 fn for_each_array_item<'b>(
     d: &mut Decoder<'b>,
     context: &'static str,
+    item: impl FnMut(&mut Decoder<'b>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let len = d.array().map_err(cbor(context))?;
+    for_each_item(d, context, len, item)
+}
+
+/// Calls `item` `len` times, or until the break byte if `len` is `None`.
+fn for_each_item<'b>(
+    d: &mut Decoder<'b>,
+    context: &'static str,
+    len: Option<u64>,
     mut item: impl FnMut(&mut Decoder<'b>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    match d.array().map_err(cbor(context))? {
+    match len {
+        // A declared count costs nothing to honour: every item consumes input, so
+        // an absurd count ends at end-of-input after at most `input.len()` steps.
         Some(n) => (0..n).try_for_each(|_| item(d)),
         None => loop {
             if d.datatype().map_err(cbor(context))? == Type::Break {

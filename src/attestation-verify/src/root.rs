@@ -9,7 +9,7 @@ use crate::error::ConfigError;
 /// The AWS Nitro Enclaves root G1 certificate (DER), as AWS publishes it.
 const AWS_NITRO_ROOT_G1_DER: &[u8] = include_bytes!("../roots/aws_nitro_root_g1.der");
 
-/// SHA-256 of [`AWS_NITRO_ROOT_G1_DER`], the value AWS documents for the root.
+/// SHA-256 of the embedded root's DER, the value AWS documents for it.
 /// `build.rs` refuses to build if the embedded file does not hash to it.
 pub const AWS_NITRO_ROOT_G1_SHA256: &str =
     "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b";
