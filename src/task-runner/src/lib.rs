@@ -79,6 +79,7 @@ mod node;
 mod request;
 mod sandbox;
 mod task;
+mod uids;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -135,39 +136,7 @@ struct Inner {
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
-    _uids: Option<UidLease>,
-}
-
-/// Exclusive use of a slot uid range within this process: a runner kills
-/// everything its slot uids own, so two runners sharing uids would kill each
-/// other's tasks.
-struct UidLease(std::ops::Range<u32>);
-
-static LEASED_UIDS: std::sync::Mutex<Vec<std::ops::Range<u32>>> = std::sync::Mutex::new(Vec::new());
-
-impl UidLease {
-    fn take(range: std::ops::Range<u32>) -> Result<Self, ConfigError> {
-        let mut leased = LEASED_UIDS.lock().unwrap_or_else(|p| p.into_inner());
-        if leased
-            .iter()
-            .any(|r| r.start < range.end && range.start < r.end)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "slot uids {range:?} overlap those of another Runner in this process"
-            )));
-        }
-        leased.push(range.clone());
-        Ok(Self(range))
-    }
-}
-
-impl Drop for UidLease {
-    fn drop(&mut self) {
-        LEASED_UIDS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|r| *r != self.0);
-    }
+    _uids: Option<uids::UidLease>,
 }
 
 impl Runner {
@@ -192,10 +161,14 @@ impl Runner {
                 "not running as root: tasks share the runner's uid (weaker isolation, see docs)"
             );
         }
+        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         let uids = if privileged {
             let base = config.sandbox_uid_base;
             // `check` made sure this cannot overflow.
-            Some(UidLease::take(base..base + config.max_concurrent as u32)?)
+            Some(uids::UidLease::take(
+                &work_dir,
+                base..base + config.max_concurrent as u32,
+            )?)
         } else {
             None
         };
@@ -210,7 +183,6 @@ impl Runner {
             .iter()
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
             .collect();
-        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
         Ok(Runner {
             inner: Arc::new(Inner {
