@@ -282,12 +282,41 @@ impl Runner {
 
 /// A staged run directory: `task/` (the copy that runs), `home/` and the preload.
 struct RunDir {
-    _temp: tempfile::TempDir,
+    temp: tempfile::TempDir,
     task: PathBuf,
     home: PathBuf,
     preload: PathBuf,
     entry: PathBuf,
     digest: String,
+}
+
+impl RunDir {
+    /// Deletes the run directory. A task sharing the runner's uid may have left
+    /// directories without owner permissions in its home; those are restored
+    /// and the removal retried.
+    fn remove(self) {
+        let path = self.temp.path().to_owned();
+        if self.temp.close().is_ok() {
+            return;
+        }
+        restore_owner_access(&path);
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
+        }
+    }
+}
+
+/// Gives the owner full access to every directory under `dir` (symlinks not followed).
+fn restore_owner_access(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            restore_owner_access(&entry.path());
+        }
+    }
 }
 
 impl Inner {
@@ -361,7 +390,7 @@ impl Inner {
         };
         let digest = run_dir.digest.clone();
         // Removing the run directory is blocking I/O; the slot is held until it is gone.
-        let _ = tokio::task::spawn_blocking(move || drop(run_dir)).await;
+        let _ = tokio::task::spawn_blocking(move || run_dir.remove()).await;
         drop(slot);
         let outcome = outcome?;
 
@@ -426,7 +455,7 @@ impl Inner {
         std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
             .map_err(io("securing the preload"))?;
         Ok(RunDir {
-            _temp: temp,
+            temp,
             task: staged,
             home,
             preload,

@@ -92,12 +92,7 @@ impl Policy {
             libc::umask(0o077);
             // Descriptors some library opened without O_CLOEXEC must not leak into
             // the task (std's own are already close-on-exec).
-            check(libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) as libc::c_int)?;
+            set_cloexec_from(3)?;
             for &(resource, value) in &self.rlimits {
                 let limit = libc::rlimit {
                     rlim_cur: value,
@@ -123,6 +118,36 @@ impl Policy {
         seccompiler::apply_filter(&self.seccomp)
             .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))
     }
+}
+
+/// Marks every descriptor from `first` up close-on-exec. `close_range` needs
+/// Linux 5.11; older kernels (enclave kernels may be 4.14 or 5.10) get a loop
+/// over the descriptor table. Async-signal-safe.
+unsafe fn set_cloexec_from(first: libc::c_int) -> io::Result<()> {
+    let rc = libc::syscall(
+        libc::SYS_close_range,
+        first as u32,
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC,
+    );
+    if rc == 0 {
+        return Ok(());
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    check(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit))?;
+    let end = libc::c_int::try_from(limit.rlim_cur)
+        .unwrap_or(libc::c_int::MAX)
+        .min(1 << 20);
+    for fd in first..end {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            check(libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
+        }
+    }
+    Ok(())
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {

@@ -11,8 +11,16 @@ use task_runner::Runner;
 
 #[tokio::test]
 async fn environment_is_built_from_nothing() {
+    // A descriptor the runner opened without O_CLOEXEC must not reach the task.
+    let leaky = tempfile::NamedTempFile::new().unwrap();
+    let leaky_path = std::ffi::CString::new(leaky.path().to_str().unwrap()).unwrap();
+    // SAFETY: open(2) on a valid C string; the descriptor is closed below.
+    let fd = unsafe { libc::open(leaky_path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
     let runner = runner();
     let result = run_ok(&runner, "introspect", &["a b", "--flag", "ünï"]).await;
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
     let seen = json(&result.stdout);
     assert_eq!(seen["argv"], serde_json::json!(["a b", "--flag", "ünï"]));
     let env = seen["env"].as_object().unwrap();
@@ -28,6 +36,11 @@ async fn environment_is_built_from_nothing() {
     assert!(
         !std::path::Path::new(home).exists(),
         "per-run home {home} was not removed"
+    );
+    let fds = seen["fds"].as_array().unwrap();
+    assert!(
+        !fds.iter().any(|t| t.as_str() == leaky.path().to_str()),
+        "leaked descriptor: {fds:?}"
     );
     let cwd = seen["cwd"].as_str().unwrap();
     assert!(

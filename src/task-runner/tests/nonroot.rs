@@ -58,7 +58,10 @@ fn unprivileged_runner_still_cleans_up_grandchildren() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    world_readable_copy(dir.path(), &["detach", "hold-stdout", "introspect"]);
+    world_readable_copy(
+        dir.path(),
+        &["detach", "hold-stdout", "introspect", "lock-home"],
+    );
 
     let seen = json(
         run_as_nobody(dir.path(), "introspect")["stdout"]
@@ -76,6 +79,16 @@ fn unprivileged_runner_still_cleans_up_grandchildren() {
     for pid in pids {
         assert!(!alive(pid), "grandchild {pid} survived the task");
     }
+
+    let result = run_as_nobody(dir.path(), "lock-home");
+    let home = json(result["stdout"].as_str().unwrap())["home"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !Path::new(&home).exists(),
+        "run directory {home} survived the run"
+    );
 
     let started = Instant::now();
     let result = run_as_nobody(dir.path(), "hold-stdout");
