@@ -47,14 +47,23 @@
 //! applies to every process of that uid in one pass; that includes
 //! `setsid`/double-forked grandchildren.
 //!
+//! The slot uids must belong to nothing else on the host. A runner locks its
+//! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
+//! its lifetime; a second runner asking for a held uid gets
+//! [`ConfigError::UidInUse`].
+//!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
-//! write wherever the runner can (not the staged copy they run from, though
-//! they could `chmod` it). Leftover processes are found by process group and
-//! by the `NAUTILUS_TASK_ID` marker in `/proc/<pid>/environ`; a process that
-//! leaves the group *and* rewrites its environment escapes. `RLIMIT_NPROC` is
-//! not set (it would count the runner's own threads). Use non-root mode for
-//! development only.
+//! write wherever the runner can, task directories included. Leftover
+//! processes are found by process group and by the `NAUTILUS_TASK_ID` marker
+//! in `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
+//! environment escapes (the result still arrives: output pipes are cut off
+//! after one second). `RLIMIT_NPROC` is not set (it would count the runner's
+//! own threads). Use non-root mode for development only.
+//!
+//! In both modes a task can write to world-writable places such as `/tmp`
+//! and `/dev/shm` (bounded per file by `RLIMIT_FSIZE`); such files outlive
+//! the run.
 //!
 //! # Example
 //!

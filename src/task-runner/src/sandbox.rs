@@ -78,6 +78,8 @@ impl Policy {
             // Own session and process group: the runner can signal the group and
             // the task has no controlling terminal.
             check(libc::setsid())?;
+            // The death signal follows the *thread* that forked: tokio runtime
+            // workers, which spawn tasks, live as long as the runtime.
             check(libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
