@@ -157,7 +157,8 @@ pub(crate) async fn supervise(
     // Timed from spawn to the main process's end, not including the clean-up.
     let mut elapsed = boxed.started.elapsed();
     let kind = boxed.kind.clone();
-    let killed = tokio::task::spawn_blocking(move || kind.kill_all()).await;
+    let main = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    let killed = tokio::task::spawn_blocking(move || kind.kill_all(main)).await;
     let status = match status {
         Some(status) => status,
         None => {

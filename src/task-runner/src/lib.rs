@@ -45,7 +45,12 @@
 //! task directory, or touch a concurrent task. Everything a task started is
 //! killed with `kill(-1, SIGKILL)` issued *as the slot uid*, which the kernel
 //! applies to every process of that uid in one pass; that includes
-//! `setsid`/double-forked grandchildren.
+//! `setsid`/double-forked grandchildren. The runner process also becomes a
+//! child subreaper (`PR_SET_CHILD_SUBREAPER`, set by [`Runner::new`]), so a
+//! task's orphans are reparented to it and their zombies reaped at once; a
+//! slot's process count is back to zero before its next task. (Other orphaned
+//! descendants of the same process would be adopted too; the runner only
+//! reaps processes of its slot uids.)
 //!
 //! The slot uids must belong to nothing else on the host. A runner locks its
 //! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
@@ -152,6 +157,9 @@ impl Runner {
     /// Checks `config`, resolves the tasks root and locates Node.js. A missing
     /// or too old Node.js is not an error here: every run then fails fast with
     /// [`TaskError::NodeMissing`].
+    ///
+    /// When root, locks the slot uids and makes this process a child subreaper
+    /// (see the crate docs).
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;
         let root =
@@ -171,6 +179,10 @@ impl Runner {
             );
         }
         let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        if privileged {
+            sandbox::become_subreaper()
+                .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+        }
         let uids = if privileged {
             let base = config.sandbox_uid_base;
             // `check` made sure this cannot overflow.
@@ -355,7 +367,7 @@ impl Inner {
             if let Some(id) = identity {
                 // Whatever a crashed predecessor left under this uid must not meet the new task.
                 BoxKind::Uid(id)
-                    .kill_all()
+                    .kill_all(None)
                     .map_err(|e| TaskError::internal("clearing the slot", e))?;
             }
             this.prepare(&task.dir, identity)
@@ -471,5 +483,15 @@ impl Inner {
             entry,
             digest,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runner_can_be_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<super::Runner>();
+        assert_send_sync::<super::TaskError>();
     }
 }

@@ -224,21 +224,43 @@ pub(crate) enum BoxKind {
 pub(crate) struct KillError(Vec<libc::pid_t>);
 
 impl BoxKind {
-    /// SIGKILLs everything in the box and returns once no live process is left
-    /// (zombies waiting for their parent to reap them do not count). Blocking.
-    pub fn kill_all(&self) -> Result<(), KillError> {
+    /// SIGKILLs everything in the box and returns once none of it is left.
+    /// `main` (the task's main process, reaped by its supervisor) is not
+    /// waited for here. Blocking.
+    ///
+    /// With a slot uid the runner is a child subreaper (see [`become_subreaper`]),
+    /// so every orphan of the task ends up as its child: this waits until each
+    /// one is dead *and reaped*, so the slot's process count (`RLIMIT_NPROC`)
+    /// is zero for the next task. Without a slot uid, orphans go to init and
+    /// only live processes are awaited.
+    pub fn kill_all(&self, main: Option<libc::pid_t>) -> Result<(), KillError> {
+        let me = std::process::id() as libc::pid_t;
         let deadline = Instant::now() + KILL_DEADLINE;
         loop {
-            let alive = match self {
+            let left: Vec<libc::pid_t> = match self {
                 Self::Uid(id) => {
                     kill_as(*id);
-                    live_pids(|pid, status| status_uid(status) == Some(id.uid) && pid > 1)
+                    let mut left = Vec::new();
+                    for p in processes().filter(|p| p.uid == id.uid && Some(p.pid) != main) {
+                        match (p.zombie, p.ppid == me) {
+                            // SAFETY: waitpid on a zombie child that no one else waits for.
+                            (true, true) => unsafe {
+                                libc::waitpid(p.pid, std::ptr::null_mut(), libc::WNOHANG);
+                            },
+                            // Its parent is being killed too; the zombie is then
+                            // reparented to this subreaper and reaped next round.
+                            (true, false) | (false, _) => left.push(p.pid),
+                        }
+                    }
+                    left
                 }
                 Self::Marker { pgid, marker } => {
                     // SAFETY: plain kill(2); failure just means the group is gone.
                     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                    let own = std::process::id() as libc::pid_t;
-                    let found = live_pids(|pid, _| pid != own && environ_has(pid, marker));
+                    let found: Vec<_> = processes()
+                        .filter(|p| !p.zombie && p.pid != me && environ_has(p.pid, marker))
+                        .map(|p| p.pid)
+                        .collect();
                     for &pid in &found {
                         // SAFETY: as above.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -246,15 +268,23 @@ impl BoxKind {
                     found
                 }
             };
-            if alive.is_empty() {
+            if left.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(KillError(alive));
+                return Err(KillError(left));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Makes the calling process adopt its orphaned descendants, so the processes a
+/// task leaves behind are reaped by the runner (promptly, and counted against
+/// nothing once gone) instead of waiting for init.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl on the calling process.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
 }
 
 /// Forks a helper that takes the slot's identity and calls `kill(-1, SIGKILL)`:
@@ -285,36 +315,44 @@ fn kill_as(id: Identity) {
     }
 }
 
-/// Pids in /proc that are not zombies and satisfy `pred(pid, status_text)`.
-fn live_pids(pred: impl Fn(libc::pid_t, &str) -> bool) -> Vec<libc::pid_t> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|&pid| {
-            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-                return false;
-            };
-            !is_zombie(&status) && pred(pid, &status)
+/// What the runner needs to know about one process.
+struct ProcInfo {
+    pid: libc::pid_t,
+    ppid: libc::pid_t,
+    /// Real uid.
+    uid: u32,
+    /// Exited, waiting to be reaped.
+    zombie: bool,
+}
+
+/// Every process in /proc (those that vanish while being read are skipped).
+fn processes() -> impl Iterator<Item = ProcInfo> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter_map(|pid| {
+            parse_status(
+                pid,
+                &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+            )
         })
-        .collect()
 }
 
-fn is_zombie(status: &str) -> bool {
-    status
-        .lines()
-        .any(|l| l.starts_with("State:") && (l.contains("Z (zombie)") || l.contains("X (dead)")))
-}
-
-/// Real uid from a /proc/<pid>/status text.
-fn status_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+fn parse_status(pid: libc::pid_t, status: &str) -> Option<ProcInfo> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let state = field("State:")?;
+    Some(ProcInfo {
+        pid,
+        ppid: field("PPid:")?.parse().ok()?,
+        uid: field("Uid:")?.split_whitespace().next()?.parse().ok()?,
+        zombie: state.starts_with('Z') || state.starts_with('X'),
+    })
 }
 
 fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {

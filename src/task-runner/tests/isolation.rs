@@ -155,3 +155,43 @@ async fn af_vsock_is_denied() {
         "other families stay usable: {result:?}"
     );
 }
+
+#[tokio::test]
+async fn process_limit_holds_and_every_process_is_killed() {
+    if skip_unless_root("RLIMIT_NPROC applies per slot uid") {
+        return;
+    }
+    // One slot: the second run gets the uid the first one filled up.
+    let runner = Runner::new(task_runner::RunnerConfig {
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    let limit = runner.config().max_processes;
+    for _ in 0..2 {
+        let seen = json(&run_ok(&runner, "fork-many", &[]).await.stdout);
+        assert_eq!(seen["error"], "EAGAIN", "{seen}");
+        // Node's own threads count too; the rest of the limit is the task's.
+        let spawned = seen["spawned"].as_u64().unwrap();
+        assert!(spawned > limit / 2 && spawned < limit, "{seen}");
+    }
+    let base = runner.config().sandbox_uid_base;
+    let slot_uids = base..base + runner.config().max_concurrent as u32;
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.parse::<i64>().is_ok_and(alive))
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next()?.parse().ok());
+            uid.is_some_and(|u| slot_uids.contains(&u))
+        })
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes of the slot uids survived: {survivors:?}"
+    );
+}
