@@ -180,6 +180,7 @@ impl Runner {
         }
         let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         if privileged {
+            check_traversable(&work_dir)?;
             sandbox::become_subreaper()
                 .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
         }
@@ -299,6 +300,28 @@ impl Runner {
             let _ = running.wait_for(|n| *n == 0).await;
         }
     }
+}
+
+/// Slot uids reach their run directories through `work_dir`: every directory
+/// on the way must be searchable by others (a checkout under `/root` is not).
+fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
+    let real = std::fs::canonicalize(work_dir)
+        .map_err(|e| ConfigError::Invalid(format!("work directory {}: {e}", work_dir.display())))?;
+    for dir in real.ancestors() {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "work directory {}: {} is not searchable by the task uids (mode {:o})",
+                work_dir.display(),
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A staged run directory: `task/` (the copy that runs), `home/` and the preload.

@@ -195,3 +195,20 @@ async fn process_limit_holds_and_every_process_is_killed() {
         "processes of the slot uids survived: {survivors:?}"
     );
 }
+
+#[test]
+fn work_dir_unreachable_by_slot_uids_is_refused() {
+    if skip_unless_root("only root runs tasks under other uids") {
+        return;
+    }
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = task_runner::RunnerConfig {
+        work_dir: Some(private.path().to_owned()),
+        ..config()
+    };
+    let err = Runner::new(config)
+        .err()
+        .expect("a 0700 work directory must be refused");
+    assert!(err.to_string().contains("not searchable"), "{err}");
+}
