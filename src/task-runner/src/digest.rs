@@ -18,8 +18,8 @@
 //! the same digest on any machine. Symlinks are covered by their target text,
 //! not by what they point at.
 //!
-//! A shell sketch of the same computation, for checking by hand, is in
-//! `tests/digest.rs`.
+//! `tests/digest.rs` recomputes it independently, byte by byte, from this
+//! description.
 
 use std::fs::{self, File};
 use std::io::{self, Read};

@@ -154,15 +154,21 @@ pub(crate) async fn supervise(
         }
         status = tokio::time::timeout(w.grace, boxed.child.wait()).await.ok();
     }
+    // Timed from spawn to the main process's end, not including the clean-up.
+    let mut elapsed = boxed.started.elapsed();
     let kind = boxed.kind.clone();
-    let killed = tokio::task::spawn_blocking(move || kind.kill_all()).await;
+    let main = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    let killed = tokio::task::spawn_blocking(move || kind.kill_all(main)).await;
     let status = match status {
         Some(status) => status,
-        // The box kill reached the main process too; this wait is short.
-        None => boxed.child.wait().await,
+        None => {
+            // The box kill reached the main process too; this wait is short.
+            let status = boxed.child.wait().await;
+            elapsed = boxed.started.elapsed();
+            status
+        }
     }
     .map_err(|e| TaskError::internal("waiting for node", e))?;
-    let elapsed = boxed.started.elapsed();
     if let Some(writer) = writer {
         writer.abort();
     }

@@ -45,16 +45,30 @@
 //! task directory, or touch a concurrent task. Everything a task started is
 //! killed with `kill(-1, SIGKILL)` issued *as the slot uid*, which the kernel
 //! applies to every process of that uid in one pass; that includes
-//! `setsid`/double-forked grandchildren.
+//! `setsid`/double-forked grandchildren. The runner process also becomes a
+//! child subreaper (`PR_SET_CHILD_SUBREAPER`, set by [`Runner::new`]), so a
+//! task's orphans are reparented to it and their zombies reaped at once; a
+//! slot's process count is back to zero before its next task. (Other orphaned
+//! descendants of the same process would be adopted too; the runner only
+//! reaps processes of its slot uids.)
+//!
+//! The slot uids must belong to nothing else on the host. A runner locks its
+//! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
+//! its lifetime; a second runner asking for a held uid gets
+//! [`ConfigError::UidInUse`].
 //!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
-//! write wherever the runner can (not the staged copy they run from, though
-//! they could `chmod` it). Leftover processes are found by process group and
-//! by the `NAUTILUS_TASK_ID` marker in `/proc/<pid>/environ`; a process that
-//! leaves the group *and* rewrites its environment escapes. `RLIMIT_NPROC` is
-//! not set (it would count the runner's own threads). Use non-root mode for
-//! development only.
+//! write wherever the runner can, task directories included. Leftover
+//! processes are found by process group and by the `NAUTILUS_TASK_ID` marker
+//! in `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
+//! environment escapes (the result still arrives: output pipes are cut off
+//! after one second). `RLIMIT_NPROC` is not set (it would count the runner's
+//! own threads). Use non-root mode for development only.
+//!
+//! In both modes a task can write to world-writable places such as `/tmp`
+//! and `/dev/shm` (bounded per file by `RLIMIT_FSIZE`); such files outlive
+//! the run.
 //!
 //! # Example
 //!
@@ -79,6 +93,7 @@ mod node;
 mod request;
 mod sandbox;
 mod task;
+mod uids;
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
@@ -135,45 +150,16 @@ struct Inner {
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
-    _uids: Option<UidLease>,
-}
-
-/// Exclusive use of a slot uid range within this process: a runner kills
-/// everything its slot uids own, so two runners sharing uids would kill each
-/// other's tasks.
-struct UidLease(std::ops::Range<u32>);
-
-static LEASED_UIDS: std::sync::Mutex<Vec<std::ops::Range<u32>>> = std::sync::Mutex::new(Vec::new());
-
-impl UidLease {
-    fn take(range: std::ops::Range<u32>) -> Result<Self, ConfigError> {
-        let mut leased = LEASED_UIDS.lock().unwrap_or_else(|p| p.into_inner());
-        if leased
-            .iter()
-            .any(|r| r.start < range.end && range.start < r.end)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "slot uids {range:?} overlap those of another Runner in this process"
-            )));
-        }
-        leased.push(range.clone());
-        Ok(Self(range))
-    }
-}
-
-impl Drop for UidLease {
-    fn drop(&mut self) {
-        LEASED_UIDS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|r| *r != self.0);
-    }
+    _uids: Option<uids::UidLease>,
 }
 
 impl Runner {
     /// Checks `config`, resolves the tasks root and locates Node.js. A missing
     /// or too old Node.js is not an error here: every run then fails fast with
     /// [`TaskError::NodeMissing`].
+    ///
+    /// When root, locks the slot uids and makes this process a child subreaper
+    /// (see the crate docs).
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;
         let root =
@@ -192,10 +178,19 @@ impl Runner {
                 "not running as root: tasks share the runner's uid (weaker isolation, see docs)"
             );
         }
+        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+        if privileged {
+            check_traversable(&work_dir)?;
+            sandbox::become_subreaper()
+                .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+        }
         let uids = if privileged {
             let base = config.sandbox_uid_base;
             // `check` made sure this cannot overflow.
-            Some(UidLease::take(base..base + config.max_concurrent as u32)?)
+            Some(uids::UidLease::take(
+                &work_dir,
+                base..base + config.max_concurrent as u32,
+            )?)
         } else {
             None
         };
@@ -210,7 +205,6 @@ impl Runner {
             .iter()
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
             .collect();
-        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
         Ok(Runner {
             inner: Arc::new(Inner {
@@ -308,14 +302,65 @@ impl Runner {
     }
 }
 
+/// Slot uids reach their run directories through `work_dir`: every directory
+/// on the way must be searchable by others (a checkout under `/root` is not).
+fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
+    let real = std::fs::canonicalize(work_dir)
+        .map_err(|e| ConfigError::Invalid(format!("work directory {}: {e}", work_dir.display())))?;
+    for dir in real.ancestors() {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "work directory {}: {} is not searchable by the task uids (mode {:o})",
+                work_dir.display(),
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A staged run directory: `task/` (the copy that runs), `home/` and the preload.
 struct RunDir {
-    _temp: tempfile::TempDir,
+    temp: tempfile::TempDir,
     task: PathBuf,
     home: PathBuf,
     preload: PathBuf,
     entry: PathBuf,
     digest: String,
+}
+
+impl RunDir {
+    /// Deletes the run directory. A task sharing the runner's uid may have left
+    /// directories without owner permissions in its home; those are restored
+    /// and the removal retried.
+    fn remove(self) {
+        let path = self.temp.path().to_owned();
+        if self.temp.close().is_ok() {
+            return;
+        }
+        restore_owner_access(&path);
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
+        }
+    }
+}
+
+/// Gives the owner full access to every directory under `dir` (symlinks not followed).
+fn restore_owner_access(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            restore_owner_access(&entry.path());
+        }
+    }
 }
 
 impl Inner {
@@ -345,7 +390,7 @@ impl Inner {
             if let Some(id) = identity {
                 // Whatever a crashed predecessor left under this uid must not meet the new task.
                 BoxKind::Uid(id)
-                    .kill_all()
+                    .kill_all(None)
                     .map_err(|e| TaskError::internal("clearing the slot", e))?;
             }
             this.prepare(&task.dir, identity)
@@ -389,7 +434,7 @@ impl Inner {
         };
         let digest = run_dir.digest.clone();
         // Removing the run directory is blocking I/O; the slot is held until it is gone.
-        let _ = tokio::task::spawn_blocking(move || drop(run_dir)).await;
+        let _ = tokio::task::spawn_blocking(move || run_dir.remove()).await;
         drop(slot);
         let outcome = outcome?;
 
@@ -454,12 +499,22 @@ impl Inner {
         std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
             .map_err(io("securing the preload"))?;
         Ok(RunDir {
-            _temp: temp,
+            temp,
             task: staged,
             home,
             preload,
             entry,
             digest,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runner_can_be_shared_across_tasks() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<super::Runner>();
+        assert_send_sync::<super::TaskError>();
     }
 }

@@ -62,8 +62,9 @@ pub struct ValidRequest {
 }
 
 impl TaskRequest {
-    /// Checks every limit and the form of the path, without touching the file system.
-    pub fn validate(self, config: &RunnerConfig) -> Result<ValidRequest, TaskError> {
+    /// Checks every limit and the form of the path, without touching the file
+    /// system. [`Runner::run`](crate::Runner::run) does the same.
+    pub fn validate(&self, config: &RunnerConfig) -> Result<ValidRequest, TaskError> {
         let task_path = normalize_task_path(&self.task_path)?;
         let timeout_secs = self.timeout_secs.unwrap_or(config.default_timeout_secs);
         if !(1..=config.max_timeout_secs).contains(&timeout_secs) {
@@ -84,8 +85,8 @@ impl TaskRequest {
         Ok(ValidRequest {
             task_path,
             timeout_secs,
-            args: self.args,
-            stdin: self.stdin,
+            args: self.args.clone(),
+            stdin: self.stdin.clone(),
         })
     }
 }

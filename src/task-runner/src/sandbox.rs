@@ -78,6 +78,8 @@ impl Policy {
             // Own session and process group: the runner can signal the group and
             // the task has no controlling terminal.
             check(libc::setsid())?;
+            // The death signal follows the *thread* that forked: tokio runtime
+            // workers, which spawn tasks, live as long as the runtime.
             check(libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -92,12 +94,7 @@ impl Policy {
             libc::umask(0o077);
             // Descriptors some library opened without O_CLOEXEC must not leak into
             // the task (std's own are already close-on-exec).
-            check(libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) as libc::c_int)?;
+            set_cloexec_from(3)?;
             for &(resource, value) in &self.rlimits {
                 let limit = libc::rlimit {
                     rlim_cur: value,
@@ -123,6 +120,36 @@ impl Policy {
         seccompiler::apply_filter(&self.seccomp)
             .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))
     }
+}
+
+/// Marks every descriptor from `first` up close-on-exec. `close_range` needs
+/// Linux 5.11; older kernels (enclave kernels may be 4.14 or 5.10) get a loop
+/// over the descriptor table. Async-signal-safe.
+unsafe fn set_cloexec_from(first: libc::c_int) -> io::Result<()> {
+    let rc = libc::syscall(
+        libc::SYS_close_range,
+        first as u32,
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC,
+    );
+    if rc == 0 {
+        return Ok(());
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    check(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit))?;
+    let end = libc::c_int::try_from(limit.rlim_cur)
+        .unwrap_or(libc::c_int::MAX)
+        .min(1 << 20);
+    for fd in first..end {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            check(libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
+        }
+    }
+    Ok(())
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -197,21 +224,43 @@ pub(crate) enum BoxKind {
 pub(crate) struct KillError(Vec<libc::pid_t>);
 
 impl BoxKind {
-    /// SIGKILLs everything in the box and returns once no live process is left
-    /// (zombies waiting for their parent to reap them do not count). Blocking.
-    pub fn kill_all(&self) -> Result<(), KillError> {
+    /// SIGKILLs everything in the box and returns once none of it is left.
+    /// `main` (the task's main process, reaped by its supervisor) is not
+    /// waited for here. Blocking.
+    ///
+    /// With a slot uid the runner is a child subreaper (see [`become_subreaper`]),
+    /// so every orphan of the task ends up as its child: this waits until each
+    /// one is dead *and reaped*, so the slot's process count (`RLIMIT_NPROC`)
+    /// is zero for the next task. Without a slot uid, orphans go to init and
+    /// only live processes are awaited.
+    pub fn kill_all(&self, main: Option<libc::pid_t>) -> Result<(), KillError> {
+        let me = std::process::id() as libc::pid_t;
         let deadline = Instant::now() + KILL_DEADLINE;
         loop {
-            let alive = match self {
+            let left: Vec<libc::pid_t> = match self {
                 Self::Uid(id) => {
                     kill_as(*id);
-                    live_pids(|pid, status| status_uid(status) == Some(id.uid) && pid > 1)
+                    let mut left = Vec::new();
+                    for p in processes().filter(|p| p.uid == id.uid && Some(p.pid) != main) {
+                        match (p.zombie, p.ppid == me) {
+                            // SAFETY: waitpid on a zombie child that no one else waits for.
+                            (true, true) => unsafe {
+                                libc::waitpid(p.pid, std::ptr::null_mut(), libc::WNOHANG);
+                            },
+                            // Its parent is being killed too; the zombie is then
+                            // reparented to this subreaper and reaped next round.
+                            (true, false) | (false, _) => left.push(p.pid),
+                        }
+                    }
+                    left
                 }
                 Self::Marker { pgid, marker } => {
                     // SAFETY: plain kill(2); failure just means the group is gone.
                     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-                    let own = std::process::id() as libc::pid_t;
-                    let found = live_pids(|pid, _| pid != own && environ_has(pid, marker));
+                    let found: Vec<_> = processes()
+                        .filter(|p| !p.zombie && p.pid != me && environ_has(p.pid, marker))
+                        .map(|p| p.pid)
+                        .collect();
                     for &pid in &found {
                         // SAFETY: as above.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -219,15 +268,23 @@ impl BoxKind {
                     found
                 }
             };
-            if alive.is_empty() {
+            if left.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(KillError(alive));
+                return Err(KillError(left));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
+}
+
+/// Makes the calling process adopt its orphaned descendants, so the processes a
+/// task leaves behind are reaped by the runner (promptly, and counted against
+/// nothing once gone) instead of waiting for init.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl on the calling process.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
 }
 
 /// Forks a helper that takes the slot's identity and calls `kill(-1, SIGKILL)`:
@@ -258,36 +315,44 @@ fn kill_as(id: Identity) {
     }
 }
 
-/// Pids in /proc that are not zombies and satisfy `pred(pid, status_text)`.
-fn live_pids(pred: impl Fn(libc::pid_t, &str) -> bool) -> Vec<libc::pid_t> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|&pid| {
-            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-                return false;
-            };
-            !is_zombie(&status) && pred(pid, &status)
+/// What the runner needs to know about one process.
+struct ProcInfo {
+    pid: libc::pid_t,
+    ppid: libc::pid_t,
+    /// Real uid.
+    uid: u32,
+    /// Exited, waiting to be reaped.
+    zombie: bool,
+}
+
+/// Every process in /proc (those that vanish while being read are skipped).
+fn processes() -> impl Iterator<Item = ProcInfo> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter_map(|pid| {
+            parse_status(
+                pid,
+                &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+            )
         })
-        .collect()
 }
 
-fn is_zombie(status: &str) -> bool {
-    status
-        .lines()
-        .any(|l| l.starts_with("State:") && (l.contains("Z (zombie)") || l.contains("X (dead)")))
-}
-
-/// Real uid from a /proc/<pid>/status text.
-fn status_uid(status: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+fn parse_status(pid: libc::pid_t, status: &str) -> Option<ProcInfo> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let state = field("State:")?;
+    Some(ProcInfo {
+        pid,
+        ppid: field("PPid:")?.parse().ok()?,
+        uid: field("Uid:")?.split_whitespace().next()?.parse().ok()?,
+        zombie: state.starts_with('Z') || state.starts_with('X'),
+    })
 }
 
 fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {

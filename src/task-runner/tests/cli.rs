@@ -1,0 +1,159 @@
+//! The `task-runner` binary: exit codes and JSON shapes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_task-runner"));
+    cmd.args(args).current_dir(repo_root());
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (i32, serde_json::Value, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    let stdout = String::from_utf8(stdout).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "exactly one JSON line: {stdout:?}"
+    );
+    (
+        status.code().unwrap(),
+        json(&stdout),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+const RESULT_FIELDS: [&str; 13] = [
+    "args",
+    "execution_time_ms",
+    "exit_code",
+    "signal",
+    "status",
+    "stderr",
+    "stderr_truncated",
+    "stdin_sha256",
+    "stdout",
+    "stdout_truncated",
+    "task_digest",
+    "task_id",
+    "task_path",
+];
+
+fn fields(v: &serde_json::Value) -> BTreeSet<&str> {
+    v.as_object().unwrap().keys().map(String::as_str).collect()
+}
+
+#[test]
+fn success_prints_the_result_and_exits_0() {
+    let (code, v, _) = output(&mut cli(&[
+        "--task",
+        "nodejs-task",
+        "--timeout",
+        "30",
+        "--",
+        "4",
+        "5",
+    ]));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(fields(&v), BTreeSet::from(RESULT_FIELDS));
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["args"], serde_json::json!(["4", "5"]));
+    assert!(v["stdout"].as_str().unwrap().contains(r#""sum":9"#), "{v}");
+}
+
+#[test]
+fn failed_task_exits_1() {
+    let (code, v, _) = output(&mut cli(&["--task", "nodejs-task", "--", "nope"]));
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(fields(&v), BTreeSet::from(RESULT_FIELDS));
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["exit_code"], 1);
+}
+
+fn assert_error(code: i32, v: &serde_json::Value, stderr: &str, sentence: &str) {
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(*v, serde_json::json!({ "error": sentence }));
+    assert!(stderr.contains(sentence), "stderr: {stderr}");
+}
+
+#[test]
+fn unrunnable_or_timed_out_exits_2() {
+    let (code, v, err) = output(&mut cli(&["--task", "missing-task"]));
+    assert_error(
+        code,
+        &v,
+        &err,
+        "Failed to execute Node.js task: Task directory does not exist: missing-task",
+    );
+
+    let tasks = fixtures();
+    let (code, v, err) = output(&mut cli(&[
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--task",
+        "ignore-term",
+        "--timeout",
+        "1",
+    ]));
+    assert_error(
+        code,
+        &v,
+        &err,
+        "Failed to execute Node.js task: Task execution timed out after 1 seconds",
+    );
+
+    let (code, v, err) = output(cli(&["--task", "nodejs-task"]).env("PATH", ""));
+    assert_error(code, &v, &err, "Failed to execute Node.js task: Failed to check Node.js installation. Is Node.js installed?");
+}
+
+#[test]
+fn runner_environment_stays_out_of_the_task() {
+    let tasks = fixtures();
+    let stdin = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(stdin.path(), "from a file").unwrap();
+    let (code, v, _) = output(
+        cli(&[
+            "--tasks-dir",
+            tasks.to_str().unwrap(),
+            "--task",
+            "introspect",
+            "--pass-env",
+            "ALLOWED_VAR",
+        ])
+        .env("NAUTILUS_TEST_SECRET", "signing-key-material")
+        .env("ALLOWED_VAR", "visible")
+        .env("NODE_OPTIONS", "--require /nonexistent.js"),
+    );
+    assert_eq!(code, 0, "{v}");
+    let stdout = v["stdout"].as_str().unwrap();
+    assert!(
+        !stdout.contains("signing-key-material"),
+        "secret leaked: {stdout}"
+    );
+    let env = json(stdout)["env"].clone();
+    assert_eq!(env["ALLOWED_VAR"], "visible");
+    assert!(
+        env.get("NAUTILUS_TEST_SECRET").is_none() && env.get("NODE_OPTIONS").is_none(),
+        "{env}"
+    );
+
+    let (code, v, _) = output(&mut cli(&[
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--task",
+        "stdin-echo",
+        "--stdin-file",
+        stdin.path().to_str().unwrap(),
+    ]));
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(json(v["stdout"].as_str().unwrap())["text"], "from a file");
+}

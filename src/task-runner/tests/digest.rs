@@ -1,0 +1,93 @@
+//! The task digest, recomputed independently from its documented definition.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use task_runner::Runner;
+
+fn entry(input: &mut Vec<u8>, tag: u8, path: &str, content: &[u8]) {
+    input.push(tag);
+    input.extend_from_slice(&(path.len() as u64).to_be_bytes());
+    input.extend_from_slice(path.as_bytes());
+    input.extend_from_slice(&(content.len() as u64).to_be_bytes());
+    input.extend_from_slice(content);
+}
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+#[test]
+fn digest_matches_the_documented_algorithm() {
+    let tasks = tempfile::tempdir().unwrap();
+    let task = tasks.path().join("t");
+    write(&task, "package.json", r#"{"main":"lib/main.js"}"#);
+    write(&task, "lib/main.js", "console.log(1)\n");
+    write(&task, "lib.txt", "");
+    std::fs::create_dir(task.join("empty")).unwrap();
+    std::os::unix::fs::symlink("lib/main.js", task.join("link")).unwrap();
+
+    // Sorted bytewise by path: "empty" < "lib" < "lib.txt" < "lib/main.js" < "link" < "package.json".
+    let mut input = b"nautilus-task-digest-v1\n".to_vec();
+    entry(&mut input, b'd', "empty", b"");
+    entry(&mut input, b'd', "lib", b"");
+    entry(&mut input, b'f', "lib.txt", b"");
+    entry(&mut input, b'f', "lib/main.js", b"console.log(1)\n");
+    entry(&mut input, b'l', "link", b"lib/main.js");
+    entry(
+        &mut input,
+        b'f',
+        "package.json",
+        br#"{"main":"lib/main.js"}"#,
+    );
+    let expected = hex::encode(Sha256::digest(&input));
+
+    let runner = Runner::new(config_in(tasks.path())).unwrap();
+    let listed = runner.list_tasks().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].task_path, "t");
+    assert_eq!(listed[0].task_digest, expected);
+
+    // Content changes change it; permissions do not.
+    std::fs::set_permissions(
+        task.join("lib.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(runner.list_tasks().unwrap()[0].task_digest, expected);
+    write(&task, "lib.txt", "x");
+    assert_ne!(runner.list_tasks().unwrap()[0].task_digest, expected);
+}
+
+#[test]
+fn list_tasks_finds_task_directories_only() {
+    let runner = Runner::new(config()).unwrap();
+    let names: Vec<String> = runner
+        .list_tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_path)
+        .collect();
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted: {names:?}");
+    assert!(names.contains(&"introspect".to_owned()));
+    assert!(!names.contains(&"no-package".to_owned()), "{names:?}");
+}
+
+#[tokio::test]
+async fn oversized_tasks_are_refused() {
+    let tasks = tempfile::tempdir().unwrap();
+    write(&tasks.path().join("big"), "package.json", "{}");
+    write(&tasks.path().join("big"), "index.js", &"/".repeat(2048));
+    let runner = Runner::new(task_runner::RunnerConfig {
+        max_task_bytes: 1024,
+        ..config_in(tasks.path())
+    })
+    .unwrap();
+    let err = run(&runner, request("big", &[])).await.unwrap_err();
+    assert_eq!(err.kind(), task_runner::ErrorKind::InvalidTask, "{err}");
+}

@@ -1,0 +1,214 @@
+//! What a task can and cannot reach. The root-only checks skip (with a message)
+//! when the tests do not run as root.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use task_runner::Runner;
+
+#[tokio::test]
+async fn environment_is_built_from_nothing() {
+    // A descriptor the runner opened without O_CLOEXEC must not reach the task.
+    let leaky = tempfile::NamedTempFile::new().unwrap();
+    let leaky_path = std::ffi::CString::new(leaky.path().to_str().unwrap()).unwrap();
+    // SAFETY: open(2) on a valid C string; the descriptor is closed below.
+    let fd = unsafe { libc::open(leaky_path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0);
+    let runner = runner();
+    let result = run_ok(&runner, "introspect", &["a b", "--flag", "ünï"]).await;
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    let seen = json(&result.stdout);
+    assert_eq!(seen["argv"], serde_json::json!(["a b", "--flag", "ünï"]));
+    let env = seen["env"].as_object().unwrap();
+    let names: BTreeSet<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["HOME", "NAUTILUS_TASK_ID", "NODE_ENV", "PATH", "TMPDIR"])
+    );
+    assert_eq!(env["NAUTILUS_TASK_ID"], result.task_id.as_str());
+    assert_eq!(env["NODE_ENV"], "production");
+    assert_eq!(env["HOME"], env["TMPDIR"]);
+    let home = env["HOME"].as_str().unwrap();
+    assert!(
+        !std::path::Path::new(home).exists(),
+        "per-run home {home} was not removed"
+    );
+    let fds = seen["fds"].as_array().unwrap();
+    assert!(
+        !fds.iter().any(|t| t.as_str() == leaky.path().to_str()),
+        "leaked descriptor: {fds:?}"
+    );
+    let cwd = seen["cwd"].as_str().unwrap();
+    assert!(
+        !cwd.starts_with(fixtures().to_str().unwrap()),
+        "task ran from the source tree: {cwd}"
+    );
+}
+
+#[tokio::test]
+async fn task_cannot_reach_the_runner_or_task_directories() {
+    if skip_unless_root(
+        "task cannot read the runner's environ/mem, signal it, or write task directories",
+    ) {
+        return;
+    }
+    // Like the server: the process holding the signing key is not dumpable.
+    // SAFETY: prctl on the calling process.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }, 0);
+    let runner = runner();
+    let pid = std::process::id().to_string();
+    let fixtures_dir = fixtures().canonicalize().unwrap();
+    let task_dirs = [
+        fixtures_dir.join("probe-runner"),
+        fixtures_dir.clone(),
+        repo_root().join("nodejs-task"),
+    ];
+    let mut args = vec![pid.as_str()];
+    let dirs: Vec<String> = task_dirs
+        .iter()
+        .map(|d| d.to_string_lossy().into_owned())
+        .collect();
+    args.extend(dirs.iter().map(String::as_str));
+    let result = run_ok(&runner, "probe-runner", &args).await;
+    for dir in &task_dirs {
+        let planted = dir.join("pwned");
+        let existed = planted.exists();
+        let _ = std::fs::remove_file(&planted);
+        assert!(!existed, "task wrote {}", planted.display());
+    }
+    let seen = json(&result.stdout);
+    assert_eq!(seen["environ"], "EACCES", "{seen}");
+    assert_eq!(seen["mem"], "EACCES", "{seen}");
+    assert_eq!(seen["signal"], "EPERM", "{seen}");
+    for (dir, outcome) in seen["writes"].as_object().unwrap() {
+        assert_ne!(outcome, "ok", "task could write into {dir}");
+    }
+    assert_eq!(seen["home"], "ok", "the task's own home must be writable");
+    let base = u64::from(runner.config().sandbox_uid_base);
+    let uid = seen["uid"].as_u64().unwrap();
+    assert!(
+        (base..base + runner.config().max_concurrent as u64).contains(&uid),
+        "{seen}"
+    );
+    assert_eq!(seen["gid"].as_u64(), Some(uid));
+    let groups = seen["groups"].as_array().unwrap();
+    assert!(
+        groups.iter().all(|g| g.as_u64() == Some(uid)),
+        "supplementary groups kept: {seen}"
+    );
+}
+
+/// Runs inside the sandbox (see `af_vsock_is_denied`), never on its own.
+#[test]
+#[ignore = "helper executed inside the sandbox by af_vsock_is_denied"]
+fn vsock_probe() {
+    println!("vsock={}", try_socket(libc::AF_VSOCK));
+    println!("unix={}", try_socket(libc::AF_UNIX));
+}
+
+fn try_socket(family: libc::c_int) -> String {
+    // SAFETY: socket(2) and close(2) on a descriptor we own.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::EPERM) => "EPERM".to_owned(),
+            _ => err.to_string(),
+        };
+    }
+    unsafe { libc::close(fd) };
+    "ok".to_owned()
+}
+
+#[tokio::test]
+async fn af_vsock_is_denied() {
+    // Control: outside the sandbox this machine can create vsock sockets, so a
+    // refusal inside can only come from the filter.
+    assert_eq!(
+        try_socket(libc::AF_VSOCK),
+        "ok",
+        "control: vsock unavailable on this host"
+    );
+    // The probe is this very test binary, copied where a slot uid can execute it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::copy(std::env::current_exe().unwrap(), &probe).unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let probe = probe.to_string_lossy().into_owned();
+    let runner = Runner::new(config()).unwrap();
+    let args = [
+        probe.as_str(),
+        "--ignored",
+        "--exact",
+        "vsock_probe",
+        "--nocapture",
+    ];
+    let result = run_ok(&runner, "run-probe", &args).await;
+    assert!(result.stdout.contains("vsock=EPERM\n"), "{result:?}");
+    assert!(
+        result.stdout.contains("unix=ok\n"),
+        "other families stay usable: {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn process_limit_holds_and_every_process_is_killed() {
+    if skip_unless_root("RLIMIT_NPROC applies per slot uid") {
+        return;
+    }
+    // One slot: the second run gets the uid the first one filled up.
+    let runner = Runner::new(task_runner::RunnerConfig {
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    let limit = runner.config().max_processes;
+    for _ in 0..2 {
+        let seen = json(&run_ok(&runner, "fork-many", &[]).await.stdout);
+        assert_eq!(seen["error"], "EAGAIN", "{seen}");
+        // Node's own threads count too; the rest of the limit is the task's.
+        let spawned = seen["spawned"].as_u64().unwrap();
+        assert!(spawned > limit / 2 && spawned < limit, "{seen}");
+    }
+    let base = runner.config().sandbox_uid_base;
+    let slot_uids = base..base + runner.config().max_concurrent as u32;
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.parse::<i64>().is_ok_and(alive))
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next()?.parse().ok());
+            uid.is_some_and(|u| slot_uids.contains(&u))
+        })
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes of the slot uids survived: {survivors:?}"
+    );
+}
+
+#[test]
+fn work_dir_unreachable_by_slot_uids_is_refused() {
+    if skip_unless_root("only root runs tasks under other uids") {
+        return;
+    }
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = task_runner::RunnerConfig {
+        work_dir: Some(private.path().to_owned()),
+        ..config()
+    };
+    let err = Runner::new(config)
+        .err()
+        .expect("a 0700 work directory must be refused");
+    assert!(err.to_string().contains("not searchable"), "{err}");
+}
