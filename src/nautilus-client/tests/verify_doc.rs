@@ -44,7 +44,10 @@ fn verifies_a_real_document_at_its_own_time_and_prints_its_fields() {
     let e = expected(NONDEBUG);
     assert_eq!(v["module_id"], e["module_id"]);
     assert_eq!(v["timestamp_ms"], e["timestamp_ms"]);
-    assert_eq!(v["pcrs"], e["pcrs"]);
+    // expected.json lists PCR0, 1, 2 and 8; the output has all of them.
+    for (index, value) in e["pcrs"].as_object().expect("pcrs") {
+        assert_eq!(&v["pcrs"][index], value, "PCR{index}");
+    }
     assert_eq!(v["digest"], "SHA384");
     assert_eq!(v["debug"], false);
     for key in ["public_key", "user_data", "nonce"] {

@@ -31,7 +31,7 @@
 //! let request = ProcessDataRequest {
 //!     payload: TaskRequest {
 //!         task_path: Some("nodejs-task".into()),
-//!         args: Some(vec!["1".into(), "2".into()]),
+//!         args: vec!["1".into(), "2".into()],
 //!         ..Default::default()
 //!     },
 //! };

@@ -30,8 +30,10 @@ pub struct RunnerConfig {
     pub kill_grace: Duration,
     /// Names of runner environment variables passed through to tasks.
     pub pass_env: Vec<String>,
-    /// When the runner is root, slot `i` runs as uid and gid `sandbox_uid_base + i`.
-    /// These ids must not belong to anything else on the host. Default 61000.
+    /// When the runner is root, slot `i` runs as uid and gid `base + i`, where
+    /// `base` is the first free range at or above this value (other runners
+    /// hold theirs). These ids must not belong to anything else on the host.
+    /// Default 61000.
     pub sandbox_uid_base: u32,
     /// Where per-run directories are created. `None`: the system temp directory.
     pub work_dir: Option<PathBuf>,

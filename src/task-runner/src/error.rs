@@ -101,9 +101,6 @@ pub enum ConfigError {
     /// A numeric limit is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(String),
-    /// Another runner (in this or another process) holds this slot uid.
-    #[error("slot uid {0} is in use by another task runner; choose another sandbox_uid_base")]
-    UidInUse(u32),
     /// The seccomp filter could not be built.
     #[error("building the seccomp filter: {0}")]
     Seccomp(#[from] seccompiler::BackendError),

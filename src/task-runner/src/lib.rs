@@ -54,8 +54,10 @@
 //!
 //! The slot uids must belong to nothing else on the host. A runner locks its
 //! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
-//! its lifetime; a second runner asking for a held uid gets
-//! [`ConfigError::UidInUse`].
+//! its lifetime, taking the first free range of `max_concurrent` uids at or
+//! above [`RunnerConfig::sandbox_uid_base`]; so a second runner (another
+//! server, the CLI) moves up instead of sharing, and
+//! [`Runner::sandbox_uids`] tells which range was taken.
 //!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
@@ -150,6 +152,8 @@ struct Inner {
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
+    /// Slot `i` runs as uid/gid `uid_base + i` (when privileged).
+    uid_base: u32,
     _uids: Option<uids::UidLease>,
 }
 
@@ -185,11 +189,11 @@ impl Runner {
                 .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
         }
         let uids = if privileged {
-            let base = config.sandbox_uid_base;
-            // `check` made sure this cannot overflow.
-            Some(uids::UidLease::take(
+            // `check` made sure max_concurrent fits a u32.
+            Some(uids::UidLease::take_first_free(
                 &work_dir,
-                base..base + config.max_concurrent as u32,
+                config.sandbox_uid_base,
+                config.max_concurrent as u32,
             )?)
         } else {
             None
@@ -206,6 +210,7 @@ impl Runner {
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
             .collect();
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
+        let config_uid_base = config.sandbox_uid_base;
         Ok(Runner {
             inner: Arc::new(Inner {
                 config,
@@ -218,6 +223,7 @@ impl Runner {
                 cancel: watch::Sender::new(false),
                 pass_env,
                 work_dir,
+                uid_base: uids.as_ref().map_or(config_uid_base, uids::UidLease::first),
                 _uids: uids,
             }),
         })
@@ -236,6 +242,16 @@ impl Runner {
     /// Whether tasks run under per-slot uids (the runner is root).
     pub fn is_privileged(&self) -> bool {
         self.inner.privileged
+    }
+
+    /// The uids the slots run under, when privileged: the first free range at
+    /// or above [`RunnerConfig::sandbox_uid_base`].
+    pub fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
+        let inner = &self.inner;
+        let len = inner.config.max_concurrent as u32;
+        inner
+            .privileged
+            .then(|| inner.uid_base..inner.uid_base + len)
     }
 
     /// Current load.
@@ -380,7 +396,7 @@ impl Inner {
         let task = task::resolve(&self.root, &req.task_path)?;
         let slot = self.limiter.acquire().await?;
         let identity = self.privileged.then(|| {
-            let id = self.config.sandbox_uid_base + slot.index() as u32;
+            let id = self.uid_base + slot.index() as u32;
             Identity { uid: id, gid: id }
         });
         let task_id = uuid::Uuid::new_v4().to_string();

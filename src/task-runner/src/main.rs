@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use task_runner::{ConfigError, Runner, RunnerConfig, TaskRequest};
+use task_runner::{Runner, RunnerConfig, TaskRequest};
 
 /// Run a Node.js task in a sandbox and print the result as one JSON object.
 #[derive(Parser)]
@@ -64,7 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         max_concurrent: 1,
         ..RunnerConfig::default()
     };
-    let runner = new_runner(config)?;
+    let runner = Runner::new(config)?;
     let request = TaskRequest {
         task_path: cli.task,
         timeout_secs: cli.timeout,
@@ -82,19 +82,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Ok(fail(&err.to_string())),
     }
-}
-
-/// Builds the runner, moving to the next slot uid while another runner (the
-/// server, another invocation) holds one.
-fn new_runner(mut config: RunnerConfig) -> anyhow::Result<Runner> {
-    const TRIES: u32 = 256;
-    for _ in 0..TRIES {
-        match Runner::new(config.clone()) {
-            Err(ConfigError::UidInUse(uid)) => config.sandbox_uid_base = uid + 1,
-            other => return Ok(other?),
-        }
-    }
-    anyhow::bail!("no free slot uid after trying {TRIES}")
 }
 
 fn fail(message: &str) -> ExitCode {

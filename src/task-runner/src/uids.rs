@@ -14,18 +14,61 @@ use std::path::Path;
 
 use crate::ConfigError;
 
+/// Why a range could not be locked.
+enum Taken {
+    /// Another runner holds this uid.
+    InUse(u32),
+    Failed(ConfigError),
+}
+
+/// How many ranges [`UidLease::take_first_free`] tries before giving up.
+const MAX_TRIES: u32 = 256;
+
 /// Held locks on a range of slot uids.
 #[derive(Debug)]
 pub(crate) struct UidLease {
+    first: u32,
     _locks: Vec<File>,
 }
 
 impl UidLease {
+    /// Locks the first `len` consecutive free uids at or above `start`, so two
+    /// runners on one host (two servers, a server and the CLI, test processes)
+    /// coexist without configuration.
+    pub fn take_first_free(parent: &Path, start: u32, len: u32) -> Result<Self, ConfigError> {
+        let mut first = start;
+        for _ in 0..MAX_TRIES {
+            let end = first
+                .checked_add(len)
+                .filter(|&end| end < u32::MAX)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("no free slot uid range at or above {start}"))
+                })?;
+            match Self::take(parent, first..end) {
+                Ok(lease) => return Ok(lease),
+                Err(Taken::InUse(uid)) => first = uid + 1,
+                Err(Taken::Failed(e)) => return Err(e),
+            }
+        }
+        Err(ConfigError::Invalid(format!(
+            "no {len} free consecutive slot uids at or above {start} after {MAX_TRIES} tries"
+        )))
+    }
+
+    /// The first uid of the range.
+    pub fn first(&self) -> u32 {
+        self.first
+    }
+
     /// Locks every uid of `range`, using lock files in `<parent>/nautilus-task-runner-uids`.
-    pub fn take(parent: &Path, range: Range<u32>) -> Result<Self, ConfigError> {
+    fn take(parent: &Path, range: Range<u32>) -> Result<Self, Taken> {
+        let first = range.start;
         let dir = parent.join("nautilus-task-runner-uids");
         let io_err = |e: io::Error| {
-            ConfigError::Invalid(format!("slot uid lock directory {}: {e}", dir.display()))
+            Taken::Failed(ConfigError::Invalid(format!(
+                "slot uid lock directory {}: {e}",
+                dir.display()
+            )))
         };
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(e)),
@@ -37,10 +80,10 @@ impl UidLease {
         // SAFETY: geteuid cannot fail.
         let euid = unsafe { libc::geteuid() };
         if !meta.is_dir() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
-            return Err(ConfigError::Invalid(format!(
+            return Err(Taken::Failed(ConfigError::Invalid(format!(
                 "slot uid lock directory {} must be a directory owned by uid {euid} and writable only by it",
                 dir.display()
-            )));
+            ))));
         }
         let mut locks = Vec::with_capacity(range.len());
         for uid in range {
@@ -58,13 +101,16 @@ impl UidLease {
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let err = io::Error::last_os_error();
                 return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    ConfigError::UidInUse(uid)
+                    Taken::InUse(uid)
                 } else {
                     io_err(err)
                 });
             }
             locks.push(file);
         }
-        Ok(Self { _locks: locks })
+        Ok(Self {
+            first,
+            _locks: locks,
+        })
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
-use task_runner::Runner;
+use task_runner::{Runner, RunnerConfig};
 
 #[tokio::test]
 async fn environment_is_built_from_nothing() {
@@ -88,10 +88,12 @@ async fn task_cannot_reach_the_runner_or_task_directories() {
         assert_ne!(outcome, "ok", "task could write into {dir}");
     }
     assert_eq!(seen["home"], "ok", "the task's own home must be writable");
-    let base = u64::from(runner.config().sandbox_uid_base);
+    let slots = runner
+        .sandbox_uids()
+        .expect("root runs tasks under slot uids");
     let uid = seen["uid"].as_u64().unwrap();
     assert!(
-        (base..base + runner.config().max_concurrent as u64).contains(&uid),
+        (u64::from(slots.start)..u64::from(slots.end)).contains(&uid),
         "{seen}"
     );
     assert_eq!(seen["gid"].as_u64(), Some(uid));
@@ -175,8 +177,7 @@ async fn process_limit_holds_and_every_process_is_killed() {
         let spawned = seen["spawned"].as_u64().unwrap();
         assert!(spawned > limit / 2 && spawned < limit, "{seen}");
     }
-    let base = runner.config().sandbox_uid_base;
-    let slot_uids = base..base + runner.config().max_concurrent as u32;
+    let slot_uids = runner.sandbox_uids().expect("root");
     let survivors: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -211,4 +212,39 @@ fn work_dir_unreachable_by_slot_uids_is_refused() {
         .err()
         .expect("a 0700 work directory must be refused");
     assert!(err.to_string().contains("not searchable"), "{err}");
+}
+
+/// Runners on one host (here, one process) never share slot uids: each takes
+/// the first free range at or above the configured base, and frees it when
+/// dropped.
+#[test]
+fn runners_take_disjoint_slot_uid_ranges() {
+    if !is_root() {
+        eprintln!("SKIPPED runners_take_disjoint_slot_uid_ranges: needs root (slot uids)");
+        return;
+    }
+    let cfg = RunnerConfig {
+        sandbox_uid_base: 63_000,
+        max_concurrent: 3,
+        ..config()
+    };
+    let a = Runner::new(cfg.clone()).expect("first runner");
+    let b = Runner::new(cfg.clone()).expect("second runner");
+    let (ra, rb) = (
+        a.sandbox_uids().expect("root"),
+        b.sandbox_uids().expect("root"),
+    );
+    assert_eq!(ra.len(), 3);
+    assert!(
+        ra.end <= rb.start || rb.end <= ra.start,
+        "{ra:?} overlaps {rb:?}"
+    );
+    assert!(ra.start >= 63_000 && rb.start >= 63_000);
+    drop(a);
+    let c = Runner::new(cfg).expect("third runner");
+    assert_eq!(
+        c.sandbox_uids(),
+        Some(ra),
+        "a dropped runner's range is free again"
+    );
 }

@@ -2,7 +2,6 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,16 +18,9 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Each runner in a process needs its own slot uids; tests start many.
-fn next_uid_base() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    62_000 + 100 * NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
 /// Dev attestation, fixture tasks, short timeouts.
 pub fn config() -> ServerConfig {
     let mut c = ServerConfig::dev();
-    c.runner.sandbox_uid_base = next_uid_base();
     c.runner.tasks_dir = fixture_tasks();
     c.runner.max_timeout_secs = 20;
     c.runner.default_timeout_secs = 10;

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use task_runner::{Runner, RunnerConfig, TaskError, TaskRequest, TaskResult};
@@ -19,14 +18,10 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A configuration with its own slot uid range: runners in one process must
-/// not share uids (a runner kills everything its slot uids own).
+/// The fixtures with four slots. Each runner takes its own free slot uid range.
 pub fn config() -> RunnerConfig {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 61000 + 16 * NEXT.fetch_add(1, Ordering::SeqCst);
     RunnerConfig {
         tasks_dir: fixtures(),
-        sandbox_uid_base: base,
         max_concurrent: 4,
         ..RunnerConfig::default()
     }
