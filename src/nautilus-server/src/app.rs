@@ -58,8 +58,14 @@ pub async fn process_data(
         .map(|n| parse_hex_nonce(&n, MAX_TASK_NONCE_BYTES).map(hex::encode))
         .transpose()?;
 
+    let task_path = task_path.as_deref().unwrap_or(DEFAULT_TASK_PATH);
+    let task_path = state.runner().resolve_task(task_path)?;
+    if state.manifest().task(&task_path).is_none() {
+        return Err(EnclaveError::NotInManifest(task_path));
+    }
+
     let run = task_runner::TaskRequest {
-        task_path: task_path.unwrap_or_else(|| DEFAULT_TASK_PATH.to_owned()),
+        task_path,
         timeout_secs,
         args,
         stdin,
@@ -79,8 +85,7 @@ pub async fn process_data(
     );
 
     let data = signed_data(result, nonce);
-    let signed =
-        IntentMessage::new(INTENT_TASK_RESULT, now_ms(), data).sign(state.signing_key())?;
+    let signed = state.sign(IntentMessage::new(INTENT_TASK_RESULT, now_ms(), data))?;
     Ok(Json(signed))
 }
 

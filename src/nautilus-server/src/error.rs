@@ -20,6 +20,13 @@ pub enum EnclaveError {
     BadRequest(String),
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A task directory exists but is not listed in the attested manifest
+    /// (e.g. a package under `node_modules`).
+    #[error("Failed to execute Node.js task: {0} is not a task of this server (see /manifest)")]
+    NotInManifest(String),
+    /// Too many attestation requests at once.
+    #[error("attestation is busy, retry shortly")]
+    AttestationBusy,
     #[error("attestation failed: {0}")]
     Attestation(#[from] attestation_dev::AttestError),
     #[error("could not sign the result: {0}")]
@@ -32,6 +39,8 @@ impl EnclaveError {
     pub fn status(&self) -> StatusCode {
         match self {
             EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EnclaveError::NotInManifest(_) => StatusCode::NOT_FOUND,
+            EnclaveError::AttestationBusy => StatusCode::SERVICE_UNAVAILABLE,
             EnclaveError::Task(e) => match e.kind() {
                 ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -53,7 +62,9 @@ impl EnclaveError {
 impl IntoResponse for EnclaveError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        // Timeouts and load shedding are caused by callers; only real faults
+        // are errors in the log.
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
         }
         let body = match &self {

@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, env = "NAUTILUS_TASKS_DIR", default_value = ".")]
     tasks_dir: PathBuf,
     /// `nsm` inside an enclave; `dev` for a local server with a throwaway CA.
-    #[arg(long, env = "NAUTILUS_ATTESTATION", value_enum, default_value_t = AttestationMode::Nsm)]
+    #[arg(long, env = "NAUTILUS_ATTESTATION", default_value_t = AttestationMode::Nsm)]
     attestation: AttestationMode,
     /// In dev mode, write the dev root CA certificate (PEM) here for clients.
     #[arg(long, env = "NAUTILUS_DEV_ROOT_OUT")]
@@ -89,13 +89,19 @@ impl Args {
     }
 }
 
+/// After the grace period, how long stopped tasks and open connections get
+/// before the process exits anyway.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_json);
     // Before the key exists: no core dumps, no ptrace or /proc/<pid>/mem
-    // access by other uids (tasks run under those).
+    // access by other processes, tasks included.
     nautilus_server::state::harden_process().context("could not mark the process non-dumpable")?;
+    // Before anything slow: a SIGTERM during start-up is a normal stop too.
+    let mut signals = Signals::install()?;
 
     let config = args.server_config();
     let grace = config.shutdown_grace;
@@ -122,23 +128,49 @@ async fn main() -> anyhow::Result<()> {
     };
     let serve = tokio::spawn(bound.serve(router(Arc::clone(&state)), stopping));
 
-    wait_for_signal().await?;
+    signals.next().await;
     tracing::info!(
         grace_secs = grace.as_secs(),
-        "shutting down: no new requests, finishing running tasks"
+        "shutting down: no new connections, finishing running tasks"
     );
     let _ = stop_tx.send(true);
     // Tasks still running after the grace period are stopped; their requests
-    // then complete and the server drains.
-    state.runner().shutdown(grace).await;
-    match tokio::time::timeout(Duration::from_secs(5), serve).await {
-        Ok(joined) => joined
-            .context("server task failed")?
-            .context("server failed")?,
-        Err(_) => tracing::warn!("connections still open 5 s after the tasks stopped; exiting"),
+    // then complete and the connections drain.
+    let drain = async {
+        state.runner().shutdown(grace).await;
+        let _ = serve.await;
+    };
+    tokio::select! {
+        () = drain => tracing::info!("stopped"),
+        () = signals.next() => tracing::warn!("second signal: exiting without waiting"),
+        () = tokio::time::sleep(grace + DRAIN_DEADLINE) => {
+            tracing::warn!("tasks or connections still open {DRAIN_DEADLINE:?} after the grace period; exiting")
+        }
     }
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM and SIGINT, installed once so none is missed between stages.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn init_logging(json: bool) {
@@ -185,15 +217,4 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
         }
         eprintln!();
     }
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

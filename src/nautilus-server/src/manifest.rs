@@ -51,7 +51,7 @@ struct ManifestBody<'a> {
 pub struct Manifest {
     bytes: axum::body::Bytes,
     sha256: [u8; 32],
-    task_count: usize,
+    tasks: Vec<TaskInfo>,
 }
 
 impl Manifest {
@@ -72,7 +72,7 @@ impl Manifest {
         Ok(Self {
             bytes: bytes.into(),
             sha256,
-            task_count: tasks.len(),
+            tasks,
         })
     }
 
@@ -86,6 +86,13 @@ impl Manifest {
     }
 
     pub fn task_count(&self) -> usize {
-        self.task_count
+        self.tasks.len()
+    }
+
+    /// The listed task with this normalized path. Only listed tasks run: the
+    /// attestation covers the manifest, so a result for anything else would
+    /// be signed but unattested.
+    pub fn task(&self, task_path: &str) -> Option<&TaskInfo> {
+        self.tasks.iter().find(|t| t.task_path == task_path)
     }
 }

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attestation_dev::{AttestError, Attester, DevAttester, Mode, NsmAttester};
-use result_signing::{encode_public_key, SigningKey};
+use result_signing::{encode_public_key, IntentMessage, SignedResponse, SigningKey};
 use task_runner::{Runner, RunnerConfig};
 
 use crate::manifest::{Limits, Manifest};
 use crate::metrics::Metrics;
 
 /// Where attestation documents come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttestationMode {
     /// The Nitro Secure Module at `/dev/nsm`: the only mode a verifier
     /// trusting the AWS root accepts.
@@ -27,6 +27,26 @@ impl AttestationMode {
         match self {
             AttestationMode::Nsm => "nsm",
             AttestationMode::Dev => "dev",
+        }
+    }
+}
+
+impl std::fmt::Display for AttestationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AttestationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nsm" => Ok(AttestationMode::Nsm),
+            "dev" => Ok(AttestationMode::Dev),
+            other => Err(format!(
+                "attestation mode {other:?} is neither `nsm` nor `dev`"
+            )),
         }
     }
 }
@@ -136,8 +156,13 @@ impl AppState {
         })
     }
 
-    pub fn signing_key(&self) -> &SigningKey {
-        &self.signing_key
+    /// Signs a message with the attested key. The key itself never leaves
+    /// this struct.
+    pub fn sign<T: serde::Serialize>(
+        &self,
+        message: IntentMessage<T>,
+    ) -> Result<SignedResponse<T>, result_signing::Error> {
+        message.sign(&self.signing_key)
     }
 
     /// The attested public key: 33-byte compressed SEC1.
@@ -145,7 +170,7 @@ impl AppState {
         &self.public_key
     }
 
-    pub fn attester(&self) -> &Arc<dyn Attester> {
+    pub(crate) fn attester(&self) -> &Arc<dyn Attester> {
         &self.attester
     }
 

@@ -5,8 +5,16 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::serve::Listener;
 use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 
 /// A listen address: `tcp://HOST:PORT` or `vsock://PORT` (any CID).
@@ -56,6 +64,12 @@ impl fmt::Display for Listen {
     }
 }
 
+/// Slowest a client may be to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; past this the server stops accepting until
+/// one closes, so a flood of idle sockets cannot exhaust descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// A bound listener, so callers learn the real address (port 0) before
 /// serving.
 pub enum Bound {
@@ -82,25 +96,59 @@ impl Bound {
         })
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn serve(
-        self,
-        router: Router,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    /// Serves until `shutdown` resolves; then closes the listener (new
+    /// connections are refused) and waits for in-flight requests to finish.
+    pub async fn serve(self, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
         match self {
-            Bound::Tcp(l) => {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Bound::Vsock(l) => {
-                axum::serve(l, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            Bound::Tcp(l) => serve_on(l, router, shutdown).await,
+            Bound::Vsock(l) => serve_on(l, router, shutdown).await,
         }
     }
+}
+
+/// The accept loop. Hand-written instead of `axum::serve` because that one
+/// has no header-read timeout and no connection limit (slowloris-style
+/// clients would hold the server's sockets forever).
+async fn serve_on<L>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>)
+where
+    L: Listener,
+    L::Io: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = async {
+                // The semaphore is never closed, so acquiring cannot fail.
+                let permit = Arc::clone(&slots).acquire_owned().await.ok()?;
+                let (io, _) = listener.accept().await;
+                Some((permit, io))
+            } => accepted,
+        };
+        let Some((permit, io)) = accepted else { break };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]

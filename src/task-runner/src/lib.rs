@@ -262,6 +262,15 @@ impl Runner {
         }
     }
 
+    /// Checks that `task_path` names a task (validation rules and the contract
+    /// errors of [`Runner::run`]) and returns its normalized form, as results
+    /// report it. Lets a caller apply its own policy, such as an allow-list,
+    /// before spending a slot. Blocking file I/O (a `realpath`).
+    pub fn resolve_task(&self, task_path: &str) -> Result<String, TaskError> {
+        let path = request::normalize_task_path(task_path)?;
+        Ok(task::resolve(&self.inner.root, &path)?.task_path)
+    }
+
     /// Every task directly under the tasks root (a directory holding
     /// `package.json`), sorted by path, with its digest. Blocking file I/O.
     pub fn list_tasks(&self) -> Result<Vec<TaskInfo>, TaskError> {

@@ -33,7 +33,7 @@ pub struct TestServer {
     pub state: Arc<AppState>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
-    serving: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -85,8 +85,7 @@ impl TestServer {
             tokio::time::timeout(Duration::from_secs(10), serving)
                 .await
                 .expect("server drained in time")
-                .expect("server task")
-                .expect("server io");
+                .expect("server task");
         }
     }
 }
