@@ -129,6 +129,14 @@ pub enum AttestError {
         /// The device path that was tried.
         path: &'static str,
     },
+    /// The NSM device is open to other users, so tasks could attest keys of
+    /// their choosing; refuse to serve rather than vouch for them.
+    #[error("{path} is accessible to other users (owner uid {uid}, mode {mode:o}); it must be root-only (0600)")]
+    NsmExposed {
+        path: &'static str,
+        uid: u32,
+        mode: u32,
+    },
 
     /// A request field exceeds what the NSM accepts.
     #[error("{field} is {len} bytes; the NSM accepts at most {max}")]

@@ -3,6 +3,8 @@
 use aws_nitro_enclaves_nsm_api::api::{Request, Response};
 use aws_nitro_enclaves_nsm_api::driver::{nsm_exit, nsm_init, nsm_process_request};
 use serde_bytes::ByteBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use crate::{AttestError, AttestationRequest, Attester, Mode};
 
@@ -21,12 +23,64 @@ impl NsmAttester {
     /// Opens `/dev/nsm`.
     ///
     /// Fails with [`AttestError::NsmUnavailable`] outside a Nitro Enclave: there is no fallback.
+    /// Also refuses a device that anyone but root could open: tasks run under
+    /// other uids, and a task holding the NSM could mint genuine documents for
+    /// a key of its choosing.
     pub fn open() -> Result<Self, AttestError> {
+        check_private(Path::new(NSM_DEVICE))?;
         let fd = nsm_init();
         if fd < 0 {
             return Err(AttestError::NsmUnavailable { path: NSM_DEVICE });
         }
         Ok(Self { fd })
+    }
+}
+
+/// The device must belong to root and grant nothing to group or others.
+fn check_private(device: &Path) -> Result<(), AttestError> {
+    let meta = match std::fs::metadata(device) {
+        Ok(meta) => meta,
+        // Let `nsm_init` report the missing device with its own error.
+        Err(_) => return Ok(()),
+    };
+    if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+        return Err(AttestError::NsmExposed {
+            path: NSM_DEVICE,
+            uid: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_device_others_can_open_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = dir.path().join("nsm");
+        std::fs::write(&dev, b"").expect("file");
+        let owned_by_root = std::fs::metadata(&dev).expect("meta").uid() == 0;
+        for (mode, private) in [
+            (0o600, true),
+            (0o660, false),
+            (0o606, false),
+            (0o640, false),
+        ] {
+            std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let verdict = check_private(&dev);
+            if private && owned_by_root {
+                assert!(verdict.is_ok(), "{mode:o}: {verdict:?}");
+            } else {
+                assert!(
+                    matches!(verdict, Err(AttestError::NsmExposed { .. })),
+                    "{mode:o} accepted"
+                );
+            }
+        }
     }
 }
 

@@ -101,6 +101,18 @@ async fn dev_documents_are_refused_by_default_policies() {
         .expect_err("debug refused");
     assert!(matches!(err, VerifyError::DebugMode), "{err}");
 
+    // The largest nonce the NSM takes, 512 bytes, is accepted and bound.
+    let big = vec![0xa5u8; 512];
+    let doc = fetch_document(&s, &format!("?nonce={}", hex::encode(&big))).await;
+    let verified = AttestationDocument::from_bytes(&doc)
+        .expect("AWS format")
+        .verify(
+            &dev,
+            &Policy::default().allow_debug(true).expected_nonce(big),
+        )
+        .expect("512-byte nonce round-trips");
+    assert_eq!(verified.nonce().map(<[u8]>::len), Some(512));
+
     // No nonce asked → none in the document.
     let verified = parsed
         .verify(&dev, &Policy::default().allow_debug(true))

@@ -180,6 +180,45 @@ async fn unknown_task_is_404_with_the_contract_sentences() {
     s2.shutdown().await;
 }
 
+/// Only tasks in the attested manifest run: a nested directory with its own
+/// package.json (a dependency under node_modules, say) is refused, because a
+/// signed result for it would be covered by no attestation.
+#[tokio::test]
+async fn tasks_outside_the_manifest_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for task in ["good", "good/node_modules/dep"] {
+        let path = dir.path().join(task);
+        std::fs::create_dir_all(&path).expect("mkdir");
+        std::fs::write(
+            path.join("package.json"),
+            r#"{"name": "t", "main": "index.js"}"#,
+        )
+        .expect("write");
+        std::fs::write(path.join("index.js"), "console.log('ran');").expect("write");
+    }
+    let mut c = config();
+    c.runner.tasks_dir = dir.path().to_path_buf();
+    let s = TestServer::start(c).await;
+    let ok = s
+        .post_json("/process_data", &json!({"payload": {"task_path": "good"}}))
+        .await;
+    assert_eq!(ok.status(), 200);
+    let e = expect_error(
+        s.post_json(
+            "/process_data",
+            &json!({"payload": {"task_path": "good/node_modules/dep"}}),
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(
+        e["error"],
+        "Failed to execute Node.js task: good/node_modules/dep is not a task of this server (see /manifest)"
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn timeout_is_504_with_task_id_and_partial_output() {
     let s = TestServer::start(config()).await;

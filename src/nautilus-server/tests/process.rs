@@ -103,6 +103,18 @@ async fn args_stdin_and_nonce_are_signed_and_echoed() {
     assert_eq!(echoed, json!({"args": ["a b", "c"], "stdin": "hello"}));
     assert_eq!(d.stderr, "echo done\n");
 
+    // The longest task nonce, 64 bytes, is accepted and echoed.
+    let long = "ab".repeat(64);
+    let resp = s
+        .post_json(
+            "/process_data",
+            &json!({"payload": {"task_path": "echo", "nonce": long}}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let echoed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
+    assert_eq!(echoed.response.data.nonce.as_deref(), Some(long.as_str()));
+
     // A relay that drops or changes the nonce breaks the signature.
     let mut tampered = signed.clone();
     tampered.response.data.nonce = None;
@@ -130,113 +142,6 @@ async fn failing_task_is_a_signed_failure_not_an_http_error() {
     assert_eq!(signed.response.data.exit_code, Some(1));
     assert!(signed.response.data.stderr.contains("❌ Error:"));
     s.shutdown().await;
-}
-
-/// 400 requests at once against 2 slots and a queue of 4: every request gets
-/// an answer (a signed result or a 503), and nothing is left running.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overload_sheds_with_503_and_leaves_nothing_running() {
-    let mut c = config();
-    c.runner.max_concurrent = 2;
-    c.runner.max_queue = 4;
-    let s = TestServer::start(c).await;
-    let key = server_key(&s).await;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("client");
-
-    let mut requests = tokio::task::JoinSet::new();
-    for i in 0..400 {
-        let http = http.clone();
-        let url = s.url("/process_data");
-        requests.spawn(async move {
-            let body = json!({"payload": {"task_path": "sleep", "args": ["200"], "nonce": format!("{i:04x}")}});
-            let resp = http.post(url).json(&body).send().await.expect("answered");
-            let status = resp.status().as_u16();
-            let retry = resp.headers().contains_key("retry-after");
-            let text = resp.text().await.expect("body");
-            (i, status, retry, text)
-        });
-    }
-    let (mut ok, mut shed) = (0, 0);
-    while let Some(joined) = requests.join_next().await {
-        let (i, status, retry, text) = joined.expect("request task");
-        match status {
-            200 => {
-                let signed: SignedResponse<TaskResult> =
-                    serde_json::from_str(&text).expect("signed");
-                signed.verify(&key, INTENT_TASK_RESULT).expect("verifies");
-                let nonce = format!("{i:04x}");
-                assert_eq!(signed.response.data.nonce.as_deref(), Some(nonce.as_str()));
-                assert_eq!(signed.response.data.status, "success");
-                ok += 1;
-            }
-            503 => {
-                assert!(retry, "503 without Retry-After");
-                assert!(text.contains("\"error\""), "{text}");
-                shed += 1;
-            }
-            other => panic!("request {i}: unexpected status {other}: {text}"),
-        }
-    }
-    assert_eq!(ok + shed, 400);
-    assert!(
-        ok >= 6,
-        "at least the slots and the queue were served, got {ok}"
-    );
-    assert!(shed > 0, "a queue of 4 cannot absorb 400 requests");
-
-    let stats = s.state.runner().stats();
-    assert_eq!((stats.running, stats.queued), (0, 0));
-    assert_eq!(node_children(), 0, "no task process outlives its request");
-
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("answered")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains(&format!("nautilus_tasks_shed_total {shed}")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("nautilus_http_requests_total{endpoint=\"/process_data\",status=\"503\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("nautilus_task_duration_seconds_count"),
-        "{metrics}"
-    );
-    s.shutdown().await;
-}
-
-/// Direct children of this process that are still running `node`.
-fn node_children() -> usize {
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter(|status| {
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            field("PPid:") == me && field("Name:") == "node"
-        })
-        .count()
 }
 
 #[tokio::test]

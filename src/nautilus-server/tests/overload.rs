@@ -1,0 +1,130 @@
+//! Load shedding. In its own test binary so that its check for leftover
+//! `node` processes cannot see the tasks of unrelated tests.
+
+mod support;
+
+use std::time::Duration;
+
+use result_signing::{decode_public_key, SignedResponse, TaskResult, INTENT_TASK_RESULT};
+use serde_json::json;
+use support::{config, TestServer};
+
+/// 400 requests at once against 2 slots and a queue of 4: every request gets
+/// an answer (a signed result or a 503), and nothing is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_with_503_and_leaves_nothing_running() {
+    let mut c = config();
+    c.runner.max_concurrent = 2;
+    c.runner.max_queue = 4;
+    let s = TestServer::start(c).await;
+    let key = decode_public_key(s.state.public_key()).expect("P-256 key");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client");
+
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let http = http.clone();
+        let url = s.url("/process_data");
+        requests.spawn(async move {
+            let body = json!({"payload": {"task_path": "sleep", "args": ["200"], "nonce": format!("{i:04x}")}});
+            let resp = http.post(url).json(&body).send().await.expect("answered");
+            let status = resp.status().as_u16();
+            let retry = resp.headers().contains_key("retry-after");
+            let text = resp.text().await.expect("body");
+            (i, status, retry, text)
+        });
+    }
+    let (mut ok, mut shed) = (0, 0);
+    while let Some(joined) = requests.join_next().await {
+        let (i, status, retry, text) = joined.expect("request task");
+        match status {
+            200 => {
+                let signed: SignedResponse<TaskResult> =
+                    serde_json::from_str(&text).expect("signed");
+                signed.verify(&key, INTENT_TASK_RESULT).expect("verifies");
+                let nonce = format!("{i:04x}");
+                assert_eq!(signed.response.data.nonce.as_deref(), Some(nonce.as_str()));
+                assert_eq!(signed.response.data.status, "success");
+                ok += 1;
+            }
+            503 => {
+                assert!(retry, "503 without Retry-After");
+                assert!(text.contains("\"error\""), "{text}");
+                shed += 1;
+            }
+            other => panic!("request {i}: unexpected status {other}: {text}"),
+        }
+    }
+    assert_eq!(ok + shed, 400);
+    assert!(
+        ok >= 6,
+        "at least the slots and the queue were served, got {ok}"
+    );
+    assert!(shed > 0, "a queue of 4 cannot absorb 400 requests");
+
+    let stats = s.state.runner().stats();
+    assert_eq!((stats.running, stats.queued), (0, 0));
+    assert_eq!(
+        children(),
+        Vec::<String>::new(),
+        "no task process outlives its request"
+    );
+
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("answered")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!("nautilus_tasks_shed_total {shed}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nautilus_http_requests_total{endpoint=\"/process_data\",status=\"503\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nautilus_task_duration_seconds_count"),
+        "{metrics}"
+    );
+    s.shutdown().await;
+}
+
+/// Every child of this process, zombies included, as "pid name state". As
+/// root the runner is a child subreaper, so orphaned grandchildren would be
+/// reparented here and show up too.
+fn children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("PPid:") == me).then(|| {
+                format!(
+                    "{} {} {}",
+                    e.file_name().to_string_lossy(),
+                    field("Name:"),
+                    field("State:")
+                )
+            })
+        })
+        .collect()
+}
