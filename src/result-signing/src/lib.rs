@@ -123,7 +123,7 @@ pub struct SignedResponse<T> {
 pub enum Error {
     #[error("message cannot be BCS-encoded: {0}")]
     Encode(#[from] bcs::Error),
-    #[error("signature is not 64 bytes of hex (r || s)")]
+    #[error("signature is not 128 lowercase hex digits (64 bytes, r || s)")]
     MalformedSignature,
     #[error("signature is not low-S normalized")]
     HighS,
@@ -160,10 +160,20 @@ impl<T: Serialize> IntentMessage<T> {
 }
 
 impl<T: Serialize> SignedResponse<T> {
-    /// Parses the hex signature strictly: exactly 64 bytes, both scalars in
-    /// range, low-S.
+    /// Parses the hex signature strictly: exactly 128 lowercase hex digits,
+    /// both scalars in range, low-S.
     pub fn parsed_signature(&self) -> Result<Signature, Error> {
-        let raw = hex::decode(&self.signature).map_err(|_| Error::MalformedSignature)?;
+        // `hex` also accepts upper case; refusing it gives every signature one
+        // spelling, exactly as the JS verifier requires.
+        let digits = self.signature.as_bytes();
+        if !digits
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::MalformedSignature);
+        }
+        let mut raw = [0u8; 64];
+        hex::decode_to_slice(digits, &mut raw).map_err(|_| Error::MalformedSignature)?;
         let signature = Signature::from_slice(&raw).map_err(|_| Error::MalformedSignature)?;
         if signature.normalize_s().is_some() {
             return Err(Error::HighS);
