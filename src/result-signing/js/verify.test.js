@@ -2,33 +2,211 @@
 // Run with `node --test src/result-signing/js/`.
 const test = require('node:test');
 const assert = require('node:assert');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
-const { signingBytes, verifySignedResponse } = require('./verify.js');
+const { execFileSync } = require('node:child_process');
+const { checkShape, signingBytes, verifySignedResponse } = require('./verify.js');
 
-const vector = require(path.join(__dirname, '..', 'tests', 'vectors', 'task_result_v1.json'));
-const signed = () => ({ response: structuredClone(vector.message), signature: vector.signature });
+const VECTOR_DIR = path.join(__dirname, '..', 'tests', 'vectors');
+const vectors = fs
+  .readdirSync(VECTOR_DIR)
+  .filter((name) => name.endsWith('.json'))
+  .sort()
+  .map((name) => ({ name, ...JSON.parse(fs.readFileSync(path.join(VECTOR_DIR, name), 'utf8')) }));
+const v1 = vectors.find((v) => v.name === 'task_result_v1.json');
 
-test('BCS bytes match the Rust vector', () => {
-  assert.strictEqual(signingBytes(vector.message).toString('hex'), vector.bcs);
+const N = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
+const spki = (publicKeyHex) =>
+  crypto.createPublicKey({
+    key: Buffer.concat([
+      Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'),
+      Buffer.from(publicKeyHex, 'hex'),
+    ]),
+    format: 'der',
+    type: 'spki',
+  });
+
+/** Signs `response` with the vectors' fixed key (low-S), so attacks can start from a valid signature. */
+function signWithVectorKey(response) {
+  const ecdh = crypto.createECDH('prime256v1');
+  ecdh.setPrivateKey(Buffer.from(v1.secret_key, 'hex'));
+  const point = ecdh.getPublicKey();
+  const key = crypto.createPrivateKey({
+    format: 'jwk',
+    key: {
+      kty: 'EC',
+      crv: 'P-256',
+      d: Buffer.from(v1.secret_key, 'hex').toString('base64url'),
+      x: point.subarray(1, 33).toString('base64url'),
+      y: point.subarray(33).toString('base64url'),
+    },
+  });
+  const sig = crypto.sign('sha256', signingBytes(response), { key, dsaEncoding: 'ieee-p1363' });
+  const s = BigInt('0x' + sig.subarray(32).toString('hex'));
+  const low = s > N / 2n ? N - s : s;
+  return { response, signature: sig.subarray(0, 32).toString('hex') + low.toString(16).padStart(64, '0') };
+}
+
+const signedV1 = () => ({ response: structuredClone(v1.message), signature: v1.signature });
+
+/**
+ * `signed` verifies as is; after `alter` it must be refused by the shape
+ * check with a message matching `reason` (typically the field's path), never
+ * by the signature check: each alteration here used to verify.
+ */
+function assertAlteredIsRefused(signed, alter, reason) {
+  verifySignedResponse(signed, v1.public_key);
+  const altered = structuredClone(signed);
+  alter(altered);
+  assert.throws(() => checkShape(altered), reason);
+  assert.throws(() => verifySignedResponse(altered, v1.public_key), reason);
+}
+
+test('there are vectors, all made with the same fixed key', () => {
+  assert.ok(vectors.length >= 3, `only ${vectors.length} vectors`);
+  for (const v of vectors) assert.strictEqual(v.public_key, v1.public_key, v.name);
 });
 
-test('the vector signature verifies', () => {
-  verifySignedResponse(signed(), vector.public_key);
+for (const v of vectors) {
+  test(`${v.name}: BCS bytes match the Rust vector`, () => {
+    assert.strictEqual(signingBytes(v.message).toString('hex'), v.bcs);
+  });
+
+  test(`${v.name}: node's crypto verifies the stored bytes, independently of the JS encoder`, () => {
+    const key = spki(v.public_key);
+    const sig = Buffer.from(v.signature, 'hex');
+    const bytes = Buffer.from(v.bcs, 'hex');
+    assert.ok(crypto.verify('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }, sig));
+    bytes[bytes.length - 1] ^= 1;
+    assert.ok(!crypto.verify('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }, sig));
+  });
+
+  test(`${v.name}: the signature verifies and tampering is detected`, () => {
+    const signed = () => ({ response: structuredClone(v.message), signature: v.signature });
+    verifySignedResponse(signed(), v.public_key);
+    const tampered = signed();
+    tampered.response.data.stdout += '!';
+    assert.throws(() => verifySignedResponse(tampered, v.public_key), /does not verify/);
+    const flipped = signed();
+    flipped.response.data.nonce = flipped.response.data.nonce === null ? '00' : null;
+    assert.throws(() => verifySignedResponse(flipped, v.public_key), /does not verify/);
+  });
+
+  test(`${v.name}: high-S twin is refused`, () => {
+    const s = BigInt('0x' + v.signature.slice(64));
+    const high = { response: structuredClone(v.message), signature: v.signature.slice(0, 64) + (N - s).toString(16).padStart(64, '0') };
+    assert.throws(() => verifySignedResponse(high, v.public_key), /low-S/);
+  });
+}
+
+test('exit_code must be an i32 or null, not a number a JS reader would see differently', () => {
+  for (const bad of [0.7, -0.5, 2 ** 31, -(2 ** 31) - 1, 1e300, NaN, Infinity, '0', true, [0]]) {
+    assertAlteredIsRefused(signedV1(), (s) => (s.response.data.exit_code = bad), /^TypeError: response\.data\.exit_code: expected .*i32.* or null/);
+  }
+  // The i32 bounds themselves are accepted and encoded little-endian.
+  const at = (exit_code) => signingBytes({ ...v1.message, data: { ...v1.message.data, exit_code } }).toString('hex');
+  assert.ok(at(-(2 ** 31)).includes('0100000080'));
+  assert.ok(at(2 ** 31 - 1).includes('01ffffff7f'));
+  assert.ok(at(null).includes('737300000c'), '"success", exit_code None, signal None, stdout length 12');
 });
 
-test('tampering is detected', () => {
-  const tampered = signed();
-  tampered.response.data.stdout = 'forged\n';
-  assert.throws(() => verifySignedResponse(tampered, vector.public_key), /does not verify/);
-  const noNonce = signed();
-  noNonce.response.data.nonce = null;
-  assert.throws(() => verifySignedResponse(noNonce, vector.public_key), /does not verify/);
+test('u64 and u8 fields must be JSON numbers in range, not strings', () => {
+  const cases = [
+    ['timestamp_ms', (s, x) => (s.response.timestamp_ms = x), ['1700000000000', 2 ** 53, -1, 1.5, 1700000000000n, null]],
+    ['data.execution_time_ms', (s, x) => (s.response.data.execution_time_ms = x), ['0x2a', '42', 2 ** 64, -0.5, null]],
+    ['intent', (s, x) => (s.response.intent = x), [256, -1, 0.5, '0', null, false]],
+  ];
+  for (const [field, set, values] of cases) {
+    for (const bad of values) {
+      assertAlteredIsRefused(signedV1(), (s) => set(s, bad), new RegExp(`^TypeError: response\\.${field.replace('.', '\\.')}: expected`));
+    }
+  }
+  // 2^53 - 1 is the largest u64 a JS number holds exactly; it is accepted.
+  const max = signingBytes({ ...v1.message, timestamp_ms: Number.MAX_SAFE_INTEGER });
+  assert.strictEqual(max.subarray(1, 9).toString('hex'), 'ffffffffffff1f00');
 });
 
-test('high-S twins are refused', () => {
-  const n = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
-  const s = BigInt('0x' + vector.signature.slice(64));
-  const high = signed();
-  high.signature = vector.signature.slice(0, 64) + (n - s).toString(16).padStart(64, '0');
-  assert.throws(() => verifySignedResponse(high, vector.public_key), /low-S/);
+test('exactly the Rust fields are accepted at every level, null only for Option', () => {
+  const extra = [
+    [(s) => (s.extra = 1), /^TypeError: signed response: unknown field "extra"/],
+    [(s) => (s.response.extra = 1), /^TypeError: response: unknown field "extra"/],
+    [(s) => (s.response.data.injected = 'x'), /^TypeError: response\.data: unknown field "injected"/],
+  ];
+  for (const [alter, reason] of extra) assertAlteredIsRefused(signedV1(), alter, reason);
+  // JSON.parse makes "__proto__" an own key, unlike the assignment above.
+  assertAlteredIsRefused(signedV1(), (s) => (s.response.data = { ...JSON.parse('{"__proto__": 1}'), ...s.response.data }), /unknown field "__proto__"/);
+
+  const missing = [
+    [(s) => delete s.signature, /^TypeError: signature: missing/],
+    [(s) => delete s.response.timestamp_ms, /^TypeError: response\.timestamp_ms: missing/],
+    [(s) => delete s.response.data.signal, /^TypeError: response\.data\.signal: missing/],
+    [(s) => delete s.response.data.stdin_sha256, /^TypeError: response\.data\.stdin_sha256: missing/],
+  ];
+  for (const [alter, reason] of missing) assertAlteredIsRefused(signedV1(), alter, reason);
+
+  for (const field of ['task_id', 'args', 'status', 'stderr', 'stdout_truncated', 'execution_time_ms']) {
+    assertAlteredIsRefused(signedV1(), (s) => (s.response.data[field] = null), new RegExp(`^TypeError: response\\.data\\.${field}: expected`));
+  }
+  for (const notObject of [null, [], 'x', 0]) {
+    assert.throws(() => checkShape(notObject), /^TypeError: signed response: expected an object/);
+    assert.throws(() => checkShape({ response: { ...v1.message, data: notObject }, signature: v1.signature }), /^TypeError: response\.data: expected an object/);
+  }
+});
+
+test('the signature must be exactly 128 lowercase hex digits', () => {
+  const sig = v1.signature;
+  assert.notStrictEqual(sig.toUpperCase(), sig, 'the vector signature has hex letters');
+  const oneUpper = sig.replace(/[a-f]/, (c) => c.toUpperCase());
+  const bad = [sig.toUpperCase(), oneUpper, sig.slice(0, 126), sig + '00', ' ' + sig.slice(1), 'zz' + sig.slice(2), ''];
+  for (const signature of bad) {
+    assertAlteredIsRefused(signedV1(), (s) => (s.signature = signature), /^TypeError: signature: expected 128 lowercase hex digits/);
+  }
+  assertAlteredIsRefused(signedV1(), (s) => (s.signature = Buffer.from(sig, 'hex')), /^TypeError: signature: expected/);
+});
+
+test('strings must be well-formed: a lone surrogate cannot stand in for U+FFFD', () => {
+  // A response that really contains U+FFFD (as lossy decoding of task output does).
+  const response = structuredClone(v1.message);
+  Object.assign(response.data, { stdout: 'a\ufffdb', args: ['\ufffd', '🦀'], nonce: '\ufffd', signal: '\ufffd' });
+  const signed = signWithVectorKey(response);
+  for (const lone of ['\ud800', '\udfff', '\udc00\ud800']) {
+    assertAlteredIsRefused(signed, (s) => (s.response.data.stdout = `a${lone}b`), /^TypeError: response\.data\.stdout: expected a well-formed string/);
+    assertAlteredIsRefused(signed, (s) => (s.response.data.args[0] = lone), /^TypeError: response\.data\.args\[0\]: expected a well-formed string/);
+    assertAlteredIsRefused(signed, (s) => (s.response.data.nonce = lone), /^TypeError: response\.data\.nonce: expected a well-formed string .*or null/);
+    assertAlteredIsRefused(signed, (s) => (s.response.data.signal = lone), /^TypeError: response\.data\.signal: expected a well-formed string/);
+  }
+});
+
+test('the Node 18 lone-surrogate fallback decides like String.prototype.isWellFormed', () => {
+  const samples = ['', 'ascii', '\ufffd', '🦀', '\ud83e\udd80x', '\ud800', 'a\udc00', '\udc00\ud800', '\ud800\ud800\udc00', 'x\ud800\udc00\udc00'];
+  const native = samples.map((s) => s.isWellFormed());
+  assert.deepStrictEqual(native, [true, true, true, true, true, false, false, false, false, false]);
+  const script = `delete String.prototype.isWellFormed;
+    const { checkShape } = require(${JSON.stringify(require.resolve('./verify.js'))});
+    const signed = JSON.parse(process.argv[1]);
+    const samples = JSON.parse(process.argv[2]);
+    console.log(JSON.stringify(samples.map((s) => {
+      signed.response.data.stdout = s;
+      try { checkShape(signed); return true; } catch (e) { return false; }
+    })));`;
+  // JSON.stringify writes lone surrogates as \\u escapes, so they survive argv.
+  const out = execFileSync(process.execPath, ['-e', script, JSON.stringify(signedV1()), JSON.stringify(samples)], { encoding: 'utf8' });
+  assert.deepStrictEqual(JSON.parse(out), native);
+});
+
+test('args must be an array of strings and booleans must be booleans', () => {
+  for (const args of ['1,2', { 0: '1', 1: '2', length: 2 }, null]) {
+    assertAlteredIsRefused(signedV1(), (s) => (s.response.data.args = args), /^TypeError: response\.data\.args: expected an array/);
+  }
+  assertAlteredIsRefused(signedV1(), (s) => (s.response.data.args = ['1', 2]), /^TypeError: response\.data\.args\[1\]: expected a well-formed string/);
+  for (const flag of [0, 'false', null, []]) {
+    assertAlteredIsRefused(signedV1(), (s) => (s.response.data.stdout_truncated = flag), /^TypeError: response\.data\.stdout_truncated: expected a boolean/);
+  }
+});
+
+test('the public key must be 66 hex digits', () => {
+  for (const key of [v1.public_key.slice(0, 64), v1.public_key + '00', 'zz' + v1.public_key.slice(2), null]) {
+    assert.throws(() => verifySignedResponse(signedV1(), key), /public key must be 66 hex digits/);
+  }
 });

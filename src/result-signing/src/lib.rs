@@ -9,8 +9,17 @@
 //!
 //! ```json
 //! {"response": {"intent": 0, "timestamp_ms": 1700000000000, "data": { ...TaskResult... }},
-//!  "signature": "<128 hex digits>"}
+//!  "signature": "<128 lowercase hex digits>"}
 //! ```
+//!
+//! The server writes every field, `None` as `null`; unknown fields are
+//! refused. A verifier must not accept a second spelling of the same signed
+//! bytes that its reader would see as other values, so the signature is lower
+//! case only, and the JavaScript verifier (`js/verify.js`) also refuses
+//! missing fields, `null` outside `Option` fields, integers given as
+//! strings, non-integers, integers above 2^53-1 (which a JS number cannot hold
+//! exactly; the server's millisecond values are far below) and strings with
+//! lone surrogates (which UTF-8 encoding would turn into U+FFFD).
 //!
 //! # The signed bytes
 //!
@@ -45,8 +54,8 @@
 //! # A worked example
 //!
 //! `tests/vectors/task_result_v1.json` holds a fixed key, a fixed message, its
-//! BCS bytes and its signature; `tests/vector.rs` checks all of them. Its
-//! message, with `args = ["1", "2"]`, `stdin_sha256 = None`,
+//! BCS bytes and its signature; `tests/vector.rs` and `js/verify.test.js`
+//! check every file in `tests/vectors/`. The v1 message, with `args = ["1", "2"]`, `stdin_sha256 = None`,
 //! `nonce = Some("00ff")`, `exit_code = Some(0)`, encodes as:
 //!
 //! ```text
@@ -67,7 +76,11 @@
 //! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
 //! ```
 //!
-//! Lengths are ULEB128: a 200-byte stdout starts `c8 01`.
+//! Lengths are ULEB128, 7 bits per byte, low bits first: a 200-byte stdout
+//! starts `c8 01`. `task_result_v2.json` pins the longer forms (a 372-byte
+//! non-ASCII stdout, `f4 02`; a 16384-byte stderr, `80 80 01`) along with a
+//! killed task (`exit_code = None`, `signal = Some("SIGKILL")`);
+//! `task_result_v3.json` a task that exited with code 3.
 //!
 //! [BCS]: https://github.com/diem/bcs
 
@@ -123,7 +136,7 @@ pub struct SignedResponse<T> {
 pub enum Error {
     #[error("message cannot be BCS-encoded: {0}")]
     Encode(#[from] bcs::Error),
-    #[error("signature is not 64 bytes of hex (r || s)")]
+    #[error("signature is not 128 lowercase hex digits (64 bytes, r || s)")]
     MalformedSignature,
     #[error("signature is not low-S normalized")]
     HighS,
@@ -160,10 +173,20 @@ impl<T: Serialize> IntentMessage<T> {
 }
 
 impl<T: Serialize> SignedResponse<T> {
-    /// Parses the hex signature strictly: exactly 64 bytes, both scalars in
-    /// range, low-S.
+    /// Parses the hex signature strictly: exactly 128 lowercase hex digits,
+    /// both scalars in range, low-S.
     pub fn parsed_signature(&self) -> Result<Signature, Error> {
-        let raw = hex::decode(&self.signature).map_err(|_| Error::MalformedSignature)?;
+        // `hex` also accepts upper case; refusing it gives every signature one
+        // spelling, exactly as the JS verifier requires.
+        let digits = self.signature.as_bytes();
+        if !digits
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::MalformedSignature);
+        }
+        let mut raw = [0u8; 64];
+        hex::decode_to_slice(digits, &mut raw).map_err(|_| Error::MalformedSignature)?;
         let signature = Signature::from_slice(&raw).map_err(|_| Error::MalformedSignature)?;
         if signature.normalize_s().is_some() {
             return Err(Error::HighS);
