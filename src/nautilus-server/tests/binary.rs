@@ -31,11 +31,27 @@ fn nsm_mode_without_a_device_exits_and_names_the_dev_flag() {
     assert!(err.contains("/dev/nsm"), "{err}");
 }
 
+/// A server process that is killed if the test fails before it exits.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts a dev server on a free port and returns it with its base URL,
 /// read from the banner it prints.
-fn start_dev(grace_secs: u64) -> (std::process::Child, String) {
+fn start_dev(grace_secs: u64) -> (Running, String) {
     let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks");
-    let mut child = server()
+    start(server(), tasks, grace_secs)
+}
+
+fn start(mut command: Command, tasks: &str, grace_secs: u64) -> (Running, String) {
+    let mut child = command
         .args([
             "--attestation",
             "dev",
@@ -58,26 +74,26 @@ fn start_dev(grace_secs: u64) -> (std::process::Child, String) {
             }
         }
     });
+    let child = Running(child);
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("server announced its address");
     (child, url)
 }
 
-fn sigterm(child: &std::process::Child) {
-    let pid = i32::try_from(child.id()).expect("pid fits");
+fn sigterm(child: &Running) {
+    let pid = i32::try_from(child.0.id()).expect("pid fits");
     // SAFETY: plain kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
 }
 
-fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+fn wait_exit(child: &mut Running, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = child.0.try_wait().expect("wait") {
             return status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!("server did not exit within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -112,27 +128,64 @@ async fn sigterm_lets_running_tasks_finish_then_exits_0() {
 async fn sigterm_stops_tasks_that_outlive_the_grace_period() {
     let (mut child, url) = start_dev(1);
     let http = reqwest::Client::new();
+    // The marker names this run's task process in /proc/*/cmdline.
+    let marker = format!("marker-{}", uuid::Uuid::new_v4());
     let task = tokio::spawn({
         let http = http.clone();
         let url = format!("{url}/process_data");
-        async move {
-            http.post(url)
-                .json(&json!({"payload": {"task_path": "spin", "timeout_secs": 60}}))
-                .send()
-                .await
-        }
+        let body =
+            json!({"payload": {"task_path": "spin", "timeout_secs": 60, "args": [marker.clone()]}});
+        async move { http.post(url).json(&body).send().await }
     });
-    wait_running(&http, &url).await;
+    // A slot is taken before the task's process starts: wait for the process.
+    for _ in 0..400 {
+        if processes_with(&marker) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(processes_with(&marker), 1, "the task is running");
     let start = Instant::now();
     sigterm(&child);
-    // The request still gets an answer, and the server exits 0 long before
-    // the task's own 60 s timeout.
+
+    // The listener closes at once: new connections are refused while the
+    // running task gets its grace period.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = http.get(format!("{url}/health_check")).send().await;
+    assert!(
+        late.is_err(),
+        "a new connection was accepted after SIGTERM: {late:?}"
+    );
+
+    // The stopped task's request still gets an answer, and the server exits
+    // 0 long before the task's own 60 s timeout, leaving nothing behind.
     let resp = task.await.expect("join").expect("answered");
-    let status = resp.status().as_u16();
-    let body = resp.text().await.expect("body");
-    assert!(matches!(status, 200 | 503 | 504), "{status}: {body}");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(processes_with(&marker), 0, "the task outlived the server");
+}
+
+/// Live processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == needle.as_bytes())
+        })
+        .count()
 }
 
 async fn wait_running(http: &reqwest::Client, url: &str) {
@@ -151,4 +204,64 @@ async fn wait_running(http: &reqwest::Client, url: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("task never started");
+}
+
+/// The server marks itself non-dumpable, so even a task running under the
+/// server's own uid (the non-root development mode) cannot read its
+/// environment or memory. Without `harden_process` this test fails.
+#[tokio::test]
+async fn the_server_is_not_dumpable_even_to_tasks_of_its_own_uid() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED the_server_is_not_dumpable_even_to_tasks_of_its_own_uid: needs root to start the server as another user");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    // The checkout may sit where `nobody` cannot enter: copy the binary and
+    // the probe task to a directory it can read.
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("nautilus-server");
+    std::fs::copy(env!("CARGO_BIN_EXE_nautilus-server"), &bin).expect("copy binary");
+    let probe = dir.path().join("tasks/probe");
+    std::fs::create_dir_all(&probe).expect("mkdir");
+    for f in ["package.json", "index.js"] {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks/probe/");
+        std::fs::copy(format!("{src}{f}"), probe.join(f)).expect("copy task");
+    }
+    for d in [dir.path().join("tasks"), probe.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    let mut command = Command::new(&bin);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("NAUTILUS_TEST_SECRET", "hunter2")
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let (mut child, url) = start(command, &dir.path().join("tasks").to_string_lossy(), 1);
+    let pid = child.0.id().to_string();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/process_data"))
+        .json(&json!({"payload": {"task_path": "probe", "args": [pid]}}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    let seen: serde_json::Value = serde_json::from_str(
+        body["response"]["data"]["stdout"]
+            .as_str()
+            .expect("stdout")
+            .trim(),
+    )
+    .expect("probe output");
+    assert_eq!(seen["environ"], "EACCES", "{seen}");
+    assert_eq!(seen["mem"], "EACCES", "{seen}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }
