@@ -39,6 +39,7 @@ pub struct TaskRequest {
     pub nonce: Option<String>,
 }
 
+/// The task `{"payload": {}}` runs: the example from the product description.
 pub const DEFAULT_TASK_PATH: &str = "nodejs-task";
 
 /// Runs the task and returns its result signed with the attested key.

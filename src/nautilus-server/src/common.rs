@@ -19,6 +19,7 @@ pub use result_signing::{IntentMessage, TaskResult};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessDataRequest<T> {
+    /// The endpoint-specific request.
     pub payload: T,
 }
 
@@ -45,16 +46,21 @@ pub fn parse_hex_nonce(hex_nonce: &str, max: usize) -> Result<Vec<u8>, EnclaveEr
         .map_err(|e| EnclaveError::BadRequest(format!("nonce is not valid hex: {e}")))
 }
 
+/// `GET /`: liveness for load balancers and humans.
 pub async fn ping() -> &'static str {
     "Pong!"
 }
 
+/// Query of `GET /get_attestation`. Unknown parameters are refused, so a
+/// caller cannot believe it chose `public_key` or `user_data`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationQuery {
+    /// Hex, at most [`MAX_ATTESTATION_NONCE_BYTES`] bytes.
     pub nonce: Option<String>,
 }
 
+/// Body of `GET /get_attestation`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct GetAttestationResponse {
     /// Hex of the COSE_Sign1 attestation document.
@@ -97,19 +103,28 @@ pub async fn manifest(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
+/// Body of `GET /health_check`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// Hex of the attested public key (compressed SEC1).
     pub pk: String,
+    /// `ok`, or `degraded` when Node.js is missing and every task would fail.
     pub status: String,
+    /// `nsm` or `dev`.
     pub attestation: String,
+    /// `node --version` of the runner's Node.js, if found.
     pub node_version: Option<String>,
+    /// Tasks listed in the manifest.
     pub tasks: usize,
+    /// Tasks running now.
     pub running: usize,
+    /// Tasks waiting for a slot.
     pub queued: usize,
+    /// Server version.
     pub version: String,
 }
 
+/// `GET /health_check`.
 pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthCheck> {
     let stats = state.runner().stats();
     let node_version = state.runner().node_version().map(str::to_owned);

@@ -13,11 +13,13 @@ use task_runner::{ErrorKind, TaskError};
 /// How long a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// A failed request; [`IntoResponse`] turns it into status + JSON.
 #[derive(Debug, thiserror::Error)]
 pub enum EnclaveError {
     /// The request is malformed or outside a limit.
     #[error("{0}")]
     BadRequest(String),
+    /// The task runner refused or could not finish the task.
     #[error(transparent)]
     Task(#[from] TaskError),
     /// A task directory exists but is not listed in the attested manifest
@@ -27,15 +29,19 @@ pub enum EnclaveError {
     /// Too many attestation requests at once.
     #[error("attestation is busy, retry shortly")]
     AttestationBusy,
+    /// The NSM (or dev attester) failed to produce a document.
     #[error("attestation failed: {0}")]
     Attestation(#[from] attestation_dev::AttestError),
+    /// The result could not be signed (BCS encoding failed).
     #[error("could not sign the result: {0}")]
     Signing(#[from] result_signing::Error),
+    /// Anything else that is the server's fault.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl EnclaveError {
+    /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
             EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,

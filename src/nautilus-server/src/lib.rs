@@ -42,6 +42,8 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod common;
 pub mod error;

@@ -11,18 +11,27 @@ use task_runner::TaskInfo;
 
 use crate::state::{AttestationMode, ServerConfig};
 
+/// The limits a client can plan around, as configured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Limits {
+    /// Tasks running at once.
     pub max_concurrent: usize,
+    /// Tasks waiting for a slot before new ones get 503.
     pub max_queue: usize,
+    /// Timeout when a request names none.
     pub default_timeout_secs: u64,
+    /// Largest `timeout_secs` accepted.
     pub max_timeout_secs: u64,
+    /// Bytes kept of each of stdout and stderr.
     pub max_output_bytes: usize,
+    /// Memory a task may use.
     pub memory_limit_bytes: u64,
+    /// Largest request body.
     pub max_body_bytes: usize,
 }
 
 impl Limits {
+    /// The limits in effect for `config`.
     pub fn from_config(config: &ServerConfig) -> Self {
         let r = &config.runner;
         Self {
@@ -55,6 +64,7 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Serializes the manifest once; the bytes never change afterwards.
     pub fn new(
         mode: AttestationMode,
         node_version: Option<String>,
@@ -76,6 +86,7 @@ impl Manifest {
         })
     }
 
+    /// The exact bytes `GET /manifest` serves.
     pub fn bytes(&self) -> &axum::body::Bytes {
         &self.bytes
     }
@@ -85,6 +96,7 @@ impl Manifest {
         &self.sha256
     }
 
+    /// Number of listed tasks.
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }

@@ -32,6 +32,7 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// The server's Prometheus registry and the metrics in it.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -83,6 +84,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a task outcome and, when it ran, its duration.
     pub fn record_task(&self, outcome: &Result<TaskResult, TaskError>) {
         let label = match outcome {
             Ok(r) => {
@@ -134,6 +136,7 @@ pub async fn track_requests(
     response
 }
 
+/// `GET /metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
     let stats = state.runner().stats();
     let m = &state.metrics;

@@ -23,6 +23,7 @@ pub enum AttestationMode {
 }
 
 impl AttestationMode {
+    /// `nsm` or `dev`, as reported by the API.
     pub fn as_str(self) -> &'static str {
         match self {
             AttestationMode::Nsm => "nsm",
@@ -54,7 +55,9 @@ impl std::str::FromStr for AttestationMode {
 /// Server settings that are not transport: the binary maps flags onto this.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Where attestation documents come from.
     pub attestation: AttestationMode,
+    /// Everything about running tasks.
     pub runner: RunnerConfig,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
@@ -86,16 +89,22 @@ impl Default for ServerConfig {
     }
 }
 
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// `--attestation nsm` without a usable `/dev/nsm`.
     #[error("{0} (outside an enclave, start the server with `--attestation dev`)")]
     NsmUnavailable(#[source] AttestError),
+    /// The dev CA could not be generated.
     #[error("could not create the dev attestation CA: {0}")]
     DevAttester(#[source] AttestError),
+    /// The runner configuration is unusable.
     #[error("invalid task runner configuration: {0}")]
     Runner(#[from] task_runner::ConfigError),
+    /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
     Tasks(#[source] task_runner::TaskError),
+    /// The manifest could not be serialized.
     #[error("could not serialize the manifest: {0}")]
     Manifest(#[from] serde_json::Error),
 }
@@ -115,6 +124,8 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Opens the attester, generates the key, builds the runner and freezes
+    /// the manifest.
     pub fn new(config: ServerConfig) -> Result<Self, StartupError> {
         let (attester, dev_root_pem): (Arc<dyn Attester>, _) = match config.attestation {
             AttestationMode::Nsm => (
@@ -174,6 +185,7 @@ impl AppState {
         &self.attester
     }
 
+    /// How this server attests.
     pub fn attestation_mode(&self) -> AttestationMode {
         self.config.attestation
     }
@@ -183,14 +195,17 @@ impl AppState {
         self.dev_root_pem.as_deref()
     }
 
+    /// The frozen manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
+    /// The task runner.
     pub fn runner(&self) -> &Runner {
         &self.runner
     }
 
+    /// The configuration the server started with.
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }

@@ -20,16 +20,25 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 /// A listen address: `tcp://HOST:PORT` or `vsock://PORT` (any CID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listen {
+    /// A TCP socket address.
     Tcp(SocketAddr),
-    Vsock { port: u32 },
+    /// Any CID, this port.
+    Vsock {
+        /// The vsock port.
+        port: u32,
+    },
 }
 
+/// Why a listen address was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenParseError {
+    /// Neither `tcp://` nor `vsock://`.
     #[error("listen address {0:?} must start with tcp:// or vsock://")]
     Scheme(String),
+    /// Not `IP:PORT`.
     #[error("{0:?} is not a TCP socket address (HOST:PORT with a numeric IP)")]
     Tcp(String),
+    /// Not a usable port number.
     #[error("{0:?} is not a vsock port (a number below 2^32-1)")]
     VsockPort(String),
 }
@@ -73,11 +82,14 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// A bound listener, so callers learn the real address (port 0) before
 /// serving.
 pub enum Bound {
+    /// A TCP listener.
     Tcp(tokio::net::TcpListener),
+    /// A vsock listener (inside the enclave).
     Vsock(VsockListener),
 }
 
 impl Bound {
+    /// Binds the address.
     pub async fn bind(listen: Listen) -> std::io::Result<Self> {
         Ok(match listen {
             Listen::Tcp(addr) => Bound::Tcp(tokio::net::TcpListener::bind(addr).await?),
@@ -87,6 +99,7 @@ impl Bound {
         })
     }
 
+    /// The bound address (the real port when 0 was asked for).
     pub fn local_addr(&self) -> std::io::Result<Listen> {
         Ok(match self {
             Bound::Tcp(l) => Listen::Tcp(l.local_addr()?),
