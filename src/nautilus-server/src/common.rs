@@ -26,6 +26,9 @@ pub struct ProcessDataRequest<T> {
 /// A signed answer: `{"response": {"intent", "timestamp_ms", "data"}, "signature"}`.
 pub type ProcessedDataResponse<T> = result_signing::SignedResponse<T>;
 
+/// How long an attestation request waits for a turn before a 503.
+const ATTESTATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Longest nonce the NSM accepts in an attestation document.
 pub const MAX_ATTESTATION_NONCE_BYTES: usize = 512;
 
@@ -78,10 +81,20 @@ pub async fn get_attestation(
         .as_deref()
         .map(|n| parse_hex_nonce(n, MAX_ATTESTATION_NONCE_BYTES))
         .transpose()?;
+    // A burst of callers queues here for a short while, not on the blocking
+    // thread pool without bound.
+    let permit = tokio::time::timeout(
+        ATTESTATION_WAIT,
+        Arc::clone(&state.attestations).acquire_owned(),
+    )
+    .await
+    .map_err(|_| EnclaveError::AttestationBusy)?
+    .map_err(|_| EnclaveError::AttestationBusy)?;
     let attester = Arc::clone(state.attester());
     let worker_state = Arc::clone(&state);
     // The NSM call is a blocking ioctl; keep it off the async workers.
     let document = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         attester.attest(AttestationRequest {
             public_key: worker_state.public_key(),
             user_data: worker_state.manifest().sha256(),

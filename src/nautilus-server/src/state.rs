@@ -121,7 +121,12 @@ pub struct AppState {
     manifest: Manifest,
     pub(crate) metrics: Metrics,
     pub(crate) config: ServerConfig,
+    /// Bounds attestation calls in flight: each holds a blocking thread.
+    pub(crate) attestations: Arc<tokio::sync::Semaphore>,
 }
+
+/// Attestation calls served at once; more wait (briefly) for a turn.
+pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
 
 impl AppState {
     /// Opens the attester, generates the key, builds the runner and freezes
@@ -164,6 +169,7 @@ impl AppState {
             manifest,
             metrics: Metrics::default(),
             config,
+            attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
         })
     }
 

@@ -120,3 +120,22 @@ async fn dev_documents_are_refused_by_default_policies() {
     assert_eq!(verified.nonce(), None);
     s.shutdown().await;
 }
+
+/// Attestation calls are bounded in flight but a burst is served, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_attestation_requests_is_served() {
+    let s = TestServer::start(config()).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..64u32 {
+        let http = s.http.clone();
+        let url = s.url(&format!("/get_attestation?nonce={i:08x}"));
+        burst.spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
+    }
+    let mut ok = 0;
+    while let Some(status) = burst.join_next().await {
+        assert_eq!(status.expect("join").expect("answered"), 200);
+        ok += 1;
+    }
+    assert_eq!(ok, 64);
+    s.shutdown().await;
+}
