@@ -23,63 +23,135 @@ const RESULT_OVERHEAD: usize = 1024 * 1024;
 const JSON_ESCAPE_FACTOR: usize = 6;
 /// Bytes of random nonce per request.
 const NONCE_BYTES: usize = 32;
+/// Most of an error body read to find the server's message.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+/// Longest server-supplied text kept in an error message, in characters.
+const MAX_SERVER_TEXT: usize = 300;
 /// Time for the server to queue, start and clean up a task beyond its timeout.
 const TASK_MARGIN: Duration = Duration::from_secs(120);
 
+/// Why a server could not be attested or a result could not be trusted.
+///
+/// Variants that wrap a cause expose it through [`std::error::Error::source`]
+/// instead of repeating it in their own message; print the whole chain (e.g.
+/// `anyhow`'s `{:#}`) to see every reason. Text that comes from the server
+/// is escaped and shortened before it is stored here, so any of these
+/// messages is one line that is safe to print on a terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The server URL does not parse, or is not `http://` or `https://`.
     #[error("invalid server URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    #[error("request to {url} failed: {source}")]
-    Http {
+    Url {
+        /// The URL as given.
         url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request could not be sent or its answer not read (connection,
+    /// TLS or timeout).
+    #[error("request to {url} failed")]
+    Http {
+        /// The URL requested.
+        url: String,
+        /// The transport's reason.
         #[source]
         source: reqwest::Error,
     },
-    #[error("{url} answered HTTP {status}: {message}")]
+    /// The server answered with a status other than 200.
+    #[error("{url} answered HTTP {status}: {message}{}", retry_hint(*.retry_after))]
     Status {
+        /// The URL requested.
         url: String,
+        /// The HTTP status code.
         status: u16,
+        /// The server's `error` sentence (or the start of its body), with
+        /// control characters escaped and cut to a few hundred characters.
         message: String,
+        /// For 503 Service Unavailable: how long the server asked us to
+        /// wait (`Retry-After`, in seconds), if it said.
+        retry_after: Option<Duration>,
     },
+    /// A response body was larger than this client accepts for it; reading
+    /// stopped at the limit.
     #[error("{what} from {url} exceeds {limit} bytes")]
     TooLarge {
+        /// Which response.
         what: &'static str,
+        /// The URL requested.
         url: String,
+        /// The cap, in bytes.
         limit: usize,
     },
+    /// A response is not the JSON (or hex) it must be.
     #[error("malformed {what}: {reason}")]
-    Malformed { what: &'static str, reason: String },
-    #[error("attestation document rejected: {0}")]
+    Malformed {
+        /// Which response or field.
+        what: &'static str,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// The attestation document failed verification.
+    #[error("attestation document rejected")]
     Attestation(#[from] attestation_verify::Error),
-    #[error("bad verification input: {0}")]
+    /// The trusted root or policy given to the client is unusable.
+    #[error("bad verification input")]
     Config(#[from] attestation_verify::ConfigError),
+    /// The verified document has no `public_key`, so no result could be checked.
     #[error("attestation document carries no public key")]
     NoPublicKey,
+    /// The attested `public_key` is not an uncompressed or compressed P-256 point.
     #[error("attested public key is not a P-256 SEC1 point ({len} bytes)")]
-    BadPublicKey { len: usize },
+    BadPublicKey {
+        /// Length of the key found.
+        len: usize,
+    },
+    /// `/manifest` is not the manifest the enclave attested: its SHA-256
+    /// differs from the document's `user_data`.
     #[error("manifest does not match the attestation: its SHA-256 is {got}, the document's user_data is {expected}")]
-    ManifestMismatch { expected: String, got: String },
+    ManifestMismatch {
+        /// The attested `user_data`, hex.
+        expected: String,
+        /// SHA-256 of the `/manifest` body received, hex.
+        got: String,
+    },
+    /// The task asked for is not in the attested manifest, so its result
+    /// could not be tied to attested code.
     #[error("task {0:?} is not in the attested manifest")]
     UnknownTask(String),
-    #[error("result rejected: {0}")]
+    /// A signed result failed verification.
+    #[error("result rejected")]
     Result(#[from] ResultError),
+    /// Reading a local file failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
-/// A task to run.
+/// `", retry after N s"` when the server said when to come back.
+fn retry_hint(retry_after: Option<Duration>) -> String {
+    retry_after
+        .map(|d| format!(", retry after {} s", d.as_secs()))
+        .unwrap_or_default()
+}
+
+/// A task to run: the `payload` of a `/process_data` request, minus the
+/// nonce, which [`Client::run_task`] adds fresh for every call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TaskSpec {
+    /// Task directory on the server, as listed in the manifest.
     pub task_path: String,
+    /// Seconds before the server stops the task; the server's default if `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Command-line arguments for the task.
     pub args: Vec<String>,
+    /// Text fed to the task's stdin; the signed result carries its SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
 }
 
 impl TaskSpec {
+    /// A spec for `task_path` with no arguments, no stdin and the server's
+    /// default timeout.
     pub fn new(task_path: impl Into<String>) -> Self {
         Self {
             task_path: task_path.into(),
@@ -87,6 +159,7 @@ impl TaskSpec {
         }
     }
 
+    /// Replaces the arguments.
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -96,11 +169,13 @@ impl TaskSpec {
         self
     }
 
+    /// Sets the stdin text.
     pub fn stdin(mut self, stdin: impl Into<String>) -> Self {
         self.stdin = Some(stdin.into());
         self
     }
 
+    /// Sets the timeout in seconds.
     pub fn timeout_secs(mut self, secs: u64) -> Self {
         self.timeout_secs = Some(secs);
         self
@@ -122,7 +197,10 @@ struct ProcessDataRequest<'a> {
 /// One task entry of the attested manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ManifestTask {
+    /// Task directory, normalized (no `.` or empty segments).
     pub task_path: String,
+    /// Hex digest of the task's files; every signed result for this task
+    /// must carry the same value.
     pub task_digest: String,
 }
 
@@ -152,6 +230,7 @@ impl Manifest {
     pub fn raw(&self) -> &[u8] {
         &self.raw
     }
+    /// The server's version string.
     pub fn server_version(&self) -> &str {
         &self.body.server_version
     }
@@ -159,9 +238,12 @@ impl Manifest {
     pub fn attestation_mode(&self) -> &str {
         &self.body.attestation
     }
+    /// Every task the enclave image can run.
     pub fn tasks(&self) -> &[ManifestTask] {
         &self.body.tasks
     }
+    /// The entry for `task_path`, compared after normalization (so
+    /// `./nodejs-task/` finds `nodejs-task`).
     pub fn task(&self, task_path: &str) -> Option<&ManifestTask> {
         let wanted = normalize_task_path(task_path);
         self.body.tasks.iter().find(|t| t.task_path == wanted)
@@ -175,9 +257,11 @@ pub struct VerifiedResult {
 }
 
 impl VerifiedResult {
+    /// What the task did: output, exit code, status, timing.
     pub fn data(&self) -> &TaskResult {
         &self.signed.response.data
     }
+    /// When the enclave signed the result, in ms since the UNIX epoch.
     pub fn timestamp_ms(&self) -> u64 {
         self.signed.response.timestamp_ms
     }
@@ -236,7 +320,7 @@ impl Client {
         let document_bytes =
             hex::decode(&response.attestation).map_err(|e| ClientError::Malformed {
                 what: "attestation document hex",
-                reason: e.to_string(),
+                reason: printable(&e.to_string()),
             })?;
         let document = AttestationDocument::from_bytes(&document_bytes)?
             .verify(&root, &policy.expected_nonce(nonce.to_vec()))?;
@@ -265,14 +349,17 @@ impl Client {
         })
     }
 
+    /// The verified attestation document this connection trusts.
     pub fn attestation(&self) -> &VerifiedDocument {
         &self.document
     }
 
+    /// The attested key every result must be signed with.
     pub fn public_key(&self) -> &VerifyingKey {
         &self.key
     }
 
+    /// The attested manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -371,7 +458,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ClientError> {
     serde_json::from_slice(body).map_err(|e| ClientError::Malformed {
         what,
-        reason: e.to_string(),
+        // serde's messages may quote the server's text.
+        reason: printable(&e.to_string()),
     })
 }
 
@@ -390,8 +478,9 @@ async fn get(
     .await
 }
 
-/// Sends, then reads at most `limit` bytes; a non-2xx answer becomes
-/// [`ClientError::Status`] with the server's `error` sentence.
+/// Sends, then reads at most `limit` bytes of a 200 answer, failing with
+/// [`ClientError::TooLarge`] as soon as the body passes it. Any other status
+/// becomes [`ClientError::Status`] with the server's `error` sentence.
 async fn send(
     request: reqwest::RequestBuilder,
     url: &Url,
@@ -404,6 +493,28 @@ async fn send(
     };
     let mut response = request.send().await.map_err(http_err)?;
     let status = response.status();
+    if status != StatusCode::OK {
+        let retry_after = (status == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| retry_after(response.headers()))
+            .flatten();
+        // Only the start matters for the message; the rest is never read.
+        let (body, _) = read_up_to(&mut response, MAX_ERROR_BODY)
+            .await
+            .map_err(http_err)?;
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            error: String,
+        }
+        let raw = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        return Err(ClientError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            message: printable(&raw),
+            retry_after,
+        });
+    }
     let too_large = || ClientError::TooLarge {
         what,
         url: url.to_string(),
@@ -412,26 +523,81 @@ async fn send(
     if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    match read_up_to(&mut response, limit).await.map_err(http_err)? {
+        (body, true) => Ok(body),
+        (_, false) => Err(too_large()),
+    }
+}
+
+/// Reads the body until it ends (`true`) or would pass `limit` bytes
+/// (`false`, with the first `limit` bytes); never holds more than `limit`.
+async fn read_up_to(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(http_err)? {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
         }
         body.extend_from_slice(&chunk);
     }
-    if status != StatusCode::OK {
-        #[derive(Deserialize)]
-        struct ErrorBody {
-            error: String,
+    Ok((body, true))
+}
+
+/// `Retry-After` as delay-seconds, the form the Nautilus server sends; an
+/// HTTP-date is ignored rather than trusted to our clock.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// Makes server-controlled text safe to print as part of a one-line
+/// message: control characters (newlines, ESC, ...) and other non-printable
+/// characters are escaped Rust-style (`\n`, `\u{1b}`), and the result is cut
+/// at [`MAX_SERVER_TEXT`] characters, marked with `…`.
+fn printable(raw: &str) -> String {
+    let mut out = String::new();
+    let mut len = 0;
+    for c in raw.chars() {
+        // Quotes are harmless on a terminal; escaping them would only clutter.
+        let keep = matches!(c, '"' | '\'');
+        let escaped = c.escape_debug();
+        let n = if keep { 1 } else { escaped.len() };
+        if len + n > MAX_SERVER_TEXT {
+            out.push('…');
+            break;
         }
-        let message = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(500).collect());
-        return Err(ClientError::Status {
-            url: url.to_string(),
-            status: status.as_u16(),
-            message,
-        });
+        len += n;
+        if keep {
+            out.push(c);
+        } else {
+            out.extend(escaped);
+        }
     }
-    Ok(body)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_becomes_one_short_printable_line() {
+        let raw = format!(
+            "bad\r\nline \u{1b}[31mred\u{1b}[0m \"q\" ✅ {}",
+            "x".repeat(1000)
+        );
+        let out = printable(&raw);
+        assert!(!out.chars().any(char::is_control), "{out:?}");
+        assert!(
+            out.starts_with(r#"bad\r\nline \u{1b}[31mred\u{1b}[0m "q" ✅ "#),
+            "{out}"
+        );
+        assert!(out.ends_with('…'));
+        assert_eq!(out.chars().count(), MAX_SERVER_TEXT + 1);
+        assert_eq!(printable("short"), "short");
+    }
 }

@@ -27,9 +27,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `https://` URLs are served by rustls with the Mozilla (webpki) roots;
+//! TLS only protects the transport, trust still comes from the attestation.
+//!
 //! The crate shares only wire types ([`result_signing`]) with the server.
 
+#![warn(missing_docs)]
+
 mod client;
+/// Offline verification of attestation documents (the whole
+/// `attestation-verify` crate), e.g. for archived documents.
 pub use attestation_verify as attestation;
 pub mod result;
 

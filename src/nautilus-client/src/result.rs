@@ -11,8 +11,11 @@ pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// What the caller asked for; the signed data must echo each of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected<'a> {
+    /// Task directory asked for; compared after [`normalize_task_path`].
     pub task_path: &'a str,
+    /// Arguments sent.
     pub args: &'a [String],
+    /// Stdin sent, if any; the result must carry its SHA-256.
     pub stdin: Option<&'a [u8]>,
     /// Hex nonce sent with the request.
     pub nonce: &'a str,
@@ -20,31 +23,50 @@ pub struct Expected<'a> {
     pub task_digest: Option<&'a str>,
     /// The signed timestamp must fall in `[not_before_ms - skew, not_after_ms + skew]`.
     pub not_before_ms: u64,
+    /// End of the request window, ms since the UNIX epoch (see `not_before_ms`).
     pub not_after_ms: u64,
+    /// How far the enclave's clock may be from ours.
     pub clock_skew: Duration,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a signed result is not an answer to the request it claims to answer.
+#[derive(Debug, thiserror::Error)]
 pub enum ResultError {
-    #[error("result signature: {0}")]
-    Signature(String),
+    /// The signature, its encoding or its intent is wrong: the result was
+    /// not signed by the attested key, or was changed after signing.
+    #[error("result signature is invalid")]
+    Signature(#[from] result_signing::Error),
+    /// Signed data does not echo the request (a replayed or redirected
+    /// answer, or one for other code than the manifest announced).
     #[error("signed {field} is {got:?}, but {expected:?} was asked for")]
     Mismatch {
+        /// The signed field that differs, e.g. `"nonce"`.
         field: &'static str,
+        /// What the request implies.
         expected: String,
+        /// What was signed.
         got: String,
     },
+    /// The signed timestamp is outside the time the request was in flight,
+    /// widened by the allowed clock skew.
     #[error(
         "signed timestamp {timestamp_ms} ms is outside the request window {from_ms}..={to_ms} ms"
     )]
     Stale {
+        /// The signed timestamp.
         timestamp_ms: u64,
+        /// Earliest acceptable.
         from_ms: u64,
+        /// Latest acceptable.
         to_ms: u64,
     },
+    /// The signed status is unknown or contradicts the signed exit code
+    /// (`"success"` exactly when the exit code is 0, otherwise `"failed"`).
     #[error("signed status {status:?} contradicts exit code {exit_code:?}")]
     Inconsistent {
+        /// The signed status.
         status: String,
+        /// The signed exit code (`None` if the task was killed by a signal).
         exit_code: Option<i32>,
     },
 }
@@ -65,9 +87,7 @@ pub fn verify_result(
     key: &VerifyingKey,
     expected: &Expected<'_>,
 ) -> Result<(), ResultError> {
-    signed
-        .verify(key, INTENT_TASK_RESULT)
-        .map_err(|e| ResultError::Signature(e.to_string()))?;
+    signed.verify(key, INTENT_TASK_RESULT)?;
     let d = &signed.response.data;
 
     let mismatch = |field, expected: String, got: String| ResultError::Mismatch {
@@ -137,8 +157,16 @@ mod tests {
     use result_signing::{IntentMessage, SigningKey};
 
     fn signed(nonce: Option<&str>) -> (SignedResponse<TaskResult>, SigningKey) {
+        signed_with(nonce, |_| {})
+    }
+
+    /// A properly signed result, after `edit` changed its data.
+    fn signed_with(
+        nonce: Option<&str>,
+        edit: impl FnOnce(&mut TaskResult),
+    ) -> (SignedResponse<TaskResult>, SigningKey) {
         let key = SigningKey::random(&mut rand_core::OsRng);
-        let data = TaskResult {
+        let mut data = TaskResult {
             task_id: "id".into(),
             task_path: "nodejs-task".into(),
             task_digest: "ab".repeat(32),
@@ -154,6 +182,7 @@ mod tests {
             stderr_truncated: false,
             execution_time_ms: 5,
         };
+        edit(&mut data);
         let s = IntentMessage::new(INTENT_TASK_RESULT, 10_000, data)
             .sign(&key)
             .expect("signs");
@@ -244,8 +273,41 @@ mod tests {
         let other = SigningKey::random(&mut rand_core::OsRng);
         assert!(matches!(
             verify_result(&s, other.verifying_key(), &expected(&args, &digest)),
-            Err(ResultError::Signature(_))
+            Err(ResultError::Signature(result_signing::Error::BadSignature))
         ));
+    }
+
+    #[test]
+    fn a_signed_status_must_agree_with_the_exit_code() {
+        let args = vec!["1".to_string()];
+        let digest = "ab".repeat(32);
+        for (status, exit_code) in [
+            ("success", Some(1)),
+            ("success", None),
+            ("failed", Some(0)),
+            ("timeout", Some(0)),
+            ("killed", Some(1)),
+        ] {
+            let (s, key) = signed_with(Some("aa"), |d| {
+                d.status = status.into();
+                d.exit_code = exit_code;
+            });
+            let err = verify_result(&s, key.verifying_key(), &expected(&args, &digest));
+            assert!(
+                matches!(
+                    &err,
+                    Err(ResultError::Inconsistent { status: st, exit_code: ec })
+                        if st == status && *ec == exit_code
+                ),
+                "{status} with {exit_code:?}: {err:?}"
+            );
+        }
+        let (failed, key) = signed_with(Some("aa"), |d| {
+            d.status = "failed".into();
+            d.exit_code = Some(1);
+        });
+        verify_result(&failed, key.verifying_key(), &expected(&args, &digest))
+            .expect("a failed run with a non-zero exit is consistent");
     }
 
     #[test]
