@@ -9,12 +9,7 @@ use sha2::{Digest, Sha256};
 use support::{config, TestServer};
 
 async fn fetch_document(s: &TestServer, query: &str) -> Vec<u8> {
-    let resp = s
-        .http
-        .get(s.url(&format!("/get_attestation{query}")))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get(&format!("/get_attestation{query}")).await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.expect("json");
     hex::decode(body["attestation"].as_str().expect("attestation field")).expect("hex")
@@ -47,15 +42,7 @@ async fn signed_results_verify_against_the_freshly_attested_key() {
         Some(hex::decode(&nonce).expect("hex").as_slice())
     );
 
-    let manifest = s
-        .http
-        .get(s.url("/manifest"))
-        .send()
-        .await
-        .expect("answered")
-        .bytes()
-        .await
-        .expect("bytes");
+    let manifest = s.get_bytes("/manifest").await;
     assert_eq!(
         verified.user_data(),
         Some(&Sha256::digest(&manifest)[..]),

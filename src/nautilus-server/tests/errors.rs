@@ -61,20 +61,10 @@ async fn malformed_requests_are_400_json() {
         );
     }
 
-    let resp = s
-        .http
-        .get(s.url("/get_attestation?nonce=xyz"))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get("/get_attestation?nonce=xyz").await;
     expect_error(resp, 400).await;
     let long = "00".repeat(513);
-    let resp = s
-        .http
-        .get(s.url(&format!("/get_attestation?nonce={long}")))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get(&format!("/get_attestation?nonce={long}")).await;
     let e = expect_error(resp, 400).await;
     assert!(
         e["error"].as_str().unwrap_or_default().contains("too long"),
@@ -110,12 +100,7 @@ async fn transport_level_rejections_are_json_too() {
         "{e}"
     );
 
-    let resp = s
-        .http
-        .get(s.url("/no/such/route"))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get("/no/such/route").await;
     let e = expect_error(resp, 404).await;
     assert!(
         e["error"]
@@ -125,12 +110,7 @@ async fn transport_level_rejections_are_json_too() {
         "{e}"
     );
 
-    let resp = s
-        .http
-        .get(s.url("/process_data"))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get("/process_data").await;
     assert!(
         resp.headers().contains_key("allow"),
         "405 keeps its Allow header"
@@ -252,15 +232,7 @@ async fn missing_node_is_503_with_retry_after() {
     let mut c = config();
     c.runner.node = Some("/nonexistent/bin/node".into());
     let s = TestServer::start(c).await;
-    let health: serde_json::Value = s
-        .http
-        .get(s.url("/health_check"))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let health: serde_json::Value = s.get_json("/health_check").await;
     assert_eq!(health["status"], "degraded");
     assert!(health["node_version"].is_null());
 

@@ -73,15 +73,7 @@ async fn overload_sheds_with_503_and_leaves_nothing_running() {
         "no task process outlives its request"
     );
 
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("answered")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.get("/metrics").await.text().await.expect("text");
     assert!(
         metrics.contains(&format!("nautilus_tasks_shed_total {shed}")),
         "{metrics}"

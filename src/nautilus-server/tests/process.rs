@@ -11,15 +11,7 @@ use sha2::{Digest, Sha256};
 use support::{config, expect_error, repo_root, TestServer};
 
 async fn server_key(s: &TestServer) -> result_signing::VerifyingKey {
-    let health: serde_json::Value = s
-        .http
-        .get(s.url("/health_check"))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let health: serde_json::Value = s.get_json("/health_check").await;
     let pk = hex::decode(health["pk"].as_str().expect("pk")).expect("hex");
     assert_eq!(pk.len(), 33, "compressed SEC1");
     decode_public_key(&pk).expect("P-256 point")
@@ -56,15 +48,7 @@ async fn the_seed_example_runs_nodejs_task_and_is_signed() {
     assert_eq!(d.stdin_sha256, None);
 
     // The signed digest is the one the attested manifest announces.
-    let manifest: serde_json::Value = s
-        .http
-        .get(s.url("/manifest"))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let manifest: serde_json::Value = s.get_json("/manifest").await;
     let listed = manifest["tasks"]
         .as_array()
         .expect("tasks")
@@ -182,26 +166,10 @@ fn nix_is_root() -> bool {
 #[tokio::test]
 async fn health_manifest_and_ping() {
     let s = TestServer::start(config()).await;
-    let pong = s
-        .http
-        .get(s.url("/"))
-        .send()
-        .await
-        .expect("answered")
-        .text()
-        .await
-        .expect("text");
+    let pong = s.get("/").await.text().await.expect("text");
     assert_eq!(pong, "Pong!");
 
-    let h: serde_json::Value = s
-        .http
-        .get(s.url("/health_check"))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("json");
+    let h: serde_json::Value = s.get_json("/health_check").await;
     assert_eq!(h["status"], "ok");
     assert_eq!(h["attestation"], "dev");
     assert_eq!(h["tasks"], 4);
@@ -214,24 +182,8 @@ async fn health_manifest_and_ping() {
     assert_eq!(h["running"], 0);
     assert_eq!(h["queued"], 0);
 
-    let a = s
-        .http
-        .get(s.url("/manifest"))
-        .send()
-        .await
-        .expect("answered")
-        .bytes()
-        .await
-        .expect("bytes");
-    let b = s
-        .http
-        .get(s.url("/manifest"))
-        .send()
-        .await
-        .expect("answered")
-        .bytes()
-        .await
-        .expect("bytes");
+    let a = s.get_bytes("/manifest").await;
+    let b = s.get_bytes("/manifest").await;
     assert_eq!(a, b, "manifest is byte-stable");
     assert_eq!(Sha256::digest(&a)[..], s.state.manifest().sha256()[..]);
     let m: serde_json::Value = serde_json::from_slice(&a).expect("json");
@@ -253,19 +205,9 @@ async fn health_manifest_and_ping() {
 #[tokio::test]
 async fn unknown_query_parameters_are_rejected() {
     let s = TestServer::start(config()).await;
-    let resp = s
-        .http
-        .get(s.url("/get_attestation?public_key=00"))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get("/get_attestation?public_key=00").await;
     expect_error(resp, 400).await;
-    let resp = s
-        .http
-        .get(s.url("/get_attestation?user_data=00"))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get("/get_attestation?user_data=00").await;
     expect_error(resp, 400).await;
     s.shutdown().await;
 }
@@ -275,12 +217,7 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
     let mut c = config();
     c.cors_origins = vec![axum::http::HeaderValue::from_static("https://app.example")];
     let s = TestServer::start(c).await;
-    let resp = s
-        .http
-        .get(s.url("/health_check"))
-        .send()
-        .await
-        .expect("answered");
+    let resp = s.get("/health_check").await;
     let id = resp
         .headers()
         .get("x-request-id")

@@ -66,6 +66,22 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request answered")
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.expect("JSON body")
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> axum::body::Bytes {
+        self.get(path).await.bytes().await.expect("body")
+    }
+
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
