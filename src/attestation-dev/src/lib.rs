@@ -71,6 +71,21 @@ impl std::fmt::Display for Mode {
     }
 }
 
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// Parses [`Mode::as_str`]'s names, for command lines and configuration.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nsm" => Ok(Mode::Nsm),
+            "dev" => Ok(Mode::Dev),
+            other => Err(format!(
+                "attestation mode {other:?} is neither `nsm` nor `dev`"
+            )),
+        }
+    }
+}
+
 /// What an attestation document binds to the enclave's identity.
 #[derive(Debug, Clone, Copy)]
 pub struct AttestationRequest<'a> {

@@ -53,6 +53,33 @@ fn check_private(device: &Path) -> Result<(), AttestError> {
     Ok(())
 }
 
+impl Attester for NsmAttester {
+    fn mode(&self) -> Mode {
+        Mode::Nsm
+    }
+
+    fn attest(&self, req: AttestationRequest<'_>) -> Result<Vec<u8>, AttestError> {
+        req.validate()?;
+        let request = Request::Attestation {
+            user_data: Some(ByteBuf::from(req.user_data)),
+            nonce: req.nonce.map(ByteBuf::from),
+            public_key: Some(ByteBuf::from(req.public_key)),
+        };
+        // The NSM driver serialises ioctls itself, so concurrent calls on one fd are fine.
+        match nsm_process_request(self.fd, request) {
+            Response::Attestation { document } => Ok(document),
+            Response::Error(code) => Err(AttestError::NsmRejected(code)),
+            _ => Err(AttestError::NsmUnexpectedResponse),
+        }
+    }
+}
+
+impl Drop for NsmAttester {
+    fn drop(&mut self) {
+        nsm_exit(self.fd);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,32 +108,5 @@ mod tests {
                 );
             }
         }
-    }
-}
-
-impl Attester for NsmAttester {
-    fn mode(&self) -> Mode {
-        Mode::Nsm
-    }
-
-    fn attest(&self, req: AttestationRequest<'_>) -> Result<Vec<u8>, AttestError> {
-        req.validate()?;
-        let request = Request::Attestation {
-            user_data: Some(ByteBuf::from(req.user_data)),
-            nonce: req.nonce.map(ByteBuf::from),
-            public_key: Some(ByteBuf::from(req.public_key)),
-        };
-        // The NSM driver serialises ioctls itself, so concurrent calls on one fd are fine.
-        match nsm_process_request(self.fd, request) {
-            Response::Attestation { document } => Ok(document),
-            Response::Error(code) => Err(AttestError::NsmRejected(code)),
-            _ => Err(AttestError::NsmUnexpectedResponse),
-        }
-    }
-}
-
-impl Drop for NsmAttester {
-    fn drop(&mut self) {
-        nsm_exit(self.fd);
     }
 }

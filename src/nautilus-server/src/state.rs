@@ -3,54 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attestation_dev::{AttestError, Attester, DevAttester, Mode, NsmAttester};
+use attestation_dev::{AttestError, Attester, DevAttester, NsmAttester};
 use result_signing::{encode_public_key, IntentMessage, SignedResponse, SigningKey};
 use task_runner::{Runner, RunnerConfig};
 
 use crate::manifest::{Limits, Manifest};
 use crate::metrics::Metrics;
 
-/// Where attestation documents come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttestationMode {
-    /// The Nitro Secure Module at `/dev/nsm`: the only mode a verifier
-    /// trusting the AWS root accepts.
-    Nsm,
-    /// A software stand-in with a dev root CA generated at start, for local
-    /// development and tests. Its documents carry debug-mode (zero) PCRs and a
-    /// `dev-` module id, and chain to a root nobody else trusts.
-    Dev,
-}
-
-impl AttestationMode {
-    /// `nsm` or `dev`, as reported by the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttestationMode::Nsm => "nsm",
-            AttestationMode::Dev => "dev",
-        }
-    }
-}
-
-impl std::fmt::Display for AttestationMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for AttestationMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "nsm" => Ok(AttestationMode::Nsm),
-            "dev" => Ok(AttestationMode::Dev),
-            other => Err(format!(
-                "attestation mode {other:?} is neither `nsm` nor `dev`"
-            )),
-        }
-    }
-}
+/// Where attestation documents come from: the NSM (the only mode a verifier
+/// trusting the AWS root accepts), or the dev stand-in for local development
+/// and tests, whose documents carry zero PCRs, a `dev-` module id and a root
+/// nobody else trusts.
+pub use attestation_dev::Mode as AttestationMode;
 
 /// Server settings that are not transport: the binary maps flags onto this.
 #[derive(Debug, Clone)]
@@ -143,10 +107,7 @@ impl AppState {
                 (Arc::new(dev), Some(pem))
             }
         };
-        debug_assert_eq!(
-            attester.mode() == Mode::Dev,
-            config.attestation == AttestationMode::Dev
-        );
+        debug_assert_eq!(attester.mode(), config.attestation);
 
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
