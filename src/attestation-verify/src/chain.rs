@@ -101,6 +101,9 @@ impl<'a> ParsedCert<'a> {
         Ok(())
     }
 
+    /// Valid from notBefore through notAfter, both inclusive (RFC 5280 §4.1.2.5).
+    /// X.509 times have one-second resolution, so notAfter means its `.000` ms
+    /// instant: one millisecond later the certificate has expired.
     fn check_valid_at(&self, at_ms: u64) -> Result<(), Error> {
         let validity = &self.cert.tbs_certificate.validity;
         let ms = |t: x509_cert::time::Time| {

@@ -26,11 +26,14 @@
 //!   types of the NSM specification (definite or indefinite map); no trailing bytes
 //!   after the COSE array, the protected header or the payload. Up to
 //!   [`MAX_UNKNOWN_FIELDS`] unknown payload fields are tolerated and skipped, each
-//!   nested at most [`MAX_NESTING_DEPTH`] deep; duplicate known fields are rejected.
+//!   nested at most [`MAX_NESTING_DEPTH`] deep; duplicate known fields are rejected;
+//!   `cabundle` holds at most [`MAX_CABUNDLE_LEN`] certificates.
 //! - **Chain**: `cabundle[0]` is byte-identical to the [`TrustedRoot`]; each
 //!   certificate is signed (ECDSA P-256/P-384, SHA-256/SHA-384) by the one before,
 //!   the leaf by the last; the issuer name matches; every certificate is valid at
-//!   the check time; CA certificates have `cA = true` and the leaf does not.
+//!   the check time (`notBefore <= t <= notAfter` in milliseconds, both ends
+//!   inclusive as RFC 5280 §4.1.2.5 says); CA certificates have `cA = true` and the
+//!   leaf does not.
 //!   AuthorityKeyIdentifier, key usage and path length are not checked.
 //! - **Signature**: ES384 over `["Signature1", protected, h'', payload]` with the
 //!   leaf's P-384 key, over the header and payload bytes exactly as received.

@@ -8,9 +8,12 @@ use attestation_verify::{
     AttestationDocument, CertPosition, CheckTime, Error, ExpectedPcrs, Policy, TrustedRoot,
     VerifiedDocument,
 };
-use common::{encode_bytes, with_fields, Cose, Fields, BASE, OTHER};
+use common::{
+    encode_bytes, encode_pcr_map, encode_protected, encode_text, with_fields, Cose, Fields, BASE,
+    OTHER,
+};
 use der::Decode;
-use minicbor::{Decoder, Encoder};
+use minicbor::Decoder;
 
 const HOUR_MS: u64 = 60 * 60 * 1000;
 
@@ -60,24 +63,6 @@ fn pcr_map(raw: &[u8]) -> Vec<(u64, Vec<u8>)> {
     (0..n)
         .map(|_| (d.u64().unwrap(), d.bytes().unwrap().to_vec()))
         .collect()
-}
-
-fn encode_pcr_map(pcrs: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let mut e = Encoder::new(Vec::new());
-    e.map(pcrs.len() as u64).unwrap();
-    for (i, v) in pcrs {
-        e.u64(*i).unwrap().bytes(v).unwrap();
-    }
-    e.into_writer()
-}
-
-fn encode_protected(entries: &[(i64, i64)]) -> Vec<u8> {
-    let mut e = Encoder::new(Vec::new());
-    e.map(entries.len() as u64).unwrap();
-    for (k, v) in entries {
-        e.i64(*k).unwrap().i64(*v).unwrap();
-    }
-    e.into_writer()
 }
 
 fn base() -> Vec<u8> {
@@ -447,11 +432,6 @@ fn wrong_nonce_is_rejected() {
 #[test]
 fn malformed_payload_fields_are_rejected_with_the_field_name() {
     let parse = |doc: Vec<u8>| AttestationDocument::from_bytes(&doc).unwrap_err();
-    let text = |s: &str| {
-        let mut e = Encoder::new(Vec::new());
-        e.str(s).unwrap();
-        e.into_writer()
-    };
     for field in [
         "module_id",
         "digest",
@@ -470,21 +450,21 @@ fn malformed_payload_fields_are_rejected_with_the_field_name() {
         );
     }
     assert!(matches!(
-        parse(with_fields(&base(), |f| f.set("module_id", text("")))),
+        parse(with_fields(&base(), |f| f.set("module_id", encode_text("")))),
         Error::InvalidField {
             field: "module_id",
             ..
         }
     ));
     assert!(matches!(
-        parse(with_fields(&base(), |f| f.set("digest", text("SHA256")))),
+        parse(with_fields(&base(), |f| f.set("digest", encode_text("SHA256")))),
         Error::InvalidField {
             field: "digest",
             ..
         }
     ));
     assert!(matches!(
-        parse(with_fields(&base(), |f| f.set("timestamp", text("now")))),
+        parse(with_fields(&base(), |f| f.set("timestamp", encode_text("now")))),
         Error::MalformedCbor {
             context: "timestamp",
             ..

@@ -185,6 +185,32 @@ pub fn encode_bytes(value: &[u8]) -> Vec<u8> {
     e.into_writer()
 }
 
+pub fn encode_text(value: &str) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.str(value).unwrap();
+    e.into_writer()
+}
+
+/// A `pcrs` map: index to value, in the given order.
+pub fn encode_pcr_map(pcrs: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.map(pcrs.len() as u64).unwrap();
+    for (i, v) in pcrs {
+        e.u64(*i).unwrap().bytes(v).unwrap();
+    }
+    e.into_writer()
+}
+
+/// A COSE protected header map with integer labels and values.
+pub fn encode_protected(entries: &[(i64, i64)]) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new());
+    e.map(entries.len() as u64).unwrap();
+    for (k, v) in entries {
+        e.i64(*k).unwrap().i64(*v).unwrap();
+    }
+    e.into_writer()
+}
+
 /// Rebuilds `doc` with its payload fields transformed by `f` (signature unchanged).
 pub fn with_fields(doc: &[u8], f: impl FnOnce(&mut Fields)) -> Vec<u8> {
     let mut cose = Cose::decode(doc);
