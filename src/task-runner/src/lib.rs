@@ -43,9 +43,14 @@
 //! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups. The
 //! task then cannot read or ptrace the runner's memory, signal it, write any
 //! task directory, or touch a concurrent task. Everything a task started is
-//! killed with `kill(-1, SIGKILL)` issued *as the slot uid*, which the kernel
-//! applies to every process of that uid in one pass; that includes
-//! `setsid`/double-forked grandchildren. The runner process also becomes a
+//! killed with `kill(-1, SIGKILL)` issued with the slot uid as *effective*
+//! uid, which the kernel applies to every process of that uid in one pass;
+//! that includes `setsid`/double-forked grandchildren. The helper process
+//! that issues it has a *killer* uid (leased with the slot uids, used by no
+//! task) as its real and saved uid, so no task can signal it (a task spinning
+//! on `kill(-1, SIGSTOP)` cannot freeze the kill); a helper that stops or
+//! hangs anyway is killed after a short deadline and the round repeated. The
+//! runner process also becomes a
 //! child subreaper (`PR_SET_CHILD_SUBREAPER`, set by [`Runner::new`]), so a
 //! task's orphans are reparented to it and their zombies reaped at once; a
 //! slot's process count is back to zero before its next task. (Other orphaned
@@ -54,10 +59,11 @@
 //!
 //! The slot uids must belong to nothing else on the host. A runner locks its
 //! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
-//! its lifetime, taking the first free range of `max_concurrent` uids at or
-//! above [`RunnerConfig::sandbox_uid_base`]; so a second runner (another
-//! server, the CLI) moves up instead of sharing, and
-//! [`Runner::sandbox_uids`] tells which range was taken.
+//! its lifetime, taking the first free range of `max_concurrent` slot uids
+//! plus the killer uid right after them, at or above
+//! [`RunnerConfig::sandbox_uid_base`]; so a second runner (another server,
+//! the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`] tells
+//! which slot range was taken.
 //!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
@@ -152,9 +158,8 @@ struct Inner {
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
-    /// Slot `i` runs as uid/gid `uid_base + i` (when privileged).
-    uid_base: u32,
-    _uids: Option<uids::UidLease>,
+    /// The slot and killer uids (when privileged).
+    uids: Option<uids::UidLease>,
 }
 
 impl Runner {
@@ -210,7 +215,6 @@ impl Runner {
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
             .collect();
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
-        let config_uid_base = config.sandbox_uid_base;
         Ok(Runner {
             inner: Arc::new(Inner {
                 config,
@@ -223,8 +227,7 @@ impl Runner {
                 cancel: watch::Sender::new(false),
                 pass_env,
                 work_dir,
-                uid_base: uids.as_ref().map_or(config_uid_base, uids::UidLease::first),
-                _uids: uids,
+                uids,
             }),
         })
     }
@@ -247,11 +250,7 @@ impl Runner {
     /// The uids the slots run under, when privileged: the first free range at
     /// or above [`RunnerConfig::sandbox_uid_base`].
     pub fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
-        let inner = &self.inner;
-        let len = inner.config.max_concurrent as u32;
-        inner
-            .privileged
-            .then(|| inner.uid_base..inner.uid_base + len)
+        self.inner.uids.as_ref().map(uids::UidLease::slots)
     }
 
     /// Current load.
@@ -404,10 +403,8 @@ impl Inner {
         let req = req.validate(&self.config)?;
         let task = task::resolve(&self.root, &req.task_path)?;
         let slot = self.limiter.acquire().await?;
-        let identity = self.privileged.then(|| {
-            let id = self.uid_base + slot.index() as u32;
-            Identity { uid: id, gid: id }
-        });
+        // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
+        let identity = self.uids.as_ref().map(|u| u.slot(slot.index() as u32));
         let task_id = uuid::Uuid::new_v4().to_string();
 
         let this = self.clone();

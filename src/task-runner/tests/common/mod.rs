@@ -88,3 +88,23 @@ pub fn skip_unless_root(what: &str) -> bool {
     eprintln!("SKIPPED (needs root): {what}");
     true
 }
+
+/// Live processes with any of their uids (real, effective, saved, fs) in `uids`.
+pub fn processes_of(uids: &std::ops::Range<u32>) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.parse::<i64>().is_ok_and(alive))
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .is_some_and(|ids| {
+                    ids.split_whitespace()
+                        .filter_map(|u| u.parse().ok())
+                        .any(|u| uids.contains(&u))
+                })
+        })
+        .collect()
+}
