@@ -23,15 +23,18 @@
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
 //!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
 //!   blocking (nodejs/node#6456);
-//! - in the child, before `exec`: a new session, `PR_SET_PDEATHSIG(SIGKILL)`,
-//!   leaked descriptors closed, rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`,
-//!   `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and `RLIMIT_NPROC` when root),
-//!   `PR_SET_NO_NEW_PRIVS`, and a seccomp filter that makes
+//! - in the child, before `exec`: a new session, leaked descriptors closed,
+//!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
+//!   and `RLIMIT_NPROC` when root), the slot identity, `PR_SET_PDEATHSIG(SIGKILL)`
+//!   (after the identity switch, which would clear it), `PR_SET_NO_NEW_PRIVS`,
+//!   and a seccomp filter that makes
 //!   `socket(AF_VSOCK, …)`, `socketpair(AF_VSOCK, …)` and `io_uring_setup` fail
 //!   with `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
 //!   `*_truncated` set);
+//! - if the runner dies, its tasks' main processes die with it; a dropped
+//!   [`Runner`] empties its slots, and the CLI kills its task on SIGINT/SIGTERM;
 //! - on timeout sends SIGTERM to the task's process group from outside it,
 //!   waits [`RunnerConfig::kill_grace`], then kills the whole box; when the
 //!   main process ends, kills whatever it left behind, reaps it, and waits at
@@ -322,6 +325,20 @@ impl Runner {
         {
             inner.cancel.send_replace(true);
             let _ = running.wait_for(|n| *n == 0).await;
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Runs hold a reference to `Inner`, so this runs once none is left, or
+    /// when the async runtime dropped runs midway (their main processes are
+    /// killed on drop, but not what they started): empties every slot.
+    fn drop(&mut self) {
+        let Some(uids) = &self.uids else { return };
+        for index in 0..self.config.max_concurrent as u32 {
+            if let Err(e) = BoxKind::Uid(uids.slot(index)).kill_all(None) {
+                tracing::error!(error = %e, "slot processes survived the runner");
+            }
         }
     }
 }

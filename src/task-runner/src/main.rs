@@ -2,13 +2,17 @@
 //!
 //! Exit status: 0 the task succeeded, 1 it ran and failed, 2 it could not be
 //! run or timed out (then stdout holds `{"error": "..."}` and stderr the same sentence).
+//! SIGINT or SIGTERM kills the task (and everything it started) first, then
+//! exits 2 the same way.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use task_runner::{Runner, RunnerConfig, TaskRequest};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Run a Node.js task in a sandbox and print the result as one JSON object.
 #[derive(Parser)]
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Installed first: from here on a SIGINT/SIGTERM kills the task instead of
+    // leaving it to run on.
+    let terminated = terminated()?;
     let stdin = match &cli.stdin_file {
         Some(path) => {
             let bytes =
@@ -71,7 +78,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         args: cli.args,
         stdin,
     };
-    match runner.run(request).await {
+    let run = runner.run(request);
+    tokio::pin!(run);
+    let outcome = tokio::select! {
+        outcome = &mut run => outcome,
+        () = terminated => {
+            // Kill the task at once; the run then ends with ShuttingDown.
+            runner.shutdown(Duration::ZERO).await;
+            run.await
+        }
+    };
+    match outcome {
         Ok(result) => {
             println!("{}", serde_json::to_string(&result)?);
             Ok(if result.status == "success" {
@@ -82,6 +99,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Ok(fail(&err.to_string())),
     }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -67,7 +67,7 @@ impl Policy {
     }
 
     /// Arranges for `cmd`'s child to enter the box just before `exec`:
-    /// new session, death signal, closed descriptors, rlimits, identity,
+    /// new session, closed descriptors, rlimits, identity, death signal,
     /// `PR_SET_NO_NEW_PRIVS` and the seccomp filter, in that order.
     pub fn install(&self, cmd: &mut tokio::process::Command, identity: Option<Identity>) {
         let policy = self.clone();
@@ -85,19 +85,6 @@ impl Policy {
             // Own session and process group: the runner can signal the group and
             // the task has no controlling terminal.
             check(libc::setsid())?;
-            // The death signal follows the *thread* that forked: tokio runtime
-            // workers, which spawn tasks, live as long as the runtime.
-            check(libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            // The runner may have died between fork and prctl.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
             libc::umask(0o077);
             // Descriptors some library opened without O_CLOEXEC must not leak into
             // the task (std's own are already close-on-exec).
@@ -121,6 +108,20 @@ impl Policy {
                 if libc::geteuid() != id.uid || libc::getegid() != id.gid {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));
                 }
+            }
+            // After the identity switch: the kernel clears the death signal when
+            // credentials change. It follows the *thread* that forked: tokio
+            // runtime workers, which spawn tasks, live as long as the runtime.
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+            // The runner may have died before the death signal was armed.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
