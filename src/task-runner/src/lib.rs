@@ -25,9 +25,11 @@
 //!   blocking (nodejs/node#6456);
 //! - in the child, before `exec`: a new session, leaked descriptors closed,
 //!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
-//!   and `RLIMIT_NPROC` when root), the slot identity, `PR_SET_PDEATHSIG(SIGKILL)`
-//!   (after the identity switch, which would clear it), `PR_SET_NO_NEW_PRIVS`,
-//!   and a seccomp filter that makes
+//!   and `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes
+//!   the task, not the runner), when root a mount namespace of its own (see
+//!   below), the slot identity, `PR_SET_PDEATHSIG(SIGKILL)` (after the
+//!   identity switch, which would clear it), `PR_SET_NO_NEW_PRIVS`, and a
+//!   seccomp filter that makes
 //!   `socket(AF_VSOCK, …)`, `socketpair(AF_VSOCK, …)` and `io_uring_setup` fail
 //!   with `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
@@ -45,7 +47,15 @@
 //! When the runner is root (as in the enclave), slot `i` runs as uid and gid
 //! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups. The
 //! task then cannot read or ptrace the runner's memory, signal it, write any
-//! task directory, or touch a concurrent task. Everything a task started is
+//! task directory, or touch a concurrent task. Each task also gets a private
+//! mount namespace (all mounts made private first, so nothing propagates to
+//! the host) with a fresh `/proc` mounted `hidepid=2`: it sees only its own
+//! uid's processes, so neither the runner nor other tasks' command lines
+//! (client input); and a tmpfs on `/dev/shm` of at most
+//! [`RunnerConfig::max_file_bytes`] that disappears with the task. On
+//! kernels before 5.8 procfs options are per pid namespace, so there the
+//! host's `/proc` is also switched to `hidepid=2` (root, the runner, still
+//! sees everything). Everything a task started is
 //! killed with `kill(-1, SIGKILL)` issued with the slot uid as *effective*
 //! uid, which the kernel applies to every process of that uid in one pass;
 //! that includes `setsid`/double-forked grandchildren. The helper process
@@ -78,8 +88,11 @@
 //! own threads). Use non-root mode for development only.
 //!
 //! In both modes a task can write to world-writable places such as `/tmp`
-//! and `/dev/shm` (bounded per file by `RLIMIT_FSIZE`); such files outlive
-//! the run.
+//! (bounded per file by `RLIMIT_FSIZE`). When root, the runner removes the
+//! entries a slot uid owns at the top of `/tmp`, `/var/tmp` and `/dev/shm`
+//! after each run, before the slot is reused; deeper files (inside another
+//! world-writable directory) and, without root, all such files outlive the
+//! run.
 //!
 //! # Example
 //!
@@ -378,20 +391,29 @@ struct RunDir {
 impl RunDir {
     /// Deletes the run directory. A task sharing the runner's uid may have left
     /// directories without owner permissions in its home; those are restored
-    /// and the removal retried.
-    fn remove(self) {
+    /// and the removal retried. Only then: restoring follows paths, which a
+    /// surviving task could swap for symlinks, so it must never run as root
+    /// (which needs no permission bits to delete anyway).
+    fn remove(self, privileged: bool) {
         let path = self.temp.path().to_owned();
-        if self.temp.close().is_ok() {
+        let closed = self.temp.close();
+        if closed.is_ok() {
             return;
         }
-        restore_owner_access(&path);
-        if let Err(e) = std::fs::remove_dir_all(&path) {
+        if !privileged {
+            restore_owner_access(&path);
+            if std::fs::remove_dir_all(&path).is_ok() {
+                return;
+            }
+        }
+        if let Err(e) = closed {
             tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
         }
     }
 }
 
-/// Gives the owner full access to every directory under `dir` (symlinks not followed).
+/// Gives the owner full access to every directory under `dir`. Follows
+/// symlinks: only for a runner that shares its uid with the task.
 fn restore_owner_access(dir: &Path) {
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -472,8 +494,16 @@ impl Inner {
             Err(e) => Err(e),
         };
         let digest = run_dir.digest.clone();
-        // Removing the run directory is blocking I/O; the slot is held until it is gone.
-        let _ = tokio::task::spawn_blocking(move || run_dir.remove()).await;
+        // Removing the run directory is blocking I/O; the slot is held until it
+        // and whatever the task left in shared scratch directories are gone.
+        let privileged = self.privileged;
+        let _ = tokio::task::spawn_blocking(move || {
+            run_dir.remove(privileged);
+            if let Some(id) = identity {
+                sandbox::remove_leftovers(id.uid);
+            }
+        })
+        .await;
         drop(slot);
         let outcome = outcome?;
 

@@ -6,6 +6,7 @@
 //! no allocation, no locks). The seccomp program is compiled before the fork.
 
 use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::sync::Arc;
@@ -35,14 +36,29 @@ pub(crate) struct Identity {
     pub killer: u32,
 }
 
-/// Resource limits and the seccomp program, prepared once per runner.
+/// One `mount(2)` in the task's own mount namespace, its strings built before the fork.
+struct Mount {
+    source: &'static CStr,
+    target: &'static CStr,
+    fstype: &'static CStr,
+    flags: libc::c_ulong,
+    data: CString,
+}
+
+/// Resource limits, private mounts and the seccomp program, prepared once per runner.
 #[derive(Clone)]
 pub(crate) struct Policy {
     seccomp: Arc<BpfProgram>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Made in a mount namespace of the task's own; `None` without root.
+    mounts: Option<Arc<[Mount]>>,
 }
 
 impl Policy {
+    /// `max_processes` is set (only) when tasks run under slot uids; then each
+    /// task also gets its own mount namespace with a `/proc` that shows only
+    /// its own uid's processes (`hidepid=2`), and a private `/dev/shm` of at
+    /// most `max_file_bytes` that vanishes with the task.
     pub fn new(
         memory_limit_bytes: u64,
         max_file_bytes: u64,
@@ -60,15 +76,20 @@ impl Policy {
         if let Some(n) = max_processes {
             rlimits.push((libc::RLIMIT_NPROC, n));
         }
+        let mounts = max_processes
+            .is_some()
+            .then(|| private_mounts(max_file_bytes));
         Ok(Self {
             seccomp: Arc::new(seccomp_program()?),
             rlimits,
+            mounts,
         })
     }
 
     /// Arranges for `cmd`'s child to enter the box just before `exec`:
-    /// new session, closed descriptors, rlimits, identity, death signal,
-    /// `PR_SET_NO_NEW_PRIVS` and the seccomp filter, in that order.
+    /// new session, closed descriptors, rlimits, OOM score, private mounts,
+    /// identity, death signal, `PR_SET_NO_NEW_PRIVS` and the seccomp filter,
+    /// in that order.
     pub fn install(&self, cmd: &mut tokio::process::Command, identity: Option<Identity>) {
         let policy = self.clone();
         let parent = std::process::id() as libc::pid_t;
@@ -95,6 +116,30 @@ impl Policy {
                     rlim_max: value,
                 };
                 check(libc::setrlimit(resource, &limit))?;
+            }
+            // Before the identity switch, which makes /proc/self root-owned until
+            // exec. Written as root, 1000 also becomes the floor the task cannot
+            // lower (oom_score_adj_min).
+            prefer_for_oom_kill()?;
+            if let Some(mounts) = &self.mounts {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // Nothing mounted here may propagate back to the host.
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                for m in mounts.iter() {
+                    check(libc::mount(
+                        m.source.as_ptr(),
+                        m.target.as_ptr(),
+                        m.fstype.as_ptr(),
+                        m.flags,
+                        m.data.as_ptr().cast(),
+                    ))?;
+                }
             }
             if let Some(id) = identity {
                 // Raw calls: glibc's wrappers coordinate all threads of a process,
@@ -128,6 +173,56 @@ impl Policy {
         seccompiler::apply_filter(&self.seccomp)
             .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))
     }
+}
+
+/// The mounts of a task's namespace. A fresh procfs with `hidepid=2` lists
+/// only the processes of the task's own uid: not the runner, not other tasks
+/// (whose command lines carry client input). Per mount since Linux 5.8; on
+/// older kernels procfs options belong to the pid namespace, so the host's
+/// `/proc` then hides other uids' processes from unprivileged users as well.
+/// A tmpfs over `/dev/shm` (when the host has one) keeps shared memory
+/// private, bounded, and gone with the task.
+fn private_mounts(shm_bytes: u64) -> Arc<[Mount]> {
+    let sealed = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut mounts = vec![Mount {
+        source: c"proc",
+        target: c"/proc",
+        fstype: c"proc",
+        flags: sealed,
+        data: c"hidepid=2".to_owned(),
+    }];
+    if std::path::Path::new("/dev/shm").is_dir() {
+        // Digits and ASCII only: no NUL inside.
+        if let Ok(data) = CString::new(format!("size={shm_bytes},mode=1777")) {
+            mounts.push(Mount {
+                source: c"tmpfs",
+                target: c"/dev/shm",
+                fstype: c"tmpfs",
+                flags: sealed,
+                data,
+            });
+        }
+    }
+    mounts.into()
+}
+
+/// Makes the calling process the OOM killer's first choice, so a task, not
+/// the runner, dies when memory runs out. Async-signal-safe.
+unsafe fn prefer_for_oom_kill() -> io::Result<()> {
+    let fd = libc::open(
+        c"/proc/self/oom_score_adj".as_ptr(),
+        libc::O_WRONLY | libc::O_CLOEXEC,
+    );
+    check(fd)?;
+    let value = b"1000";
+    let written = libc::write(fd, value.as_ptr().cast(), value.len());
+    let result = match written {
+        n if n == value.len() as isize => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+    };
+    libc::close(fd);
+    result
 }
 
 /// Marks every descriptor from `first` up close-on-exec. `close_range` needs
@@ -361,6 +456,39 @@ fn reap_helper(pid: libc::pid_t) {
             return;
         }
         std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// World-writable directories where a task can leave files behind.
+const SHARED_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Removes the entries at the top of [`SHARED_SCRATCH`] that `uid` owns, so a
+/// task's files neither outlive it nor meet the slot's next task. Symlinks
+/// are removed, never followed. Run once the slot's processes are dead: the
+/// sticky bit keeps every other uid from renaming these entries.
+pub(crate) fn remove_leftovers(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in SHARED_SCRATCH {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // DirEntry::metadata does not follow symlinks.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.uid() != uid {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if meta.is_dir() {
+                // Never follows symlinks (openat/unlinkat with O_NOFOLLOW).
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                tracing::error!(path = %path.display(), error = %e, "could not remove a task's leftover");
+            }
+        }
     }
 }
 

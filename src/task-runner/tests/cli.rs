@@ -225,3 +225,33 @@ fn sigterm_to_the_cli_kills_the_task_and_reports_it() {
         serde_json::json!({ "error": "Task runner is shutting down" })
     );
 }
+
+/// Without --stdin-file the task's stdin is /dev/null, not the CLI's own stdin:
+/// here an open pipe that never ends, on which a task reading to the end would hang.
+#[test]
+fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
+    let tasks = fixtures();
+    let run = |task: &str| {
+        let mut child = cli(&[
+            "--tasks-dir",
+            tasks.to_str().unwrap(),
+            "--task",
+            task,
+            "--timeout",
+            "10",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let held_open = child.stdin.take();
+        let out = child.wait_with_output().unwrap();
+        drop(held_open);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        json(json(&stdout)["stdout"].as_str().unwrap())
+    };
+    assert_eq!(run("stdin-echo")["bytes"], 0);
+    assert_eq!(run("introspect")["stdin"]["path"], "/dev/null");
+}

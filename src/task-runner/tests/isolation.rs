@@ -48,6 +48,69 @@ async fn environment_is_built_from_nothing() {
         !cwd.starts_with(fixtures().to_str().unwrap()),
         "task ran from the source tree: {cwd}"
     );
+    // Real, effective, saved and filesystem ids are all the task's own.
+    let uid = seen["uid"].as_u64().unwrap();
+    let gid = seen["gid"].as_u64().unwrap();
+    assert_eq!(seen["uids"], serde_json::json!(vec![uid; 4]), "{seen}");
+    assert_eq!(seen["gids"], serde_json::json!(vec![gid; 4]), "{seen}");
+    if let Some(slots) = runner.sandbox_uids() {
+        assert!(slots.contains(&(uid as u32)), "{seen}");
+        assert_eq!(uid, gid);
+    }
+    // The OOM killer picks the task before the runner; written with
+    // CAP_SYS_RESOURCE, the value is also a floor the task cannot lower.
+    assert_eq!(seen["oom_score_adj"], "1000", "{seen}");
+    if has_cap_sys_resource() {
+        assert_eq!(seen["oom_lower"], "EACCES", "{seen}");
+    } else {
+        eprintln!("SKIPPED (needs CAP_SYS_RESOURCE): the task cannot lower its OOM score");
+    }
+    assert_eq!(
+        seen["stdin"],
+        serde_json::json!({ "path": "/dev/null", "fifo": false, "tty": false, "chardev": true })
+    );
+}
+
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_SYS_RESOURCE, linux/capability.h.
+    caps & (1 << 24) != 0
+}
+
+#[tokio::test]
+async fn files_left_in_shared_scratch_directories_are_removed() {
+    if skip_unless_root("only a slot uid tells a task's files from anyone else's") {
+        return;
+    }
+    let runner = runner();
+    let name = format!("nautilus-litter-{}", uuid::Uuid::new_v4());
+    let seen = json(&run_ok(&runner, "litter", &[&name]).await.stdout);
+    let mut left = Vec::new();
+    for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
+        if !std::path::Path::new(dir).is_dir() {
+            continue;
+        }
+        assert_eq!(seen[dir], "ok", "the task could not write {dir}: {seen}");
+        for suffix in ["", "-dir", "-link"] {
+            let path = std::path::Path::new(dir).join(format!("{name}{suffix}"));
+            if path.symlink_metadata().is_ok() {
+                left.push(path);
+            }
+        }
+    }
+    for path in &left {
+        let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        std::path::Path::new("/etc/passwd").exists(),
+        "a symlink was followed"
+    );
 }
 
 #[tokio::test]
@@ -82,8 +145,9 @@ async fn task_cannot_reach_the_runner_or_task_directories() {
         assert!(!existed, "task wrote {}", planted.display());
     }
     let seen = json(&result.stdout);
-    assert_eq!(seen["environ"], "EACCES", "{seen}");
-    assert_eq!(seen["mem"], "EACCES", "{seen}");
+    // Its private /proc does not even list the runner.
+    assert_eq!(seen["environ"], "ENOENT", "{seen}");
+    assert_eq!(seen["mem"], "ENOENT", "{seen}");
     assert_eq!(seen["signal"], "EPERM", "{seen}");
     for (dir, outcome) in seen["writes"].as_object().unwrap() {
         assert_ne!(outcome, "ok", "task could write into {dir}");
@@ -288,4 +352,69 @@ fn runners_take_disjoint_slot_uid_ranges() {
         Some(ra),
         "a dropped runner's range is free again"
     );
+}
+
+/// Mount points of this process, to show a task's mounts stay in its namespace.
+fn mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').skip(4).take(2).collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[tokio::test]
+async fn tasks_cannot_see_each_other_or_the_runner_in_proc() {
+    if skip_unless_root("a private /proc needs a mount namespace") {
+        return;
+    }
+    let mounts_before = mounts();
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 2,
+        ..config()
+    })
+    .unwrap();
+    let secret = format!("secret-{}", uuid::Uuid::new_v4());
+    let holder = tokio::spawn({
+        let runner = runner.clone();
+        let secret = secret.clone();
+        async move { run(&runner, request("sleep", &["20000", &secret])).await }
+    });
+    // Control: from outside the box the secret is plain to see.
+    let visible = tokio::task::spawn_blocking({
+        let secret = secret.clone();
+        move || {
+            eventually(Duration::from_secs(10), || {
+                !node_processes_with_arg(&secret).is_empty()
+            })
+        }
+    });
+    assert!(
+        visible.await.unwrap(),
+        "the secret-holding task never started"
+    );
+
+    let pid = std::process::id().to_string();
+    let (head, tail) = secret.split_at(10);
+    let seen = json(
+        &run_ok(&runner, "proc-scan", &[&pid, head, tail])
+            .await
+            .stdout,
+    );
+    runner.shutdown(Duration::ZERO).await;
+    assert!(holder.await.unwrap().is_err(), "the holder was cut short");
+
+    assert_eq!(
+        seen["found"], false,
+        "another task's argv was readable: {seen}"
+    );
+    assert_eq!(seen["runner_visible"], false, "{seen}");
+    let slots = runner.sandbox_uids().expect("root");
+    let uids = seen["uids"].as_array().unwrap();
+    assert!(
+        uids.iter()
+            .all(|u| u.as_u64().is_some_and(|u| slots.contains(&(u as u32)))),
+        "foreign processes visible: {seen}"
+    );
+    assert_eq!(mounts(), mounts_before, "a task's mounts reached the host");
 }
