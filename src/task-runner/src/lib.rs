@@ -13,7 +13,10 @@
 //! - stages a copy of the task directory into a fresh private run directory
 //!   (directories 0755, files 0644, owned by the runner) and computes the
 //!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
-//!   the task cannot modify any task directory;
+//!   the task cannot modify any task directory. Files are opened without
+//!   following symlinks or blocking on FIFOs and must be regular files; when
+//!   root, the tasks tree (and the way to it) must be root-owned and writable
+//!   by nobody else, checked at [`Runner::new`] and on every run;
 //! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
 //!   `HOME` and `TMPDIR` (a per-run directory, removed afterwards),
 //!   `NODE_ENV=production`, `NAUTILUS_TASK_ID` (the result's `task_id`), and the
@@ -205,6 +208,7 @@ impl Runner {
         }
         let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         if privileged {
+            check_root_owned(&root)?;
             check_traversable(&work_dir)?;
             sandbox::become_subreaper()
                 .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
@@ -356,6 +360,29 @@ impl Drop for Inner {
     }
 }
 
+/// Root reads the tasks under `root` (canonical): nobody else may be able to
+/// change the tree or swap it out. `root` must be owned by root and writable
+/// by nobody else; so must every directory above it, unless sticky (like
+/// `/tmp`: others can then not rename root's entries).
+fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in root.ancestors() {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?;
+        let shared = meta.mode() & 0o022 != 0 && (dir == root || meta.mode() & 0o1000 == 0);
+        if meta.uid() != 0 || shared {
+            return Err(ConfigError::Invalid(format!(
+                "tasks directory {}: {} must be owned by root and writable by nobody else (uid {}, mode {:o})",
+                root.display(),
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Slot uids reach their run directories through `work_dir`: every directory
 /// on the way must be searchable by others (a checkout under `/root` is not).
 fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
@@ -431,6 +458,8 @@ impl Inner {
         TreeLimits {
             max_entries: self.config.max_task_files,
             max_bytes: self.config.max_task_bytes,
+            // Root reads the tasks: only root may be able to change them meanwhile.
+            dir_owner: self.privileged.then_some(0),
         }
     }
 
@@ -550,6 +579,12 @@ impl Inner {
         // Traversable but not listable: the slot uid reaches its own paths only.
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
             .map_err(io("securing the run directory"))?;
+        if let Some(owner) = self.tree_limits().dir_owner {
+            // The walk checks the task's own tree; this, the way there from the root.
+            for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
+                digest::check_trusted(dir, owner)?;
+            }
+        }
         let staged = temp.path().join("task");
         task::stage(task_dir, &staged, self.tree_limits())?;
         let digest = digest::digest_tree(&staged, self.tree_limits())?;

@@ -5,13 +5,15 @@
 //! SIGINT or SIGTERM kills the task (and everything it started) first, then
 //! exits 2 the same way.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use task_runner::{Runner, RunnerConfig, TaskRequest};
+use task_runner::{Runner, RunnerConfig, TaskRequest, MAX_STDIN_BYTES};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Run a Node.js task in a sandbox and print the result as one JSON object.
@@ -53,17 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Installed first: from here on a SIGINT/SIGTERM kills the task instead of
     // leaving it to run on.
     let terminated = terminated()?;
-    let stdin = match &cli.stdin_file {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                String::from_utf8(bytes)
-                    .with_context(|| format!("{} is not UTF-8", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    let stdin = cli.stdin_file.as_deref().map(read_stdin_file).transpose()?;
     let config = RunnerConfig {
         tasks_dir: cli.tasks_dir,
         node: cli.node,
@@ -99,6 +91,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Ok(fail(&err.to_string())),
     }
+}
+
+/// Reads the task's stdin from `path`: at most [`MAX_STDIN_BYTES`], UTF-8.
+/// Reading stops one byte past the limit, so `/dev/zero` or a huge file
+/// costs no more than that; a FIFO is read like any stream (until its writer
+/// closes it), as a user naming one would expect.
+fn read_stdin_file(path: &Path) -> anyhow::Result<String> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STDIN_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > MAX_STDIN_BYTES {
+        anyhow::bail!(
+            "{} holds more than {MAX_STDIN_BYTES} bytes, the limit for a task's stdin",
+            path.display()
+        );
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

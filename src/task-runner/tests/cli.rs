@@ -255,3 +255,19 @@ fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
     assert_eq!(run("stdin-echo")["bytes"], 0);
     assert_eq!(run("introspect")["stdin"]["path"], "/dev/null");
 }
+
+/// --stdin-file reads at most one byte past the limit and says which limit.
+/// (A regular file, not /dev/zero: should this regress, the test must fail,
+/// not exhaust the machine's memory.)
+#[test]
+fn oversized_stdin_file_is_refused_with_the_limit() {
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![b'z'; task_runner::MAX_STDIN_BYTES + 1]).unwrap();
+    let path = big.path().to_str().unwrap();
+    let (code, v, err) = output(&mut cli(&["--task", "nodejs-task", "--stdin-file", path]));
+    let sentence = format!(
+        "{path} holds more than {} bytes, the limit for a task's stdin",
+        task_runner::MAX_STDIN_BYTES
+    );
+    assert_error(code, &v, &err, &sentence);
+}

@@ -418,3 +418,48 @@ async fn tasks_cannot_see_each_other_or_the_runner_in_proc() {
     );
     assert_eq!(mounts(), mounts_before, "a task's mounts reached the host");
 }
+
+/// Root reads the tasks: a tree someone else could change while it is staged
+/// (a directory swapped for a symlink, say) is refused.
+#[tokio::test]
+async fn task_tree_others_could_change_is_refused() {
+    if skip_unless_root("only a root runner requires a root-owned tasks tree") {
+        return;
+    }
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let root = tempfile::tempdir().unwrap();
+    let task = root.path().join("t");
+    let lib = task.join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::write(task.join("package.json"), "{}").unwrap();
+    std::fs::write(task.join("index.js"), "console.log('ran')").unwrap();
+    for dir in [&task, &lib] {
+        mode(dir, 0o755);
+    }
+    let runner = Runner::new(config_in(root.path())).unwrap();
+    assert_eq!(run_ok(&runner, "t", &[]).await.stdout, "ran\n");
+
+    let refused = |runner: Runner| async move {
+        let err = run(&runner, request("t", &[])).await.unwrap_err();
+        assert_eq!(err.kind(), task_runner::ErrorKind::InvalidTask, "{err}");
+        assert!(err.to_string().contains("writable by nobody else"), "{err}");
+    };
+    mode(&lib, 0o777);
+    refused(runner.clone()).await;
+    mode(&lib, 0o755);
+    std::os::unix::fs::chown(&lib, Some(65534), None).unwrap();
+    refused(runner.clone()).await;
+    std::os::unix::fs::chown(&lib, Some(0), None).unwrap();
+    mode(&task, 0o775);
+    refused(runner.clone()).await;
+    mode(&task, 0o755);
+    assert_eq!(run_ok(&runner, "t", &[]).await.stdout, "ran\n");
+
+    mode(root.path(), 0o777);
+    let err = Runner::new(config_in(root.path()))
+        .err()
+        .expect("a world-writable tasks directory must be refused");
+    assert!(err.to_string().contains("writable by nobody else"), "{err}");
+}
