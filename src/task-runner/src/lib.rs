@@ -74,12 +74,15 @@
 //! reaps processes of its slot uids.)
 //!
 //! The slot uids must belong to nothing else on the host. A runner locks its
-//! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
-//! its lifetime, taking the first free range of `max_concurrent` slot uids
-//! plus the killer uid right after them, at or above
-//! [`RunnerConfig::sandbox_uid_base`]; so a second runner (another server,
-//! the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`] tells
-//! which slot range was taken.
+//! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
+//! the work directory when `/run` is missing or not root's alone) for its
+//! lifetime, taking the first free range of `max_concurrent` slot uids plus
+//! the killer uid right after them, at or above
+//! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
+//! holds any of its uids and none of them is a user or group the host knows
+//! (`getpwuid`/`getgrgid`) or 65534/65535. So a second runner (another
+//! server, the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`]
+//! tells which slot range was taken.
 //!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
@@ -216,7 +219,7 @@ impl Runner {
         let uids = if privileged {
             // `check` made sure max_concurrent fits a u32.
             Some(uids::UidLease::take_first_free(
-                &work_dir,
+                uids::UidLease::lock_parent(&work_dir),
                 config.sandbox_uid_base,
                 config.max_concurrent as u32,
             )?)

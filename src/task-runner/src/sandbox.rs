@@ -587,8 +587,9 @@ mod tests {
 
     /// Leases uids so no concurrently running test runner uses them.
     fn identity() -> (crate::uids::UidLease, Identity) {
-        let lease = crate::uids::UidLease::take_first_free(&std::env::temp_dir(), 61_000, 1)
-            .expect("uid lease");
+        let temp = std::env::temp_dir();
+        let parent = crate::uids::UidLease::lock_parent(&temp);
+        let lease = crate::uids::UidLease::take_first_free(parent, 61_000, 1).expect("uid lease");
         let id = lease.slot(0);
         (lease, id)
     }

@@ -51,6 +51,10 @@ impl UidLease {
                 .ok_or_else(|| {
                     ConfigError::Invalid(format!("no free slot uid range at or above {start}"))
                 })?;
+            if let Some(known) = (first..end).find(|&id| known_to_the_host(id)) {
+                first = known + 1;
+                continue;
+            }
             match Self::take(parent, first..end) {
                 Ok(locks) => {
                     return Ok(Self {
@@ -66,6 +70,17 @@ impl UidLease {
         Err(ConfigError::Invalid(format!(
             "no {len} free consecutive slot uids at or above {start} after {MAX_TRIES} tries"
         )))
+    }
+
+    /// Where the lock files live: under `/run` when it is root's alone (a
+    /// fixed place every runner on the host agrees on, that no other user can
+    /// occupy first), else under `fallback` (the work directory).
+    pub fn lock_parent(fallback: &Path) -> &Path {
+        let run = Path::new("/run");
+        match fs::symlink_metadata(run) {
+            Ok(meta) if meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o022 == 0 => run,
+            _ => fallback,
+        }
     }
 
     /// The slot uids.
@@ -132,4 +147,15 @@ impl UidLease {
         }
         Ok(locks)
     }
+}
+
+/// Whether `id` means something on this host: a user or group of that number
+/// exists, or it is one of the conventional overflow ids (65534 `nobody`,
+/// 65535, `(uid_t)-1` in 16 bits). Killing everything a slot uid owns must
+/// never reach a real account's processes.
+fn known_to_the_host(id: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    matches!(id, 65534 | 65535)
+        || !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
+        || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
 }

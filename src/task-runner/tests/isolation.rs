@@ -463,3 +463,26 @@ async fn task_tree_others_could_change_is_refused() {
         .expect("a world-writable tasks directory must be refused");
     assert!(err.to_string().contains("writable by nobody else"), "{err}");
 }
+
+/// Slot and killer uids never belong to an account the host knows: a range
+/// that would include `nobody` (65534) or 65535 moves past them.
+#[test]
+fn slot_uids_skip_ids_the_host_uses() {
+    if skip_unless_root("slot uids are leased only by a root runner") {
+        return;
+    }
+    // Slots 65531..65534 would be free, but the killer uid after them would be
+    // 65534 (nobody).
+    let runner = Runner::new(RunnerConfig {
+        sandbox_uid_base: 65_531,
+        max_concurrent: 3,
+        ..config()
+    })
+    .unwrap();
+    let slots = runner.sandbox_uids().expect("root");
+    assert!(slots.start >= 65_536, "{slots:?}");
+    // The locks live in a directory only root controls.
+    let meta = std::fs::symlink_metadata("/run/nautilus-task-runner-uids").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o077 == 0);
+}
