@@ -103,13 +103,14 @@ impl RunnerConfig {
         if self.max_open_files < 64 {
             return invalid("max_open_files must be at least 64");
         }
+        // The slot uids and the killer uid after them must be valid ids.
         let slots = u32::try_from(self.max_concurrent).ok();
         if slots
             .and_then(|n| self.sandbox_uid_base.checked_add(n))
-            .is_none()
+            .is_none_or(|end| end >= u32::MAX - 1)
             || self.sandbox_uid_base == 0
         {
-            return invalid("sandbox_uid_base + max_concurrent must be a valid non-root uid");
+            return invalid("sandbox_uid_base + max_concurrent + 1 must be a valid non-root uid");
         }
         for name in &self.pass_env {
             if name.is_empty() || name.contains(['=', '\0']) {

@@ -24,7 +24,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -39,6 +39,10 @@ const MAX_DEPTH: usize = 64;
 pub(crate) struct TreeLimits {
     pub max_entries: usize,
     pub max_bytes: u64,
+    /// When set, every directory walked must be owned by this uid and not
+    /// writable by group or others, so nobody else can swap entries (say, a
+    /// directory for a symlink) while the tree is read.
+    pub dir_owner: Option<u32>,
 }
 
 /// Why a task tree cannot be digested or staged.
@@ -56,6 +60,8 @@ pub(crate) enum TreeError {
     SpecialFile(PathBuf),
     #[error("{0:?} changed while it was being read")]
     Changed(PathBuf),
+    #[error("{0:?} must be owned by uid {1} and writable by nobody else")]
+    Untrusted(PathBuf, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +106,11 @@ fn walk_dir(
     if depth > MAX_DEPTH {
         return Err(TreeError::TooDeep);
     }
-    for dirent in fs::read_dir(root.join(rel))? {
+    let dir = root.join(rel);
+    if let Some(owner) = limits.dir_owner {
+        check_trusted(&dir, owner)?;
+    }
+    for dirent in fs::read_dir(&dir)? {
         let dirent = dirent?;
         let child = rel.join(dirent.file_name());
         let file_type = dirent.file_type()?;
@@ -132,12 +142,28 @@ fn walk_dir(
     Ok(())
 }
 
-/// Opens a regular file without following a symlink planted in its place.
-pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
-    fs::OpenOptions::new()
+/// Checks that the directory `dir` (not followed if a symlink) is owned by
+/// `owner` and writable by nobody else.
+pub(crate) fn check_trusted(dir: &Path, owner: u32) -> Result<(), TreeError> {
+    let meta = fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != owner || meta.mode() & 0o022 != 0 {
+        return Err(TreeError::Untrusted(dir.to_owned(), owner));
+    }
+    Ok(())
+}
+
+/// Opens the regular file at `path` (`rel` names it in errors). Neither a
+/// symlink nor a FIFO planted in its place since the walk is followed or
+/// waited on: `O_NOFOLLOW`, `O_NONBLOCK`, then a type check on the open file.
+pub(crate) fn open_regular(path: &Path, rel: &Path) -> Result<File, TreeError> {
+    let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(TreeError::SpecialFile(rel.to_owned()));
+    }
+    Ok(file)
 }
 
 /// Computes the version-1 digest of the tree at `root` (see the module docs).
@@ -164,7 +190,7 @@ pub(crate) fn digest_tree(root: &Path, limits: TreeLimits) -> Result<String, Tre
                 hasher.update(entry.len.to_be_bytes());
                 // Stream the content: the framing needs the length first, which the
                 // walk recorded; a file that no longer has that length is an error.
-                let mut file = open_nofollow(&full)?.take(entry.len + 1);
+                let mut file = open_regular(&full, &entry.rel)?.take(entry.len + 1);
                 let mut seen = 0u64;
                 loop {
                     let n = file.read(&mut buf)?;
@@ -189,4 +215,34 @@ fn frame(hasher: &mut Sha256, tag: u8, path: &[u8], content: &[u8]) {
     hasher.update(path);
     hasher.update((content.len() as u64).to_be_bytes());
     hasher.update(content);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO swapped in for a file would block a plain `open` until someone
+    /// writes to it; the open must fail at once instead.
+    #[test]
+    fn a_fifo_in_place_of_a_file_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("index.js");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mkfifo on a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        let (done, result) = std::sync::mpsc::channel();
+        let opener = std::thread::spawn(move || {
+            let _ = done.send(open_regular(&fifo, Path::new("index.js")).err());
+        });
+        let outcome = result.recv_timeout(std::time::Duration::from_secs(5));
+        if outcome.is_err() {
+            // Unblock the opener so the test ends.
+            let _ = fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join("index.js"));
+        }
+        opener.join().unwrap();
+        let err = outcome.expect("opening a FIFO blocked");
+        assert!(matches!(err, Some(TreeError::SpecialFile(_))), "{err:?}");
+    }
 }

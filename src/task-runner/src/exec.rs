@@ -20,6 +20,8 @@ use crate::TaskError;
 /// How long output may keep arriving after the box was emptied. Only a process
 /// that escaped the kill (possible only without a slot uid) can hold a pipe open.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// How long the main process may take to die once SIGKILLed.
+const REAP_DEADLINE: Duration = Duration::from_secs(5);
 /// Read size for the output pipes.
 const CHUNK: usize = 64 * 1024;
 
@@ -162,8 +164,17 @@ pub(crate) async fn supervise(
     let status = match status {
         Some(status) => status,
         None => {
-            // The box kill reached the main process too; this wait is short.
-            let status = boxed.child.wait().await;
+            // The box kill normally reached the main process already; should it
+            // have failed, kill it directly (it is our unreaped child, so its pid
+            // cannot have been reused) and wait a bounded time.
+            let _ = boxed.child.start_kill();
+            let status = tokio::time::timeout(REAP_DEADLINE, boxed.child.wait())
+                .await
+                .map_err(|_| {
+                    TaskError::Internal(format!(
+                        "node did not end within {REAP_DEADLINE:?} of SIGKILL"
+                    ))
+                })?;
             elapsed = boxed.started.elapsed();
             status
         }

@@ -13,7 +13,10 @@
 //! - stages a copy of the task directory into a fresh private run directory
 //!   (directories 0755, files 0644, owned by the runner) and computes the
 //!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
-//!   the task cannot modify any task directory;
+//!   the task cannot modify any task directory. Files are opened without
+//!   following symlinks or blocking on FIFOs and must be regular files; when
+//!   root, the tasks tree (and the way to it) must be root-owned and writable
+//!   by nobody else, checked at [`Runner::new`] and on every run;
 //! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
 //!   `HOME` and `TMPDIR` (a per-run directory, removed afterwards),
 //!   `NODE_ENV=production`, `NAUTILUS_TASK_ID` (the result's `task_id`), and the
@@ -23,15 +26,20 @@
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
 //!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
 //!   blocking (nodejs/node#6456);
-//! - in the child, before `exec`: a new session, `PR_SET_PDEATHSIG(SIGKILL)`,
-//!   leaked descriptors closed, rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`,
-//!   `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and `RLIMIT_NPROC` when root),
-//!   `PR_SET_NO_NEW_PRIVS`, and a seccomp filter that makes
+//! - in the child, before `exec`: a new session, leaked descriptors closed,
+//!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
+//!   and `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes
+//!   the task, not the runner), when root a mount namespace of its own (see
+//!   below), the slot identity, `PR_SET_PDEATHSIG(SIGKILL)` (after the
+//!   identity switch, which would clear it), `PR_SET_NO_NEW_PRIVS`, and a
+//!   seccomp filter that makes
 //!   `socket(AF_VSOCK, …)`, `socketpair(AF_VSOCK, …)` and `io_uring_setup` fail
 //!   with `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
 //!   `*_truncated` set);
+//! - if the runner dies, its tasks' main processes die with it; a dropped
+//!   [`Runner`] empties its slots, and the CLI kills its task on SIGINT/SIGTERM;
 //! - on timeout sends SIGTERM to the task's process group from outside it,
 //!   waits [`RunnerConfig::kill_grace`], then kills the whole box; when the
 //!   main process ends, kills whatever it left behind, reaps it, and waits at
@@ -42,10 +50,23 @@
 //! When the runner is root (as in the enclave), slot `i` runs as uid and gid
 //! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups. The
 //! task then cannot read or ptrace the runner's memory, signal it, write any
-//! task directory, or touch a concurrent task. Everything a task started is
-//! killed with `kill(-1, SIGKILL)` issued *as the slot uid*, which the kernel
-//! applies to every process of that uid in one pass; that includes
-//! `setsid`/double-forked grandchildren. The runner process also becomes a
+//! task directory, or touch a concurrent task. Each task also gets a private
+//! mount namespace (all mounts made private first, so nothing propagates to
+//! the host) with a fresh `/proc` mounted `hidepid=2`: it sees only its own
+//! uid's processes, so neither the runner nor other tasks' command lines
+//! (client input); and a tmpfs on `/dev/shm` of at most
+//! [`RunnerConfig::max_file_bytes`] that disappears with the task. On
+//! kernels before 5.8 procfs options are per pid namespace, so there the
+//! host's `/proc` is also switched to `hidepid=2` (root, the runner, still
+//! sees everything). Everything a task started is
+//! killed with `kill(-1, SIGKILL)` issued with the slot uid as *effective*
+//! uid, which the kernel applies to every process of that uid in one pass;
+//! that includes `setsid`/double-forked grandchildren. The helper process
+//! that issues it has a *killer* uid (leased with the slot uids, used by no
+//! task) as its real and saved uid, so no task can signal it (a task spinning
+//! on `kill(-1, SIGSTOP)` cannot freeze the kill); a helper that stops or
+//! hangs anyway is killed after a short deadline and the round repeated. The
+//! runner process also becomes a
 //! child subreaper (`PR_SET_CHILD_SUBREAPER`, set by [`Runner::new`]), so a
 //! task's orphans are reparented to it and their zombies reaped at once; a
 //! slot's process count is back to zero before its next task. (Other orphaned
@@ -53,11 +74,15 @@
 //! reaps processes of its slot uids.)
 //!
 //! The slot uids must belong to nothing else on the host. A runner locks its
-//! uid range (`flock` on files in `<work dir>/nautilus-task-runner-uids`) for
-//! its lifetime, taking the first free range of `max_concurrent` uids at or
-//! above [`RunnerConfig::sandbox_uid_base`]; so a second runner (another
-//! server, the CLI) moves up instead of sharing, and
-//! [`Runner::sandbox_uids`] tells which range was taken.
+//! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
+//! the work directory when `/run` is missing or not root's alone) for its
+//! lifetime, taking the first free range of `max_concurrent` slot uids plus
+//! the killer uid right after them, at or above
+//! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
+//! holds any of its uids and none of them is a user or group the host knows
+//! (`getpwuid`/`getgrgid`) or 65534/65535. So a second runner (another
+//! server, the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`]
+//! tells which slot range was taken.
 //!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
@@ -69,8 +94,11 @@
 //! own threads). Use non-root mode for development only.
 //!
 //! In both modes a task can write to world-writable places such as `/tmp`
-//! and `/dev/shm` (bounded per file by `RLIMIT_FSIZE`); such files outlive
-//! the run.
+//! (bounded per file by `RLIMIT_FSIZE`). When root, the runner removes the
+//! entries a slot uid owns at the top of `/tmp`, `/var/tmp` and `/dev/shm`
+//! after each run, before the slot is reused; deeper files (inside another
+//! world-writable directory) and, without root, all such files outlive the
+//! run.
 //!
 //! # Example
 //!
@@ -152,9 +180,8 @@ struct Inner {
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
-    /// Slot `i` runs as uid/gid `uid_base + i` (when privileged).
-    uid_base: u32,
-    _uids: Option<uids::UidLease>,
+    /// The slot and killer uids (when privileged).
+    uids: Option<uids::UidLease>,
 }
 
 impl Runner {
@@ -184,6 +211,7 @@ impl Runner {
         }
         let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
         if privileged {
+            check_root_owned(&root)?;
             check_traversable(&work_dir)?;
             sandbox::become_subreaper()
                 .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
@@ -191,7 +219,7 @@ impl Runner {
         let uids = if privileged {
             // `check` made sure max_concurrent fits a u32.
             Some(uids::UidLease::take_first_free(
-                &work_dir,
+                uids::UidLease::lock_parent(&work_dir),
                 config.sandbox_uid_base,
                 config.max_concurrent as u32,
             )?)
@@ -210,7 +238,6 @@ impl Runner {
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
             .collect();
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
-        let config_uid_base = config.sandbox_uid_base;
         Ok(Runner {
             inner: Arc::new(Inner {
                 config,
@@ -223,8 +250,7 @@ impl Runner {
                 cancel: watch::Sender::new(false),
                 pass_env,
                 work_dir,
-                uid_base: uids.as_ref().map_or(config_uid_base, uids::UidLease::first),
-                _uids: uids,
+                uids,
             }),
         })
     }
@@ -247,11 +273,7 @@ impl Runner {
     /// The uids the slots run under, when privileged: the first free range at
     /// or above [`RunnerConfig::sandbox_uid_base`].
     pub fn sandbox_uids(&self) -> Option<std::ops::Range<u32>> {
-        let inner = &self.inner;
-        let len = inner.config.max_concurrent as u32;
-        inner
-            .privileged
-            .then(|| inner.uid_base..inner.uid_base + len)
+        self.inner.uids.as_ref().map(uids::UidLease::slots)
     }
 
     /// Current load.
@@ -327,6 +349,43 @@ impl Runner {
     }
 }
 
+impl Drop for Inner {
+    /// Runs hold a reference to `Inner`, so this runs once none is left, or
+    /// when the async runtime dropped runs midway (their main processes are
+    /// killed on drop, but not what they started): empties every slot.
+    fn drop(&mut self) {
+        let Some(uids) = &self.uids else { return };
+        for index in 0..self.config.max_concurrent as u32 {
+            if let Err(e) = BoxKind::Uid(uids.slot(index)).kill_all(None) {
+                tracing::error!(error = %e, "slot processes survived the runner");
+            }
+        }
+    }
+}
+
+/// Root reads the tasks under `root` (canonical): nobody else may be able to
+/// change the tree or swap it out. `root` must be owned by root and writable
+/// by nobody else; so must every directory above it, unless sticky (like
+/// `/tmp`: others can then not rename root's entries).
+fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in root.ancestors() {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?;
+        let shared = meta.mode() & 0o022 != 0 && (dir == root || meta.mode() & 0o1000 == 0);
+        if meta.uid() != 0 || shared {
+            return Err(ConfigError::Invalid(format!(
+                "tasks directory {}: {} must be owned by root and writable by nobody else (uid {}, mode {:o})",
+                root.display(),
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Slot uids reach their run directories through `work_dir`: every directory
 /// on the way must be searchable by others (a checkout under `/root` is not).
 fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
@@ -362,20 +421,29 @@ struct RunDir {
 impl RunDir {
     /// Deletes the run directory. A task sharing the runner's uid may have left
     /// directories without owner permissions in its home; those are restored
-    /// and the removal retried.
-    fn remove(self) {
+    /// and the removal retried. Only then: restoring follows paths, which a
+    /// surviving task could swap for symlinks, so it must never run as root
+    /// (which needs no permission bits to delete anyway).
+    fn remove(self, privileged: bool) {
         let path = self.temp.path().to_owned();
-        if self.temp.close().is_ok() {
+        let closed = self.temp.close();
+        if closed.is_ok() {
             return;
         }
-        restore_owner_access(&path);
-        if let Err(e) = std::fs::remove_dir_all(&path) {
+        if !privileged {
+            restore_owner_access(&path);
+            if std::fs::remove_dir_all(&path).is_ok() {
+                return;
+            }
+        }
+        if let Err(e) = closed {
             tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
         }
     }
 }
 
-/// Gives the owner full access to every directory under `dir` (symlinks not followed).
+/// Gives the owner full access to every directory under `dir`. Follows
+/// symlinks: only for a runner that shares its uid with the task.
 fn restore_owner_access(dir: &Path) {
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -393,6 +461,8 @@ impl Inner {
         TreeLimits {
             max_entries: self.config.max_task_files,
             max_bytes: self.config.max_task_bytes,
+            // Root reads the tasks: only root may be able to change them meanwhile.
+            dir_owner: self.privileged.then_some(0),
         }
     }
 
@@ -404,10 +474,8 @@ impl Inner {
         let req = req.validate(&self.config)?;
         let task = task::resolve(&self.root, &req.task_path)?;
         let slot = self.limiter.acquire().await?;
-        let identity = self.privileged.then(|| {
-            let id = self.uid_base + slot.index() as u32;
-            Identity { uid: id, gid: id }
-        });
+        // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
+        let identity = self.uids.as_ref().map(|u| u.slot(slot.index() as u32));
         let task_id = uuid::Uuid::new_v4().to_string();
 
         let this = self.clone();
@@ -458,8 +526,16 @@ impl Inner {
             Err(e) => Err(e),
         };
         let digest = run_dir.digest.clone();
-        // Removing the run directory is blocking I/O; the slot is held until it is gone.
-        let _ = tokio::task::spawn_blocking(move || run_dir.remove()).await;
+        // Removing the run directory is blocking I/O; the slot is held until it
+        // and whatever the task left in shared scratch directories are gone.
+        let privileged = self.privileged;
+        let _ = tokio::task::spawn_blocking(move || {
+            run_dir.remove(privileged);
+            if let Some(id) = identity {
+                sandbox::remove_leftovers(id.uid);
+            }
+        })
+        .await;
         drop(slot);
         let outcome = outcome?;
 
@@ -506,6 +582,12 @@ impl Inner {
         // Traversable but not listable: the slot uid reaches its own paths only.
         std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
             .map_err(io("securing the run directory"))?;
+        if let Some(owner) = self.tree_limits().dir_owner {
+            // The walk checks the task's own tree; this, the way there from the root.
+            for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
+                digest::check_trusted(dir, owner)?;
+            }
+        }
         let staged = temp.path().join("task");
         task::stage(task_dir, &staged, self.tree_limits())?;
         let digest = digest::digest_tree(&staged, self.tree_limits())?;

@@ -2,13 +2,19 @@
 //!
 //! Exit status: 0 the task succeeded, 1 it ran and failed, 2 it could not be
 //! run or timed out (then stdout holds `{"error": "..."}` and stderr the same sentence).
+//! SIGINT or SIGTERM kills the task (and everything it started) first, then
+//! exits 2 the same way.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use task_runner::{Runner, RunnerConfig, TaskRequest};
+use task_runner::{Runner, RunnerConfig, TaskRequest, MAX_STDIN_BYTES};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Run a Node.js task in a sandbox and print the result as one JSON object.
 #[derive(Parser)]
@@ -46,17 +52,10 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let stdin = match &cli.stdin_file {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                String::from_utf8(bytes)
-                    .with_context(|| format!("{} is not UTF-8", path.display()))?,
-            )
-        }
-        None => None,
-    };
+    // Installed first: from here on a SIGINT/SIGTERM kills the task instead of
+    // leaving it to run on.
+    let terminated = terminated()?;
+    let stdin = cli.stdin_file.as_deref().map(read_stdin_file).transpose()?;
     let config = RunnerConfig {
         tasks_dir: cli.tasks_dir,
         node: cli.node,
@@ -71,7 +70,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         args: cli.args,
         stdin,
     };
-    match runner.run(request).await {
+    let run = runner.run(request);
+    tokio::pin!(run);
+    let outcome = tokio::select! {
+        outcome = &mut run => outcome,
+        () = terminated => {
+            // Kill the task at once; the run then ends with ShuttingDown.
+            runner.shutdown(Duration::ZERO).await;
+            run.await
+        }
+    };
+    match outcome {
         Ok(result) => {
             println!("{}", serde_json::to_string(&result)?);
             Ok(if result.status == "success" {
@@ -82,6 +91,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Ok(fail(&err.to_string())),
     }
+}
+
+/// Reads the task's stdin from `path`: at most [`MAX_STDIN_BYTES`], UTF-8.
+/// Reading stops one byte past the limit, so `/dev/zero` or a huge file
+/// costs no more than that; a FIFO is read like any stream (until its writer
+/// closes it), as a user naming one would expect.
+fn read_stdin_file(path: &Path) -> anyhow::Result<String> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STDIN_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > MAX_STDIN_BYTES {
+        anyhow::bail!(
+            "{} holds more than {MAX_STDIN_BYTES} bytes, the limit for a task's stdin",
+            path.display()
+        );
+    }
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn fail(message: &str) -> ExitCode {

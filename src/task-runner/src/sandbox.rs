@@ -6,6 +6,7 @@
 //! no allocation, no locks). The seccomp program is compiled before the fork.
 
 use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::sync::Arc;
@@ -21,21 +22,43 @@ use crate::error::ConfigError;
 /// How long killing a box may take before the runner gives up and reports it.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long one kill helper may take (it normally needs well under a
+/// millisecond) before it is killed itself and the round retried.
+const HELPER_DEADLINE: Duration = Duration::from_millis(200);
+
 /// The unprivileged identity of a slot (only when the runner is root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Identity {
     pub uid: u32,
     pub gid: u32,
+    /// Real and saved uid of the slot's kill helper: leased with the slot
+    /// uids, used by no task (see [`kill_as`]).
+    pub killer: u32,
 }
 
-/// Resource limits and the seccomp program, prepared once per runner.
+/// One `mount(2)` in the task's own mount namespace, its strings built before the fork.
+struct Mount {
+    source: &'static CStr,
+    target: &'static CStr,
+    fstype: &'static CStr,
+    flags: libc::c_ulong,
+    data: CString,
+}
+
+/// Resource limits, private mounts and the seccomp program, prepared once per runner.
 #[derive(Clone)]
 pub(crate) struct Policy {
     seccomp: Arc<BpfProgram>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Made in a mount namespace of the task's own; `None` without root.
+    mounts: Option<Arc<[Mount]>>,
 }
 
 impl Policy {
+    /// `max_processes` is set (only) when tasks run under slot uids; then each
+    /// task also gets its own mount namespace with a `/proc` that shows only
+    /// its own uid's processes (`hidepid=2`), and a private `/dev/shm` of at
+    /// most `max_file_bytes` that vanishes with the task.
     pub fn new(
         memory_limit_bytes: u64,
         max_file_bytes: u64,
@@ -53,15 +76,20 @@ impl Policy {
         if let Some(n) = max_processes {
             rlimits.push((libc::RLIMIT_NPROC, n));
         }
+        let mounts = max_processes
+            .is_some()
+            .then(|| private_mounts(max_file_bytes));
         Ok(Self {
             seccomp: Arc::new(seccomp_program()?),
             rlimits,
+            mounts,
         })
     }
 
     /// Arranges for `cmd`'s child to enter the box just before `exec`:
-    /// new session, death signal, closed descriptors, rlimits, identity,
-    /// `PR_SET_NO_NEW_PRIVS` and the seccomp filter, in that order.
+    /// new session, closed descriptors, rlimits, OOM score, private mounts,
+    /// identity, death signal, `PR_SET_NO_NEW_PRIVS` and the seccomp filter,
+    /// in that order.
     pub fn install(&self, cmd: &mut tokio::process::Command, identity: Option<Identity>) {
         let policy = self.clone();
         let parent = std::process::id() as libc::pid_t;
@@ -78,19 +106,6 @@ impl Policy {
             // Own session and process group: the runner can signal the group and
             // the task has no controlling terminal.
             check(libc::setsid())?;
-            // The death signal follows the *thread* that forked: tokio runtime
-            // workers, which spawn tasks, live as long as the runtime.
-            check(libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            // The runner may have died between fork and prctl.
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
             libc::umask(0o077);
             // Descriptors some library opened without O_CLOEXEC must not leak into
             // the task (std's own are already close-on-exec).
@@ -101,6 +116,30 @@ impl Policy {
                     rlim_max: value,
                 };
                 check(libc::setrlimit(resource, &limit))?;
+            }
+            // Before the identity switch, which makes /proc/self root-owned until
+            // exec. Written as root, 1000 also becomes the floor the task cannot
+            // lower (oom_score_adj_min).
+            prefer_for_oom_kill()?;
+            if let Some(mounts) = &self.mounts {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // Nothing mounted here may propagate back to the host.
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                for m in mounts.iter() {
+                    check(libc::mount(
+                        m.source.as_ptr(),
+                        m.target.as_ptr(),
+                        m.fstype.as_ptr(),
+                        m.flags,
+                        m.data.as_ptr().cast(),
+                    ))?;
+                }
             }
             if let Some(id) = identity {
                 // Raw calls: glibc's wrappers coordinate all threads of a process,
@@ -115,11 +154,75 @@ impl Policy {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));
                 }
             }
+            // After the identity switch: the kernel clears the death signal when
+            // credentials change. It follows the *thread* that forked: tokio
+            // runtime workers, which spawn tasks, live as long as the runtime.
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+            // The runner may have died before the death signal was armed.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
         seccompiler::apply_filter(&self.seccomp)
             .map_err(|_| io::Error::from_raw_os_error(libc::EPERM))
     }
+}
+
+/// The mounts of a task's namespace. A fresh procfs with `hidepid=2` lists
+/// only the processes of the task's own uid: not the runner, not other tasks
+/// (whose command lines carry client input). Per mount since Linux 5.8; on
+/// older kernels procfs options belong to the pid namespace, so the host's
+/// `/proc` then hides other uids' processes from unprivileged users as well.
+/// A tmpfs over `/dev/shm` (when the host has one) keeps shared memory
+/// private, bounded, and gone with the task.
+fn private_mounts(shm_bytes: u64) -> Arc<[Mount]> {
+    let sealed = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut mounts = vec![Mount {
+        source: c"proc",
+        target: c"/proc",
+        fstype: c"proc",
+        flags: sealed,
+        data: c"hidepid=2".to_owned(),
+    }];
+    if std::path::Path::new("/dev/shm").is_dir() {
+        // Digits and ASCII only: no NUL inside.
+        if let Ok(data) = CString::new(format!("size={shm_bytes},mode=1777")) {
+            mounts.push(Mount {
+                source: c"tmpfs",
+                target: c"/dev/shm",
+                fstype: c"tmpfs",
+                flags: sealed,
+                data,
+            });
+        }
+    }
+    mounts.into()
+}
+
+/// Makes the calling process the OOM killer's first choice, so a task, not
+/// the runner, dies when memory runs out. Async-signal-safe.
+unsafe fn prefer_for_oom_kill() -> io::Result<()> {
+    let fd = libc::open(
+        c"/proc/self/oom_score_adj".as_ptr(),
+        libc::O_WRONLY | libc::O_CLOEXEC,
+    );
+    check(fd)?;
+    let value = b"1000";
+    let written = libc::write(fd, value.as_ptr().cast(), value.len());
+    let result = match written {
+        n if n == value.len() as isize => Ok(()),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+    };
+    libc::close(fd);
+    result
 }
 
 /// Marks every descriptor from `first` up close-on-exec. `close_range` needs
@@ -287,29 +390,103 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
 }
 
-/// Forks a helper that takes the slot's identity and calls `kill(-1, SIGKILL)`:
-/// the kernel then signals every process of that uid in one pass under the
-/// task-list lock, so a fork bomb cannot outrun it (a process with a pending
-/// SIGKILL cannot fork).
+/// Forks a helper that calls `kill(-1, SIGKILL)` with the slot uid as its
+/// *effective* uid: the kernel then signals every process of that uid in one
+/// pass under the task-list lock, so a fork bomb cannot outrun it (a process
+/// with a pending SIGKILL cannot fork).
+///
+/// The helper's real and saved uid are the killer uid, which no task has:
+/// kill(2) lets a sender signal a process when the sender's real or
+/// effective uid equals the target's real or saved uid, so the helper reaches
+/// the task but the task cannot reach the helper (a task spinning on
+/// `kill(-1, SIGSTOP)` would otherwise freeze it). Should the helper still
+/// stop or hang, it is killed after [`HELPER_DEADLINE`]; the caller loops.
 fn kill_as(id: Identity) {
     // SAFETY: the child makes only raw system calls, then _exit.
-    unsafe {
-        let pid = libc::fork();
-        if pid == 0 {
-            let ok = libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
-                == 0
-                && libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) == 0
-                && libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) == 0;
-            if !ok {
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            if !become_killer(id) {
                 libc::_exit(2);
             }
             libc::kill(-1, libc::SIGKILL);
             libc::_exit(0);
         }
-        if pid > 0 {
-            let mut status = 0;
-            while libc::waitpid(pid, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR
-            {
+    }
+    if pid > 0 {
+        reap_helper(pid);
+    }
+}
+
+/// Switches the calling (forked, root) process to the kill helper's
+/// credentials: gid and real/saved uid `id.killer`, effective uid `id.uid`.
+/// Raw system calls only (see [`Policy::apply_in_child`]).
+unsafe fn become_killer(id: Identity) -> bool {
+    libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) == 0
+        && libc::syscall(libc::SYS_setresgid, id.killer, id.killer, id.killer) == 0
+        && libc::syscall(libc::SYS_setresuid, id.killer, id.uid, id.killer) == 0
+}
+
+/// Waits for the kill helper `pid` to exit; SIGKILLs it if it stops or
+/// outlives [`HELPER_DEADLINE`].
+fn reap_helper(pid: libc::pid_t) {
+    let deadline = Instant::now() + HELPER_DEADLINE;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::WUNTRACED) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+        let stopped = rc == pid && libc::WIFSTOPPED(status);
+        if rc == pid && !stopped {
+            return;
+        }
+        if stopped || Instant::now() >= deadline {
+            // SAFETY: kill and waitpid on our own child. SIGKILL ends a stopped
+            // process too, and the helper blocks on nothing, so the wait is short.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                while libc::waitpid(pid, &mut status, 0) < 0
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// World-writable directories where a task can leave files behind.
+const SHARED_SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
+
+/// Removes the entries at the top of [`SHARED_SCRATCH`] that `uid` owns, so a
+/// task's files neither outlive it nor meet the slot's next task. Symlinks
+/// are removed, never followed. Run once the slot's processes are dead: the
+/// sticky bit keeps every other uid from renaming these entries.
+pub(crate) fn remove_leftovers(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in SHARED_SCRATCH {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // DirEntry::metadata does not follow symlinks.
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.uid() != uid {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if meta.is_dir() {
+                // Never follows symlinks (openat/unlinkat with O_NOFOLLOW).
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                tracing::error!(path = %path.display(), error = %e, "could not remove a task's leftover");
             }
         }
     }
@@ -358,4 +535,146 @@ fn parse_status(pid: libc::pid_t, status: &str) -> Option<ProcInfo> {
 fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {
     fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skip_unless_root(what: &str) -> bool {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return false;
+        }
+        eprintln!("SKIPPED (needs root): {what}");
+        true
+    }
+
+    /// Forks a child that runs `f` (raw system calls only) and exits with its result.
+    fn fork_with(f: impl FnOnce() -> i32) -> libc::pid_t {
+        // SAFETY: the child only runs `f`, which makes raw system calls, then _exit.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+            if pid == 0 {
+                libc::_exit(f());
+            }
+            pid
+        }
+    }
+
+    fn exit_code(pid: libc::pid_t) -> i32 {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    fn kill_and_reap(pid: libc::pid_t) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+
+    /// Takes the slot identity fully, as a task has it. Raw system calls only.
+    unsafe fn become_slot(id: Identity) -> bool {
+        libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) == 0
+            && libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) == 0
+    }
+
+    /// Leases uids so no concurrently running test runner uses them.
+    fn identity() -> (crate::uids::UidLease, Identity) {
+        let temp = std::env::temp_dir();
+        let parent = crate::uids::UidLease::lock_parent(&temp);
+        let lease = crate::uids::UidLease::take_first_free(parent, 61_000, 1).expect("uid lease");
+        let id = lease.slot(0);
+        (lease, id)
+    }
+
+    #[test]
+    fn a_task_cannot_signal_the_kill_helper_but_the_helper_reaches_the_task() {
+        if skip_unless_root("kill helper credentials") {
+            return;
+        }
+        let (_lease, id) = identity();
+        // SAFETY (closures): raw system calls in forked children.
+        let helper = fork_with(|| unsafe {
+            if !become_killer(id) {
+                return 2;
+            }
+            loop {
+                libc::pause();
+            }
+        });
+        let task = fork_with(|| unsafe {
+            if !become_slot(id) {
+                return 2;
+            }
+            loop {
+                libc::pause();
+            }
+        });
+        // Both have switched identity well within this time.
+        std::thread::sleep(Duration::from_millis(100));
+        let task_to_helper = fork_with(|| unsafe {
+            if !become_slot(id) {
+                return 2;
+            }
+            let denied =
+                libc::kill(helper, libc::SIGSTOP) == -1 && *libc::__errno_location() == libc::EPERM;
+            i32::from(!denied)
+        });
+        let helper_to_task =
+            fork_with(|| unsafe { i32::from(!(become_killer(id) && libc::kill(task, 0) == 0)) });
+        let (denied, reached) = (exit_code(task_to_helper), exit_code(helper_to_task));
+        kill_and_reap(helper);
+        kill_and_reap(task);
+        assert_eq!(denied, 0, "a slot process could SIGSTOP the kill helper");
+        assert_eq!(reached, 0, "the kill helper cannot signal a slot process");
+    }
+
+    /// Runs `reap_helper(pid)` on a thread; on a hang, kills `pid` to free it and fails.
+    fn reap_within(pid: libc::pid_t, bound: Duration) -> Duration {
+        let (done, finished) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        let waiter = std::thread::spawn(move || {
+            reap_helper(pid);
+            let _ = done.send(());
+        });
+        let hung = finished.recv_timeout(bound).is_err();
+        if hung {
+            kill_and_reap(pid);
+        }
+        waiter.join().unwrap();
+        assert!(!hung, "reap_helper hung on helper {pid}");
+        started.elapsed()
+    }
+
+    #[test]
+    fn a_stopped_helper_is_killed_and_reaped() {
+        // SAFETY: raw system calls in the forked child.
+        let pid = fork_with(|| unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            0
+        });
+        reap_within(pid, Duration::from_secs(5));
+        // SAFETY: probing a pid we no longer own.
+        let gone = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } < 0;
+        assert!(gone, "helper {pid} was not reaped");
+    }
+
+    #[test]
+    fn a_late_helper_is_killed_after_the_deadline() {
+        // SAFETY: raw system calls in the forked child.
+        let pid = fork_with(|| unsafe {
+            loop {
+                libc::pause();
+            }
+        });
+        let took = reap_within(pid, Duration::from_secs(5));
+        assert!(took >= HELPER_DEADLINE, "returned after {took:?}");
+    }
 }

@@ -77,7 +77,7 @@ pub(crate) fn stage(src: &Path, dst: &Path, limits: TreeLimits) -> Result<(), Tr
             }
             Kind::Symlink => std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?,
             Kind::File => {
-                let mut input = digest::open_nofollow(&from)?;
+                let mut input = digest::open_regular(&from, &entry.rel)?;
                 let mut output = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)

@@ -3,7 +3,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -156,4 +157,117 @@ fn runner_environment_stays_out_of_the_task() {
     ]));
     assert_eq!(code, 0, "{v}");
     assert_eq!(json(v["stdout"].as_str().unwrap())["text"], "from a file");
+}
+
+/// Starts the CLI on a long `sleep` task tagged with a unique argument and
+/// returns it with the task's node pid, once that process is running.
+fn cli_with_running_task(marker: &str) -> (std::process::Child, i64) {
+    let tasks = fixtures();
+    let mut cli = cli(&[
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--task",
+        "sleep",
+        "--timeout",
+        "60",
+        "--",
+        "60000",
+        marker,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut task = Vec::new();
+    let started = eventually(Duration::from_secs(10), || {
+        task = node_processes_with_arg(marker);
+        !task.is_empty()
+    });
+    if !started {
+        let _ = cli.kill();
+        panic!("the task never started: {:?}", cli.wait_with_output());
+    }
+    assert_eq!(task.len(), 1, "{task:?}");
+    (cli, task[0])
+}
+
+/// Asserts `pid` is gone within a few seconds; kills it (not to leak it) if not.
+fn assert_dies(pid: i64, what: &str) {
+    let died = eventually(Duration::from_secs(5), || !alive(pid));
+    if !died {
+        // SAFETY: kill(2) on the leftover task process.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(died, "{what}: task process {pid} outlived the CLI");
+}
+
+#[test]
+fn task_dies_with_a_killed_cli() {
+    let marker = format!("marker-{}", uuid::Uuid::new_v4());
+    let (mut cli, task) = cli_with_running_task(&marker);
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    assert_dies(task, "SIGKILL to the CLI");
+}
+
+#[test]
+fn sigterm_to_the_cli_kills_the_task_and_reports_it() {
+    let marker = format!("marker-{}", uuid::Uuid::new_v4());
+    let (cli, task) = cli_with_running_task(&marker);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(cli.id() as libc::pid_t, libc::SIGTERM) };
+    let out = cli.wait_with_output().unwrap();
+    assert_dies(task, "SIGTERM to the CLI");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert_eq!(
+        json(&stdout),
+        serde_json::json!({ "error": "Task runner is shutting down" })
+    );
+}
+
+/// Without --stdin-file the task's stdin is /dev/null, not the CLI's own stdin:
+/// here an open pipe that never ends, on which a task reading to the end would hang.
+#[test]
+fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
+    let tasks = fixtures();
+    let run = |task: &str| {
+        let mut child = cli(&[
+            "--tasks-dir",
+            tasks.to_str().unwrap(),
+            "--task",
+            task,
+            "--timeout",
+            "10",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let held_open = child.stdin.take();
+        let out = child.wait_with_output().unwrap();
+        drop(held_open);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        json(json(&stdout)["stdout"].as_str().unwrap())
+    };
+    assert_eq!(run("stdin-echo")["bytes"], 0);
+    assert_eq!(run("introspect")["stdin"]["path"], "/dev/null");
+}
+
+/// --stdin-file reads at most one byte past the limit and says which limit.
+/// (A regular file, not /dev/zero: should this regress, the test must fail,
+/// not exhaust the machine's memory.)
+#[test]
+fn oversized_stdin_file_is_refused_with_the_limit() {
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![b'z'; task_runner::MAX_STDIN_BYTES + 1]).unwrap();
+    let path = big.path().to_str().unwrap();
+    let (code, v, err) = output(&mut cli(&["--task", "nodejs-task", "--stdin-file", path]));
+    let sentence = format!(
+        "{path} holds more than {} bytes, the limit for a task's stdin",
+        task_runner::MAX_STDIN_BYTES
+    );
+    assert_error(code, &v, &err, &sentence);
 }

@@ -88,3 +88,53 @@ pub fn skip_unless_root(what: &str) -> bool {
     eprintln!("SKIPPED (needs root): {what}");
     true
 }
+
+/// Live processes with any of their uids (real, effective, saved, fs) in `uids`.
+pub fn processes_of(uids: &std::ops::Range<u32>) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.parse::<i64>().is_ok_and(alive))
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .is_some_and(|ids| {
+                    ids.split_whitespace()
+                        .filter_map(|u| u.parse().ok())
+                        .any(|u| uids.contains(&u))
+                })
+        })
+        .collect()
+}
+
+/// Live `node` processes with `marker` among their arguments.
+pub fn node_processes_with_arg(marker: &str) -> Vec<i64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|&pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let mut args = cmdline.split(|&b| b == 0);
+            let is_node = args.next().is_some_and(|argv0| argv0.ends_with(b"node"));
+            is_node && args.any(|a| a == marker.as_bytes()) && alive(pid)
+        })
+        .collect()
+}
+
+/// Polls `cond` every 10 ms until it holds or `bound` passes; returns whether it held.
+pub fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
