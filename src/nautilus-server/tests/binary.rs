@@ -251,8 +251,9 @@ async fn the_server_is_not_dumpable_even_to_tasks_of_its_own_uid() {
         .send()
         .await
         .expect("answered");
-    assert_eq!(resp.status(), 200);
+    let status = resp.status();
     let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(status, 200, "{body}");
     let seen: serde_json::Value = serde_json::from_str(
         body["response"]["data"]["stdout"]
             .as_str()

@@ -71,6 +71,11 @@ pub(crate) fn spawn(spec: SpawnSpec, policy: &Policy) -> Result<Boxed, TaskError
         .spawn()
         .map_err(|e| TaskError::internal("starting node", e))?;
     let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    if let (None, Some(pid)) = (spec.identity, pid) {
+        if let Err(e) = crate::sandbox::prefer_for_oom_kill_pid(pid) {
+            tracing::debug!(error = %e, "could not raise the task's OOM score");
+        }
+    }
     let kind = match (spec.identity, pid) {
         (Some(id), _) => BoxKind::Uid(id),
         (None, Some(pgid)) => BoxKind::Marker {

@@ -119,8 +119,12 @@ impl Policy {
             }
             // Before the identity switch, which makes /proc/self root-owned until
             // exec. Written as root, 1000 also becomes the floor the task cannot
-            // lower (oom_score_adj_min).
-            prefer_for_oom_kill()?;
+            // lower (oom_score_adj_min). Without root, a non-dumpable runner (the
+            // server) leaves /proc/self root-owned in this child too: the runner
+            // then sets the score from outside once node runs (`prefer_for_oom_kill_pid`).
+            if identity.is_some() {
+                prefer_for_oom_kill()?;
+            }
             if let Some(mounts) = &self.mounts {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 // Nothing mounted here may propagate back to the host.
@@ -223,6 +227,14 @@ unsafe fn prefer_for_oom_kill() -> io::Result<()> {
     };
     libc::close(fd);
     result
+}
+
+/// Makes a running task (same uid as the runner) the OOM killer's first
+/// choice from outside: the non-root counterpart of `prefer_for_oom_kill`.
+/// Raising the score needs no privilege; the task may lower it again, which
+/// only matters in the non-root mode that is documented as weaker.
+pub(crate) fn prefer_for_oom_kill_pid(pid: libc::pid_t) -> io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), b"1000")
 }
 
 /// Marks every descriptor from `first` up close-on-exec. `close_range` needs
