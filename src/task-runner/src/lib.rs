@@ -134,6 +134,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use config::RunnerConfig;
 pub use error::{ConfigError, ErrorKind, TaskError};
@@ -326,7 +327,8 @@ impl Runner {
     /// returned future is dropped, so nothing is left behind.
     pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.run(req).await })
+        // The caller's span (the server's request id) follows the run.
+        tokio::spawn(async move { inner.run(req).await }.instrument(tracing::Span::current()))
             .await
             .map_err(|e| TaskError::internal("task supervisor failed", e))?
     }
