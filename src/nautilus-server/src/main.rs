@@ -107,6 +107,11 @@ async fn main() -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState::new(config)?);
 
+    let bound = Bound::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    // Only once the address is ours: a second server that fails to bind must
+    // not replace the root of the one already serving.
     if let Some(path) = &args.dev_root_out {
         let pem = state
             .dev_root_pem()
@@ -115,9 +120,6 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("writing the dev root to {}", path.display()))?;
     }
 
-    let bound = Bound::bind(args.listen)
-        .await
-        .with_context(|| format!("could not listen on {}", args.listen))?;
     let local = bound.local_addr()?;
     announce(&state, &local, args.dev_root_out.as_deref());
 
