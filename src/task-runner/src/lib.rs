@@ -56,9 +56,10 @@
 //! uid's processes, so neither the runner nor other tasks' command lines
 //! (client input); and a tmpfs on `/dev/shm` of at most
 //! [`RunnerConfig::max_file_bytes`] that disappears with the task. On
-//! kernels before 5.8 procfs options are per pid namespace, so there the
-//! host's `/proc` is also switched to `hidepid=2` (root, the runner, still
-//! sees everything). Everything a task started is
+//! kernels before 5.8 procfs options are per pid namespace and mounting that
+//! `/proc` would switch the host's `/proc` to `hidepid=2` as well, so there
+//! tasks keep the shared `/proc` and the runner logs a warning (use a 5.10
+//! enclave kernel). Everything a task started is
 //! killed with `kill(-1, SIGKILL)` issued with the slot uid as *effective*
 //! uid, which the kernel applies to every process of that uid in one pass;
 //! that includes `setsid`/double-forked grandchildren. The helper process

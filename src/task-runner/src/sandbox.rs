@@ -181,20 +181,30 @@ impl Policy {
 
 /// The mounts of a task's namespace. A fresh procfs with `hidepid=2` lists
 /// only the processes of the task's own uid: not the runner, not other tasks
-/// (whose command lines carry client input). Per mount since Linux 5.8; on
-/// older kernels procfs options belong to the pid namespace, so the host's
-/// `/proc` then hides other uids' processes from unprivileged users as well.
+/// (whose command lines carry client input). Procfs options are per mount
+/// only since Linux 5.8; before that they belong to the pid namespace, and
+/// mounting one would silently switch the host's `/proc` to `hidepid=2` too.
+/// The runner does not change the host behind the operator's back, so on such
+/// kernels tasks keep the shared `/proc` (and a warning says so).
 /// A tmpfs over `/dev/shm` (when the host has one) keeps shared memory
 /// private, bounded, and gone with the task.
 fn private_mounts(shm_bytes: u64) -> Arc<[Mount]> {
     let sealed = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    let mut mounts = vec![Mount {
-        source: c"proc",
-        target: c"/proc",
-        fstype: c"proc",
-        flags: sealed,
-        data: c"hidepid=2".to_owned(),
-    }];
+    let mut mounts = Vec::new();
+    if kernel_at_least(5, 8) {
+        mounts.push(Mount {
+            source: c"proc",
+            target: c"/proc",
+            fstype: c"proc",
+            flags: sealed,
+            data: c"hidepid=2".to_owned(),
+        });
+    } else {
+        tracing::warn!(
+            "kernel older than 5.8: a private hidepid /proc would change the host's /proc, \
+             so tasks can see each other's processes and command lines"
+        );
+    }
     if std::path::Path::new("/dev/shm").is_dir() {
         // Digits and ASCII only: no NUL inside.
         if let Ok(data) = CString::new(format!("size={shm_bytes},mode=1777")) {
@@ -208,6 +218,20 @@ fn private_mounts(shm_bytes: u64) -> Arc<[Mount]> {
         }
     }
     mounts.into()
+}
+
+/// Whether the running kernel's version is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    parse_release(&release) >= Some((major, minor))
+}
+
+/// `"6.18.3-arch1"` → `(6, 18)`.
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Makes the calling process the OOM killer's first choice, so a task, not
@@ -551,6 +575,19 @@ fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(parse_release("6.18.3-arch1-1\n"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0"), Some((5, 10)));
+        assert_eq!(
+            parse_release("4.14.355-275.572.amzn2.x86_64"),
+            Some((4, 14))
+        );
+        assert_eq!(parse_release("garbage"), None);
+        assert!(parse_release("4.14.1") < Some((5, 8)));
+        assert!(parse_release("5.8.0") >= Some((5, 8)));
+    }
+
     use super::*;
 
     fn skip_unless_root(what: &str) -> bool {

@@ -400,6 +400,19 @@ async fn tasks_cannot_see_each_other_or_the_runner_in_proc() {
     if skip_unless_root("a private /proc needs a mount namespace") {
         return;
     }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version: Vec<u32> = release
+        .split(['.', '-'])
+        .take(2)
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    if version.as_slice() < [5, 8].as_slice() {
+        eprintln!(
+            "SKIPPED tasks_cannot_see_each_other_or_the_runner_in_proc: kernel {} predates per-mount procfs options (5.8)",
+            release.trim()
+        );
+        return;
+    }
     let mounts_before = mounts();
     let runner = Runner::new(RunnerConfig {
         max_concurrent: 2,
