@@ -15,7 +15,7 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
     if (stopping) return;
     stopping = true;
     console.error(`⚠️ Received ${sig}, stopping`);
-    process.exitCode = 130;
+    process.exitCode = sig === 'SIGINT' ? 130 : 143;
     // Let pending writes flush before leaving.
     setImmediate(() => process.exit());
   });
