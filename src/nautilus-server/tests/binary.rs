@@ -266,3 +266,57 @@ async fn the_server_is_not_dumpable_even_to_tasks_of_its_own_uid() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }
+
+/// `--dev-root-out` (what `make run` uses) writes the root that verifies the
+/// server's documents, and only that server's.
+#[tokio::test]
+async fn dev_root_out_writes_the_root_that_verifies_the_documents() {
+    use attestation_verify::{AttestationDocument, Policy, TrustedRoot};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root_file = dir.path().join("out/dev-root.pem");
+    let mut command = server();
+    command.arg("--dev-root-out").arg(&root_file);
+    let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks");
+    let (mut child, url) = start(command, tasks, 1);
+
+    let pem = std::fs::read_to_string(&root_file).expect("root written, parent created");
+    let root = TrustedRoot::from_pem(&pem).expect("a PEM certificate");
+    let body: serde_json::Value = reqwest::get(format!("{url}/get_attestation?nonce=01"))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    let doc = hex::decode(body["attestation"].as_str().expect("attestation")).expect("hex");
+    let verified = AttestationDocument::from_bytes(&doc)
+        .expect("AWS format")
+        .verify(
+            &root,
+            &Policy::default().allow_debug(true).expected_nonce(vec![1]),
+        )
+        .expect("verifies with the written root");
+    assert!(verified.module_id().starts_with("dev-"));
+
+    // A second server cannot bind the same address, and must leave the first
+    // one's root file alone.
+    let mut second = server();
+    second.arg("--dev-root-out").arg(&root_file);
+    let addr = url.trim_start_matches("http://");
+    let out = second
+        .args([
+            "--attestation",
+            "dev",
+            "--listen",
+            &format!("tcp://{addr}"),
+            "--tasks-dir",
+            tasks,
+        ])
+        .output()
+        .expect("second server ran");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not listen"));
+    assert_eq!(std::fs::read_to_string(&root_file).expect("root"), pem);
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
