@@ -105,7 +105,10 @@ const MAX_INPUT_FILE: u64 = 1024 * 1024;
 const MAX_STDIN_FILE: u64 = 1024 * 1024;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let failure = match cli.command {
         Command::Run(_) => 2,
         _ => 1,
@@ -126,6 +129,34 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(failure)
         }
+    }
+}
+
+/// `--help` and `--version` print as usual; any other argument error is one
+/// line on stderr with the failure code of the subcommand (2 for `run`, else 1),
+/// like every other failure.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.to_string();
+    let reason = rendered.lines().next().unwrap_or("invalid arguments");
+    let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+    eprintln!("error: {reason} (see --help)");
+    let run = std::env::args().nth(1).as_deref() == Some("run");
+    ExitCode::from(if run { 2 } else { 1 })
+}
+
+/// Prints one line of output. A reader that went away (`| head`) is not an
+/// error worth a panic: the result was produced, nobody wants the rest.
+fn print_line(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
@@ -153,7 +184,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                     policy.expected_nonce(hex::decode(nonce).context("--nonce is not valid hex")?);
             }
             let doc = nautilus_client::attestation::verify(&bytes, &a.trust.root()?, &policy)?;
-            println!("{}", serde_json::to_string(&doc.summary())?);
+            print_line(&serde_json::to_string(&doc.summary())?)?;
             Ok(0)
         }
         Command::Attest(a) => {
@@ -161,7 +192,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw())?;
             let out =
                 json!({ "attestation": client.attestation().summary(), "manifest": manifest });
-            println!("{out}");
+            print_line(&out.to_string())?;
             Ok(0)
         }
         Command::Run(a) => {
@@ -175,7 +206,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
                 spec = spec.stdin(String::from_utf8(bytes).context("--stdin-file is not UTF-8")?);
             }
             let result = client.run_task(&spec).await?;
-            println!("{}", serde_json::to_string(result.signed())?);
+            print_line(&serde_json::to_string(result.signed())?)?;
             Ok(if result.data().status == "success" {
                 0
             } else {

@@ -131,3 +131,51 @@ fn failures_exit_1_with_one_line_of_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn argument_errors_are_one_line_with_the_documented_exit_codes() {
+    for (args, code) in [
+        (vec!["verify-doc"], 1),
+        (vec!["verify-doc", "x.cbor", "--bogus"], 1),
+        (vec!["attest"], 1),
+        (vec!["run", "--url"], 2),
+        (
+            vec!["run", "--url", "http://127.0.0.1:1", "--timeout", "soon"],
+            2,
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_nautilus-client"))
+            .args(&args)
+            .output()
+            .expect("client ran");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_nautilus-client"))
+        .arg("--help")
+        .output()
+        .expect("client ran");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("verify-doc"));
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    use std::process::Stdio;
+    let path = data(NONDEBUG);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nautilus-client"))
+        .args(["verify-doc", path.to_str().expect("utf8"), "--at-doc-time"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client ran");
+    // Close the read end before the client writes its answer.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("client finished");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
