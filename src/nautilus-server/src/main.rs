@@ -1,5 +1,6 @@
 //! `nautilus-server`: flags → [`ServerConfig`], then serve until SIGTERM.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,17 +207,17 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
     );
     if let Listen::Tcp(addr) = local {
         let base = format!("http://{addr}");
-        eprintln!("\nnautilus-server is listening on {base}");
-        eprintln!("  curl {base}/health_check");
-        eprintln!(
-            "  curl -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'"
+        let mut help = format!(
+            "\nnautilus-server is listening on {base}\n  curl {base}/health_check\n  \
+             curl -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'\n"
         );
         if let Some(root) = dev_root {
-            eprintln!(
-                "  cargo run -q --bin nautilus-client -- run --url {base} --root {} --allow-debug -- 1 2 3",
+            help.push_str(&format!(
+                "  cargo run -q --bin nautilus-client -- run --url {base} --root {} --allow-debug -- 1 2 3\n",
                 root.display()
-            );
+            ));
         }
-        eprintln!();
+        // A daemon whose stderr is closed must still serve.
+        let _ = writeln!(std::io::stderr(), "{help}");
     }
 }
