@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LISTEN ?= tcp://127.0.0.1:3000
 
-.PHONY: run test lint unit
+.PHONY: run test lint unit bench
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run:
@@ -21,3 +21,7 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 	node --test src/result-signing/js/
+
+## bench: latency and throughput of a local dev server (not part of the tests)
+bench:
+	$(CARGO) run --release --example bench -- 200
