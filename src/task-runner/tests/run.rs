@@ -172,6 +172,14 @@ async fn grandchild_holding_stdout_does_not_delay_the_result() {
 }
 
 #[tokio::test]
+async fn invalid_utf8_output_becomes_replacement_characters() {
+    let result = run_ok(&runner(), "raw-bytes", &[]).await;
+    assert_eq!(result.status, "success", "{}", result.stderr);
+    assert_eq!(result.stdout, "a\u{FFFD}\u{FFFD}b");
+    assert!(!result.stdout_truncated);
+}
+
+#[tokio::test]
 async fn large_output_before_process_exit_arrives_whole() {
     let result = run_ok(&runner(), "big-exit", &[]).await;
     assert_eq!(result.status, "success");
@@ -369,22 +377,43 @@ async fn missing_task_and_missing_package_json() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
 
-#[tokio::test]
-async fn missing_node_fails_every_run_fast() {
+/// A runner built with `node` as its Node.js, which it must refuse: every run
+/// fails fast with the contract sentence.
+async fn assert_node_refused(node: &std::path::Path) {
     let runner = Runner::new(RunnerConfig {
-        node: Some("/nonexistent/bin/node".into()),
+        node: Some(node.into()),
         ..config()
     })
     .unwrap();
     assert_eq!(runner.node_version(), None);
-    let started = Instant::now();
-    let err = run(&runner, request("sleep", &["1"])).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(err.kind(), ErrorKind::NodeMissing);
-    assert_eq!(
-        err.to_string(),
-        "Failed to execute Node.js task: Failed to check Node.js installation. Is Node.js installed?"
-    );
+    for _ in 0..2 {
+        let started = Instant::now();
+        let err = run(&runner, request("sleep", &["1"])).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(err.kind(), ErrorKind::NodeMissing);
+        assert_eq!(
+            err.to_string(),
+            "Failed to execute Node.js task: Failed to check Node.js installation. Is Node.js installed?"
+        );
+    }
+}
+
+#[tokio::test]
+async fn missing_node_fails_every_run_fast() {
+    assert_node_refused("/nonexistent/bin/node".as_ref()).await;
+}
+
+#[tokio::test]
+async fn node_older_than_18_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node");
+    // Answers the version check like Node.js 16 and runs anything else, as
+    // old Node.js would.
+    let script = "#!/bin/sh\nif [ \"$1\" = --version ]; then echo v16.20.0; else echo ran; fi\n";
+    std::fs::write(&node, script).unwrap();
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_node_refused(&node).await;
 }
 
 #[tokio::test]
