@@ -1,7 +1,10 @@
 //! Runs Node.js tasks in a box and reports exactly what happened.
 //!
-//! A *task* is a directory directly or deeper under a tasks root that holds a
-//! `package.json` and its entry file (`main`, default `index.js`). A [`Runner`]
+//! A *task* is a directory under a tasks root that holds a `package.json` and
+//! its entry file (`main`, default `index.js`). [`Runner::run`] accepts a task
+//! at any depth (`group/task`), but [`Runner::list_tasks`] lists only the
+//! direct subdirectories of the root, and the server runs only listed tasks:
+//! to be served, a task must sit directly under the root. A [`Runner`]
 //! validates a [`TaskRequest`], waits for a free slot (at most
 //! [`RunnerConfig::max_concurrent`] at once, at most [`RunnerConfig::max_queue`]
 //! waiting, else [`TaskError::Busy`]), and runs `node <entry> <args…>` in a box,
