@@ -40,7 +40,9 @@
 //!   with `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
-//!   `*_truncated` set);
+//!   `*_truncated` set), decoded as UTF-8 with invalid bytes replaced by
+//!   U+FFFD; the text stays within the cap (a character the cap cuts in two
+//!   is dropped);
 //! - if the runner dies, its tasks' main processes die with it; a dropped
 //!   [`Runner`] empties its slots, and the CLI kills its task on SIGINT/SIGTERM;
 //! - on timeout sends SIGTERM to the task's process group from outside it,
@@ -545,6 +547,9 @@ impl Inner {
         drop(slot);
         let outcome = outcome?;
 
+        let cap = self.config.max_output_bytes;
+        let (stdout, stdout_truncated) = outcome.stdout.into_text(cap);
+        let (stderr, stderr_truncated) = outcome.stderr.into_text(cap);
         let result = TaskResult {
             task_id,
             task_path: req.task_path,
@@ -562,10 +567,10 @@ impl Inner {
             .to_owned(),
             exit_code: outcome.status.code(),
             signal: exec::signal_name(&outcome.status),
-            stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
-            stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
-            stdout_truncated: outcome.stdout.truncated,
-            stderr_truncated: outcome.stderr.truncated,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
             execution_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
         };
         match outcome.ending {

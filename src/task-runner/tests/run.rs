@@ -214,6 +214,19 @@ async fn output_is_capped_and_marked_truncated() {
     );
     assert!(result.stdout_truncated && result.stderr_truncated);
 
+    // The cap falls inside a character (100 000 is no multiple of the euro
+    // sign's 3 bytes): only whole characters are kept, within the cap.
+    let result = run_ok(&runner, "flood", &["300000", "\u{20ac}"]).await;
+    for (text, truncated) in [
+        (&result.stdout, result.stdout_truncated),
+        (&result.stderr, result.stderr_truncated),
+    ] {
+        assert!(text.len() <= 100_000, "{} bytes", text.len());
+        assert_eq!(text.len(), 99_999);
+        assert!(text.chars().all(|c| c == '\u{20ac}'));
+        assert!(truncated);
+    }
+
     // A task printing forever keeps its capped output when it times out.
     let err = run(
         &runner,
