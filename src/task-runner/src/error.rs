@@ -53,7 +53,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// The task does not exist (HTTP 404).
     NotFound,
-    /// The task exists but is not runnable (HTTP 422).
+    /// The task exists but is not runnable (HTTP 500: tasks are part of the
+    /// deployment, so this is the operator's fault, not the caller's).
     InvalidTask,
     /// The task exceeded its timeout (HTTP 504).
     Timeout,

@@ -102,6 +102,54 @@ pub(crate) struct Captured {
     pub truncated: bool,
 }
 
+impl Captured {
+    /// The bytes as text of at most `cap` bytes, and whether anything was
+    /// left out. Invalid UTF-8 becomes U+FFFD, as `String::from_utf8_lossy`
+    /// does, but a replacement costs three bytes of the cap, and a character
+    /// the cap cut in two is dropped rather than replaced: the text then
+    /// stays within `cap` and `truncated` is set.
+    pub fn into_text(self, cap: usize) -> (String, bool) {
+        let mut text = String::with_capacity(self.bytes.len().min(cap));
+        let mut truncated = self.truncated;
+        let mut chunks = self.bytes.utf8_chunks().peekable();
+        while let Some(chunk) = chunks.next() {
+            let valid = chunk.valid();
+            let fits = char_floor(valid, cap - text.len());
+            text.push_str(&valid[..fits]);
+            if fits < valid.len() {
+                truncated = true;
+                break;
+            }
+            let invalid = chunk.invalid();
+            if invalid.is_empty() {
+                continue;
+            }
+            // A valid but incomplete sequence at the very end (`error_len` None).
+            let unfinished = chunks.peek().is_none()
+                && std::str::from_utf8(invalid).is_err_and(|e| e.error_len().is_none());
+            if unfinished && self.truncated {
+                break;
+            }
+            if text.len() + char::REPLACEMENT_CHARACTER.len_utf8() > cap {
+                truncated = true;
+                break;
+            }
+            text.push(char::REPLACEMENT_CHARACTER);
+        }
+        (text, truncated)
+    }
+}
+
+/// The largest char boundary of `s` at or below `at` (`str::floor_char_boundary`
+/// is newer than the crate's minimum Rust).
+fn char_floor(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
 /// How a supervised run ended.
 #[derive(Debug)]
 pub(crate) struct Outcome {
@@ -254,4 +302,51 @@ pub(crate) fn signal_name(status: &ExitStatus) -> Option<String> {
         Ok(s) => s.as_str().to_owned(),
         Err(_) => format!("SIG{sig}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Captured;
+
+    fn text(bytes: &[u8], truncated: bool, cap: usize) -> (String, bool) {
+        let captured = Captured {
+            bytes: bytes.to_vec(),
+            truncated,
+        };
+        captured.into_text(cap)
+    }
+
+    #[test]
+    fn text_within_the_cap_decodes_like_from_utf8_lossy() {
+        for bytes in [
+            &b"plain"[..],
+            b"a\xff\xfeb",
+            "h\u{e9}\u{20ac}".as_bytes(),
+            b"end\xe2\x82",
+        ] {
+            let lossy = String::from_utf8_lossy(bytes).into_owned();
+            assert_eq!(text(bytes, false, 64), (lossy, false), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn a_character_cut_by_the_cap_is_dropped() {
+        // Two 3-byte and two 4-byte characters, cut by the reader's cap one
+        // byte short of the end. A U+FFFD would still fit in the second case.
+        for c in ['\u{20ac}', '\u{1f680}'] {
+            let whole = String::from_iter([c, c]);
+            let cap = whole.len() - 1;
+            let bytes = &whole.as_bytes()[..cap];
+            assert_eq!(text(bytes, true, cap), (c.to_string(), true), "{c}");
+        }
+    }
+
+    #[test]
+    fn replacements_count_against_the_cap() {
+        let (out, truncated) = text(&[0xff; 10], false, 10);
+        assert_eq!(out, "\u{fffd}".repeat(3));
+        assert!(truncated);
+        let (out, truncated) = text("ab\u{e9}".as_bytes(), false, 3);
+        assert_eq!((out.as_str(), truncated), ("ab", true));
+    }
 }

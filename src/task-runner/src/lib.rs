@@ -1,7 +1,10 @@
 //! Runs Node.js tasks in a box and reports exactly what happened.
 //!
-//! A *task* is a directory directly or deeper under a tasks root that holds a
-//! `package.json` and its entry file (`main`, default `index.js`). A [`Runner`]
+//! A *task* is a directory under a tasks root that holds a `package.json` and
+//! its entry file (`main`, default `index.js`). [`Runner::run`] accepts a task
+//! at any depth (`group/task`), but [`Runner::list_tasks`] lists only the
+//! direct subdirectories of the root, and the server runs only listed tasks:
+//! to be served, a task must sit directly under the root. A [`Runner`]
 //! validates a [`TaskRequest`], waits for a free slot (at most
 //! [`RunnerConfig::max_concurrent`] at once, at most [`RunnerConfig::max_queue`]
 //! waiting, else [`TaskError::Busy`]), and runs `node <entry> <args…>` in a box,
@@ -37,7 +40,9 @@
 //!   with `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
-//!   `*_truncated` set);
+//!   `*_truncated` set), decoded as UTF-8 with invalid bytes replaced by
+//!   U+FFFD; the text stays within the cap (a character the cap cuts in two
+//!   is dropped);
 //! - if the runner dies, its tasks' main processes die with it; a dropped
 //!   [`Runner`] empties its slots, and the CLI kills its task on SIGINT/SIGTERM;
 //! - on timeout sends SIGTERM to the task's process group from outside it,
@@ -542,6 +547,9 @@ impl Inner {
         drop(slot);
         let outcome = outcome?;
 
+        let cap = self.config.max_output_bytes;
+        let (stdout, stdout_truncated) = outcome.stdout.into_text(cap);
+        let (stderr, stderr_truncated) = outcome.stderr.into_text(cap);
         let result = TaskResult {
             task_id,
             task_path: req.task_path,
@@ -559,10 +567,10 @@ impl Inner {
             .to_owned(),
             exit_code: outcome.status.code(),
             signal: exec::signal_name(&outcome.status),
-            stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
-            stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
-            stdout_truncated: outcome.stdout.truncated,
-            stderr_truncated: outcome.stderr.truncated,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
             execution_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
         };
         match outcome.ending {

@@ -1,12 +1,14 @@
 //! `task-runner`: run one Node.js task and print its result as JSON.
 //!
 //! Exit status: 0 the task succeeded, 1 it ran and failed, 2 it could not be
-//! run or timed out (then stdout holds `{"error": "..."}` and stderr the same sentence).
+//! run, timed out, or the command line was wrong (then stdout holds
+//! `{"error": "..."}` and stderr the same sentence). `--help` and `--version`
+//! print as usual and exit 0. A closed stdout does not change the status.
 //! SIGINT or SIGTERM kills the task (and everything it started) first, then
 //! exits 2 the same way.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,10 +46,29 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version: what the user asked for, on stdout.
+        Err(err) if !err.use_stderr() => {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => return fail(&usage_error(&err)),
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(err) => fail(&format!("{err:#}")),
     }
+}
+
+/// The one-line reason of a command-line error, e.g. `unexpected argument
+/// '--bogus' found; see --help` (clap's own text adds a tip and the usage on
+/// further lines).
+fn usage_error(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let reason = first.strip_prefix("error: ").unwrap_or(first).trim();
+    format!("{reason}; see --help")
 }
 
 #[tokio::main]
@@ -82,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match outcome {
         Ok(result) => {
-            println!("{}", serde_json::to_string(&result)?);
+            print_line(&serde_json::to_string(&result)?).context("writing the result")?;
             Ok(if result.status == "success" {
                 ExitCode::SUCCESS
             } else {
@@ -124,8 +145,21 @@ fn terminated() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Reports that the task could not be run: exit status 2, `{"error": ...}` on
+/// stdout, the sentence on stderr.
 fn fail(message: &str) -> ExitCode {
-    println!("{}", serde_json::json!({ "error": message }));
-    eprintln!("{message}");
+    // Nothing is left to report a failure of these writes to.
+    let _ = print_line(&serde_json::json!({ "error": message }).to_string());
+    let _ = writeln!(std::io::stderr(), "{message}");
     ExitCode::from(2)
+}
+
+/// Writes `line` to stdout. A reader that went away (`task-runner ... | head
+/// -c 10`) is no error: the exit status still tells the outcome.
+fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }

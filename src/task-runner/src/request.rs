@@ -173,9 +173,11 @@ pub struct TaskResult {
     pub exit_code: Option<i32>,
     /// Signal name such as `"SIGKILL"` when killed by one.
     pub signal: Option<String>,
-    /// Captured stdout, invalid UTF-8 replaced.
+    /// Captured stdout, invalid UTF-8 replaced, at most
+    /// [`RunnerConfig::max_output_bytes`](crate::RunnerConfig::max_output_bytes) bytes.
     pub stdout: String,
-    /// Captured stderr, invalid UTF-8 replaced.
+    /// Captured stderr, invalid UTF-8 replaced, at most
+    /// [`RunnerConfig::max_output_bytes`](crate::RunnerConfig::max_output_bytes) bytes.
     pub stderr: String,
     /// Stdout passed the cap and was cut.
     pub stdout_truncated: bool,

@@ -271,3 +271,71 @@ fn oversized_stdin_file_is_refused_with_the_limit() {
     );
     assert_error(code, &v, &err, &sentence);
 }
+
+#[test]
+fn bad_command_lines_get_the_error_contract() {
+    let (code, v, err) = output(&mut cli(&["--bogus"]));
+    assert_error(
+        code,
+        &v,
+        &err,
+        "unexpected argument '--bogus' found; see --help",
+    );
+    let (code, v, err) = output(&mut cli(&["--timeout", "soon"]));
+    assert_error(
+        code,
+        &v,
+        &err,
+        "invalid value 'soon' for '--timeout <TIMEOUT>': invalid digit found in string; see --help",
+    );
+}
+
+#[test]
+fn help_and_version_print_and_exit_0() {
+    for (flag, expected) in [
+        ("--help", "Usage: task-runner"),
+        ("--version", "task-runner "),
+    ] {
+        let out = cli(&[flag]).output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}: {stdout}");
+        assert!(stdout.contains(expected), "{flag}: {stdout}");
+    }
+}
+
+/// Runs the CLI with a stdout pipe whose read end is already closed, as
+/// `task-runner ... | head -c 10` leaves it; returns the exit status and stderr.
+fn with_closed_stdout(cmd: &mut Command) -> (i32, String) {
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    drop(read_end);
+    let out = cmd
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn closed_stdout_keeps_the_exit_status_without_a_panic() {
+    let cases: [(&[&str], i32); 4] = [
+        (&["--task", "nodejs-task", "--", "1"], 0),
+        (&["--task", "nodejs-task", "--", "nope"], 1),
+        (&["--task", "missing-task"], 2),
+        (&["--bogus"], 2),
+    ];
+    for (args, expected) in cases {
+        let (code, stderr) = with_closed_stdout(&mut cli(args));
+        assert_eq!(code, expected, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if expected == 2 {
+            assert!(
+                !stderr.is_empty(),
+                "{args:?}: the reason goes to stderr too"
+            );
+        }
+    }
+}

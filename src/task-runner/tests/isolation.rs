@@ -71,6 +71,57 @@ async fn environment_is_built_from_nothing() {
     );
 }
 
+#[tokio::test]
+async fn resource_limits_and_no_new_privs_apply_to_the_task() {
+    const MIB: u64 = 1 << 20;
+    // Values unlike both the defaults and any host's, so only the runner can have set them.
+    let config = RunnerConfig {
+        memory_limit_bytes: 384 * MIB,
+        max_file_bytes: 24 * MIB,
+        max_open_files: 333,
+        max_processes: 77,
+        ..config()
+    };
+    let runner = Runner::new(config.clone()).unwrap();
+    let seen = json(&run_ok(&runner, "introspect", &[]).await.stdout);
+    let limits = &seen["limits"];
+    let both = |value: u64| serde_json::json!([value.to_string(), value.to_string()]);
+    assert_eq!(limits["Max core file size"], both(0), "{limits}");
+    assert_eq!(
+        limits["Max data size"],
+        both(config.memory_limit_bytes),
+        "{limits}"
+    );
+    assert_eq!(
+        limits["Max file size"],
+        both(config.max_file_bytes),
+        "{limits}"
+    );
+    assert_eq!(
+        limits["Max open files"],
+        both(config.max_open_files),
+        "{limits}"
+    );
+    if runner.is_privileged() {
+        assert_eq!(
+            limits["Max processes"],
+            both(config.max_processes),
+            "{limits}"
+        );
+    } else {
+        eprintln!("SKIPPED (needs root): RLIMIT_NPROC is only set for slot uids");
+    }
+    assert_eq!(seen["no_new_privs"], "1", "{seen}");
+    // The V8 heap cap is 3/4 of the memory limit, in MiB: 384 MiB -> 288.
+    let heap_flags: Vec<&str> = seen["exec_argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_prefix("--max-old-space-size="))
+        .collect();
+    assert_eq!(heap_flags, ["288"], "{seen}");
+}
+
 fn has_cap_sys_resource() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let caps = status

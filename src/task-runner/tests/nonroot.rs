@@ -76,6 +76,8 @@ fn unprivileged_runner_still_cleans_up_grandchildren() {
     let result = run_as_nobody(dir.path(), "detach");
     let pids: Vec<i64> =
         serde_json::from_value(json(result["stdout"].as_str().unwrap())["pids"].clone()).unwrap();
+    // Dead is all an unprivileged runner can promise: it is no subreaper, so
+    // reaping the orphans falls to init.
     for pid in pids {
         assert!(!alive(pid), "grandchild {pid} survived the task");
     }

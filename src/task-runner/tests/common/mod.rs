@@ -80,6 +80,11 @@ pub fn alive(pid: i64) -> bool {
     }
 }
 
+/// Whether `pid` exists at all, zombie or not.
+pub fn has_proc_entry(pid: i64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Prints why a root-only check is skipped; returns whether to skip.
 pub fn skip_unless_root(what: &str) -> bool {
     if is_root() {
