@@ -382,10 +382,18 @@ impl BoxKind {
                     let mut left = Vec::new();
                     for p in processes().filter(|p| p.uid == id.uid && Some(p.pid) != main) {
                         match (p.zombie, p.ppid == me) {
-                            // SAFETY: waitpid on a zombie child that no one else waits for.
-                            (true, true) => unsafe {
-                                libc::waitpid(p.pid, std::ptr::null_mut(), libc::WNOHANG);
-                            },
+                            (true, true) => {
+                                // SAFETY: waitpid on a zombie child that no one else waits for.
+                                let reaped = unsafe {
+                                    libc::waitpid(p.pid, std::ptr::null_mut(), libc::WNOHANG)
+                                };
+                                // 0: a thread-group leader shows as a zombie while
+                                // its other threads are still exiting, and cannot be
+                                // reaped yet. Try again next round.
+                                if reaped == 0 {
+                                    left.push(p.pid);
+                                }
+                            }
                             // Its parent is being killed too; the zombie is then
                             // reparented to this subreaper and reaped next round.
                             (true, false) | (false, _) => left.push(p.pid),

@@ -156,7 +156,12 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
         // The runner is their subreaper: by the time the result is out it has
         // reaped them, so not even a zombie is left.
         for pid in pids {
-            assert!(!has_proc_entry(pid), "grandchild {pid} left a /proc entry");
+            assert!(
+                !has_proc_entry(pid),
+                "grandchild {pid} left a /proc entry (test process {}): {}",
+                std::process::id(),
+                std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+            );
         }
     } else {
         // Orphans go to init, whose reaping is not the runner's to prove.
