@@ -19,6 +19,15 @@ fn verify_doc(args: &[&str]) -> Output {
         .expect("client ran")
 }
 
+fn assert_succeeded(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 const NONDEBUG: &str = "anchorage_turnkey_prod_2025-05-05.cbor";
 const DEBUG: &str = "sui_2024-11-14_debug.cbor";
 
@@ -34,12 +43,7 @@ fn expected(name: &str) -> Value {
 fn verifies_a_real_document_at_its_own_time_and_prints_its_fields() {
     let path = data(NONDEBUG);
     let out = verify_doc(&[path.to_str().expect("utf8"), "--at-doc-time"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let e = expected(NONDEBUG);
     assert_eq!(v["module_id"], e["module_id"]);
@@ -66,12 +70,7 @@ fn verifies_a_real_document_at_its_own_time_and_prints_its_fields() {
         "--hex",
         "--at-doc-time",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 #[test]
@@ -124,12 +123,7 @@ fn failures_exit_1_with_one_line_of_reason() {
         "--at-doc-time",
         "--allow-debug",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 #[test]
