@@ -54,10 +54,7 @@ async fn signed_results_verify_against_the_freshly_attested_key() {
     let key = decode_public_key(pk).expect("P-256 point");
 
     let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "echo", "args": ["x"], "nonce": "abcd"}}),
-        )
+        .process(json!({"task_path": "echo", "args": ["x"], "nonce": "abcd"}))
         .await;
     assert_eq!(resp.status(), 200);
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");

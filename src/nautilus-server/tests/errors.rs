@@ -51,9 +51,7 @@ async fn malformed_requests_are_400_json() {
         (json!({"task_path": "echo", "timeout_secs": 100000}), ""),
         (json!({"task_path": "echo", "args": ["a\u{0}b"]}), ""),
     ] {
-        let resp = s
-            .post_json("/process_data", &json!({ "payload": payload }))
-            .await;
+        let resp = s.process(json!(payload)).await;
         let e = expect_error(resp, 400).await;
         assert!(
             e["error"].as_str().unwrap_or_default().contains(needle),
@@ -129,12 +127,7 @@ async fn transport_level_rejections_are_json_too() {
 #[tokio::test]
 async fn unknown_task_is_404_with_the_contract_sentences() {
     let s = TestServer::start(config()).await;
-    let e = expect_error(
-        s.post_json("/process_data", &json!({"payload": {"task_path": "nope"}}))
-            .await,
-        404,
-    )
-    .await;
+    let e = expect_error(s.process(json!({"task_path": "nope"})).await, 404).await;
     assert_eq!(
         e["error"],
         "Failed to execute Node.js task: Task directory does not exist: nope"
@@ -146,12 +139,7 @@ async fn unknown_task_is_404_with_the_contract_sentences() {
     let mut c = config();
     c.runner.tasks_dir = dir.path().to_path_buf();
     let s2 = TestServer::start(c).await;
-    let e = expect_error(
-        s2.post_json("/process_data", &json!({"payload": {"task_path": "empty"}}))
-            .await,
-        404,
-    )
-    .await;
+    let e = expect_error(s2.process(json!({"task_path": "empty"})).await, 404).await;
     assert_eq!(
         e["error"],
         "Failed to execute Node.js task: package.json not found in task directory"
@@ -179,16 +167,11 @@ async fn tasks_outside_the_manifest_are_refused() {
     let mut c = config();
     c.runner.tasks_dir = dir.path().to_path_buf();
     let s = TestServer::start(c).await;
-    let ok = s
-        .post_json("/process_data", &json!({"payload": {"task_path": "good"}}))
-        .await;
+    let ok = s.process(json!({"task_path": "good"})).await;
     assert_eq!(ok.status(), 200);
     let e = expect_error(
-        s.post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "good/node_modules/dep"}}),
-        )
-        .await,
+        s.process(json!({"task_path": "good/node_modules/dep"}))
+            .await,
         404,
     )
     .await;
@@ -203,10 +186,7 @@ async fn tasks_outside_the_manifest_are_refused() {
 async fn timeout_is_504_with_task_id_and_partial_output() {
     let s = TestServer::start(config()).await;
     let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "spin", "timeout_secs": 1}}),
-        )
+        .process(json!({"task_path": "spin", "timeout_secs": 1}))
         .await;
     let e = expect_error(resp, 504).await;
     assert_eq!(
@@ -236,9 +216,7 @@ async fn missing_node_is_503_with_retry_after() {
     assert_eq!(health["status"], "degraded");
     assert!(health["node_version"].is_null());
 
-    let resp = s
-        .post_json("/process_data", &json!({"payload": {"task_path": "echo"}}))
-        .await;
+    let resp = s.process(json!({"task_path": "echo"})).await;
     assert_eq!(
         resp.headers()
             .get("retry-after")

@@ -64,9 +64,8 @@ async fn args_stdin_and_nonce_are_signed_and_echoed() {
     let s = TestServer::start(config()).await;
     let key = server_key(&s).await;
     let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "echo", "args": ["a b", "c"], "stdin": "hello", "nonce": "00FFaa"}}),
+        .process(
+            json!({"task_path": "echo", "args": ["a b", "c"], "stdin": "hello", "nonce": "00FFaa"}),
         )
         .await;
     assert_eq!(resp.status(), 200);
@@ -89,12 +88,7 @@ async fn args_stdin_and_nonce_are_signed_and_echoed() {
 
     // The longest task nonce, 64 bytes, is accepted and echoed.
     let long = "ab".repeat(64);
-    let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "echo", "nonce": long}}),
-        )
-        .await;
+    let resp = s.process(json!({"task_path": "echo", "nonce": long})).await;
     assert_eq!(resp.status(), 200);
     let echoed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
     assert_eq!(echoed.response.data.nonce.as_deref(), Some(long.as_str()));
@@ -111,12 +105,7 @@ async fn failing_task_is_a_signed_failure_not_an_http_error() {
     let mut c = config();
     c.runner.tasks_dir = repo_root();
     let s = TestServer::start(c).await;
-    let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"args": ["not-a-number"]}}),
-        )
-        .await;
+    let resp = s.process(json!({"args": ["not-a-number"]})).await;
     assert_eq!(resp.status(), 200);
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
     signed
@@ -138,10 +127,7 @@ async fn a_task_cannot_reach_into_the_server_process() {
     let s = TestServer::start(config()).await;
     let pid = std::process::id().to_string();
     let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "probe", "args": [pid]}}),
-        )
+        .process(json!({"task_path": "probe", "args": [pid]}))
         .await;
     assert_eq!(resp.status(), 200);
     let signed: SignedResponse<TaskResult> = resp.json().await.expect("signed");
@@ -271,10 +257,7 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
 async fn the_js_verifier_accepts_live_responses() {
     let s = TestServer::start(config()).await;
     let resp = s
-        .post_json(
-            "/process_data",
-            &json!({"payload": {"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b"}}),
-        )
+        .process(json!({"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b"}))
         .await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.expect("body");

@@ -82,6 +82,12 @@ impl TestServer {
         self.get(path).await.bytes().await.expect("body")
     }
 
+    /// `POST /process_data` with `{"payload": payload}`.
+    pub async fn process(&self, payload: serde_json::Value) -> reqwest::Response {
+        self.post_json("/process_data", &serde_json::json!({ "payload": payload }))
+            .await
+    }
+
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.http
             .post(self.url(path))
