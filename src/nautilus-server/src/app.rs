@@ -40,7 +40,7 @@ pub struct TaskRequest {
 }
 
 /// The task `{"payload": {}}` runs: the example from the product description.
-pub const DEFAULT_TASK_PATH: &str = "nodejs-task";
+pub use task_runner::DEFAULT_TASK_PATH;
 
 /// Runs the task and returns its result signed with the attested key.
 pub async fn process_data(

@@ -23,7 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 #[command(version)]
 struct Cli {
     /// Task directory, relative to --tasks-dir.
-    #[arg(long, default_value = "nodejs-task")]
+    #[arg(long, default_value = task_runner::DEFAULT_TASK_PATH)]
     task: String,
     /// Directory holding the tasks.
     #[arg(long, default_value = ".")]

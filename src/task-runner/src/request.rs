@@ -33,8 +33,11 @@ pub struct TaskRequest {
     pub stdin: Option<String>,
 }
 
+/// The task run when a request names none: the repository's example.
+pub const DEFAULT_TASK_PATH: &str = "nodejs-task";
+
 fn default_task_path() -> String {
-    "nodejs-task".to_owned()
+    DEFAULT_TASK_PATH.to_owned()
 }
 
 impl Default for TaskRequest {
