@@ -1,7 +1,6 @@
 //! `POST /process_data`: run one task and sign what happened.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::Json;
@@ -10,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{parse_hex_nonce, ProcessDataRequest, ProcessedDataResponse};
 use crate::error::EnclaveError;
-use crate::state::AppState;
+use crate::state::{now_ms, AppState};
 
 /// Longest `nonce` a client may attach to a task, in bytes (hex digits / 2).
 pub const MAX_TASK_NONCE_BYTES: usize = 64;
@@ -107,12 +106,4 @@ fn signed_data(r: task_runner::TaskResult, nonce: Option<String>) -> TaskResult 
         stderr_truncated: r.stderr_truncated,
         execution_time_ms: r.execution_time_ms,
     }
-}
-
-fn now_ms() -> u64 {
-    // A clock before 1970 is a broken host; signing 0 is then honest enough.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

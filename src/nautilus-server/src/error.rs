@@ -29,6 +29,9 @@ pub enum EnclaveError {
     /// Too many attestation requests at once.
     #[error("attestation is busy, retry shortly")]
     AttestationBusy,
+    /// The attestation call did not finish within its deadline (a stalled NSM).
+    #[error("the attestation call did not finish within {} s (the NSM is stalled or overloaded); retry later", .0.as_secs_f64())]
+    AttestationTimeout(std::time::Duration),
     /// The NSM (or dev attester) failed to produce a document.
     #[error("attestation failed: {0}")]
     Attestation(#[from] attestation_dev::AttestError),
@@ -46,7 +49,9 @@ impl EnclaveError {
         match self {
             EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EnclaveError::NotInManifest(_) => StatusCode::NOT_FOUND,
-            EnclaveError::AttestationBusy => StatusCode::SERVICE_UNAVAILABLE,
+            EnclaveError::AttestationBusy | EnclaveError::AttestationTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EnclaveError::Task(e) => match e.kind() {
                 ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -88,10 +93,17 @@ impl IntoResponse for EnclaveError {
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+            // A stalled NSM is not cleared in a second: come back after
+            // about as long as a call may take.
+            let retry_after = match &self {
+                EnclaveError::AttestationTimeout(deadline) => {
+                    HeaderValue::from(deadline.as_secs().max(1))
+                }
+                _ => HeaderValue::from_static(RETRY_AFTER_SECS),
+            };
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
         response
     }

@@ -41,6 +41,8 @@ pub struct Metrics {
     running: Gauge,
     queued: Gauge,
     shed: Counter,
+    pub(crate) attestation_timeouts: Counter,
+    pub(crate) clock_skew: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -71,8 +73,22 @@ impl Default for Metrics {
             "Tasks refused because the queue was full",
             shed.clone(),
         );
+        let attestation_timeouts = Counter::default();
+        registry.register(
+            "attestation_timeouts",
+            "Attestation calls that exceeded their deadline (answered 503)",
+            attestation_timeouts.clone(),
+        );
+        let clock_skew = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "clock_skew_seconds",
+            "Server clock minus the timestamp of the latest fresh attestation document",
+            clock_skew.clone(),
+        );
         Self {
             registry,
+            attestation_timeouts,
+            clock_skew,
             requests,
             tasks,
             task_duration,
