@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
 use result_signing::{IntentMessage, TaskResult, INTENT_TASK_RESULT};
@@ -44,8 +45,9 @@ pub use task_runner::DEFAULT_TASK_PATH;
 /// Runs the task and returns its result signed with the attested key.
 pub async fn process_data(
     State(state): State<Arc<AppState>>,
-    Json(request): Json<ProcessDataRequest<TaskRequest>>,
+    request: Result<Json<ProcessDataRequest<TaskRequest>>, JsonRejection>,
 ) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
+    let Json(request) = request?;
     let TaskRequest {
         task_path,
         timeout_secs,
@@ -59,7 +61,9 @@ pub async fn process_data(
         .transpose()?;
 
     let task_path = task_path.as_deref().unwrap_or(DEFAULT_TASK_PATH);
-    let task_path = state.runner().resolve_task(task_path)?;
+    // Only the manifest decides, not what is on disk: every task that is not
+    // listed gets the same answer, which tells nothing of the server's files.
+    let task_path = task_runner::normalize_task_path(task_path)?;
     if state.manifest().task(&task_path).is_none() {
         return Err(EnclaveError::NotInManifest(task_path));
     }

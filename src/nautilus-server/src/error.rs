@@ -4,6 +4,7 @@
 //! sentence. Task-runner sentences are passed through unchanged: they are part
 //! of the product's contract.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,12 +20,18 @@ pub enum EnclaveError {
     /// The request is malformed or outside a limit.
     #[error("{0}")]
     BadRequest(String),
+    /// The body is not the JSON asked for (or has the wrong content type).
+    #[error("{}", json_rejection_text(.0))]
+    Json(#[from] JsonRejection),
     /// The task runner refused or could not finish the task.
     #[error(transparent)]
     Task(#[from] TaskError),
-    /// A task directory exists but is not listed in the attested manifest
-    /// (e.g. a package under `node_modules`).
-    #[error("Failed to execute Node.js task: {0} is not a task of this server (see /manifest)")]
+    /// The task is not listed in the attested manifest, whatever is on disk
+    /// under that name. The product's wording starts the sentence.
+    #[error(
+        "Failed to execute Node.js task: Task directory does not exist: {0} (it is not a task \
+         of this server: GET /manifest lists the tasks it runs)"
+    )]
     NotInManifest(String),
     /// Too many attestation requests at once.
     #[error("attestation is busy, retry shortly")]
@@ -48,6 +55,11 @@ impl EnclaveError {
     pub fn status(&self) -> StatusCode {
         match self {
             EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            // Unparseable and ill-shaped bodies alike are the caller's: 400, not 422.
+            EnclaveError::Json(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+                StatusCode::BAD_REQUEST
+            }
+            EnclaveError::Json(r) => r.status(),
             EnclaveError::NotInManifest(_) => StatusCode::NOT_FOUND,
             EnclaveError::AttestationBusy | EnclaveError::AttestationTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -68,6 +80,26 @@ impl EnclaveError {
             }
         }
     }
+}
+
+/// axum's text, except for bodies that are not JSON at all: a path into a
+/// document that could not be read (`payload.?: EOF while parsing…`) means
+/// nothing to the caller, so those say what is wrong with the JSON itself.
+fn json_rejection_text(rejection: &JsonRejection) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            let json = e.inner();
+            if json.is_eof() {
+                return format!("request body is incomplete JSON: {json}");
+            }
+            if json.is_syntax() {
+                return format!("request body is not valid JSON: {json}");
+            }
+        }
+        source = e.source();
+    }
+    rejection.body_text()
 }
 
 impl IntoResponse for EnclaveError {
