@@ -1,4 +1,5 @@
-//! `GET /metrics`: Prometheus text exposition.
+//! `GET /metrics`: OpenMetrics text 1.0.0 (`application/openmetrics-text`),
+//! which Prometheus (2.5 and later) asks for first and scrapes as it is.
 //!
 //! Endpoint labels come from the matched route, never the raw path, so a
 //! scanner probing random URLs cannot grow the label set without bound.

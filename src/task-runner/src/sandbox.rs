@@ -603,7 +603,7 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             return false;
         }
-        eprintln!("SKIPPED (needs root): {what}");
+        skip_report::skipped(what, "needs root");
         true
     }
 
