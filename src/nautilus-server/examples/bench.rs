@@ -1,11 +1,12 @@
 //! Latency and throughput of a local dev-mode server, end to end over HTTP.
 //!
 //! ```text
-//! make bench            # = cargo run --release --example bench -- 200 8
+//! make bench            # = cargo run --release --example bench -- 200
+//! cargo run --release --example bench -- 500 4   # 500 requests, 4 at a time
 //! ```
 //!
 //! Arguments: number of `/process_data` requests (default 200) and how many
-//! run at once (default: the number of CPUs). Prints percentiles for
+//! run at once (default: the number of CPUs, which is what `make bench` uses). Prints percentiles for
 //! `/get_attestation` and `/process_data` (nodejs-task). Timings live here,
 //! never in pass/fail tests.
 

@@ -42,12 +42,20 @@ pub struct TaskRequest {
 /// The task `{"payload": {}}` runs: the example from the product description.
 pub use task_runner::DEFAULT_TASK_PATH;
 
+/// The route: [`process_data`], with a body that is not the JSON asked for
+/// answered as an [`EnclaveError`] (see [`EnclaveError::Json`]).
+pub async fn process_data_route(
+    state: State<Arc<AppState>>,
+    request: Result<Json<ProcessDataRequest<TaskRequest>>, JsonRejection>,
+) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
+    process_data(state, request?).await
+}
+
 /// Runs the task and returns its result signed with the attested key.
 pub async fn process_data(
     State(state): State<Arc<AppState>>,
-    request: Result<Json<ProcessDataRequest<TaskRequest>>, JsonRejection>,
+    Json(request): Json<ProcessDataRequest<TaskRequest>>,
 ) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
-    let Json(request) = request?;
     let TaskRequest {
         task_path,
         timeout_secs,

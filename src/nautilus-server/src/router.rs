@@ -39,7 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health_check", get(common::health_check))
         .route("/get_attestation", get(common::get_attestation))
         .route("/manifest", get(common::manifest))
-        .route("/process_data", post(app::process_data))
+        .route("/process_data", post(app::process_data_route))
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
