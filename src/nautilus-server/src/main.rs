@@ -274,3 +274,37 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
         let _ = writeln!(std::io::stderr(), "{help}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(args: &[&str]) -> Listen {
+        let args = Args::try_parse_from([&["nautilus-server"], args].concat()).expect("parses");
+        args.listen()
+    }
+
+    #[test]
+    fn the_default_listen_address_follows_the_attestation_mode() {
+        if std::env::var_os("NAUTILUS_LISTEN").is_some() {
+            skip_report::skipped(
+                "the_default_listen_address_follows_the_attestation_mode",
+                "NAUTILUS_LISTEN is set",
+            );
+            return;
+        }
+        assert_eq!(listen(&[]), Listen::Vsock { port: 3000 });
+        assert_eq!(
+            listen(&["--attestation", "nsm"]),
+            Listen::Vsock { port: 3000 }
+        );
+        assert_eq!(
+            listen(&["--attestation", "dev"]),
+            "tcp://127.0.0.1:3000".parse().expect("address")
+        );
+        assert_eq!(
+            listen(&["--attestation", "nsm", "--listen", "tcp://127.0.0.1:8080"]),
+            "tcp://127.0.0.1:8080".parse().expect("address")
+        );
+    }
+}

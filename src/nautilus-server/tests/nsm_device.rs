@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// (more shell), then execs the server with `args`, so the server keeps the
 /// child's pid.
 fn server_in_private_dev(extra: &str, args: &[&str]) -> Command {
+    server_in_private_dev_listening(extra, Some("tcp://127.0.0.1:0"), args)
+}
+
+fn server_in_private_dev_listening(extra: &str, listen: Option<&str>, args: &[&str]) -> Command {
     let script = format!(
         "set -e
          mount -t tmpfs -o mode=0755 nautilus-test-dev /dev
@@ -30,7 +34,8 @@ fn server_in_private_dev(extra: &str, args: &[&str]) -> Command {
     let mut c = Command::new("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .arg(env!("CARGO_BIN_EXE_nautilus-server"))
-        .args(["--attestation", "nsm", "--listen", "tcp://127.0.0.1:0"])
+        .args(["--attestation", "nsm"])
+        .args(listen.iter().flat_map(|l| ["--listen", l]))
         .args([
             "--tasks-dir",
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks"),
@@ -162,5 +167,20 @@ fn a_dev_nsm_that_cannot_be_made_root_only_is_refused_with_what_to_do() {
         log.lines().filter(|l| l.contains("ERROR")).count(),
         1,
         "one error line: {log}"
+    );
+}
+
+/// In `nsm` mode the default address is vsock port 3000: the server listens
+/// there (or says it could not, on a host without vsock).
+#[test]
+fn nsm_mode_without_listen_uses_vsock_port_3000() {
+    if skip_report::needs_root("nsm_mode_without_listen_uses_vsock_port_3000") {
+        return;
+    }
+    let server = Server::spawn(server_in_private_dev_listening("", None, &[]));
+    let line = server.wait_for("vsock://3000");
+    assert!(
+        line.contains("nautilus-server ready") || line.contains("could not listen on vsock://3000"),
+        "{line}"
     );
 }
