@@ -16,11 +16,15 @@ pub const SKIPPED_TESTS_ENV: &str = "NAUTILUS_SKIPPED_TESTS";
 /// Reports that `test` did not run, and why, e.g.
 /// `skipped("a_task_cannot_see_dev_nsm", "needs root")`.
 pub fn skipped(test: &str, reason: &str) {
+    report(test, reason, std::env::var_os(SKIPPED_TESTS_ENV).as_deref());
+}
+
+fn report(test: &str, reason: &str, summary: Option<&std::ffi::OsStr>) {
     let line = format!("SKIPPED {test}: {reason}\n");
     // One write each, so lines of tests running in parallel do not interleave;
     // a failed report must not fail the test.
     let _ = std::io::stderr().write_all(line.as_bytes());
-    if let Some(path) = std::env::var_os(SKIPPED_TESTS_ENV) {
+    if let Some(path) = summary {
         let _ = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -53,15 +57,40 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("skip-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("skipped.txt");
-        std::env::set_var(SKIPPED_TESTS_ENV, &file);
-        skipped("one", "needs root");
-        skipped("two", "needs a kernel >= 5.8");
-        std::env::remove_var(SKIPPED_TESTS_ENV);
+        report("one", "needs root", Some(file.as_os_str()));
+        report("two", "needs a kernel >= 5.8", Some(file.as_os_str()));
         let text = std::fs::read_to_string(&file).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             text,
             "SKIPPED one: needs root\nSKIPPED two: needs a kernel >= 5.8\n"
         );
+    }
+
+    /// The point of this crate: the line shows in a plain `cargo test` run,
+    /// whose capture hides a passing test's `eprintln!`. Runs this very test
+    /// binary as a child, as cargo would, and reads what it printed.
+    #[test]
+    fn a_skip_line_shows_without_nocapture() {
+        const CHILD: &str = "SKIP_REPORT_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            skipped("demo_test", "shown despite the capture");
+            eprintln!("CAPTURED");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::a_skip_line_shows_without_nocapture"])
+            .env(CHILD, "1")
+            .env_remove(SKIPPED_TESTS_ENV)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("SKIPPED demo_test: shown despite the capture\n"),
+            "{stderr}"
+        );
+        // The harness did capture what the test printed the usual way.
+        assert!(!stderr.contains("CAPTURED"), "{stderr}");
     }
 }
