@@ -203,9 +203,14 @@ pub enum AttestError {
 
 fn nsm_io_message(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+        Some(libc::ENOTTY) => {
             format!("the NSM request failed ({e}): /dev/nsm is not a Nitro Secure Module")
         }
+        // Both drivers answer an unknown ioctl number (and AWS's older one
+        // also unreadable buffers) with EINVAL.
+        Some(libc::EINVAL) => format!(
+            "the NSM request failed ({e}): the driver refused the request's ioctl number or buffers"
+        ),
         Some(libc::ETIMEDOUT) => format!(
             "the NSM request failed ({e}): the NSM did not answer within the driver's 120 s"
         ),
