@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<axum::http::HeaderValue>,
     /// On shutdown, how long running tasks may take before they are stopped.
     pub shutdown_grace: Duration,
+    /// Connection limits and deadlines.
+    pub http: crate::transport::HttpLimits,
 }
 
 impl ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            http: crate::transport::HttpLimits::default(),
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct AppState {
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
+    /// Request-body bytes buffered by all requests together.
+    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Attestation calls served at once; more wait (briefly) for a turn.
@@ -121,6 +126,12 @@ impl AppState {
             tasks,
         )?;
 
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .http
+                .max_buffered_body_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             signing_key,
             public_key,
@@ -131,6 +142,7 @@ impl AppState {
             metrics: Metrics::default(),
             config,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+            body_budget,
         })
     }
 
