@@ -136,6 +136,16 @@ async fn main() -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
 
     let config = args.server_config();
+    match nautilus_server::state::raise_descriptor_limit() {
+        // Each connection is a descriptor; tasks, logs and the listener need some too.
+        Ok(limit) if limit < config.http.max_connections as u64 + 64 => tracing::warn!(
+            limit,
+            max_connections = config.http.max_connections,
+            "the descriptor limit is below --max-connections: accepts will fail (and be counted) before the cap is reached"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the descriptor limit"),
+    }
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState::new(config)?);
 

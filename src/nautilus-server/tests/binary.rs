@@ -366,7 +366,9 @@ async fn h2c_streams_of_unfinished_bodies_keep_memory_bounded() {
     for _ in 0..3 {
         let (addr, body, answers) = (addr.clone(), body.clone(), Arc::clone(&answers));
         attackers.spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
             let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
             tokio::spawn(connection);
             let mut open = Vec::new();
@@ -385,7 +387,11 @@ async fn h2c_streams_of_unfinished_bodies_keep_memory_bounded() {
                 let answers = Arc::clone(&answers);
                 tokio::spawn(async move {
                     if let Ok(r) = response.await {
-                        *answers.lock().expect("lock").entry(r.status().as_u16()).or_default() += 1;
+                        *answers
+                            .lock()
+                            .expect("lock")
+                            .entry(r.status().as_u16())
+                            .or_default() += 1;
                     }
                 });
                 // Never ended: the stream stays open until the server gives up.
@@ -448,7 +454,11 @@ async fn accept_errors_are_logged_and_counted() {
     let addr = url.trim_start_matches("http://").to_owned();
     let mut sockets = Vec::new();
     for _ in 0..80 {
-        sockets.push(tokio::net::TcpStream::connect(&addr).await.expect("connect"));
+        sockets.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
     }
     let mut logged = false;
     for _ in 0..200 {
@@ -458,7 +468,10 @@ async fn accept_errors_are_logged_and_counted() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(logged, "no accept error logged with 80 sockets and 48 descriptors");
+    assert!(
+        logged,
+        "no accept error logged with 80 sockets and 48 descriptors"
+    );
     drop(sockets);
     let metrics = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

@@ -515,3 +515,103 @@ async fn head_does_not_attest_and_cors_answers_only_real_routes() {
     expect_error(unknown, 404).await;
     s.shutdown().await;
 }
+
+/// An HTTP/2 client that stops answering pings while its task runs: the
+/// keep-alive (1 s here) closes the connection and the task goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_peer_that_stops_answering_pings_loses_its_connection_and_task() {
+    let mut c = one_slot();
+    c.http.http2_keepalive = Duration::from_secs(1);
+    let s = TestServer::start(c).await;
+    let tcp = TcpStream::connect(s.addr()).await.expect("connect");
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = Freezable {
+        io: tcp,
+        frozen: std::sync::Arc::clone(&frozen),
+    };
+    let (client, connection) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut ready = client.ready().await.expect("ready");
+    let (_response, mut send) = ready
+        .send_request(h2_post(&s, "/process_data"), false)
+        .expect("stream");
+    send.send_data(Bytes::from_static(SPIN.as_bytes()), true)
+        .expect("body");
+    let stats = || s.state.runner().stats();
+    assert!(eventually(Duration::from_secs(30), || stats().running == 1)
+        .await
+        .is_some());
+    // From now on the client reads nothing, so it never answers a ping.
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let took = eventually(Duration::from_secs(20), || stats().running == 0)
+        .await
+        .unwrap_or_else(|| panic!("task still running: {:?}", stats()));
+    eprintln!("unanswered pings ended the connection and its task after {took:?}");
+    assert_eq!(stats().abandoned_running, 1);
+    s.shutdown().await;
+}
+
+/// A socket whose reads stop (stay pending) once `frozen` is set.
+struct Freezable {
+    io: TcpStream,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Freezable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Freezable {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The errors hyper answers before the application sees a request stay
+/// bodiless (documented in the README): here a request head over 64 KiB.
+#[tokio::test]
+async fn an_oversized_request_head_gets_a_bodiless_431() {
+    let s = TestServer::start(config()).await;
+    let mut stream = TcpStream::connect(s.addr()).await.expect("connect");
+    let head = format!(
+        "GET /health_check HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    // The server may answer and close before it has read everything.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let (status, _, body) =
+        tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream))
+            .await
+            .expect("answered");
+    assert_eq!((status, body.as_str()), (431, ""));
+    s.shutdown().await;
+}
