@@ -83,6 +83,12 @@ pub async fn get_attestation(
     }))
 }
 
+/// `HEAD /get_attestation`: the headers a GET would have, without asking
+/// the NSM for a document.
+pub async fn attestation_head() -> impl IntoResponse {
+    [(header::CONTENT_TYPE, "application/json")]
+}
+
 /// The manifest bytes, verbatim: their SHA-256 is the attested `user_data`.
 pub async fn manifest(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (

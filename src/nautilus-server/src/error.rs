@@ -23,6 +23,18 @@ pub enum EnclaveError {
     /// The body is not the JSON asked for (or has the wrong content type).
     #[error("{}", json_rejection_text(.0))]
     Json(#[from] JsonRejection),
+    /// The body is over the limit (declared or counted).
+    #[error("request body is larger than the {0}-byte limit")]
+    BodyTooLarge(usize),
+    /// The body did not arrive in full within the body deadline.
+    #[error("request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    /// The server-wide budget for buffered request bodies is used up.
+    #[error("the server is receiving too many request bodies at once, retry shortly")]
+    BodyBudget,
+    /// The body could not be read (the client broke the stream).
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
     /// The task runner refused or could not finish the task.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -54,7 +66,10 @@ impl EnclaveError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EnclaveError::BadRequest(_) | EnclaveError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            EnclaveError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            EnclaveError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            EnclaveError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
             // Unparseable and ill-shaped bodies alike are the caller's: 400, not 422.
             EnclaveError::Json(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => {
                 StatusCode::BAD_REQUEST

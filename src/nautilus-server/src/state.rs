@@ -34,6 +34,8 @@ pub struct ServerConfig {
     /// The NSM driver itself waits up to 120 s, under a lock its hardware RNG
     /// also takes.
     pub attestation_deadline: Duration,
+    /// Connection limits and deadlines.
+    pub http: crate::transport::HttpLimits,
 }
 
 impl ServerConfig {
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
+            http: crate::transport::HttpLimits::default(),
         }
     }
 }
@@ -101,6 +104,8 @@ pub struct AppState {
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
     /// The latest clock skew measured, see [`AppState::clock_skew`].
     clock_skew: std::sync::Mutex<Option<ClockSkew>>,
+    /// Request-body bytes buffered by all requests together.
+    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// This server's clock minus the `timestamp` of a fresh attestation
@@ -169,6 +174,12 @@ impl AppState {
         )
         .map_err(StartupError::Manifest)?;
 
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .http
+                .max_buffered_body_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             signing_key,
             public_key,
@@ -180,6 +191,7 @@ impl AppState {
             config,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             clock_skew: std::sync::Mutex::new(None),
+            body_budget,
         })
     }
 
@@ -223,6 +235,7 @@ impl AppState {
             Ok(joined) => joined
                 .map_err(|e| EnclaveError::Internal(format!("attestation worker failed: {e}")))??,
         };
+        self.metrics.attestation();
         self.record_clock_skew(&document);
         Ok(document)
     }
@@ -337,4 +350,31 @@ pub fn harden_process() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one, so that the connection
+/// cap, not a default soft limit of 1024, is what bounds connections.
+/// Returns the limit now in effect.
+pub fn raise_descriptor_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim = raised;
+        }
+    }
+    Ok(lim.rlim_cur)
 }
