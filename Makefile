@@ -20,7 +20,7 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked
-	node --test src/result-signing/js/
+	cd clients/js && npm test
 
 ## bench: latency and throughput of a local dev server (not part of the tests)
 bench:
