@@ -254,7 +254,8 @@ class Client {
     const nonce = crypto.randomBytes(NONCE_BYTES).toString('hex');
     const { limits } = this.manifest;
     const limit = limits.max_output_bytes * 2 * JSON_ESCAPE_FACTOR + RESULT_OVERHEAD;
-    const timeoutMs = (timeoutSecs ?? limits.default_timeout_secs) * 1000 + TASK_MARGIN_MS;
+    // setTimeout fires at once for delays past 2^31-1 ms (24.8 days): cap there.
+    const timeoutMs = Math.min((timeoutSecs ?? limits.default_timeout_secs) * 1000 + TASK_MARGIN_MS, 2 ** 31 - 1);
     const payload = { task_path: taskPath, ...(timeoutSecs === null ? {} : { timeout_secs: timeoutSecs }), args, ...(stdin === null ? {} : { stdin }), nonce };
 
     const notBeforeMs = Date.now();

@@ -7,21 +7,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readPcrFile, TrustedRoot, ConfigError, verifyAttestation, MAX_PCR_FILE_LEN, AWS_NITRO_ROOT_G1_SHA256 } from 'nautilus-client';
 import { DATA_DIR, document, BASE } from './helpers/docs.mjs';
+import { throwsCode } from './helpers/assert.mjs';
 
 const pcr = 'ab'.repeat(48);
 
-function configError(fn, code, details) {
-  let error;
-  try {
-    fn();
-  } catch (e) {
-    error = e;
-  }
-  assert.ok(error instanceof ConfigError, `expected ConfigError ${code}, got ${error}`);
-  assert.strictEqual(error.code, code, error.message);
-  if (details) assert.deepStrictEqual(error.details, details);
-  return error;
-}
+const configError = (fn, code, details) => throwsCode(fn, ConfigError, code, details);
 
 test('nitro-cli measurements JSON, nested or flat, PCR0-PCR8', () => {
   const nitroCli = `{

@@ -10,6 +10,7 @@ import { execFile } from 'node:child_process';
 import { Client, ClientError, TrustedRoot, verifyResult } from 'nautilus-client';
 import { PACKAGE_DIR } from './helpers/docs.mjs';
 import { startServer, startRelay, closeRelays, startRawServer } from './helpers/server.mjs';
+import { rejectsCode } from './helpers/assert.mjs';
 
 const BIN = path.join(PACKAGE_DIR, 'bin', 'nautilus-verify.js');
 
@@ -36,17 +37,7 @@ function runArgs(url, { root = true, allowDebug = true } = {}) {
   return ['run', '--url', url, ...(root ? ['--root', server.rootPemPath] : []), ...(allowDebug ? ['--allow-debug'] : []), '--', '1', '2', '3'];
 }
 
-async function clientError(promise, code) {
-  let error;
-  try {
-    await promise;
-  } catch (e) {
-    error = e;
-  }
-  assert.ok(error instanceof ClientError, `expected ClientError ${code}, got ${error && error.stack}`);
-  assert.strictEqual(error.code, code, error.message);
-  return error;
-}
+const clientError = (promise, code) => rejectsCode(promise, ClientError, code);
 
 test('the CLI runs a verified task only with the dev root and debug consent', async () => {
   const ok = await cli(runArgs(server.base));

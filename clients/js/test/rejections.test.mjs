@@ -25,23 +25,12 @@ import {
   concat,
   hex,
 } from './helpers/docs.mjs';
+import { throwsCode } from './helpers/assert.mjs';
 
 const base = () => document(BASE);
 const atDocTime = (extra = {}) => ({ at: 'document', ...extra });
 
-/** Asserts `fn` throws an AttestationError with this code and (if given) exactly these details. */
-function assertError(fn, code, details) {
-  let error;
-  try {
-    fn();
-  } catch (e) {
-    error = e;
-  }
-  assert.ok(error instanceof AttestationError, `expected AttestationError ${code}, got ${error}`);
-  assert.strictEqual(error.code, code, error.message);
-  if (details) assert.deepStrictEqual(error.details, details, error.message);
-  return error;
-}
+const assertError = (fn, code, details) => throwsCode(fn, AttestationError, code, details);
 
 /** The mutated document still parses, then fails verification with `code`. */
 function assertRejected(bytes, code, details) {

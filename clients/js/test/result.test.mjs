@@ -6,6 +6,7 @@ import test from 'node:test';
 import assert from 'node:assert';
 import crypto from 'node:crypto';
 import { verifyResult, signingBytes, normalizeTaskPath, ResultError } from 'nautilus-client';
+import { throwsCode } from './helpers/assert.mjs';
 
 const N = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
 const sha256 = (s) => crypto.createHash('sha256').update(s).digest('hex');
@@ -57,17 +58,7 @@ const expected = (over = {}) => ({
   ...over,
 });
 
-function resultError(fn, code) {
-  let error;
-  try {
-    fn();
-  } catch (e) {
-    error = e;
-  }
-  assert.ok(error instanceof ResultError, `expected ResultError ${code}, got ${error}`);
-  assert.strictEqual(error.code, code, error.message);
-  return error;
-}
+const resultError = (fn, code) => throwsCode(fn, ResultError, code);
 
 test('a faithful answer passes and each deviation is named, with the Rust wording', () => {
   const { signed: s, key } = signed('aa');

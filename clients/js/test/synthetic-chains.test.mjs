@@ -27,21 +27,11 @@ import {
   LEAF_NOT_BEFORE_MS,
   LEAF_LIFETIME_MS,
 } from './helpers/x509.mjs';
+import { throwsCode } from './helpers/assert.mjs';
 
 const verify = (root, doc, options = { at: 'document' }) => verifyAttestation(doc, { root: TrustedRoot.fromDer(root.der), ...options });
 
-function assertError(fn, code, details) {
-  let error;
-  try {
-    fn();
-  } catch (e) {
-    error = e;
-  }
-  assert.ok(error instanceof AttestationError, `expected ${code}, got ${error && error.stack}`);
-  assert.strictEqual(error.code, code, error.message);
-  if (details !== undefined) assert.deepStrictEqual(error.details, details, error.message);
-  return error;
-}
+const assertError = (fn, code, details) => throwsCode(fn, AttestationError, code, details);
 
 test('a well-formed synthetic chain verifies, and only under its own root', () => {
   const chain = new Chain();
