@@ -68,11 +68,18 @@ export interface ParsedDocument {
 export function parseDocument(doc: Uint8Array): ParsedDocument;
 
 /**
- * Reads a PCR file as the Rust client does: nitro-cli's measurements JSON
- * (`{"Measurements": {"PCR0": hex, …}}` or flat) or eif_build's `<hex> PCRn` lines.
- * @throws {ConfigError}
+ * Reads a PCR file as the Rust client does: nitro-cli's JSON
+ * (`{"Measurements": {"PCR0": hex, …}, …}`, as `nitro-cli describe-eif` prints it),
+ * the measurements object alone, or eif_build's `<hex> PCRn` lines; PCR0-PCR8,
+ * 96 hex digits each; at most 64 KiB of UTF-8.
+ * @throws {ConfigError} code 'PcrFile', naming the accepted formats
  */
-export function readPcrFile(text: string): Map<number, Uint8Array>;
+export function readPcrFile(file: string | Uint8Array): {
+  pcrs: Map<number, Uint8Array>;
+  format: 'NitroCliJson' | 'MeasurementsJson' | 'EifBuildText';
+  /** The format as messages name it, e.g. "eif_build text (<hex> PCRn lines)". */
+  description: string;
+};
 
 /** The certificate a document's cabundle[0] must be byte-identical to. */
 export class TrustedRoot {

@@ -18,7 +18,10 @@ const MAX_STDIN_FILE = 1024 * 1024;
 
 const TRUST_FLAGS = {
   '--root': { value: 'PEM', help: 'Trust this root certificate (PEM or DER) instead of the AWS Nitro root' },
-  '--pcrs': { value: 'FILE', help: "Expected PCRs: nitro-cli's measurements JSON or eif_build's `<hex> PCRn` lines" },
+  '--pcrs': {
+    value: 'FILE',
+    help: "Expected PCRs from the image build: nitro-cli's JSON (`nitro-cli describe-eif --eif-path IMAGE.eif > FILE`) or eif_build's `<hex> PCRn` lines",
+  },
   '--allow-debug': { help: 'Accept debug-mode documents (PCR0, PCR1 and PCR2 all zero)' },
 };
 
@@ -189,8 +192,12 @@ function trust(opts) {
   let pcrs;
   if (opts['--pcrs'] !== undefined) {
     const path = opts['--pcrs'];
-    const text = utf8(readLimited(path, MAX_INPUT_FILE), `--pcrs ${path}`);
-    pcrs = withContext(`--pcrs ${path}`, () => readPcrFile(text));
+    const file = withContext(`--pcrs ${path}`, () => readPcrFile(readLimited(path, MAX_INPUT_FILE)));
+    pcrs = file.pcrs;
+    // Stderr, so stdout stays one JSON answer; said before anything is
+    // fetched, so a wrong file is noticed even when verification fails.
+    const names = [...pcrs.keys()].map((i) => `PCR${i}`).join(', ');
+    process.stderr.write(`note: --pcrs ${path} read as ${file.description}: expecting ${names}\n`);
   }
   return { root, pcrs, allowDebug: opts['--allow-debug'] === true };
 }

@@ -54,7 +54,9 @@ const CONFIG_MESSAGES = {
   RootPinMismatch: (d) => `embedded AWS root has SHA-256 ${d.got}, not the pinned ${d.expected}`,
   PcrIndexOutOfRange: (d) => `PCR index ${d.index} is out of range (0-31)`,
   PcrLength: (d) => `PCR${d.index} value is ${d.len} bytes; PCRs are 32, 48 or 64 bytes`,
-  PcrFile: (d) => `PCR file is invalid: ${d.reason}`,
+  PcrFile: (d) =>
+    `PCR file not accepted: ${d.reason}. Accepted: nitro-cli's measurements JSON (\`nitro-cli describe-eif --eif-path IMAGE.eif > FILE\`, ` +
+    "or what `nitro-cli build-enclave` prints on stdout) or eif_build's --pcrs_output text (one `<hex> PCRn` line per PCR)",
 };
 
 const RESULT_MESSAGES = {

@@ -3,18 +3,18 @@
 // PCRs, nonce), and the PCR files that say which PCRs to expect. Same
 // defaults, order and errors as src/attestation-verify/src/policy.rs.
 
-const { AttestationError, ConfigError } = require('./errors.js');
+const { AttestationError, ConfigError, rustDebug } = require('./errors.js');
 
 /** Default `maxAgeSecs`: a document is fetched and checked in one go. */
 const DEFAULT_MAX_AGE_SECS = 5 * 60;
 /** Default `maxFutureSkewSecs`: tolerated clock difference with the Nitro hypervisor. */
 const DEFAULT_MAX_FUTURE_SKEW_SECS = 60;
-/** Largest PCR file `readPcrFile` reads. */
+/** Largest PCR file `readPcrFile` reads, in bytes. Real ones are under 1 KiB. */
 const MAX_PCR_FILE_LEN = 64 * 1024;
-
-const PCR_FORMATS =
-  'accepted formats: nitro-cli JSON ({"Measurements": {"PCR0": "<hex>", …}} or the flat {"PCR0": "<hex>", …}) ' +
-  'or eif_build lines ("<hex> PCR0"); `nitro-cli describe-eif --eif-path <image.eif>` prints them for an image';
+/** PCR0 … PCR8 are the registers a Nitro image build measures. */
+const PCR_NAME = /^PCR([0-8])$/;
+/** SHA-384, the only hash Nitro uses for PCRs, in hex digits. */
+const PCR_HEX_LEN = 96;
 
 const toHex = (bytes) => Buffer.from(bytes).toString('hex');
 
@@ -47,87 +47,123 @@ function expectedPcrs(pcrs) {
   const out = new Map();
   for (const [key, value] of entries) {
     const index = typeof key === 'number' ? key : /^\d+$/.test(key) ? Number(key) : NaN;
-    if (Number.isNaN(index)) throw new ConfigError('PcrFile', { reason: `bad PCR index ${JSON.stringify(key)}` });
+    if (Number.isNaN(index)) throw new TypeError(`bad PCR index ${JSON.stringify(key)}: PCR sets are keyed by index (0-31)`);
     out.set(index, checkedPcr(index, value));
   }
   return new Map([...out].sort((a, b) => a[0] - b[0]));
 }
 
-const pcrFileError = (reason) => new ConfigError('PcrFile', { reason });
+/** How each accepted PCR file format is named in messages (as the Rust `PcrFileFormat` displays). */
+const PCR_FILE_FORMATS = {
+  NitroCliJson: 'nitro-cli JSON ({"Measurements": {...}})',
+  MeasurementsJson: 'measurements JSON ({"PCR0": ...})',
+  EifBuildText: 'eif_build text (<hex> PCRn lines)',
+};
 
-/** `PCRn` key -> n, or a ConfigError. Accepts what Rust's `u64::from_str` does. */
-function pcrIndexOfKey(key, digits) {
-  if (!/^\+?\d+$/.test(digits)) throw pcrFileError(`bad PCR key ${JSON.stringify(key)}`);
-  const index = BigInt(digits);
-  if (index >= 2n ** 64n) throw pcrFileError(`bad PCR key ${JSON.stringify(key)}`);
-  if (index >= 32n) throw new ConfigError('PcrIndexOutOfRange', { index: index.toString() });
-  return Number(index);
+const refuse = (reason) => new ConfigError('PcrFile', { reason });
+
+/** `{name} is not hex: …` with the hex crate's wording, or the bytes. */
+function pcrValue(name, hexValue) {
+  const chars = [...hexValue];
+  if (chars.length !== PCR_HEX_LEN) {
+    throw refuse(`${name} has ${chars.length} characters; a SHA-384 PCR is ${PCR_HEX_LEN} hex digits`);
+  }
+  const bad = chars.findIndex((c) => !/^[0-9a-fA-F]$/.test(c));
+  if (bad !== -1) throw refuse(`${name} is not hex: Invalid character ${rustDebugChar(chars[bad])} at position ${bad}`);
+  return Uint8Array.from(Buffer.from(hexValue, 'hex'));
 }
 
-/** nitro-cli's measurements JSON: `{"PCR0": "hex", …}`, or the same under "Measurements". */
-function readNitroJson(text) {
+/** Rust's `{:?}` of a char: quoted with `'`, which (unlike `"`) is escaped inside. */
+const rustDebugChar = (c) => (c === "'" ? "'\\''" : `'${rustDebug(c).slice(1, -1).replace('\\"', '"')}'`);
+
+function requireSome(pcrs) {
+  if (pcrs.size === 0) throw refuse('no PCR0-PCR8 values');
+  return new Map([...pcrs].sort((a, b) => a[0] - b[0]));
+}
+
+function measurements(object) {
+  const pcrs = new Map();
+  // serde_json's map (no preserve_order) visits members in key order: so does this,
+  // so that a file with several faults is refused for the same one.
+  for (const key of Object.keys(object).sort()) {
+    const value = object[key];
+    if (key === 'HashAlgorithm') {
+      if (!(typeof value === 'string' && value.startsWith('Sha384'))) throw refuse(`HashAlgorithm is ${JSON.stringify(value)}, not Sha384`);
+      continue;
+    }
+    const m = PCR_NAME.exec(key);
+    if (!m) throw refuse(`unexpected member ${rustDebug(key)} (a measurements object has only HashAlgorithm and PCR0-PCR8)`);
+    if (typeof value !== 'string') throw refuse(`${key} is ${JSON.stringify(value)}, not a hex string`);
+    pcrs.set(Number(m[1]), pcrValue(key, value));
+  }
+  return requireSome(pcrs);
+}
+
+function fromJson(text) {
   let value;
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw pcrFileError(`${e.message}; ${PCR_FORMATS}`);
+    throw refuse(`not valid JSON: ${e.message}`);
   }
   const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
-  let object = value;
-  if (!isObject(object)) throw pcrFileError(`not a JSON object; ${PCR_FORMATS}`);
-  if (Object.hasOwn(object, 'Measurements')) {
-    object = object.Measurements;
-    if (!isObject(object)) throw pcrFileError(`"Measurements" is not an object; ${PCR_FORMATS}`);
-  }
-  const pcrs = new Map();
-  for (const [key, hex] of Object.entries(object)) {
-    if (!key.startsWith('PCR')) continue; // e.g. HashAlgorithm
-    const index = pcrIndexOfKey(key, key.slice(3));
-    if (typeof hex !== 'string') throw pcrFileError(`${key} is not a string`);
-    const bytes = fromHex(hex);
-    if (bytes === null) throw pcrFileError(`${key} is not hex`);
-    pcrs.set(index, checkedPcr(index, bytes));
-  }
-  if (pcrs.size === 0) throw pcrFileError(`no PCRn entries; ${PCR_FORMATS}`);
-  return pcrs;
+  if (!isObject(value)) throw refuse('not a JSON object');
+  if (!Object.hasOwn(value, 'Measurements')) return { pcrs: measurements(value), format: 'MeasurementsJson' };
+  if (!isObject(value.Measurements)) throw refuse('"Measurements" is not an object');
+  return { pcrs: measurements(value.Measurements), format: 'NitroCliJson' };
 }
 
-/** eif_build's text: one `<hex> PCRn` per line; blank lines are ignored. */
-function readEifBuildLines(text) {
+function notAPcrLine(number, line) {
+  const chars = [...line];
+  const shown = chars.slice(0, 60).join('');
+  return refuse(`line ${number} is not \`<hex> PCRn\`: ${rustDebug(shown)}${chars.length > 60 ? '…' : ''}`);
+}
+
+function fromEifBuildText(text) {
   const pcrs = new Map();
-  const lines = text.split(/\r?\n/);
-  lines.forEach((line, i) => {
-    if (line.trim() === '') return;
-    const m = /^\s*([0-9a-fA-F]+)\s+PCR(\S+)\s*$/.exec(line);
-    if (!m) {
-      const shown = line.length > 60 ? `${line.slice(0, 60)}…` : line;
-      throw pcrFileError(`line ${i + 1} is not "<hex> PCRn": ${JSON.stringify(shown)}; ${PCR_FORMATS}`);
-    }
-    const index = pcrIndexOfKey(`PCR${m[2]}`, m[2]);
-    const bytes = fromHex(m[1]);
-    if (bytes === null) throw pcrFileError(`PCR${index} on line ${i + 1} is not hex`);
-    if (pcrs.has(index)) throw pcrFileError(`PCR${index} appears twice`);
-    pcrs.set(index, checkedPcr(index, bytes));
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    const fields = line.split(/[ \t]/).filter((f) => f !== '');
+    if (fields.length === 0) return;
+    if (fields.length !== 2) throw notAPcrLine(i + 1, line);
+    const [hexValue, name] = fields;
+    const m = PCR_NAME.exec(name);
+    if (!m) throw notAPcrLine(i + 1, line);
+    const value = pcrValue(name, hexValue);
+    const index = Number(m[1]);
+    if (pcrs.has(index)) throw refuse(`${name} appears twice (line ${i + 1})`);
+    pcrs.set(index, value);
   });
-  if (pcrs.size === 0) throw pcrFileError(`no PCRn entries; ${PCR_FORMATS}`);
-  return pcrs;
+  return { pcrs: requireSome(pcrs), format: 'EifBuildText' };
 }
 
 /**
- * Reads a PCR file as the Rust client does: nitro-cli's measurements JSON
- * (nested under "Measurements" or flat) or eif_build's `<hex> PCRn` lines.
- * Returns a Map index -> bytes, sorted by index. Throws ConfigError.
+ * Reads a PCR file as the Rust client does (src/attestation-verify/src/pcr_file.rs
+ * specifies the formats): at most 64 KiB of UTF-8; if its first non-whitespace
+ * character is `{`, nitro-cli's JSON (`{"Measurements": {…}, …}`, as
+ * `nitro-cli describe-eif` and `build-enclave` print it) or the measurements
+ * object alone; otherwise eif_build's `--pcrs_output` text, one
+ * `<96 hex digits> PCRn` line per register. A measurements object holds only
+ * `HashAlgorithm` ("Sha384…") and PCR0-PCR8, each 96 hex digits.
  *
- * @param {string} text
+ * @param {string|Uint8Array} file
+ * @returns {{ pcrs: Map<number, Uint8Array>, format: 'NitroCliJson'|'MeasurementsJson'|'EifBuildText', description: string }}
+ * @throws {ConfigError} PcrFile, saying what was wrong and what is accepted
  */
-function readPcrFile(text) {
-  if (typeof text !== 'string') throw new TypeError('PCR file contents must be a string');
-  const size = Buffer.byteLength(text, 'utf8');
-  if (size > MAX_PCR_FILE_LEN) throw pcrFileError(`${size} bytes, more than ${MAX_PCR_FILE_LEN}`);
-  const trimmed = text.trim();
-  if (trimmed === '') throw pcrFileError(`empty file; ${PCR_FORMATS}`);
-  const pcrs = trimmed.startsWith('{') || trimmed.startsWith('[') ? readNitroJson(text) : readEifBuildLines(text);
-  return new Map([...pcrs].sort((a, b) => a[0] - b[0]));
+function readPcrFile(file) {
+  if (!(typeof file === 'string' || file instanceof Uint8Array)) throw new TypeError('a PCR file is a string or bytes');
+  const size = typeof file === 'string' ? Buffer.byteLength(file, 'utf8') : file.length;
+  if (size > MAX_PCR_FILE_LEN) throw refuse(`${size} bytes, more than the ${MAX_PCR_FILE_LEN}-byte limit`);
+  let text = file;
+  if (typeof file !== 'string') {
+    try {
+      text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(file);
+    } catch {
+      throw refuse('not UTF-8 text');
+    }
+  }
+  const { pcrs, format } = text.replace(/^[ \t\r\n]+/, '').startsWith('{') ? fromJson(text) : fromEifBuildText(text);
+  return { pcrs, format, description: PCR_FILE_FORMATS[format] };
 }
 
 /**
@@ -186,6 +222,7 @@ function checkPolicy(policy, fields, atMs, debug) {
 
 module.exports = {
   readPcrFile,
+  PCR_FILE_FORMATS,
   expectedPcrs,
   resolvePolicy,
   resolveCheckTime,

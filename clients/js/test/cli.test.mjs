@@ -68,7 +68,7 @@ test('failures exit 1 with one line of reason', () => {
     [['/nonexistent/doc.cbor'], 'cannot open /nonexistent/doc.cbor'],
     [[NONDEBUG, '--hex'], '--hex file is not'],
     [[NONDEBUG, '--root', pcrs], `--root ${pcrs}: root certificate is not valid PEM/DER`],
-    [[NONDEBUG, '--pcrs', NONDEBUG], `--pcrs ${NONDEBUG} is not UTF-8`],
+    [[NONDEBUG, '--pcrs', NONDEBUG], `--pcrs ${NONDEBUG}: PCR file not accepted: not UTF-8 text`],
     [[NONDEBUG, '--pcrs', tmpFile('bad.pcrs', 'PCR0 = 1')], 'nitro-cli describe-eif --eif-path'],
     [[tmpFile('big', Buffer.alloc(1024 * 1024 + 1))], 'is larger than 1048576 bytes'],
     [[tmpFile('junk', 'junk')], 'malformed CBOR in the COSE_Sign1 structure'],
@@ -76,12 +76,48 @@ test('failures exit 1 with one line of reason', () => {
   for (const [args, reason] of cases) {
     const out = cli(['verify-doc', ...args]);
     assert.strictEqual(out.status, 1, `${args}: ${out.stderr}`);
-    assert.strictEqual(out.stderr.trim().split('\n').length, 1, out.stderr);
-    assert.ok(out.stderr.startsWith('error: '), out.stderr);
+    // One line of reason, after the note saying how a readable `--pcrs` was read.
+    const lines = out.stderr.trim().split('\n');
+    const reasons = lines.filter((l) => !l.startsWith('note: --pcrs'));
+    assert.strictEqual(reasons.length, 1, out.stderr);
+    assert.ok(lines.length - reasons.length <= Number(args.includes('--pcrs')), out.stderr);
+    assert.ok(reasons[0].startsWith('error: '), out.stderr);
     assert.ok(out.stderr.includes(reason), `${args}: ${out.stderr}`);
     assert.strictEqual(out.stdout, '');
   }
   assertSucceeded(cli(['verify-doc', DEBUG, '--at-doc-time', '--allow-debug']));
+});
+
+/** The PCR files a build produces for a real document, with PCR `wrong` altered. */
+function pcrFiles(name, wrong) {
+  const e = expectedJson()[name].pcrs;
+  const pcr = (i) => (i === wrong ? e[i].slice(0, -1) + (e[i].endsWith('0') ? '1' : '0') : e[i]);
+  const measurements = `{"HashAlgorithm": "Sha384 { ... }", "PCR0": "${pcr('0')}", "PCR1": "${pcr('1')}", "PCR2": "${pcr('2')}", "PCR8": "${pcr('8')}"}`;
+  return [
+    ['nitro-cli JSON', `{\n  "EifVersion": 4,\n  "Measurements": ${measurements},\n  "IsSigned": false\n}\n`],
+    ['measurements JSON', measurements],
+    ['eif_build text', `${pcr('0')} PCR0\n${pcr('1')} PCR1\n${pcr('2')} PCR2`],
+  ];
+}
+
+test('PCR files in each accepted format verify, a wrong PCR is refused, and the note says how the file was read', () => {
+  for (const doc of [BASE, 'signal_svr2_2023-05-24.cbor']) {
+    for (const wrong of [null, '0', '2']) {
+      for (const [format, content] of pcrFiles(doc, wrong)) {
+        const file = tmpFile(`pcrs-${format.replace(/\W/g, '')}`, content);
+        const out = cli(['verify-doc', path.join(DATA_DIR, doc), '--at-doc-time', '--pcrs', file]);
+        assert.ok(out.stderr.startsWith(`note: --pcrs ${file} read as ${format}`), `${doc} ${format}: ${out.stderr}`);
+        if (wrong === null) {
+          assert.strictEqual(out.status, 0, out.stderr);
+          assert.ok(out.stderr.includes('expecting PCR0, PCR1, PCR2'), out.stderr);
+        } else {
+          assert.strictEqual(out.status, 1, `${doc} ${format}: ${out.stderr}`);
+          assert.ok(out.stderr.includes(`error: PCR${wrong} mismatch`), out.stderr);
+          assert.strictEqual(out.stdout, '');
+        }
+      }
+    }
+  }
 });
 
 test('argument errors are one line with the documented exit codes', () => {

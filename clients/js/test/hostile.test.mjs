@@ -84,12 +84,50 @@ test('deep nesting is refused without exhausting the stack', () => {
     e = reject(doc);
     assert.deepStrictEqual([e.code, e.details], ['NestingTooDeep', { context: 'payload', max: MAX_NESTING_DEPTH }]);
   }
+  // Through map keys as well as values: a map whose key is a map whose key is
+  // a map... (each level also gets its value, so the bytes are well-formed CBOR).
+  const levels = Math.floor(room / 2);
+  const nestedKeys = concat(new Uint8Array(levels).fill(0xa1), new Uint8Array(levels + 1));
+  e = reject(withFields(document(BASE), (f) => f.set('future_field', nestedKeys)));
+  assert.deepStrictEqual([e.code, e.details], ['NestingTooDeep', { context: 'payload', max: MAX_NESTING_DEPTH }]);
+  const keysCose = Cose.decode(document(BASE));
+  keysCose.unprotectedRaw = nestedKeys;
+  e = reject(keysCose.encode());
+  assert.deepStrictEqual([e.code, e.details], ['NestingTooDeep', { context: 'unprotected header', max: MAX_NESTING_DEPTH }]);
   // Nesting exactly at the limit is accepted (the document then fails its signature only).
   const atLimit = concat(new Uint8Array(MAX_NESTING_DEPTH - 1).fill(0x81), [0x00]);
   assert.strictEqual(reject(withFields(document(BASE), (f) => f.set('future_field', atLimit))).code, 'CoseSignature');
   // A known field with nesting where bytes belong is a plain type error.
   e = reject(withFields(document(BASE), (f) => f.set('nonce', nestedArrays)));
   assert.deepStrictEqual([e.code, e.details.context], ['MalformedCbor', 'nonce']);
+});
+
+// A lone break byte (0xff) is not a value: a skipper that consumed it would
+// read `{0: <break>}` as a complete map where a strict decoder sees malformed
+// input, and two readers of the same bytes must not disagree.
+test('lone breaks in skipped values are malformed', () => {
+  const malformed = (input, context) => {
+    const e = reject(input);
+    assert.strictEqual(e.code, 'MalformedCbor', e.message);
+    assert.strictEqual(e.details.context, context);
+    assert.match(e.details.reason, /break/);
+  };
+  // The unprotected header: as a value, as a key, inside a nested array.
+  for (const raw of [[0xa1, 0x00, 0xff], [0xa1, 0xff, 0x00], [0xa1, 0x00, 0x81, 0xff]]) {
+    const cose = Cose.decode(document(BASE));
+    cose.unprotectedRaw = Uint8Array.from(raw);
+    malformed(cose.encode(), 'unprotected header');
+  }
+  // An unknown payload field: the value itself, inside an array, a map, a tag.
+  for (const raw of [[0xff], [0x81, 0xff], [0xa1, 0x00, 0xff], [0xc6, 0xff]]) {
+    malformed(withFields(document(BASE), (f) => f.set('future_field', Uint8Array.from(raw))), 'payload');
+  }
+  // The protected header: an unknown integer label's value, and a non-integer key.
+  for (const header of [[0xa2, 0x01, 0x38, 0x22, 0x04, 0xff], [0xa2, 0x01, 0x38, 0x22, 0xff, 0x00]]) {
+    const cose = Cose.decode(document(BASE));
+    cose.protected = Uint8Array.from(header);
+    malformed(cose.encode(), 'protected header');
+  }
 });
 
 test('reserved and misplaced CBOR encodings are malformed, not crashes', () => {

@@ -6,7 +6,17 @@
 import test from 'node:test';
 import assert from 'node:assert';
 import crypto from 'node:crypto';
-import { verifyAttestation, parseDocument, TrustedRoot, AttestationError, MAX_OPTIONAL_FIELD_LEN, MAX_UNKNOWN_FIELDS } from 'nautilus-client';
+import {
+  verifyAttestation,
+  parseDocument,
+  TrustedRoot,
+  AttestationError,
+  MAX_OPTIONAL_FIELD_LEN,
+  MAX_UNKNOWN_FIELDS,
+  MAX_DOCUMENT_LEN,
+  DEFAULT_MAX_AGE_SECS,
+  DEFAULT_MAX_FUTURE_SKEW_SECS,
+} from 'nautilus-client';
 import {
   document,
   expectedJson,
@@ -320,4 +330,52 @@ test('an indefinite-length payload map parses', () => {
   assert.ok(definite[0] < 0xb8);
   cose.payload = concat([0xbf], definite.subarray(1), [0xff]);
   assertRejected(cose.encode(), 'CoseSignature');
+});
+
+test('protected header entries are capped at the limit', () => {
+  // The algorithm plus harmless labels 3, 4, ... (2 would be `crit`).
+  const header = (entries) => encodeProtected([[1, -35], ...Array.from({ length: entries - 1 }, (_, i) => [i + 3, 0])]);
+  const cose = Cose.decode(base());
+  cose.protected = header(MAX_UNKNOWN_FIELDS);
+  // At the limit it parses; only the signature (over the original header) fails.
+  assertRejected(cose.encode(), 'CoseSignature');
+  cose.protected = header(MAX_UNKNOWN_FIELDS + 1);
+  parseError(cose.encode(), 'MalformedCbor', { context: 'protected header', reason: 'more than 16 entries' });
+});
+
+test('the document size limit is inclusive', () => {
+  // Pad a real document with an unknown field to exactly `len` bytes. The
+  // length heads grow with the padding, so converge rather than compute.
+  const padded = (len) => {
+    let pad = len - base().length;
+    for (;;) {
+      const doc = withFields(base(), (f) => f.setBytes('padding', new Uint8Array(pad)));
+      if (doc.length === len) return doc;
+      pad += len - doc.length;
+    }
+  };
+  assertRejected(padded(MAX_DOCUMENT_LEN), 'CoseSignature');
+  parseError(padded(MAX_DOCUMENT_LEN + 1), 'InputTooLarge', { len: MAX_DOCUMENT_LEN + 1, max: MAX_DOCUMENT_LEN });
+});
+
+test('age and future-skew limits are inclusive to the millisecond', () => {
+  const ts = timestampOf(BASE);
+  const maxAge = DEFAULT_MAX_AGE_SECS * 1000;
+  verifyAttestation(base(), { at: ts + maxAge });
+  assertError(() => verifyAttestation(base(), { at: ts + maxAge + 1 }), 'DocumentTooOld', {
+    timestamp_ms: ts,
+    at_ms: ts + maxAge + 1,
+    age_ms: maxAge + 1,
+    max_age_ms: maxAge,
+  });
+  // A max age of zero accepts a document checked at its own timestamp.
+  verifyAttestation(base(), { at: ts, maxAgeSecs: 0 });
+
+  const skew = DEFAULT_MAX_FUTURE_SKEW_SECS * 1000;
+  const leaf = new crypto.X509Certificate(Fields.decode(Cose.decode(base()).payload).certificate());
+  assert.ok(Date.parse(leaf.validFrom) < ts - skew - 1, 'the leaf is valid a skew before the document');
+  verifyAttestation(base(), { at: ts - skew });
+  assertError(() => verifyAttestation(base(), { at: ts - skew - 1 }), 'DocumentFromFuture', { timestamp_ms: ts, at_ms: ts - skew - 1, max_skew_ms: skew });
+  verifyAttestation(base(), { at: ts, maxFutureSkewSecs: 0 });
+  assertError(() => verifyAttestation(base(), { at: ts - 1, maxFutureSkewSecs: 0 }), 'DocumentFromFuture');
 });

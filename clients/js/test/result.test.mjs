@@ -120,6 +120,30 @@ test('a changed field or signature is a signature failure, checked before any ec
   assert.strictEqual(e.message, 'result signature is invalid: signature is not low-S normalized');
 });
 
+test('the freshness window is inclusive at both ends', () => {
+  // The result is signed at 10 000 ms; the window is [notBefore - skew, notAfter + skew].
+  const { signed: s, key } = signed('aa');
+  const check = (notBeforeMs, notAfterMs, clockSkewMs) => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ notBeforeMs, notAfterMs, clockSkewMs }) });
+  for (const [nb, na, skew] of [
+    [10_000, 10_000, 0],
+    [11_000, 12_000, 1_000], // starts exactly `skew` after the timestamp
+    [7_000, 9_000, 1_000], // ends exactly `skew` before it
+  ]) {
+    check(nb, na, skew);
+  }
+  for (const [nb, na, skew, fromMs, toMs] of [
+    // Signed after the window (a clock running ahead, or a replay).
+    [7_000, 8_999, 1_000, 6_000, 9_999],
+    [0, 9_999, 0, 0, 9_999],
+    // Signed before it.
+    [11_001, 12_000, 1_000, 10_001, 13_000],
+    [10_001, 10_001, 0, 10_001, 10_001],
+  ]) {
+    const e = resultError(() => check(nb, na, skew), 'Stale');
+    assert.deepStrictEqual(e.details, { timestamp_ms: 10_000, from_ms: fromMs, to_ms: toMs });
+  }
+});
+
 test('a signed status must agree with the exit code', () => {
   for (const [status, exitCode, shown] of [
     ['success', 1, 'Some(1)'],
