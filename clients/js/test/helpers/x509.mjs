@@ -46,6 +46,17 @@ function utcTime(ms) {
   return tlv(0x17, Buffer.from(text, 'ascii'));
 }
 
+/**
+ * A random positive 8-byte serial whose DER INTEGER is minimal: a leading
+ * zero byte would be a non-minimal encoding, which OpenSSL (like any DER
+ * parser) refuses.
+ */
+function serialNumber() {
+  const serial = crypto.randomBytes(8);
+  serial[0] = (serial[0] & 0x7f) | 0x01;
+  return serial;
+}
+
 export const OIDS = {
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
   ecdsaWithSha384: '1.2.840.10045.4.3.3',
@@ -86,7 +97,7 @@ export function certificate({ subject, issuer, subjectPublic, issuerPrivate, not
   const extensions = opts.extensions ?? basicConstraints(isCa);
   const tbs = seq(
     explicit(0, integer([2])),
-    integer(crypto.randomBytes(8)),
+    integer(serialNumber()),
     innerAlgId,
     name(issuer),
     seq(utcTime(notBefore), utcTime(notAfter)),
