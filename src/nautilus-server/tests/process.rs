@@ -261,10 +261,7 @@ async fn the_js_verifier_accepts_live_responses() {
         .await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.expect("body");
-    let verifier = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../clients/js"
-    );
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js");
     let script = format!(
         "const v = require({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
          process.stdin.on('end', () => {{ v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
