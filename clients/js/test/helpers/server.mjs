@@ -43,6 +43,9 @@ export async function startServer() {
     env: { PATH: process.env.PATH, HOME: process.env.HOME ?? '/tmp', RUST_LOG: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  // Whatever happens to this test process, the server does not outlive it.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
   let log = '';
   const base = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not announce its address within 60 s:\n${log}`)), 60_000);
@@ -66,6 +69,7 @@ export async function startServer() {
     const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
     await exited;
     clearTimeout(killer);
+    process.removeListener('exit', killOnExit);
     fs.rmSync(dir, { recursive: true, force: true });
   };
   return { base, rootPemPath, rootPem: fs.readFileSync(rootPemPath, 'utf8'), stop };
