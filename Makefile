@@ -30,8 +30,8 @@ unit:
 	@echo ">> cargo test --workspace"
 	@mkdir -p $(dir $(SKIPPED)) && rm -f $(SKIPPED)
 	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --workspace --locked
-	@echo ">> node --test (JavaScript verifier)"
-	node --test src/result-signing/js/
+	@echo ">> npm test (JavaScript client)"
+	cd clients/js && npm test
 	@if [ -s $(SKIPPED) ]; then \
 		echo ">> $$(wc -l < $(SKIPPED)) test(s) SKIPPED, the rest passed:"; sed 's/^/   /' $(SKIPPED); \
 	else \
@@ -44,6 +44,7 @@ install:
 	$(CARGO) install --locked --root $(PREFIX) --path src/nautilus-client
 	$(CARGO) install --locked --root $(PREFIX) --path src/task-runner
 
-## bench: latency and throughput of a local dev server (not part of the tests)
+## bench: the release server against bare Node.js spawns, side by side (not part of the tests)
 bench:
-	$(CARGO) run --release --example bench -- 200
+	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
+	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
