@@ -120,6 +120,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cgroup;
 mod config;
 pub mod digest;
 mod error;
@@ -142,6 +143,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+pub use cgroup::CgroupSummary;
 pub use config::RunnerConfig;
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use node::MIN_NODE_MAJOR;
@@ -189,6 +191,8 @@ struct Inner {
     work_dir: PathBuf,
     /// The slot and killer uids (when privileged).
     uids: Option<uids::UidLease>,
+    /// One cgroup per slot (when privileged and the host has controllers).
+    cgroups: cgroup::Cgroups,
 }
 
 impl Runner {
@@ -233,6 +237,19 @@ impl Runner {
         } else {
             None
         };
+        let cgroups = match &uids {
+            // The uid lease makes the tag unique among live runners.
+            Some(lease) => cgroup::Cgroups::new(
+                &lease.slots().start.to_string(),
+                config.max_concurrent,
+                cgroup::Limits {
+                    memory_bytes: config.memory_limit_bytes,
+                    pids: config.max_processes,
+                },
+            ),
+            None => cgroup::Cgroups::none("the runner is not root"),
+        };
+        log_cgroups(cgroups.summary());
         let policy = Policy::new(
             config.memory_limit_bytes,
             config.max_file_bytes,
@@ -258,8 +275,14 @@ impl Runner {
                 pass_env,
                 work_dir,
                 uids,
+                cgroups,
             }),
         })
+    }
+
+    /// The per-slot cgroup limits in force (see [`CgroupSummary`]).
+    pub fn cgroups(&self) -> &CgroupSummary {
+        self.inner.cgroups.summary()
     }
 
     /// Version of the Node.js in use (e.g. `"v20.11.1"`), `None` if none was found.
@@ -368,6 +391,27 @@ impl Drop for Inner {
                 tracing::error!(error = %e, "slot processes survived the runner");
             }
         }
+    }
+}
+
+/// One line at start: which cgroup controllers are in force, or that only
+/// the rlimits are.
+fn log_cgroups(s: &CgroupSummary) {
+    let note = s.note.as_deref().unwrap_or("");
+    if s.controllers.is_empty() {
+        tracing::warn!("no cgroup controller usable ({note}): tasks are bounded by rlimits only");
+    } else {
+        tracing::info!(
+            version = %s.version,
+            controllers = %s.controllers.join(","),
+            memory_max = ?s.memory_max_bytes,
+            swap_max = ?s.swap_max_bytes,
+            pids_max = ?s.pids_max,
+            slot_cpu_weight = ?s.slot_cpu_weight,
+            tasks_cpu_weight = ?s.tasks_cpu_weight,
+            note,
+            "cgroups in force per task slot"
+        );
     }
 }
 
@@ -507,6 +551,8 @@ impl Inner {
             ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
         ];
         env.extend(self.pass_env.iter().cloned());
+        let cgroup = self.cgroups.slot(slot.index());
+        let oom_before = cgroup.and_then(cgroup::Slot::oom_kills);
         let spec = SpawnSpec {
             node: node.path.clone(),
             node_args: vec![
@@ -521,12 +567,14 @@ impl Inner {
             identity,
             task_id: task_id.clone(),
             piped_stdin: req.stdin.is_some(),
+            cgroup: cgroup.map_or(cgroup::Join::NONE, cgroup::Slot::join),
         };
         let watch = Watch {
             timeout: Duration::from_secs(req.timeout_secs),
             grace: self.config.kill_grace,
             max_output: self.config.max_output_bytes,
             cancel: self.cancel.subscribe(),
+            oom: cgroup.and_then(cgroup::Slot::oom_event),
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
         let outcome = match exec::spawn(spec, &self.policy) {
@@ -537,19 +585,35 @@ impl Inner {
         // Removing the run directory is blocking I/O; the slot is held until it
         // and whatever the task left in shared scratch directories are gone.
         let privileged = self.privileged;
-        let _ = tokio::task::spawn_blocking(move || {
+        let this = self.clone();
+        let index = slot.index();
+        let oom_killed = tokio::task::spawn_blocking(move || {
             run_dir.remove(privileged);
             if let Some(id) = identity {
                 sandbox::remove_leftovers(id.uid);
             }
+            let cgroup = this.cgroups.slot(index)?;
+            if let Err(e) = cgroup.empty() {
+                tracing::error!(error = %e, "slot cgroup could not be emptied");
+            }
+            Some(cgroup.oom_kills() > oom_before)
         })
-        .await;
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
         drop(slot);
         let outcome = outcome?;
 
         let cap = self.config.max_output_bytes;
         let (stdout, stdout_truncated) = outcome.stdout.into_text(cap);
-        let (stderr, stderr_truncated) = outcome.stderr.into_text(cap);
+        let (mut stderr, mut stderr_truncated) = outcome.stderr.into_text(cap);
+        // On v1 the runner's own kill may beat the OOM killer to it, which
+        // then has nothing left to count.
+        if oom_killed || outcome.ending == Ending::OutOfMemory {
+            tracing::warn!(task_id, "task killed at its memory limit");
+            stderr_truncated |= append_note(&mut stderr, cap, &self.oom_note());
+        }
         let result = TaskResult {
             task_id,
             task_path: req.task_path,
@@ -574,13 +638,22 @@ impl Inner {
             execution_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
         };
         match outcome.ending {
-            Ending::Exited => Ok(result),
+            Ending::Exited | Ending::OutOfMemory => Ok(result),
             Ending::TimedOut => Err(TaskError::Timeout {
                 secs: req.timeout_secs,
                 partial: Box::new(result),
             }),
             Ending::Cancelled => Err(TaskError::ShuttingDown),
         }
+    }
+
+    /// What a task killed at its memory limit finds at the end of its stderr.
+    fn oom_note(&self) -> String {
+        format!(
+            "\n[nautilus] task killed: it reached its memory limit of {} bytes \
+             (out of memory in its cgroup)\n",
+            self.config.memory_limit_bytes
+        )
     }
 
     /// Creates the run directory: staged task, digest, entry point, home, preload.
@@ -627,8 +700,35 @@ impl Inner {
     }
 }
 
+/// Appends the runner's `note` to a task's captured text, dropping as much of
+/// the text's end as the cap requires (a cut character included); returns
+/// whether anything was dropped.
+fn append_note(text: &mut String, cap: usize, note: &str) -> bool {
+    let room = cap.saturating_sub(note.len());
+    let cut = text.len() > room;
+    if cut {
+        let mut at = room;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text.push_str(note);
+    cut
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_note_always_fits_the_cap() {
+        let mut text = "ab\u{e9}".repeat(10);
+        assert!(super::append_note(&mut text, 12, "!note!"));
+        assert_eq!(text, "ab\u{e9}ab!note!");
+        let mut short = String::from("x");
+        assert!(!super::append_note(&mut short, 12, "!note!"));
+        assert_eq!(short, "x!note!");
+    }
+
     #[test]
     fn runner_can_be_shared_across_tasks() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
