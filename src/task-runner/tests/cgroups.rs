@@ -113,3 +113,170 @@ async fn many_processes_do_not_buy_more_cpu() {
         "50 processes got {many_rate:.3} cores, one process {one_rate:.3}"
     );
 }
+
+/// The directory of cgroup `path` in the hierarchy that `/proc/self/cgroup`
+/// line `(names, _)` belongs to: its mount point from `/proc/self/mountinfo`.
+fn cgroup_dir(names: &str, path: &str) -> std::path::PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let options = right.nth(1)?;
+            let matches = match names {
+                "" => fstype == "cgroup2",
+                _ => {
+                    fstype == "cgroup"
+                        && names.split(',').all(|n| options.split(',').any(|o| o == n))
+                }
+            };
+            let left: Vec<&str> = left.split(' ').collect();
+            (matches && left[3] == "/").then(|| left[4].to_owned())
+        })
+        .unwrap_or_else(|| panic!("no mount for cgroup hierarchy {names:?}"));
+    std::path::Path::new(&point).join(path.trim_start_matches('/'))
+}
+
+/// `(controllers, path)` per line of a `/proc/<pid>/cgroup` text.
+fn cgroup_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _ = parts.next()?;
+            Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+        })
+        .collect()
+}
+
+fn read(dir: &std::path::Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_task_runs_in_its_slot_cgroups_nested_under_the_runner() {
+    if skip_unless_root("slot cgroups") {
+        return;
+    }
+    let config = RunnerConfig {
+        memory_limit_bytes: 384 * MIB,
+        max_processes: 77,
+        max_concurrent: 2,
+        ..config()
+    };
+    let runner = Runner::new(config).unwrap();
+    let summary = runner.cgroups().clone();
+    eprintln!("{}", serde_json::to_string(&summary).unwrap());
+    // This host (cgroup v1 controllers) and the enclave (v2) both have all three.
+    assert_eq!(
+        summary.controllers,
+        ["memory", "pids", "cpu"],
+        "{summary:?}"
+    );
+    assert_eq!(summary.memory_max_bytes, Some(384 * MIB));
+    assert_eq!(summary.pids_max, Some(77));
+    assert_eq!(summary.slot_cpu_weight, Some(100));
+    assert!(summary.tasks_cpu_weight < summary.slot_cpu_weight.map(|w| w * 2));
+
+    let mut used = Vec::new();
+    let ours = cgroup_lines(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
+    let result = run_ok(&runner, "cgroup-self", &[]).await;
+    let seen = json(&result.stdout);
+    for (names, path) in cgroup_lines(seen["cgroup"].as_str().unwrap()) {
+        let wanted = ["memory", "pids", "cpu"];
+        let managed = names.split(',').any(|n| wanted.contains(&n));
+        let (_, own) = ours.iter().find(|(n, _)| *n == names).unwrap();
+        let nested = std::path::Path::new(&path).strip_prefix(own).ok();
+        let is_slot = nested.is_some_and(|rest| {
+            let rest: Vec<_> = rest
+                .iter()
+                .map(|c| c.to_string_lossy().into_owned())
+                .collect();
+            rest.len() == 2 && rest[0].starts_with("nautilus-") && rest[1].starts_with("slot-")
+        });
+        // Every managed controller, and a cgroup v2 hierarchy if mounted.
+        if managed || names.is_empty() {
+            assert!(is_slot, "{names}: task in {path}, runner in {own}");
+        } else {
+            assert_eq!(&path, own, "{names}: the runner does not manage it");
+            continue;
+        }
+        let dir = cgroup_dir(&names, &path);
+        for name in names.split(',') {
+            match (name, dir.join("cgroup.controllers").exists()) {
+                ("memory", false) => {
+                    assert_eq!(read(&dir, "memory.limit_in_bytes"), (384 * MIB).to_string());
+                    if dir.join("memory.memsw.limit_in_bytes").exists() {
+                        assert_eq!(
+                            read(&dir, "memory.memsw.limit_in_bytes"),
+                            (384 * MIB).to_string()
+                        );
+                    }
+                }
+                ("pids", _) => assert_eq!(read(&dir, "pids.max"), "77"),
+                ("cpu", false) => assert_eq!(read(&dir, "cpu.shares"), "1024"),
+                _ => {}
+            }
+        }
+        if names.is_empty() {
+            let enabled = read(&dir, "cgroup.controllers");
+            for c in enabled.split_whitespace().filter(|c| wanted.contains(c)) {
+                let (file, value) = match c {
+                    "memory" => ("memory.max", (384 * MIB).to_string()),
+                    "pids" => ("pids.max", "77".to_owned()),
+                    _ => ("cpu.weight", "100".to_owned()),
+                };
+                assert_eq!(read(&dir, file), value, "{}", dir.display());
+            }
+        }
+        // The run is over: its slot is empty.
+        assert_eq!(read(&dir, "cgroup.procs"), "", "{}", dir.display());
+        used.push(dir);
+    }
+    assert!(!used.is_empty());
+    drop(runner);
+    for dir in &used {
+        assert!(!dir.exists(), "{} outlived the runner", dir.display());
+        assert!(
+            !dir.parent().unwrap().exists(),
+            "{} outlived the runner",
+            dir.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_a_task_leaves_behind_leave_its_cgroup_with_it() {
+    if skip_unless_root("slot cgroups") {
+        return;
+    }
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    // One slot: learn its cgroups, then leave detached and double-forked
+    // processes in it.
+    let seen = json(&run_ok(&runner, "cgroup-self", &[]).await.stdout);
+    let dirs: Vec<_> = cgroup_lines(seen["cgroup"].as_str().unwrap())
+        .into_iter()
+        .filter(|(_, path)| path.contains("/nautilus-"))
+        .map(|(names, path)| cgroup_dir(&names, &path))
+        .collect();
+    assert!(!dirs.is_empty(), "{seen}");
+    let detached = run_ok(&runner, "detach", &[]).await;
+    let pids = json(&detached.stdout)["pids"].clone();
+    assert_eq!(pids.as_array().map(Vec::len), Some(2), "{detached:?}");
+    for dir in &dirs {
+        assert_eq!(
+            read(dir, "cgroup.procs"),
+            "",
+            "{} after {pids}",
+            dir.display()
+        );
+    }
+}
