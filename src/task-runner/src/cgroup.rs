@@ -730,3 +730,212 @@ fn unescape(field: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This host's layout: v1 controllers (memory nested by a supervisor),
+    /// cgroup v2 mounted beside them without any of the three.
+    const HYBRID_CGROUP: &str =
+        "9:name=systemd:/\n8:pids:/\n4:memory:/sup/job\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+    const HYBRID_MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu
+31 25 0:27 / /sys/fs/cgroup/cpuacct rw,relatime shared:10 - cgroup cgroup rw,cpuacct
+33 25 0:29 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
+37 25 0:33 / /sys/fs/cgroup/pids rw,relatime shared:16 - cgroup cgroup rw,pids
+39 25 0:35 / /sys/fs/cgroup/unified rw,relatime shared:18 - cgroup2 cgroup2 rw
+40 25 0:36 / /mnt/with\\040space rw,relatime - ext4 /dev/vda rw
+";
+    /// The enclave's: cgroup v2 only, the server in the root cgroup.
+    const V2_CGROUP: &str = "0::/\n";
+    const V2_MOUNTS: &str =
+        "25 1 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    fn fake_root(dirs: &[&str], files: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for dir in dirs {
+            fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        for (file, text) in files {
+            fs::write(root.path().join(file), text).unwrap();
+        }
+        root
+    }
+
+    fn summary_of(found: &[Found]) -> Vec<(Version, Vec<Controller>, PathBuf)> {
+        found
+            .iter()
+            .map(|f| (f.version, f.controllers.clone(), f.own.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn v1_controllers_nest_under_the_runners_own_cgroup_of_each() {
+        let root = fake_root(
+            &[
+                "sys/fs/cgroup/cpu",
+                "sys/fs/cgroup/memory/sup/job",
+                "sys/fs/cgroup/pids",
+                "sys/fs/cgroup/unified",
+            ],
+            &[("sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n")],
+        );
+        let (found, notes) = plan(HYBRID_CGROUP, HYBRID_MOUNTS, root.path());
+        let at = |p: &str| root.path().join(p);
+        assert_eq!(
+            summary_of(&found),
+            vec![
+                (Version::V2, vec![], at("sys/fs/cgroup/unified/")),
+                (
+                    Version::V1,
+                    vec![Controller::Pids],
+                    at("sys/fs/cgroup/pids/")
+                ),
+                (
+                    Version::V1,
+                    vec![Controller::Memory],
+                    at("sys/fs/cgroup/memory/sup/job")
+                ),
+                (Version::V1, vec![Controller::Cpu], at("sys/fs/cgroup/cpu/")),
+            ]
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn cgroup_v2_carries_the_controllers_it_has() {
+        let root = fake_root(
+            &["sys/fs/cgroup"],
+            &[(
+                "sys/fs/cgroup/cgroup.controllers",
+                "cpuset cpu io memory hugetlb pids rdma misc\n",
+            )],
+        );
+        let (found, notes) = plan(V2_CGROUP, V2_MOUNTS, root.path());
+        assert_eq!(
+            summary_of(&found),
+            vec![(
+                Version::V2,
+                vec![Controller::Memory, Controller::Pids, Controller::Cpu],
+                root.path().join("sys/fs/cgroup/")
+            )]
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn an_own_cgroup_outside_the_mount_is_not_used() {
+        // A container-style mount showing only /other: the runner's /sup/job is not in it.
+        let mounts = "33 25 0:29 /other /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let root = fake_root(&["sys/fs/cgroup/memory/sup/job"], &[]);
+        let (found, notes) = plan("4:memory:/sup/job\n", mounts, root.path());
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/mnt/with\\040space"), "/mnt/with space");
+        assert_eq!(unescape("/a\\134b"), "/a\\b");
+        assert_eq!(unescape("/plain\\x"), "/plain\\x");
+    }
+
+    /// A supplement only: the v2 controller files cannot be enabled on a host
+    /// whose v1 hierarchies hold the controllers, so the writes are checked
+    /// against a plain directory.
+    #[test]
+    fn v2_slot_limits_are_written_as_the_kernel_documents_them() {
+        let root = fake_root(&["slot"], &[("slot/memory.swap.max", "max\n")]);
+        let dir = root.path().join("slot");
+        let limits = Limits {
+            memory_bytes: 512 << 20,
+            pids: 64,
+        };
+        for c in Controller::ALL {
+            set_limits(&dir, Version::V2, c, limits).unwrap();
+        }
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), "536870912");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("memory.oom.group"), "1");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(read("cpu.weight"), "100");
+    }
+
+    #[test]
+    fn joining_writes_zero_to_every_procs_descriptor() {
+        let root = fake_root(&[], &[("a", ""), ("b", "")]);
+        let open = |f: &str| -> OwnedFd {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(root.path().join(f))
+                .unwrap()
+                .into()
+        };
+        let slot = Slot {
+            dirs: Vec::new(),
+            procs: vec![open("a"), open("b")],
+            oom_counter: None,
+            oom_event: None,
+        };
+        // SAFETY: the descriptors are open (held by `slot`).
+        unsafe { slot.join().enter() }.unwrap();
+        for f in ["a", "b"] {
+            assert_eq!(fs::read_to_string(root.path().join(f)).unwrap(), "0");
+        }
+    }
+
+    /// Real cgroups: a process joined in its pre-exec child is killed when its
+    /// slot is emptied, through each hierarchy alone (v2 `cgroup.kill`, v1 by
+    /// listing), and everything is removed with the runner's cgroups.
+    #[test]
+    fn emptying_a_slot_kills_its_processes_in_each_hierarchy() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED (needs root): real slot cgroups");
+            return;
+        }
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            pids: 32,
+        };
+        let cgroups = Cgroups::new(&format!("unit-{}", std::process::id()), 1, limits);
+        let slot = cgroups.slot(0).expect("a slot on a host with cgroups");
+        let mut groups = Vec::new();
+        for (dir, version) in &slot.dirs {
+            let join = slot.join();
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("60");
+            // SAFETY: Join::enter is async-signal-safe.
+            unsafe { cmd.pre_exec(move || join.enter()) };
+            let mut child = cmd.spawn().unwrap();
+            let pid = child.id().to_string();
+            assert_eq!(
+                fs::read_to_string(dir.join("cgroup.procs")).unwrap().trim(),
+                pid
+            );
+            let alone = Slot {
+                dirs: vec![(dir.clone(), *version)],
+                procs: Vec::new(),
+                oom_counter: None,
+                oom_event: None,
+            };
+            alone.empty().unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "{version:?} {}",
+                dir.display()
+            );
+            groups.push(dir.parent().unwrap().to_owned());
+        }
+        assert!(!groups.is_empty());
+        drop(cgroups);
+        for group in groups {
+            assert!(!group.exists(), "{} outlived its runner", group.display());
+        }
+    }
+}
