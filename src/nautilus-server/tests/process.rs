@@ -199,7 +199,11 @@ async fn health_manifest_and_ping() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         // This host and the enclave both have the three controllers.
-        assert_eq!(cgroups["controllers"], json!(["memory", "pids", "cpu"]), "{cgroups}");
+        assert_eq!(
+            cgroups["controllers"],
+            json!(["memory", "pids", "cpu"]),
+            "{cgroups}"
+        );
     } else {
         eprintln!("SKIPPED (needs root): cgroup controllers in force");
         assert_eq!(cgroups["version"], "none");
