@@ -29,6 +29,8 @@
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
 //!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
 //!   blocking (nodejs/node#6456);
+//! - when root, puts the task in its slot's cgroup (see [`CgroupSummary`]
+//!   and below), joined in the child before anything else;
 //! - in the child, before `exec`: a new session, leaked descriptors closed,
 //!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
 //!   and `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes
@@ -89,6 +91,22 @@
 //! (`getpwuid`/`getgrgid`) or 65534/65535. So a second runner (another
 //! server, the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`]
 //! tells which slot range was taken.
+//!
+//! When root, each slot also has a cgroup in every hierarchy that carries
+//! the memory, pids or cpu controller (cgroup v2 where they can be enabled,
+//! v1 otherwise), nested under the runner's own cgroup there:
+//! `<own>/nautilus-<first slot uid>/slot-<i>`. It caps the slot's memory as
+//! the kernel counts it (shared and `MAP_GROWSDOWN` mappings, tmpfs and page
+//! cache included, which `RLIMIT_DATA` misses) at
+//! [`RunnerConfig::memory_limit_bytes`] with swap off, its processes and
+//! threads at [`RunnerConfig::max_processes`], and gives every slot an equal
+//! CPU weight, all slots together half the runner's. Running out of memory
+//! kills the whole task (v2 `memory.oom.group`; on v1 the runner, told by an
+//! eventfd), never the runner; the result then has signal `SIGKILL` and
+//! stderr ends with a note saying the memory limit was reached. A slot is
+//! emptied after every run and the cgroups are removed with the runner.
+//! [`Runner::cgroups`] says what is in force; with no usable controller only
+//! the rlimits apply, and the runner logs that at start.
 //!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
