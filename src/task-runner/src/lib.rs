@@ -214,10 +214,11 @@ struct Inner {
     abandoned_running: AtomicU64,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
+    /// One cgroup per slot (when privileged and the host has controllers).
+    /// Named after the uid lease, so declared (and dropped) before it.
+    cgroups: cgroup::Cgroups,
     /// The slot and killer uids (when privileged).
     uids: Option<uids::UidLease>,
-    /// One cgroup per slot (when privileged and the host has controllers).
-    cgroups: cgroup::Cgroups,
 }
 
 impl Runner {
