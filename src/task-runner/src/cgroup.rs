@@ -184,16 +184,27 @@ impl Cgroups {
     }
 
     /// Creates `slots` slot cgroups in group `nautilus-<tag>` under the
-    /// runner's own cgroup of each hierarchy. `tag` must be unique among live
-    /// runners (the slot uid lease): a group of that name is a crashed
-    /// predecessor's and is emptied and replaced. Never fails: what cannot be
-    /// set up is left out and named in the summary's `note`.
-    pub fn new(tag: &str, slots: usize, limits: Limits) -> Self {
+    /// runner's own cgroup of each hierarchy. `tag` (the first slot uid) must
+    /// be unique among live runners: a group of that name is a dead
+    /// predecessor's and is emptied and replaced. So is any other
+    /// `nautilus-<n>` for which `stale(n)` returns a guard (no live runner
+    /// holds `n`; none can take it while the guard lives): a server killed
+    /// with SIGKILL cannot remove its own. Never fails: what cannot be set up
+    /// is left out and named in the summary's `note`.
+    pub fn new(
+        tag: u32,
+        slots: usize,
+        limits: Limits,
+        stale: &dyn Fn(u32) -> Option<fs::File>,
+    ) -> Self {
         let (mut found, mut notes) = match discover() {
             Ok(found) => found,
             Err(e) => return Cgroups::none(&format!("cgroups: {e}")),
         };
         let name = format!("nautilus-{tag}");
+        for h in &found {
+            sweep(&h.own, tag, stale);
+        }
         let mut hierarchies = Vec::new();
         for h in found.drain(..) {
             match h.create_group(&name) {
@@ -563,7 +574,37 @@ fn enable(dir: &Path, c: Controller) -> io::Result<()> {
     fs::write(&control, format!("+{}", c.name()))
 }
 
-/// Empties and removes a group left by a dead runner that held the same tag.
+/// Removes the groups under `own` that dead runners left (see [`Cgroups::new`]).
+fn sweep(own: &Path, tag: u32, stale: &dyn Fn(u32) -> Option<fs::File>) {
+    let Ok(entries) = fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(other) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("nautilus-"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if other == tag {
+            continue;
+        }
+        if let Some(_guard) = stale(other) {
+            match remove_stale(&entry.path()) {
+                Ok(()) => {
+                    tracing::info!(group = %entry.path().display(), "removed a dead runner's cgroup")
+                }
+                Err(e) => {
+                    tracing::warn!(group = %entry.path().display(), error = %e, "could not remove a dead runner's cgroup")
+                }
+            }
+        }
+    }
+}
+
+/// Empties and removes a group left by a dead runner.
 fn remove_stale(group: &Path) -> io::Result<()> {
     for entry in fs::read_dir(group)? {
         let entry = entry?;
@@ -915,7 +956,8 @@ mod tests {
             memory_bytes: 256 << 20,
             pids: 32,
         };
-        let cgroups = Cgroups::new(&format!("unit-{}", std::process::id()), 1, limits);
+        // A tag no runner leases (a pid is far above the slot uid ranges in use).
+        let cgroups = Cgroups::new(4_000_000_000 - std::process::id(), 1, limits, &|_| None);
         let slot = cgroups.slot(0).expect("a slot on a host with cgroups");
         let mut groups = Vec::new();
         for (dir, version) in &slot.dirs {

@@ -264,14 +264,16 @@ impl Runner {
             None
         };
         let cgroups = match &uids {
-            // The uid lease makes the tag unique among live runners.
+            // The uid lease makes the tag unique among live runners, and
+            // tells which other runners' groups are left from dead ones.
             Some(lease) => cgroup::Cgroups::new(
-                &lease.slots().start.to_string(),
+                lease.slots().start,
                 config.max_concurrent,
                 cgroup::Limits {
                     memory_bytes: config.memory_limit_bytes,
                     pids: config.max_processes,
                 },
+                &|uid| uids::lock_if_free(uids::UidLease::lock_parent(&work_dir), uid),
             ),
             None => cgroup::Cgroups::none("the runner is not root"),
         };

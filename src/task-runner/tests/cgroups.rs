@@ -280,3 +280,53 @@ async fn processes_a_task_leaves_behind_leave_its_cgroup_with_it() {
         );
     }
 }
+
+/// A server killed with SIGKILL cannot remove its cgroups: the next runner
+/// removes those whose slot uids no live runner holds, killing what is left
+/// in them, and leaves a live runner's alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_runners_cgroups_are_removed_at_the_next_start() {
+    if skip_unless_root("slot cgroups") {
+        return;
+    }
+    let live = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    let ours = cgroup_lines(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
+    let (names, own) = ours
+        .iter()
+        .find(|(n, _)| n.split(',').any(|c| c == "pids"))
+        .or_else(|| ours.iter().find(|(n, _)| n.is_empty()))
+        .expect("a pids or v2 hierarchy");
+    let own = cgroup_dir(names, own);
+    // A uid no runner takes (far above the test ranges), with a lock file
+    // nobody holds: as a dead runner leaves it.
+    let dead: u32 = 3_900_000_000 - std::process::id();
+    let lock = std::path::Path::new("/run/nautilus-task-runner-uids").join(format!("{dead}.lock"));
+    std::fs::write(&lock, "").unwrap();
+    let slot = own.join(format!("nautilus-{dead}/slot-0"));
+    std::fs::create_dir_all(&slot).unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    std::fs::write(slot.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let live_group = own.join(format!("nautilus-{}", live.sandbox_uids().unwrap().start));
+    assert!(live_group.is_dir());
+
+    let next = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    let gone = !slot.parent().unwrap().exists();
+    let status = sleeper.wait().unwrap();
+    let _ = std::fs::remove_file(&lock);
+    assert!(gone, "{} outlived its dead runner", slot.display());
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(live_group.is_dir(), "a live runner's group was removed");
+    drop((live, next));
+}
