@@ -165,6 +165,10 @@ fn anything_else_is_refused_naming_the_accepted_formats() {
     for (text, reason) in cases {
         assert_refused(&text, reason);
     }
+    // A long line is quoted up to 60 characters, and marked as cut.
+    let long = "é".repeat(60);
+    assert_refused(&format!("{long}é\n"), &format!(": \"{long}\"…. Accepted"));
+    assert_refused(&format!("{long}\n"), &format!(": \"{long}\". Accepted"));
     match ExpectedPcrs::from_pcr_file(b"\xff\xfe{") {
         Err(e @ ConfigError::PcrFile(_)) => assert!(e.to_string().contains("not UTF-8"), "{e}"),
         other => panic!("{other:?}"),
