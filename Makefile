@@ -33,7 +33,8 @@ MUTANTS_OUT ?= out/mutants
 # One target directory for the three runs (and the next `make mutants`), so the
 # dependencies are built once; each run still builds the workspace in a copy.
 MUTANTS_TARGET ?= $(CURDIR)/target/mutants
-MUTANTS = CARGO_TARGET_DIR=$(MUTANTS_TARGET) $(CARGO) mutants --no-shuffle -j 1
+MUTANTS_JOBS ?= 1
+MUTANTS = CARGO_TARGET_DIR=$(MUTANTS_TARGET) $(CARGO) mutants --no-shuffle -j $(MUTANTS_JOBS)
 # cargo-mutants exits 2 (missed) or 3 (timeouts) with results; the summary judges those.
 MUTANTS_OK = ; s=$$?; [ $$s -eq 0 ] || [ $$s -eq 2 ] || [ $$s -eq 3 ]
 
