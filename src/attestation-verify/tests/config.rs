@@ -177,7 +177,10 @@ fn anything_else_is_refused_naming_the_accepted_formats() {
 
 #[test]
 fn the_pcr_file_size_cap_is_inclusive() {
-    let max = attestation_verify::MAX_PCR_FILE_LEN;
+    // The documented cap, written out: a test that read the constant would follow
+    // it wherever a change took it.
+    let max = 64 * 1024;
+    assert_eq!(attestation_verify::MAX_PCR_FILE_LEN, max);
     // Valid files padded with trailing whitespace to exactly the cap: accepted.
     let json = format!(r#"{{"PCR0": "{}"}}"#, "ab".repeat(48));
     let text = format!("{} PCR0", "ab".repeat(48));
