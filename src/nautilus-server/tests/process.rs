@@ -192,6 +192,22 @@ async fn health_manifest_and_ping() {
         [json!("echo"), json!("probe"), json!("sleep"), json!("spin")]
     );
     assert_eq!(m["limits"]["max_body_bytes"], 2 * 1024 * 1024);
+    // The per-task cgroup limits in force are attested and reported alike.
+    let cgroups = serde_json::to_value(s.state.runner().cgroups()).expect("json");
+    assert_eq!(m["cgroups"], cgroups);
+    assert_eq!(h["cgroups"], cgroups);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // This host and the enclave both have the three controllers.
+        assert_eq!(
+            cgroups["controllers"],
+            json!(["memory", "pids", "cpu"]),
+            "{cgroups}"
+        );
+    } else {
+        eprintln!("SKIPPED (needs root): cgroup controllers in force");
+        assert_eq!(cgroups["version"], "none");
+    }
     s.shutdown().await;
 }
 
