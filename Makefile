@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run test lint unit bench install
+.PHONY: run test lint unit bench install mutants
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run:
@@ -48,3 +48,26 @@ install:
 bench:
 	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
 	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
+
+## mutants: mutation testing of the trust crates (slow; not part of `make test`).
+## Needs `cargo install --locked cargo-mutants`. Writes out/mutants/summary.txt
+## and fails if a mutant survives that .cargo/mutants-accepted.txt does not list.
+MUTANTS_OUT ?= out/mutants
+# One target directory for the three runs (and the next `make mutants`), so the
+# dependencies are built once; each run still builds the workspace in a copy.
+MUTANTS_TARGET ?= $(CURDIR)/target/mutants
+MUTANTS_JOBS ?= 1
+MUTANTS = CARGO_TARGET_DIR=$(MUTANTS_TARGET) $(CARGO) mutants --no-shuffle -j $(MUTANTS_JOBS)
+# cargo-mutants exits 2 (missed) or 3 (timeouts) with results; the summary judges those.
+MUTANTS_OK = ; s=$$?; [ $$s -eq 0 ] || [ $$s -eq 2 ] || [ $$s -eq 3 ]
+
+mutants:
+	@$(CARGO) mutants --version >/dev/null 2>&1 || \
+		{ echo "error: cargo-mutants is missing: cargo install --locked cargo-mutants" >&2; exit 2; }
+	rm -rf $(MUTANTS_OUT) && mkdir -p $(MUTANTS_OUT)
+	$(MUTANTS) -p attestation-verify -o $(MUTANTS_OUT)/attestation-verify $(MUTANTS_OK)
+	$(MUTANTS) -p result-signing -o $(MUTANTS_OUT)/result-signing $(MUTANTS_OK)
+	$(MUTANTS) -p nautilus-client -f src/nautilus-client/src/result.rs \
+		-o $(MUTANTS_OUT)/nautilus-client -- --lib $(MUTANTS_OK)
+	.ci/mutants-summary $(MUTANTS_OUT) .cargo/mutants-accepted.txt > $(MUTANTS_OUT)/summary.txt; \
+		status=$$?; cat $(MUTANTS_OUT)/summary.txt; exit $$status

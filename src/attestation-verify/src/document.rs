@@ -534,8 +534,15 @@ mod tests {
                 max: MAX_NESTING_DEPTH
             })
         );
-        // Same with indefinite maps and tag chains.
+        // Same with indefinite maps (nesting through values), maps nesting through
+        // their keys, and tag chains.
         let bytes = [0xbf, 0x00].repeat(100_000);
+        let mut d = Decoder::new(&bytes);
+        assert!(matches!(
+            skip_value(&mut d, "test", 0),
+            Err(Error::NestingTooDeep { .. })
+        ));
+        let bytes = [vec![0xa1; 200_000], vec![0x00; 200_001]].concat();
         let mut d = Decoder::new(&bytes);
         assert!(matches!(
             skip_value(&mut d, "test", 0),

@@ -146,6 +146,11 @@ pub enum ConfigError {
     PcrIndexOutOfRange(u64),
     #[error("PCR{index} value is {len} bytes; PCRs are 32, 48 or 64 bytes")]
     PcrLength { index: u8, len: usize },
-    #[error("PCR file is invalid: {0}")]
+    /// The reason; the message adds the accepted formats (see [`crate::pcr_file`]).
+    #[error(
+        "PCR file not accepted: {0}. Accepted: nitro-cli's measurements JSON (`nitro-cli \
+         describe-eif --eif-path IMAGE.eif > FILE`, or what `nitro-cli build-enclave` prints \
+         on stdout) or eif_build's --pcrs_output text (one `<hex> PCRn` line per PCR)"
+    )]
     PcrFile(String),
 }

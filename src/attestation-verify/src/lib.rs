@@ -9,10 +9,10 @@
 //! ```no_run
 //! use attestation_verify::{AttestationDocument, ExpectedPcrs, Policy, TrustedRoot};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let bytes: Vec<u8> = Vec::new(); let pcr_json = ""; let nonce = [0u8; 32];
+//! # let bytes: Vec<u8> = Vec::new(); let pcr_file = b""; let nonce = [0u8; 32];
 //! let root = TrustedRoot::aws_nitro()?;
 //! let policy = Policy::default()
-//!     .expected_pcrs(ExpectedPcrs::from_nitro_json(pcr_json)?)
+//!     .expected_pcrs(ExpectedPcrs::from_pcr_file(pcr_file)?.0)
 //!     .expected_nonce(nonce);
 //! let doc = AttestationDocument::from_bytes(&bytes)?.verify(&root, &policy)?;
 //! println!("{}", serde_json::to_string(&doc.summary())?);
@@ -41,11 +41,13 @@
 //!   PCRs, expected nonce.
 //!
 //! Errors are [`Error`] (the document is bad, with the precise reason) and
-//! [`ConfigError`] (a root or PCR file supplied by the caller is bad).
+//! [`ConfigError`] (a root or PCR file supplied by the caller is bad). The PCR
+//! file formats accepted are specified in [`pcr_file`].
 
 mod chain;
 mod document;
 mod error;
+pub mod pcr_file;
 mod policy;
 mod root;
 mod verified;
@@ -55,8 +57,7 @@ pub use document::{
     MAX_OPTIONAL_FIELD_LEN, MAX_UNKNOWN_FIELDS,
 };
 pub use error::{CertPosition, ConfigError, Error};
-pub use policy::{
-    CheckTime, ExpectedPcrs, Policy, DEFAULT_MAX_AGE, DEFAULT_MAX_FUTURE_SKEW, MAX_PCR_FILE_LEN,
-};
+pub use pcr_file::{PcrFileFormat, MAX_PCR_FILE_LEN};
+pub use policy::{CheckTime, ExpectedPcrs, Policy, DEFAULT_MAX_AGE, DEFAULT_MAX_FUTURE_SKEW};
 pub use root::{TrustedRoot, AWS_NITRO_ROOT_G1_SHA256};
 pub use verified::{verify, AttestationSummary, VerifiedDocument};

@@ -14,9 +14,6 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 /// verifier and the Nitro hypervisor for documents that appear to come from the future.
 pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(60);
 
-/// Largest PCR file [`ExpectedPcrs::from_nitro_json`] reads.
-pub const MAX_PCR_FILE_LEN: usize = 64 * 1024;
-
 /// The instant at which certificates and document age are judged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CheckTime {
@@ -165,6 +162,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// A set of PCR values a document must contain (any subset of PCR0–PCR31).
+/// Read one from a build's PCR file with [`ExpectedPcrs::from_pcr_file`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExpectedPcrs(BTreeMap<u8, Vec<u8>>);
 
@@ -194,49 +192,6 @@ impl ExpectedPcrs {
     pub fn with(mut self, index: u8, value: impl Into<Vec<u8>>) -> Result<Self, ConfigError> {
         self.insert(index, value)?;
         Ok(self)
-    }
-
-    /// Reads the measurements JSON that `nitro-cli build-enclave` prints (and the
-    /// image build stores): `{"PCR0": "hex", ...}`, or the same object under
-    /// `"Measurements"`. Other keys (e.g. `HashAlgorithm`) are ignored; at least
-    /// one `PCRn` key is required.
-    pub fn from_nitro_json(json: &str) -> Result<Self, ConfigError> {
-        if json.len() > MAX_PCR_FILE_LEN {
-            return Err(ConfigError::PcrFile(format!(
-                "{} bytes, more than {MAX_PCR_FILE_LEN}",
-                json.len()
-            )));
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| ConfigError::PcrFile(e.to_string()))?;
-        let mut object = value
-            .as_object()
-            .ok_or_else(|| ConfigError::PcrFile("not a JSON object".into()))?;
-        if let Some(inner) = object.get("Measurements") {
-            object = inner
-                .as_object()
-                .ok_or_else(|| ConfigError::PcrFile("\"Measurements\" is not an object".into()))?;
-        }
-        let mut pcrs = Self::new();
-        for (key, value) in object {
-            let Some(index) = key.strip_prefix("PCR") else {
-                continue;
-            };
-            let index: u64 = index
-                .parse()
-                .map_err(|_| ConfigError::PcrFile(format!("bad PCR key {key:?}")))?;
-            let index = u8::try_from(index).map_err(|_| ConfigError::PcrIndexOutOfRange(index))?;
-            let hex_value = value
-                .as_str()
-                .ok_or_else(|| ConfigError::PcrFile(format!("{key} is not a string")))?;
-            let bytes = hex::decode(hex_value)
-                .map_err(|e| ConfigError::PcrFile(format!("{key} is not hex: {e}")))?;
-            pcrs.insert(index, bytes)?;
-        }
-        if pcrs.0.is_empty() {
-            return Err(ConfigError::PcrFile("no PCRn entries".into()));
-        }
-        Ok(pcrs)
     }
 
     /// The expected values, by PCR index.

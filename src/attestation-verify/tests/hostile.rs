@@ -205,6 +205,31 @@ fn deep_nesting_is_refused() {
             }
         );
     }
+    // Through map keys as well as values: a map whose key is a map whose key is a
+    // map... (each level also gets its value, so the bytes are well-formed CBOR).
+    let levels = room / 2;
+    let nested_keys = [vec![0xa1; levels], vec![0x00; levels + 1]].concat();
+    let doc = with_fields(&common::document(BASE), |f| {
+        f.set("future_field", nested_keys.clone())
+    });
+    assert!(doc.len() <= MAX_DOCUMENT_LEN);
+    assert_eq!(
+        reject(&doc),
+        Error::NestingTooDeep {
+            context: "payload",
+            max: MAX_NESTING_DEPTH
+        }
+    );
+    let mut cose = Cose::decode(&common::document(BASE));
+    cose.unprotected_raw = nested_keys;
+    assert_eq!(
+        reject(&cose.encode()),
+        Error::NestingTooDeep {
+            context: "unprotected header",
+            max: MAX_NESTING_DEPTH
+        }
+    );
+
     // A known field with nesting where bytes belong is a plain type error.
     let doc = with_fields(&common::document(BASE), |f| {
         f.set("nonce", [vec![0x81; room], vec![0x00]].concat())
@@ -216,6 +241,53 @@ fn deep_nesting_is_refused() {
             ..
         }
     ));
+}
+
+/// A lone break byte (0xff) is not a value. `minicbor`'s own `skip` would consume
+/// it, so a parser built on it would read `{0: <break>}` as a complete map where
+/// this one (and any strict CBOR decoder) sees malformed input: two readers of
+/// the same bytes must not disagree. Every place the parser skips is checked.
+#[test]
+fn lone_breaks_in_skipped_values_are_malformed() {
+    let malformed = |input: Vec<u8>, context: &str| {
+        let err = AttestationDocument::from_bytes(&input).unwrap_err();
+        assert!(
+            matches!(&err, Error::MalformedCbor { context: c, reason }
+                if *c == context && reason.contains("break")),
+            "{context}: {err:?}"
+        );
+    };
+    // The unprotected header: as a value, as a key, inside a nested array.
+    for raw in [
+        vec![0xa1, 0x00, 0xff],
+        vec![0xa1, 0xff, 0x00],
+        vec![0xa1, 0x00, 0x81, 0xff],
+    ] {
+        let mut cose = Cose::decode(&common::document(BASE));
+        cose.unprotected_raw = raw;
+        malformed(cose.encode(), "unprotected header");
+    }
+    // An unknown payload field: the value itself, inside an array, a map, a tag.
+    for raw in [
+        vec![0xff],
+        vec![0x81, 0xff],
+        vec![0xa1, 0x00, 0xff],
+        vec![0xc6, 0xff],
+    ] {
+        malformed(
+            with_fields(&common::document(BASE), |f| f.set("future_field", raw)),
+            "payload",
+        );
+    }
+    // The protected header: an unknown integer label's value, and a non-integer key.
+    for protected in [
+        vec![0xa2, 0x01, 0x38, 0x22, 0x04, 0xff],
+        vec![0xa2, 0x01, 0x38, 0x22, 0xff, 0x00],
+    ] {
+        let mut cose = Cose::decode(&common::document(BASE));
+        cose.protected = protected;
+        malformed(cose.encode(), "protected header");
+    }
 }
 
 /// SplitMix64: a fixed-seed generator so failures reproduce (no `rand` needed).

@@ -127,19 +127,21 @@ fn summary_serializes_to_the_cli_json_shape() {
 }
 
 #[test]
-fn expected_pcrs_from_nitro_json_accept_a_matching_document() {
+fn pcr_files_in_each_format_accept_a_matching_document() {
     let root = TrustedRoot::aws_nitro().unwrap();
     let bytes = common::document(common::BASE);
     let exp = &common::expected_json()[common::BASE]["pcrs"];
+    let pcr = |i: &str| exp[i].as_str().unwrap();
     let flat = format!(
         r#"{{"HashAlgorithm": "Sha384 {{ ... }}", "PCR0": "{}", "PCR1": "{}", "PCR2": "{}"}}"#,
-        exp["0"].as_str().unwrap(),
-        exp["1"].as_str().unwrap(),
-        exp["2"].as_str().unwrap()
+        pcr("0"),
+        pcr("1"),
+        pcr("2")
     );
     let nested = format!(r#"{{"Measurements": {flat}}}"#);
-    for json in [flat, nested] {
-        let pcrs = ExpectedPcrs::from_nitro_json(&json).unwrap();
+    let text = format!("{} PCR0\n{} PCR1\n{} PCR2", pcr("0"), pcr("1"), pcr("2"));
+    for file in [flat, nested, text] {
+        let (pcrs, _) = ExpectedPcrs::from_pcr_file(file.as_bytes()).unwrap();
         assert_eq!(pcrs.len(), 3);
         let policy = at_doc_time().expected_pcrs(pcrs);
         attestation_verify::verify(&bytes, &root, &policy).unwrap();

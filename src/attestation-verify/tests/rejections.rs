@@ -217,6 +217,56 @@ fn wrong_algorithm_header_is_rejected() {
 }
 
 #[test]
+fn protected_header_entries_are_capped_at_the_limit() {
+    let max = attestation_verify::MAX_UNKNOWN_FIELDS;
+    // The algorithm plus harmless labels 3, 4, ... (2 would be `crit`).
+    let header = |entries: usize| {
+        let mut labels = vec![(1, -35)];
+        labels.extend((3..).take(entries - 1).map(|label| (label, 0)));
+        encode_protected(&labels)
+    };
+    let mut cose = Cose::decode(&base());
+    cose.protected = header(max);
+    // At the limit it parses; only the signature (over the original header) fails.
+    assert_rejected(&cose.encode(), Error::CoseSignature);
+    cose.protected = header(max + 1);
+    assert_eq!(
+        AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
+        Error::MalformedCbor {
+            context: "protected header",
+            reason: format!("more than {max} entries"),
+        }
+    );
+}
+
+#[test]
+fn the_document_size_limit_is_inclusive() {
+    // The documented limit, written out (not read from the constant it tests).
+    let max = 64 * 1024;
+    assert_eq!(attestation_verify::MAX_DOCUMENT_LEN, max);
+    // Pad a real document with an unknown field to exactly `max` bytes. The
+    // length heads grow with the padding, so converge rather than compute.
+    let padded = |len: usize| {
+        let mut pad = len - base().len();
+        loop {
+            let doc = with_fields(&base(), |f| f.set_bytes("padding", &vec![0; pad]));
+            match doc.len().cmp(&len) {
+                std::cmp::Ordering::Equal => return doc,
+                std::cmp::Ordering::Greater => pad -= doc.len() - len,
+                std::cmp::Ordering::Less => pad += len - doc.len(),
+            }
+        }
+    };
+    let at_limit = padded(max);
+    assert_rejected(&at_limit, Error::CoseSignature);
+    let over = padded(max + 1);
+    assert_eq!(
+        AttestationDocument::from_bytes(&over).unwrap_err(),
+        Error::InputTooLarge { len: max + 1, max }
+    );
+}
+
+#[test]
 fn every_truncation_is_reported_as_truncated() {
     let doc = base();
     for len in 0..doc.len() {
@@ -321,6 +371,53 @@ fn stale_and_future_documents_are_rejected_by_age() {
             max_skew_ms: 0
         }
     );
+}
+
+/// Both time limits, exactly at and one millisecond past each boundary. A limit
+/// made stricter by one (`>` read as `>=`) would refuse everything with a skew
+/// or age of zero.
+#[test]
+fn age_and_future_skew_limits_are_inclusive_to_the_millisecond() {
+    let ts = common::timestamp_of(BASE);
+    let max_age = attestation_verify::DEFAULT_MAX_AGE.as_millis() as u64;
+    let policy_at = |at_ms| at(CheckTime::UnixMillis(at_ms));
+    verify_with(&base(), &policy_at(ts + max_age)).expect("exactly max age old");
+    assert_eq!(
+        verify_with(&base(), &policy_at(ts + max_age + 1)).unwrap_err(),
+        Error::DocumentTooOld {
+            timestamp_ms: ts,
+            at_ms: ts + max_age + 1,
+            age_ms: max_age + 1,
+            max_age_ms: max_age,
+        }
+    );
+    // A max age of zero accepts a document checked at its own timestamp.
+    let zero = policy_at(ts).max_age(Some(std::time::Duration::ZERO));
+    verify_with(&base(), &zero).expect("age zero, max age zero");
+
+    let skew = attestation_verify::DEFAULT_MAX_FUTURE_SKEW.as_millis() as u64;
+    let fields = Fields::decode(&Cose::decode(&base()).payload);
+    let leaf = x509_cert::Certificate::from_der(&fields.certificate()).unwrap();
+    let not_before = leaf.tbs_certificate.validity.not_before.to_unix_duration();
+    assert!(
+        (not_before.as_millis() as u64) < ts - skew - 1,
+        "the leaf is valid a skew before the document"
+    );
+    verify_with(&base(), &policy_at(ts - skew)).expect("exactly the allowed skew ahead");
+    assert_eq!(
+        verify_with(&base(), &policy_at(ts - skew - 1)).unwrap_err(),
+        Error::DocumentFromFuture {
+            timestamp_ms: ts,
+            at_ms: ts - skew - 1,
+            max_skew_ms: skew,
+        }
+    );
+    let no_skew = |at_ms| policy_at(at_ms).max_future_skew(std::time::Duration::ZERO);
+    verify_with(&base(), &no_skew(ts)).expect("no skew needed");
+    assert!(matches!(
+        verify_with(&base(), &no_skew(ts - 1)).unwrap_err(),
+        Error::DocumentFromFuture { .. }
+    ));
 }
 
 #[test]

@@ -15,7 +15,7 @@
 //! ```no_run
 //! use nautilus_client::{Client, Policy, TaskSpec, TrustedRoot, ExpectedPcrs};
 //! # async fn demo() -> Result<(), nautilus_client::ClientError> {
-//! let pcrs = ExpectedPcrs::from_nitro_json(&std::fs::read_to_string("out/nitro.pcrs")?)?;
+//! let (pcrs, _format) = ExpectedPcrs::from_pcr_file(&std::fs::read("out/nitro.pcrs")?)?;
 //! let client = Client::connect(
 //!     "http://127.0.0.1:3000",
 //!     TrustedRoot::aws_nitro()?,

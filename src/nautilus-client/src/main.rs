@@ -39,7 +39,9 @@ struct TrustArgs {
     /// e.g. the dev root a dev-mode server writes.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Expected PCRs: nitro-cli's measurements JSON (`out/nitro.pcrs`).
+    /// Expected PCRs: a file from the image build, either nitro-cli's JSON
+    /// (`nitro-cli describe-eif --eif-path IMAGE.eif > FILE`) or eif_build's
+    /// `--pcrs_output` text (`<hex> PCRn` lines). Every PCR in it must match.
     #[arg(long)]
     pcrs: Option<PathBuf>,
     /// Accept debug-mode documents (PCR0, PCR1 and PCR2 all zero).
@@ -99,7 +101,8 @@ struct RunArgs {
     args: Vec<String>,
 }
 
-/// Largest file `verify-doc`, `--root` or `--pcrs` reads.
+/// Largest file `verify-doc`, `--root` or `--pcrs` reads (the PCR file reader
+/// has its own, smaller cap).
 const MAX_INPUT_FILE: u64 = 1024 * 1024;
 /// Largest stdin file `run` sends (the server's own limit is 1 MiB).
 const MAX_STDIN_FILE: u64 = 1024 * 1024;
@@ -231,10 +234,16 @@ impl TrustArgs {
     fn policy(&self) -> anyhow::Result<Policy> {
         let mut policy = Policy::default().allow_debug(self.allow_debug);
         if let Some(path) = &self.pcrs {
-            let text = String::from_utf8(read_limited(path, MAX_INPUT_FILE)?)
-                .with_context(|| format!("--pcrs {} is not UTF-8", path.display()))?;
-            let pcrs = ExpectedPcrs::from_nitro_json(&text)
+            let (pcrs, format) = ExpectedPcrs::from_pcr_file(&read_limited(path, MAX_INPUT_FILE)?)
                 .with_context(|| format!("--pcrs {}", path.display()))?;
+            let names: Vec<_> = pcrs.iter().map(|(i, _)| format!("PCR{i}")).collect();
+            // Stderr, so stdout stays one JSON answer; said before anything is
+            // fetched, so a wrong file is noticed even when verification fails.
+            eprintln!(
+                "note: --pcrs {} read as {format}: expecting {}",
+                path.display(),
+                names.join(", ")
+            );
             policy = policy.expected_pcrs(pcrs);
         }
         Ok(policy)

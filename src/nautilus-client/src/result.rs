@@ -321,6 +321,47 @@ mod tests {
         ));
     }
 
+    /// The window is `[not_before - skew, not_after + skew]`, inclusive at both
+    /// ends; the result is signed at 10 000 ms.
+    #[test]
+    fn the_freshness_window_is_inclusive_at_both_ends() {
+        let args = vec!["1".to_string()];
+        let digest = "ab".repeat(32);
+        let (s, key) = signed(Some("aa"));
+        let window = |not_before_ms, not_after_ms, skew_ms| Expected {
+            not_before_ms,
+            not_after_ms,
+            clock_skew: Duration::from_millis(skew_ms),
+            ..expected(&args, &digest)
+        };
+        let check = |e: Expected<'_>| verify_result(&s, key.verifying_key(), &e);
+        for (not_before, not_after, skew) in [
+            (10_000, 10_000, 0),
+            (11_000, 12_000, 1_000), // ends exactly `skew` after the timestamp
+            (7_000, 9_000, 1_000),   // ends exactly `skew` before it
+        ] {
+            check(window(not_before, not_after, skew))
+                .unwrap_or_else(|e| panic!("{not_before}..{not_after} ±{skew}: {e}"));
+        }
+        for (not_before, not_after, skew, from_ms, to_ms) in [
+            // Signed after the window (a clock running ahead, or a replay).
+            (7_000, 8_999, 1_000, 6_000, 9_999),
+            (0, 9_999, 0, 0, 9_999),
+            // Signed before it.
+            (11_001, 12_000, 1_000, 10_001, 13_000),
+            (10_001, 10_001, 0, 10_001, 10_001),
+        ] {
+            match check(window(not_before, not_after, skew)) {
+                Err(ResultError::Stale {
+                    timestamp_ms: 10_000,
+                    from_ms: f,
+                    to_ms: t,
+                }) if (f, t) == (from_ms, to_ms) => {}
+                other => panic!("{not_before}..{not_after} ±{skew}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_signed_status_must_agree_with_the_exit_code() {
         let args = vec!["1".to_string()];

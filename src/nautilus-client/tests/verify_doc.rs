@@ -113,7 +113,18 @@ fn failures_exit_1_with_one_line_of_reason() {
         let out = verify_doc(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        // One line of reason, after the note saying how `--pcrs` was read.
+        let lines: Vec<_> = err.trim().lines().collect();
+        let reasons: Vec<_> = lines
+            .iter()
+            .filter(|l| !l.starts_with("note: --pcrs"))
+            .collect();
+        assert_eq!(reasons.len(), 1, "{err}");
+        assert_eq!(
+            lines.len() - reasons.len(),
+            usize::from(args.contains(&"--pcrs")),
+            "{err}"
+        );
         assert!(err.contains(reason), "{args:?}: {err}");
         assert!(out.stdout.is_empty());
     }
@@ -172,4 +183,102 @@ fn a_closed_stdout_is_not_a_crash() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
+}
+
+/// The PCR files a build produces, for a real document's PCRs: nitro-cli's JSON
+/// (as `describe-eif` prints it, nested, and the bare measurements object) and
+/// eif_build's text lines. `wrong` names a PCR to alter.
+fn pcr_files(name: &str, wrong: Option<&str>) -> Vec<(&'static str, String)> {
+    let e = expected(name);
+    let pcr = |i: &str| {
+        let value = e["pcrs"][i].as_str().expect("hex").to_owned();
+        if wrong == Some(i) {
+            // Flip the last hex digit.
+            let (head, last) = value.split_at(value.len() - 1);
+            format!("{head}{}", if last == "0" { "1" } else { "0" })
+        } else {
+            value
+        }
+    };
+    let measurements = format!(
+        r#"{{"HashAlgorithm": "Sha384 {{ ... }}", "PCR0": "{}", "PCR1": "{}", "PCR2": "{}", "PCR8": "{}"}}"#,
+        pcr("0"),
+        pcr("1"),
+        pcr("2"),
+        pcr("8")
+    );
+    vec![
+        (
+            "nitro-cli JSON",
+            format!(
+                "{{\n  \"EifVersion\": 4,\n  \"Measurements\": {measurements},\n  \"IsSigned\": false\n}}\n"
+            ),
+        ),
+        ("measurements JSON", measurements),
+        (
+            "eif_build text",
+            format!("{} PCR0\n{} PCR1\n{} PCR2", pcr("0"), pcr("1"), pcr("2")),
+        ),
+    ]
+}
+
+#[test]
+fn pcr_files_in_each_accepted_format_verify_and_a_wrong_pcr_is_refused() {
+    for doc in [NONDEBUG, "signal_svr2_2023-05-24.cbor"] {
+        let path = data(doc);
+        let path = path.to_str().expect("utf8");
+        for wrong in [None, Some("0"), Some("2")] {
+            for (format, content) in pcr_files(doc, wrong) {
+                let file = tempfile::NamedTempFile::new().expect("tmp");
+                std::fs::write(file.path(), &content).expect("write");
+                let pcrs = file.path().to_str().expect("utf8");
+                let out = verify_doc(&[path, "--at-doc-time", "--pcrs", pcrs]);
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    err.starts_with(&format!("note: --pcrs {pcrs} read as {format}")),
+                    "{doc} {format}: {err}"
+                );
+                match wrong {
+                    None => {
+                        assert_succeeded(&out);
+                        assert!(err.contains("expecting PCR0, PCR1, PCR2"), "{err}");
+                    }
+                    Some(i) => {
+                        assert_eq!(out.status.code(), Some(1), "{doc} {format}: {err}");
+                        assert!(err.contains(&format!("error: PCR{i} mismatch")), "{err}");
+                        assert!(out.stdout.is_empty());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn other_pcr_files_are_refused_saying_what_is_accepted() {
+    let path = data(NONDEBUG);
+    let (_, json) = pcr_files(NONDEBUG, None).swap_remove(0);
+    // A `nitro-cli build-enclave ... 2>&1` capture: status lines before the JSON.
+    let capture =
+        format!("Start building the Enclave Image...\nEnclave Image successfully created.\n{json}");
+    for content in [capture, "PCR0=00\n".to_owned()] {
+        let file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(file.path(), &content).expect("write");
+        let out = verify_doc(&[
+            path.to_str().expect("utf8"),
+            "--at-doc-time",
+            "--pcrs",
+            file.path().to_str().expect("utf8"),
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        for said in [
+            "line 1 is not `<hex> PCRn`",
+            "nitro-cli describe-eif --eif-path",
+            "eif_build",
+        ] {
+            assert!(err.contains(said), "{err} lacks {said:?}");
+        }
+    }
 }
