@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LISTEN ?= tcp://127.0.0.1:3000
 
-.PHONY: run test lint unit bench
+.PHONY: run test lint unit bench help image enclave-binaries build-eif describe run-enclave run-debug terminate
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run:
@@ -25,3 +25,79 @@ unit:
 ## bench: latency and throughput of a local dev server (not part of the tests)
 bench:
 	$(CARGO) run --release --example bench -- 200
+
+# ---------------------------------------------------------------- enclave ----
+# `make image` needs no container engine; `make build-eif` builds the same way
+# inside pinned StageX images. README.md ("Deploying on AWS Nitro Enclaves")
+# explains both.
+
+KERNEL ?= /usr/share/nitro_enclaves/blobs/bzImage
+NSM_KO ?=
+OUT ?= $(CURDIR)/out
+CPU_COUNT ?= 2
+MEMORY_MIB ?= 2048
+ENCLAVE_CID ?=
+ENCLAVE_TARGET := x86_64-unknown-linux-musl
+ENCLAVE_TARGET_DIR ?= $(CURDIR)/target/enclave
+ENCLAVE_BIN_DIR := $(ENCLAVE_TARGET_DIR)/$(ENCLAVE_TARGET)/release
+CARGO_HOME ?= $(HOME)/.cargo
+# The build time recorded in binaries and in the EIF metadata: the commit's
+# time, so two clones of one commit agree (PCRs do not depend on it).
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# Paths of this checkout and of cargo's home never reach the binaries.
+ENCLAVE_RUSTFLAGS := -C target-feature=+crt-static \
+	--remap-path-prefix=$(CURDIR)=/build --remap-path-prefix=$(CARGO_HOME)=/cargo
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+
+## help: list the targets
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
+
+## image: build out/nitro.eif and out/nitro.pcrs without containers (KERNEL=<bzImage> [NSM_KO=<nsm.ko>])
+image:
+	@test -f "$(KERNEL)" || { echo "make image: KERNEL=$(KERNEL) does not exist. Pass KERNEL=<path to a bzImage>; on an EC2 parent the aws-nitro-enclaves-cli package installs /usr/share/nitro_enclaves/blobs/bzImage (any file works for a test build)." >&2; exit 1; }
+	@$(MAKE) --no-print-directory enclave-binaries
+	KERNEL="$(KERNEL)" NSM_KO="$(NSM_KO)" OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
+		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) enclave/build-image.sh
+
+# Static musl binaries of the server, the init and the image tool.
+enclave-binaries:
+	@command -v musl-gcc >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make image: installing musl-tools (musl-gcc, for ring's C code)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools >/dev/null; \
+		else echo "make image: musl-gcc is missing: install musl-tools (apt-get install musl-tools)" >&2; exit 1; fi; }
+	@rustup target list --installed 2>/dev/null | grep -qx $(ENCLAVE_TARGET) || rustup target add $(ENCLAVE_TARGET)
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) CARGO_TARGET_DIR="$(ENCLAVE_TARGET_DIR)" \
+		CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
+		$(CARGO) build --release --locked --target $(ENCLAVE_TARGET) \
+		-p nautilus-server -p enclave-init -p enclave-image
+
+## build-eif: build out/nitro.eif and out/nitro.pcrs inside StageX images pinned by digest (docker or podman)
+build-eif:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
+	mkdir -p $(OUT)
+	$(CONTAINER_ENGINE) build --file Containerfile --target package --platform linux/amd64 \
+		--build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+		--output type=local,dest=$(OUT) .
+	@cat $(OUT)/nitro.pcrs
+
+## describe: check out/nitro.eif and print its header, sections and PCRs
+describe:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	$(ENCLAVE_BIN_DIR)/enclave-image describe $(OUT)/nitro.eif
+
+## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
+run-enclave:
+	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
+		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID))
+
+## run-debug: as run-enclave, in debug mode with the console attached (PCRs read as zeros)
+run-debug:
+	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
+		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID)) \
+		--debug-mode --attach-console
+
+## terminate: stop every running enclave
+terminate:
+	nitro-cli terminate-enclave --all
