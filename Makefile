@@ -4,12 +4,19 @@
 CARGO ?= cargo
 LISTEN ?= tcp://127.0.0.1:3000
 
-.PHONY: run test lint unit bench help image enclave-binaries build-eif describe run-enclave run-debug terminate
+.PHONY: run task-deps test lint unit bench help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
-run:
+run: task-deps
 	$(CARGO) run --release --bin nautilus-server -- \
 		--attestation dev --listen $(LISTEN) --tasks-dir . --dev-root-out out/dev-root.pem
+
+# Dependencies of the example tasks for local runs, from their lockfiles (the
+# image installs its own copy with the pinned npm; see enclave/README.md).
+task-deps:
+	@for t in $$(grep -v '^#' enclave/tasks); do \
+		if [ -f $$t/package-lock.json ] && [ ! -d $$t/node_modules ]; then \
+			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
 
 ## test: formatting, lints and every test of the workspace (what CI runs)
 test: lint unit
@@ -32,7 +39,8 @@ bench:
 # explains both.
 
 KERNEL ?= /usr/share/nitro_enclaves/blobs/bzImage
-NSM_KO ?=
+# An nsm.ko lying next to the kernel (as in the AWS blobs directory) goes in too.
+NSM_KO ?= $(wildcard $(dir $(KERNEL))nsm.ko)
 OUT ?= $(CURDIR)/out
 CPU_COUNT ?= 2
 MEMORY_MIB ?= 2048
@@ -86,6 +94,16 @@ build-eif:
 describe:
 	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	$(ENCLAVE_BIN_DIR)/enclave-image describe $(OUT)/nitro.eif
+
+## eif-crosscheck: check out/nitro.eif with AWS's own image-format crate (heavy: ~290 crates, so not in make test)
+eif-crosscheck:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	rm -rf $(OUT)/sections
+	$(ENCLAVE_BIN_DIR)/enclave-image extract $(OUT)/nitro.eif --out-dir $(OUT)/sections >/dev/null
+	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
+		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		$(OUT)/sections/kernel $(OUT)/sections/cmdline $(OUT)/nitro.eif \
+		$(OUT)/sections/ramdisk-0 $(OUT)/sections/ramdisk-1
 
 ## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
 run-enclave:

@@ -1,7 +1,9 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Assembles the enclave image from already-built static binaries: the one
 # script both `make image` and the Containerfile run, so both decide the bytes
 # the same way. See enclave/README.md for what goes where.
+#
+# POSIX sh (busybox ash in the StageX build, bash or dash elsewhere).
 #
 # Environment (the Makefile sets these):
 #   KERNEL     kernel image (bzImage) to put in the EIF             (required)
@@ -10,7 +12,10 @@
 #   OUT        output directory                                     (default out)
 #   CACHE      download cache, outside OUT  (default ~/.cache/nautilus/inputs)
 #   SOURCE_DATE_EPOCH  build time recorded in the EIF metadata      (default 0)
-set -euo pipefail
+set -eu
+# pipefail where the shell has it (bash, busybox ash; not dash).
+# shellcheck disable=SC3040
+(set -o pipefail) 2>/dev/null && set -o pipefail
 
 die() { echo "build-image: $*" >&2; exit 1; }
 log() { echo "build-image: $*" >&2; }
@@ -47,7 +52,7 @@ fetch() {
     for url in "$@"; do
         log "downloading $name from $url"
         if curl -fsSL --retry 3 --connect-timeout 20 -o "$file.part" "$url"; then
-            if "$TOOL" verify "$file.part" "$pin"; then
+            if "$TOOL" verify "$file.part" "$pin" >/dev/null; then
                 mv "$file.part" "$file"
                 return 0
             fi
@@ -82,7 +87,7 @@ fetch_deb() {
 }
 
 NODE_TGZ="" NPM_TGZ=""
-declare -a DEBS=()
+DEBS=""
 while read -r kind name version pin source; do
     case "$kind" in
         ''|'#'*) continue ;;
@@ -95,7 +100,8 @@ while read -r kind name version pin source; do
                 *) die "inputs.lock: unexpected npm input $name" ;;
             esac ;;
         deb) deb="$(fetch_deb "$name" "$version" "$pin" "$source")" || exit 1
-             DEBS+=("$deb") ;;
+             # Cache paths hold no spaces or newlines (pool file names).
+             DEBS="$DEBS $deb" ;;
         *) die "inputs.lock: unknown kind $kind" ;;
     esac
 done < "$ENCLAVE/inputs.lock"
@@ -128,7 +134,7 @@ install -m 0644 "$ENCLAVE/group" "$APP/etc/group"
 tar -xzf "$NODE_TGZ" -C "$WORK" package/bin/node
 install -m 0755 "$WORK/package/bin/node" "$APP/usr/bin/node"
 
-for deb in "${DEBS[@]}"; do
+for deb in $DEBS; do
     mkdir -p "$WORK/deb"
     # data.tar.xz holds the files; ar and tar are all it takes (no dpkg needed).
     (cd "$WORK" && ar x "$deb" data.tar.xz && tar -xJf data.tar.xz -C deb && rm data.tar.xz)
@@ -159,14 +165,19 @@ while read -r task; do
     case "$task" in ''|'#'*) continue ;; esac
     [ -f "$ROOT/$task/package.json" ] || die "enclave/tasks: $task has no package.json"
     mkdir -p "$APP/tasks/$task"
-    # The task as checked out, without any local node_modules.
-    tar -C "$ROOT/$task" --exclude=./node_modules -cf - . | tar -C "$APP/tasks/$task" -xf -
+    # The task as checked out, without any local node_modules (the build installs its own).
+    cp -R "$ROOT/$task/." "$APP/tasks/$task/"
+    rm -rf "$APP/tasks/$task/node_modules"
     if image_node -e 'const p = require(process.argv[1]); process.exit(Object.keys(p.dependencies || {}).length ? 0 : 1)' \
         "$APP/tasks/$task/package.json"; then
         [ -f "$APP/tasks/$task/package-lock.json" ] \
             || die "task $task has dependencies but no package-lock.json: run 'npm install' in $task and commit the lockfile"
         log "installing $task's dependencies (npm ci, integrity-checked against package-lock.json)"
-        (cd "$APP/tasks/$task" && HOME="$WORK" NPM_CONFIG_USERCONFIG=/dev/null NPM_CONFIG_GLOBALCONFIG=/dev/null \
+        # Empty npm configs: nothing from the host's ~/.npmrc or /etc/npmrc.
+        : > "$WORK/npmrc-user"
+        : > "$WORK/npmrc-global"
+        (cd "$APP/tasks/$task" && HOME="$WORK" NPM_CONFIG_USERCONFIG="$WORK/npmrc-user" \
+            NPM_CONFIG_GLOBALCONFIG="$WORK/npmrc-global" \
             image_node "$WORK/npm/bin/npm-cli.js" ci --omit=dev --ignore-scripts --no-audit --no-fund \
             --no-update-notifier --prefer-offline --cache "$CACHE/npm-cache" >&2)
         # npm's own bookkeeping varies between npm versions and is not part of the task.

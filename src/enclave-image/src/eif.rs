@@ -395,14 +395,14 @@ pub struct SectionInfo {
     pub size: u64,
 }
 
+/// Receives each section's index, header and data, in chunks.
+pub type SectionSink<'a> = dyn FnMut(usize, &SectionInfo, &[u8]) -> io::Result<()> + 'a;
+
 /// Reads and checks the EIF at `path`: magic, version, section table against
 /// the file and each section header, the CRC32; computes the PCRs. When
 /// `sink` is given it receives every section's index, header and data, in
 /// chunks (used by [`extract`]).
-pub fn read_eif(
-    path: &Path,
-    mut sink: Option<&mut dyn FnMut(usize, &SectionInfo, &[u8]) -> io::Result<()>>,
-) -> Result<EifInfo, EifError> {
+pub fn read_eif(path: &Path, mut sink: Option<&mut SectionSink<'_>>) -> Result<EifInfo, EifError> {
     let mut file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut header = [0u8; HEADER_SIZE as usize];
@@ -574,7 +574,6 @@ pub fn extract(eif: &Path, dir: &Path) -> Result<(EifInfo, Vec<std::path::PathBu
         }
     };
     read_eif(eif, Some(&mut sink))?;
-    drop(sink);
     // Empty sections got no chunk: create them too.
     for name in &names {
         if !name.exists() {

@@ -63,8 +63,9 @@ fn connect_vsock(cid: u32, port: u32, timeout: Duration) -> io::Result<File> {
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+        // Clamped to a day: fits time_t on every libc (musl's may be 32-bit).
+        tv_sec: timeout.as_secs().min(86_400) as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
     use std::os::fd::AsRawFd;
     // Linux's SO_VM_SOCKETS_CONNECT_TIMEOUT (old timeval layout, same as the

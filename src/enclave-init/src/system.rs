@@ -92,11 +92,11 @@ pub fn loopback_up() -> io::Result<()> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq.
     unsafe {
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) != 0 {
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) != 0 {
             return Err(io::Error::last_os_error());
         }
         req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) != 0 {
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -155,7 +155,14 @@ fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
     info.extend_from_slice(bytes);
     let random = fs::OpenOptions::new().write(true).open("/dev/random")?;
     // SAFETY: info is a valid rand_pool_info followed by buf_size bytes.
-    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+    if unsafe {
+        libc::ioctl(
+            random.as_raw_fd(),
+            RNDADDENTROPY as libc::Ioctl,
+            info.as_ptr(),
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
