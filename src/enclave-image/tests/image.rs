@@ -133,14 +133,17 @@ fn the_pcrs_are_recomputed_independently_and_describe_agrees() {
     assert!(text.contains("EIF version 4"), "{text}");
 }
 
-fn archive(b: &Built, index: usize) -> Vec<ListedEntry> {
-    let bytes = fs::read(b.out.join("nitro.eif")).unwrap();
-    let ramdisks: Vec<&[u8]> = sections(&bytes)
-        .into_iter()
-        .filter(|s| s.0 == 3)
-        .map(|s| s.1)
-        .collect();
-    cpio::read_archive(ramdisks[index]).unwrap()
+/// The entries of ramdisk `index` (0 boot, 1 application), unpacked once.
+fn archive(b: &Built, index: usize) -> &'static [ListedEntry] {
+    static ARCHIVES: OnceLock<Vec<Vec<ListedEntry>>> = OnceLock::new();
+    &ARCHIVES.get_or_init(|| {
+        let bytes = fs::read(b.out.join("nitro.eif")).unwrap();
+        sections(&bytes)
+            .into_iter()
+            .filter(|s| s.0 == 3)
+            .map(|s| cpio::read_archive(s.1).unwrap())
+            .collect()
+    })[index]
 }
 
 fn find<'a>(entries: &'a [ListedEntry], path: &str) -> &'a ListedEntry {
@@ -203,24 +206,24 @@ fn assert_static(entry: &ListedEntry) {
 fn the_ramdisks_hold_init_run_sh_a_static_server_and_a_node_whose_libraries_resolve() {
     let b = built();
     let boot = archive(b, 0);
-    assert_static(find(&boot, "init"));
-    let console = find(&boot, "dev/console");
+    assert_static(find(boot, "init"));
+    let console = find(boot, "dev/console");
     assert!(console.is_char_device() && console.rdev == (5, 1));
     for dir in ["proc", "sys", "dev", "tmp", "run"] {
-        assert!(find(&boot, dir).is_dir());
+        assert!(find(boot, dir).is_dir());
     }
 
     let app = archive(b, 1);
-    for e in boot.iter().chain(&app) {
+    for e in boot.iter().chain(app) {
         assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 0), "/{}", e.path);
     }
-    let run_sh = find(&app, "run.sh");
+    let run_sh = find(app, "run.sh");
     assert_eq!(run_sh.mode, 0o100_755);
     assert_eq!(run_sh.data, fs::read(repo().join("run.sh")).unwrap());
-    assert_static(find(&app, "usr/bin/nautilus-server"));
-    assert_static(resolve(&app, "bin/sh").expect("/bin/sh resolves"));
+    assert_static(find(app, "usr/bin/nautilus-server"));
+    assert_static(resolve(app, "bin/sh").expect("/bin/sh resolves"));
     assert_eq!(
-        find(&app, "etc/passwd").data,
+        find(app, "etc/passwd").data,
         b"root:x:0:0:root:/root:/bin/sh\n"
     );
 
@@ -233,11 +236,11 @@ fn the_ramdisks_hold_init_run_sh_a_static_server_and_a_node_whose_libraries_reso
             continue;
         }
         let entry =
-            resolve(&app, &path).unwrap_or_else(|| panic!("/{path} does not resolve in the image"));
+            resolve(app, &path).unwrap_or_else(|| panic!("/{path} does not resolve in the image"));
         let elf = goblin::elf::Elf::parse(&entry.data).unwrap();
         if let Some(interp) = elf.interpreter {
             assert!(
-                resolve(&app, interp).is_some(),
+                resolve(app, interp).is_some(),
                 "interpreter {interp} of /{path} is missing"
             );
         }
@@ -245,7 +248,7 @@ fn the_ramdisks_hold_init_run_sh_a_static_server_and_a_node_whose_libraries_reso
             let found = lib_dirs
                 .iter()
                 .map(|d| format!("{d}/{lib}"))
-                .find(|p| resolve(&app, p).is_some())
+                .find(|p| resolve(app, p).is_some())
                 .unwrap_or_else(|| panic!("{lib} (needed by /{path}) is not in the image"));
             pending.push(found);
         }
@@ -285,7 +288,7 @@ fn unpacked_app() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        unpack(&archive(built(), 1), dir.path());
+        unpack(archive(built(), 1), dir.path());
         dir
     })
     .path()
@@ -364,7 +367,12 @@ fn every_task_is_in_the_image_with_the_digest_the_server_reports() {
 fn image_node(args: &[&str]) -> std::process::Output {
     let root = unpacked_app();
     let mut command = if is_root() {
-        let mut c = Command::new("chroot");
+        // Found before the environment is cleared (it lives in sbin).
+        let chroot = ["/usr/sbin/chroot", "/sbin/chroot", "/usr/bin/chroot"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("chroot(8) is installed");
+        let mut c = Command::new(chroot);
         c.arg(root).arg("/usr/bin/node");
         c
     } else {
