@@ -294,6 +294,15 @@ fn corrupt_or_truncated_images_are_refused_and_extract_writes_nothing() {
         Err(EifError::Malformed(_))
     ));
 
+    // A section size that would run past the end (or overflow) is refused
+    // before anything is read or allocated for it.
+    let mut huge = good.clone();
+    let last_size = 28 + 256 + 8 * 4;
+    huge[last_size..last_size + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+    fs::write(&path, &huge).unwrap();
+    let err = eif::read_eif(&path, None).unwrap_err();
+    assert!(err.to_string().contains("past the end"), "{err}");
+
     fs::write(&path, b"not an eif").unwrap();
     assert!(matches!(
         eif::read_eif(&path, None),

