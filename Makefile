@@ -56,6 +56,8 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 ENCLAVE_RUSTFLAGS := -C target-feature=+crt-static \
 	--remap-path-prefix=$(CURDIR)=/build --remap-path-prefix=$(CARGO_HOME)=/cargo
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+# `--output` needs BuildKit: docker's buildx; podman's own build has it.
+CONTAINER_BUILD = $(if $(findstring docker,$(notdir $(CONTAINER_ENGINE))),$(CONTAINER_ENGINE) buildx build,$(CONTAINER_ENGINE) build)
 
 ## help: list the targets
 help:
@@ -84,8 +86,9 @@ enclave-binaries:
 ## build-eif: build out/nitro.eif and out/nitro.pcrs inside StageX images pinned by digest (docker or podman)
 build-eif:
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
+	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
 	mkdir -p $(OUT)
-	$(CONTAINER_ENGINE) build --file Containerfile --target package --platform linux/amd64 \
+	$(CONTAINER_BUILD) --file Containerfile --target package --platform linux/amd64 \
 		--build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
 		--output type=local,dest=$(OUT) .
 	@cat $(OUT)/nitro.pcrs
