@@ -2,8 +2,9 @@
 //! unpacks them into its initramfs.
 //!
 //! The bytes depend only on the paths, contents, symlink targets, the
-//! executable bit of files and one fixed mtime: entries are sorted bytewise by
-//! path, inode numbers count up from 1 in that order, every owner is 0:0,
+//! executable bit of files and one fixed mtime: the root `.` comes first
+//! (0755, so the kernel gives `/` that mode), then the entries sorted bytewise
+//! by path, inode numbers count up from 1 in that order, every owner is 0:0,
 //! directories are 0755, files 0755 when any execute bit was set and 0644
 //! otherwise, symlinks 0777, and every mtime is the one given (0 or
 //! `SOURCE_DATE_EPOCH`). Hard links (a regular file with more than one link)
@@ -184,10 +185,23 @@ pub fn write_newc<W: Write>(mut entries: Vec<Entry>, mtime: u64, out: W) -> Resu
         written: 0,
     };
     let sink = PathBuf::from("<archive>");
+    // The root itself first: the kernel applies its mode to `/`, which would
+    // otherwise keep rootfs's default (1777 on tmpfs: writable by every task uid).
+    Header {
+        ino: 1,
+        mode: 0o040_755,
+        nlink: 2,
+        mtime,
+        size: 0,
+        rdev: (0, 0),
+        name: b".",
+    }
+    .write(&mut out)
+    .map_err(io_err(&sink))?;
     let mut total = 0u64;
     for (index, entry) in entries.iter().enumerate() {
         check_path(entry.path())?;
-        let ino = u32::try_from(index + 1).map_err(|_| CpioError::TooManyEntries)?;
+        let ino = u32::try_from(index + 2).map_err(|_| CpioError::TooManyEntries)?;
         let header = |mode: u32, nlink: u32, size: u32, rdev: (u32, u32)| Header {
             ino,
             mode,

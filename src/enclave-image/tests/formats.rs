@@ -64,6 +64,7 @@ fn entries_are_normalized_sorted_and_read_back() {
     assert_eq!(
         paths,
         [
+            ".",
             "dev",
             "dev/console",
             "link",
@@ -93,17 +94,27 @@ fn newc_header_layout_matches_the_kernel_format() {
     fs::write(dir.path().join("a"), b"xyz").unwrap();
     let mut raw = Vec::new();
     cpio::write_newc(cpio::entries_from_dir(dir.path()).unwrap(), 0, &mut raw).unwrap();
-    // "070701", ino 1, mode 0100644, uid, gid, nlink 1, mtime, size 3,
-    // devmajor, devminor, rdevmajor, rdevminor, namesize 2 ("a\0"), check.
-    let expected_header = "070701\
-        00000001000081a4000000000000000000000001000000000000000300000000\
+    // The root first: ino 1, mode 040755, nlink 2, namesize 2 (".\0").
+    let root_header = "070701\
+        00000001000041ed000000000000000000000002000000000000000000000000\
         00000000000000000000000000000002\
         00000000";
-    assert_eq!(std::str::from_utf8(&raw[..110]).unwrap(), expected_header);
-    // name "a\0" padded to a multiple of 4 (110 + 2 = 112), then the data padded.
-    assert_eq!(&raw[110..112], b"a\0");
-    assert_eq!(&raw[112..116], b"xyz\0");
-    assert!(std::str::from_utf8(&raw[116..])
+    assert_eq!(std::str::from_utf8(&raw[..110]).unwrap(), root_header);
+    assert_eq!(&raw[110..112], b".\0");
+    // "070701", ino 2, mode 0100644, uid, gid, nlink 1, mtime, size 3,
+    // devmajor, devminor, rdevmajor, rdevminor, namesize 2 ("a\0"), check.
+    let expected_header = "070701\
+        00000002000081a4000000000000000000000001000000000000000300000000\
+        00000000000000000000000000000002\
+        00000000";
+    assert_eq!(
+        std::str::from_utf8(&raw[112..222]).unwrap(),
+        expected_header
+    );
+    // Name "a\0" padded to a multiple of 4 (110 + 2 = 112), then the data padded.
+    assert_eq!(&raw[222..224], b"a\0");
+    assert_eq!(&raw[224..228], b"xyz\0");
+    assert!(std::str::from_utf8(&raw[228..])
         .unwrap()
         .contains("TRAILER!!!"));
     assert_eq!(raw.len() % 4, 0);

@@ -212,6 +212,8 @@ fn the_ramdisks_hold_init_run_sh_a_static_server_and_a_node_whose_libraries_reso
     for dir in ["proc", "sys", "dev", "tmp", "run"] {
         assert!(find(boot, dir).is_dir());
     }
+    // `/` itself is 0755 (rootfs would otherwise leave it world-writable).
+    assert_eq!(find(boot, ".").mode, 0o040_755);
 
     let app = archive(b, 1);
     for e in boot.iter().chain(app) {
