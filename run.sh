@@ -38,7 +38,9 @@ PID_FILE=/run/nautilus-server.pid
 set -- --listen vsock://3000 --attestation "$mode" --tasks-dir /tasks
 if [ "$mode" = dev ]; then
     set -- "$@" --dev-root-out "$DEV_ROOT"
-    # Dev-only console hook, see above.
+    # Dev-only console hook, see above. A background job's stdin would be
+    # /dev/null: hand it the console (our stdin) through fd 3.
+    exec 3<&0
     (
         while read -r line; do
             if [ "$line" = nautilus-kill-server ] && [ -s "$PID_FILE" ]; then
@@ -46,7 +48,8 @@ if [ "$mode" = dev ]; then
                 kill -KILL "$(cat "$PID_FILE")"
             fi
         done
-    ) &
+    ) <&3 &
+    exec 3<&-
 fi
 log "attestation mode: $mode"
 
