@@ -192,6 +192,22 @@ async fn health_manifest_and_ping() {
         [json!("echo"), json!("probe"), json!("sleep"), json!("spin")]
     );
     assert_eq!(m["limits"]["max_body_bytes"], 2 * 1024 * 1024);
+    // The per-task cgroup limits in force are attested and reported alike.
+    let cgroups = serde_json::to_value(s.state.runner().cgroups()).expect("json");
+    assert_eq!(m["cgroups"], cgroups);
+    assert_eq!(h["cgroups"], cgroups);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // This host and the enclave both have the three controllers.
+        assert_eq!(
+            cgroups["controllers"],
+            json!(["memory", "pids", "cpu"]),
+            "{cgroups}"
+        );
+    } else {
+        eprintln!("SKIPPED (needs root): cgroup controllers in force");
+        assert_eq!(cgroups["version"], "none");
+    }
     s.shutdown().await;
 }
 
@@ -251,7 +267,7 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
     s.shutdown().await;
 }
 
-/// The JavaScript verifier in `src/result-signing/js` rebuilds the same bytes
+/// The JavaScript verifier (the `clients/js` package) rebuilds the same bytes
 /// as the server for a live answer with non-ASCII output, stdin and a nonce.
 #[tokio::test]
 async fn the_js_verifier_accepts_live_responses() {
@@ -261,10 +277,7 @@ async fn the_js_verifier_accepts_live_responses() {
         .await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.expect("body");
-    let verifier = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../result-signing/js/verify.js"
-    );
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js");
     let script = format!(
         "const v = require({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
          process.stdin.on('end', () => {{ v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
