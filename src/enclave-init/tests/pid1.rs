@@ -98,7 +98,16 @@ fn the_mount_table_mounts_in_a_private_namespace() {
         );
     }
     let root = tempfile::tempdir().unwrap();
-    let results = mounts::mount_all(root.path(), mounts::TABLE);
+    // `favordynmods` is a setting of the whole cgroup2 hierarchy, kernel-wide:
+    // a test must not flip it on the host, so it mounts the table without it.
+    let table: Vec<mounts::Mount> = mounts::TABLE
+        .iter()
+        .map(|m| mounts::Mount {
+            preferred: "",
+            ..*m
+        })
+        .collect();
+    let results = mounts::mount_all(root.path(), &table);
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     for (mount, outcome) in &results {
         assert!(outcome.is_ok(), "{mount:?}: {outcome:?}");
