@@ -120,12 +120,15 @@
 //! # Ok(()) }
 //! ```
 
+mod cleanup;
 mod config;
 pub mod digest;
 mod error;
 mod exec;
+mod isolation;
 mod limiter;
 mod node;
+mod ns;
 mod request;
 mod sandbox;
 mod task;
@@ -134,16 +137,17 @@ mod uids;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 pub use config::RunnerConfig;
 pub use error::{ConfigError, ErrorKind, TaskError};
+pub use isolation::Isolation;
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
     TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH, MAX_ARGS,
@@ -152,19 +156,32 @@ pub use request::{
 
 use digest::TreeLimits;
 use exec::{Ending, SpawnSpec, Watch};
-use sandbox::{BoxKind, Identity, Policy};
+use ns::BoxPlan;
+use sandbox::{Identity, Policy};
 
 /// `PATH` inside the box.
 const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
 const PRELOAD: &str = include_str!("preload.cjs");
+/// The preload's name in a run directory.
+const PRELOAD_FILE: &str = "preload.cjs";
+/// Work directory of a root runner when none is configured.
+pub const DEFAULT_ROOT_WORK_DIR: &str = "/var/lib/nautilus-task-runner";
+/// How long the start-up sweep may take to kill a crashed predecessor's tasks.
+const SWEEP_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Load of a [`Runner`] at one moment.
+/// Load and counters of a [`Runner`] at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RunnerStats {
     /// Tasks holding a slot.
     pub running: usize,
     /// Runs waiting for a slot.
     pub queued: usize,
+    /// Runs whose caller went away before they started: they never ran.
+    pub abandoned_queued: u64,
+    /// Runs whose caller went away while they ran: stopped at once.
+    pub abandoned_running: u64,
+    /// Run directories or leftovers that could not be removed (each logged).
+    pub cleanup_failures: u64,
 }
 
 /// Runs tasks; cheap to clone (all clones share slots and state).
@@ -173,22 +190,34 @@ pub struct Runner {
     inner: Arc<Inner>,
 }
 
+#[derive(Default)]
+struct Counters {
+    abandoned_queued: AtomicU64,
+    abandoned_running: AtomicU64,
+    cleanup_failures: AtomicU64,
+}
+
 struct Inner {
     config: RunnerConfig,
     /// Canonical tasks root.
     root: PathBuf,
     node: Option<node::Node>,
     policy: Policy,
-    /// Whether tasks get slot uids (the runner is root).
+    /// Whether tasks get slot uids and a box of namespaces (the runner is root).
     privileged: bool,
     limiter: Arc<limiter::Limiter>,
     shutting_down: AtomicBool,
     /// Turns true when running tasks must be killed for shutdown.
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
+    /// Canonical work directory.
     work_dir: PathBuf,
-    /// The slot and killer uids (when privileged).
+    /// The slot uids (when privileged).
     uids: Option<uids::UidLease>,
+    /// The box layout (when privileged).
+    plan: Option<BoxPlan>,
+    isolation: Isolation,
+    counters: Counters,
 }
 
 impl Runner {
@@ -196,8 +225,10 @@ impl Runner {
     /// or too old Node.js is not an error here: every run then fails fast with
     /// [`TaskError::NodeMissing`].
     ///
-    /// When root, locks the slot uids and makes this process a child subreaper
-    /// (see the crate docs).
+    /// When root: checks the work directory and that the kernel gives every
+    /// namespace the box needs, locks the slot uids, and sweeps away whatever
+    /// a crashed predecessor left under them (processes, run directories,
+    /// files in shared directories). Blocking.
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;
         let root =
@@ -216,22 +247,32 @@ impl Runner {
                 "not running as root: tasks share the runner's uid (weaker isolation, see docs)"
             );
         }
-        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-        if privileged {
+        let work_dir = prepare_work_dir(&config, privileged)?;
+        let counters = Counters::default();
+        let (uids, plan) = if privileged {
             check_root_owned(&root)?;
-            check_traversable(&work_dir)?;
-            sandbox::become_subreaper()
-                .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
-        }
-        let uids = if privileged {
+            let missing: Vec<String> = ns::probe_namespaces()
+                .into_iter()
+                .filter_map(|(name, r)| r.err().map(|e| format!("{name} ({e})")))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "the kernel does not let the runner create these namespaces: {}; root mode needs them all",
+                    missing.join(", ")
+                )));
+            }
+            let plan = BoxPlan::new(&work_dir, config.max_scratch_bytes)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             // `check` made sure max_concurrent fits a u32.
-            Some(uids::UidLease::take_first_free(
+            let uids = uids::UidLease::take_first_free(
                 uids::UidLease::lock_parent(&work_dir),
                 config.sandbox_uid_base,
                 config.max_concurrent as u32,
-            )?)
+            )?;
+            sweep(&work_dir, uids.slots(), &plan.scratch_paths, &counters)?;
+            (Some(uids), Some(plan))
         } else {
-            None
+            (None, None)
         };
         let policy = Policy::new(
             config.memory_limit_bytes,
@@ -239,6 +280,7 @@ impl Runner {
             config.max_open_files,
             privileged.then_some(config.max_processes),
         )?;
+        let isolation = describe(plan.as_ref(), &config);
         let pass_env = config
             .pass_env
             .iter()
@@ -258,6 +300,9 @@ impl Runner {
                 pass_env,
                 work_dir,
                 uids,
+                plan,
+                isolation,
+                counters,
             }),
         })
     }
@@ -272,9 +317,19 @@ impl Runner {
         &self.inner.config
     }
 
-    /// Whether tasks run under per-slot uids (the runner is root).
+    /// Whether tasks run under per-slot uids in a box of namespaces (the runner is root).
     pub fn is_privileged(&self) -> bool {
         self.inner.privileged
+    }
+
+    /// The isolation in force, as detected at start.
+    pub fn isolation(&self) -> &Isolation {
+        &self.inner.isolation
+    }
+
+    /// The work directory in use (canonical).
+    pub fn work_dir(&self) -> &Path {
+        &self.inner.work_dir
     }
 
     /// The uids the slots run under, when privileged: the first free range at
@@ -283,11 +338,15 @@ impl Runner {
         self.inner.uids.as_ref().map(uids::UidLease::slots)
     }
 
-    /// Current load.
+    /// Current load and counters.
     pub fn stats(&self) -> RunnerStats {
+        let c = &self.inner.counters;
         RunnerStats {
             running: self.inner.limiter.running(),
             queued: self.inner.limiter.queued(),
+            abandoned_queued: c.abandoned_queued.load(Ordering::Relaxed),
+            abandoned_running: c.abandoned_running.load(Ordering::Relaxed),
+            cleanup_failures: c.cleanup_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -329,12 +388,16 @@ impl Runner {
 
     /// Validates `req`, waits for a slot and runs the task.
     ///
-    /// The run continues to its end (bounded by its timeout) even if the
-    /// returned future is dropped, so nothing is left behind.
+    /// Dropping the returned future cancels the run: a run still waiting for
+    /// a slot never starts, a running task is killed at once and its slot
+    /// freed (both counted in [`RunnerStats`]). The run is supervised on a
+    /// task of its own, so nothing is left behind either way.
     pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
+        // Dropped with this future: the run then sees its caller gone.
+        let (_caller, gone) = oneshot::channel::<()>();
         // The caller's span (the server's request id) follows the run.
-        tokio::spawn(async move { inner.run(req).await }.instrument(tracing::Span::current()))
+        tokio::spawn(async move { inner.run(req, gone).await }.instrument(tracing::Span::current()))
             .await
             .map_err(|e| TaskError::internal("task supervisor failed", e))?
     }
@@ -357,18 +420,152 @@ impl Runner {
     }
 }
 
-impl Drop for Inner {
-    /// Runs hold a reference to `Inner`, so this runs once none is left, or
-    /// when the async runtime dropped runs midway (their main processes are
-    /// killed on drop, but not what they started): empties every slot.
-    fn drop(&mut self) {
-        let Some(uids) = &self.uids else { return };
-        for index in 0..self.config.max_concurrent as u32 {
-            if let Err(e) = BoxKind::Uid(uids.slot(index)).kill_all(None) {
-                tracing::error!(error = %e, "slot processes survived the runner");
+/// The isolation summary for a runner with `plan` (root) or without (unprivileged).
+fn describe(plan: Option<&BoxPlan>, config: &RunnerConfig) -> Isolation {
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+    match plan {
+        Some(plan) => Isolation {
+            mode: "root".into(),
+            kernel: isolation::kernel_release(),
+            namespaces: strings(&ns::NAMESPACES.map(|(name, _)| name)),
+            pid1_reaper: true,
+            private_proc: true,
+            private_dev: true,
+            network: "loopback-only".into(),
+            readonly_code: true,
+            scratch_dirs: plan.scratch_paths.clone(),
+            scratch_bytes: config.max_scratch_bytes,
+            scratch_noexec: true,
+            seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
+            slot_uids: true,
+            missing: Vec::new(),
+        },
+        None => Isolation {
+            mode: "unprivileged".into(),
+            kernel: isolation::kernel_release(),
+            namespaces: Vec::new(),
+            pid1_reaper: false,
+            private_proc: false,
+            private_dev: false,
+            network: "host".into(),
+            readonly_code: false,
+            scratch_dirs: Vec::new(),
+            scratch_bytes: 0,
+            scratch_noexec: false,
+            seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
+            slot_uids: false,
+            missing: vec![
+                "slot uids, namespaces, private /proc, /dev, network and scratch: the runner is not root".into(),
+            ],
+        },
+    }
+}
+
+/// Resolves, creates if needed, and checks the work directory: staged code
+/// is executed from there (native addons are mapped executable), so its
+/// file system must allow `exec`; as root it must be root's alone and the
+/// slot uids must be able to reach it.
+fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let invalid = |msg: String| ConfigError::Invalid(msg);
+    let configured = match &config.work_dir {
+        Some(dir) => dir.clone(),
+        None if privileged => PathBuf::from(DEFAULT_ROOT_WORK_DIR),
+        None => std::env::temp_dir(),
+    };
+    if privileged && !configured.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&configured)
+            .map_err(|e| invalid(format!("creating the work directory {}: {e}", configured.display())))?;
+    }
+    let dir = std::fs::canonicalize(&configured)
+        .map_err(|e| invalid(format!("work directory {}: {e}", configured.display())))?;
+    let stat = nix::sys::statvfs::statvfs(&dir)
+        .map_err(|e| invalid(format!("work directory {}: {e}", dir.display())))?;
+    use nix::sys::statvfs::FsFlags;
+    if stat.flags().contains(FsFlags::ST_NOEXEC) {
+        return Err(invalid(format!(
+            "work directory {} is on a noexec file system: tasks with native addons could not load them; choose another with --work-dir (NAUTILUS_WORK_DIR)",
+            dir.display()
+        )));
+    }
+    if stat.flags().contains(FsFlags::ST_RDONLY) {
+        return Err(invalid(format!(
+            "work directory {} is on a read-only file system; choose another with --work-dir (NAUTILUS_WORK_DIR)",
+            dir.display()
+        )));
+    }
+    if privileged {
+        let meta = std::fs::metadata(&dir)
+            .map_err(|e| invalid(format!("work directory {}: {e}", dir.display())))?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(invalid(format!(
+                "work directory {} must be owned by root and writable by nobody else (uid {}, mode {:o})",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+        if let Some(parent) = dir.parent() {
+            check_traversable(&dir, parent)?;
+        }
+    }
+    Ok(dir)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Before serving, as root: kills every process a slot uid still owns and
+/// removes what earlier runs under these uids left (run directories,
+/// slot-owned entries at the top of the shared directories), so a crashed
+/// predecessor never leaves a trap for this runner. Only this runner holds
+/// the lease on these uids.
+fn sweep(
+    work_dir: &Path,
+    slots: std::ops::Range<u32>,
+    shared: &[String],
+    counters: &Counters,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let survivors = cleanup::kill_processes_of(&slots, SWEEP_DEADLINE);
+    if !survivors.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "processes of the slot uids {slots:?} survived SIGKILL for {SWEEP_DEADLINE:?}: {survivors:?}"
+        )));
+    }
+    let remove = |path: &Path| {
+        if let Err(e) = cleanup::remove_tree(path) {
+            counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), error = %e, "could not remove a leftover of an earlier run");
+        }
+    };
+    if let Ok(entries) = std::fs::read_dir(work_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let ours = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(uid, _)| uid.parse::<u32>().ok())
+                .is_some_and(|uid| slots.contains(&uid));
+            if ours {
+                remove(&entry.path());
             }
         }
     }
+    for dir in shared {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // DirEntry::metadata does not follow symlinks.
+            if entry.metadata().is_ok_and(|m| slots.contains(&m.uid())) {
+                remove(&entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Root reads the tasks under `root` (canonical): nobody else may be able to
@@ -394,12 +591,11 @@ fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Slot uids reach their run directories through `work_dir`: every directory
-/// on the way must be searchable by others (a checkout under `/root` is not).
-fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
-    let real = std::fs::canonicalize(work_dir)
-        .map_err(|e| ConfigError::Invalid(format!("work directory {}: {e}", work_dir.display())))?;
-    for dir in real.ancestors() {
+/// Inside the box the work directory shows the run's own directory; the
+/// slot uids reach it through `parent` (canonical): every directory on the
+/// way must be searchable by others (a checkout under `/root` is not).
+fn check_traversable(work_dir: &Path, parent: &Path) -> Result<(), ConfigError> {
+    for dir in parent.ancestors() {
         let mode = std::fs::metadata(dir)
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?
             .permissions()
@@ -416,52 +612,16 @@ fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A staged run directory: `task/` (the copy that runs), `home/` and the preload.
+/// A staged run directory: `task/` (the copy that runs), the preload and,
+/// without root, the task's home.
 struct RunDir {
-    temp: tempfile::TempDir,
+    path: PathBuf,
     task: PathBuf,
-    home: PathBuf,
-    preload: PathBuf,
+    /// Without root only: `HOME` and `TMPDIR` (as root they are a private tmpfs).
+    home: Option<PathBuf>,
+    /// The entry file, relative to `task`.
     entry: PathBuf,
     digest: String,
-}
-
-impl RunDir {
-    /// Deletes the run directory. A task sharing the runner's uid may have left
-    /// directories without owner permissions in its home; those are restored
-    /// and the removal retried. Only then: restoring follows paths, which a
-    /// surviving task could swap for symlinks, so it must never run as root
-    /// (which needs no permission bits to delete anyway).
-    fn remove(self, privileged: bool) {
-        let path = self.temp.path().to_owned();
-        let closed = self.temp.close();
-        if closed.is_ok() {
-            return;
-        }
-        if !privileged {
-            restore_owner_access(&path);
-            if std::fs::remove_dir_all(&path).is_ok() {
-                return;
-            }
-        }
-        if let Err(e) = closed {
-            tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
-        }
-    }
-}
-
-/// Gives the owner full access to every directory under `dir`. Follows
-/// symlinks: only for a runner that shares its uid with the task.
-fn restore_owner_access(dir: &Path) {
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            restore_owner_access(&entry.path());
-        }
-    }
 }
 
 impl Inner {
@@ -474,35 +634,59 @@ impl Inner {
         }
     }
 
-    async fn run(self: Arc<Self>, req: TaskRequest) -> Result<TaskResult, TaskError> {
+    /// Removes a run directory (blocking), logging and counting a failure.
+    fn remove_run_dir(&self, path: &Path) {
+        if let Err(e) = cleanup::remove_tree(path) {
+            self.counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        req: TaskRequest,
+        mut gone: oneshot::Receiver<()>,
+    ) -> Result<TaskResult, TaskError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(TaskError::ShuttingDown);
         }
         let node = self.node.as_ref().ok_or(TaskError::NodeMissing)?;
         let req = req.validate(&self.config)?;
         let task = task::resolve(&self.root, &req.task_path)?;
-        let slot = self.limiter.acquire().await?;
+        let slot = tokio::select! {
+            slot = self.limiter.acquire() => slot?,
+            _ = &mut gone => {
+                self.counters.abandoned_queued.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("caller went away before the task started; not running it");
+                return Err(TaskError::ShuttingDown);
+            }
+        };
         // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
         let identity = self.uids.as_ref().map(|u| u.slot(slot.index() as u32));
         let task_id = uuid::Uuid::new_v4().to_string();
 
         let this = self.clone();
-        let run_dir = tokio::task::spawn_blocking(move || {
-            if let Some(id) = identity {
-                // Whatever a crashed predecessor left under this uid must not meet the new task.
-                BoxKind::Uid(id)
-                    .kill_all(None)
-                    .map_err(|e| TaskError::internal("clearing the slot", e))?;
-            }
-            this.prepare(&task.dir, identity)
-        })
-        .await
-        .map_err(|e| TaskError::internal("preparing the run", e))??;
+        let run_dir = tokio::task::spawn_blocking(move || this.prepare(&task.dir, identity))
+            .await
+            .map_err(|e| TaskError::internal("preparing the run", e))??;
 
+        let (cwd, preload, home) = match &self.plan {
+            // Inside the box the run directory shows at the work directory.
+            Some(plan) => (
+                plan.code_dir(),
+                self.work_dir.join(PRELOAD_FILE),
+                PathBuf::from(ns::TASK_HOME),
+            ),
+            None => (
+                run_dir.task.clone(),
+                run_dir.path.join(PRELOAD_FILE),
+                run_dir.home.clone().unwrap_or_else(|| run_dir.path.clone()),
+            ),
+        };
         let mut env = vec![
             (OsString::from("PATH"), OsString::from(TASK_PATH_ENV)),
-            ("HOME".into(), run_dir.home.clone().into()),
-            ("TMPDIR".into(), run_dir.home.clone().into()),
+            ("HOME".into(), home.clone().into()),
+            ("TMPDIR".into(), home.into()),
             ("NODE_ENV".into(), "production".into()),
             ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
         ];
@@ -512,38 +696,38 @@ impl Inner {
             node_args: vec![
                 format!("--max-old-space-size={}", self.config.heap_limit_mib()).into(),
                 "-r".into(),
-                run_dir.preload.clone().into(),
+                preload.into(),
             ],
-            entry: run_dir.entry.clone(),
+            entry: cwd.join(&run_dir.entry),
             args: req.args.clone(),
-            cwd: run_dir.task.clone(),
+            cwd,
             env,
-            identity,
             task_id: task_id.clone(),
             piped_stdin: req.stdin.is_some(),
+            boxed: identity.map(|id| (id, run_dir.path.clone())),
         };
         let watch = Watch {
             timeout: Duration::from_secs(req.timeout_secs),
             grace: self.config.kill_grace,
             max_output: self.config.max_output_bytes,
             cancel: self.cancel.subscribe(),
+            abandoned: gone,
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-        let outcome = match exec::spawn(spec, &self.policy) {
+        // Spawned here, on a runtime worker: the box's death signal follows
+        // the spawning thread, which must outlive the run.
+        let outcome = match exec::spawn(spec, &self.policy, self.plan.as_ref()) {
             Ok(boxed) => exec::supervise(boxed, stdin, watch).await,
             Err(e) => Err(e),
         };
+        if outcome.as_ref().is_ok_and(|o| o.ending == Ending::Abandoned) {
+            self.counters.abandoned_running.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("caller went away while the task ran; stopped it");
+        }
         let digest = run_dir.digest.clone();
-        // Removing the run directory is blocking I/O; the slot is held until it
-        // and whatever the task left in shared scratch directories are gone.
-        let privileged = self.privileged;
-        let _ = tokio::task::spawn_blocking(move || {
-            run_dir.remove(privileged);
-            if let Some(id) = identity {
-                sandbox::remove_leftovers(id.uid);
-            }
-        })
-        .await;
+        // Removing the run directory is blocking I/O; the slot is held until it is gone.
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.remove_run_dir(&run_dir.path)).await;
         drop(slot);
         let outcome = outcome?;
 
@@ -579,51 +763,65 @@ impl Inner {
                 secs: req.timeout_secs,
                 partial: Box::new(result),
             }),
-            Ending::Cancelled => Err(TaskError::ShuttingDown),
+            Ending::Cancelled | Ending::Abandoned => Err(TaskError::ShuttingDown),
         }
     }
 
-    /// Creates the run directory: staged task, digest, entry point, home, preload.
+    /// Creates the run directory: staged task, digest, entry point, preload
+    /// and, without root, the home. As root it is named after the slot uid,
+    /// so the start-up sweep of a later runner on these uids finds it.
     fn prepare(&self, task_dir: &Path, identity: Option<Identity>) -> Result<RunDir, TaskError> {
         let io = |what: &'static str| move |e: std::io::Error| TaskError::internal(what, e);
-        let temp = tempfile::Builder::new()
-            .prefix("nautilus-run-")
-            .tempdir_in(&self.work_dir)
+        let name = match identity {
+            Some(id) => format!("{}-{}", id.uid, uuid::Uuid::new_v4()),
+            None => format!("nautilus-run-{}", uuid::Uuid::new_v4()),
+        };
+        let path = self.work_dir.join(name);
+        // As root only reached through the box's bind mount, which shows it
+        // as the work directory: readable there, 0755.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
             .map_err(io("creating the run directory"))?;
-        // Traversable but not listable: the slot uid reaches its own paths only.
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
-            .map_err(io("securing the run directory"))?;
-        if let Some(owner) = self.tree_limits().dir_owner {
-            // The walk checks the task's own tree; this, the way there from the root.
-            for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
-                digest::check_trusted(dir, owner)?;
+        let staged = (|| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(io("securing the run directory"))?;
+            if let Some(owner) = self.tree_limits().dir_owner {
+                // The walk checks the task's own tree; this, the way there from the root.
+                for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
+                    digest::check_trusted(dir, owner)?;
+                }
             }
+            let task = path.join(ns::CODE_DIR);
+            task::stage(task_dir, &task, self.tree_limits())?;
+            let digest = digest::digest_tree(&task, self.tree_limits())?;
+            let entry = task::entry_point(&task)?;
+            let preload = path.join(PRELOAD_FILE);
+            std::fs::write(&preload, PRELOAD).map_err(io("writing the preload"))?;
+            std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
+                .map_err(io("securing the preload"))?;
+            let home = if identity.is_none() {
+                let home = path.join("home");
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&home)
+                    .map_err(io("creating the task's home"))?;
+                Some(home)
+            } else {
+                None
+            };
+            Ok(RunDir {
+                path: path.clone(),
+                task,
+                home,
+                entry,
+                digest,
+            })
+        })();
+        if staged.is_err() {
+            self.remove_run_dir(&path);
         }
-        let staged = temp.path().join("task");
-        task::stage(task_dir, &staged, self.tree_limits())?;
-        let digest = digest::digest_tree(&staged, self.tree_limits())?;
-        let entry = task::entry_point(&staged)?;
-
-        let home = temp.path().join("home");
-        std::fs::create_dir(&home).map_err(io("creating the task's home"))?;
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("securing the home"))?;
-        if let Some(id) = identity {
-            std::os::unix::fs::chown(&home, Some(id.uid), Some(id.gid))
-                .map_err(io("handing the home to the slot"))?;
-        }
-        let preload = temp.path().join("preload.cjs");
-        std::fs::write(&preload, PRELOAD).map_err(io("writing the preload"))?;
-        std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
-            .map_err(io("securing the preload"))?;
-        Ok(RunDir {
-            temp,
-            task: staged,
-            home,
-            preload,
-            entry,
-            digest,
-        })
+        staged
     }
 }
 
