@@ -478,7 +478,12 @@ fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, 
             .recursive(true)
             .mode(0o700)
             .create(&configured)
-            .map_err(|e| invalid(format!("creating the work directory {}: {e}", configured.display())))?;
+            .map_err(|e| {
+                invalid(format!(
+                    "creating the work directory {}: {e}",
+                    configured.display()
+                ))
+            })?;
     }
     let dir = std::fs::canonicalize(&configured)
         .map_err(|e| invalid(format!("work directory {}: {e}", configured.display())))?;
@@ -637,7 +642,9 @@ impl Inner {
     /// Removes a run directory (blocking), logging and counting a failure.
     fn remove_run_dir(&self, path: &Path) {
         if let Err(e) = cleanup::remove_tree(path) {
-            self.counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .cleanup_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
         }
     }
@@ -720,8 +727,13 @@ impl Inner {
             Ok(boxed) => exec::supervise(boxed, stdin, watch).await,
             Err(e) => Err(e),
         };
-        if outcome.as_ref().is_ok_and(|o| o.ending == Ending::Abandoned) {
-            self.counters.abandoned_running.fetch_add(1, Ordering::Relaxed);
+        if outcome
+            .as_ref()
+            .is_ok_and(|o| o.ending == Ending::Abandoned)
+        {
+            self.counters
+                .abandoned_running
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!("caller went away while the task ran; stopped it");
         }
         let digest = run_dir.digest.clone();

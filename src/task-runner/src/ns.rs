@@ -200,7 +200,12 @@ fn find_shared_dirs(work_dir: &Path) -> Vec<PathBuf> {
         .filter_map(|d| std::fs::canonicalize(d).ok())
         .filter(|d| d.is_dir())
         .collect();
-    let skip = [Path::new("/proc"), Path::new("/sys"), Path::new("/dev"), work_dir];
+    let skip = [
+        Path::new("/proc"),
+        Path::new("/sys"),
+        Path::new("/dev"),
+        work_dir,
+    ];
     let mut queue = vec![(PathBuf::from("/"), 0usize)];
     let mut budget = SCAN_BUDGET;
     while let Some((dir, depth)) = queue.pop() {
@@ -209,7 +214,9 @@ fn find_shared_dirs(work_dir: &Path) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             if budget == 0 {
-                tracing::warn!("stopped searching for world-writable directories after {SCAN_BUDGET}");
+                tracing::warn!(
+                    "stopped searching for world-writable directories after {SCAN_BUDGET}"
+                );
                 queue.clear();
                 break;
             }
@@ -314,7 +321,11 @@ struct ChildArgs<'a> {
 /// death signal follows the thread that cloned it.
 pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<(NsChild, Stdio)> {
     let node = cstr(spec.node.as_os_str())?;
-    let args: Vec<CString> = spec.args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+    let args: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
     let env: Vec<CString> = spec
         .env
         .iter()
@@ -368,7 +379,16 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
     // runs `reaper`, which makes only async-signal-safe calls on `args`
     // (valid: the child has its own copy of this stack) and never returns.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if pid == 0 {
         // SAFETY: see above.
         unsafe { reaper(&args) }
@@ -414,7 +434,10 @@ impl NsChild {
                     MSG_STATUS => Report::Exited(ExitStatus::from_raw(a as i32)),
                     MSG_ERROR => Report::Failed(format!(
                         "{}: {}",
-                        STEPS.get(a as usize).copied().unwrap_or("setting up the box"),
+                        STEPS
+                            .get(a as usize)
+                            .copied()
+                            .unwrap_or("setting up the box"),
                         io::Error::from_raw_os_error(b as i32)
                     )),
                     _ => Report::Failed("garbled report from the box".to_owned()),
@@ -475,7 +498,11 @@ unsafe fn send(kind: u32, a: u32, b: u32) {
 
 /// Reports a failed step and exits. Async-signal-safe.
 unsafe fn fail(step: u32, err: io::Error) -> ! {
-    send(MSG_ERROR, step, err.raw_os_error().unwrap_or(libc::EIO) as u32);
+    send(
+        MSG_ERROR,
+        step,
+        err.raw_os_error().unwrap_or(libc::EIO) as u32,
+    );
     libc::_exit(127)
 }
 
@@ -500,7 +527,9 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     if report < 0 {
         libc::_exit(127);
     }
-    if libc::dup2(report, FD_REPORT) < 0 || libc::fcntl(FD_REPORT, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+    if libc::dup2(report, FD_REPORT) < 0
+        || libc::fcntl(FD_REPORT, libc::F_SETFD, libc::FD_CLOEXEC) < 0
+    {
         libc::_exit(127);
     }
     let stdin = a.stdin.map(high);
@@ -517,7 +546,11 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
             rc(libc::dup2(rc_fd(fd)?, FD_CGROUP))?;
             rc(libc::fcntl(FD_CGROUP, libc::F_SETFD, libc::FD_CLOEXEC))?;
         }
-        close_from(if cgroup.is_some() { FD_CGROUP + 1 } else { FD_REPORT + 1 })
+        close_from(if cgroup.is_some() {
+            FD_CGROUP + 1
+        } else {
+            FD_REPORT + 1
+        })
     })();
     or_fail(STEP_FDS, moved);
 
@@ -525,21 +558,37 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     let none = std::ptr::null::<libc::c_char>();
     or_fail(
         STEP_PRIVATE,
-        rc(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())),
+        rc(libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )),
     );
     // The run directory, read-only, in place of the whole work directory.
     or_fail(
         STEP_CODE,
-        rc(libc::mount(a.run_dir.as_ptr(), plan.work_dir.as_ptr(), none, libc::MS_BIND, std::ptr::null()))
-            .and_then(|()| {
-                rc(libc::mount(
-                    none,
-                    plan.work_dir.as_ptr(),
-                    none,
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-                    std::ptr::null(),
-                ))
-            }),
+        rc(libc::mount(
+            a.run_dir.as_ptr(),
+            plan.work_dir.as_ptr(),
+            none,
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
+        .and_then(|()| {
+            rc(libc::mount(
+                none,
+                plan.work_dir.as_ptr(),
+                none,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                std::ptr::null(),
+            ))
+        }),
     );
     let sealed = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     for dir in &plan.scratch {
@@ -557,10 +606,19 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     or_fail(STEP_DEV, build_dev(plan));
     or_fail(
         STEP_PROC,
-        rc(libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), sealed, std::ptr::null())),
+        rc(libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            sealed,
+            std::ptr::null(),
+        )),
     );
     or_fail(STEP_NET, loopback_up());
-    or_fail(STEP_UTS, rc(libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())));
+    or_fail(
+        STEP_UTS,
+        rc(libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())),
+    );
     // Written as root, before the identity switch: 1000 also becomes the
     // floor the task cannot go below (oom_score_adj_min), and node inherits it.
     or_fail(STEP_OOM, write_file(c"/proc/self/oom_score_adj", b"1000"));
@@ -570,9 +628,23 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     }
     // Blocked before node exists, so its SIGCHLD cannot be missed. A blocked
     // signal reaches a namespace's init even with the default disposition.
-    or_fail(STEP_FORK, rc(libc::sigprocmask(libc::SIG_BLOCK, &a.signals, std::ptr::null_mut())));
+    or_fail(
+        STEP_FORK,
+        rc(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &a.signals,
+            std::ptr::null_mut(),
+        )),
+    );
 
-    let node = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize);
+    let node = libc::syscall(
+        libc::SYS_clone,
+        libc::SIGCHLD as libc::c_ulong,
+        0usize,
+        0usize,
+        0usize,
+        0usize,
+    );
     if node == 0 {
         start_node(a);
     }
@@ -657,7 +729,11 @@ unsafe fn start_node(a: &ChildArgs) -> ! {
         rc(libc::chdir(a.plan.code_dir.as_ptr()))?;
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
-        rc(libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()))?;
+        rc(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &empty,
+            std::ptr::null_mut(),
+        ))?;
         // The runner (Rust) ignores SIGPIPE; node expects the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         a.policy.enter(Some(a.identity))
@@ -687,7 +763,11 @@ unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
         (c"/dev/tty", 5, 0),
     ];
     for (path, major, minor) in nodes {
-        rc(libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)))?;
+        rc(libc::mknod(
+            path.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        ))?;
     }
     let links: [(&CStr, &CStr); 4] = [
         (c"/proc/self/fd", c"/dev/fd"),

@@ -146,7 +146,9 @@ impl Policy {
 /// Raw calls: glibc's wrappers coordinate all threads of a process, which is
 /// pointless (and unsafe) after fork.
 pub(crate) unsafe fn become_slot(id: Identity) -> io::Result<()> {
-    check(libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) as libc::c_int)?;
+    check(
+        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) as libc::c_int,
+    )?;
     check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) as libc::c_int)?;
     check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) as libc::c_int)?;
     if libc::geteuid() != id.uid || libc::getegid() != id.gid {
@@ -334,7 +336,13 @@ fn seccomp_programs() -> Result<Vec<BpfProgram>, ConfigError> {
     };
     let namespace_flags = CLONE_NEW_FLAGS
         .iter()
-        .map(|&flag| Ok(SeccompRule::new(vec![dword(0, SeccompCmpOp::MaskedEq(flag), flag)?])?))
+        .map(|&flag| {
+            Ok(SeccompRule::new(vec![dword(
+                0,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )?])?)
+        })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let odd_personality = vec![SeccompRule::new(
         ALLOWED_PERSONALITIES

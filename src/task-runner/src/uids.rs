@@ -163,13 +163,20 @@ fn known_to_the_host(id: u32) -> Result<bool, ConfigError> {
     if matches!(id, 65534 | 65535) {
         return Ok(true);
     }
-    let answer = |what: &str, found: nix::Result<bool>| match found {
+    let answer = |what: &str, found: nix::Result<bool>| {
+        match found {
         Ok(found) => Ok(found),
         Err(nix::errno::Errno::ENOENT) => Ok(false),
         Err(e) => Err(ConfigError::Invalid(format!(
             "looking up {what} {id} in the host's database failed: {e}; cannot tell whether the slot uid is free"
         ))),
+    }
     };
-    Ok(answer("user", User::from_uid(Uid::from_raw(id)).map(|u| u.is_some()))?
-        || answer("group", Group::from_gid(Gid::from_raw(id)).map(|g| g.is_some()))?)
+    Ok(answer(
+        "user",
+        User::from_uid(Uid::from_raw(id)).map(|u| u.is_some()),
+    )? || answer(
+        "group",
+        Group::from_gid(Gid::from_raw(id)).map(|g| g.is_some()),
+    )?)
 }

@@ -158,7 +158,10 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
         // counts is that no process of the slot uids is left, not even a
         // zombie: the box's end reaped them all before the result came out.
         let left = processes_of(&slots);
-        assert!(left.is_empty(), "processes of the slot uids survived: {left:?}");
+        assert!(
+            left.is_empty(),
+            "processes of the slot uids survived: {left:?}"
+        );
         let zombies: Vec<String> = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -171,7 +174,10 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
                 })
             })
             .collect();
-        assert!(zombies.is_empty(), "slot uid /proc entries left: {zombies:?}");
+        assert!(
+            zombies.is_empty(),
+            "slot uid /proc entries left: {zombies:?}"
+        );
     } else {
         // Orphans go to init, whose reaping is not the runner's to prove.
         for pid in pids {
