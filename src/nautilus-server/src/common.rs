@@ -135,6 +135,8 @@ pub struct HealthCheck {
     pub queued: usize,
     /// Server version.
     pub version: String,
+    /// The task isolation in force (the same as in the attested manifest).
+    pub isolation: task_runner::Isolation,
 }
 
 /// `GET /health_check`.
@@ -156,5 +158,6 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         running: stats.running,
         queued: stats.queued,
         version: crate::SERVER_VERSION.into(),
+        isolation: state.runner().isolation().clone(),
     })
 }

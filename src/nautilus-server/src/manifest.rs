@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use task_runner::TaskInfo;
+use task_runner::{Isolation, TaskInfo};
 
 use crate::state::{AttestationMode, ServerConfig};
 
@@ -52,6 +52,7 @@ struct ManifestBody<'a> {
     attestation: &'a str,
     node_version: Option<&'a str>,
     limits: &'a Limits,
+    isolation: &'a Isolation,
     tasks: &'a [TaskInfo],
 }
 
@@ -69,6 +70,7 @@ impl Manifest {
         mode: AttestationMode,
         node_version: Option<String>,
         limits: Limits,
+        isolation: &Isolation,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -76,6 +78,7 @@ impl Manifest {
             attestation: mode.as_str(),
             node_version: node_version.as_deref(),
             limits: &limits,
+            isolation,
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();
