@@ -332,8 +332,8 @@ mod tests {
         fs::create_dir_all(top.join("a/b")).unwrap();
         fs::write(top.join("a/b/f"), "x").unwrap();
         std::os::unix::fs::symlink(&outside, top.join("a/link")).unwrap();
-        fs::set_permissions(top.join("a/b"), fs::Permissions::from_mode(0)).unwrap();
-        fs::set_permissions(top.join("a"), fs::Permissions::from_mode(0)).unwrap();
+        fs::set_permissions(top.join("a/b"), fs::Permissions::from_mode(0o000)).unwrap();
+        fs::set_permissions(top.join("a"), fs::Permissions::from_mode(0o000)).unwrap();
         remove_tree(&top).unwrap();
         assert!(!top.exists());
         assert!(outside.join("keep").exists(), "a symlink was followed");
