@@ -13,98 +13,120 @@
 //! # The box
 //!
 //! For every run the runner:
-//! - stages a copy of the task directory into a fresh private run directory
-//!   (directories 0755, files 0644, owned by the runner) and computes the
+//! - stages a copy of the task directory into a fresh run directory under
+//!   the work directory ([`RunnerConfig::work_dir`]) and computes the
 //!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
 //!   the task cannot modify any task directory. Files are opened without
-//!   following symlinks or blocking on FIFOs and must be regular files; when
-//!   root, the tasks tree (and the way to it) must be root-owned and writable
-//!   by nobody else, checked at [`Runner::new`] and on every run;
+//!   following symlinks or blocking on FIFOs and must be regular files; each
+//!   keeps its permission bits masked with 0755, so staging never widens
+//!   them (a root-only 0600 file stays unreadable to the task, yet is
+//!   staged and digested). When root, the tasks tree (and the way to it)
+//!   must be root-owned and writable by nobody else, checked at
+//!   [`Runner::new`] and on every run;
 //! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
-//!   `HOME` and `TMPDIR` (a per-run directory, removed afterwards),
-//!   `NODE_ENV=production`, `NAUTILUS_TASK_ID` (the result's `task_id`), and the
-//!   variables named in [`RunnerConfig::pass_env`] with their values at
-//!   [`Runner::new`];
+//!   `HOME` and `TMPDIR` (the same private directory), `NODE_ENV=production`,
+//!   `NAUTILUS_TASK_ID` (the result's `task_id`), and the variables named in
+//!   [`RunnerConfig::pass_env`] with their values at [`Runner::new`];
 //! - starts `node --max-old-space-size=<3/4 of the memory limit> -r <preload>
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
 //!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
 //!   blocking (nodejs/node#6456);
-//! - in the child, before `exec`: a new session, leaked descriptors closed,
-//!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
-//!   and `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes
-//!   the task, not the runner), when root a mount namespace of its own (see
-//!   below), the slot identity, `PR_SET_PDEATHSIG(SIGKILL)` (after the
-//!   identity switch, which would clear it), `PR_SET_NO_NEW_PRIVS`, and a
-//!   seccomp filter that makes
-//!   `socket(AF_VSOCK, …)`, `socketpair(AF_VSOCK, …)` and `io_uring_setup` fail
-//!   with `EPERM`;
+//! - gives `node` a session of its own, no leaked descriptors, rlimits
+//!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
+//!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
+//!   task, not the runner), `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`,
+//!   and seccomp filters (profile `nautilus-seccomp-2`) at least as strict as
+//!   Docker's default for what Node.js does not need: namespace creation
+//!   (`unshare`, `setns`, `clone` with `CLONE_NEW*` flags; `clone3` fails with
+//!   `ENOSYS`, so libc falls back to `clone`), the mount family, keyrings,
+//!   `ptrace`, `process_vm_readv/writev`, `bpf`, `perf_event_open`,
+//!   `userfaultfd`, modules and kexec, `reboot`, swap, `acct`, file handles,
+//!   io_uring, clock and host name changes, `personality` other than Docker's
+//!   allowed values, and `socket`/`socketpair` with `AF_VSOCK`, all `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
 //!   `*_truncated` set), decoded as UTF-8 with invalid bytes replaced by
 //!   U+FFFD; the text stays within the cap (a character the cap cuts in two
 //!   is dropped);
-//! - if the runner dies, its tasks' main processes die with it; a dropped
-//!   [`Runner`] empties its slots, and the CLI kills its task on SIGINT/SIGTERM;
 //! - on timeout sends SIGTERM to the task's process group from outside it,
-//!   waits [`RunnerConfig::kill_grace`], then kills the whole box; when the
-//!   main process ends, kills whatever it left behind, reaps it, and waits at
-//!   most one more second for the output pipes.
+//!   waits [`RunnerConfig::kill_grace`], then kills everything the task
+//!   started; when the main process ends, likewise kills whatever it left
+//!   behind, and waits at most one more second for the output pipes;
+//! - when the caller drops [`Runner::run`]'s future: a run still queued
+//!   never starts, a running one is killed at once (no grace); both are
+//!   counted in [`RunnerStats`]. Whatever the runner deletes (run
+//!   directories, leftovers) it deletes without recursion, with a bounded
+//!   number of descriptors, whatever the depth; a failure is logged and
+//!   counted ([`RunnerStats::cleanup_failures`]), never a crash.
 //!
-//! ## Root vs. non-root
+//! ## As root (the enclave's mode)
 //!
-//! When the runner is root (as in the enclave), slot `i` runs as uid and gid
-//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups. The
-//! task then cannot read or ptrace the runner's memory, signal it, write any
-//! task directory, or touch a concurrent task. Each task also gets a private
-//! mount namespace (all mounts made private first, so nothing propagates to
-//! the host) with a fresh `/proc` mounted `hidepid=2`: it sees only its own
-//! uid's processes, so neither the runner nor other tasks' command lines
-//! (client input); and a tmpfs on `/dev/shm` of at most
-//! [`RunnerConfig::max_file_bytes`] that disappears with the task. On
-//! kernels before 5.8 procfs options are per pid namespace and mounting that
-//! `/proc` would switch the host's `/proc` to `hidepid=2` as well, so there
-//! tasks keep the shared `/proc` and the runner logs a warning (use a 5.10
-//! enclave kernel). Everything a task started is
-//! killed with `kill(-1, SIGKILL)` issued with the slot uid as *effective*
-//! uid, which the kernel applies to every process of that uid in one pass;
-//! that includes `setsid`/double-forked grandchildren. The helper process
-//! that issues it has a *killer* uid (leased with the slot uids, used by no
-//! task) as its real and saved uid, so no task can signal it (a task spinning
-//! on `kill(-1, SIGSTOP)` cannot freeze the kill); a helper that stops or
-//! hangs anyway is killed after a short deadline and the round repeated. The
-//! runner process also becomes a
-//! child subreaper (`PR_SET_CHILD_SUBREAPER`, set by [`Runner::new`]), so a
-//! task's orphans are reparented to it and their zombies reaped at once; a
-//! slot's process count is back to zero before its next task. (Other orphaned
-//! descendants of the same process would be adopted too; the runner only
-//! reaps processes of its slot uids.)
+//! Each run gets a box of fresh namespaces — mount, IPC, network, UTS and
+//! PID — built by a small PID 1 reaper that starts `node`, forwards SIGTERM
+//! and SIGINT to it and exits with it; the kernel then kills and reaps every
+//! other process of the box. The runner starts the reaper with a raw
+//! `clone(2)` carrying the namespace flags, not with
+//! `std::process::Command`: `Command::spawn` waits until its child has
+//! called `exec` or exited, so a reaper that stays alive without `exec`ing
+//! cannot live in a `pre_exec` hook, and a re-exec'd helper (bubblewrap's
+//! way) would need a second executable in the image. Everything between
+//! `clone` and `exec` (the mounts, the reaper's loop, `node`'s own child
+//! setup) makes only async-signal-safe system calls on memory prepared
+//! before the `clone`; the `ns` module's source lists the steps. Slot `i`
+//! runs as uid and gid
+//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
+//! Inside the box the task sees:
+//! - its code read-only at `<work dir>/task`: the run directory is bound
+//!   over the whole work directory, so no other run is visible;
+//! - a private tmpfs of [`RunnerConfig::max_scratch_bytes`], mounted
+//!   `nosuid,nodev,noexec`, over every directory others can write on the host
+//!   (found at [`Runner::new`]: `/tmp`, `/var/tmp`, `/run/lock`, `/var/lock`,
+//!   and whatever a search three levels below `/` finds), with `HOME` and
+//!   `TMPDIR` at `/tmp`: it can execute only code that came with the image,
+//!   its writes are bounded, and nothing it wrote outlives it;
+//! - a minimal `/dev` (`null`, `zero`, `full`, `random`, `urandom`, `tty`,
+//!   the `fd`/`stdin`/`stdout`/`stderr` links and a private `shm` tmpfs):
+//!   no NSM, vsock, kmsg or memory device;
+//! - a `/proc` of its own PID namespace (on any kernel), loopback as its only
+//!   network, its own SysV IPC and host name (`nautilus-task`).
+//!
+//! The task then cannot read or ptrace the runner's memory, signal it (or
+//! any process outside its box), write any task directory, see or touch a
+//! concurrent task, reach a host port, or leave anything behind. The box
+//! dies with the runner (`PR_SET_PDEATHSIG` on the reaper). The work
+//! directory must be on a file system that allows `exec` (native addons are
+//! mapped executable) and may not lie inside a directory others can write;
+//! [`Runner::new`] checks both, and refuses to start when the kernel does not
+//! let it create all five namespaces. [`Runner::isolation`] describes what is
+//! in force (for the attested manifest).
 //!
 //! The slot uids must belong to nothing else on the host. A runner locks its
 //! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
 //! the work directory when `/run` is missing or not root's alone) for its
-//! lifetime, taking the first free range of `max_concurrent` slot uids plus
-//! the killer uid right after them, at or above
+//! lifetime, taking the first free range of `max_concurrent` uids at or above
 //! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
 //! holds any of its uids and none of them is a user or group the host knows
-//! (`getpwuid`/`getgrgid`) or 65534/65535. So a second runner (another
-//! server, the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`]
-//! tells which slot range was taken.
+//! (`getpwuid`/`getgrgid`; a missing `/etc/passwd` or `/etc/group` means
+//! none; any other lookup failure is an error) or 65534/65535. So a second
+//! runner (another server, the CLI) moves up instead of sharing, and
+//! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
+//! runner kills every process its slot uids still own and removes what
+//! earlier runs under them left (run directories, files at the top of the
+//! shared directories): a crashed predecessor leaves no trap.
 //!
-//! When the runner is not root, tasks run as the runner's own uid. They can
-//! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
-//! write wherever the runner can, task directories included. Leftover
-//! processes are found by process group and by the `NAUTILUS_TASK_ID` marker
-//! in `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
+//! ## Without root (development only)
+//!
+//! Tasks run as the runner's own uid, without namespaces. They can then read
+//! the runner's `/proc/<pid>/environ` and memory (unless it is non-dumpable,
+//! as the server is), signal it, see and signal other processes, use the
+//! network, and write wherever the runner can, task directories included;
+//! what they leave in shared directories such as `/tmp` stays. `HOME` is a
+//! directory in the run directory, removed afterwards. Leftover processes are
+//! found by process group and by the `NAUTILUS_TASK_ID` marker in
+//! `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
 //! environment escapes (the result still arrives: output pipes are cut off
 //! after one second). `RLIMIT_NPROC` is not set (it would count the runner's
-//! own threads). Use non-root mode for development only.
-//!
-//! In both modes a task can write to world-writable places such as `/tmp`
-//! (bounded per file by `RLIMIT_FSIZE`). When root, the runner removes the
-//! entries a slot uid owns at the top of `/tmp`, `/var/tmp` and `/dev/shm`
-//! after each run, before the slot is reused; deeper files (inside another
-//! world-writable directory) and, without root, all such files outlive the
-//! run.
+//! own threads). The seccomp filter and the other rlimits apply as above.
 //!
 //! # Example
 //!
