@@ -111,8 +111,8 @@
 //! runner (another server, the CLI) moves up instead of sharing, and
 //! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
 //! runner kills every process its slot uids still own and removes what
-//! earlier runs under them left (run directories, files at the top of the
-//! shared directories): a crashed predecessor leaves no trap.
+//! earlier runs under them left (SysV IPC objects, run directories, files at
+//! the top of the shared directories): a crashed predecessor leaves no trap.
 //!
 //! ## Without root (development only)
 //!
@@ -545,8 +545,8 @@ fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, 
 use std::os::unix::fs::DirBuilderExt;
 
 /// Before serving, as root: kills every process a slot uid still owns and
-/// removes what earlier runs under these uids left (run directories,
-/// slot-owned entries at the top of the shared directories), so a crashed
+/// removes what earlier runs under these uids left (SysV IPC objects, run
+/// directories, slot-owned entries at the top of the shared directories), so a crashed
 /// predecessor never leaves a trap for this runner. Only this runner holds
 /// the lease on these uids.
 fn sweep(
@@ -562,6 +562,10 @@ fn sweep(
             "processes of the slot uids {slots:?} survived SIGKILL for {SWEEP_DEADLINE:?}: {survivors:?}"
         )));
     }
+    let failed = cleanup::remove_sysv_objects_of(&slots);
+    counters
+        .cleanup_failures
+        .fetch_add(failed as u64, Ordering::Relaxed);
     let remove = |path: &Path| {
         if let Err(e) = cleanup::remove_tree(path) {
             counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);

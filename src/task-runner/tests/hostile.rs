@@ -468,7 +468,6 @@ fn surface_probe() {
                 0,
             ),
         );
-        s("ptrace", libc::ptrace(libc::PTRACE_TRACEME, 0, null, null));
         let mut byte = 0u8;
         let local = libc::iovec {
             iov_base: (&mut byte as *mut u8).cast(),
@@ -538,6 +537,21 @@ fn surface_probe() {
         }
         s("clone_newuser", child);
         s("clone3", libc::syscall(libc::SYS_clone3, null, 0));
+        // In a child: a traced process would stop for good at its next signal.
+        let child = libc::fork();
+        if child == 0 {
+            let rc = libc::ptrace(libc::PTRACE_TRACEME, 0, null, null);
+            let errno = *libc::__errno_location();
+            libc::_exit(if rc == 0 { 0 } else { errno });
+        }
+        let mut status = 0;
+        libc::waitpid(child, &mut status, libc::__WALL);
+        let traced = match libc::WEXITSTATUS(status) {
+            0 => "ok".to_owned(),
+            libc::EPERM => "EPERM".to_owned(),
+            e => format!("errno {e}"),
+        };
+        println!("ptrace={traced}");
     }
 }
 
@@ -757,4 +771,77 @@ fn a_noexec_work_dir_is_refused() {
         err.contains("noexec") && err.contains("--work-dir"),
         "{err}"
     );
+}
+
+/// The start-up sweep: a crashed predecessor's processes, SysV objects, run
+/// directories and files in shared directories under the slot uids are gone
+/// before the new runner serves.
+#[test]
+fn the_start_up_sweep_clears_what_a_crashed_runner_left() {
+    if skip_unless_root("slot uids") {
+        return;
+    }
+    const UID: u32 = 64_100;
+    // A leftover process of the slot uid.
+    // SAFETY: the child only switches identity and pauses (raw calls).
+    let pid = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            if libc::syscall(libc::SYS_setgid, UID) == 0
+                && libc::syscall(libc::SYS_setuid, UID) == 0
+            {
+                loop {
+                    libc::pause();
+                }
+            }
+            libc::_exit(1);
+        }
+        pid
+    };
+    // SAFETY: a SysV segment handed to the slot uid.
+    let shm = unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 4096, 0o600);
+        let mut ds: libc::shmid_ds = std::mem::zeroed();
+        libc::shmctl(id, libc::IPC_STAT, &mut ds);
+        ds.shm_perm.uid = UID;
+        assert_eq!(libc::shmctl(id, libc::IPC_SET, &mut ds), 0);
+        id
+    };
+    let litter = std::path::PathBuf::from(format!("/tmp/nautilus-sweep-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(litter.join("a/b")).unwrap();
+    for p in [litter.join("a/b"), litter.join("a"), litter.clone()] {
+        std::os::unix::fs::chown(&p, Some(UID), Some(UID)).unwrap();
+    }
+    let work = std::path::Path::new(task_runner::DEFAULT_ROOT_WORK_DIR);
+    std::fs::create_dir_all(work).unwrap();
+    let run_dir = work.join(format!("{UID}-leftover"));
+    std::fs::create_dir_all(run_dir.join("task")).unwrap();
+
+    let runner = Runner::new(RunnerConfig {
+        sandbox_uid_base: UID,
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(
+        runner.sandbox_uids(),
+        Some(UID..UID + 1),
+        "the range was taken"
+    );
+    // SAFETY: reaping our own (killed) child; probing the segment.
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "{status:#x}"
+    );
+    let mut ds: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    let stat = unsafe { libc::shmctl(shm, libc::IPC_STAT, &mut ds) };
+    assert_eq!(
+        stat, -1,
+        "the slot uid's shared memory segment is still there"
+    );
+    assert!(!litter.exists(), "{} survived", litter.display());
+    assert!(!run_dir.exists(), "{} survived", run_dir.display());
+    assert_eq!(runner.stats().cleanup_failures, 0);
 }
