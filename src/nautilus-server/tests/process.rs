@@ -204,6 +204,11 @@ async fn health_manifest_and_ping() {
         );
         assert_eq!(m["isolation"]["network"], "loopback-only");
     }
+    let metrics = s.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains("\nnautilus_task_cleanup_failures_total 0\n"),
+        "{metrics}"
+    );
     s.shutdown().await;
 }
 

@@ -691,7 +691,7 @@ impl Inner {
             _ = &mut gone => {
                 self.counters.abandoned_queued.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("caller went away before the task started; not running it");
-                return Err(TaskError::ShuttingDown);
+                return Err(TaskError::Internal("abandoned by its caller while queued".into()));
             }
         };
         // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
@@ -801,7 +801,10 @@ impl Inner {
                 secs: req.timeout_secs,
                 partial: Box::new(result),
             }),
-            Ending::Cancelled | Ending::Abandoned => Err(TaskError::ShuttingDown),
+            Ending::Cancelled => Err(TaskError::ShuttingDown),
+            Ending::Abandoned => Err(TaskError::Internal(
+                "abandoned by its caller while running".into(),
+            )),
         }
     }
 

@@ -10,10 +10,10 @@ mod common;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use task_runner::{Runner, RunnerConfig, TaskRequest};
+use task_runner::{Runner, RunnerConfig};
 
 fn one_slot() -> Runner {
     Runner::new(RunnerConfig {
@@ -334,59 +334,8 @@ async fn a_task_cannot_reach_a_host_tcp_port() {
     assert!(host.accept().is_err(), "the host listener got a connection");
 }
 
-/// Finding 8, continued: runs whose caller went away. A queued run never
-/// starts; a running one is stopped within a second and its slot freed.
-#[tokio::test]
-async fn runs_whose_caller_went_away_are_dropped() {
-    let runner = one_slot();
-    let holder = tokio::spawn({
-        let runner = runner.clone();
-        async move { run_ok(&runner, "sleep", &["1500"]).await }
-    });
-    wait_until(|| runner.stats().running == 1).await;
-    let queued = tokio::time::timeout(
-        Duration::from_millis(300),
-        runner.run(request("sleep", &["1"])),
-    )
-    .await;
-    assert!(queued.is_err(), "the queued run cannot have finished");
-    wait_until(|| runner.stats().queued == 0).await;
-    assert_eq!(runner.stats().abandoned_queued, 1);
-    holder.await.unwrap();
-    // The dropped run never took the slot after the holder.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(runner.stats().running, 0);
-
-    let marker = format!("dropped-{}", uuid::Uuid::new_v4());
-    let running = tokio::time::timeout(
-        Duration::from_millis(1500),
-        runner.run(TaskRequest {
-            timeout_secs: Some(60),
-            ..request("sleep", &["50000", &marker])
-        }),
-    )
-    .await;
-    assert!(running.is_err());
-    let dropped = Instant::now();
-    wait_until(|| runner.stats().running == 0).await;
-    assert!(
-        dropped.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        dropped.elapsed()
-    );
-    assert!(node_processes_with_arg(&marker).is_empty());
-    assert_eq!(runner.stats().abandoned_running, 1);
-    // The slot serves the next run.
-    assert_eq!(run_ok(&runner, "exit-with", &["0"]).await.status, "success");
-}
-
-async fn wait_until(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+// Finding 8, continued (runs whose caller went away): `run.rs`,
+// `a_dropped_run_leaves_the_queue_or_is_killed`, and the server's own tests.
 
 /// Finding 10: double-forked processes of a task survived their runner's
 /// death (and held its port on restart).
