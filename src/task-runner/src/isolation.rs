@@ -19,7 +19,7 @@ pub struct Isolation {
     pub pid1_reaper: bool,
     /// The task's `/proc` shows only its own processes.
     pub private_proc: bool,
-    /// The task's `/dev` holds only null, zero, full, random, urandom, tty,
+    /// The task's `/dev` holds only null, zero, full, random, urandom,
     /// a private shm and the fd links.
     pub private_dev: bool,
     /// `"loopback-only"` (a network namespace of its own) or `"host"`.

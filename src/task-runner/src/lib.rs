@@ -84,7 +84,7 @@
 //!   and whatever a search three levels below `/` finds), with `HOME` and
 //!   `TMPDIR` at `/tmp`: it can execute only code that came with the image,
 //!   its writes are bounded, and nothing it wrote outlives it;
-//! - a minimal `/dev` (`null`, `zero`, `full`, `random`, `urandom`, `tty`,
+//! - a minimal `/dev` (`null`, `zero`, `full`, `random`, `urandom`,
 //!   the `fd`/`stdin`/`stdout`/`stderr` links and a private `shm` tmpfs):
 //!   no NSM, vsock, kmsg or memory device;
 //! - a `/proc` of its own PID namespace (on any kernel), loopback as its only

@@ -754,13 +754,13 @@ unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
         c"size=64k,mode=755".as_ptr().cast(),
     ))?;
     let old = libc::umask(0);
-    let nodes: [(&CStr, u32, u32); 6] = [
+    // No /dev/tty: a task has no controlling terminal, and Node.js does not open it.
+    let nodes: [(&CStr, u32, u32); 5] = [
         (c"/dev/null", 1, 3),
         (c"/dev/zero", 1, 5),
         (c"/dev/full", 1, 7),
         (c"/dev/random", 1, 8),
         (c"/dev/urandom", 1, 9),
-        (c"/dev/tty", 5, 0),
     ];
     for (path, major, minor) in nodes {
         rc(libc::mknod(
