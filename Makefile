@@ -20,8 +20,9 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked
-	node --test src/result-signing/js/
+	cd clients/js && npm test
 
-## bench: latency and throughput of a local dev server (not part of the tests)
+## bench: the release server against bare Node.js spawns, side by side (not part of the tests)
 bench:
-	$(CARGO) run --release --example bench -- 200
+	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
+	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
