@@ -40,7 +40,8 @@ const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
 
 const TRIVIAL_JS: &str = "console.log('ok');\n";
 /// About 50 ms of single-core work on a 2-core cloud VM.
-const CPU_JS: &str = "let x = 0;\nfor (let i = 0; i < 4000000; i++) x = (x * 31 + i) % 1000003;\nconsole.log(x);\n";
+const CPU_JS: &str =
+    "let x = 0;\nfor (let i = 0; i < 4000000; i++) x = (x * 31 + i) % 1000003;\nconsole.log(x);\n";
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark the server against bare Node.js spawns, side by side")]
@@ -286,7 +287,10 @@ impl Server {
                 let log = std::fs::read_to_string(server._dir.path().join("server.log"))?;
                 bail!("the server exited ({status}) before serving:\n{log}");
             }
-            ensure!(Instant::now() < deadline, "the server did not start in 60 s");
+            ensure!(
+                Instant::now() < deadline,
+                "the server did not start in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -484,7 +488,9 @@ async fn per_call_costs(http: &reqwest::Client, server: &Server) -> anyhow::Resu
         .allow_debug(true)
         .expected_nonce(nonce.to_vec());
     let verified = AttestationDocument::from_bytes(&doc)?.verify(&root, &policy)?;
-    let pk = verified.public_key().context("document without public key")?;
+    let pk = verified
+        .public_key()
+        .context("document without public key")?;
     let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(pk)?;
     let expected = Expected {
         task_path: "trivial",
@@ -625,11 +631,8 @@ impl Report {
     }
 
     fn rss_idle(&mut self, mode: &str, server: u64, children: u64) {
-        self.rss_rows.push(format!(
-            "| {mode} | {} | {} |",
-            mib(server),
-            mib(children)
-        ));
+        self.rss_rows
+            .push(format!("| {mode} | {} | {} |", mib(server), mib(children)));
         self.push(
             "rss_idle",
             json!({"mode": mode, "server_kib": server, "children_kib": children}),

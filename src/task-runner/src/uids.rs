@@ -1,13 +1,14 @@
 //! Exclusive use of the slot uids across processes.
 //!
-//! A runner kills everything its slot uids own, so two runners (a server and a
-//! CLI, two CLIs, or two `Runner`s in one process) sharing a uid would kill each
-//! other's tasks. Each runner holds an `flock` on one lock file per uid for its
-//! whole life; the kernel drops the locks when the process dies.
+//! At start a runner kills everything its slot uids own, and tasks of one uid
+//! share `RLIMIT_NPROC`, so two runners (a server and a CLI, two CLIs, or two
+//! `Runner`s in one process) sharing a uid would disturb each other's tasks.
+//! Each runner holds an `flock` on one lock file per uid for its whole life;
+//! the kernel drops the locks when the process dies.
 //!
-//! Besides its slot uids a runner leases one more, the *killer* uid: the kill
-//! helper runs with it as real and saved uid (see `sandbox::kill_as`), so no
-//! task, whose uid is a slot uid, can signal the helper.
+//! A uid the host's user or group database knows is never used. A missing
+//! database (`/etc/passwd` or `/etc/group` absent, as in a minimal enclave
+//! image) means nobody owns the uid; any other lookup failure is an error.
 
 use std::fs::{self, File};
 use std::io;
