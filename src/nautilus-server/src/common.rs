@@ -136,6 +136,8 @@ pub struct HealthCheck {
     pub node_version: Option<String>,
     /// Tasks listed in the manifest.
     pub tasks: usize,
+    /// Per-task cgroup limits in force, as in the manifest.
+    pub cgroups: task_runner::CgroupSummary,
     /// Tasks running now.
     pub running: usize,
     /// Tasks waiting for a slot.
@@ -162,6 +164,7 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         attestation: state.attestation_mode().as_str().into(),
         node_version,
         tasks: state.manifest().task_count(),
+        cgroups: state.runner().cgroups().clone(),
         running: stats.running,
         queued: stats.queued,
         version: crate::SERVER_VERSION.into(),

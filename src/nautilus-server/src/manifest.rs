@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use task_runner::{Isolation, TaskInfo};
+use task_runner::{CgroupSummary, Isolation, TaskInfo};
 
 use crate::state::{AttestationMode, ServerConfig};
 
@@ -53,6 +53,8 @@ struct ManifestBody<'a> {
     node_version: Option<&'a str>,
     limits: &'a Limits,
     isolation: &'a Isolation,
+    /// Per-task cgroup limits in force (memory, pids, CPU weight).
+    cgroups: &'a CgroupSummary,
     tasks: &'a [TaskInfo],
 }
 
@@ -71,6 +73,7 @@ impl Manifest {
         node_version: Option<String>,
         limits: Limits,
         isolation: &Isolation,
+        cgroups: &CgroupSummary,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -79,6 +82,7 @@ impl Manifest {
             node_version: node_version.as_deref(),
             limits: &limits,
             isolation,
+            cgroups,
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();

@@ -124,6 +124,7 @@ impl AppState {
             runner.node_version().map(str::to_owned),
             Limits::from_config(&config),
             runner.isolation(),
+            runner.cgroups(),
             tasks,
         )?;
 

@@ -209,6 +209,22 @@ async fn health_manifest_and_ping() {
         metrics.contains("\nnautilus_task_cleanup_failures_total 0\n"),
         "{metrics}"
     );
+    // The per-task cgroup limits in force are attested and reported alike.
+    let cgroups = serde_json::to_value(s.state.runner().cgroups()).expect("json");
+    assert_eq!(m["cgroups"], cgroups);
+    assert_eq!(h["cgroups"], cgroups);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // This host and the enclave both have the three controllers.
+        assert_eq!(
+            cgroups["controllers"],
+            json!(["memory", "pids", "cpu"]),
+            "{cgroups}"
+        );
+    } else {
+        eprintln!("SKIPPED (needs root): cgroup controllers in force");
+        assert_eq!(cgroups["version"], "none");
+    }
     s.shutdown().await;
 }
 

@@ -42,6 +42,8 @@ pub(crate) struct SpawnSpec {
     pub piped_stdin: bool,
     /// As root: the slot identity and the run directory to box.
     pub boxed: Option<(Identity, PathBuf)>,
+    /// The slot's cgroups, joined by the box before anything else.
+    pub cgroup: crate::cgroup::Join,
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -80,8 +82,7 @@ pub(crate) fn spawn(
             run_dir,
             identity: *identity,
             piped_stdin: spec.piped_stdin,
-            // The cgroup of the run (branch `cgroups`) plugs in here.
-            cgroup_procs: None,
+            cgroup: spec.cgroup,
         };
         let (child, stdio) = ns::spawn(plan, policy, &ns_spec)
             .map_err(|e| TaskError::internal("starting node", e))?;
@@ -309,6 +310,8 @@ pub(crate) enum Ending {
     Cancelled,
     /// Nobody waits for the result any more: stopped at once, no grace.
     Abandoned,
+    /// Memory ran out in the task's cgroup: the whole box was killed at once.
+    OutOfMemory,
 }
 
 /// Limits of one supervision.
@@ -320,6 +323,9 @@ pub(crate) struct Watch {
     pub cancel: watch::Receiver<bool>,
     /// Resolves when the caller dropped the run's future.
     pub abandoned: tokio::sync::oneshot::Receiver<()>,
+    /// Readable once memory runs out in the task's cgroup (v1; v2 kills the
+    /// whole cgroup itself).
+    pub oom: Option<std::os::fd::OwnedFd>,
 }
 
 /// Runs the task to its end: writes `stdin`, drains output, enforces the timeout
@@ -352,8 +358,10 @@ pub(crate) async fn supervise(
         _ = tokio::time::sleep_until(deadline) => { ending = Ending::TimedOut; None }
         _ = w.cancel.wait_for(|c| *c) => { ending = Ending::Cancelled; None }
         _ = &mut w.abandoned => { ending = Ending::Abandoned; None }
+        _ = readable(w.oom.take()) => { ending = Ending::OutOfMemory; None }
     };
-    if status.is_none() && failed.is_none() && ending != Ending::Abandoned {
+    let at_once = matches!(ending, Ending::Abandoned | Ending::OutOfMemory);
+    if status.is_none() && failed.is_none() && !at_once {
         boxed.terminate();
         status = match tokio::time::timeout(w.grace, boxed.wait()).await {
             Ok(Ok(status)) => Some(status),
@@ -398,6 +406,17 @@ pub(crate) async fn supervise(
         elapsed,
         ending,
     })
+}
+
+/// Resolves once `fd` is readable; never without one.
+async fn readable(fd: Option<std::os::fd::OwnedFd>) {
+    // SAFETY: an OwnedFd is open until dropped, and the AsyncFd owns it.
+    let fd = fd.and_then(|fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok());
+    match fd {
+        // An error must not pass for an OOM kill.
+        Some(fd) if fd.readable().await.is_ok() => {}
+        _ => std::future::pending().await,
+    }
 }
 
 /// Starts a reader that keeps draining `pipe` (so the writer never blocks) and

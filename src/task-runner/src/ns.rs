@@ -12,8 +12,8 @@
 //! and builds the box in that child, which becomes PID 1 of the new PID
 //! namespace ("the reaper"):
 //!
-//! 1. moves its descriptors to fixed numbers (0–2 the task's stdio, 3 the
-//!    report pipe, 4 the cgroup hook) and closes every other one, so no
+//! 1. joins the slot's cgroups, moves its descriptors to fixed numbers (0–2
+//!    the task's stdio, 3 the report pipe) and closes every other one, so no
 //!    descriptor of a concurrent run is held by this box;
 //! 2. makes every mount private, binds the staged run directory read-only
 //!    over the work directory (the task sees its own code at
@@ -22,7 +22,7 @@
 //!    (found at start), a minimal `/dev`, a `/proc` of the new PID namespace,
 //!    brings up loopback and sets the host name;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
-//!    joins the run's cgroup when one is given, blocks SIGCHLD, SIGTERM
+//!    blocks SIGCHLD, SIGTERM
 //!    and SIGINT, and clones `node`'s process, which takes a new session,
 //!    the rlimits, the slot identity, `no_new_privs` and seccomp, then `exec`s;
 //! 4. drops to the slot identity and the same seccomp filters itself, and
@@ -86,7 +86,6 @@ const SCAN_BUDGET: usize = 20_000;
 
 /// Fixed descriptor numbers inside the box.
 const FD_REPORT: RawFd = 3;
-const FD_CGROUP: RawFd = 4;
 
 /// Report pipe messages: three native-endian `u32`s.
 const MSG_LEN: usize = 12;
@@ -256,9 +255,9 @@ pub(crate) struct Spec<'a> {
     pub run_dir: &'a Path,
     pub identity: Identity,
     pub piped_stdin: bool,
-    /// Opened `cgroup.procs` of the run's cgroup: the reaper writes `0` to it,
-    /// so it and everything it starts run inside.
-    pub cgroup_procs: Option<RawFd>,
+    /// The slot's cgroups: the reaper joins them first, so it and everything
+    /// it starts run inside.
+    pub cgroup: crate::cgroup::Join,
 }
 
 /// The parent's ends of the task's standard streams.
@@ -312,7 +311,7 @@ struct ChildArgs<'a> {
     stdout: RawFd,
     stderr: RawFd,
     report: RawFd,
-    cgroup: Option<RawFd>,
+    cgroup: crate::cgroup::Join,
     signals: libc::sigset_t,
 }
 
@@ -372,7 +371,7 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         report: report_w.as_raw_fd(),
-        cgroup: spec.cgroup_procs,
+        cgroup: spec.cgroup,
         signals,
     };
     let flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) | libc::SIGCHLD;
@@ -520,6 +519,9 @@ fn rc(r: libc::c_int) -> io::Result<()> {
 
 /// PID 1 of the box. Async-signal-safe throughout; never returns.
 unsafe fn reaper(a: &ChildArgs) -> ! {
+    // The slot's cgroups first, before its descriptors are closed below (as
+    // root, before the identity switch): everything from here on counts there.
+    let joined = a.cgroup.enter();
     // Step 1: descriptors. Everything first moves above 10, so moving to the
     // fixed numbers never overwrites one still needed; then all else closes.
     let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -535,24 +537,16 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     let stdin = a.stdin.map(high);
     let stdout = high(a.stdout);
     let stderr = high(a.stderr);
-    let cgroup = a.cgroup.map(high);
     let moved = (|| -> io::Result<()> {
         if let Some(fd) = stdin {
             rc(libc::dup2(rc_fd(fd)?, 0))?;
         }
         rc(libc::dup2(rc_fd(stdout)?, 1))?;
         rc(libc::dup2(rc_fd(stderr)?, 2))?;
-        if let Some(fd) = cgroup {
-            rc(libc::dup2(rc_fd(fd)?, FD_CGROUP))?;
-            rc(libc::fcntl(FD_CGROUP, libc::F_SETFD, libc::FD_CLOEXEC))?;
-        }
-        close_from(if cgroup.is_some() {
-            FD_CGROUP + 1
-        } else {
-            FD_REPORT + 1
-        })
+        close_from(FD_REPORT + 1)
     })();
     or_fail(STEP_FDS, moved);
+    or_fail(STEP_CGROUP, joined);
 
     let plan = a.plan;
     let none = std::ptr::null::<libc::c_char>();
@@ -622,10 +616,6 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     // Written as root, before the identity switch: 1000 also becomes the
     // floor the task cannot go below (oom_score_adj_min), and node inherits it.
     or_fail(STEP_OOM, write_file(c"/proc/self/oom_score_adj", b"1000"));
-    if cgroup.is_some() {
-        // "0": the writing process itself; node, forked next, inherits it.
-        or_fail(STEP_CGROUP, write_all(FD_CGROUP, b"0"));
-    }
     // Blocked before node exists, so its SIGCHLD cannot be missed. A blocked
     // signal reaches a namespace's init even with the default disposition.
     or_fail(
@@ -655,9 +645,6 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     // The reaper holds none of the task's streams: their end of file is the task's.
     for fd in [0, 1, 2] {
         libc::close(fd);
-    }
-    if cgroup.is_some() {
-        libc::close(FD_CGROUP);
     }
     or_fail(STEP_ENTER, a.policy.enter(Some(a.identity)));
     // The runner may have died before the death signal was armed: its end of

@@ -1,8 +1,7 @@
 //! Issue 7's findings, tried as a hostile tenant would, as root (the
 //! enclave's mode): each test failed on the sandbox before the box of
-//! namespaces and passes now. Finding 3 (shared memory past the memory
-//! limit) and 9 (CPU share) belong to the per-slot cgroups and are tested
-//! with them. Also the minimal `/dev` (issue 12) and the user-database and
+//! namespaces and passes now. Findings 3 (shared memory past the memory
+//! limit) and 9 (CPU share) belong to the per-slot cgroups: `cgroups.rs`. Also the minimal `/dev` (issue 12) and the user-database and
 //! work-directory cases of issue 13.
 
 mod common;
