@@ -501,6 +501,7 @@ async fn per_call_costs(http: &reqwest::Client, server: &Server) -> anyhow::Resu
         not_before_ms,
         not_after_ms,
         clock_skew: DEFAULT_CLOCK_SKEW,
+        attested_window_ms: None,
     };
 
     let verify_doc = median_of(200, || {

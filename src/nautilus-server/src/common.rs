@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use attestation_dev::AttestationRequest;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -25,9 +24,6 @@ pub struct ProcessDataRequest<T> {
 
 /// A signed answer: `{"response": {"intent", "timestamp_ms", "data"}, "signature"}`.
 pub type ProcessedDataResponse<T> = result_signing::SignedResponse<T>;
-
-/// How long an attestation request waits for a turn before a 503.
-const ATTESTATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Longest nonce the NSM accepts in an attestation document.
 pub const MAX_ATTESTATION_NONCE_BYTES: usize = 512;
@@ -81,29 +77,7 @@ pub async fn get_attestation(
         .as_deref()
         .map(|n| parse_hex_nonce(n, MAX_ATTESTATION_NONCE_BYTES))
         .transpose()?;
-    // A burst of callers queues here for a short while, not on the blocking
-    // thread pool without bound.
-    let permit = tokio::time::timeout(
-        ATTESTATION_WAIT,
-        Arc::clone(&state.attestations).acquire_owned(),
-    )
-    .await
-    .map_err(|_| EnclaveError::AttestationBusy)?
-    .map_err(|_| EnclaveError::AttestationBusy)?;
-    let attester = Arc::clone(state.attester());
-    let worker_state = Arc::clone(&state);
-    // The NSM call is a blocking ioctl; keep it off the async workers.
-    let document = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        attester.attest(AttestationRequest {
-            public_key: worker_state.public_key(),
-            user_data: worker_state.manifest().sha256(),
-            nonce: nonce.as_deref(),
-        })
-    })
-    .await
-    .map_err(|e| EnclaveError::Internal(format!("attestation worker failed: {e}")))??;
-    state.metrics.attestation();
+    let document = state.attest(nonce).await?;
     Ok(Json(GetAttestationResponse {
         attestation: hex::encode(document),
     }))
@@ -146,6 +120,9 @@ pub struct HealthCheck {
     pub version: String,
     /// The task isolation in force (the same as in the attested manifest).
     pub isolation: task_runner::Isolation,
+    /// Server clock minus the timestamp of the latest fresh attestation
+    /// document (the hypervisor's clock, for the NSM); `null` before the first.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// `GET /health_check`.
@@ -169,5 +146,6 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         queued: stats.queued,
         version: crate::SERVER_VERSION.into(),
         isolation: state.runner().isolation().clone(),
+        clock_skew_ms: state.clock_skew().map(|s| s.skew_ms),
     })
 }

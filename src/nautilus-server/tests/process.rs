@@ -120,7 +120,10 @@ async fn failing_task_is_a_signed_failure_not_an_http_error() {
 #[tokio::test]
 async fn a_task_cannot_reach_into_the_server_process() {
     if !nix_is_root() {
-        eprintln!("SKIPPED a_task_cannot_reach_into_the_server_process: needs root (tasks then run under another uid)");
+        skip_report::skipped(
+            "a_task_cannot_reach_into_the_server_process",
+            "needs root (tasks then run under another uid)",
+        );
         return;
     }
     nautilus_server::state::harden_process().expect("non-dumpable, like the binary");

@@ -190,8 +190,8 @@ pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
-    TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH, MAX_ARGS,
-    MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES, MAX_STDIN_BYTES, MAX_TASK_PATH_BYTES,
+    normalize_task_path, TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH,
+    MAX_ARGS, MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES, MAX_STDIN_BYTES, MAX_TASK_PATH_BYTES,
 };
 
 use digest::TreeLimits;

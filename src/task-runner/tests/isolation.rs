@@ -68,7 +68,10 @@ async fn environment_is_built_from_nothing() {
     if has_cap_sys_resource() {
         assert_eq!(seen["oom_lower"], "EACCES", "{seen}");
     } else {
-        eprintln!("SKIPPED (needs CAP_SYS_RESOURCE): the task cannot lower its OOM score");
+        skip_report::skipped(
+            "the task cannot lower its OOM score",
+            "needs CAP_SYS_RESOURCE",
+        );
     }
     assert_eq!(
         seen["stdin"],
@@ -114,7 +117,7 @@ async fn resource_limits_and_no_new_privs_apply_to_the_task() {
             "{limits}"
         );
     } else {
-        eprintln!("SKIPPED (needs root): RLIMIT_NPROC is only set for slot uids");
+        skip_report::skipped("RLIMIT_NPROC of slot uids", "needs root");
     }
     assert_eq!(seen["no_new_privs"], "1", "{seen}");
     // The V8 heap cap is 3/4 of the memory limit, in MiB: 384 MiB -> 288.
@@ -269,8 +272,9 @@ async fn af_vsock_is_denied() {
     // before the kernel could say EAFNOSUPPORT).
     match try_socket(libc::AF_VSOCK).as_str() {
         "ok" => {}
-        "EAFNOSUPPORT" => eprintln!(
-            "SKIPPED (needs vsock on the host): control that vsock works outside the sandbox"
+        "EAFNOSUPPORT" => skip_report::skipped(
+            "control that vsock works outside the sandbox",
+            "needs vsock on the host",
         ),
         other => panic!("control: creating a vsock socket outside the sandbox: {other}"),
     }
@@ -394,7 +398,10 @@ fn work_dir_unreachable_by_slot_uids_or_in_a_shared_dir_is_refused() {
 #[test]
 fn runners_take_disjoint_slot_uid_ranges() {
     if !is_root() {
-        eprintln!("SKIPPED runners_take_disjoint_slot_uid_ranges: needs root (slot uids)");
+        skip_report::skipped(
+            "runners_take_disjoint_slot_uid_ranges",
+            "needs root (slot uids)",
+        );
         return;
     }
     let cfg = RunnerConfig {

@@ -183,7 +183,7 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
         for pid in pids {
             assert!(!alive(pid), "grandchild {pid} survived the task");
         }
-        eprintln!("SKIPPED (needs root): no process or zombie of the task is left");
+        skip_report::skipped("no process or zombie of the task is left", "needs root");
     }
 }
 
