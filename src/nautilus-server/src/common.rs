@@ -118,6 +118,8 @@ pub struct HealthCheck {
     pub queued: usize,
     /// Server version.
     pub version: String,
+    /// The task isolation in force (the same as in the attested manifest).
+    pub isolation: task_runner::Isolation,
     /// Server clock minus the timestamp of the latest fresh attestation
     /// document (the hypervisor's clock, for the NSM); `null` before the first.
     pub clock_skew_ms: Option<i64>,
@@ -143,6 +145,7 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         running: stats.running,
         queued: stats.queued,
         version: crate::SERVER_VERSION.into(),
+        isolation: state.runner().isolation().clone(),
         clock_skew_ms: state.clock_skew().map(|s| s.skew_ms),
     })
 }

@@ -78,6 +78,11 @@ struct Args {
     /// Browser origins allowed by CORS, comma-separated; default none.
     #[arg(long, env = "NAUTILUS_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<HeaderValue>,
+    /// Where each run's code is staged: an exec-capable file system, as root
+    /// not inside /tmp or another directory others can write (default: as
+    /// root /var/lib/nautilus-task-runner, else the temp directory).
+    #[arg(long, env = "NAUTILUS_WORK_DIR")]
+    work_dir: Option<PathBuf>,
     /// Names of server environment variables tasks may see.
     #[arg(long, env = "NAUTILUS_PASS_ENV", value_delimiter = ',')]
     pass_env: Vec<String>,
@@ -123,6 +128,7 @@ impl Args {
                 max_output_bytes: self.max_output_bytes.unwrap_or(d.max_output_bytes),
                 memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
                 pass_env: self.pass_env.clone(),
+                work_dir: self.work_dir.clone(),
                 ..d
             },
             max_body_bytes: self.max_body_bytes,

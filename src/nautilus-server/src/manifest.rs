@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use task_runner::{CgroupSummary, TaskInfo};
+use task_runner::{CgroupSummary, Isolation, TaskInfo};
 
 use crate::state::{AttestationMode, ServerConfig};
 
@@ -52,6 +52,7 @@ struct ManifestBody<'a> {
     attestation: &'a str,
     node_version: Option<&'a str>,
     limits: &'a Limits,
+    isolation: &'a Isolation,
     /// Per-task cgroup limits in force (memory, pids, CPU weight).
     cgroups: &'a CgroupSummary,
     tasks: &'a [TaskInfo],
@@ -71,6 +72,7 @@ impl Manifest {
         mode: AttestationMode,
         node_version: Option<String>,
         limits: Limits,
+        isolation: &Isolation,
         cgroups: &CgroupSummary,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
@@ -79,6 +81,7 @@ impl Manifest {
             attestation: mode.as_str(),
             node_version: node_version.as_deref(),
             limits: &limits,
+            isolation,
             cgroups,
             tasks: &tasks,
         })?;

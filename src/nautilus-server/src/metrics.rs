@@ -66,6 +66,7 @@ pub struct Metrics {
     body_bytes_buffered: Gauge,
     body_budget_exhausted: Counter,
     abandoned: Family<StageLabels, Counter>,
+    cleanup_failures: Counter,
     /// Serializes scrapes while they copy the runner's totals into counters.
     scrape: std::sync::Mutex<()>,
 }
@@ -163,6 +164,12 @@ impl Default for Metrics {
              by stage: queued (never ran) or running (killed)",
             abandoned.clone(),
         );
+        let cleanup_failures = Counter::default();
+        registry.register(
+            "task_cleanup_failures",
+            "Run directories or leftovers of earlier runs the task runner could not remove (each logged)",
+            cleanup_failures.clone(),
+        );
         Self {
             registry,
             attestation_timeouts,
@@ -180,6 +187,7 @@ impl Default for Metrics {
             body_bytes_buffered,
             body_budget_exhausted,
             abandoned,
+            cleanup_failures,
             scrape: std::sync::Mutex::new(()),
         }
     }
@@ -292,6 +300,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Enc
             let counter = m.abandoned.get_or_create(&StageLabels { stage });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+        let failures = &m.cleanup_failures;
+        failures.inc_by(stats.cleanup_failures.saturating_sub(failures.get()));
     }
     let mut body = String::new();
     encode(&mut body, &m.registry)

@@ -170,6 +170,7 @@ impl AppState {
             config.attestation,
             runner.node_version().map(str::to_owned),
             Limits::from_config(&config),
+            runner.isolation(),
             runner.cgroups(),
             tasks,
         )

@@ -37,7 +37,12 @@ pub struct RunnerConfig {
     /// hold theirs). These ids must not belong to anything else on the host.
     /// Default 61000.
     pub sandbox_uid_base: u32,
-    /// Where per-run directories are created. `None`: the system temp directory.
+    /// Where per-run directories (the staged code) are created: a directory
+    /// on a file system that allows `exec` (native addons are mapped
+    /// executable) and, as root, not inside a directory others can write.
+    /// `None`: [`DEFAULT_ROOT_WORK_DIR`](crate::DEFAULT_ROOT_WORK_DIR) as
+    /// root, the system temp directory otherwise. Checked at
+    /// [`Runner::new`](crate::Runner::new).
     pub work_dir: Option<PathBuf>,
     /// Cap on the bytes of one task directory (staged per run). Default 64 MiB.
     pub max_task_bytes: u64,
@@ -45,6 +50,9 @@ pub struct RunnerConfig {
     pub max_task_files: usize,
     /// `RLIMIT_FSIZE`: largest file a task may write. Default 64 MiB.
     pub max_file_bytes: u64,
+    /// As root, size of each private tmpfs a task can write (`/tmp`, which
+    /// holds `HOME`, `/var/tmp`, `/dev/shm`, `/run/lock`, …). Default 64 MiB.
+    pub max_scratch_bytes: u64,
     /// `RLIMIT_NOFILE` of the task. Default 1024.
     pub max_open_files: u64,
     /// `RLIMIT_NPROC` (threads and processes of the slot uid; Node needs about a dozen).
@@ -71,6 +79,7 @@ impl Default for RunnerConfig {
             max_task_bytes: 64 * MIB,
             max_task_files: 10_000,
             max_file_bytes: 64 * MIB,
+            max_scratch_bytes: 64 * MIB,
             max_open_files: 1024,
             max_processes: 64,
         }
@@ -103,17 +112,20 @@ impl RunnerConfig {
                 "max_processes must be at least 16 (Node.js runs about a dozen threads)",
             );
         }
+        if self.max_scratch_bytes < MIB {
+            return invalid("max_scratch_bytes must be at least 1 MiB");
+        }
         if self.max_open_files < 64 {
             return invalid("max_open_files must be at least 64");
         }
-        // The slot uids and the killer uid after them must be valid ids.
+        // The slot uids must be valid ids.
         let slots = u32::try_from(self.max_concurrent).ok();
         if slots
             .and_then(|n| self.sandbox_uid_base.checked_add(n))
             .is_none_or(|end| end >= u32::MAX - 1)
             || self.sandbox_uid_base == 0
         {
-            return invalid("sandbox_uid_base + max_concurrent + 1 must be a valid non-root uid");
+            return invalid("sandbox_uid_base + max_concurrent must be a valid non-root uid");
         }
         for name in &self.pass_env {
             if name.is_empty() || name.contains(['=', '\0']) {

@@ -1,8 +1,8 @@
 //! Starting a sandboxed `node` process and supervising one task in it.
 //!
-//! [`spawn`] creates the boxed process; [`supervise`] feeds it stdin, drains its
-//! output, enforces the timeout and empties the box. They are separate so a warm
-//! pool can spawn ahead of time and hand over a task later.
+//! [`spawn`] creates the boxed process (as root in a box of namespaces, see
+//! [`crate::ns`]; otherwise as a plain child); [`supervise`] feeds it stdin,
+//! drains its output, enforces the timeout and empties the box.
 
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use crate::sandbox::{BoxKind, Identity, Policy};
+use crate::ns::{self, BoxPlan, NsChild, Report};
+use crate::sandbox::{Identity, Marker, Policy};
 use crate::TaskError;
 
 /// How long output may keep arriving after the box was emptied. Only a process
@@ -35,23 +36,64 @@ pub(crate) struct SpawnSpec {
     pub cwd: PathBuf,
     /// The complete environment.
     pub env: Vec<(OsString, OsString)>,
-    pub identity: Option<Identity>,
     /// Task id, also found in the environment as `NAUTILUS_TASK_ID`.
     pub task_id: String,
     /// Whether stdin is a pipe (`true`) or `/dev/null`.
     pub piped_stdin: bool,
-    /// The slot's cgroups, joined before `exec`.
+    /// As root: the slot identity and the run directory to box.
+    pub boxed: Option<(Identity, PathBuf)>,
+    /// The slot's cgroups, joined by the box before anything else.
     pub cgroup: crate::cgroup::Join,
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+enum Kind {
+    /// Root: a box of namespaces; its end is the end of everything in it.
+    Ns(NsChild),
+    /// Unprivileged: a plain child, and the marks that find what it started.
+    Plain { child: Child, marker: Marker },
 }
 
 /// A running, boxed `node` process.
 pub(crate) struct Boxed {
-    child: Child,
-    kind: BoxKind,
+    kind: Kind,
+    stdin: Option<Writer>,
+    stdout: Option<Reader>,
+    stderr: Option<Reader>,
     started: Instant,
 }
 
-pub(crate) fn spawn(spec: SpawnSpec, policy: &Policy) -> Result<Boxed, TaskError> {
+pub(crate) fn spawn(
+    spec: SpawnSpec,
+    policy: &Policy,
+    plan: Option<&BoxPlan>,
+) -> Result<Boxed, TaskError> {
+    let started = Instant::now();
+    if let (Some((identity, run_dir)), Some(plan)) = (&spec.boxed, plan) {
+        let mut args = spec.node_args.clone();
+        args.push(spec.entry.clone().into());
+        args.extend(spec.args.iter().map(OsString::from));
+        let ns_spec = ns::Spec {
+            node: &spec.node,
+            args,
+            env: &spec.env,
+            run_dir,
+            identity: *identity,
+            piped_stdin: spec.piped_stdin,
+            cgroup: spec.cgroup,
+        };
+        let (child, stdio) = ns::spawn(plan, policy, &ns_spec)
+            .map_err(|e| TaskError::internal("starting node", e))?;
+        return Ok(Boxed {
+            kind: Kind::Ns(child),
+            stdin: stdio.stdin.map(|s| Box::new(s) as Writer),
+            stdout: Some(Box::new(stdio.stdout)),
+            stderr: Some(Box::new(stdio.stderr)),
+            started,
+        });
+    }
     let mut cmd = Command::new(&spec.node);
     cmd.args(&spec.node_args)
         .arg(&spec.entry)
@@ -67,34 +109,132 @@ pub(crate) fn spawn(spec: SpawnSpec, policy: &Policy) -> Result<Boxed, TaskError
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    policy.install(&mut cmd, spec.identity, spec.cgroup);
-    let started = Instant::now();
-    let child = cmd
+    policy.install(&mut cmd);
+    let mut child = cmd
         .spawn()
         .map_err(|e| TaskError::internal("starting node", e))?;
-    let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
-    if let (None, Some(pid)) = (spec.identity, pid) {
-        if let Err(e) = crate::sandbox::prefer_for_oom_kill_pid(pid) {
-            tracing::debug!(error = %e, "could not raise the task's OOM score");
-        }
-    }
-    let kind = match (spec.identity, pid) {
-        (Some(id), _) => BoxKind::Uid(id),
-        (None, Some(pgid)) => BoxKind::Marker {
-            pgid,
-            marker: format!("NAUTILUS_TASK_ID={}", spec.task_id).into_bytes(),
-        },
-        (None, None) => {
-            return Err(TaskError::Internal(
-                "node exited before it could be tracked".to_owned(),
-            ))
-        }
+    let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return Err(TaskError::Internal(
+            "node exited before it could be tracked".to_owned(),
+        ));
     };
+    if let Err(e) = crate::sandbox::prefer_for_oom_kill_pid(pid) {
+        tracing::debug!(error = %e, "could not raise the task's OOM score");
+    }
     Ok(Boxed {
-        child,
-        kind,
+        stdin: child.stdin.take().map(|s| Box::new(s) as Writer),
+        stdout: child.stdout.take().map(|s| Box::new(s) as Reader),
+        stderr: child.stderr.take().map(|s| Box::new(s) as Reader),
+        kind: Kind::Plain {
+            child,
+            marker: Marker {
+                pgid: pid,
+                marker: format!("NAUTILUS_TASK_ID={}", spec.task_id).into_bytes(),
+            },
+        },
         started,
     })
+}
+
+/// A status as if killed by `SIGKILL`.
+fn killed() -> ExitStatus {
+    ExitStatus::from_raw(libc::SIGKILL)
+}
+
+impl Boxed {
+    /// Waits for the main process to end. Cancel-safe. `Err` when the box
+    /// could not be built or node not started.
+    async fn wait(&mut self) -> Result<ExitStatus, TaskError> {
+        match &mut self.kind {
+            Kind::Ns(child) => match child.report().await {
+                Report::Exited(status) => Ok(status),
+                Report::Failed(why) => Err(TaskError::Internal(format!("starting node: {why}"))),
+                // Killed from outside (the OOM killer, say) before it could report.
+                Report::Gone => Ok(killed()),
+            },
+            Kind::Plain { child, .. } => child
+                .wait()
+                .await
+                .map_err(|e| TaskError::internal("waiting for node", e)),
+        }
+    }
+
+    /// SIGTERM to the task's process group, from outside it.
+    fn terminate(&self) {
+        match &self.kind {
+            Kind::Ns(child) => child.terminate(),
+            Kind::Plain { marker, .. } => {
+                // SAFETY: kill(2) on the task's own process group (its pid, as session leader).
+                unsafe { libc::kill(-marker.pgid, libc::SIGTERM) };
+            }
+        }
+    }
+
+    /// Kills everything in the box and reaps it. Returns the main process's
+    /// status when it was not known yet.
+    async fn empty(&mut self, known: Option<ExitStatus>) -> Result<ExitStatus, TaskError> {
+        match &mut self.kind {
+            Kind::Ns(child) => {
+                let pid = child.pid();
+                // Blocking: waits for the kernel to kill and reap the namespace.
+                let reaped = tokio::task::spawn_blocking(move || {
+                    // SAFETY: kill and waitpid on our own unreaped child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    loop {
+                        let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+                        if rc == pid {
+                            return Ok(());
+                        }
+                        let err = std::io::Error::last_os_error();
+                        if err.raw_os_error() != Some(libc::EINTR) {
+                            return Err(err);
+                        }
+                    }
+                });
+                match tokio::time::timeout(REAP_DEADLINE, reaped).await {
+                    Ok(Ok(Ok(()))) => child.mark_reaped(),
+                    Ok(Ok(Err(e))) => return Err(TaskError::internal("reaping the box", e)),
+                    Ok(Err(e)) => return Err(TaskError::internal("reaping the box", e)),
+                    Err(_) => {
+                        return Err(TaskError::Internal(format!(
+                            "the box did not end within {REAP_DEADLINE:?} of SIGKILL"
+                        )))
+                    }
+                }
+                if let Some(status) = known {
+                    return Ok(status);
+                }
+                // The reaper may have reported during the grace period's last moments.
+                Ok(match child.report().await {
+                    Report::Exited(status) => status,
+                    _ => killed(),
+                })
+            }
+            Kind::Plain { child, marker } => {
+                let marker = marker.clone();
+                match tokio::task::spawn_blocking(move || marker.kill_all()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "task processes survived the kill"),
+                    Err(e) => tracing::error!(error = %e, "box kill panicked"),
+                }
+                if let Some(status) = known {
+                    return Ok(status);
+                }
+                // The group kill normally reached the main process already; should
+                // it have failed, kill it directly (it is our unreaped child, so its
+                // pid cannot have been reused) and wait a bounded time.
+                let _ = child.start_kill();
+                tokio::time::timeout(REAP_DEADLINE, child.wait())
+                    .await
+                    .map_err(|_| {
+                        TaskError::Internal(format!(
+                            "node did not end within {REAP_DEADLINE:?} of SIGKILL"
+                        ))
+                    })?
+                    .map_err(|e| TaskError::internal("waiting for node", e))
+            }
+        }
+    }
 }
 
 /// Bytes read from one stream, up to a cap.
@@ -166,17 +306,13 @@ pub(crate) struct Outcome {
 pub(crate) enum Ending {
     Exited,
     TimedOut,
-    /// Stopped for shutdown.
+    /// The runner shuts down.
     Cancelled,
-    /// Stopped because the caller dropped the run.
+    /// Nobody waits for the result any more: stopped at once, no grace.
     Abandoned,
     /// Memory ran out in the task's cgroup: the whole box was killed at once.
     OutOfMemory,
 }
-
-/// Resolves (with an error) once the caller has dropped its end: the run
-/// was abandoned. Never resolves otherwise.
-pub(crate) type Abandoned = tokio::sync::oneshot::Receiver<std::convert::Infallible>;
 
 /// Limits of one supervision.
 pub(crate) struct Watch {
@@ -185,8 +321,8 @@ pub(crate) struct Watch {
     pub max_output: usize,
     /// Flips to `true` when the runner shuts down and this run must stop.
     pub cancel: watch::Receiver<bool>,
-    /// Resolves when the caller is gone; the task is then killed at once.
-    pub abandoned: Abandoned,
+    /// Resolves when the caller dropped the run's future.
+    pub abandoned: tokio::sync::oneshot::Receiver<()>,
     /// Readable once memory runs out in the task's cgroup (v1; v2 kills the
     /// whole cgroup itself).
     pub oom: Option<std::os::fd::OwnedFd>,
@@ -194,13 +330,13 @@ pub(crate) struct Watch {
 
 /// Runs the task to its end: writes `stdin`, drains output, enforces the timeout
 /// (SIGTERM to the group, `grace`, then SIGKILL to the whole box), then kills
-/// whatever is left in the box and reaps the main process.
+/// whatever is left in the box and reaps it.
 pub(crate) async fn supervise(
     mut boxed: Boxed,
     stdin: Option<Vec<u8>>,
     mut w: Watch,
 ) -> Result<Outcome, TaskError> {
-    let writer = match (boxed.child.stdin.take(), stdin) {
+    let writer = match (boxed.stdin.take(), stdin) {
         (Some(mut pipe), Some(bytes)) => Some(tokio::spawn(async move {
             // A task may exit without reading; the broken pipe is not an error.
             let _ = pipe.write_all(&bytes).await;
@@ -208,63 +344,48 @@ pub(crate) async fn supervise(
         _ => None,
     };
     let (stop, stopped) = watch::channel(false);
-    let out = capture(boxed.child.stdout.take(), w.max_output, stopped.clone());
-    let err = capture(boxed.child.stderr.take(), w.max_output, stopped);
+    let out = capture(boxed.stdout.take(), w.max_output, stopped.clone());
+    let err = capture(boxed.stderr.take(), w.max_output, stopped);
 
     let deadline = tokio::time::Instant::from_std(boxed.started) + w.timeout;
     let mut ending = Ending::Exited;
+    let mut failed = None;
     let mut status = tokio::select! {
-        status = boxed.child.wait() => Some(status),
+        status = boxed.wait() => match status {
+            Ok(status) => Some(status),
+            Err(e) => { failed = Some(e); None }
+        },
         _ = tokio::time::sleep_until(deadline) => { ending = Ending::TimedOut; None }
         _ = w.cancel.wait_for(|c| *c) => { ending = Ending::Cancelled; None }
         _ = &mut w.abandoned => { ending = Ending::Abandoned; None }
         _ = readable(w.oom.take()) => { ending = Ending::OutOfMemory; None }
     };
-    // Nobody waits for an abandoned task's result: no grace.
-    let grace = if ending == Ending::Abandoned {
-        Duration::ZERO
-    } else {
-        w.grace
-    };
-    if status.is_none() && ending != Ending::OutOfMemory {
-        if let Some(pid) = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
-            // SAFETY: kill(2) on the task's own process group (its pid, as session leader).
-            unsafe { libc::kill(-pid, libc::SIGTERM) };
-        }
-        status = tokio::time::timeout(grace, boxed.child.wait()).await.ok();
+    let at_once = matches!(ending, Ending::Abandoned | Ending::OutOfMemory);
+    if status.is_none() && failed.is_none() && !at_once {
+        boxed.terminate();
+        status = match tokio::time::timeout(w.grace, boxed.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            Ok(Err(e)) => {
+                failed = Some(e);
+                None
+            }
+            Err(_) => None,
+        };
     }
     // Timed from spawn to the main process's end, not including the clean-up.
     let mut elapsed = boxed.started.elapsed();
-    let kind = boxed.kind.clone();
-    let main = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok());
-    let killed = tokio::task::spawn_blocking(move || kind.kill_all(main)).await;
-    let status = match status {
-        Some(status) => status,
-        None => {
-            // The box kill normally reached the main process already; should it
-            // have failed, kill it directly (it is our unreaped child, so its pid
-            // cannot have been reused) and wait a bounded time.
-            let _ = boxed.child.start_kill();
-            let status = tokio::time::timeout(REAP_DEADLINE, boxed.child.wait())
-                .await
-                .map_err(|_| {
-                    TaskError::Internal(format!(
-                        "node did not end within {REAP_DEADLINE:?} of SIGKILL"
-                    ))
-                })?;
-            elapsed = boxed.started.elapsed();
-            status
-        }
+    let known = status.is_some();
+    let status = boxed.empty(status).await;
+    if !known {
+        elapsed = boxed.started.elapsed();
     }
-    .map_err(|e| TaskError::internal("waiting for node", e))?;
     if let Some(writer) = writer {
         writer.abort();
     }
-    match killed {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "task processes survived the kill"),
-        Err(e) => tracing::error!(error = %e, "box kill panicked"),
+    if let Some(e) = failed {
+        return Err(e);
     }
+    let status = status?;
 
     // Everything that could write is dead (or, without a slot uid, may have
     // escaped): give the pipes a bounded time to report end-of-file.

@@ -13,116 +13,136 @@
 //! # The box
 //!
 //! For every run the runner:
-//! - stages a copy of the task directory into a fresh private run directory
-//!   (directories 0755, files 0644, owned by the runner) and computes the
+//! - stages a copy of the task directory into a fresh run directory under
+//!   the work directory ([`RunnerConfig::work_dir`]) and computes the
 //!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
 //!   the task cannot modify any task directory. Files are opened without
-//!   following symlinks or blocking on FIFOs and must be regular files; when
-//!   root, the tasks tree (and the way to it) must be root-owned and writable
-//!   by nobody else, checked at [`Runner::new`] and on every run;
+//!   following symlinks or blocking on FIFOs and must be regular files; each
+//!   keeps its permission bits masked with 0755, so staging never widens
+//!   them (a root-only 0600 file stays unreadable to the task, yet is
+//!   staged and digested). When root, the tasks tree (and the way to it)
+//!   must be root-owned and writable by nobody else, checked at
+//!   [`Runner::new`] and on every run;
 //! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
-//!   `HOME` and `TMPDIR` (a per-run directory, removed afterwards),
-//!   `NODE_ENV=production`, `NAUTILUS_TASK_ID` (the result's `task_id`), and the
-//!   variables named in [`RunnerConfig::pass_env`] with their values at
-//!   [`Runner::new`];
+//!   `HOME` and `TMPDIR` (the same private directory), `NODE_ENV=production`,
+//!   `NAUTILUS_TASK_ID` (the result's `task_id`), and the variables named in
+//!   [`RunnerConfig::pass_env`] with their values at [`Runner::new`];
 //! - starts `node --max-old-space-size=<3/4 of the memory limit> -r <preload>
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
 //!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
 //!   blocking (nodejs/node#6456);
-//! - when root, puts the task in its slot's cgroup (see [`CgroupSummary`]
-//!   and below), joined in the child before anything else;
-//! - in the child, before `exec`: a new session, leaked descriptors closed,
-//!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
-//!   and `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes
-//!   the task, not the runner), when root a mount namespace of its own (see
-//!   below), the slot identity, `PR_SET_PDEATHSIG(SIGKILL)` (after the
-//!   identity switch, which would clear it), `PR_SET_NO_NEW_PRIVS`, and a
-//!   seccomp filter that makes
-//!   `socket(AF_VSOCK, …)`, `socketpair(AF_VSOCK, …)` and `io_uring_setup` fail
-//!   with `EPERM`;
+//! - gives `node` a session of its own, no leaked descriptors, rlimits
+//!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
+//!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
+//!   task, not the runner), `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`,
+//!   and seccomp filters (profile `nautilus-seccomp-2`) at least as strict as
+//!   Docker's default for what Node.js does not need: namespace creation
+//!   (`unshare`, `setns`, `clone` with `CLONE_NEW*` flags; `clone3` fails with
+//!   `ENOSYS`, so libc falls back to `clone`), the mount family, keyrings,
+//!   `ptrace`, `process_vm_readv/writev`, `bpf`, `perf_event_open`,
+//!   `userfaultfd`, modules and kexec, `reboot`, swap, `acct`, file handles,
+//!   io_uring, clock and host name changes, `personality` other than Docker's
+//!   allowed values, and `socket`/`socketpair` with `AF_VSOCK`, all `EPERM`;
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
 //!   `*_truncated` set), decoded as UTF-8 with invalid bytes replaced by
 //!   U+FFFD; the text stays within the cap (a character the cap cuts in two
 //!   is dropped);
-//! - if the runner dies, its tasks' main processes die with it; a dropped
-//!   [`Runner`] empties its slots, and the CLI kills its task on SIGINT/SIGTERM;
 //! - on timeout sends SIGTERM to the task's process group from outside it,
-//!   waits [`RunnerConfig::kill_grace`], then kills the whole box; when the
-//!   main process ends, kills whatever it left behind, reaps it, and waits at
-//!   most one more second for the output pipes.
+//!   waits [`RunnerConfig::kill_grace`], then kills everything the task
+//!   started; when the main process ends, likewise kills whatever it left
+//!   behind, and waits at most one more second for the output pipes;
+//! - when the caller drops [`Runner::run`]'s future: a run still queued
+//!   never starts, a running one is killed at once (no grace); both are
+//!   counted in [`RunnerStats`]. Whatever the runner deletes (run
+//!   directories, leftovers) it deletes without recursion, with a bounded
+//!   number of descriptors, whatever the depth; a failure is logged and
+//!   counted ([`RunnerStats::cleanup_failures`]), never a crash.
 //!
-//! ## Root vs. non-root
+//! ## As root (the enclave's mode)
 //!
-//! When the runner is root (as in the enclave), slot `i` runs as uid and gid
-//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups. The
-//! task then cannot read or ptrace the runner's memory, signal it, write any
-//! task directory, or touch a concurrent task. Each task also gets a private
-//! mount namespace (all mounts made private first, so nothing propagates to
-//! the host) with a fresh `/proc` mounted `hidepid=2`: it sees only its own
-//! uid's processes, so neither the runner nor other tasks' command lines
-//! (client input); and a tmpfs on `/dev/shm` of at most
-//! [`RunnerConfig::max_file_bytes`] that disappears with the task. On
-//! kernels before 5.8 procfs options are per pid namespace and mounting that
-//! `/proc` would switch the host's `/proc` to `hidepid=2` as well, so there
-//! tasks keep the shared `/proc` and the runner logs a warning (use a 5.10
-//! enclave kernel). Everything a task started is
-//! killed with `kill(-1, SIGKILL)` issued with the slot uid as *effective*
-//! uid, which the kernel applies to every process of that uid in one pass;
-//! that includes `setsid`/double-forked grandchildren. The helper process
-//! that issues it has a *killer* uid (leased with the slot uids, used by no
-//! task) as its real and saved uid, so no task can signal it (a task spinning
-//! on `kill(-1, SIGSTOP)` cannot freeze the kill); a helper that stops or
-//! hangs anyway is killed after a short deadline and the round repeated. The
-//! runner process also becomes a
-//! child subreaper (`PR_SET_CHILD_SUBREAPER`, set by [`Runner::new`]), so a
-//! task's orphans are reparented to it and their zombies reaped at once; a
-//! slot's process count is back to zero before its next task. (Other orphaned
-//! descendants of the same process would be adopted too; the runner only
-//! reaps processes of its slot uids.)
+//! Each run gets a box of fresh namespaces — mount, IPC, network, UTS and
+//! PID — built by a small PID 1 reaper that starts `node`, forwards SIGTERM
+//! and SIGINT to it and exits with it; the kernel then kills and reaps every
+//! other process of the box. The runner starts the reaper with a raw
+//! `clone(2)` carrying the namespace flags, not with
+//! `std::process::Command`: `Command::spawn` waits until its child has
+//! called `exec` or exited, so a reaper that stays alive without `exec`ing
+//! cannot live in a `pre_exec` hook, and a re-exec'd helper (bubblewrap's
+//! way) would need a second executable in the image. Everything between
+//! `clone` and `exec` (the mounts, the reaper's loop, `node`'s own child
+//! setup) makes only async-signal-safe system calls on memory prepared
+//! before the `clone`; the `ns` module's source lists the steps. Slot `i`
+//! runs as uid and gid
+//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
+//! Inside the box the task sees:
+//! - its code read-only at `<work dir>/task`: the run directory is bound
+//!   over the whole work directory, so no other run is visible;
+//! - a private tmpfs of [`RunnerConfig::max_scratch_bytes`], mounted
+//!   `nosuid,nodev,noexec`, over every directory others can write on the host
+//!   (found at [`Runner::new`]: `/tmp`, `/var/tmp`, `/run/lock`, `/var/lock`,
+//!   and whatever a search three levels below `/` finds), with `HOME` and
+//!   `TMPDIR` at `/tmp`: it can execute only code that came with the image,
+//!   its writes are bounded, and nothing it wrote outlives it;
+//! - a minimal `/dev` (`null`, `zero`, `full`, `random`, `urandom`,
+//!   the `fd`/`stdin`/`stdout`/`stderr` links and a private `shm` tmpfs):
+//!   no NSM, vsock, kmsg or memory device;
+//! - a `/proc` of its own PID namespace (on any kernel), loopback as its only
+//!   network, its own SysV IPC and host name (`nautilus-task`).
 //!
-//! The slot uids must belong to nothing else on the host. A runner locks its
-//! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
-//! the work directory when `/run` is missing or not root's alone) for its
-//! lifetime, taking the first free range of `max_concurrent` slot uids plus
-//! the killer uid right after them, at or above
-//! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
-//! holds any of its uids and none of them is a user or group the host knows
-//! (`getpwuid`/`getgrgid`) or 65534/65535. So a second runner (another
-//! server, the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`]
-//! tells which slot range was taken.
+//! The task then cannot read or ptrace the runner's memory, signal it (or
+//! any process outside its box), write any task directory, see or touch a
+//! concurrent task, reach a host port, or leave anything behind. The box
+//! dies with the runner (`PR_SET_PDEATHSIG` on the reaper). The work
+//! directory must be on a file system that allows `exec` (native addons are
+//! mapped executable) and may not lie inside a directory others can write;
+//! [`Runner::new`] checks both, and refuses to start when the kernel does not
+//! let it create all five namespaces. [`Runner::isolation`] describes what is
+//! in force (for the attested manifest).
 //!
-//! When root, each slot also has a cgroup in every hierarchy that carries
-//! the memory, pids or cpu controller (cgroup v2 where they can be enabled,
-//! v1 otherwise), nested under the runner's own cgroup there:
-//! `<own>/nautilus-<first slot uid>/slot-<i>`. It caps the slot's memory as
-//! the kernel counts it (shared and `MAP_GROWSDOWN` mappings, tmpfs and page
-//! cache included, which `RLIMIT_DATA` misses) at
+//! Each slot also has a cgroup in every hierarchy that carries the memory,
+//! pids or cpu controller (cgroup v2 where they can be enabled, v1
+//! otherwise), nested under the runner's own cgroup there:
+//! `<own>/nautilus-<first slot uid>/slot-<i>`; the box joins it first. It caps
+//! the slot's memory as the kernel counts it (shared and `MAP_GROWSDOWN`
+//! mappings, tmpfs and page cache included, which `RLIMIT_DATA` misses) at
 //! [`RunnerConfig::memory_limit_bytes`] with swap off, its processes and
 //! threads at [`RunnerConfig::max_processes`], and gives every slot an equal
 //! CPU weight, all slots together half the runner's. Running out of memory
 //! kills the whole task (v2 `memory.oom.group`; on v1 the runner, told by an
 //! eventfd), never the runner; the result then has signal `SIGKILL` and
-//! stderr ends with a note saying the memory limit was reached. A slot is
-//! emptied after every run and the cgroups are removed with the runner.
-//! [`Runner::cgroups`] says what is in force; with no usable controller only
-//! the rlimits apply, and the runner logs that at start.
+//! stderr ends with a note saying the memory limit was reached. The cgroups
+//! are removed with the runner. [`Runner::cgroups`] says what is in force;
+//! with no usable controller only the rlimits apply, and the runner logs that
+//! at start.
 //!
-//! When the runner is not root, tasks run as the runner's own uid. They can
-//! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
-//! write wherever the runner can, task directories included. Leftover
-//! processes are found by process group and by the `NAUTILUS_TASK_ID` marker
-//! in `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
+//! The slot uids must belong to nothing else on the host. A runner locks its
+//! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
+//! the work directory when `/run` is missing or not root's alone) for its
+//! lifetime, taking the first free range of `max_concurrent` uids at or above
+//! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
+//! holds any of its uids and none of them is a user or group the host knows
+//! (`getpwuid`/`getgrgid`; a missing `/etc/passwd` or `/etc/group` means
+//! none; any other lookup failure is an error) or 65534/65535. So a second
+//! runner (another server, the CLI) moves up instead of sharing, and
+//! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
+//! runner kills every process its slot uids still own and removes what
+//! earlier runs under them left (SysV IPC objects, run directories, files at
+//! the top of the shared directories): a crashed predecessor leaves no trap.
+//!
+//! ## Without root (development only)
+//!
+//! Tasks run as the runner's own uid, without namespaces. They can then read
+//! the runner's `/proc/<pid>/environ` and memory (unless it is non-dumpable,
+//! as the server is), signal it, see and signal other processes, use the
+//! network, and write wherever the runner can, task directories included;
+//! what they leave in shared directories such as `/tmp` stays. `HOME` is a
+//! directory in the run directory, removed afterwards. Leftover processes are
+//! found by process group and by the `NAUTILUS_TASK_ID` marker in
+//! `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
 //! environment escapes (the result still arrives: output pipes are cut off
 //! after one second). `RLIMIT_NPROC` is not set (it would count the runner's
-//! own threads). Use non-root mode for development only.
-//!
-//! In both modes a task can write to world-writable places such as `/tmp`
-//! (bounded per file by `RLIMIT_FSIZE`). When root, the runner removes the
-//! entries a slot uid owns at the top of `/tmp`, `/var/tmp` and `/dev/shm`
-//! after each run, before the slot is reused; deeper files (inside another
-//! world-writable directory) and, without root, all such files outlive the
-//! run.
+//! own threads). The seccomp filter and the other rlimits apply as above.
 //!
 //! # Example
 //!
@@ -139,12 +159,15 @@
 //! ```
 
 mod cgroup;
+mod cleanup;
 mod config;
 pub mod digest;
 mod error;
 mod exec;
+mod isolation;
 mod limiter;
 mod node;
+mod ns;
 mod request;
 mod sandbox;
 mod task;
@@ -158,12 +181,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 pub use cgroup::CgroupSummary;
 pub use config::RunnerConfig;
 pub use error::{ConfigError, ErrorKind, TaskError};
+pub use isolation::Isolation;
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
     normalize_task_path, TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH,
@@ -172,24 +196,32 @@ pub use request::{
 
 use digest::TreeLimits;
 use exec::{Ending, SpawnSpec, Watch};
-use sandbox::{BoxKind, Identity, Policy};
+use ns::BoxPlan;
+use sandbox::{Identity, Policy};
 
 /// `PATH` inside the box.
 const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
 const PRELOAD: &str = include_str!("preload.cjs");
+/// The preload's name in a run directory.
+const PRELOAD_FILE: &str = "preload.cjs";
+/// Work directory of a root runner when none is configured.
+pub const DEFAULT_ROOT_WORK_DIR: &str = "/var/lib/nautilus-task-runner";
+/// How long the start-up sweep may take to kill a crashed predecessor's tasks.
+const SWEEP_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Load of a [`Runner`] at one moment.
+/// Load and counters of a [`Runner`] at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RunnerStats {
     /// Tasks holding a slot.
     pub running: usize,
     /// Runs waiting for a slot.
     pub queued: usize,
-    /// Runs abandoned by their caller while waiting for a slot (never ran),
-    /// since start.
+    /// Runs whose caller went away before they started: they never ran.
     pub abandoned_queued: u64,
-    /// Runs abandoned by their caller while running (killed), since start.
+    /// Runs whose caller went away while they ran: stopped at once.
     pub abandoned_running: u64,
+    /// Run directories or leftovers that could not be removed (each logged).
+    pub cleanup_failures: u64,
 }
 
 /// Runs tasks; cheap to clone (all clones share slots and state).
@@ -198,27 +230,37 @@ pub struct Runner {
     inner: Arc<Inner>,
 }
 
+#[derive(Default)]
+struct Counters {
+    abandoned_queued: AtomicU64,
+    abandoned_running: AtomicU64,
+    cleanup_failures: AtomicU64,
+}
+
 struct Inner {
     config: RunnerConfig,
     /// Canonical tasks root.
     root: PathBuf,
     node: Option<node::Node>,
     policy: Policy,
-    /// Whether tasks get slot uids (the runner is root).
+    /// Whether tasks get slot uids and a box of namespaces (the runner is root).
     privileged: bool,
     limiter: Arc<limiter::Limiter>,
     shutting_down: AtomicBool,
     /// Turns true when running tasks must be killed for shutdown.
     cancel: watch::Sender<bool>,
-    abandoned_queued: AtomicU64,
-    abandoned_running: AtomicU64,
     pass_env: Vec<(OsString, OsString)>,
+    /// Canonical work directory.
     work_dir: PathBuf,
     /// One cgroup per slot (when privileged and the host has controllers).
     /// Named after the uid lease, so declared (and dropped) before it.
     cgroups: cgroup::Cgroups,
-    /// The slot and killer uids (when privileged).
+    /// The slot uids (when privileged).
     uids: Option<uids::UidLease>,
+    /// The box layout (when privileged).
+    plan: Option<BoxPlan>,
+    isolation: Isolation,
+    counters: Counters,
 }
 
 impl Runner {
@@ -226,8 +268,10 @@ impl Runner {
     /// or too old Node.js is not an error here: every run then fails fast with
     /// [`TaskError::NodeMissing`].
     ///
-    /// When root, locks the slot uids and makes this process a child subreaper
-    /// (see the crate docs).
+    /// When root: checks the work directory and that the kernel gives every
+    /// namespace the box needs, locks the slot uids, and sweeps away whatever
+    /// a crashed predecessor left under them (processes, run directories,
+    /// files in shared directories). Blocking.
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;
         let root =
@@ -246,22 +290,32 @@ impl Runner {
                 "not running as root: tasks share the runner's uid (weaker isolation, see docs)"
             );
         }
-        let work_dir = config.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-        if privileged {
+        let work_dir = prepare_work_dir(&config, privileged)?;
+        let counters = Counters::default();
+        let (uids, plan) = if privileged {
             check_root_owned(&root)?;
-            check_traversable(&work_dir)?;
-            sandbox::become_subreaper()
-                .map_err(|e| ConfigError::Invalid(format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
-        }
-        let uids = if privileged {
+            let missing: Vec<String> = ns::probe_namespaces()
+                .into_iter()
+                .filter_map(|(name, r)| r.err().map(|e| format!("{name} ({e})")))
+                .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "the kernel does not let the runner create these namespaces: {}; root mode needs them all",
+                    missing.join(", ")
+                )));
+            }
+            let plan = BoxPlan::new(&work_dir, config.max_scratch_bytes)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             // `check` made sure max_concurrent fits a u32.
-            Some(uids::UidLease::take_first_free(
+            let uids = uids::UidLease::take_first_free(
                 uids::UidLease::lock_parent(&work_dir),
                 config.sandbox_uid_base,
                 config.max_concurrent as u32,
-            )?)
+            )?;
+            sweep(&work_dir, uids.slots(), &plan.scratch_paths, &counters)?;
+            (Some(uids), Some(plan))
         } else {
-            None
+            (None, None)
         };
         let cgroups = match &uids {
             // The uid lease makes the tag unique among live runners, and
@@ -284,6 +338,7 @@ impl Runner {
             config.max_open_files,
             privileged.then_some(config.max_processes),
         )?;
+        let isolation = describe(plan.as_ref(), &config);
         let pass_env = config
             .pass_env
             .iter()
@@ -300,12 +355,13 @@ impl Runner {
                 limiter,
                 shutting_down: AtomicBool::new(false),
                 cancel: watch::Sender::new(false),
-                abandoned_queued: AtomicU64::new(0),
-                abandoned_running: AtomicU64::new(0),
                 pass_env,
                 work_dir,
-                uids,
                 cgroups,
+                uids,
+                plan,
+                isolation,
+                counters,
             }),
         })
     }
@@ -325,9 +381,19 @@ impl Runner {
         &self.inner.config
     }
 
-    /// Whether tasks run under per-slot uids (the runner is root).
+    /// Whether tasks run under per-slot uids in a box of namespaces (the runner is root).
     pub fn is_privileged(&self) -> bool {
         self.inner.privileged
+    }
+
+    /// The isolation in force, as detected at start.
+    pub fn isolation(&self) -> &Isolation {
+        &self.inner.isolation
+    }
+
+    /// The work directory in use (canonical).
+    pub fn work_dir(&self) -> &Path {
+        &self.inner.work_dir
     }
 
     /// The uids the slots run under, when privileged: the first free range at
@@ -336,13 +402,15 @@ impl Runner {
         self.inner.uids.as_ref().map(uids::UidLease::slots)
     }
 
-    /// Current load.
+    /// Current load and counters.
     pub fn stats(&self) -> RunnerStats {
+        let c = &self.inner.counters;
         RunnerStats {
             running: self.inner.limiter.running(),
             queued: self.inner.limiter.queued(),
-            abandoned_queued: self.inner.abandoned_queued.load(Ordering::Relaxed),
-            abandoned_running: self.inner.abandoned_running.load(Ordering::Relaxed),
+            abandoned_queued: c.abandoned_queued.load(Ordering::Relaxed),
+            abandoned_running: c.abandoned_running.load(Ordering::Relaxed),
+            cleanup_failures: c.cleanup_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -384,22 +452,18 @@ impl Runner {
 
     /// Validates `req`, waits for a slot and runs the task.
     ///
-    /// Dropping the returned future abandons the run: a run still waiting for
-    /// a slot leaves the queue and never starts; a running task is killed at
-    /// once (no grace: nobody will read its result), and its slot is freed
-    /// once the box is empty. Both are counted in [`RunnerStats`].
+    /// Dropping the returned future cancels the run: a run still waiting for
+    /// a slot never starts, a running task is killed at once and its slot
+    /// freed (both counted in [`RunnerStats`]). The run is supervised on a
+    /// task of its own, so nothing is left behind either way.
     pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
-        // The run is a task of its own so that clean-up finishes even when
-        // this future is dropped; `_caller` is dropped with it, which is what
-        // tells the run its caller is gone.
-        let (_caller, abandoned) = tokio::sync::oneshot::channel();
+        // Dropped with this future: the run then sees its caller gone.
+        let (_caller, gone) = oneshot::channel::<()>();
         // The caller's span (the server's request id) follows the run.
-        tokio::spawn(
-            async move { inner.run(req, abandoned).await }.instrument(tracing::Span::current()),
-        )
-        .await
-        .map_err(|e| TaskError::internal("task supervisor failed", e))?
+        tokio::spawn(async move { inner.run(req, gone).await }.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| TaskError::internal("task supervisor failed", e))?
     }
 
     /// Stops accepting runs (new and queued ones fail with
@@ -416,20 +480,6 @@ impl Runner {
         {
             inner.cancel.send_replace(true);
             let _ = running.wait_for(|n| *n == 0).await;
-        }
-    }
-}
-
-impl Drop for Inner {
-    /// Runs hold a reference to `Inner`, so this runs once none is left, or
-    /// when the async runtime dropped runs midway (their main processes are
-    /// killed on drop, but not what they started): empties every slot.
-    fn drop(&mut self) {
-        let Some(uids) = &self.uids else { return };
-        for index in 0..self.config.max_concurrent as u32 {
-            if let Err(e) = BoxKind::Uid(uids.slot(index)).kill_all(None) {
-                tracing::error!(error = %e, "slot processes survived the runner");
-            }
         }
     }
 }
@@ -455,6 +505,163 @@ fn log_cgroups(s: &CgroupSummary) {
     }
 }
 
+/// The isolation summary for a runner with `plan` (root) or without (unprivileged).
+fn describe(plan: Option<&BoxPlan>, config: &RunnerConfig) -> Isolation {
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+    match plan {
+        Some(plan) => Isolation {
+            mode: "root".into(),
+            kernel: isolation::kernel_release(),
+            namespaces: strings(&ns::NAMESPACES.map(|(name, _)| name)),
+            pid1_reaper: true,
+            private_proc: true,
+            private_dev: true,
+            network: "loopback-only".into(),
+            readonly_code: true,
+            scratch_dirs: plan.scratch_paths.clone(),
+            scratch_bytes: config.max_scratch_bytes,
+            scratch_noexec: true,
+            seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
+            slot_uids: true,
+            missing: Vec::new(),
+        },
+        None => Isolation {
+            mode: "unprivileged".into(),
+            kernel: isolation::kernel_release(),
+            namespaces: Vec::new(),
+            pid1_reaper: false,
+            private_proc: false,
+            private_dev: false,
+            network: "host".into(),
+            readonly_code: false,
+            scratch_dirs: Vec::new(),
+            scratch_bytes: 0,
+            scratch_noexec: false,
+            seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
+            slot_uids: false,
+            missing: vec![
+                "slot uids, namespaces, private /proc, /dev, network and scratch: the runner is not root".into(),
+            ],
+        },
+    }
+}
+
+/// Resolves, creates if needed, and checks the work directory: staged code
+/// is executed from there (native addons are mapped executable), so its
+/// file system must allow `exec`; as root it must be root's alone and the
+/// slot uids must be able to reach it.
+fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let invalid = |msg: String| ConfigError::Invalid(msg);
+    let configured = match &config.work_dir {
+        Some(dir) => dir.clone(),
+        None if privileged => PathBuf::from(DEFAULT_ROOT_WORK_DIR),
+        None => std::env::temp_dir(),
+    };
+    if privileged && !configured.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&configured)
+            .map_err(|e| {
+                invalid(format!(
+                    "creating the work directory {}: {e}",
+                    configured.display()
+                ))
+            })?;
+    }
+    let dir = std::fs::canonicalize(&configured)
+        .map_err(|e| invalid(format!("work directory {}: {e}", configured.display())))?;
+    let stat = nix::sys::statvfs::statvfs(&dir)
+        .map_err(|e| invalid(format!("work directory {}: {e}", dir.display())))?;
+    use nix::sys::statvfs::FsFlags;
+    if stat.flags().contains(FsFlags::ST_NOEXEC) {
+        return Err(invalid(format!(
+            "work directory {} is on a noexec file system: tasks with native addons could not load them; choose another with --work-dir (NAUTILUS_WORK_DIR)",
+            dir.display()
+        )));
+    }
+    if stat.flags().contains(FsFlags::ST_RDONLY) {
+        return Err(invalid(format!(
+            "work directory {} is on a read-only file system; choose another with --work-dir (NAUTILUS_WORK_DIR)",
+            dir.display()
+        )));
+    }
+    if privileged {
+        let meta = std::fs::metadata(&dir)
+            .map_err(|e| invalid(format!("work directory {}: {e}", dir.display())))?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(invalid(format!(
+                "work directory {} must be owned by root and writable by nobody else (uid {}, mode {:o})",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+        if let Some(parent) = dir.parent() {
+            check_traversable(&dir, parent)?;
+        }
+    }
+    Ok(dir)
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Before serving, as root: kills every process a slot uid still owns and
+/// removes what earlier runs under these uids left (SysV IPC objects, run
+/// directories, slot-owned entries at the top of the shared directories), so a crashed
+/// predecessor never leaves a trap for this runner. Only this runner holds
+/// the lease on these uids.
+fn sweep(
+    work_dir: &Path,
+    slots: std::ops::Range<u32>,
+    shared: &[String],
+    counters: &Counters,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let survivors = cleanup::kill_processes_of(&slots, SWEEP_DEADLINE);
+    if !survivors.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "processes of the slot uids {slots:?} survived SIGKILL for {SWEEP_DEADLINE:?}: {survivors:?}"
+        )));
+    }
+    let failed = cleanup::remove_sysv_objects_of(&slots);
+    counters
+        .cleanup_failures
+        .fetch_add(failed as u64, Ordering::Relaxed);
+    let remove = |path: &Path| {
+        if let Err(e) = cleanup::remove_tree(path) {
+            counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), error = %e, "could not remove a leftover of an earlier run");
+        }
+    };
+    if let Ok(entries) = std::fs::read_dir(work_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let ours = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(uid, _)| uid.parse::<u32>().ok())
+                .is_some_and(|uid| slots.contains(&uid));
+            if ours {
+                remove(&entry.path());
+            }
+        }
+    }
+    for dir in shared {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // DirEntry::metadata does not follow symlinks.
+            if entry.metadata().is_ok_and(|m| slots.contains(&m.uid())) {
+                remove(&entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Root reads the tasks under `root` (canonical): nobody else may be able to
 /// change the tree or swap it out. `root` must be owned by root and writable
 /// by nobody else; so must every directory above it, unless sticky (like
@@ -478,12 +685,11 @@ fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Slot uids reach their run directories through `work_dir`: every directory
-/// on the way must be searchable by others (a checkout under `/root` is not).
-fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
-    let real = std::fs::canonicalize(work_dir)
-        .map_err(|e| ConfigError::Invalid(format!("work directory {}: {e}", work_dir.display())))?;
-    for dir in real.ancestors() {
+/// Inside the box the work directory shows the run's own directory; the
+/// slot uids reach it through `parent` (canonical): every directory on the
+/// way must be searchable by others (a checkout under `/root` is not).
+fn check_traversable(work_dir: &Path, parent: &Path) -> Result<(), ConfigError> {
+    for dir in parent.ancestors() {
         let mode = std::fs::metadata(dir)
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?
             .permissions()
@@ -500,52 +706,16 @@ fn check_traversable(work_dir: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A staged run directory: `task/` (the copy that runs), `home/` and the preload.
+/// A staged run directory: `task/` (the copy that runs), the preload and,
+/// without root, the task's home.
 struct RunDir {
-    temp: tempfile::TempDir,
+    path: PathBuf,
     task: PathBuf,
-    home: PathBuf,
-    preload: PathBuf,
+    /// Without root only: `HOME` and `TMPDIR` (as root they are a private tmpfs).
+    home: Option<PathBuf>,
+    /// The entry file, relative to `task`.
     entry: PathBuf,
     digest: String,
-}
-
-impl RunDir {
-    /// Deletes the run directory. A task sharing the runner's uid may have left
-    /// directories without owner permissions in its home; those are restored
-    /// and the removal retried. Only then: restoring follows paths, which a
-    /// surviving task could swap for symlinks, so it must never run as root
-    /// (which needs no permission bits to delete anyway).
-    fn remove(self, privileged: bool) {
-        let path = self.temp.path().to_owned();
-        let closed = self.temp.close();
-        if closed.is_ok() {
-            return;
-        }
-        if !privileged {
-            restore_owner_access(&path);
-            if std::fs::remove_dir_all(&path).is_ok() {
-                return;
-            }
-        }
-        if let Err(e) = closed {
-            tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
-        }
-    }
-}
-
-/// Gives the owner full access to every directory under `dir`. Follows
-/// symlinks: only for a runner that shares its uid with the task.
-fn restore_owner_access(dir: &Path) {
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            restore_owner_access(&entry.path());
-        }
-    }
 }
 
 impl Inner {
@@ -558,10 +728,20 @@ impl Inner {
         }
     }
 
+    /// Removes a run directory (blocking), logging and counting a failure.
+    fn remove_run_dir(&self, path: &Path) {
+        if let Err(e) = cleanup::remove_tree(path) {
+            self.counters
+                .cleanup_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), error = %e, "could not remove a run directory");
+        }
+    }
+
     async fn run(
         self: Arc<Self>,
         req: TaskRequest,
-        mut abandoned: exec::Abandoned,
+        mut gone: oneshot::Receiver<()>,
     ) -> Result<TaskResult, TaskError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(TaskError::ShuttingDown);
@@ -571,8 +751,9 @@ impl Inner {
         let task = task::resolve(&self.root, &req.task_path)?;
         let slot = tokio::select! {
             slot = self.limiter.acquire() => slot?,
-            _ = &mut abandoned => {
-                self.abandoned_queued.fetch_add(1, Ordering::Relaxed);
+            _ = &mut gone => {
+                self.counters.abandoned_queued.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("caller went away before the task started; not running it");
                 return Err(TaskError::Internal("abandoned by its caller while queued".into()));
             }
         };
@@ -581,22 +762,27 @@ impl Inner {
         let task_id = uuid::Uuid::new_v4().to_string();
 
         let this = self.clone();
-        let run_dir = tokio::task::spawn_blocking(move || {
-            if let Some(id) = identity {
-                // Whatever a crashed predecessor left under this uid must not meet the new task.
-                BoxKind::Uid(id)
-                    .kill_all(None)
-                    .map_err(|e| TaskError::internal("clearing the slot", e))?;
-            }
-            this.prepare(&task.dir, identity)
-        })
-        .await
-        .map_err(|e| TaskError::internal("preparing the run", e))??;
+        let run_dir = tokio::task::spawn_blocking(move || this.prepare(&task.dir, identity))
+            .await
+            .map_err(|e| TaskError::internal("preparing the run", e))??;
 
+        let (cwd, preload, home) = match &self.plan {
+            // Inside the box the run directory shows at the work directory.
+            Some(plan) => (
+                plan.code_dir(),
+                self.work_dir.join(PRELOAD_FILE),
+                PathBuf::from(ns::TASK_HOME),
+            ),
+            None => (
+                run_dir.task.clone(),
+                run_dir.path.join(PRELOAD_FILE),
+                run_dir.home.clone().unwrap_or_else(|| run_dir.path.clone()),
+            ),
+        };
         let mut env = vec![
             (OsString::from("PATH"), OsString::from(TASK_PATH_ENV)),
-            ("HOME".into(), run_dir.home.clone().into()),
-            ("TMPDIR".into(), run_dir.home.clone().into()),
+            ("HOME".into(), home.clone().into()),
+            ("TMPDIR".into(), home.into()),
             ("NODE_ENV".into(), "production".into()),
             ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
         ];
@@ -608,15 +794,15 @@ impl Inner {
             node_args: vec![
                 format!("--max-old-space-size={}", self.config.heap_limit_mib()).into(),
                 "-r".into(),
-                run_dir.preload.clone().into(),
+                preload.into(),
             ],
-            entry: run_dir.entry.clone(),
+            entry: cwd.join(&run_dir.entry),
             args: req.args.clone(),
-            cwd: run_dir.task.clone(),
+            cwd,
             env,
-            identity,
             task_id: task_id.clone(),
             piped_stdin: req.stdin.is_some(),
+            boxed: identity.map(|id| (id, run_dir.path.clone())),
             cgroup: cgroup.map_or(cgroup::Join::NONE, cgroup::Slot::join),
         };
         let watch = Watch {
@@ -624,25 +810,32 @@ impl Inner {
             grace: self.config.kill_grace,
             max_output: self.config.max_output_bytes,
             cancel: self.cancel.subscribe(),
-            abandoned,
+            abandoned: gone,
             oom: cgroup.and_then(cgroup::Slot::oom_event),
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-        let outcome = match exec::spawn(spec, &self.policy) {
+        // Spawned here, on a runtime worker: the box's death signal follows
+        // the spawning thread, which must outlive the run.
+        let outcome = match exec::spawn(spec, &self.policy, self.plan.as_ref()) {
             Ok(boxed) => exec::supervise(boxed, stdin, watch).await,
             Err(e) => Err(e),
         };
+        if outcome
+            .as_ref()
+            .is_ok_and(|o| o.ending == Ending::Abandoned)
+        {
+            self.counters
+                .abandoned_running
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!("caller went away while the task ran; stopped it");
+        }
         let digest = run_dir.digest.clone();
-        // Removing the run directory is blocking I/O; the slot is held until it
-        // and whatever the task left in shared scratch directories are gone.
-        let privileged = self.privileged;
+        // Removing the run directory is blocking I/O; the slot is held until
+        // it is gone and the slot's cgroups are empty.
         let this = self.clone();
         let index = slot.index();
         let oom_killed = tokio::task::spawn_blocking(move || {
-            run_dir.remove(privileged);
-            if let Some(id) = identity {
-                sandbox::remove_leftovers(id.uid);
-            }
+            this.remove_run_dir(&run_dir.path);
             let cgroup = this.cgroups.slot(index)?;
             if let Err(e) = cgroup.empty() {
                 tracing::error!(error = %e, "slot cgroup could not be emptied");
@@ -695,12 +888,9 @@ impl Inner {
                 partial: Box::new(result),
             }),
             Ending::Cancelled => Err(TaskError::ShuttingDown),
-            Ending::Abandoned => {
-                self.abandoned_running.fetch_add(1, Ordering::Relaxed);
-                Err(TaskError::Internal(
-                    "abandoned by its caller while running".into(),
-                ))
-            }
+            Ending::Abandoned => Err(TaskError::Internal(
+                "abandoned by its caller while running".into(),
+            )),
         }
     }
 
@@ -713,47 +903,61 @@ impl Inner {
         )
     }
 
-    /// Creates the run directory: staged task, digest, entry point, home, preload.
+    /// Creates the run directory: staged task, digest, entry point, preload
+    /// and, without root, the home. As root it is named after the slot uid,
+    /// so the start-up sweep of a later runner on these uids finds it.
     fn prepare(&self, task_dir: &Path, identity: Option<Identity>) -> Result<RunDir, TaskError> {
         let io = |what: &'static str| move |e: std::io::Error| TaskError::internal(what, e);
-        let temp = tempfile::Builder::new()
-            .prefix("nautilus-run-")
-            .tempdir_in(&self.work_dir)
+        let name = match identity {
+            Some(id) => format!("{}-{}", id.uid, uuid::Uuid::new_v4()),
+            None => format!("nautilus-run-{}", uuid::Uuid::new_v4()),
+        };
+        let path = self.work_dir.join(name);
+        // As root only reached through the box's bind mount, which shows it
+        // as the work directory: readable there, 0755.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
             .map_err(io("creating the run directory"))?;
-        // Traversable but not listable: the slot uid reaches its own paths only.
-        std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o711))
-            .map_err(io("securing the run directory"))?;
-        if let Some(owner) = self.tree_limits().dir_owner {
-            // The walk checks the task's own tree; this, the way there from the root.
-            for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
-                digest::check_trusted(dir, owner)?;
+        let staged = (|| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(io("securing the run directory"))?;
+            if let Some(owner) = self.tree_limits().dir_owner {
+                // The walk checks the task's own tree; this, the way there from the root.
+                for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
+                    digest::check_trusted(dir, owner)?;
+                }
             }
+            let task = path.join(ns::CODE_DIR);
+            task::stage(task_dir, &task, self.tree_limits())?;
+            let digest = digest::digest_tree(&task, self.tree_limits())?;
+            let entry = task::entry_point(&task)?;
+            let preload = path.join(PRELOAD_FILE);
+            std::fs::write(&preload, PRELOAD).map_err(io("writing the preload"))?;
+            std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
+                .map_err(io("securing the preload"))?;
+            let home = if identity.is_none() {
+                let home = path.join("home");
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&home)
+                    .map_err(io("creating the task's home"))?;
+                Some(home)
+            } else {
+                None
+            };
+            Ok(RunDir {
+                path: path.clone(),
+                task,
+                home,
+                entry,
+                digest,
+            })
+        })();
+        if staged.is_err() {
+            self.remove_run_dir(&path);
         }
-        let staged = temp.path().join("task");
-        task::stage(task_dir, &staged, self.tree_limits())?;
-        let digest = digest::digest_tree(&staged, self.tree_limits())?;
-        let entry = task::entry_point(&staged)?;
-
-        let home = temp.path().join("home");
-        std::fs::create_dir(&home).map_err(io("creating the task's home"))?;
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("securing the home"))?;
-        if let Some(id) = identity {
-            std::os::unix::fs::chown(&home, Some(id.uid), Some(id.gid))
-                .map_err(io("handing the home to the slot"))?;
-        }
-        let preload = temp.path().join("preload.cjs");
-        std::fs::write(&preload, PRELOAD).map_err(io("writing the preload"))?;
-        std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
-            .map_err(io("securing the preload"))?;
-        Ok(RunDir {
-            temp,
-            task: staged,
-            home,
-            preload,
-            entry,
-            digest,
-        })
+        staged
     }
 }
 

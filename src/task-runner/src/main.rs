@@ -37,6 +37,11 @@ struct Cli {
     /// Node.js binary (default: `node` on PATH).
     #[arg(long)]
     node: Option<PathBuf>,
+    /// Where each run's code is staged: an exec-capable file system, as root
+    /// not inside /tmp or another directory others can write (default: as
+    /// root /var/lib/nautilus-task-runner, else the temp directory).
+    #[arg(long, env = "NAUTILUS_WORK_DIR")]
+    work_dir: Option<PathBuf>,
     /// Name of an environment variable to pass through to the task (repeatable).
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
@@ -119,6 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tasks_dir: cli.tasks_dir,
         node: cli.node,
         pass_env: cli.pass_env,
+        work_dir: cli.work_dir,
         max_concurrent: 1,
         ..RunnerConfig::default()
     };

@@ -60,9 +60,17 @@ impl From<TreeError> for TaskError {
     }
 }
 
-/// Copies the tree at `src` into the new directory `dst`, read-only for everyone
-/// but its owner: directories 0755, files 0644, symlinks reproduced as they are.
+/// Permission bits a staged entry keeps of its source's: read and execute as
+/// they were, never write for group or others, never set-id or sticky.
+const STAGED_MODE_MASK: u32 = 0o755;
+
+/// Copies the tree at `src` into the new directory `dst`, symlinks reproduced
+/// as they are. Each file and directory keeps its source's permission bits
+/// masked with 0755: staging never widens them. A file only its owner may
+/// read (0600, root's) stays unreadable to the task; it is still staged and
+/// covered by the digest.
 pub(crate) fn stage(src: &Path, dst: &Path, limits: TreeLimits) -> Result<(), TreeError> {
+    use std::os::unix::fs::MetadataExt;
     let entries = digest::walk(src, limits)?;
     fs::DirBuilder::new().mode(0o755).create(dst)?;
     let mut budget = limits.max_bytes;
@@ -72,16 +80,18 @@ pub(crate) fn stage(src: &Path, dst: &Path, limits: TreeLimits) -> Result<(), Tr
         let to = dst.join(&entry.rel);
         match entry.kind {
             Kind::Dir => {
-                fs::DirBuilder::new().mode(0o755).create(&to)?;
-                fs::set_permissions(&to, fs::Permissions::from_mode(0o755))?;
+                let mode = fs::symlink_metadata(&from)?.mode() & STAGED_MODE_MASK;
+                fs::DirBuilder::new().mode(0o700).create(&to)?;
+                fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
             }
             Kind::Symlink => std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?,
             Kind::File => {
                 let mut input = digest::open_regular(&from, &entry.rel)?;
+                let mode = input.metadata()?.mode() & STAGED_MODE_MASK;
                 let mut output = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(0o644)
+                    .mode(0o600)
                     .open(&to)?;
                 // Bound the copy by what is left of the budget, in case the file grew.
                 let copied = io::copy(&mut io::Read::take(&mut input, budget + 1), &mut output)?;
@@ -89,12 +99,13 @@ pub(crate) fn stage(src: &Path, dst: &Path, limits: TreeLimits) -> Result<(), Tr
                     return Err(TreeError::TooLarge(limits.max_bytes));
                 }
                 budget -= copied;
-                output.set_permissions(fs::Permissions::from_mode(0o644))?;
+                output.set_permissions(fs::Permissions::from_mode(mode))?;
             }
         }
     }
     // Creation modes are filtered by the umask; the task uid needs these exact ones.
-    fs::set_permissions(dst, fs::Permissions::from_mode(0o755))?;
+    let mode = fs::symlink_metadata(src)?.mode() & STAGED_MODE_MASK;
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
@@ -107,7 +118,7 @@ struct PackageJson {
 const MAX_PACKAGE_JSON_BYTES: u64 = 1024 * 1024;
 
 /// Reads `main` from the staged `package.json` and checks it names a regular file
-/// inside the staged directory. Returns the entry's absolute path.
+/// inside the staged directory. Returns the entry's path relative to `staged`.
 pub(crate) fn entry_point(staged: &Path) -> Result<PathBuf, TaskError> {
     let invalid = |msg: String| TaskError::InvalidTask(msg);
     let package = staged.join("package.json");
@@ -141,10 +152,10 @@ pub(crate) fn entry_point(staged: &Path) -> Result<PathBuf, TaskError> {
     })?;
     let staged_real = fs::canonicalize(staged)
         .map_err(|e| TaskError::internal("resolving the run directory", e))?;
-    if !real.starts_with(&staged_real) || !real.is_file() {
-        return Err(invalid(format!(
+    match real.strip_prefix(&staged_real) {
+        Ok(rel) if real.is_file() => Ok(rel.to_owned()),
+        _ => Err(invalid(format!(
             "entry file {main:?} is not a regular file inside the task"
-        )));
+        ))),
     }
-    Ok(real)
 }

@@ -1,13 +1,14 @@
 //! Exclusive use of the slot uids across processes.
 //!
-//! A runner kills everything its slot uids own, so two runners (a server and a
-//! CLI, two CLIs, or two `Runner`s in one process) sharing a uid would kill each
-//! other's tasks. Each runner holds an `flock` on one lock file per uid for its
-//! whole life; the kernel drops the locks when the process dies.
+//! At start a runner kills everything its slot uids own, and tasks of one uid
+//! share `RLIMIT_NPROC`, so two runners (a server and a CLI, two CLIs, or two
+//! `Runner`s in one process) sharing a uid would disturb each other's tasks.
+//! Each runner holds an `flock` on one lock file per uid for its whole life;
+//! the kernel drops the locks when the process dies.
 //!
-//! Besides its slot uids a runner leases one more, the *killer* uid: the kill
-//! helper runs with it as real and saved uid (see `sandbox::kill_as`), so no
-//! task, whose uid is a slot uid, can signal the helper.
+//! A uid the host's user or group database knows is never used. A missing
+//! database (`/etc/passwd` or `/etc/group` absent, as in a minimal enclave
+//! image) means nobody owns the uid; any other lookup failure is an error.
 
 use std::fs::{self, File};
 use std::io;
@@ -29,7 +30,7 @@ enum Taken {
 /// How many ranges [`UidLease::take_first_free`] tries before giving up.
 const MAX_TRIES: u32 = 256;
 
-/// Held locks on a range of slot uids plus the killer uid right after it.
+/// Held locks on a range of slot uids.
 #[derive(Debug)]
 pub(crate) struct UidLease {
     first: u32,
@@ -38,11 +39,11 @@ pub(crate) struct UidLease {
 }
 
 impl UidLease {
-    /// Locks the first `slots + 1` consecutive free uids at or above `start`
-    /// (the slots, then the killer), so two runners on one host (two servers, a
-    /// server and the CLI, test processes) coexist without configuration.
+    /// Locks the first `slots` consecutive free uids at or above `start`, so
+    /// two runners on one host (two servers, a server and the CLI, test
+    /// processes) coexist without configuration.
     pub fn take_first_free(parent: &Path, start: u32, slots: u32) -> Result<Self, ConfigError> {
-        let len = slots + 1;
+        let len = slots;
         let mut first = start;
         for _ in 0..MAX_TRIES {
             let end = first
@@ -51,7 +52,14 @@ impl UidLease {
                 .ok_or_else(|| {
                     ConfigError::Invalid(format!("no free slot uid range at or above {start}"))
                 })?;
-            if let Some(known) = (first..end).find(|&id| known_to_the_host(id)) {
+            let mut known = None;
+            for id in first..end {
+                if known_to_the_host(id)? {
+                    known = Some(id);
+                    break;
+                }
+            }
+            if let Some(known) = known {
                 first = known + 1;
                 continue;
             }
@@ -91,11 +99,7 @@ impl UidLease {
     /// Identity of slot `index` (below the slot count).
     pub fn slot(&self, index: u32) -> Identity {
         let uid = self.first + index;
-        Identity {
-            uid,
-            gid: uid,
-            killer: self.first + self.slots,
-        }
+        Identity { uid, gid: uid }
     }
 
     /// Locks every uid of `range`, using lock files in `<parent>/nautilus-task-runner-uids`.
@@ -169,10 +173,28 @@ pub(crate) fn lock_if_free(parent: &Path, uid: u32) -> Option<File> {
 /// Whether `id` means something on this host: a user or group of that number
 /// exists, or it is one of the conventional overflow ids (65534 `nobody`,
 /// 65535, `(uid_t)-1` in 16 bits). Killing everything a slot uid owns must
-/// never reach a real account's processes.
-fn known_to_the_host(id: u32) -> bool {
+/// never reach a real account's processes. `ENOENT` from the lookup (glibc
+/// and musl say so when the database file is missing) means no such entry;
+/// any other failure is an error rather than a guess.
+fn known_to_the_host(id: u32) -> Result<bool, ConfigError> {
     use nix::unistd::{Gid, Group, Uid, User};
-    matches!(id, 65534 | 65535)
-        || !matches!(User::from_uid(Uid::from_raw(id)), Ok(None))
-        || !matches!(Group::from_gid(Gid::from_raw(id)), Ok(None))
+    if matches!(id, 65534 | 65535) {
+        return Ok(true);
+    }
+    let answer = |what: &str, found: nix::Result<bool>| {
+        match found {
+        Ok(found) => Ok(found),
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(ConfigError::Invalid(format!(
+            "looking up {what} {id} in the host's database failed: {e}; cannot tell whether the slot uid is free"
+        ))),
+    }
+    };
+    Ok(answer(
+        "user",
+        User::from_uid(Uid::from_raw(id)).map(|u| u.is_some()),
+    )? || answer(
+        "group",
+        Group::from_gid(Gid::from_raw(id)).map(|g| g.is_some()),
+    )?)
 }

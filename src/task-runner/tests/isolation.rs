@@ -34,10 +34,15 @@ async fn environment_is_built_from_nothing() {
     assert_eq!(env["NODE_ENV"], "production");
     assert_eq!(env["HOME"], env["TMPDIR"]);
     let home = env["HOME"].as_str().unwrap();
-    assert!(
-        !std::path::Path::new(home).exists(),
-        "per-run home {home} was not removed"
-    );
+    if runner.is_privileged() {
+        // A private tmpfs that ends with the box.
+        assert_eq!(home, "/tmp");
+    } else {
+        assert!(
+            !std::path::Path::new(home).exists(),
+            "per-run home {home} was not removed"
+        );
+    }
     let fds = seen["fds"].as_array().unwrap();
     assert!(
         !fds.iter().any(|t| t.as_str() == leaky.path().to_str()),
@@ -202,7 +207,8 @@ async fn task_cannot_reach_the_runner_or_task_directories() {
     // Its private /proc does not even list the runner.
     assert_eq!(seen["environ"], "ENOENT", "{seen}");
     assert_eq!(seen["mem"], "ENOENT", "{seen}");
-    assert_eq!(seen["signal"], "EPERM", "{seen}");
+    // Not even in the box's PID namespace.
+    assert_eq!(seen["signal"], "ESRCH", "{seen}");
     for (dir, outcome) in seen["writes"].as_object().unwrap() {
         assert_ne!(outcome, "ok", "task could write into {dir}");
     }
@@ -248,19 +254,6 @@ fn vsock_probe() {
     println!("io_uring={}", outcome(rc));
 }
 
-/// "ok", "EPERM", or the error, for the result of the last system call.
-fn outcome(rc: i64) -> String {
-    if rc >= 0 {
-        return "ok".to_owned();
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EPERM) => "EPERM".to_owned(),
-        Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT".to_owned(),
-        _ => err.to_string(),
-    }
-}
-
 fn try_socket(family: libc::c_int) -> String {
     // SAFETY: socket(2), and close(2) on the descriptor it returned.
     let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
@@ -285,29 +278,13 @@ async fn af_vsock_is_denied() {
         ),
         other => panic!("control: creating a vsock socket outside the sandbox: {other}"),
     }
-    // The probe is this very test binary, copied where a slot uid can execute it.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let probe = dir.path().join("probe");
-    std::fs::copy(std::env::current_exe().unwrap(), &probe).unwrap();
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let probe = probe.to_string_lossy().into_owned();
-    let runner = Runner::new(config()).unwrap();
-    let args = [
-        probe.as_str(),
-        "--ignored",
-        "--exact",
-        "vsock_probe",
-        "--nocapture",
-    ];
-    let result = run_ok(&runner, "run-probe", &args).await;
-    assert!(result.stdout.contains("vsock=EPERM\n"), "{result:?}");
-    assert!(result.stdout.contains("vsock_pair=EPERM\n"), "{result:?}");
-    assert!(result.stdout.contains("io_uring=EPERM\n"), "{result:?}");
-    assert!(
-        result.stdout.contains("unix=ok\n"),
-        "other families stay usable: {result:?}"
-    );
+    let (_tasks, config) = probe_tasks();
+    let runner = Runner::new(config).unwrap();
+    let seen = run_probe(&runner, "vsock_probe", &[]).await;
+    assert_eq!(seen["vsock"], "EPERM", "{seen:?}");
+    assert_eq!(seen["vsock_pair"], "EPERM", "{seen:?}");
+    assert_eq!(seen["io_uring"], "EPERM", "{seen:?}");
+    assert_eq!(seen["unix"], "ok", "other families stay usable: {seen:?}");
 }
 
 #[tokio::test]
@@ -390,20 +367,29 @@ async fn task_stopping_everything_it_can_signal_is_still_killed() {
 }
 
 #[test]
-fn work_dir_unreachable_by_slot_uids_is_refused() {
+fn work_dir_unreachable_by_slot_uids_or_in_a_shared_dir_is_refused() {
     if skip_unless_root("only root runs tasks under other uids") {
         return;
     }
-    let private = tempfile::tempdir().unwrap();
+    let private = tempfile::tempdir_in("/var/lib").unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let config = task_runner::RunnerConfig {
-        work_dir: Some(private.path().to_owned()),
+    let err = Runner::new(task_runner::RunnerConfig {
+        work_dir: Some(private.path().join("work")),
         ..config()
-    };
-    let err = Runner::new(config)
-        .err()
-        .expect("a 0700 work directory must be refused");
+    })
+    .err()
+    .expect("a work directory under a 0700 one must be refused");
     assert!(err.to_string().contains("not searchable"), "{err}");
+
+    // Inside /tmp the task's own tmpfs would hide its code.
+    let shared = tempfile::tempdir_in("/tmp").unwrap();
+    let err = Runner::new(task_runner::RunnerConfig {
+        work_dir: Some(shared.path().to_owned()),
+        ..config()
+    })
+    .err()
+    .expect("a work directory in /tmp must be refused");
+    assert!(err.to_string().contains("must not be inside /tmp"), "{err}");
 }
 
 /// Runners on one host (here, one process) never share slot uids: each takes
@@ -455,25 +441,10 @@ fn mounts() -> Vec<String> {
 
 #[tokio::test]
 async fn tasks_cannot_see_each_other_or_the_runner_in_proc() {
-    if skip_unless_root("a private /proc needs a mount namespace") {
+    if skip_unless_root("a private /proc needs a mount and PID namespace") {
         return;
     }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let version: Vec<u32> = release
-        .split(['.', '-'])
-        .take(2)
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
-    if version.as_slice() < [5, 8].as_slice() {
-        skip_report::skipped(
-            "tasks_cannot_see_each_other_or_the_runner_in_proc",
-            &format!(
-                "kernel {} predates per-mount procfs options (5.8)",
-                release.trim()
-            ),
-        );
-        return;
-    }
+    // The box's /proc belongs to its own PID namespace: no kernel version caveat.
     let mounts_before = mounts();
     let runner = Runner::new(RunnerConfig {
         max_concurrent: 2,
@@ -570,17 +541,16 @@ async fn task_tree_others_could_change_is_refused() {
     assert!(err.to_string().contains("writable by nobody else"), "{err}");
 }
 
-/// Slot and killer uids never belong to an account the host knows: a range
+/// Slot uids never belong to an account the host knows: a range
 /// that would include `nobody` (65534) or 65535 moves past them.
 #[test]
 fn slot_uids_skip_ids_the_host_uses() {
     if skip_unless_root("slot uids are leased only by a root runner") {
         return;
     }
-    // Slots 65531..65534 would be free, but the killer uid after them would be
-    // 65534 (nobody).
+    // Slots 65532..65535 would include 65534 (nobody).
     let runner = Runner::new(RunnerConfig {
-        sandbox_uid_base: 65_531,
+        sandbox_uid_base: 65_532,
         max_concurrent: 3,
         ..config()
     })

@@ -153,9 +153,8 @@ pub async fn expect_error(resp: reqwest::Response, status: u16) -> serde_json::V
     body
 }
 
-/// Every child of this process, zombies included, as "pid name state". As
-/// root the runner is a child subreaper, so orphaned grandchildren would be
-/// reparented here and show up too.
+/// Every child of this process, zombies included, as "pid name state" (as
+/// root, a task's box; its grandchildren stay in the box's PID namespace).
 pub fn children() -> Vec<String> {
     let me = std::process::id().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {

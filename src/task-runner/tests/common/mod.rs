@@ -143,3 +143,91 @@ pub fn eventually(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A tasks root (root-owned, 0700) holding one task, `probe`: a copy of the
+/// running test binary and an entry that runs it with the task's arguments
+/// and passes on its output. The binary is staged with the task, so it runs
+/// from the task's read-only code, the one place a task may execute from.
+/// Returns the root and a config for it (room for the binary in the task).
+pub fn probe_tasks() -> (tempfile::TempDir, RunnerConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let task = root.path().join("probe");
+    std::fs::create_dir(&task).unwrap();
+    std::fs::set_permissions(&task, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(task.join("package.json"), "{}").unwrap();
+    std::fs::write(
+        task.join("index.js"),
+        r#"'use strict';
+const { spawnSync } = require('node:child_process');
+const probe = require('node:path').join(__dirname, 'probe');
+const r = spawnSync(probe, process.argv.slice(2), { encoding: 'utf8', env: { RUST_TEST_THREADS: '1' } });
+if (r.error) {
+  console.error(`spawn failed: ${r.error.message}`);
+  process.exit(98);
+}
+process.stdout.write(r.stdout);
+process.stderr.write(r.stderr);
+process.exitCode = r.status ?? 99;
+"#,
+    )
+    .unwrap();
+    let bin = task.join("probe");
+    std::fs::copy(std::env::current_exe().unwrap(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let size = std::fs::metadata(&bin).unwrap().len();
+    let config = RunnerConfig {
+        max_task_bytes: size + (1 << 20),
+        ..config_in(root.path())
+    };
+    (root, config)
+}
+
+/// Runs the ignored test `name` of this test binary inside the box (see
+/// [`probe_tasks`]) with `args` after `--`, and returns its output lines
+/// of the form `key=value`.
+pub async fn run_probe(
+    runner: &Runner,
+    name: &str,
+    args: &[&str],
+) -> std::collections::BTreeMap<String, String> {
+    let mut all = vec!["--ignored", "--exact", name, "--nocapture", "--"];
+    all.extend_from_slice(args);
+    let result = run_ok(runner, "probe", &all).await;
+    assert_eq!(result.status, "success", "{result:?}");
+    eprintln!("{name}: {}{}", result.stdout, result.stderr);
+    result
+        .stdout
+        .lines()
+        // The harness's "test name ... " prefixes the probe's first line.
+        .map(|l| l.rsplit_once(" ... ").map_or(l, |(_, rest)| rest))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The arguments a probe got after `--` (the test harness ignores them).
+pub fn probe_args() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--") {
+        Some(i) => args[i + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// "ok", the errno name, or the error, for the result of the last system call.
+pub fn outcome(rc: i64) -> String {
+    if rc >= 0 {
+        return "ok".to_owned();
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".to_owned(),
+        Some(libc::ENOSYS) => "ENOSYS".to_owned(),
+        Some(libc::EACCES) => "EACCES".to_owned(),
+        Some(libc::ENOENT) => "ENOENT".to_owned(),
+        Some(libc::EAFNOSUPPORT) => "EAFNOSUPPORT".to_owned(),
+        Some(libc::EINVAL) => "EINVAL".to_owned(),
+        _ => err.to_string(),
+    }
+}

@@ -1,0 +1,48 @@
+//! What isolation is in force, detected once at start, for the attested
+//! manifest and the health check.
+
+use serde::{Deserialize, Serialize};
+
+/// The isolation every run of a [`Runner`](crate::Runner) gets, as detected
+/// when it started. Serialized into the server's `/manifest` (attested) and
+/// `/health_check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// `"root"`: slot uids and a box of namespaces per run (the enclave's
+    /// mode); `"unprivileged"`: tasks share the runner's uid (development).
+    pub mode: String,
+    /// Kernel release the runner started on.
+    pub kernel: String,
+    /// Namespaces each run gets fresh (`mount`, `ipc`, `net`, `uts`, `pid`).
+    pub namespaces: Vec<String>,
+    /// A PID 1 reaper per run: when it ends, everything the task started ends.
+    pub pid1_reaper: bool,
+    /// The task's `/proc` shows only its own processes.
+    pub private_proc: bool,
+    /// The task's `/dev` holds only null, zero, full, random, urandom,
+    /// a private shm and the fd links.
+    pub private_dev: bool,
+    /// `"loopback-only"` (a network namespace of its own) or `"host"`.
+    pub network: String,
+    /// The task's code is mounted read-only and other runs are invisible.
+    pub readonly_code: bool,
+    /// Directories a task can write, each a private tmpfs (empty without root).
+    pub scratch_dirs: Vec<String>,
+    /// Size of each scratch tmpfs, in bytes (0 without root).
+    pub scratch_bytes: u64,
+    /// Scratch directories are mounted `noexec`: a task cannot run code it wrote.
+    pub scratch_noexec: bool,
+    /// Version of the seccomp profile every task runs under.
+    pub seccomp_profile: String,
+    /// Each slot runs under a uid of its own.
+    pub slot_uids: bool,
+    /// Isolation features that are not in force here, and why.
+    pub missing: Vec<String>,
+}
+
+/// Kernel release, e.g. `6.1.0-18-amd64`.
+pub(crate) fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
