@@ -199,7 +199,7 @@ impl NsmAttester {
         let rc = unsafe {
             libc::ioctl(
                 self.device.as_raw_fd(),
-                NSM_IOCTL_RAW as libc::c_ulong,
+                NSM_IOCTL_RAW as _,
                 &mut raw as *mut NsmRaw,
             )
         };

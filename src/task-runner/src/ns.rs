@@ -798,9 +798,9 @@ unsafe fn loopback_up() -> io::Result<()> {
         _pad: [0; 22],
     };
     req.name[..2].copy_from_slice(b"lo");
-    let result = rc(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req)).and_then(|()| {
+    let result = rc(libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req)).and_then(|()| {
         req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        rc(libc::ioctl(sock, libc::SIOCSIFFLAGS, &req))
+        rc(libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req))
     });
     libc::close(sock);
     result
