@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LISTEN ?= tcp://127.0.0.1:3000
 
-.PHONY: run test lint unit bench
+.PHONY: run test lint unit bench proxy
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run:
@@ -21,6 +21,13 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 	node --test src/result-signing/js/
+
+## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID)
+ENCLAVE_CID ?= 16
+PROXY_LISTEN ?= 0.0.0.0:3000
+proxy:
+	$(CARGO) run --locked --release --bin nautilus-proxy -- \
+		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000
 
 ## bench: latency and throughput of a local dev server (not part of the tests)
 bench:
