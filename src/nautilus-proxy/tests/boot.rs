@@ -83,7 +83,19 @@ struct Boot {
 /// `make image`, then the EIF's own sections plus the modules initramfs.
 fn prepare_boot(repo: &Path, deps: &deps::Deps, work: &Path) -> anyhow::Result<Boot> {
     let make = std::env::var_os("MAKE").unwrap_or_else(|| "make".into());
-    let status = Command::new(make)
+    let mut make = Command::new(make);
+    // What cargo sets for this test process is not the user's environment:
+    // left in, it makes the image's cargo build rebuild crates whose build
+    // scripts watch such variables.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let cargo_set = (key.starts_with("CARGO") && key != "CARGO_HOME")
+            || ["OUT_DIR", "RUSTC", "RUSTDOC", "LD_LIBRARY_PATH"].contains(&key.as_ref());
+        if cargo_set {
+            make.env_remove(key.as_ref());
+        }
+    }
+    let status = make
         .arg("-C")
         .arg(repo)
         .arg("--no-print-directory")
@@ -188,7 +200,16 @@ fn scenario(vm: &mut Vm, work: &Path) -> anyhow::Result<()> {
     let booted = vm.wait_for("nautilus-init: starting /run.sh", 0, BOOT_TIMEOUT)?;
     vm.wait_for("loaded /nautilus/modules/", 0, Duration::ZERO)
         .context("the init loaded no test modules")?;
-    let listening = vm.wait_for("listen=vsock://3000", booted, BOOT_TIMEOUT)?;
+    let listening = vm.wait_for("nautilus-server ready", booted, BOOT_TIMEOUT)?;
+    let ready_line = vm.console()[listening..]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        ready_line.contains(&format!("listen=vsock://{SERVER_PORT}")),
+        "the server is not listening on vsock port {SERVER_PORT}: {ready_line}"
+    );
     let (pem, after_root) = dev_root(vm, booted, BOOT_TIMEOUT)?;
     eprintln!("boot-test: server listening on vsock port {SERVER_PORT} in the guest");
     let root_file = work.join("dev-root.pem");
@@ -270,7 +291,7 @@ fn client_cli(work: &Path, args: &[&str], root: &Path) -> anyhow::Result<String>
         bin.display()
     );
     let (out, err) = (work.join("client.out"), work.join("client.err"));
-    let mut child = Command::new(&bin)
+    let mut child = boot_support::vm::die_with_parent(&mut Command::new(&bin))
         .args(args.iter().take_while(|a| **a != "--"))
         .arg("--root")
         .arg(root)

@@ -38,7 +38,7 @@ impl Vm {
         let vhost_sock = work.join("vhost-user.sock");
         let uds = work.join("vm.vsock");
         let vhost_log = std::fs::File::create(work.join("vhost-device-vsock.log"))?;
-        let mut vhost = Command::new(&deps.vhost_device_vsock)
+        let mut vhost = die_with_parent(&mut Command::new(&deps.vhost_device_vsock))
             .arg("--guest-cid")
             .arg(GUEST_CID.to_string())
             .arg("--socket")
@@ -95,7 +95,7 @@ impl Vm {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         eprintln!("boot-test: {qemu:?}");
-        let mut qemu = match qemu.spawn() {
+        let mut qemu = match die_with_parent(&mut qemu).spawn() {
             Ok(q) => q,
             Err(e) => {
                 let _ = vhost.kill();
@@ -182,24 +182,69 @@ impl Vm {
 fn copy_console(mut pipe: Box<dyn Read + Send>, console: &Mutex<String>) {
     let mut buf = [0u8; 4096];
     let mut line = Vec::new();
+    let mut escape = Escape::None;
     loop {
         let n = match pipe.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+        let text = strip_escapes(&buf[..n], &mut escape);
         if let Ok(mut c) = console.lock() {
-            c.push_str(&text);
+            c.push_str(&String::from_utf8_lossy(&text));
         }
         // Echoed line by line so the test's output shows the boot as it goes.
-        for &b in &buf[..n] {
+        for &b in &text {
             if b == b'\n' {
-                eprintln!("vm| {}", String::from_utf8_lossy(&line).trim_end());
+                eprintln!("vm| {}", String::from_utf8_lossy(&line));
                 line.clear();
             } else {
                 line.push(b);
             }
         }
+    }
+}
+
+/// Where a byte stream is in a terminal escape sequence (colours from the
+/// server's logs, screen clears from the firmware), kept across reads.
+#[derive(Clone, Copy)]
+enum Escape {
+    None,
+    Esc,
+    Csi,
+}
+
+/// The console text without escape sequences and carriage returns, so it
+/// reads as plain lines and can be searched.
+fn strip_escapes(bytes: &[u8], state: &mut Escape) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        *state = match (*state, b) {
+            (Escape::None, 0x1b) => Escape::Esc,
+            (Escape::None, b'\r') => Escape::None,
+            (Escape::None, _) => {
+                out.push(b);
+                Escape::None
+            }
+            (Escape::Esc, b'[') => Escape::Csi,
+            // Two-byte sequences (ESC c, ESC 7, ...).
+            (Escape::Esc, _) => Escape::None,
+            // Parameters until the final byte.
+            (Escape::Csi, 0x40..=0x7e) => Escape::None,
+            (Escape::Csi, _) => Escape::Csi,
+        };
+    }
+    out
+}
+
+/// Children die with the test even when it is killed (a CI time-out).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        })
     }
 }
 
@@ -210,5 +255,22 @@ impl Drop for Vm {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_stripped_across_reads() {
+        let mut state = Escape::None;
+        let mut out = strip_escapes(b"\x1b[2mlisten\x1b[0m=vsock://3000\r\n\x1b[", &mut state);
+        out.extend(strip_escapes(b"32m INFO\x1b", &mut state));
+        out.extend(strip_escapes(b"c done", &mut state));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "listen=vsock://3000\n INFO done"
+        );
     }
 }
