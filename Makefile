@@ -20,7 +20,7 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked
-	node --test src/result-signing/js/
+	cd clients/js && npm test
 
 ## boot-test: build the image, boot it in QEMU and test it through the proxy (installs QEMU, a Debian kernel and vhost-device-vsock when missing)
 boot-test:

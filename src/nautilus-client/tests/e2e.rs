@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
 use nautilus_client::{Client, ClientError, Policy, TaskSpec, TrustedRoot};
-use nautilus_server::router::router;
 use nautilus_server::state::{AppState, ServerConfig};
 use nautilus_server::transport::{Bound, Listen};
 use serde_json::Value;
@@ -32,7 +31,7 @@ async fn start_server() -> Server {
     let Listen::Tcp(addr) = bound.local_addr().expect("addr") else {
         unreachable!("tcp")
     };
-    tokio::spawn(bound.serve(router(Arc::clone(&state)), std::future::pending()));
+    tokio::spawn(bound.serve(Arc::clone(&state), std::future::pending()));
     let root_pem = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(root_pem.path(), state.dev_root_pem().expect("dev root")).expect("write pem");
     Server {

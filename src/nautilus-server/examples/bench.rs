@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nautilus_server::router::router;
 use nautilus_server::state::{AppState, ServerConfig};
 use nautilus_server::transport::{Bound, Listen};
 
@@ -32,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     let Listen::Tcp(addr) = bound.local_addr()? else {
         anyhow::bail!("bound to TCP, got another address")
     };
-    tokio::spawn(bound.serve(router(state), std::future::pending()));
+    tokio::spawn(bound.serve(state, std::future::pending()));
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
 

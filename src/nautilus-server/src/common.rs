@@ -103,9 +103,16 @@ pub async fn get_attestation(
     })
     .await
     .map_err(|e| EnclaveError::Internal(format!("attestation worker failed: {e}")))??;
+    state.metrics.attestation();
     Ok(Json(GetAttestationResponse {
         attestation: hex::encode(document),
     }))
+}
+
+/// `HEAD /get_attestation`: the headers a GET would have, without asking
+/// the NSM for a document.
+pub async fn attestation_head() -> impl IntoResponse {
+    [(header::CONTENT_TYPE, "application/json")]
 }
 
 /// The manifest bytes, verbatim: their SHA-256 is the attested `user_data`.

@@ -19,6 +19,18 @@ pub enum EnclaveError {
     /// The request is malformed or outside a limit.
     #[error("{0}")]
     BadRequest(String),
+    /// The body is over the limit (declared or counted).
+    #[error("request body is larger than the {0}-byte limit")]
+    BodyTooLarge(usize),
+    /// The body did not arrive in full within the body deadline.
+    #[error("request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    /// The server-wide budget for buffered request bodies is used up.
+    #[error("the server is receiving too many request bodies at once, retry shortly")]
+    BodyBudget,
+    /// The body could not be read (the client broke the stream).
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
     /// The task runner refused or could not finish the task.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -44,7 +56,10 @@ impl EnclaveError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            EnclaveError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EnclaveError::BadRequest(_) | EnclaveError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            EnclaveError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            EnclaveError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            EnclaveError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
             EnclaveError::NotInManifest(_) => StatusCode::NOT_FOUND,
             EnclaveError::AttestationBusy => StatusCode::SERVICE_UNAVAILABLE,
             EnclaveError::Task(e) => match e.kind() {

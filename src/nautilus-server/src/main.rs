@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::HeaderValue;
 use clap::Parser;
-use nautilus_server::router::router;
 use nautilus_server::state::{AppState, AttestationMode, ServerConfig};
-use nautilus_server::transport::{Bound, Listen};
+use nautilus_server::transport::{Bound, HttpLimits, Listen};
 use task_runner::RunnerConfig;
 use tokio::sync::watch;
 
@@ -47,9 +46,32 @@ struct Args {
     /// Memory a task may use (bytes).
     #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES")]
     memory_limit_bytes: Option<u64>,
-    /// Largest request body (bytes).
+    /// Largest request body (bytes); larger ones get 413.
     #[arg(long, env = "NAUTILUS_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Request-body bytes all requests together may hold; past it: 503.
+    #[arg(long, env = "NAUTILUS_MAX_BUFFERED_BODY_BYTES", default_value_t = HttpLimits::default().max_buffered_body_bytes)]
+    max_buffered_body_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "NAUTILUS_MAX_CONNECTIONS", default_value_t = HttpLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a connection may go without a request in progress (from accept
+    /// or its last response until the next request's headers are complete).
+    #[arg(long, env = "NAUTILUS_IDLE_TIMEOUT_SECS", default_value_t = HttpLimits::default().idle_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// Seconds a request body may take in total; later: 408.
+    #[arg(long, env = "NAUTILUS_BODY_TIMEOUT_SECS", default_value_t = HttpLimits::default().body_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_secs: u64,
+    /// Seconds a write to a client that reads nothing may stall before the
+    /// connection is closed.
+    #[arg(long, env = "NAUTILUS_WRITE_TIMEOUT_SECS", default_value_t = HttpLimits::default().write_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout_secs: u64,
+    /// Concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "NAUTILUS_HTTP2_MAX_STREAMS", default_value_t = HttpLimits::default().http2_max_streams, value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_streams: u32,
+    /// Seconds of HTTP/2 silence before a ping, and for its answer.
+    #[arg(long, env = "NAUTILUS_HTTP2_KEEPALIVE_SECS", default_value_t = HttpLimits::default().http2_keepalive.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    http2_keepalive_secs: u64,
     /// Browser origins allowed by CORS, comma-separated; default none.
     #[arg(long, env = "NAUTILUS_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<HeaderValue>,
@@ -86,6 +108,15 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             cors_origins: self.cors_origins.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            http: HttpLimits {
+                max_connections: self.max_connections,
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                body_timeout: Duration::from_secs(self.body_timeout_secs),
+                write_timeout: Duration::from_secs(self.write_timeout_secs),
+                max_buffered_body_bytes: self.max_buffered_body_bytes,
+                http2_max_streams: self.http2_max_streams,
+                http2_keepalive: Duration::from_secs(self.http2_keepalive_secs),
+            },
         }
     }
 }
@@ -105,6 +136,16 @@ async fn main() -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
 
     let config = args.server_config();
+    match nautilus_server::state::raise_descriptor_limit() {
+        // Each connection is a descriptor; tasks, logs and the listener need some too.
+        Ok(limit) if limit < config.http.max_connections as u64 + 64 => tracing::warn!(
+            limit,
+            max_connections = config.http.max_connections,
+            "the descriptor limit is below --max-connections: accepts will fail (and be counted) before the cap is reached"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the descriptor limit"),
+    }
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState::new(config)?);
 
@@ -129,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
         // An error means the sender is gone: stop too.
         let _ = stop_rx.wait_for(|s| *s).await;
     };
-    let serve = tokio::spawn(bound.serve(router(Arc::clone(&state)), stopping));
+    let serve = tokio::spawn(bound.serve(Arc::clone(&state), stopping));
 
     signals.next().await;
     tracing::info!(

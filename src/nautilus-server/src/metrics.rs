@@ -32,6 +32,21 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
 /// The server's Prometheus registry and the metrics in it.
 pub struct Metrics {
     registry: Registry,
@@ -41,6 +56,24 @@ pub struct Metrics {
     running: Gauge,
     queued: Gauge,
     shed: Counter,
+    attestations: Counter,
+    accept_errors: Family<TransportLabels, Counter>,
+    connections_open: Gauge,
+    connections_closed: Family<ReasonLabels, Counter>,
+    body_bytes_buffered: Gauge,
+    body_budget_exhausted: Counter,
+    abandoned: Family<StageLabels, Counter>,
+    /// Serializes scrapes while they copy the runner's totals into counters.
+    scrape: std::sync::Mutex<()>,
+}
+
+/// One open connection in the `connections_open` gauge.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -71,6 +104,50 @@ impl Default for Metrics {
             "Tasks refused because the queue was full",
             shed.clone(),
         );
+        let attestations = Counter::default();
+        registry.register(
+            "attestations",
+            "Attestation documents produced",
+            attestations.clone(),
+        );
+        let accept_errors = Family::<TransportLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts by transport (e.g. out of file descriptors)",
+            accept_errors.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections being served",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed: idle (no request within the idle timeout), \
+             write_timeout (the client read nothing), close_timeout (still busy after being asked to close)",
+            connections_closed.clone(),
+        );
+        let body_bytes_buffered = Gauge::default();
+        registry.register(
+            "body_bytes_buffered",
+            "Request-body bytes held by requests in progress",
+            body_bytes_buffered.clone(),
+        );
+        let body_budget_exhausted = Counter::default();
+        registry.register(
+            "body_budget_exhausted",
+            "Requests refused with 503 because the request-body budget was used up",
+            body_budget_exhausted.clone(),
+        );
+        let abandoned = Family::<StageLabels, Counter>::default();
+        registry.register(
+            "tasks_abandoned",
+            "Runs stopped because their request went away (connection closed, stream reset), \
+             by stage: queued (never ran) or running (killed)",
+            abandoned.clone(),
+        );
         Self {
             registry,
             requests,
@@ -79,6 +156,14 @@ impl Default for Metrics {
             running,
             queued,
             shed,
+            attestations,
+            accept_errors,
+            connections_open,
+            connections_closed,
+            body_bytes_buffered,
+            body_budget_exhausted,
+            abandoned,
+            scrape: std::sync::Mutex::new(()),
         }
     }
 }
@@ -113,6 +198,38 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Counts an attestation document handed out.
+    pub fn attestation(&self) {
+        self.attestations.inc();
+    }
+
+    /// Counts a failed accept on `transport`.
+    pub fn accept_error(&self, transport: &'static str) {
+        self.accept_errors
+            .get_or_create(&TransportLabels { transport })
+            .inc();
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
+    }
+
+    /// Counts a connection the server closed, and why.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a request refused because the body budget was used up.
+    pub fn body_budget_exhausted(&self) {
+        self.body_budget_exhausted.inc();
+    }
+}
+
 /// Counts every request by route and final status.
 pub async fn track_requests(
     State(state): State<Arc<AppState>>,
@@ -144,6 +261,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Enc
         .set(i64::try_from(stats.running).unwrap_or(i64::MAX));
     m.queued
         .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+    let budget = state.config().http.max_buffered_body_bytes;
+    let free = state.body_budget.available_permits();
+    m.body_bytes_buffered
+        .set(i64::try_from(budget.saturating_sub(free)).unwrap_or(i64::MAX));
+    {
+        // The runner keeps the totals; bring the counters up to them.
+        let _one_at_a_time = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for (stage, total) in [
+            ("queued", stats.abandoned_queued),
+            ("running", stats.abandoned_running),
+        ] {
+            let counter = m.abandoned.get_or_create(&StageLabels { stage });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
     let mut body = String::new();
     encode(&mut body, &m.registry)
         .map_err(|e| EnclaveError::Internal(format!("metrics encoding failed: {e}")))?;

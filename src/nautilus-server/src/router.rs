@@ -1,28 +1,23 @@
 //! Routes and the middleware around them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::error::EnclaveError;
 use crate::state::AppState;
 use crate::{app, common, metrics};
-
-/// Slowest a client may be to send its request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,27 +27,40 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 
 /// The full application: every route, JSON errors, limits, tracing, metrics.
 pub fn router(state: Arc<AppState>) -> Router {
-    let max_body = state.config().max_body_bytes;
+    // CORS on each route (around its 405 fallback, which a preflight would
+    // otherwise meet), so a preflight for an unknown path is a 404.
     let cors = cors_layer(&state.config().cors_origins);
+    let with_cors = |route: MethodRouter<Arc<AppState>>| {
+        let route = route.fallback(method_not_allowed);
+        match &cors {
+            Some(cors) => route.layer(cors.clone()),
+            None => route,
+        }
+    };
     let routes = Router::new()
-        .route("/", get(common::ping))
-        .route("/health_check", get(common::health_check))
-        .route("/get_attestation", get(common::get_attestation))
-        .route("/manifest", get(common::manifest))
-        .route("/process_data", post(app::process_data))
-        .route("/metrics", get(metrics::metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::clone(&state));
+        .route("/", with_cors(get(common::ping)))
+        .route("/health_check", with_cors(get(common::health_check)))
+        .route(
+            "/get_attestation",
+            // HEAD would otherwise run the GET handler: a whole attestation.
+            with_cors(get(common::get_attestation).head(common::attestation_head)),
+        )
+        .route("/manifest", with_cors(get(common::manifest)))
+        .route("/process_data", with_cors(post(app::process_data)))
+        .route("/metrics", with_cors(get(metrics::metrics)));
+    let routes = routes.fallback(not_found).with_state(Arc::clone(&state));
 
-    let router = routes
+    routes
         .layer(CatchPanicLayer::custom(|_| {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }))
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
-        .layer(RequestBodyLimitLayer::new(max_body))
-        .layer(middleware::from_fn_with_state(max_body, json_errors))
+        // `buffer_body` has read and bounded the whole body already.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            buffer_body,
+        ))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state, metrics::track_requests))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
@@ -65,11 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
 fn cors_layer(origins: &[HeaderValue]) -> Option<CorsLayer> {
@@ -107,7 +111,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// Rewrites every non-JSON error (axum's extractor rejections, the body
 /// limit, panics) as `{"error": ...}`, so clients parse one error shape.
 /// Unparseable JSON bodies are client errors: axum's 422 becomes 400.
-async fn json_errors(State(max_body): State<usize>, req: Request, next: Next) -> Response {
+async fn json_errors(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || is_json(&response) {
@@ -118,10 +122,7 @@ async fn json_errors(State(max_body): State<usize>, req: Request, next: Next) ->
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        // tower-http's own text ("length limit exceeded") does not say which limit.
-        format!("request body is larger than the {max_body}-byte limit")
-    } else if text.is_empty() {
+    let msg = if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
     } else {
         text
@@ -144,4 +145,87 @@ fn is_json(response: &Response) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// Reads the whole request body before any handler sees it, within bounds:
+/// a declared `Content-Length` over the limit is refused before anything is
+/// read (413); so is a body that grows past it (chunked, HTTP/2: 413); the
+/// body must be complete within the body deadline (408); and every byte held
+/// counts against the server-wide body budget, which, when used up, refuses
+/// the request at once (503, `Retry-After`) instead of reading more. The
+/// budget is held until the response is ready, so queued requests count too.
+async fn buffer_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    match read_body(&state, &parts.headers, body).await {
+        Ok((bytes, held)) => {
+            let response = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+            drop(held);
+            response
+        }
+        Err(e) => {
+            if matches!(e, EnclaveError::BodyBudget) {
+                state.metrics.body_budget_exhausted();
+            }
+            e.into_response()
+        }
+    }
+}
+
+/// Budget is taken in steps of at least this much, not per frame.
+const BUDGET_STEP: usize = 64 * 1024;
+
+async fn read_body(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    mut body: Body,
+) -> Result<(axum::body::Bytes, tokio::sync::OwnedSemaphorePermit), EnclaveError> {
+    use http_body_util::BodyExt;
+    let max = state.config().max_body_bytes;
+    let timeout = state.config().http.body_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(EnclaveError::BodyTooLarge(max));
+    }
+    let declared = declared.map_or(0, |n| n as usize);
+    let take = |n: usize| {
+        let n = u32::try_from(n).map_err(|_| EnclaveError::BodyTooLarge(max))?;
+        Arc::clone(&state.body_budget)
+            .try_acquire_many_owned(n)
+            .map_err(|_| EnclaveError::BodyBudget)
+    };
+    let mut held = take(declared)?;
+    let mut buf = bytes::BytesMut::with_capacity(declared);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(EnclaveError::BodyTimeout(timeout.as_secs())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(EnclaveError::BodyRead(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers carry nothing the API uses.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let total = buf.len() + data.len();
+        if total > max {
+            return Err(EnclaveError::BodyTooLarge(max));
+        }
+        let reserved = held.num_permits();
+        if total > reserved {
+            let step = (total - reserved).max(BUDGET_STEP).min(max - reserved);
+            held.merge(take(step)?);
+        }
+        // Copied, not kept: a frame may pin a much larger receive buffer.
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
 }

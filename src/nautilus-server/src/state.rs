@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<axum::http::HeaderValue>,
     /// On shutdown, how long running tasks may take before they are stopped.
     pub shutdown_grace: Duration,
+    /// Connection limits and deadlines.
+    pub http: crate::transport::HttpLimits,
 }
 
 impl ServerConfig {
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            http: crate::transport::HttpLimits::default(),
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct AppState {
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
+    /// Request-body bytes buffered by all requests together.
+    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Attestation calls served at once; more wait (briefly) for a turn.
@@ -121,6 +126,12 @@ impl AppState {
             tasks,
         )?;
 
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .http
+                .max_buffered_body_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             signing_key,
             public_key,
@@ -131,6 +142,7 @@ impl AppState {
             metrics: Metrics::default(),
             config,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+            body_budget,
         })
     }
 
@@ -188,4 +200,31 @@ pub fn harden_process() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Raises the soft descriptor limit to the hard one, so that the connection
+/// cap, not a default soft limit of 1024, is what bounds connections.
+/// Returns the limit now in effect.
+pub fn raise_descriptor_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim = raised;
+        }
+    }
+    Ok(lim.rlim_cur)
 }

@@ -1,21 +1,27 @@
 //! Where the server listens: TCP for local use and the parent-side proxy,
 //! vsock inside the enclave (no socat in the image).
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::serve::Listener;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{watch, Semaphore};
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
+use tower::ServiceExt;
+
+use crate::router::router;
+use crate::state::AppState;
 
 /// A listen address: `tcp://HOST:PORT` or `vsock://PORT` (any CID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +79,57 @@ impl fmt::Display for Listen {
     }
 }
 
-/// Slowest a client may be to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; past this the server stops accepting until
-/// one closes, so a flood of idle sockets cannot exhaust descriptors.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Limits on connections and the bytes they make the server hold. Every
+/// state a connection can be in has a deadline, so a client that stops making
+/// progress loses its connection; every byte the server buffers for a client
+/// is bounded.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Connections served at once; past this the server stops accepting
+    /// until one closes (further clients wait in the kernel's backlog).
+    pub max_connections: usize,
+    /// How long a connection may go without a request in progress: from
+    /// accept, or from its last response, until the next request's headers
+    /// are complete. Covers silent sockets, protocol detection, slow headers
+    /// and keep-alive on both HTTP/1.1 and HTTP/2.
+    pub idle_timeout: Duration,
+    /// Total time for a request body, from its headers to its last byte;
+    /// later bodies get 408.
+    pub body_timeout: Duration,
+    /// A write to the client that makes no progress for this long closes
+    /// the connection; so does a connection still busy this long after it
+    /// was asked to close (HTTP/2 flow control a client never opens).
+    pub write_timeout: Duration,
+    /// Request-body bytes all connections together may have buffered;
+    /// beyond it a request gets 503 with `Retry-After` before more is read.
+    pub max_buffered_body_bytes: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub http2_max_streams: u32,
+    /// An HTTP/2 connection that sends nothing for this long is pinged, and
+    /// closed if the ping is not answered within the same time.
+    pub http2_keepalive: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            http2_max_streams: 8,
+            http2_keepalive: Duration::from_secs(20),
+        }
+    }
+}
+
+/// HTTP/1 read buffer, and so the largest request head (larger: 431).
+const H1_MAX_BUF: usize = 64 * 1024;
+/// Largest HTTP/2 header block (larger: the stream is refused).
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Response bytes queued per HTTP/2 stream before the body waits.
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
 
 /// A bound listener, so callers learn the real address (port 0) before
 /// serving.
@@ -109,31 +161,75 @@ impl Bound {
         })
     }
 
-    /// Serves until `shutdown` resolves; then closes the listener (new
-    /// connections are refused) and waits for in-flight requests to finish.
-    pub async fn serve(self, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+    /// Serves the application until `shutdown` resolves; then closes the
+    /// listener (new connections are refused), asks every connection to
+    /// close and waits for in-flight requests to finish.
+    pub async fn serve(
+        self,
+        state: Arc<AppState>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
         match self {
-            Bound::Tcp(l) => serve_on(l, router, shutdown).await,
-            Bound::Vsock(l) => serve_on(l, router, shutdown).await,
+            Bound::Tcp(l) => serve_on(l, state, shutdown).await,
+            Bound::Vsock(l) => serve_on(l, state, shutdown).await,
         }
     }
 }
 
-/// The accept loop. Hand-written instead of `axum::serve` because that one
-/// has no header-read timeout and no connection limit (slowloris-style
-/// clients would hold the server's sockets forever).
-async fn serve_on<L>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>)
-where
-    L: Listener,
-    L::Io: Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// What the accept loop needs of a listener. Not axum's `Listener`: that one
+/// retries errors by itself (tokio-vsock's silently), so they could not be
+/// counted.
+trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The `transport` label of this listener's metrics.
+    const NAME: &'static str;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    const NAME: &'static str = "tcp";
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+        // Responses are written whole; waiting to coalesce only adds latency.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Accept for VsockListener {
+    type Io = tokio_vsock::VsockStream;
+    const NAME: &'static str = "vsock";
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        Ok(VsockListener::accept(self).await?.0)
+    }
+}
+
+/// After an accept error that is about the server (out of descriptors or
+/// memory) rather than one connection, wait this long before the next try:
+/// accepting again at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
+fn accept_error_is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    )
+}
+
+/// The accept loop. Hand-written instead of `axum::serve`, which has no
+/// deadlines, no connection limit and no accept-error accounting.
+async fn serve_on<L: Accept>(
+    mut listener: L,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = state.config().http.clone();
+    let builder = Arc::new(http_builder(&limits, state.config().max_body_bytes));
+    let app = router(Arc::clone(&state));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -142,26 +238,290 @@ where
             accepted = async {
                 // The semaphore is never closed, so acquiring cannot fail.
                 let permit = Arc::clone(&slots).acquire_owned().await.ok()?;
-                let (io, _) = listener.accept().await;
-                Some((permit, io))
+                Some((permit, listener.accept().await))
             } => accepted,
         };
-        let Some((permit, io)) = accepted else { break };
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(io), service)
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let Some((permit, accepted)) = accepted else {
+            break;
+        };
+        let io = match accepted {
+            Ok(io) => io,
+            Err(e) => {
+                state.metrics.accept_error(L::NAME);
+                tracing::warn!(transport = L::NAME, error = %e, "accept failed");
+                if !accept_error_is_per_connection(&e) {
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                continue;
             }
+        };
+        let connection = Connection {
+            builder: Arc::clone(&builder),
+            app: app.clone(),
+            state: Arc::clone(&state),
+            limits: limits.clone(),
+            stop: stop_rx.clone(),
+        };
+        tokio::spawn(async move {
+            connection.serve(io).await;
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stop_tx.send(true);
+    // Every connection holds a permit until it is gone.
+    let _ = slots.acquire_many(permits(limits.max_connections)).await;
+}
+
+fn permits(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn http_builder(limits: &HttpLimits, max_body: usize) -> auto::Builder<TokioExecutor> {
+    // One body's worth of flow-control window per stream and per connection:
+    // a client can have at most that much in flight unread, however many
+    // streams it opens (at least the protocol's default window).
+    let window = u32::try_from(max_body)
+        .unwrap_or(u32::MAX)
+        .clamp(65_535, (1 << 31) - 1);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(H1_MAX_BUF);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_streams)
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .adaptive_window(false)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_send_buf_size(H2_MAX_SEND_BUF)
+        .keep_alive_interval(limits.http2_keepalive)
+        .keep_alive_timeout(limits.http2_keepalive);
+    builder
+}
+
+/// One accepted connection and what it needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    state: Arc<AppState>,
+    limits: HttpLimits,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: I) {
+        let metrics = &self.state.metrics;
+        let _open = metrics.connection_opened();
+        let (activity, mut watch_activity) = watch::channel(Activity::default());
+        let service = Tracked {
+            app: self.app.clone(),
+            activity: Arc::new(activity),
+        };
+        let io = WriteDeadline::new(io, self.limits.write_timeout);
+        let timed_out = io.timed_out.clone();
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        tokio::pin!(conn);
+        let mut stop = self.stop.clone();
+        let reason = tokio::select! {
+            result = conn.as_mut() => {
+                self.ended(result.err(), &timed_out);
+                return;
+            }
+            () = idle(&mut watch_activity, self.limits.idle_timeout) => "idle",
+            _ = stop.wait_for(|s| *s) => "shutdown",
+        };
+        conn.as_mut().graceful_shutdown();
+        if reason == "shutdown" {
+            // Requests in flight finish (the runner's grace bounds them);
+            // the binary bounds the whole drain.
+            let result = conn.await;
+            self.ended(result.err(), &timed_out);
+            return;
+        }
+        metrics.connection_closed(reason);
+        // An idle connection closes at once; one still delivering a response
+        // gets the write timeout to finish it.
+        if tokio::time::timeout(self.limits.write_timeout, conn)
+            .await
+            .is_err()
+        {
+            metrics.connection_closed("close_timeout");
+        }
+    }
+
+    fn ended(
+        &self,
+        error: Option<Box<dyn std::error::Error + Send + Sync>>,
+        timed_out: &Arc<AtomicBool>,
+    ) {
+        if timed_out.load(Ordering::Relaxed) {
+            self.state.metrics.connection_closed("write_timeout");
+        }
+        if let Some(e) = error {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Requests in progress on a connection, and how many have started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Activity {
+    in_flight: usize,
+    started: u64,
+}
+
+/// Resolves once the connection has had no request in progress for
+/// `timeout` (counting from accept, or from the end of the last request).
+async fn idle(activity: &mut watch::Receiver<Activity>, timeout: Duration) {
+    loop {
+        // The sender lives as long as the connection's service.
+        let Ok(now) = activity.wait_for(|a| a.in_flight == 0).await.map(|a| *a) else {
+            return;
+        };
+        let busy = activity.wait_for(|a| a.in_flight > 0 || a.started != now.started);
+        if tokio::time::timeout(timeout, busy).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The application as a hyper service that reports its requests to the
+/// connection's idle deadline.
+#[derive(Clone)]
+struct Tracked {
+    app: Router,
+    activity: Arc<watch::Sender<Activity>>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let guard = InFlight::begin(Arc::clone(&self.activity));
+        let response = self.app.clone().oneshot(req.map(axum::body::Body::new));
+        Box::pin(async move {
+            let response = response.await;
+            drop(guard);
+            response
+        })
+    }
+}
+
+/// One request in progress; ends when the response is ready or the request
+/// is dropped (client gone, stream reset).
+struct InFlight(Arc<watch::Sender<Activity>>);
+
+impl InFlight {
+    fn begin(activity: Arc<watch::Sender<Activity>>) -> Self {
+        activity.send_modify(|a| {
+            a.in_flight += 1;
+            a.started += 1;
+        });
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|a| a.in_flight -= 1);
+    }
+}
+
+/// A connection whose writes fail with `TimedOut` once one has been stuck
+/// (the client reads nothing) for the timeout.
+struct WriteDeadline<I> {
+    io: I,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl<I> WriteDeadline<I> {
+    fn new(io: I, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+            timed_out: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("client read nothing for {timeout:?}"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteDeadline<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.check(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.check(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.check(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.check(cx, poll)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -31,8 +32,19 @@ fn nsm_mode_without_a_device_exits_and_names_the_dev_flag() {
     assert!(err.contains("/dev/nsm"), "{err}");
 }
 
-/// A server process that is killed if the test fails before it exits.
-struct Running(std::process::Child);
+/// A server process that is killed if the test fails before it exits, and
+/// the lines it has written to stderr so far.
+struct Running(std::process::Child, Arc<Mutex<Vec<String>>>);
+
+impl Running {
+    fn logged(&self, needle: &str) -> bool {
+        self.1
+            .lock()
+            .expect("log lock")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -67,14 +79,17 @@ fn start(mut command: Command, tasks: &str, grace_secs: u64) -> (Running, String
         .expect("server started");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&logs);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(url) = line.trim().strip_prefix("nautilus-server is listening on ") {
                 let _ = tx.send(url.to_owned());
             }
+            log.lock().expect("log lock").push(line);
         }
     });
-    let child = Running(child);
+    let child = Running(child, logs);
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("server announced its address");
@@ -317,6 +332,164 @@ async fn dev_root_out_writes_the_root_that_verifies_the_documents() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not listen"));
     assert_eq!(std::fs::read_to_string(&root_file).expect("root"), pem);
 
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// 3 HTTP/2 prior-knowledge connections, each trying 100 streams of
+/// `POST /process_data` that send 1.9 MB and never end: the server's memory
+/// stays bounded (a few streams per connection, a body budget, a total body
+/// deadline) and `/health_check` keeps answering new clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_streams_of_unfinished_bodies_keep_memory_bounded() {
+    let mut command = server();
+    command.args(["--body-timeout-secs", "4"]);
+    let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks");
+    let (child, url) = start(command, tasks, 1);
+    let pid = child.0.id();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let before = rss(pid);
+    let body = bytes::Bytes::from(vec![b' '; 1_900_000]);
+    let answers = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u32>::new()));
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (addr, body, answers) = (addr.clone(), body.clone(), Arc::clone(&answers));
+        attackers.spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            tokio::spawn(connection);
+            let mut open = Vec::new();
+            for _ in 0..100 {
+                let Ok(mut ready) = client.clone().ready().await else {
+                    return;
+                };
+                let request = axum::http::Request::post(format!("http://{addr}/process_data"))
+                    .header("content-type", "application/json")
+                    .body(())
+                    .expect("request");
+                let Ok((response, mut send)) = ready.send_request(request, false) else {
+                    return;
+                };
+                let _ = send.send_data(body.clone(), false);
+                let answers = Arc::clone(&answers);
+                tokio::spawn(async move {
+                    if let Ok(r) = response.await {
+                        *answers
+                            .lock()
+                            .expect("lock")
+                            .entry(r.status().as_u16())
+                            .or_default() += 1;
+                    }
+                });
+                // Never ended: the stream stays open until the server gives up.
+                open.push(send);
+            }
+            std::future::pending::<()>().await;
+        });
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut peak = before;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak = peak.max(rss(pid));
+        let health = http.get(format!("{url}/health_check")).send().await;
+        assert!(
+            health.as_ref().is_ok_and(|r| r.status() == 200),
+            "/health_check during the attack: {health:?}"
+        );
+        peak = peak.max(rss(pid));
+    }
+    attackers.abort_all();
+    let answers = answers.lock().expect("lock").clone();
+    eprintln!(
+        "server RSS {} MiB before, {} MiB at most during the attack; answers to the attack: {answers:?}",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(peak < 150 << 20, "server RSS reached {} MiB", peak >> 20);
+    // The deadline, not luck, ended the streams: each got its 408.
+    assert!(answers.get(&408).copied().unwrap_or(0) >= 3, "{answers:?}");
+    sigterm(&child);
+}
+
+/// A server out of file descriptors logs and counts its failed accepts, and
+/// serves again once descriptors are free.
+#[tokio::test]
+async fn accept_errors_are_logged_and_counted() {
+    use std::os::unix::process::CommandExt;
+    let mut command = server();
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks");
+    let (mut child, url) = start(command, tasks, 1);
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut sockets = Vec::new();
+    for _ in 0..80 {
+        sockets.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let mut logged = false;
+    for _ in 0..200 {
+        if child.logged("accept failed") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        logged,
+        "no accept error logged with 80 sockets and 48 descriptors"
+    );
+    drop(sockets);
+    let metrics = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("answered once descriptors are free")
+        .text()
+        .await
+        .expect("text");
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nautilus_accept_errors_total{transport=\"tcp\"}"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "{metrics}");
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }

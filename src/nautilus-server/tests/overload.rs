@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use result_signing::{decode_public_key, SignedResponse, TaskResult, INTENT_TASK_RESULT};
 use serde_json::json;
-use support::{config, TestServer};
+use support::{children, config, TestServer};
 
 /// 400 requests at once against 2 slots and a queue of 4: every request gets
 /// an answer (a signed result or a 503), and nothing is left running.
@@ -87,36 +87,4 @@ async fn overload_sheds_with_503_and_leaves_nothing_running() {
         "{metrics}"
     );
     s.shutdown().await;
-}
-
-/// Every child of this process, zombies included, as "pid name state". As
-/// root the runner is a child subreaper, so orphaned grandchildren would be
-/// reparented here and show up too.
-fn children() -> Vec<String> {
-    let me = std::process::id().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            (field("PPid:") == me).then(|| {
-                format!(
-                    "{} {} {}",
-                    e.file_name().to_string_lossy(),
-                    field("Name:"),
-                    field("State:")
-                )
-            })
-        })
-        .collect()
 }

@@ -251,7 +251,7 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
     s.shutdown().await;
 }
 
-/// The JavaScript verifier in `src/result-signing/js` rebuilds the same bytes
+/// The JavaScript verifier (the `clients/js` package) rebuilds the same bytes
 /// as the server for a live answer with non-ASCII output, stdin and a nonce.
 #[tokio::test]
 async fn the_js_verifier_accepts_live_responses() {
@@ -261,10 +261,7 @@ async fn the_js_verifier_accepts_live_responses() {
         .await;
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.expect("body");
-    let verifier = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../result-signing/js/verify.js"
-    );
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js");
     let script = format!(
         "const v = require({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
          process.stdin.on('end', () => {{ v.verifySignedResponse(JSON.parse(s), process.argv[1]); \

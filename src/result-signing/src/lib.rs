@@ -15,7 +15,7 @@
 //! The server writes every field, `None` as `null`; unknown fields are
 //! refused. A verifier must not accept a second spelling of the same signed
 //! bytes that its reader would see as other values, so the signature is lower
-//! case only, and the JavaScript verifier (`js/verify.js`) also refuses
+//! case only, and the JavaScript verifier (`clients/js/lib/result.js`) also refuses
 //! missing fields, `null` outside `Option` fields, integers given as
 //! strings, non-integers, integers above 2^53-1 (which a JS number cannot hold
 //! exactly; the server's millisecond values are far below) and strings with
@@ -54,7 +54,7 @@
 //! # A worked example
 //!
 //! `tests/vectors/task_result_v1.json` holds a fixed key, a fixed message, its
-//! BCS bytes and its signature; `tests/vector.rs` and `js/verify.test.js`
+//! BCS bytes and its signature; `tests/vector.rs` and `clients/js/test/result-format.test.cjs`
 //! check every file in `tests/vectors/`. The v1 message, with `args = ["1", "2"]`, `stdin_sha256 = None`,
 //! `nonce = Some("00ff")`, `exit_code = Some(0)`, encodes as:
 //!

@@ -164,8 +164,15 @@ pub(crate) struct Outcome {
 pub(crate) enum Ending {
     Exited,
     TimedOut,
+    /// Stopped for shutdown.
     Cancelled,
+    /// Stopped because the caller dropped the run.
+    Abandoned,
 }
+
+/// Resolves (with an error) once the caller has dropped its end: the run
+/// was abandoned. Never resolves otherwise.
+pub(crate) type Abandoned = tokio::sync::oneshot::Receiver<std::convert::Infallible>;
 
 /// Limits of one supervision.
 pub(crate) struct Watch {
@@ -174,6 +181,8 @@ pub(crate) struct Watch {
     pub max_output: usize,
     /// Flips to `true` when the runner shuts down and this run must stop.
     pub cancel: watch::Receiver<bool>,
+    /// Resolves when the caller is gone; the task is then killed at once.
+    pub abandoned: Abandoned,
 }
 
 /// Runs the task to its end: writes `stdin`, drains output, enforces the timeout
@@ -201,13 +210,20 @@ pub(crate) async fn supervise(
         status = boxed.child.wait() => Some(status),
         _ = tokio::time::sleep_until(deadline) => { ending = Ending::TimedOut; None }
         _ = w.cancel.wait_for(|c| *c) => { ending = Ending::Cancelled; None }
+        _ = &mut w.abandoned => { ending = Ending::Abandoned; None }
+    };
+    // Nobody waits for an abandoned task's result: no grace.
+    let grace = if ending == Ending::Abandoned {
+        Duration::ZERO
+    } else {
+        w.grace
     };
     if status.is_none() {
         if let Some(pid) = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
             // SAFETY: kill(2) on the task's own process group (its pid, as session leader).
             unsafe { libc::kill(-pid, libc::SIGTERM) };
         }
-        status = tokio::time::timeout(w.grace, boxed.child.wait()).await.ok();
+        status = tokio::time::timeout(grace, boxed.child.wait()).await.ok();
     }
     // Timed from spawn to the main process's end, not including the clean-up.
     let mut elapsed = boxed.started.elapsed();

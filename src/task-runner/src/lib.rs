@@ -134,7 +134,7 @@ mod uids;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,6 +165,11 @@ pub struct RunnerStats {
     pub running: usize,
     /// Runs waiting for a slot.
     pub queued: usize,
+    /// Runs abandoned by their caller while waiting for a slot (never ran),
+    /// since start.
+    pub abandoned_queued: u64,
+    /// Runs abandoned by their caller while running (killed), since start.
+    pub abandoned_running: u64,
 }
 
 /// Runs tasks; cheap to clone (all clones share slots and state).
@@ -185,6 +190,8 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Turns true when running tasks must be killed for shutdown.
     cancel: watch::Sender<bool>,
+    abandoned_queued: AtomicU64,
+    abandoned_running: AtomicU64,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
     /// The slot and killer uids (when privileged).
@@ -255,6 +262,8 @@ impl Runner {
                 limiter,
                 shutting_down: AtomicBool::new(false),
                 cancel: watch::Sender::new(false),
+                abandoned_queued: AtomicU64::new(0),
+                abandoned_running: AtomicU64::new(0),
                 pass_env,
                 work_dir,
                 uids,
@@ -288,6 +297,8 @@ impl Runner {
         RunnerStats {
             running: self.inner.limiter.running(),
             queued: self.inner.limiter.queued(),
+            abandoned_queued: self.inner.abandoned_queued.load(Ordering::Relaxed),
+            abandoned_running: self.inner.abandoned_running.load(Ordering::Relaxed),
         }
     }
 
@@ -329,14 +340,22 @@ impl Runner {
 
     /// Validates `req`, waits for a slot and runs the task.
     ///
-    /// The run continues to its end (bounded by its timeout) even if the
-    /// returned future is dropped, so nothing is left behind.
+    /// Dropping the returned future abandons the run: a run still waiting for
+    /// a slot leaves the queue and never starts; a running task is killed at
+    /// once (no grace: nobody will read its result), and its slot is freed
+    /// once the box is empty. Both are counted in [`RunnerStats`].
     pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
+        // The run is a task of its own so that clean-up finishes even when
+        // this future is dropped; `_caller` is dropped with it, which is what
+        // tells the run its caller is gone.
+        let (_caller, abandoned) = tokio::sync::oneshot::channel();
         // The caller's span (the server's request id) follows the run.
-        tokio::spawn(async move { inner.run(req).await }.instrument(tracing::Span::current()))
-            .await
-            .map_err(|e| TaskError::internal("task supervisor failed", e))?
+        tokio::spawn(
+            async move { inner.run(req, abandoned).await }.instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|e| TaskError::internal("task supervisor failed", e))?
     }
 
     /// Stops accepting runs (new and queued ones fail with
@@ -474,14 +493,24 @@ impl Inner {
         }
     }
 
-    async fn run(self: Arc<Self>, req: TaskRequest) -> Result<TaskResult, TaskError> {
+    async fn run(
+        self: Arc<Self>,
+        req: TaskRequest,
+        mut abandoned: exec::Abandoned,
+    ) -> Result<TaskResult, TaskError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(TaskError::ShuttingDown);
         }
         let node = self.node.as_ref().ok_or(TaskError::NodeMissing)?;
         let req = req.validate(&self.config)?;
         let task = task::resolve(&self.root, &req.task_path)?;
-        let slot = self.limiter.acquire().await?;
+        let slot = tokio::select! {
+            slot = self.limiter.acquire() => slot?,
+            _ = &mut abandoned => {
+                self.abandoned_queued.fetch_add(1, Ordering::Relaxed);
+                return Err(TaskError::Internal("abandoned by its caller while queued".into()));
+            }
+        };
         // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
         let identity = self.uids.as_ref().map(|u| u.slot(slot.index() as u32));
         let task_id = uuid::Uuid::new_v4().to_string();
@@ -527,6 +556,7 @@ impl Inner {
             grace: self.config.kill_grace,
             max_output: self.config.max_output_bytes,
             cancel: self.cancel.subscribe(),
+            abandoned,
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
         let outcome = match exec::spawn(spec, &self.policy) {
@@ -580,6 +610,12 @@ impl Inner {
                 partial: Box::new(result),
             }),
             Ending::Cancelled => Err(TaskError::ShuttingDown),
+            Ending::Abandoned => {
+                self.abandoned_running.fetch_add(1, Ordering::Relaxed);
+                Err(TaskError::Internal(
+                    "abandoned by its caller while running".into(),
+                ))
+            }
         }
     }
 

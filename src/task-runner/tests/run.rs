@@ -567,3 +567,70 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Dropping `Runner::run`'s future (what a server does when its client goes
+/// away) abandons the run: a queued one leaves the queue and never starts, a
+/// running one is killed at once, without the grace period, and its slot
+/// freed.
+#[tokio::test]
+async fn a_dropped_run_leaves_the_queue_or_is_killed() {
+    // A grace long enough that skipping it shows.
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        kill_grace: Duration::from_secs(30),
+        ..config()
+    })
+    .expect("runner");
+    // Ignores SIGTERM: only the kill ends it.
+    let spin = || TaskRequest {
+        timeout_secs: Some(60),
+        ..request("ignore-term", &["run"])
+    };
+    let until = |what: &'static str, done: fn(task_runner::RunnerStats) -> bool| {
+        let runner = runner.clone();
+        async move {
+            for _ in 0..1000 {
+                if done(runner.stats()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{what}: {:?}", runner.stats());
+        }
+    };
+    let running = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run(spin()).await }
+    });
+    until("the first run holds the slot", |s| s.running == 1).await;
+    let queued = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run(spin()).await }
+    });
+    until("the second run waits", |s| s.queued == 1).await;
+
+    queued.abort();
+    until("the queued run left", |s| {
+        s.queued == 0 && s.abandoned_queued == 1
+    })
+    .await;
+    let started = Instant::now();
+    running.abort();
+    until("the running task was killed", |s| {
+        s.running == 0 && s.abandoned_running == 1
+    })
+    .await;
+    // Generously inside the 30 s kill grace a timeout would have waited.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = runner.stats();
+    assert_eq!(
+        (stats.running, stats.queued),
+        (0, 0),
+        "the queued run never started"
+    );
+}

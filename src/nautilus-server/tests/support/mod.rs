@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nautilus_server::router::router;
 use nautilus_server::state::{AppState, ServerConfig};
 use nautilus_server::transport::{Bound, Listen};
 use tokio::sync::oneshot;
@@ -46,7 +45,7 @@ impl TestServer {
             unreachable!("bound to TCP")
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = tokio::spawn(bound.serve(router(Arc::clone(&state)), async move {
+        let serving = tokio::spawn(bound.serve(Arc::clone(&state), async move {
             let _ = stopped.await;
         }));
         let http = reqwest::Client::builder()
@@ -60,6 +59,22 @@ impl TestServer {
             stop: Some(stop),
             serving: Some(serving),
         }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("socket address")
+    }
+
+    /// The value of the first `/metrics` line that starts with `line_start`
+    /// (name and labels), 0 when there is none.
+    pub async fn metric(&self, line_start: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -131,4 +146,36 @@ pub async fn expect_error(resp: reqwest::Response, status: u16) -> serde_json::V
         "no error sentence in {body}"
     );
     body
+}
+
+/// Every child of this process, zombies included, as "pid name state". As
+/// root the runner is a child subreaper, so orphaned grandchildren would be
+/// reparented here and show up too.
+pub fn children() -> Vec<String> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (field("PPid:") == me).then(|| {
+                format!(
+                    "{} {} {}",
+                    e.file_name().to_string_lossy(),
+                    field("Name:"),
+                    field("State:")
+                )
+            })
+        })
+        .collect()
 }

@@ -1,14 +1,15 @@
 'use strict';
-// Run with `node --test src/result-signing/js/`.
+// The result format against the vectors the Rust crate checks too
+// (src/result-signing/tests/vectors), through the package's CommonJS entry.
 const test = require('node:test');
 const assert = require('node:assert');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
-const { checkShape, signingBytes, verifySignedResponse } = require('./verify.js');
+const { checkShape, signingBytes, verifySignedResponse } = require('nautilus-client');
 
-const VECTOR_DIR = path.join(__dirname, '..', 'tests', 'vectors');
+const VECTOR_DIR = path.join(__dirname, '..', '..', '..', 'src', 'result-signing', 'tests', 'vectors');
 const vectors = fs
   .readdirSync(VECTOR_DIR)
   .filter((name) => name.endsWith('.json'))
@@ -183,7 +184,7 @@ test('the Node 18 lone-surrogate fallback decides like String.prototype.isWellFo
   const native = samples.map((s) => s.isWellFormed());
   assert.deepStrictEqual(native, [true, true, true, true, true, false, false, false, false, false]);
   const script = `delete String.prototype.isWellFormed;
-    const { checkShape } = require(${JSON.stringify(require.resolve('./verify.js'))});
+    const { checkShape } = require(${JSON.stringify(require.resolve('nautilus-client'))});
     const signed = JSON.parse(process.argv[1]);
     const samples = JSON.parse(process.argv[2]);
     console.log(JSON.stringify(samples.map((s) => {
@@ -205,8 +206,25 @@ test('args must be an array of strings and booleans must be booleans', () => {
   }
 });
 
-test('the public key must be 66 hex digits', () => {
-  for (const key of [v1.public_key.slice(0, 64), v1.public_key + '00', 'zz' + v1.public_key.slice(2), null]) {
-    assert.throws(() => verifySignedResponse(signedV1(), key), /public key must be 66 hex digits/);
+test('the public key must be a P-256 SEC1 point, compressed or uncompressed', () => {
+  for (const key of [v1.public_key.slice(0, 64), v1.public_key + '00', 'zz' + v1.public_key.slice(2), '04' + v1.public_key.slice(2), null, 42]) {
+    assert.throws(() => verifySignedResponse(signedV1(), key), /^TypeError: public key must be a P-256 SEC1 point/);
+  }
+  // A 33-byte string that is not on the curve.
+  const offCurve = '02' + 'ff'.repeat(32);
+  assert.throws(() => verifySignedResponse(signedV1(), offCurve), /^TypeError: public key is not a point on P-256/);
+  // The same key uncompressed, as hex and as bytes, verifies the same signature.
+  const uncompressed = crypto.createPublicKey({ key: spki(v1.public_key).export({ format: 'jwk' }), format: 'jwk' });
+  const jwk = uncompressed.export({ format: 'jwk' });
+  const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
+  verifySignedResponse(signedV1(), point.toString('hex'));
+  verifySignedResponse(signedV1(), point);
+  verifySignedResponse(signedV1(), Buffer.from(v1.public_key, 'hex'));
+});
+
+test('r and s must be in 1..n-1, as the Rust parser requires', () => {
+  for (const [r, s] of [[0n, 1n], [1n, 0n], [N, 1n], [1n, N]]) {
+    const signature = r.toString(16).padStart(64, '0') + s.toString(16).padStart(64, '0');
+    assert.throws(() => verifySignedResponse({ ...signedV1(), signature }, v1.public_key), /^Error: signature is not 128 lowercase hex digits \(64 bytes, r \|\| s\)/);
   }
 });

@@ -1,0 +1,352 @@
+'use strict';
+// The signed answer of `POST /process_data`: rebuilds the BCS bytes of a
+// signed response and checks its P-256 signature (`verifySignedResponse`),
+// then that the signed data answers exactly the request (`verifyResult`),
+// with nothing but Node's standard library. The one JavaScript
+// implementation of the result format; the layout is documented in
+// src/result-signing/src/lib.rs, and every file in
+// src/result-signing/tests/vectors is checked by both implementations.
+//
+// A signature only vouches for the values a consumer reads if no two JSON
+// values encode to the same bytes, so the shape is checked exactly as the
+// Rust types would parse it (`checkShape`), before anything is encoded:
+//   - exactly the keys of the Rust structs: no extra field, no missing one;
+//     null only for `Option` fields;
+//   - integers are JSON numbers, never strings: `intent` 0..255, `exit_code`
+//     an i32, `timestamp_ms` / `execution_time_ms` 0..2^53-1. A u64 above
+//     2^53-1 has no exact JS number, so such responses are rejected rather
+//     than read as a neighbouring value (the server's values are millisecond
+//     times, far below);
+//   - strings are well-formed UTF-16: a lone surrogate would be encoded as
+//     U+FFFD and so sign the same bytes as a real U+FFFD;
+//   - `signature` is exactly 128 lowercase hex digits, as the Rust verifier
+//     requires.
+
+const crypto = require('node:crypto');
+
+const { ResultError, rustDebugList } = require('./errors.js');
+
+const INTENT_TASK_RESULT = 0;
+// The P-256 group order n; signatures with s above n / 2 are rejected (low-S only).
+const ORDER = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
+const HALF_ORDER = ORDER >> 1n;
+// SubjectPublicKeyInfo prefixes (id-ecPublicKey, prime256v1) for a compressed
+// (33-byte) and an uncompressed (65-byte) SEC1 point.
+const SPKI_P256_PREFIX = {
+  33: Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'),
+  65: Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex'),
+};
+
+// `String.prototype.isWellFormed` arrived in Node 20; the pattern is the
+// same test for Node 18: a high surrogate not followed by a low one, or a low
+// one not preceded by a high one.
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const isWellFormed =
+  typeof String.prototype.isWellFormed === 'function'
+    ? (s) => s.isWellFormed()
+    : (s) => !LONE_SURROGATE.test(s);
+
+function uleb128(n) {
+  const out = [];
+  do {
+    let byte = n & 0x7f;
+    n = Math.floor(n / 128);
+    if (n > 0) byte |= 0x80;
+    out.push(byte);
+  } while (n > 0);
+  return Buffer.from(out);
+}
+
+function fixed(size, write) {
+  const b = Buffer.alloc(size);
+  write(b);
+  return b;
+}
+
+// Scalar BCS types: `is` is the whole admission test, `encode` may assume it passed.
+const U8 = {
+  expected: 'a u8: a JSON number, integer 0..255',
+  is: (v) => Number.isInteger(v) && v >= 0 && v <= 255,
+  encode: (v) => Buffer.from([v]),
+};
+const U64 = {
+  expected: `a u64 that JS holds exactly: a JSON number, integer 0..${Number.MAX_SAFE_INTEGER} (2^53-1)`,
+  is: (v) => Number.isSafeInteger(v) && v >= 0,
+  encode: (v) => fixed(8, (b) => b.writeBigUInt64LE(BigInt(v))),
+};
+const I32 = {
+  expected: 'an i32: a JSON number, integer -2^31..2^31-1',
+  is: (v) => Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31,
+  encode: (v) => fixed(4, (b) => b.writeInt32LE(v)),
+};
+const BOOL = {
+  expected: 'a boolean',
+  is: (v) => typeof v === 'boolean',
+  encode: (v) => Buffer.from([v ? 1 : 0]),
+};
+const STRING = {
+  expected: 'a well-formed string (no lone surrogates)',
+  is: (v) => typeof v === 'string' && isWellFormed(v),
+  encode: (v) => {
+    const bytes = Buffer.from(v, 'utf8');
+    return Buffer.concat([uleb128(bytes.length), bytes]);
+  },
+};
+const SIGNATURE_HEX = {
+  expected: '128 lowercase hex digits (64 bytes, r || s)',
+  is: (v) => typeof v === 'string' && /^[0-9a-f]{128}$/.test(v),
+};
+const option = (inner) => ({ option: inner });
+const vec = (inner) => ({ vec: inner });
+
+// Field order is the BCS layout (../src/lib.rs): never reorder.
+const TASK_RESULT = {
+  struct: [
+    ['task_id', STRING],
+    ['task_path', STRING],
+    ['task_digest', STRING],
+    ['args', vec(STRING)],
+    ['stdin_sha256', option(STRING)],
+    ['nonce', option(STRING)],
+    ['status', STRING],
+    ['exit_code', option(I32)],
+    ['signal', option(STRING)],
+    ['stdout', STRING],
+    ['stderr', STRING],
+    ['stdout_truncated', BOOL],
+    ['stderr_truncated', BOOL],
+    ['execution_time_ms', U64],
+  ],
+};
+const INTENT_MESSAGE = {
+  struct: [
+    ['intent', U8],
+    ['timestamp_ms', U64],
+    ['data', TASK_RESULT],
+  ],
+};
+const SIGNED_RESPONSE = {
+  struct: [
+    ['response', INTENT_MESSAGE],
+    ['signature', SIGNATURE_HEX],
+  ],
+};
+
+/** Short description of a rejected value: never echoes a whole stdout. */
+function describe(v) {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  if (typeof v === 'bigint') return `the BigInt ${v}n`;
+  const text = typeof v === 'string' ? JSON.stringify(v) : String(v);
+  return `${typeof v} ${text.length > 40 ? text.slice(0, 40) + '…' : text}`;
+}
+
+function reject(path, message) {
+  throw new TypeError(`${path || 'signed response'}: ${message}`);
+}
+
+const join = (path, key) => (path ? `${path}.${key}` : key);
+
+function check(v, type, path, orNull = '') {
+  if (type.option) {
+    if (v !== null) check(v, type.option, path, ' or null');
+  } else if (type.vec) {
+    if (!Array.isArray(v)) reject(path, `expected an array, got ${describe(v)}`);
+    v.forEach((item, i) => check(item, type.vec, `${path}[${i}]`));
+  } else if (type.struct) {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+      reject(path, `expected an object, got ${describe(v)}`);
+    }
+    const names = new Set(type.struct.map(([name]) => name));
+    const unknown = Object.keys(v).find((key) => !names.has(key));
+    if (unknown !== undefined) reject(path, `unknown field ${JSON.stringify(unknown)}`);
+    for (const [name, fieldType] of type.struct) {
+      const fieldPath = join(path, name);
+      if (!Object.hasOwn(v, name)) reject(fieldPath, 'missing');
+      check(v[name], fieldType, fieldPath);
+    }
+  } else if (!type.is(v)) {
+    reject(path, `expected ${type.expected}${orNull}, got ${describe(v)}`);
+  }
+}
+
+function encode(v, type) {
+  if (type.option) return v === null ? Buffer.from([0]) : Buffer.concat([Buffer.from([1]), encode(v, type.option)]);
+  if (type.vec) return Buffer.concat([uleb128(v.length), ...v.map((item) => encode(item, type.vec))]);
+  if (type.struct) return Buffer.concat(type.struct.map(([name, fieldType]) => encode(v[name], fieldType)));
+  return type.encode(v);
+}
+
+/**
+ * Throws a TypeError naming the first field (e.g. `response.data.exit_code`)
+ * that the Rust `SignedResponse<TaskResult>` would not parse to the same
+ * value a JS reader sees.
+ */
+function checkShape(signed) {
+  check(signed, SIGNED_RESPONSE, '');
+}
+
+/** BCS bytes of `response` = {intent, timestamp_ms, data: TaskResult}, after checking its shape. */
+function signingBytes(response) {
+  check(response, INTENT_MESSAGE, 'response');
+  return encode(response, INTENT_MESSAGE);
+}
+
+/**
+ * The attested key as a KeyObject, from a SEC1 P-256 point (33-byte
+ * compressed or 65-byte uncompressed), given as bytes or hex. Throws
+ * TypeError if it is not one.
+ */
+function p256PublicKey(publicKey) {
+  const sec1 =
+    typeof publicKey === 'string' && /^(?:[0-9a-fA-F]{2})*$/.test(publicKey)
+      ? Buffer.from(publicKey, 'hex')
+      : publicKey instanceof Uint8Array
+        ? Buffer.from(publicKey)
+        : null;
+  const prefix = sec1 && SPKI_P256_PREFIX[sec1.length];
+  const pointTag = sec1 && sec1[0];
+  if (!prefix || !(sec1.length === 33 ? pointTag === 2 || pointTag === 3 : pointTag === 4)) {
+    throw new TypeError('public key must be a P-256 SEC1 point: 33 bytes compressed or 65 uncompressed (66 or 130 hex digits)');
+  }
+  try {
+    return crypto.createPublicKey({ key: Buffer.concat([prefix, sec1]), format: 'der', type: 'spki' });
+  } catch {
+    throw new TypeError('public key is not a point on P-256');
+  }
+}
+
+/** Signature checks of the Rust `SignedResponse::verify`, after the JS shape check. */
+function signatureProblem(signed, key) {
+  if (signed.response.intent !== INTENT_TASK_RESULT) {
+    return `intent is ${signed.response.intent}, expected ${INTENT_TASK_RESULT}`;
+  }
+  const sig = Buffer.from(signed.signature, 'hex');
+  const r = BigInt('0x' + sig.subarray(0, 32).toString('hex'));
+  const s = BigInt('0x' + sig.subarray(32).toString('hex'));
+  if (r === 0n || r >= ORDER || s === 0n || s >= ORDER) {
+    return 'signature is not 128 lowercase hex digits (64 bytes, r || s)';
+  }
+  if (s > HALF_ORDER) return 'signature is not low-S normalized';
+  const bytes = encode(signed.response, INTENT_MESSAGE);
+  if (!crypto.verify('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }, sig)) {
+    return 'signature does not verify against the attested public key';
+  }
+  return null;
+}
+
+/**
+ * Throws unless `signed` has exactly the shape of a signed task result and
+ * `signed.signature` is a low-S P-256 signature by `publicKey` (SEC1,
+ * compressed as attested or uncompressed; bytes or hex) over its response.
+ * Shape and key errors are TypeErrors, signature failures Errors.
+ */
+function verifySignedResponse(signed, publicKey) {
+  checkShape(signed);
+  const key = p256PublicKey(publicKey);
+  const problem = signatureProblem(signed, key);
+  if (problem) throw new Error(problem);
+}
+
+/** How far the server's clock may be from ours, by default. */
+const DEFAULT_CLOCK_SKEW_MS = 60 * 1000;
+
+/**
+ * Task paths as the server reports them: no `.` components or empty
+ * segments. Used only to compare what was asked with what was signed.
+ */
+function normalizeTaskPath(path) {
+  return path
+    .split('/')
+    .filter((c) => c !== '' && c !== '.')
+    .join('/');
+}
+
+const sha256Hex = (bytes) => crypto.createHash('sha256').update(bytes).digest('hex');
+
+function checkExpect(expect) {
+  if (expect === null || typeof expect !== 'object') throw new TypeError('`expect` must be an object');
+  const { taskPath, args = [], stdin = null, nonce, taskDigest = null, notBeforeMs, notAfterMs, clockSkewMs = DEFAULT_CLOCK_SKEW_MS } = expect;
+  if (typeof taskPath !== 'string') throw new TypeError('`expect.taskPath` must be a string');
+  if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw new TypeError('`expect.args` must be an array of strings');
+  if (!(stdin === null || typeof stdin === 'string' || stdin instanceof Uint8Array)) {
+    throw new TypeError('`expect.stdin` must be a string, bytes or null');
+  }
+  if (typeof nonce !== 'string') throw new TypeError('`expect.nonce` must be the hex nonce sent');
+  if (!(taskDigest === null || typeof taskDigest === 'string')) throw new TypeError('`expect.taskDigest` must be a string or null');
+  for (const [name, v] of [['notBeforeMs', notBeforeMs], ['notAfterMs', notAfterMs], ['clockSkewMs', clockSkewMs]]) {
+    if (!Number.isSafeInteger(v) || v < 0) throw new TypeError(`\`expect.${name}\` must be a non-negative integer (ms)`);
+  }
+  return { taskPath, args, stdin, nonce, taskDigest, notBeforeMs, notAfterMs, clockSkewMs };
+}
+
+/**
+ * Verifies a signed `/process_data` answer: its shape, the signature under
+ * the attested `publicKey` (low-S, intent 0), then that the signed data
+ * answers exactly the request `expect` describes: nonce, task path (after
+ * normalization), args, SHA-256 of stdin, task digest (if given), a status
+ * consistent with the exit code, and a timestamp within
+ * [notBeforeMs - clockSkewMs, notAfterMs + clockSkewMs]. Same checks, order
+ * and messages as the Rust client's `verify_result`.
+ *
+ * @param {object} response the parsed JSON body: `{ response, signature }`
+ * @param {{ publicKey: string|Uint8Array, expect: object }} options
+ * @throws {ResultError} with `code` 'Signature', 'Mismatch', 'Stale' or 'Inconsistent'
+ */
+function verifyResult(response, { publicKey, expect } = {}) {
+  const want = checkExpect(expect);
+  const key = p256PublicKey(publicKey);
+  try {
+    checkShape(response);
+  } catch (e) {
+    throw new ResultError('Signature', {}, e);
+  }
+  const problem = signatureProblem(response, key);
+  if (problem) throw new ResultError('Signature', {}, new Error(problem));
+
+  const d = response.response.data;
+  const mismatch = (field, expected, got) => new ResultError('Mismatch', { field, expected, got });
+  if (d.nonce !== want.nonce) throw mismatch('nonce', want.nonce, d.nonce ?? 'none');
+  const wantPath = normalizeTaskPath(want.taskPath);
+  if (d.task_path !== wantPath) throw mismatch('task_path', wantPath, d.task_path);
+  if (d.args.length !== want.args.length || d.args.some((a, i) => a !== want.args[i])) {
+    throw mismatch('args', rustDebugList(want.args), rustDebugList(d.args));
+  }
+  const wantStdin = want.stdin === null ? null : sha256Hex(typeof want.stdin === 'string' ? Buffer.from(want.stdin, 'utf8') : want.stdin);
+  if (d.stdin_sha256 !== wantStdin) throw mismatch('stdin_sha256', wantStdin ?? 'none', d.stdin_sha256 ?? 'none');
+  if (want.taskDigest !== null && d.task_digest !== want.taskDigest) {
+    throw mismatch('task_digest', want.taskDigest, d.task_digest);
+  }
+  const success = d.status === 'success';
+  if (success !== (d.exit_code === 0) || !(success || d.status === 'failed')) {
+    throw new ResultError('Inconsistent', { status: d.status, exit_code: d.exit_code });
+  }
+  const fromMs = Math.max(0, want.notBeforeMs - want.clockSkewMs);
+  const toMs = want.notAfterMs + want.clockSkewMs;
+  const ts = response.response.timestamp_ms;
+  if (ts < fromMs || ts > toMs) throw new ResultError('Stale', { timestamp_ms: ts, from_ms: fromMs, to_ms: toMs });
+}
+
+/** The signed response with keys in the Rust structs' order, as the Rust CLI prints it. */
+function canonicalSignedResponse(signed) {
+  const order = (v, type) => {
+    if (type.option) return v === null ? null : order(v, type.option);
+    if (type.vec) return v.map((item) => order(item, type.vec));
+    if (type.struct) return Object.fromEntries(type.struct.map(([name, t]) => [name, order(v[name], t)]));
+    return v;
+  };
+  return order(signed, SIGNED_RESPONSE);
+}
+
+module.exports = {
+  checkShape,
+  signingBytes,
+  verifySignedResponse,
+  verifyResult,
+  normalizeTaskPath,
+  canonicalSignedResponse,
+  p256PublicKey,
+  INTENT_TASK_RESULT,
+  DEFAULT_CLOCK_SKEW_MS,
+};
