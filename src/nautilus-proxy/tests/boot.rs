@@ -291,7 +291,7 @@ fn client_cli(work: &Path, args: &[&str], root: &Path) -> anyhow::Result<String>
         bin.display()
     );
     let (out, err) = (work.join("client.out"), work.join("client.err"));
-    let mut child = boot_support::vm::die_with_parent(&mut Command::new(&bin))
+    let mut child = support::die_with_parent(&mut Command::new(&bin))
         .args(args.iter().take_while(|a| **a != "--"))
         .arg("--root")
         .arg(root)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::deps::Deps;
+use crate::support::die_with_parent;
 
 /// The guest's context id; any value from 3 up works for a lone VM.
 pub const GUEST_CID: u32 = 16;
@@ -234,18 +235,6 @@ fn strip_escapes(bytes: &[u8], state: &mut Escape) -> Vec<u8> {
         };
     }
     out
-}
-
-/// Children die with the test even when it is killed (a CI time-out).
-pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        })
-    }
 }
 
 impl Drop for Vm {

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nautilus_server::router::router;
 use nautilus_server::state::{AppState, ServerConfig};
 use nautilus_server::transport::{Bound, Listen};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +34,7 @@ impl Proxy {
     }
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nautilus-proxy"))
+        let mut child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_nautilus-proxy")))
             .args(["--listen", "tcp://127.0.0.1:0"])
             .args(args)
             .envs(env.iter().copied())
@@ -130,6 +129,18 @@ impl Drop for Proxy {
     }
 }
 
+/// Children die with the test even when it is killed (a CI time-out).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// The value of `key=` in a log line (numbers and single words).
 pub fn field(line: &str, key: &str) -> String {
     let pat = format!("{key}=");
@@ -156,7 +167,7 @@ impl DevServer {
         let Listen::Tcp(addr) = bound.local_addr().expect("addr") else {
             unreachable!("tcp")
         };
-        tokio::spawn(bound.serve(router(Arc::clone(&state)), std::future::pending()));
+        tokio::spawn(bound.serve(Arc::clone(&state), std::future::pending()));
         Self { addr, state }
     }
 
