@@ -4,12 +4,19 @@
 CARGO ?= cargo
 LISTEN ?= tcp://127.0.0.1:3000
 
-.PHONY: run test lint unit bench proxy boot-test
+.PHONY: run task-deps test lint unit bench help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
-run:
+run: task-deps
 	$(CARGO) run --release --bin nautilus-server -- \
 		--attestation dev --listen $(LISTEN) --tasks-dir . --dev-root-out out/dev-root.pem
+
+# Dependencies of the example tasks for local runs, from their lockfiles (the
+# image installs its own copy with the pinned npm; see enclave/README.md).
+task-deps:
+	@for t in $$(grep -v '^#' enclave/tasks); do \
+		if [ -f $$t/package-lock.json ] && [ ! -d $$t/node_modules ]; then \
+			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
 
 ## test: formatting, lints and every test of the workspace (what CI runs)
 test: lint unit boot-test
@@ -28,7 +35,6 @@ boot-test:
 	$(CARGO) test --locked -p nautilus-proxy --test boot -- --ignored --nocapture
 
 ## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID)
-ENCLAVE_CID ?=
 PROXY_LISTEN ?= 0.0.0.0:3000
 proxy:
 	@test -n "$(ENCLAVE_CID)" || { echo "make proxy: set ENCLAVE_CID to the enclave's CID (nitro-cli describe-enclaves shows it), e.g. make proxy ENCLAVE_CID=16" >&2; exit 1; }
@@ -38,3 +44,93 @@ proxy:
 ## bench: latency and throughput of a local dev server (not part of the tests)
 bench:
 	$(CARGO) run --release --example bench -- 200
+
+# ---------------------------------------------------------------- enclave ----
+# `make image` needs no container engine; `make build-eif` builds the same way
+# inside pinned StageX images. README.md ("Deploying on AWS Nitro Enclaves")
+# explains both.
+
+KERNEL ?= /usr/share/nitro_enclaves/blobs/bzImage
+# An nsm.ko lying next to the kernel (as in the AWS blobs directory) goes in too.
+NSM_KO ?= $(wildcard $(dir $(KERNEL))nsm.ko)
+OUT ?= $(CURDIR)/out
+CPU_COUNT ?= 2
+MEMORY_MIB ?= 2048
+ENCLAVE_CID ?=
+ENCLAVE_TARGET := x86_64-unknown-linux-musl
+ENCLAVE_TARGET_DIR ?= $(CURDIR)/target/enclave
+ENCLAVE_BIN_DIR := $(ENCLAVE_TARGET_DIR)/$(ENCLAVE_TARGET)/release
+CARGO_HOME ?= $(HOME)/.cargo
+# The build time recorded in binaries and in the EIF metadata: the commit's
+# time, so two clones of one commit agree (PCRs do not depend on it).
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# Paths of this checkout and of cargo's home never reach the binaries.
+ENCLAVE_RUSTFLAGS := -C target-feature=+crt-static \
+	--remap-path-prefix=$(CURDIR)=/build --remap-path-prefix=$(CARGO_HOME)=/cargo
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+# `--output` needs BuildKit: docker's buildx; podman's own build has it.
+CONTAINER_BUILD = $(if $(findstring docker,$(notdir $(CONTAINER_ENGINE))),$(CONTAINER_ENGINE) buildx build,$(CONTAINER_ENGINE) build)
+
+## help: list the targets
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
+
+## image: build out/nitro.eif and out/nitro.pcrs without containers (KERNEL=<bzImage> [NSM_KO=<nsm.ko>])
+image:
+	@test -f "$(KERNEL)" || { echo "make image: KERNEL=$(KERNEL) does not exist. Pass KERNEL=<path to a bzImage>; on an EC2 parent the aws-nitro-enclaves-cli package installs /usr/share/nitro_enclaves/blobs/bzImage (any file works for a test build)." >&2; exit 1; }
+	@$(MAKE) --no-print-directory enclave-binaries
+	KERNEL="$(KERNEL)" NSM_KO="$(NSM_KO)" OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
+		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) enclave/build-image.sh
+
+# Static musl binaries of the server, the init and the image tool.
+enclave-binaries:
+	@command -v musl-gcc >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make image: installing musl-tools (musl-gcc, for ring's C code)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools >/dev/null; \
+		else echo "make image: musl-gcc is missing: install musl-tools (apt-get install musl-tools)" >&2; exit 1; fi; }
+	@rustup target list --installed 2>/dev/null | grep -qx $(ENCLAVE_TARGET) || rustup target add $(ENCLAVE_TARGET)
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) CARGO_TARGET_DIR="$(ENCLAVE_TARGET_DIR)" \
+		CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
+		$(CARGO) build --release --locked --target $(ENCLAVE_TARGET) \
+		-p nautilus-server -p enclave-init -p enclave-image
+
+## build-eif: build out/nitro.eif and out/nitro.pcrs inside StageX images pinned by digest (docker or podman)
+build-eif:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
+	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
+	mkdir -p $(OUT)
+	$(CONTAINER_BUILD) --file Containerfile --target package --platform linux/amd64 \
+		--build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
+		--output type=local,dest=$(OUT) .
+	@cat $(OUT)/nitro.pcrs
+
+## describe: check out/nitro.eif and print its header, sections and PCRs
+describe:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	$(ENCLAVE_BIN_DIR)/enclave-image describe $(OUT)/nitro.eif
+
+## eif-crosscheck: check out/nitro.eif with AWS's own image-format crate (heavy: ~290 crates, so not in make test)
+eif-crosscheck:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	rm -rf $(OUT)/sections
+	$(ENCLAVE_BIN_DIR)/enclave-image extract $(OUT)/nitro.eif --out-dir $(OUT)/sections >/dev/null
+	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
+		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		$(OUT)/sections/kernel $(OUT)/sections/cmdline $(OUT)/nitro.eif \
+		$(OUT)/sections/ramdisk-0 $(OUT)/sections/ramdisk-1
+
+## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
+run-enclave:
+	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
+		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID))
+
+## run-debug: as run-enclave, in debug mode with the console attached (PCRs read as zeros)
+run-debug:
+	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
+		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID)) \
+		--debug-mode --attach-console
+
+## terminate: stop every running enclave
+terminate:
+	nitro-cli terminate-enclave --all

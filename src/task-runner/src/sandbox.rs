@@ -45,11 +45,18 @@ struct Mount {
     data: CString,
 }
 
+/// `setrlimit`'s resource type: an enum typedef in glibc, a plain int in musl
+/// (the enclave image's static build).
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
+
 /// Resource limits, private mounts and the seccomp program, prepared once per runner.
 #[derive(Clone)]
 pub(crate) struct Policy {
     seccomp: Arc<BpfProgram>,
-    rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    rlimits: Vec<(RlimitResource, u64)>,
     /// Made in a mount namespace of the task's own; `None` without root.
     mounts: Option<Arc<[Mount]>>,
 }

