@@ -23,6 +23,7 @@ pub struct Vm {
     vhost: Child,
     stdin: Option<ChildStdin>,
     console: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// The hybrid-vsock Unix socket: `CONNECT <port>\n` reaches the guest.
     pub uds: PathBuf,
 }
@@ -105,6 +106,7 @@ impl Vm {
             }
         };
         let console = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for pipe in [
             qemu.stdout
                 .take()
@@ -117,13 +119,14 @@ impl Vm {
         .flatten()
         {
             let console = Arc::clone(&console);
-            std::thread::spawn(move || copy_console(pipe, &console));
+            readers.push(std::thread::spawn(move || copy_console(pipe, &console)));
         }
         Ok(Self {
             stdin: qemu.stdin.take(),
             qemu,
             vhost,
             console,
+            readers,
             uds,
         })
     }
@@ -170,6 +173,10 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.qemu.try_wait()? {
+                // The console's last lines are read once QEMU's pipes close.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return Ok(status);
             }
             if Instant::now() > deadline {
