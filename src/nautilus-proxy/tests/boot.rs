@@ -83,19 +83,7 @@ struct Boot {
 /// `make image`, then the EIF's own sections plus the modules initramfs.
 fn prepare_boot(repo: &Path, deps: &deps::Deps, work: &Path) -> anyhow::Result<Boot> {
     let make = std::env::var_os("MAKE").unwrap_or_else(|| "make".into());
-    let mut make = Command::new(make);
-    // What cargo sets for this test process is not the user's environment:
-    // left in, it makes the image's cargo build rebuild crates whose build
-    // scripts watch such variables.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let cargo_set = (key.starts_with("CARGO") && key != "CARGO_HOME")
-            || ["OUT_DIR", "RUSTC", "RUSTDOC", "LD_LIBRARY_PATH"].contains(&key.as_ref());
-        if cargo_set {
-            make.env_remove(key.as_ref());
-        }
-    }
-    let status = make
+    let status = Command::new(make)
         .arg("-C")
         .arg(repo)
         .arg("--no-print-directory")
