@@ -3,11 +3,17 @@
 
 CARGO ?= cargo
 LISTEN ?= tcp://127.0.0.1:3000
+# Where `make install` puts the two CLIs (cargo install's layout: $(PREFIX)/bin).
+PREFIX ?= $(HOME)/.cargo
+# Tests that cannot run here (not root, no vsock, old kernel) list themselves
+# in this file; `make test` prints it after the summary.
+SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit bench help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run task-deps test lint unit bench install help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run: task-deps
+	@echo ">> building nautilus-server (release; the first build takes a few minutes)"
 	$(CARGO) run --release --bin nautilus-server -- \
 		--attestation dev --listen $(LISTEN) --tasks-dir . --dev-root-out out/dev-root.pem
 
@@ -22,17 +28,28 @@ task-deps:
 test: lint unit boot-test
 
 lint:
+	@echo ">> cargo fmt --check"
 	$(CARGO) fmt --all -- --check
+	@echo ">> cargo clippy (builds the workspace for lints; the first run takes a few minutes)"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	$(CARGO) test --workspace --locked
+	@echo ">> cargo test --workspace"
+	@mkdir -p $(dir $(SKIPPED)) && rm -f $(SKIPPED)
+	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --workspace --locked
+	@echo ">> npm test (JavaScript client)"
 	cd clients/js && npm test
+	@if [ -s $(SKIPPED) ]; then \
+		echo ">> $$(wc -l < $(SKIPPED)) test(s) SKIPPED, the rest passed:"; sed 's/^/   /' $(SKIPPED); \
+	else \
+		echo ">> all tests ran and passed; none skipped"; \
+	fi
 
 ## boot-test: build the image, boot it in QEMU and test it through the proxy (installs QEMU, a Debian kernel and vhost-device-vsock when missing)
 boot-test:
+	@echo ">> boot test: the image in a VM, through the proxy"
 	$(CARGO) build --locked --bin nautilus-proxy --bin nautilus-client
-	$(CARGO) test --locked -p nautilus-proxy --test boot -- --ignored --nocapture
+	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --locked -p nautilus-proxy --test boot -- --ignored --nocapture
 
 ## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID)
 PROXY_LISTEN ?= 0.0.0.0:3000
@@ -41,9 +58,16 @@ proxy:
 	$(CARGO) run --locked --release --bin nautilus-proxy -- \
 		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000
 
-## bench: latency and throughput of a local dev server (not part of the tests)
+## install: build and install the nautilus-client and task-runner CLIs into $(PREFIX)/bin
+install:
+	@echo ">> installing nautilus-client and task-runner into $(PREFIX)/bin"
+	$(CARGO) install --locked --root $(PREFIX) --path src/nautilus-client
+	$(CARGO) install --locked --root $(PREFIX) --path src/task-runner
+
+## bench: the release server against bare Node.js spawns, side by side (not part of the tests)
 bench:
-	$(CARGO) run --release --example bench -- 200
+	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
+	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
 
 # ---------------------------------------------------------------- enclave ----
 # `make image` needs no container engine; `make build-eif` builds the same way

@@ -39,7 +39,7 @@ mod dev;
 mod nsm;
 
 pub use dev::DevAttester;
-pub use nsm::NsmAttester;
+pub use nsm::{NsmAttester, Restricted};
 
 /// The largest `public_key`, `user_data` or `nonce` the NSM accepts, in bytes.
 ///
@@ -136,22 +136,30 @@ pub trait Attester: Send + Sync {
 #[non_exhaustive]
 pub enum AttestError {
     /// `/dev/nsm` could not be opened: this is not a Nitro Enclave.
-    #[error(
-        "cannot open {path}: no Nitro Secure Module here (not running inside a Nitro Enclave); \
-         use dev attestation for local development"
-    )]
+    #[error("cannot open {path}: {error}; this is not a Nitro Enclave (or its NSM driver is not loaded)")]
     NsmUnavailable {
         /// The device path that was tried.
-        path: &'static str,
+        path: String,
+        /// Why it could not be opened.
+        error: std::io::Error,
     },
-    /// The NSM device is open to other users, so tasks could attest keys of
-    /// their choosing; refuse to serve rather than vouch for them.
-    #[error("{path} is accessible to other users (owner uid {uid}, mode {mode:o}); it must be root-only (0600)")]
+    /// The NSM device is open to other users and could not be made
+    /// root-only, so tasks could attest keys of their choosing; refuse to
+    /// serve rather than vouch for them.
+    #[error("{path} is accessible to other users (owner uid {uid}, mode {mode:o}) and must be root-only (0600): {reason}")]
     NsmExposed {
-        path: &'static str,
+        /// The device path.
+        path: String,
+        /// Its owner.
         uid: u32,
+        /// Its permission bits.
         mode: u32,
+        /// Why it could not be fixed, and what to do.
+        reason: String,
     },
+    /// The request to the NSM driver failed.
+    #[error("{}", nsm_io_message(.0))]
+    NsmIo(std::io::Error),
 
     /// A request field exceeds what the NSM accepts.
     #[error("{field} is {len} bytes; the NSM accepts at most {max}")]
@@ -193,9 +201,62 @@ pub enum AttestError {
     Encoding(#[source] serde_cbor::Error),
 }
 
+fn nsm_io_message(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOTTY) => {
+            format!("the NSM request failed ({e}): /dev/nsm is not a Nitro Secure Module")
+        }
+        // Both drivers answer an unknown ioctl number (and AWS's older one
+        // also unreadable buffers) with EINVAL.
+        Some(libc::EINVAL) => format!(
+            "the NSM request failed ({e}): the driver refused the request's ioctl number or buffers"
+        ),
+        Some(libc::ETIMEDOUT) => format!(
+            "the NSM request failed ({e}): the NSM did not answer within the driver's 120 s"
+        ),
+        _ => format!("the NSM request failed: {e}"),
+    }
+}
+
+/// The `timestamp` (ms since the UNIX epoch) of an attestation document: the
+/// time of the Nitro hypervisor for an NSM document. Does not verify it.
+pub fn document_timestamp_ms(document: &[u8]) -> Result<u64, AttestError> {
+    let (_protected, _unprotected, payload, _signature): (
+        serde_bytes::ByteBuf,
+        serde_cbor::Value,
+        serde_bytes::ByteBuf,
+        serde_bytes::ByteBuf,
+    ) = serde_cbor::from_slice(document).map_err(AttestError::Encoding)?;
+    let doc = aws_nitro_enclaves_nsm_api::api::AttestationDoc::from_binary(&payload)
+        .map_err(|_| AttestError::NsmUnexpectedResponse)?;
+    Ok(doc.timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_documents_timestamp_is_read_back() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let doc = DevAttester::generate()
+            .unwrap()
+            .attest(AttestationRequest {
+                public_key: &[2; 33],
+                user_data: b"",
+                nonce: None,
+            })
+            .unwrap();
+        let ts = document_timestamp_ms(&doc).unwrap();
+        assert!(
+            ts + 1000 >= before && ts <= before + 60_000,
+            "{ts} vs {before}"
+        );
+        assert!(document_timestamp_ms(&doc[1..]).is_err());
+    }
 
     fn request(
         public_key: &[u8],

@@ -1,6 +1,6 @@
 //! The online flow: attest once, then run tasks and verify every answer.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use attestation_verify::{AttestationDocument, Policy, TrustedRoot, VerifiedDocument};
 use rand_core::{OsRng, RngCore};
@@ -279,6 +279,8 @@ pub struct Client {
     document: VerifiedDocument,
     key: VerifyingKey,
     manifest: Manifest,
+    /// When, on our monotonic clock, the document was asked for and received.
+    attested_between: (Instant, Instant),
 }
 
 impl Client {
@@ -301,6 +303,7 @@ impl Client {
             })?;
 
         let nonce = random_nonce();
+        let asked = Instant::now();
         let attestation_url = join(
             &base,
             &format!("get_attestation?nonce={}", hex::encode(nonce)),
@@ -312,6 +315,7 @@ impl Client {
             "attestation response",
         )
         .await?;
+        let received = Instant::now();
         #[derive(Deserialize)]
         struct AttestationResponse {
             attestation: String,
@@ -346,6 +350,7 @@ impl Client {
             document,
             key,
             manifest: Manifest { raw, body },
+            attested_between: (asked, received),
         })
     }
 
@@ -384,6 +389,7 @@ impl Client {
             .saturating_add(TASK_MARGIN);
 
         let not_before_ms = now_ms();
+        let sent = Instant::now();
         let request = self
             .http
             .post(url.clone())
@@ -396,6 +402,17 @@ impl Client {
             });
         let body = send(request, &url, limit, "task result").await?;
         let not_after_ms = now_ms();
+        let answered = Instant::now();
+        // The document's clock at signing time: its timestamp plus what
+        // passed since, at least from its arrival to our request, at most
+        // from our asking for it to the answer.
+        let (asked, received) = self.attested_between;
+        let doc_ms = self.document.timestamp_ms();
+        let elapsed_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let attested_window_ms = (
+            doc_ms.saturating_add(elapsed_ms(sent.saturating_duration_since(received))),
+            doc_ms.saturating_add(elapsed_ms(answered.saturating_duration_since(asked))),
+        );
         let signed: SignedResponse<TaskResult> = parse_json(&body, "task result")?;
 
         verify_result(
@@ -410,6 +427,7 @@ impl Client {
                 not_before_ms,
                 not_after_ms,
                 clock_skew: DEFAULT_CLOCK_SKEW,
+                attested_window_ms: Some(attested_window_ms),
             },
         )?;
         Ok(VerifiedResult { signed })

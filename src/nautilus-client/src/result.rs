@@ -25,8 +25,14 @@ pub struct Expected<'a> {
     pub not_before_ms: u64,
     /// End of the request window, ms since the UNIX epoch (see `not_before_ms`).
     pub not_after_ms: u64,
-    /// How far the enclave's clock may be from ours.
+    /// How far the enclave's clock may be from ours, and from the
+    /// attestation document's.
     pub clock_skew: Duration,
+    /// Where the attestation document verified in this session puts the
+    /// signing time, `[from_ms, to_ms]` by the document's clock (the Nitro
+    /// hypervisor's, for a real NSM): its `timestamp` plus the time that
+    /// passed on our monotonic clock. Independent of our own wall clock.
+    pub attested_window_ms: Option<(u64, u64)>,
 }
 
 /// Why a signed result is not an answer to the request it claims to answer.
@@ -53,6 +59,20 @@ pub enum ResultError {
         "signed timestamp {timestamp_ms} ms is outside the request window {from_ms}..={to_ms} ms"
     )]
     Stale {
+        /// The signed timestamp.
+        timestamp_ms: u64,
+        /// Earliest acceptable.
+        from_ms: u64,
+        /// Latest acceptable.
+        to_ms: u64,
+    },
+    /// The signed timestamp disagrees with the attestation document of the
+    /// same session by more than the allowed skew: the enclave's clock,
+    /// which signs results, is off from the hypervisor's.
+    #[error(
+        "signed timestamp {timestamp_ms} ms is outside {from_ms}..={to_ms} ms, where the attestation document's timestamp puts it: the enclave's clock is off"
+    )]
+    SkewedFromAttestation {
         /// The signed timestamp.
         timestamp_ms: u64,
         /// Earliest acceptable.
@@ -148,6 +168,16 @@ pub fn verify_result(
             to_ms,
         });
     }
+    if let Some((from, to)) = expected.attested_window_ms {
+        let (from_ms, to_ms) = (from.saturating_sub(skew), to.saturating_add(skew));
+        if !(from_ms..=to_ms).contains(&ts) {
+            return Err(ResultError::SkewedFromAttestation {
+                timestamp_ms: ts,
+                from_ms,
+                to_ms,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -199,6 +229,7 @@ mod tests {
             not_before_ms: 10_000,
             not_after_ms: 10_000,
             clock_skew: Duration::ZERO,
+            attested_window_ms: Some((9_000, 11_000)),
         }
     }
 
@@ -268,6 +299,19 @@ mod tests {
         assert!(matches!(
             verify_result(&s, key.verifying_key(), &late),
             Err(ResultError::Stale { .. })
+        ));
+
+        // Our clock agrees, the attestation document's does not.
+        let skewed = Expected {
+            attested_window_ms: Some((40_000, 41_000)),
+            ..expected(&args, &digest)
+        };
+        assert!(matches!(
+            verify_result(&s, key.verifying_key(), &skewed),
+            Err(ResultError::SkewedFromAttestation {
+                timestamp_ms: 10_000,
+                ..
+            })
         ));
 
         let other = SigningKey::random(&mut rand_core::OsRng);

@@ -36,7 +36,7 @@ fn the_image_boots_in_a_vm_and_serves_verified_results_through_the_proxy() {
     let deps = match deps::ensure(&deps::cache_dir()) {
         Ok(d) => d,
         Err(Ok(Unavailable(why))) => {
-            eprintln!("SKIPPED boot test: {why}");
+            skip_report::skipped("boot test", &why);
             return;
         }
         Err(Err(e)) => panic!("boot test set-up failed: {e:#}"),

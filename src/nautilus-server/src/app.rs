@@ -1,8 +1,8 @@
 //! `POST /process_data`: run one task and sign what happened.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
 use result_signing::{IntentMessage, TaskResult, INTENT_TASK_RESULT};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{parse_hex_nonce, ProcessDataRequest, ProcessedDataResponse};
 use crate::error::EnclaveError;
-use crate::state::AppState;
+use crate::state::{now_ms, AppState};
 
 /// Longest `nonce` a client may attach to a task, in bytes (hex digits / 2).
 pub const MAX_TASK_NONCE_BYTES: usize = 64;
@@ -42,6 +42,15 @@ pub struct TaskRequest {
 /// The task `{"payload": {}}` runs: the example from the product description.
 pub use task_runner::DEFAULT_TASK_PATH;
 
+/// The route: [`process_data`], with a body that is not the JSON asked for
+/// answered as an [`EnclaveError`] (see [`EnclaveError::Json`]).
+pub async fn process_data_route(
+    state: State<Arc<AppState>>,
+    request: Result<Json<ProcessDataRequest<TaskRequest>>, JsonRejection>,
+) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
+    process_data(state, request?).await
+}
+
 /// Runs the task and returns its result signed with the attested key.
 pub async fn process_data(
     State(state): State<Arc<AppState>>,
@@ -60,7 +69,9 @@ pub async fn process_data(
         .transpose()?;
 
     let task_path = task_path.as_deref().unwrap_or(DEFAULT_TASK_PATH);
-    let task_path = state.runner().resolve_task(task_path)?;
+    // Only the manifest decides, not what is on disk: every task that is not
+    // listed gets the same answer, which tells nothing of the server's files.
+    let task_path = task_runner::normalize_task_path(task_path)?;
     if state.manifest().task(&task_path).is_none() {
         return Err(EnclaveError::NotInManifest(task_path));
     }
@@ -107,12 +118,4 @@ fn signed_data(r: task_runner::TaskResult, nonce: Option<String>) -> TaskResult 
         stderr_truncated: r.stderr_truncated,
         execution_time_ms: r.execution_time_ms,
     }
-}
-
-fn now_ms() -> u64 {
-    // A clock before 1970 is a broken host; signing 0 is then honest enough.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

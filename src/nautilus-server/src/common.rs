@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use attestation_dev::AttestationRequest;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -25,9 +24,6 @@ pub struct ProcessDataRequest<T> {
 
 /// A signed answer: `{"response": {"intent", "timestamp_ms", "data"}, "signature"}`.
 pub type ProcessedDataResponse<T> = result_signing::SignedResponse<T>;
-
-/// How long an attestation request waits for a turn before a 503.
-const ATTESTATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Longest nonce the NSM accepts in an attestation document.
 pub const MAX_ATTESTATION_NONCE_BYTES: usize = 512;
@@ -81,29 +77,7 @@ pub async fn get_attestation(
         .as_deref()
         .map(|n| parse_hex_nonce(n, MAX_ATTESTATION_NONCE_BYTES))
         .transpose()?;
-    // A burst of callers queues here for a short while, not on the blocking
-    // thread pool without bound.
-    let permit = tokio::time::timeout(
-        ATTESTATION_WAIT,
-        Arc::clone(&state.attestations).acquire_owned(),
-    )
-    .await
-    .map_err(|_| EnclaveError::AttestationBusy)?
-    .map_err(|_| EnclaveError::AttestationBusy)?;
-    let attester = Arc::clone(state.attester());
-    let worker_state = Arc::clone(&state);
-    // The NSM call is a blocking ioctl; keep it off the async workers.
-    let document = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        attester.attest(AttestationRequest {
-            public_key: worker_state.public_key(),
-            user_data: worker_state.manifest().sha256(),
-            nonce: nonce.as_deref(),
-        })
-    })
-    .await
-    .map_err(|e| EnclaveError::Internal(format!("attestation worker failed: {e}")))??;
-    state.metrics.attestation();
+    let document = state.attest(nonce).await?;
     Ok(Json(GetAttestationResponse {
         attestation: hex::encode(document),
     }))
@@ -136,12 +110,17 @@ pub struct HealthCheck {
     pub node_version: Option<String>,
     /// Tasks listed in the manifest.
     pub tasks: usize,
+    /// Per-task cgroup limits in force, as in the manifest.
+    pub cgroups: task_runner::CgroupSummary,
     /// Tasks running now.
     pub running: usize,
     /// Tasks waiting for a slot.
     pub queued: usize,
     /// Server version.
     pub version: String,
+    /// Server clock minus the timestamp of the latest fresh attestation
+    /// document (the hypervisor's clock, for the NSM); `null` before the first.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// `GET /health_check`.
@@ -160,8 +139,10 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         attestation: state.attestation_mode().as_str().into(),
         node_version,
         tasks: state.manifest().task_count(),
+        cgroups: state.runner().cgroups().clone(),
         running: stats.running,
         queued: stats.queued,
         version: crate::SERVER_VERSION.into(),
+        clock_skew_ms: state.clock_skew().map(|s| s.skew_ms),
     })
 }

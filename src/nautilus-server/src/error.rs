@@ -4,6 +4,7 @@
 //! sentence. Task-runner sentences are passed through unchanged: they are part
 //! of the product's contract.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,6 +20,9 @@ pub enum EnclaveError {
     /// The request is malformed or outside a limit.
     #[error("{0}")]
     BadRequest(String),
+    /// The body is not the JSON asked for (or has the wrong content type).
+    #[error("{}", json_rejection_text(.0))]
+    Json(#[from] JsonRejection),
     /// The body is over the limit (declared or counted).
     #[error("request body is larger than the {0}-byte limit")]
     BodyTooLarge(usize),
@@ -34,13 +38,19 @@ pub enum EnclaveError {
     /// The task runner refused or could not finish the task.
     #[error(transparent)]
     Task(#[from] TaskError),
-    /// A task directory exists but is not listed in the attested manifest
-    /// (e.g. a package under `node_modules`).
-    #[error("Failed to execute Node.js task: {0} is not a task of this server (see /manifest)")]
+    /// The task is not listed in the attested manifest, whatever is on disk
+    /// under that name. The product's wording starts the sentence.
+    #[error(
+        "Failed to execute Node.js task: Task directory does not exist: {0} (it is not a task \
+         of this server: GET /manifest lists the tasks it runs)"
+    )]
     NotInManifest(String),
     /// Too many attestation requests at once.
     #[error("attestation is busy, retry shortly")]
     AttestationBusy,
+    /// The attestation call did not finish within its deadline (a stalled NSM).
+    #[error("the attestation call did not finish within {} s (the NSM is stalled or overloaded); retry later", .0.as_secs_f64())]
+    AttestationTimeout(std::time::Duration),
     /// The NSM (or dev attester) failed to produce a document.
     #[error("attestation failed: {0}")]
     Attestation(#[from] attestation_dev::AttestError),
@@ -60,8 +70,15 @@ impl EnclaveError {
             EnclaveError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             EnclaveError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             EnclaveError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
+            // Unparseable and ill-shaped bodies alike are the caller's: 400, not 422.
+            EnclaveError::Json(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+                StatusCode::BAD_REQUEST
+            }
+            EnclaveError::Json(r) => r.status(),
             EnclaveError::NotInManifest(_) => StatusCode::NOT_FOUND,
-            EnclaveError::AttestationBusy => StatusCode::SERVICE_UNAVAILABLE,
+            EnclaveError::AttestationBusy | EnclaveError::AttestationTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             EnclaveError::Task(e) => match e.kind() {
                 ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -78,6 +95,26 @@ impl EnclaveError {
             }
         }
     }
+}
+
+/// axum's text, except for bodies that are not JSON at all: a path into a
+/// document that could not be read (`payload.?: EOF while parsing…`) means
+/// nothing to the caller, so those say what is wrong with the JSON itself.
+fn json_rejection_text(rejection: &JsonRejection) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            let json = e.inner();
+            if json.is_eof() {
+                return format!("request body is incomplete JSON: {json}");
+            }
+            if json.is_syntax() {
+                return format!("request body is not valid JSON: {json}");
+            }
+        }
+        source = e.source();
+    }
+    rejection.body_text()
 }
 
 impl IntoResponse for EnclaveError {
@@ -103,10 +140,17 @@ impl IntoResponse for EnclaveError {
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+            // A stalled NSM is not cleared in a second: come back after
+            // about as long as a call may take.
+            let retry_after = match &self {
+                EnclaveError::AttestationTimeout(deadline) => {
+                    HeaderValue::from(deadline.as_secs().max(1))
+                }
+                _ => HeaderValue::from_static(RETRY_AFTER_SECS),
+            };
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
         response
     }

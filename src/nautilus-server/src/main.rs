@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +17,11 @@ use tokio::sync::watch;
 #[derive(Debug, Parser)]
 #[command(version, about = "Attested Node.js task server for AWS Nitro Enclaves")]
 struct Args {
-    /// `tcp://HOST:PORT` or `vsock://PORT`.
-    #[arg(long, env = "NAUTILUS_LISTEN", default_value = "tcp://127.0.0.1:3000")]
-    listen: Listen,
+    /// `tcp://HOST:PORT` or `vsock://PORT` [default: vsock://3000 with
+    /// `--attestation nsm` (an enclave has no network but vsock),
+    /// tcp://127.0.0.1:3000 with `--attestation dev`]
+    #[arg(long, env = "NAUTILUS_LISTEN")]
+    listen: Option<Listen>,
     /// Directory whose subdirectories are the tasks.
     #[arg(long, env = "NAUTILUS_TASKS_DIR", default_value = ".")]
     tasks_dir: PathBuf,
@@ -78,6 +81,10 @@ struct Args {
     /// Names of server environment variables tasks may see.
     #[arg(long, env = "NAUTILUS_PASS_ENV", value_delimiter = ',')]
     pass_env: Vec<String>,
+    /// Seconds an attestation call may take before its request gets 503 with
+    /// `Retry-After` (the NSM driver itself would wait 120 s).
+    #[arg(long, env = "NAUTILUS_ATTESTATION_DEADLINE_SECS", default_value_t = 10)]
+    attestation_deadline_secs: u64,
     /// On SIGTERM, seconds running tasks get before they are stopped.
     #[arg(long, env = "NAUTILUS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -87,6 +94,19 @@ struct Args {
 }
 
 impl Args {
+    /// Where to listen: `--listen`, else what fits the attestation mode.
+    fn listen(&self) -> Listen {
+        self.listen.unwrap_or(match self.attestation {
+            AttestationMode::Nsm => Listen::Vsock {
+                port: DEFAULT_VSOCK_PORT,
+            },
+            AttestationMode::Dev => Listen::Tcp(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                DEFAULT_TCP_PORT,
+            ))),
+        })
+    }
+
     fn server_config(&self) -> ServerConfig {
         let d = RunnerConfig::default();
         let max_timeout_secs = self.max_timeout_secs.unwrap_or(d.max_timeout_secs);
@@ -108,6 +128,7 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             cors_origins: self.cors_origins.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            attestation_deadline: Duration::from_secs(self.attestation_deadline_secs.max(1)),
             http: HttpLimits {
                 max_connections: self.max_connections,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
@@ -121,14 +142,30 @@ impl Args {
     }
 }
 
+/// The port of the default listen address in either mode.
+const DEFAULT_VSOCK_PORT: u32 = 3000;
+const DEFAULT_TCP_PORT: u16 = 3000;
+
 /// After the grace period, how long stopped tasks and open connections get
 /// before the process exits anyway.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_json);
+    // One line that says what to do: `{:#}` joins the causes, and no
+    // backtrace (the release binary's symbols are stripped anyway).
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn serve(args: Args) -> anyhow::Result<()> {
     // Before the key exists: no core dumps, no ptrace or /proc/<pid>/mem
     // access by other processes, tasks included.
     nautilus_server::state::harden_process().context("could not mark the process non-dumpable")?;
@@ -149,9 +186,10 @@ async fn main() -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let state = Arc::new(AppState::new(config)?);
 
-    let bound = Bound::bind(args.listen)
+    let listen = args.listen();
+    let bound = Bound::bind(listen)
         .await
-        .with_context(|| format!("could not listen on {}", args.listen))?;
+        .with_context(|| format!("could not listen on {listen}"))?;
     // Only once the address is ours: a second server that fails to bind must
     // not replace the root of the one already serving.
     if let Some(path) = &args.dev_root_out {
@@ -164,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
 
     let local = bound.local_addr()?;
     announce(&state, &local, args.dev_root_out.as_deref());
+    tokio::spawn(first_attestation(Arc::clone(&state)));
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stopping = async move {
@@ -192,6 +231,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Asks for one document at start: a broken NSM shows in the log at once,
+/// not at the first client, and the clock skew is known from the start.
+async fn first_attestation(state: Arc<AppState>) {
+    match state.attest(None).await {
+        Ok(_) => tracing::info!(
+            clock_skew_ms = state.clock_skew().map(|s| s.skew_ms),
+            "attestation works"
+        ),
+        Err(e) => tracing::error!(
+            "the first attestation request failed: {e}; /get_attestation will fail the same way"
+        ),
+    }
 }
 
 /// SIGTERM and SIGINT, installed once so none is missed between stages.
@@ -260,5 +313,39 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
         }
         // A daemon whose stderr is closed must still serve.
         let _ = writeln!(std::io::stderr(), "{help}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(args: &[&str]) -> Listen {
+        let args = Args::try_parse_from([&["nautilus-server"], args].concat()).expect("parses");
+        args.listen()
+    }
+
+    #[test]
+    fn the_default_listen_address_follows_the_attestation_mode() {
+        if std::env::var_os("NAUTILUS_LISTEN").is_some() {
+            skip_report::skipped(
+                "the_default_listen_address_follows_the_attestation_mode",
+                "NAUTILUS_LISTEN is set",
+            );
+            return;
+        }
+        assert_eq!(listen(&[]), Listen::Vsock { port: 3000 });
+        assert_eq!(
+            listen(&["--attestation", "nsm"]),
+            Listen::Vsock { port: 3000 }
+        );
+        assert_eq!(
+            listen(&["--attestation", "dev"]),
+            "tcp://127.0.0.1:3000".parse().expect("address")
+        );
+        assert_eq!(
+            listen(&["--attestation", "nsm", "--listen", "tcp://127.0.0.1:8080"]),
+            "tcp://127.0.0.1:8080".parse().expect("address")
+        );
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use task_runner::TaskInfo;
+use task_runner::{CgroupSummary, TaskInfo};
 
 use crate::state::{AttestationMode, ServerConfig};
 
@@ -52,6 +52,8 @@ struct ManifestBody<'a> {
     attestation: &'a str,
     node_version: Option<&'a str>,
     limits: &'a Limits,
+    /// Per-task cgroup limits in force (memory, pids, CPU weight).
+    cgroups: &'a CgroupSummary,
     tasks: &'a [TaskInfo],
 }
 
@@ -69,6 +71,7 @@ impl Manifest {
         mode: AttestationMode,
         node_version: Option<String>,
         limits: Limits,
+        cgroups: &CgroupSummary,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -76,6 +79,7 @@ impl Manifest {
             attestation: mode.as_str(),
             node_version: node_version.as_deref(),
             limits: &limits,
+            cgroups,
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();

@@ -1,4 +1,5 @@
-//! `GET /metrics`: Prometheus text exposition.
+//! `GET /metrics`: OpenMetrics text 1.0.0 (`application/openmetrics-text`),
+//! which Prometheus (2.5 and later) asks for first and scrapes as it is.
 //!
 //! Endpoint labels come from the matched route, never the raw path, so a
 //! scanner probing random URLs cannot grow the label set without bound.
@@ -56,6 +57,8 @@ pub struct Metrics {
     running: Gauge,
     queued: Gauge,
     shed: Counter,
+    pub(crate) attestation_timeouts: Counter,
+    pub(crate) clock_skew: Gauge<f64, std::sync::atomic::AtomicU64>,
     attestations: Counter,
     accept_errors: Family<TransportLabels, Counter>,
     connections_open: Gauge,
@@ -104,6 +107,18 @@ impl Default for Metrics {
             "Tasks refused because the queue was full",
             shed.clone(),
         );
+        let attestation_timeouts = Counter::default();
+        registry.register(
+            "attestation_timeouts",
+            "Attestation calls that exceeded their deadline (answered 503)",
+            attestation_timeouts.clone(),
+        );
+        let clock_skew = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "clock_skew_seconds",
+            "Server clock minus the timestamp of the latest fresh attestation document",
+            clock_skew.clone(),
+        );
         let attestations = Counter::default();
         registry.register(
             "attestations",
@@ -150,6 +165,8 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            attestation_timeouts,
+            clock_skew,
             requests,
             tasks,
             task_duration,

@@ -46,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             with_cors(get(common::get_attestation).head(common::attestation_head)),
         )
         .route("/manifest", with_cors(get(common::manifest)))
-        .route("/process_data", with_cors(post(app::process_data)))
+        .route("/process_data", with_cors(post(app::process_data_route)))
         .route("/metrics", with_cors(get(metrics::metrics)));
     let routes = routes.fallback(not_found).with_state(Arc::clone(&state));
 

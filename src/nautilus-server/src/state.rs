@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use attestation_dev::{AttestError, Attester, DevAttester, NsmAttester};
+use attestation_dev::{AttestError, AttestationRequest, Attester, DevAttester, NsmAttester};
 use result_signing::{encode_public_key, IntentMessage, SignedResponse, SigningKey};
 use task_runner::{Runner, RunnerConfig};
 
+use crate::error::EnclaveError;
 use crate::manifest::{Limits, Manifest};
 use crate::metrics::Metrics;
 
@@ -29,6 +30,10 @@ pub struct ServerConfig {
     pub cors_origins: Vec<axum::http::HeaderValue>,
     /// On shutdown, how long running tasks may take before they are stopped.
     pub shutdown_grace: Duration,
+    /// Longest an attestation call may take before its request gets 503.
+    /// The NSM driver itself waits up to 120 s, under a lock its hardware RNG
+    /// also takes.
+    pub attestation_deadline: Duration,
     /// Connection limits and deadlines.
     pub http: crate::transport::HttpLimits,
 }
@@ -51,29 +56,36 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: crate::transport::HttpLimits::default(),
         }
     }
 }
 
+/// Default of [`ServerConfig::attestation_deadline`].
+pub const DEFAULT_ATTESTATION_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// `--attestation nsm` without a usable `/dev/nsm`.
-    #[error("{0} (outside an enclave, start the server with `--attestation dev`)")]
-    NsmUnavailable(#[source] AttestError),
+    #[error("{0}; outside an enclave, start the server with `--attestation dev`")]
+    NsmUnavailable(AttestError),
+    /// `/dev/nsm` is open to other users and could not be made root-only.
+    #[error("{0}")]
+    NsmExposed(AttestError),
     /// The dev CA could not be generated.
     #[error("could not create the dev attestation CA: {0}")]
-    DevAttester(#[source] AttestError),
+    DevAttester(AttestError),
     /// The runner configuration is unusable.
     #[error("invalid task runner configuration: {0}")]
-    Runner(#[from] task_runner::ConfigError),
+    Runner(task_runner::ConfigError),
     /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
-    Tasks(#[source] task_runner::TaskError),
+    Tasks(task_runner::TaskError),
     /// The manifest could not be serialized.
     #[error("could not serialize the manifest: {0}")]
-    Manifest(#[from] serde_json::Error),
+    Manifest(serde_json::Error),
 }
 
 /// Shared, immutable-after-start server state. The signing key lives only
@@ -90,41 +102,78 @@ pub struct AppState {
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
+    /// The latest clock skew measured, see [`AppState::clock_skew`].
+    clock_skew: std::sync::Mutex<Option<ClockSkew>>,
     /// Request-body bytes buffered by all requests together.
     pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
 }
 
+/// This server's clock minus the `timestamp` of a fresh attestation
+/// document. An NSM document's timestamp is the Nitro hypervisor's clock;
+/// results are signed with the enclave's, which can drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClockSkew {
+    /// Server clock minus document timestamp, in ms (positive: the server is ahead).
+    pub skew_ms: i64,
+    /// When it was measured, by the server's clock (ms since the UNIX epoch).
+    pub measured_at_ms: u64,
+}
+
+/// A skew beyond this is logged as a warning: clients allow a result's
+/// timestamp to be 60 s off.
+pub const CLOCK_SKEW_WARN: Duration = Duration::from_secs(5);
+
 /// Attestation calls served at once; more wait (briefly) for a turn.
 pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
+
+/// How long an attestation request waits for a turn before a 503.
+const ATTESTATION_WAIT: Duration = Duration::from_secs(5);
 
 impl AppState {
     /// Opens the attester, generates the key, builds the runner and freezes
     /// the manifest.
     pub fn new(config: ServerConfig) -> Result<Self, StartupError> {
         let (attester, dev_root_pem): (Arc<dyn Attester>, _) = match config.attestation {
-            AttestationMode::Nsm => (
-                Arc::new(NsmAttester::open().map_err(StartupError::NsmUnavailable)?),
-                None,
-            ),
+            AttestationMode::Nsm => (Arc::new(open_nsm()?), None),
             AttestationMode::Dev => {
                 let dev = DevAttester::generate().map_err(StartupError::DevAttester)?;
                 let pem = dev.root_pem();
                 (Arc::new(dev), Some(pem))
             }
         };
+        Self::build(config, attester, dev_root_pem)
+    }
+
+    /// Like [`AppState::new`], with documents from `attester` (whose
+    /// [`Attester::mode`] must be `config.attestation`): for stand-ins in
+    /// tests, e.g. one that hangs like a stalled NSM.
+    pub fn with_attester(
+        config: ServerConfig,
+        attester: Arc<dyn Attester>,
+    ) -> Result<Self, StartupError> {
+        Self::build(config, attester, None)
+    }
+
+    fn build(
+        config: ServerConfig,
+        attester: Arc<dyn Attester>,
+        dev_root_pem: Option<String>,
+    ) -> Result<Self, StartupError> {
         debug_assert_eq!(attester.mode(), config.attestation);
 
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
-        let runner = Runner::new(config.runner.clone())?;
+        let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
         let manifest = Manifest::new(
             config.attestation,
             runner.node_version().map(str::to_owned),
             Limits::from_config(&config),
+            runner.cgroups(),
             tasks,
-        )?;
+        )
+        .map_err(StartupError::Manifest)?;
 
         let body_budget = Arc::new(tokio::sync::Semaphore::new(
             config
@@ -142,8 +191,87 @@ impl AppState {
             metrics: Metrics::default(),
             config,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+            clock_skew: std::sync::Mutex::new(None),
             body_budget,
         })
+    }
+
+    /// A fresh attestation document for `nonce`, binding the server's key
+    /// and the manifest hash. Waits briefly for a turn (at most
+    /// [`MAX_CONCURRENT_ATTESTATIONS`] calls at once), gives the call
+    /// [`ServerConfig::attestation_deadline`], and measures the clock skew
+    /// against the new document.
+    pub async fn attest(self: &Arc<Self>, nonce: Option<Vec<u8>>) -> Result<Vec<u8>, EnclaveError> {
+        // A burst of callers queues here for a short while, not on the
+        // blocking thread pool without bound.
+        let permit = tokio::time::timeout(
+            ATTESTATION_WAIT,
+            Arc::clone(&self.attestations).acquire_owned(),
+        )
+        .await
+        .map_err(|_| EnclaveError::AttestationBusy)?
+        .map_err(|_| EnclaveError::AttestationBusy)?;
+        let state = Arc::clone(self);
+        // The NSM call is a blocking ioctl; keep it off the async workers.
+        // A call past its deadline keeps its thread and its permit until the
+        // driver gives up: the permits bound how many can be stuck.
+        let call = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            state.attester.attest(AttestationRequest {
+                public_key: state.public_key(),
+                user_data: state.manifest().sha256(),
+                nonce: nonce.as_deref(),
+            })
+        });
+        let deadline = self.config.attestation_deadline;
+        let document = match tokio::time::timeout(deadline, call).await {
+            Err(_) => {
+                self.metrics.attestation_timeouts.inc();
+                tracing::warn!(
+                    deadline_secs = deadline.as_secs_f64(),
+                    "attestation call exceeded its deadline; answered 503"
+                );
+                return Err(EnclaveError::AttestationTimeout(deadline));
+            }
+            Ok(joined) => joined
+                .map_err(|e| EnclaveError::Internal(format!("attestation worker failed: {e}")))??,
+        };
+        self.metrics.attestation();
+        self.record_clock_skew(&document);
+        Ok(document)
+    }
+
+    fn record_clock_skew(&self, document: &[u8]) {
+        let now = now_ms();
+        let Ok(timestamp) = attestation_dev::document_timestamp_ms(document) else {
+            tracing::warn!("could not read the timestamp of a fresh attestation document");
+            return;
+        };
+        let skew_ms = i64::try_from(i128::from(now) - i128::from(timestamp)).unwrap_or(i64::MAX);
+        if skew_ms.unsigned_abs() > CLOCK_SKEW_WARN.as_millis() as u64 {
+            tracing::warn!(
+                skew_ms,
+                "the server's clock differs from the attestation document's (the hypervisor's) by more than {} s; signed results carry the server's clock",
+                CLOCK_SKEW_WARN.as_secs()
+            );
+        }
+        self.metrics.clock_skew.set(skew_ms as f64 / 1000.0);
+        let measured = ClockSkew {
+            skew_ms,
+            measured_at_ms: now,
+        };
+        *self
+            .clock_skew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(measured);
+    }
+
+    /// The latest measured clock skew; `None` before the first document.
+    pub fn clock_skew(&self) -> Option<ClockSkew> {
+        *self
+            .clock_skew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Signs a message with the attested key. The key itself never leaves
@@ -158,10 +286,6 @@ impl AppState {
     /// The attested public key: 33-byte compressed SEC1.
     pub fn public_key(&self) -> &[u8] {
         &self.public_key
-    }
-
-    pub(crate) fn attester(&self) -> &Arc<dyn Attester> {
-        &self.attester
     }
 
     /// How this server attests.
@@ -188,6 +312,33 @@ impl AppState {
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
+}
+
+/// Opens the NSM, making `/dev/nsm` root-only first if the driver left it
+/// open to everyone (it does: mode 0666).
+fn open_nsm() -> Result<NsmAttester, StartupError> {
+    let (nsm, restricted) = NsmAttester::open().map_err(|e| match e {
+        AttestError::NsmExposed { .. } => StartupError::NsmExposed(e),
+        e => StartupError::NsmUnavailable(e),
+    })?;
+    if let Some(before) = restricted {
+        tracing::info!(
+            "made /dev/nsm root-only (owner 0:0, mode 600; it was {}:{}, mode {:o}) so that tasks cannot use the NSM",
+            before.uid,
+            before.gid,
+            before.mode
+        );
+    }
+    Ok(nsm)
+}
+
+/// Milliseconds since the UNIX epoch by this server's clock.
+pub(crate) fn now_ms() -> u64 {
+    // A clock before 1970 is a broken host; 0 is then honest enough.
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Marks the process non-dumpable: no core dumps, and other uids (the tasks)

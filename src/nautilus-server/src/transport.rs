@@ -559,9 +559,10 @@ mod tests {
             ),
             // A kernel without the vsock transport loaded cannot even create
             // the socket; say so instead of pretending it was tested.
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                eprintln!("SKIPPED vsock bind: kernel has no AF_VSOCK support ({e})")
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => skip_report::skipped(
+                "vsock bind",
+                &format!("kernel has no AF_VSOCK support ({e})"),
+            ),
             Err(e) => panic!("vsock bind failed: {e}"),
         }
     }

@@ -19,7 +19,10 @@ fn server() -> Command {
 #[test]
 fn nsm_mode_without_a_device_exits_and_names_the_dev_flag() {
     if std::path::Path::new("/dev/nsm").exists() {
-        eprintln!("SKIPPED: this machine has a real /dev/nsm");
+        skip_report::skipped(
+            "nsm_mode_without_a_device_exits_and_names_the_dev_flag",
+            "this machine has a real /dev/nsm",
+        );
         return;
     }
     let out = server()
@@ -228,7 +231,10 @@ async fn wait_running(http: &reqwest::Client, url: &str) {
 async fn the_server_is_not_dumpable_even_to_tasks_of_its_own_uid() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED the_server_is_not_dumpable_even_to_tasks_of_its_own_uid: needs root to start the server as another user");
+        skip_report::skipped(
+            "the_server_is_not_dumpable_even_to_tasks_of_its_own_uid",
+            "needs root to start the server as another user",
+        );
         return;
     }
     const NOBODY: u32 = 65534;

@@ -120,7 +120,10 @@ async fn failing_task_is_a_signed_failure_not_an_http_error() {
 #[tokio::test]
 async fn a_task_cannot_reach_into_the_server_process() {
     if !nix_is_root() {
-        eprintln!("SKIPPED a_task_cannot_reach_into_the_server_process: needs root (tasks then run under another uid)");
+        skip_report::skipped(
+            "a_task_cannot_reach_into_the_server_process",
+            "needs root (tasks then run under another uid)",
+        );
         return;
     }
     nautilus_server::state::harden_process().expect("non-dumpable, like the binary");
@@ -192,6 +195,22 @@ async fn health_manifest_and_ping() {
         [json!("echo"), json!("probe"), json!("sleep"), json!("spin")]
     );
     assert_eq!(m["limits"]["max_body_bytes"], 2 * 1024 * 1024);
+    // The per-task cgroup limits in force are attested and reported alike.
+    let cgroups = serde_json::to_value(s.state.runner().cgroups()).expect("json");
+    assert_eq!(m["cgroups"], cgroups);
+    assert_eq!(h["cgroups"], cgroups);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // This host and the enclave both have the three controllers.
+        assert_eq!(
+            cgroups["controllers"],
+            json!(["memory", "pids", "cpu"]),
+            "{cgroups}"
+        );
+    } else {
+        eprintln!("SKIPPED (needs root): cgroup controllers in force");
+        assert_eq!(cgroups["version"], "none");
+    }
     s.shutdown().await;
 }
 

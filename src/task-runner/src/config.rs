@@ -20,7 +20,9 @@ pub struct RunnerConfig {
     pub default_timeout_secs: u64,
     /// Cap on captured bytes, per stream. Default 1 MiB.
     pub max_output_bytes: usize,
-    /// `RLIMIT_DATA` of the task; V8's old space is capped at 3/4 of it. Default 512 MiB.
+    /// `RLIMIT_DATA` of the task and, when root, its cgroup's memory limit
+    /// (shared memory, tmpfs and page cache included); V8's old space is
+    /// capped at 3/4 of it. Default 512 MiB.
     pub memory_limit_bytes: u64,
     /// Tasks running at once. Default: available parallelism.
     pub max_concurrent: usize,
@@ -46,7 +48,8 @@ pub struct RunnerConfig {
     /// `RLIMIT_NOFILE` of the task. Default 1024.
     pub max_open_files: u64,
     /// `RLIMIT_NPROC` (threads and processes of the slot uid; Node needs about a dozen).
-    /// Only applied when root, where each slot has its own uid. Default 64.
+    /// Only applied when root, where each slot has its own uid; also the
+    /// slot cgroup's `pids.max`. Default 64.
     pub max_processes: u64,
 }
 

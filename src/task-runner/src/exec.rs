@@ -40,6 +40,8 @@ pub(crate) struct SpawnSpec {
     pub task_id: String,
     /// Whether stdin is a pipe (`true`) or `/dev/null`.
     pub piped_stdin: bool,
+    /// The slot's cgroups, joined before `exec`.
+    pub cgroup: crate::cgroup::Join,
 }
 
 /// A running, boxed `node` process.
@@ -65,7 +67,7 @@ pub(crate) fn spawn(spec: SpawnSpec, policy: &Policy) -> Result<Boxed, TaskError
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    policy.install(&mut cmd, spec.identity);
+    policy.install(&mut cmd, spec.identity, spec.cgroup);
     let started = Instant::now();
     let child = cmd
         .spawn()
@@ -168,6 +170,8 @@ pub(crate) enum Ending {
     Cancelled,
     /// Stopped because the caller dropped the run.
     Abandoned,
+    /// Memory ran out in the task's cgroup: the whole box was killed at once.
+    OutOfMemory,
 }
 
 /// Resolves (with an error) once the caller has dropped its end: the run
@@ -183,6 +187,9 @@ pub(crate) struct Watch {
     pub cancel: watch::Receiver<bool>,
     /// Resolves when the caller is gone; the task is then killed at once.
     pub abandoned: Abandoned,
+    /// Readable once memory runs out in the task's cgroup (v1; v2 kills the
+    /// whole cgroup itself).
+    pub oom: Option<std::os::fd::OwnedFd>,
 }
 
 /// Runs the task to its end: writes `stdin`, drains output, enforces the timeout
@@ -211,6 +218,7 @@ pub(crate) async fn supervise(
         _ = tokio::time::sleep_until(deadline) => { ending = Ending::TimedOut; None }
         _ = w.cancel.wait_for(|c| *c) => { ending = Ending::Cancelled; None }
         _ = &mut w.abandoned => { ending = Ending::Abandoned; None }
+        _ = readable(w.oom.take()) => { ending = Ending::OutOfMemory; None }
     };
     // Nobody waits for an abandoned task's result: no grace.
     let grace = if ending == Ending::Abandoned {
@@ -218,7 +226,7 @@ pub(crate) async fn supervise(
     } else {
         w.grace
     };
-    if status.is_none() {
+    if status.is_none() && ending != Ending::OutOfMemory {
         if let Some(pid) = boxed.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
             // SAFETY: kill(2) on the task's own process group (its pid, as session leader).
             unsafe { libc::kill(-pid, libc::SIGTERM) };
@@ -277,6 +285,17 @@ pub(crate) async fn supervise(
         elapsed,
         ending,
     })
+}
+
+/// Resolves once `fd` is readable; never without one.
+async fn readable(fd: Option<std::os::fd::OwnedFd>) {
+    // SAFETY: an OwnedFd is open until dropped, and the AsyncFd owns it.
+    let fd = fd.and_then(|fd| unsafe { tokio::io::unix::AsyncFd::register(fd) }.ok());
+    match fd {
+        // An error must not pass for an OOM kill.
+        Some(fd) if fd.readable().await.is_ok() => {}
+        _ => std::future::pending().await,
+    }
 }
 
 /// Starts a reader that keeps draining `pipe` (so the writer never blocks) and

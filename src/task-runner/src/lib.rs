@@ -29,6 +29,8 @@
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
 //!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
 //!   blocking (nodejs/node#6456);
+//! - when root, puts the task in its slot's cgroup (see [`CgroupSummary`]
+//!   and below), joined in the child before anything else;
 //! - in the child, before `exec`: a new session, leaked descriptors closed,
 //!   rlimits (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`,
 //!   and `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes
@@ -90,6 +92,22 @@
 //! server, the CLI) moves up instead of sharing, and [`Runner::sandbox_uids`]
 //! tells which slot range was taken.
 //!
+//! When root, each slot also has a cgroup in every hierarchy that carries
+//! the memory, pids or cpu controller (cgroup v2 where they can be enabled,
+//! v1 otherwise), nested under the runner's own cgroup there:
+//! `<own>/nautilus-<first slot uid>/slot-<i>`. It caps the slot's memory as
+//! the kernel counts it (shared and `MAP_GROWSDOWN` mappings, tmpfs and page
+//! cache included, which `RLIMIT_DATA` misses) at
+//! [`RunnerConfig::memory_limit_bytes`] with swap off, its processes and
+//! threads at [`RunnerConfig::max_processes`], and gives every slot an equal
+//! CPU weight, all slots together half the runner's. Running out of memory
+//! kills the whole task (v2 `memory.oom.group`; on v1 the runner, told by an
+//! eventfd), never the runner; the result then has signal `SIGKILL` and
+//! stderr ends with a note saying the memory limit was reached. A slot is
+//! emptied after every run and the cgroups are removed with the runner.
+//! [`Runner::cgroups`] says what is in force; with no usable controller only
+//! the rlimits apply, and the runner logs that at start.
+//!
 //! When the runner is not root, tasks run as the runner's own uid. They can
 //! then read the runner's `/proc/<pid>/environ` and memory, signal it, and
 //! write wherever the runner can, task directories included. Leftover
@@ -120,6 +138,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cgroup;
 mod config;
 pub mod digest;
 mod error;
@@ -142,12 +161,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+pub use cgroup::CgroupSummary;
 pub use config::RunnerConfig;
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
-    TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH, MAX_ARGS,
-    MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES, MAX_STDIN_BYTES, MAX_TASK_PATH_BYTES,
+    normalize_task_path, TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH,
+    MAX_ARGS, MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES, MAX_STDIN_BYTES, MAX_TASK_PATH_BYTES,
 };
 
 use digest::TreeLimits;
@@ -194,6 +214,9 @@ struct Inner {
     abandoned_running: AtomicU64,
     pass_env: Vec<(OsString, OsString)>,
     work_dir: PathBuf,
+    /// One cgroup per slot (when privileged and the host has controllers).
+    /// Named after the uid lease, so declared (and dropped) before it.
+    cgroups: cgroup::Cgroups,
     /// The slot and killer uids (when privileged).
     uids: Option<uids::UidLease>,
 }
@@ -240,6 +263,21 @@ impl Runner {
         } else {
             None
         };
+        let cgroups = match &uids {
+            // The uid lease makes the tag unique among live runners, and
+            // tells which other runners' groups are left from dead ones.
+            Some(lease) => cgroup::Cgroups::new(
+                lease.slots().start,
+                config.max_concurrent,
+                cgroup::Limits {
+                    memory_bytes: config.memory_limit_bytes,
+                    pids: config.max_processes,
+                },
+                &|uid| uids::lock_if_free(uids::UidLease::lock_parent(&work_dir), uid),
+            ),
+            None => cgroup::Cgroups::none("the runner is not root"),
+        };
+        log_cgroups(cgroups.summary());
         let policy = Policy::new(
             config.memory_limit_bytes,
             config.max_file_bytes,
@@ -267,8 +305,14 @@ impl Runner {
                 pass_env,
                 work_dir,
                 uids,
+                cgroups,
             }),
         })
+    }
+
+    /// The per-slot cgroup limits in force (see [`CgroupSummary`]).
+    pub fn cgroups(&self) -> &CgroupSummary {
+        self.inner.cgroups.summary()
     }
 
     /// Version of the Node.js in use (e.g. `"v20.11.1"`), `None` if none was found.
@@ -387,6 +431,27 @@ impl Drop for Inner {
                 tracing::error!(error = %e, "slot processes survived the runner");
             }
         }
+    }
+}
+
+/// One line at start: which cgroup controllers are in force, or that only
+/// the rlimits are.
+fn log_cgroups(s: &CgroupSummary) {
+    let note = s.note.as_deref().unwrap_or("");
+    if s.controllers.is_empty() {
+        tracing::warn!("no cgroup controller usable ({note}): tasks are bounded by rlimits only");
+    } else {
+        tracing::info!(
+            version = %s.version,
+            controllers = %s.controllers.join(","),
+            memory_max = ?s.memory_max_bytes,
+            swap_max = ?s.swap_max_bytes,
+            pids_max = ?s.pids_max,
+            slot_cpu_weight = ?s.slot_cpu_weight,
+            tasks_cpu_weight = ?s.tasks_cpu_weight,
+            note,
+            "cgroups in force per task slot"
+        );
     }
 }
 
@@ -536,6 +601,8 @@ impl Inner {
             ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
         ];
         env.extend(self.pass_env.iter().cloned());
+        let cgroup = self.cgroups.slot(slot.index());
+        let oom_before = cgroup.and_then(cgroup::Slot::oom_kills);
         let spec = SpawnSpec {
             node: node.path.clone(),
             node_args: vec![
@@ -550,6 +617,7 @@ impl Inner {
             identity,
             task_id: task_id.clone(),
             piped_stdin: req.stdin.is_some(),
+            cgroup: cgroup.map_or(cgroup::Join::NONE, cgroup::Slot::join),
         };
         let watch = Watch {
             timeout: Duration::from_secs(req.timeout_secs),
@@ -557,6 +625,7 @@ impl Inner {
             max_output: self.config.max_output_bytes,
             cancel: self.cancel.subscribe(),
             abandoned,
+            oom: cgroup.and_then(cgroup::Slot::oom_event),
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
         let outcome = match exec::spawn(spec, &self.policy) {
@@ -567,19 +636,35 @@ impl Inner {
         // Removing the run directory is blocking I/O; the slot is held until it
         // and whatever the task left in shared scratch directories are gone.
         let privileged = self.privileged;
-        let _ = tokio::task::spawn_blocking(move || {
+        let this = self.clone();
+        let index = slot.index();
+        let oom_killed = tokio::task::spawn_blocking(move || {
             run_dir.remove(privileged);
             if let Some(id) = identity {
                 sandbox::remove_leftovers(id.uid);
             }
+            let cgroup = this.cgroups.slot(index)?;
+            if let Err(e) = cgroup.empty() {
+                tracing::error!(error = %e, "slot cgroup could not be emptied");
+            }
+            Some(cgroup.oom_kills() > oom_before)
         })
-        .await;
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
         drop(slot);
         let outcome = outcome?;
 
         let cap = self.config.max_output_bytes;
         let (stdout, stdout_truncated) = outcome.stdout.into_text(cap);
-        let (stderr, stderr_truncated) = outcome.stderr.into_text(cap);
+        let (mut stderr, mut stderr_truncated) = outcome.stderr.into_text(cap);
+        // On v1 the runner's own kill may beat the OOM killer to it, which
+        // then has nothing left to count.
+        if oom_killed || outcome.ending == Ending::OutOfMemory {
+            tracing::warn!(task_id, "task killed at its memory limit");
+            stderr_truncated |= append_note(&mut stderr, cap, &self.oom_note());
+        }
         let result = TaskResult {
             task_id,
             task_path: req.task_path,
@@ -604,7 +689,7 @@ impl Inner {
             execution_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
         };
         match outcome.ending {
-            Ending::Exited => Ok(result),
+            Ending::Exited | Ending::OutOfMemory => Ok(result),
             Ending::TimedOut => Err(TaskError::Timeout {
                 secs: req.timeout_secs,
                 partial: Box::new(result),
@@ -617,6 +702,15 @@ impl Inner {
                 ))
             }
         }
+    }
+
+    /// What a task killed at its memory limit finds at the end of its stderr.
+    fn oom_note(&self) -> String {
+        format!(
+            "\n[nautilus] task killed: it reached its memory limit of {} bytes \
+             (out of memory in its cgroup)\n",
+            self.config.memory_limit_bytes
+        )
     }
 
     /// Creates the run directory: staged task, digest, entry point, home, preload.
@@ -663,8 +757,35 @@ impl Inner {
     }
 }
 
+/// Appends the runner's `note` to a task's captured text, dropping as much of
+/// the text's end as the cap requires (a cut character included); returns
+/// whether anything was dropped.
+fn append_note(text: &mut String, cap: usize, note: &str) -> bool {
+    let room = cap.saturating_sub(note.len());
+    let cut = text.len() > room;
+    if cut {
+        let mut at = room;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text.push_str(note);
+    cut
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_note_always_fits_the_cap() {
+        let mut text = "ab\u{e9}".repeat(10);
+        assert!(super::append_note(&mut text, 12, "!note!"));
+        assert_eq!(text, "ab\u{e9}ab!note!");
+        let mut short = String::from("x");
+        assert!(!super::append_note(&mut short, 12, "!note!"));
+        assert_eq!(short, "x!note!");
+    }
+
     #[test]
     fn runner_can_be_shared_across_tasks() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use task_runner::{Runner, RunnerConfig, TaskRequest, MAX_STDIN_BYTES};
+use task_runner::{Runner, RunnerConfig, TaskError, TaskRequest, MAX_STDIN_BYTES};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Run a Node.js task in a sandbox and print the result as one JSON object.
@@ -45,7 +45,30 @@ struct Cli {
     args: Vec<String>,
 }
 
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+#[cfg(test)]
+mod cli_tests;
+
+/// The test build (`cargo test --bin task-runner`): run the CLI's tests, or
+/// be the CLI for one of them.
+#[cfg(test)]
 fn main() -> ExitCode {
+    if std::env::var_os(cli_tests::RUN_AS_CLI).is_some() {
+        return cli_main();
+    }
+    let args = libtest_mimic::Arguments::from_args();
+    libtest_mimic::run(&args, cli_tests::trials()).exit_code()
+}
+
+#[cfg(not(test))]
+fn main() -> ExitCode {
+    cli_main()
+}
+
+fn cli_main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version: what the user asked for, on stdout.
@@ -76,6 +99,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Installed first: from here on a SIGINT/SIGTERM kills the task instead of
     // leaving it to run on.
     let terminated = terminated()?;
+    // Before the runner's start-up checks (the tasks directory must belong to
+    // root, …): a task that is not there is reported as such, not as a fault
+    // of whatever directory it was looked for in.
+    if let Ok(path) = task_runner::normalize_task_path(&cli.task) {
+        if !cli.tasks_dir.join(&path).is_dir() {
+            let code = fail(&TaskError::TaskDirMissing(path).to_string());
+            let dir = std::fs::canonicalize(&cli.tasks_dir).unwrap_or(cli.tasks_dir);
+            let _ = writeln!(
+                std::io::stderr(),
+                "(looked in {}: run from the directory that holds the tasks, or pass --tasks-dir)",
+                dir.display()
+            );
+            return Ok(code);
+        }
+    }
     let stdin = cli.stdin_file.as_deref().map(read_stdin_file).transpose()?;
     let config = RunnerConfig {
         tasks_dir: cli.tasks_dir,

@@ -100,7 +100,7 @@ fn invalid(msg: String) -> TaskError {
 
 /// Returns the canonical textual form of a task path, or why it is not acceptable.
 /// Symlinks are checked later, against the real file system.
-pub(crate) fn normalize_task_path(path: &str) -> Result<String, TaskError> {
+pub fn normalize_task_path(path: &str) -> Result<String, TaskError> {
     if path.len() > MAX_TASK_PATH_BYTES {
         return Err(invalid(format!(
             "task_path is longer than {MAX_TASK_PATH_BYTES} bytes"

@@ -94,22 +94,36 @@ impl Policy {
     }
 
     /// Arranges for `cmd`'s child to enter the box just before `exec`:
-    /// new session, closed descriptors, rlimits, OOM score, private mounts,
+    /// slot cgroups, new session, closed descriptors, rlimits, OOM score, private mounts,
     /// identity, death signal, `PR_SET_NO_NEW_PRIVS` and the seccomp filter,
     /// in that order.
-    pub fn install(&self, cmd: &mut tokio::process::Command, identity: Option<Identity>) {
+    pub fn install(
+        &self,
+        cmd: &mut tokio::process::Command,
+        identity: Option<Identity>,
+        cgroup: crate::cgroup::Join,
+    ) {
         let policy = self.clone();
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure only makes async-signal-safe system calls and
         // touches memory prepared before the fork.
         unsafe {
-            cmd.pre_exec(move || policy.apply_in_child(parent, identity));
+            cmd.pre_exec(move || policy.apply_in_child(parent, identity, cgroup));
         }
     }
 
-    fn apply_in_child(&self, parent: libc::pid_t, identity: Option<Identity>) -> io::Result<()> {
+    fn apply_in_child(
+        &self,
+        parent: libc::pid_t,
+        identity: Option<Identity>,
+        cgroup: crate::cgroup::Join,
+    ) -> io::Result<()> {
         // SAFETY (whole function): plain system calls on valid arguments.
         unsafe {
+            // cgroup: first, so everything from here on, and all the task
+            // starts, is counted in the slot's cgroups (needs root: before
+            // the identity switch).
+            cgroup.enter()?;
             // Own session and process group: the runner can signal the group and
             // the task has no controlling terminal.
             check(libc::setsid())?;
@@ -610,7 +624,7 @@ mod tests {
         if unsafe { libc::geteuid() } == 0 {
             return false;
         }
-        eprintln!("SKIPPED (needs root): {what}");
+        skip_report::skipped(what, "needs root");
         true
     }
 

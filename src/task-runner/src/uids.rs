@@ -149,6 +149,23 @@ impl UidLease {
     }
 }
 
+/// A shared lock on `uid`'s lock file under `parent` when no runner holds
+/// that uid: while it is kept, no runner can take it. `None` when a runner
+/// holds it, or no lock file exists here (then nothing is known about it).
+pub(crate) fn lock_if_free(parent: &Path, uid: u32) -> Option<File> {
+    let path = parent
+        .join("nautilus-task-runner-uids")
+        .join(format!("{uid}.lock"));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    // SAFETY: flock on a descriptor we own.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
+}
+
 /// Whether `id` means something on this host: a user or group of that number
 /// exists, or it is one of the conventional overflow ids (65534 `nobody`,
 /// 65535, `(uid_t)-1` in 16 bits). Killing everything a slot uid owns must

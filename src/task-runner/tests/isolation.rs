@@ -63,7 +63,10 @@ async fn environment_is_built_from_nothing() {
     if has_cap_sys_resource() {
         assert_eq!(seen["oom_lower"], "EACCES", "{seen}");
     } else {
-        eprintln!("SKIPPED (needs CAP_SYS_RESOURCE): the task cannot lower its OOM score");
+        skip_report::skipped(
+            "the task cannot lower its OOM score",
+            "needs CAP_SYS_RESOURCE",
+        );
     }
     assert_eq!(
         seen["stdin"],
@@ -109,7 +112,7 @@ async fn resource_limits_and_no_new_privs_apply_to_the_task() {
             "{limits}"
         );
     } else {
-        eprintln!("SKIPPED (needs root): RLIMIT_NPROC is only set for slot uids");
+        skip_report::skipped("RLIMIT_NPROC of slot uids", "needs root");
     }
     assert_eq!(seen["no_new_privs"], "1", "{seen}");
     // The V8 heap cap is 3/4 of the memory limit, in MiB: 384 MiB -> 288.
@@ -276,8 +279,9 @@ async fn af_vsock_is_denied() {
     // before the kernel could say EAFNOSUPPORT).
     match try_socket(libc::AF_VSOCK).as_str() {
         "ok" => {}
-        "EAFNOSUPPORT" => eprintln!(
-            "SKIPPED (needs vsock on the host): control that vsock works outside the sandbox"
+        "EAFNOSUPPORT" => skip_report::skipped(
+            "control that vsock works outside the sandbox",
+            "needs vsock on the host",
         ),
         other => panic!("control: creating a vsock socket outside the sandbox: {other}"),
     }
@@ -408,7 +412,10 @@ fn work_dir_unreachable_by_slot_uids_is_refused() {
 #[test]
 fn runners_take_disjoint_slot_uid_ranges() {
     if !is_root() {
-        eprintln!("SKIPPED runners_take_disjoint_slot_uid_ranges: needs root (slot uids)");
+        skip_report::skipped(
+            "runners_take_disjoint_slot_uid_ranges",
+            "needs root (slot uids)",
+        );
         return;
     }
     let cfg = RunnerConfig {
@@ -458,9 +465,12 @@ async fn tasks_cannot_see_each_other_or_the_runner_in_proc() {
         .filter_map(|p| p.trim().parse().ok())
         .collect();
     if version.as_slice() < [5, 8].as_slice() {
-        eprintln!(
-            "SKIPPED tasks_cannot_see_each_other_or_the_runner_in_proc: kernel {} predates per-mount procfs options (5.8)",
-            release.trim()
+        skip_report::skipped(
+            "tasks_cannot_see_each_other_or_the_runner_in_proc",
+            &format!(
+                "kernel {} predates per-mount procfs options (5.8)",
+                release.trim()
+            ),
         );
         return;
     }

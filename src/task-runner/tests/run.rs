@@ -168,7 +168,10 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
         for pid in pids {
             assert!(!alive(pid), "grandchild {pid} survived the task");
         }
-        eprintln!("SKIPPED (needs root): the runner reaps the grandchildren (no zombies)");
+        skip_report::skipped(
+            "the runner reaps the grandchildren (no zombies)",
+            "needs root",
+        );
     }
 }
 

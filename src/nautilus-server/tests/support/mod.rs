@@ -37,7 +37,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: ServerConfig) -> Self {
-        let state = Arc::new(AppState::new(config).expect("server state"));
+        Self::start_with(AppState::new(config).expect("server state")).await
+    }
+
+    /// Serves `state` (e.g. one built around a stand-in attester).
+    pub async fn start_with(state: AppState) -> Self {
+        let state = Arc::new(state);
         let bound = Bound::bind(Listen::Tcp("127.0.0.1:0".parse().expect("addr")))
             .await
             .expect("bind loopback");

@@ -90,7 +90,7 @@ pub fn skip_unless_root(what: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("SKIPPED (needs root): {what}");
+    skip_report::skipped(what, "needs root");
     true
 }
 

@@ -1,16 +1,24 @@
 //! The `task-runner` binary: exit codes and JSON shapes.
-
-mod common;
+//!
+//! These live in the binary itself (its test build, `harness = false`), so
+//! that `cargo test --bin task-runner` runs them: the test build's `main`
+//! runs them, and each spawns its own executable with [`RUN_AS_CLI`] set,
+//! which then is the real CLI.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use super::common::*;
+use std::os::unix::process::CommandExt;
 
 fn cli(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_task-runner"));
-    cmd.args(args).current_dir(repo_root());
+    let exe = std::env::current_exe().expect("the test executable");
+    let mut cmd = Command::new(exe);
+    cmd.arg0("task-runner")
+        .env(RUN_AS_CLI, "1")
+        .args(args)
+        .current_dir(repo_root());
     cmd
 }
 
@@ -53,7 +61,6 @@ fn fields(v: &serde_json::Value) -> BTreeSet<&str> {
     v.as_object().unwrap().keys().map(String::as_str).collect()
 }
 
-#[test]
 fn success_prints_the_result_and_exits_0() {
     let (code, v, _) = output(&mut cli(&[
         "--task",
@@ -71,7 +78,6 @@ fn success_prints_the_result_and_exits_0() {
     assert!(v["stdout"].as_str().unwrap().contains(r#""sum":9"#), "{v}");
 }
 
-#[test]
 fn failed_task_exits_1() {
     let (code, v, _) = output(&mut cli(&["--task", "nodejs-task", "--", "nope"]));
     assert_eq!(code, 1, "{v}");
@@ -86,7 +92,6 @@ fn assert_error(code: i32, v: &serde_json::Value, stderr: &str, sentence: &str) 
     assert!(stderr.contains(sentence), "stderr: {stderr}");
 }
 
-#[test]
 fn unrunnable_or_timed_out_exits_2() {
     let (code, v, err) = output(&mut cli(&["--task", "missing-task"]));
     assert_error(
@@ -116,7 +121,30 @@ fn unrunnable_or_timed_out_exits_2() {
     assert_error(code, &v, &err, "Failed to execute Node.js task: Failed to check Node.js installation. Is Node.js installed?");
 }
 
-#[test]
+/// Run from another directory (here a sticky, world-writable one like
+/// `/tmp`), the default tasks directory `.` holds no such task: that is what
+/// the user is told, not that the directory's owner or mode is wrong.
+fn from_another_directory_the_task_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let (code, v, err) = output(cli(&["--task", "nodejs-task"]).current_dir(dir.path()));
+    assert_error(
+        code,
+        &v,
+        &err,
+        "Failed to execute Node.js task: Task directory does not exist: nodejs-task",
+    );
+    assert!(
+        err.contains("looked in") && err.contains("--tasks-dir"),
+        "{err}"
+    );
+    assert!(!err.contains("owned by root"), "{err}");
+}
+
 fn runner_environment_stays_out_of_the_task() {
     let tasks = fixtures();
     let stdin = tempfile::NamedTempFile::new().unwrap();
@@ -201,7 +229,6 @@ fn assert_dies(pid: i64, what: &str) {
     assert!(died, "{what}: task process {pid} outlived the CLI");
 }
 
-#[test]
 fn task_dies_with_a_killed_cli() {
     let marker = format!("marker-{}", uuid::Uuid::new_v4());
     let (mut cli, task) = cli_with_running_task(&marker);
@@ -210,7 +237,6 @@ fn task_dies_with_a_killed_cli() {
     assert_dies(task, "SIGKILL to the CLI");
 }
 
-#[test]
 fn sigterm_to_the_cli_kills_the_task_and_reports_it() {
     let marker = format!("marker-{}", uuid::Uuid::new_v4());
     let (cli, task) = cli_with_running_task(&marker);
@@ -228,7 +254,6 @@ fn sigterm_to_the_cli_kills_the_task_and_reports_it() {
 
 /// Without --stdin-file the task's stdin is /dev/null, not the CLI's own stdin:
 /// here an open pipe that never ends, on which a task reading to the end would hang.
-#[test]
 fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
     let tasks = fixtures();
     let run = |task: &str| {
@@ -259,7 +284,6 @@ fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
 /// --stdin-file reads at most one byte past the limit and says which limit.
 /// (A regular file, not /dev/zero: should this regress, the test must fail,
 /// not exhaust the machine's memory.)
-#[test]
 fn oversized_stdin_file_is_refused_with_the_limit() {
     let big = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(big.path(), vec![b'z'; task_runner::MAX_STDIN_BYTES + 1]).unwrap();
@@ -272,7 +296,6 @@ fn oversized_stdin_file_is_refused_with_the_limit() {
     assert_error(code, &v, &err, &sentence);
 }
 
-#[test]
 fn bad_command_lines_get_the_error_contract() {
     let (code, v, err) = output(&mut cli(&["--bogus"]));
     assert_error(
@@ -290,7 +313,6 @@ fn bad_command_lines_get_the_error_contract() {
     );
 }
 
-#[test]
 fn help_and_version_print_and_exit_0() {
     for (flag, expected) in [
         ("--help", "Usage: task-runner"),
@@ -319,7 +341,6 @@ fn with_closed_stdout(cmd: &mut Command) -> (i32, String) {
     )
 }
 
-#[test]
 fn closed_stdout_keeps_the_exit_status_without_a_panic() {
     let cases: [(&[&str], i32); 4] = [
         (&["--task", "nodejs-task", "--", "1"], 0),
@@ -338,4 +359,34 @@ fn closed_stdout_keeps_the_exit_status_without_a_panic() {
             );
         }
     }
+}
+
+/// Set in the environment of the spawned test executable: be the CLI.
+pub(crate) const RUN_AS_CLI: &str = "TASK_RUNNER_TEST_RUN_AS_CLI";
+
+/// Every test above; a function missing here is dead code, which the lints
+/// refuse, so none can be forgotten.
+pub(crate) fn trials() -> Vec<libtest_mimic::Trial> {
+    macro_rules! trials {
+        ($($name:ident),* $(,)?) => {
+            vec![$(libtest_mimic::Trial::test(stringify!($name), || {
+                $name();
+                Ok(())
+            })),*]
+        };
+    }
+    trials![
+        success_prints_the_result_and_exits_0,
+        failed_task_exits_1,
+        unrunnable_or_timed_out_exits_2,
+        runner_environment_stays_out_of_the_task,
+        from_another_directory_the_task_is_not_found,
+        task_dies_with_a_killed_cli,
+        sigterm_to_the_cli_kills_the_task_and_reports_it,
+        absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin,
+        oversized_stdin_file_is_refused_with_the_limit,
+        bad_command_lines_get_the_error_contract,
+        help_and_version_print_and_exit_0,
+        closed_stdout_keeps_the_exit_status_without_a_panic,
+    ]
 }

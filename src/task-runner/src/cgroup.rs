@@ -1,0 +1,997 @@
+//! One cgroup per slot: memory (as the kernel counts it: anonymous, shared,
+//! tmpfs and page cache), swap off, process count, and an equal CPU weight
+//! per slot below the runner's own.
+//!
+//! [`Cgroups::new`] finds, per controller, the hierarchy that carries it
+//! (cgroup v2 where its controllers can be enabled below the runner, v1
+//! otherwise) and the runner's own cgroup there (`/proc/self/cgroup`), then
+//! creates `<own>/nautilus-<tag>/slot-<i>`: always nested under the runner's
+//! own cgroup, never beside it. A v2 hierarchy without any of the controllers
+//! is still used for membership: `cgroup.kill` empties a slot in one write.
+//!
+//! A task joins its slot in the forked child before `exec` ([`Join::enter`]),
+//! by writing `0` to `cgroup.procs` descriptors opened beforehand: no window
+//! where the task runs outside, and everything it starts stays inside.
+//!
+//! On an OOM kill, cgroup v2 kills the whole slot (`memory.oom.group`); on v1
+//! the runner is told through an eventfd ([`Slot::oom_event`]) and kills it.
+//! Either way [`Slot::oom_kills`] counts it, so the result can say why.
+//!
+//! Written by hand, not with `cgroups-rs`: the join must happen in the
+//! pre-exec child with one async-signal-safe `write` per hierarchy, and the
+//! nesting under the runner's own cgroup per v1 controller is the point;
+//! the few files written here are simpler to audit than that crate's model.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long emptying a slot may take before the runner reports it.
+const EMPTY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Relative CPU weight (cgroup v2 scale, default 100) of all slots together:
+/// half the runner's own, so the server keeps answering under load.
+const TASKS_CPU_WEIGHT: u64 = 50;
+/// Each slot's weight among the slots: all equal.
+const SLOT_CPU_WEIGHT: u64 = 100;
+
+/// The hierarchies one task joins at most: a v2 one and three v1 controllers.
+const MAX_HIERARCHIES: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Controller {
+    const ALL: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+
+    fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
+/// The cgroup limits in force for every slot, as `/manifest` and
+/// `/health_check` list them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupSummary {
+    /// `"v2"`, `"v1"`, `"v1+v2"` (controllers on both), or `"none"`: only
+    /// the rlimits apply.
+    pub version: String,
+    /// Controllers in force per slot, of `memory`, `pids`, `cpu`.
+    pub controllers: Vec<String>,
+    /// A slot's memory limit, counting anonymous and shared memory, tmpfs and
+    /// page cache; reaching it kills the task (OOM inside its cgroup).
+    pub memory_max_bytes: Option<u64>,
+    /// A slot's swap limit: 0, swap off (`None` when the kernel does not
+    /// account swap; then `swappiness` 0 on v1).
+    pub swap_max_bytes: Option<u64>,
+    /// A slot's limit on processes and threads.
+    pub pids_max: Option<u64>,
+    /// Each slot's CPU weight among the slots (all equal; v2 scale, v1
+    /// `cpu.shares` = weight × 1024 / 100).
+    pub slot_cpu_weight: Option<u64>,
+    /// The CPU weight of all slots together against the runner's own 100.
+    pub tasks_cpu_weight: Option<u64>,
+    /// What is missing and why, if anything is.
+    pub note: Option<String>,
+}
+
+impl CgroupSummary {
+    fn none(note: String) -> Self {
+        CgroupSummary {
+            version: "none".into(),
+            controllers: Vec::new(),
+            memory_max_bytes: None,
+            swap_max_bytes: None,
+            pids_max: None,
+            slot_cpu_weight: None,
+            tasks_cpu_weight: None,
+            note: Some(note),
+        }
+    }
+}
+
+/// What every slot gets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+/// One mounted hierarchy in use and the runner's group in it.
+#[derive(Debug)]
+struct Hierarchy {
+    version: Version,
+    /// Controllers managed here; empty for a v2 hierarchy used for membership only.
+    controllers: Vec<Controller>,
+    /// `<own>/nautilus-<tag>`.
+    group: PathBuf,
+}
+
+/// The slot cgroups of one runner; removed on drop.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    hierarchies: Vec<Hierarchy>,
+    slots: Vec<Slot>,
+    summary: CgroupSummary,
+}
+
+/// One slot's cgroups, one per hierarchy.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    dirs: Vec<(PathBuf, Version)>,
+    /// `cgroup.procs` of each dir, open for writing, for [`Join`].
+    procs: Vec<OwnedFd>,
+    /// `memory.events` (v2) or `memory.oom_control` (v1): holds `oom_kill N`.
+    oom_counter: Option<PathBuf>,
+    /// v1: an eventfd the kernel signals on OOM in this slot.
+    oom_event: Option<OwnedFd>,
+}
+
+/// The descriptors a forked child writes to join its slot; `Copy` and
+/// allocation-free, for the pre-exec child.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Join {
+    fds: [RawFd; MAX_HIERARCHIES],
+    len: usize,
+}
+
+impl Join {
+    /// Joins nothing.
+    pub const NONE: Join = Join {
+        fds: [-1; MAX_HIERARCHIES],
+        len: 0,
+    };
+
+    /// Moves the calling process into the slot's cgroups.
+    ///
+    /// # Safety
+    /// Async-signal-safe (raw `write`s); the descriptors must still be open,
+    /// which the runner guarantees while the slot is held.
+    pub unsafe fn enter(&self) -> io::Result<()> {
+        for &fd in &self.fds[..self.len] {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cgroups {
+    /// No cgroups: only the rlimits apply, for the reason given.
+    pub fn none(reason: &str) -> Self {
+        Cgroups {
+            hierarchies: Vec::new(),
+            slots: Vec::new(),
+            summary: CgroupSummary::none(reason.to_owned()),
+        }
+    }
+
+    /// Creates `slots` slot cgroups in group `nautilus-<tag>` under the
+    /// runner's own cgroup of each hierarchy. `tag` (the first slot uid) must
+    /// be unique among live runners: a group of that name is a dead
+    /// predecessor's and is emptied and replaced. So is any other
+    /// `nautilus-<n>` for which `stale(n)` returns a guard (no live runner
+    /// holds `n`; none can take it while the guard lives): a server killed
+    /// with SIGKILL cannot remove its own. Never fails: what cannot be set up
+    /// is left out and named in the summary's `note`.
+    pub fn new(
+        tag: u32,
+        slots: usize,
+        limits: Limits,
+        stale: &dyn Fn(u32) -> Option<fs::File>,
+    ) -> Self {
+        let (mut found, mut notes) = match discover() {
+            Ok(found) => found,
+            Err(e) => return Cgroups::none(&format!("cgroups: {e}")),
+        };
+        let name = format!("nautilus-{tag}");
+        for h in &found {
+            sweep(&h.own, tag, stale);
+        }
+        let mut hierarchies = Vec::new();
+        for h in found.drain(..) {
+            match h.create_group(&name) {
+                Ok(h) => hierarchies.push(h),
+                Err(e) => notes.push(e),
+            }
+        }
+        let mut made = Vec::new();
+        for index in 0..slots {
+            match Slot::create(&hierarchies, index, limits) {
+                Ok(slot) => made.push(slot),
+                Err(e) => {
+                    notes.push(format!("slot {index}: {e}"));
+                    break;
+                }
+            }
+        }
+        let mut cgroups = Cgroups {
+            hierarchies,
+            slots: made,
+            summary: CgroupSummary::none(String::new()),
+        };
+        if cgroups.slots.len() < slots {
+            // All or nothing: slots with different limits would be unfair and confusing.
+            cgroups.remove();
+            cgroups.hierarchies.clear();
+            cgroups.slots.clear();
+        }
+        cgroups.summary = cgroups.summarize(limits, notes);
+        cgroups
+    }
+
+    pub fn summary(&self) -> &CgroupSummary {
+        &self.summary
+    }
+
+    /// Slot `index`'s cgroups, if there are any.
+    pub fn slot(&self, index: usize) -> Option<&Slot> {
+        self.slots.get(index)
+    }
+
+    fn summarize(&self, limits: Limits, mut notes: Vec<String>) -> CgroupSummary {
+        let mut controllers = Vec::new();
+        let mut versions = Vec::new();
+        for h in &self.hierarchies {
+            for &c in &h.controllers {
+                controllers.push(c);
+                if !versions.contains(&h.version) {
+                    versions.push(h.version);
+                }
+            }
+        }
+        let version = match versions[..] {
+            [] => "none",
+            [Version::V1] => "v1",
+            [Version::V2] => "v2",
+            _ => "v1+v2",
+        };
+        for c in Controller::ALL {
+            if !controllers.contains(&c) {
+                notes.push(format!("no usable {} controller", c.name()));
+            }
+        }
+        let on = |c| controllers.contains(&c);
+        let swap = self.slots.first().is_some_and(Slot::swap_limited);
+        CgroupSummary {
+            version: version.into(),
+            controllers: Controller::ALL
+                .iter()
+                .filter(|c| on(**c))
+                .map(|c| c.name().to_owned())
+                .collect(),
+            memory_max_bytes: on(Controller::Memory).then_some(limits.memory_bytes),
+            swap_max_bytes: (on(Controller::Memory) && swap).then_some(0),
+            pids_max: on(Controller::Pids).then_some(limits.pids),
+            slot_cpu_weight: on(Controller::Cpu).then_some(SLOT_CPU_WEIGHT),
+            tasks_cpu_weight: on(Controller::Cpu).then_some(TASKS_CPU_WEIGHT),
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
+        }
+    }
+
+    /// Empties and removes every slot and group this runner made.
+    fn remove(&self) {
+        for slot in &self.slots {
+            if let Err(e) = slot.empty() {
+                tracing::error!(error = %e, "slot cgroup could not be emptied");
+            }
+            for (dir, _) in &slot.dirs {
+                remove_dir(dir);
+            }
+        }
+        for h in &self.hierarchies {
+            remove_dir(&h.group);
+        }
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = fs::remove_dir(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove a cgroup");
+        }
+    }
+}
+
+impl Slot {
+    fn create(hierarchies: &[Hierarchy], index: usize, limits: Limits) -> Result<Slot, String> {
+        let mut slot = Slot {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            oom_counter: None,
+            oom_event: None,
+        };
+        for h in hierarchies {
+            let dir = h.group.join(format!("slot-{index}"));
+            fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            slot.dirs.push((dir.clone(), h.version));
+            for &c in &h.controllers {
+                set_limits(&dir, h.version, c, limits)?;
+            }
+            if h.controllers.contains(&Controller::Memory) {
+                slot.oom_counter = Some(dir.join(match h.version {
+                    Version::V2 => "memory.events",
+                    Version::V1 => "memory.oom_control",
+                }));
+                if h.version == Version::V1 {
+                    slot.oom_event = Some(
+                        oom_eventfd(&dir)
+                            .map_err(|e| format!("{}: OOM notification: {e}", dir.display()))?,
+                    );
+                }
+            }
+            let procs = dir.join("cgroup.procs");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(|e| format!("{}: {e}", procs.display()))?;
+            slot.procs.push(file.into());
+        }
+        Ok(slot)
+    }
+
+    /// Whether swap is limited to zero (the kernel accounts swap).
+    fn swap_limited(&self) -> bool {
+        self.dirs.iter().any(|(dir, v)| match v {
+            Version::V2 => dir.join("memory.swap.max").exists(),
+            Version::V1 => dir.join("memory.memsw.limit_in_bytes").exists(),
+        })
+    }
+
+    /// What a forked child writes to join this slot.
+    pub fn join(&self) -> Join {
+        let mut join = Join::NONE;
+        for (i, fd) in self.procs.iter().take(MAX_HIERARCHIES).enumerate() {
+            join.fds[i] = fd.as_raw_fd();
+            join.len = i + 1;
+        }
+        join
+    }
+
+    /// OOM kills in this slot so far (`None` without a memory controller).
+    pub fn oom_kills(&self) -> Option<u64> {
+        let text = fs::read_to_string(self.oom_counter.as_ref()?).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// v1 only: a fresh descriptor of the slot's OOM eventfd, drained of
+    /// earlier runs' events; readable once an OOM happens in the slot. (On v2
+    /// the kernel kills the whole slot itself.)
+    pub fn oom_event(&self) -> Option<OwnedFd> {
+        let fd = self.oom_event.as_ref()?;
+        let mut count = 0u64;
+        // SAFETY: a nonblocking read of 8 bytes into a u64 from our eventfd.
+        while unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) } == 8 {}
+        fd.try_clone().ok()
+    }
+
+    /// Kills whatever is in the slot and waits until it is empty. Blocking.
+    pub fn empty(&self) -> io::Result<()> {
+        let deadline = Instant::now() + EMPTY_DEADLINE;
+        for (dir, version) in &self.dirs {
+            let kill = dir.join("cgroup.kill");
+            let can_kill = *version == Version::V2 && kill.exists();
+            loop {
+                let pids = members(dir)?;
+                if pids.is_empty() {
+                    break;
+                }
+                if can_kill {
+                    fs::write(&kill, "1")?;
+                } else {
+                    for pid in pids {
+                        // SAFETY: kill(2). A listed pid is in the slot unless it
+                        // died since the read; the slot's processes are the
+                        // runner's (subreaper) children, unreaped until the
+                        // runner waits, so the pid cannot have been reused.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{} still has processes", dir.display()),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Live processes in cgroup `dir` (zombies have left it).
+fn members(dir: &Path) -> io::Result<Vec<libc::pid_t>> {
+    Ok(fs::read_to_string(dir.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// A cgroup file and the value written to it.
+type Setting<'a> = (&'a str, &'a str);
+
+/// Writes one controller's limits into slot directory `dir`.
+fn set_limits(dir: &Path, version: Version, c: Controller, limits: Limits) -> Result<(), String> {
+    let memory = limits.memory_bytes.to_string();
+    let pids = limits.pids.to_string();
+    let shares = (SLOT_CPU_WEIGHT * 1024 / 100).to_string();
+    let weight = SLOT_CPU_WEIGHT.to_string();
+    let (required, optional): (Vec<Setting>, Vec<Setting>) = match (version, c) {
+        (Version::V2, Controller::Memory) => (
+            vec![("memory.max", &memory), ("memory.oom.group", "1")],
+            vec![("memory.swap.max", "0")],
+        ),
+        // The memory+swap limit may not be below the memory limit: set after it.
+        (Version::V1, Controller::Memory) => (
+            vec![("memory.limit_in_bytes", &memory)],
+            vec![
+                ("memory.memsw.limit_in_bytes", &memory),
+                ("memory.swappiness", "0"),
+            ],
+        ),
+        (_, Controller::Pids) => (vec![("pids.max", &pids)], vec![]),
+        (Version::V2, Controller::Cpu) => (vec![("cpu.weight", &weight)], vec![]),
+        (Version::V1, Controller::Cpu) => (vec![("cpu.shares", &shares)], vec![]),
+    };
+    for (file, value) in required {
+        write_file(&dir.join(file), value)?;
+    }
+    for (file, value) in optional {
+        let path = dir.join(file);
+        if path.exists() {
+            write_file(&path, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), String> {
+    fs::write(path, value).map_err(|e| format!("writing {value} to {}: {e}", path.display()))
+}
+
+/// Registers an eventfd for OOM notifications of v1 memory cgroup `dir`.
+fn oom_eventfd(dir: &Path) -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) returns a new descriptor or -1.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let event = unsafe { OwnedFd::from_raw_fd(raw) };
+    let control = fs::File::open(dir.join("memory.oom_control"))?;
+    fs::write(
+        dir.join("cgroup.event_control"),
+        format!("{} {}", event.as_raw_fd(), control.as_raw_fd()),
+    )?;
+    Ok(event)
+}
+
+/// A hierarchy found for some controllers, before the runner's group exists.
+#[derive(Debug)]
+struct Found {
+    version: Version,
+    controllers: Vec<Controller>,
+    /// The runner's own cgroup directory.
+    own: PathBuf,
+}
+
+impl Found {
+    /// Enables the controllers below `own` (v2), replaces a stale group of
+    /// this name, creates the group and sets its CPU weight.
+    fn create_group(mut self, name: &str) -> Result<Hierarchy, String> {
+        if self.version == Version::V2 {
+            let mut enabled = Vec::new();
+            let mut refused = Vec::new();
+            for c in self.controllers {
+                match enable(&self.own, c) {
+                    Ok(()) => enabled.push(c),
+                    Err(e) => refused.push(format!("{} ({e})", c.name())),
+                }
+            }
+            self.controllers = enabled;
+            if !refused.is_empty() {
+                // EBUSY: a non-root cgroup with processes in it cannot hand
+                // controllers to children (cgroup v2's no-internal-process rule).
+                tracing::warn!(
+                    cgroup = %self.own.display(),
+                    "cgroup v2: could not enable {} below the runner's cgroup; \
+                     run the server in the root cgroup or in one delegated to it and otherwise empty",
+                    refused.join(", ")
+                );
+            }
+        }
+        let group = self.own.join(name);
+        if group.exists() {
+            remove_stale(&group).map_err(|e| format!("stale {}: {e}", group.display()))?;
+        }
+        fs::create_dir(&group).map_err(|e| format!("{}: {e}", group.display()))?;
+        let result = (|| {
+            for &c in &self.controllers {
+                match (self.version, c) {
+                    (Version::V2, _) => enable(&group, c).map_err(|e| {
+                        format!("enabling {} in {}: {e}", c.name(), group.display())
+                    })?,
+                    (Version::V1, _) => {}
+                }
+                match (self.version, c) {
+                    (Version::V2, Controller::Cpu) => {
+                        write_file(&group.join("cpu.weight"), &TASKS_CPU_WEIGHT.to_string())?
+                    }
+                    (Version::V1, Controller::Cpu) => write_file(
+                        &group.join("cpu.shares"),
+                        &(TASKS_CPU_WEIGHT * 1024 / 100).to_string(),
+                    )?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            remove_dir(&group);
+            return Err(e);
+        }
+        Ok(Hierarchy {
+            version: self.version,
+            controllers: self.controllers,
+            group,
+        })
+    }
+}
+
+/// Lets the children of v2 cgroup `dir` use controller `c`.
+fn enable(dir: &Path, c: Controller) -> io::Result<()> {
+    let control = dir.join("cgroup.subtree_control");
+    let on = fs::read_to_string(&control)?;
+    if on.split_whitespace().any(|n| n == c.name()) {
+        return Ok(());
+    }
+    fs::write(&control, format!("+{}", c.name()))
+}
+
+/// Removes the groups under `own` that dead runners left (see [`Cgroups::new`]).
+fn sweep(own: &Path, tag: u32, stale: &dyn Fn(u32) -> Option<fs::File>) {
+    let Ok(entries) = fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(other) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("nautilus-"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if other == tag {
+            continue;
+        }
+        if let Some(_guard) = stale(other) {
+            match remove_stale(&entry.path()) {
+                Ok(()) => {
+                    tracing::info!(group = %entry.path().display(), "removed a dead runner's cgroup")
+                }
+                Err(e) => {
+                    tracing::warn!(group = %entry.path().display(), error = %e, "could not remove a dead runner's cgroup")
+                }
+            }
+        }
+    }
+}
+
+/// Empties and removes a group left by a dead runner.
+fn remove_stale(group: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(group)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let slot = Slot {
+                dirs: vec![(entry.path(), version_of(group))],
+                procs: Vec::new(),
+                oom_counter: None,
+                oom_event: None,
+            };
+            slot.empty()?;
+            fs::remove_dir(entry.path())?;
+        }
+    }
+    fs::remove_dir(group)
+}
+
+fn version_of(dir: &Path) -> Version {
+    if dir.join("cgroup.kill").exists() || dir.join("cgroup.controllers").exists() {
+        Version::V2
+    } else {
+        Version::V1
+    }
+}
+
+/// Finds, per controller, the hierarchy and the runner's own cgroup in it.
+/// Returns the hierarchies to use and notes on what is missing.
+fn discover() -> io::Result<(Vec<Found>, Vec<String>)> {
+    let cgroup = fs::read_to_string("/proc/self/cgroup")?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let (found, notes) = plan(&cgroup, &mountinfo, Path::new("/"));
+    let favored = parse_mounts(&mountinfo)
+        .iter()
+        .any(|m| m.options.split(',').any(|o| o == "favordynmods"));
+    if !found.is_empty() && !favored {
+        // Measured: about 12 ms per run on a loaded 2-core host.
+        tracing::info!(
+            "cgroups: each task's move into its slot waits for an RCU grace period; \
+             mount cgroup2 with -o favordynmods (Linux 6.0+) to avoid it"
+        );
+    }
+    Ok((found, notes))
+}
+
+/// [`discover`] on given `/proc/self/cgroup` and `/proc/self/mountinfo`
+/// texts, with mount points taken relative to `root` (for tests).
+fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>) {
+    let mounts = parse_mounts(mountinfo);
+    let mut notes = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
+    let mut wanted: Vec<Controller> = Controller::ALL.to_vec();
+
+    // cgroup v2 first: the "0::<path>" line.
+    let v2_own = cgroup.lines().find_map(|l| l.strip_prefix("0::"));
+    let v2_mount = mounts.iter().find(|m| m.fstype == "cgroup2");
+    if let (Some(own), Some(mount)) = (v2_own, v2_mount) {
+        if let Some(dir) = mount.dir_of(own, root) {
+            let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+            let controllers: Vec<Controller> = Controller::ALL
+                .into_iter()
+                .filter(|c| available.split_whitespace().any(|n| n == c.name()))
+                .collect();
+            wanted.retain(|c| !controllers.contains(c));
+            found.push(Found {
+                version: Version::V2,
+                controllers,
+                own: dir,
+            });
+        }
+    }
+    // Then cgroup v1 for what v2 does not carry: "<id>:<controllers>:<path>".
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(names), Some(own)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let names: Vec<&str> = names.split(',').collect();
+        let controllers: Vec<Controller> = wanted
+            .iter()
+            .copied()
+            .filter(|c| names.contains(&c.name()))
+            .collect();
+        if controllers.is_empty() {
+            continue;
+        }
+        let mount = mounts.iter().find(|m| {
+            m.fstype == "cgroup"
+                && controllers
+                    .iter()
+                    .all(|c| m.options.split(',').any(|o| o == c.name()))
+        });
+        let Some(dir) = mount.and_then(|m| m.dir_of(own, root)) else {
+            notes.push(format!(
+                "cgroup v1 {} is not mounted where the runner can reach its own cgroup",
+                names.join(",")
+            ));
+            continue;
+        };
+        wanted.retain(|c| !controllers.contains(c));
+        found.push(Found {
+            version: Version::V1,
+            controllers,
+            own: dir,
+        });
+    }
+    (found, notes)
+}
+
+/// One cgroup filesystem mount from `/proc/self/mountinfo`.
+#[derive(Debug)]
+struct Mount {
+    /// The cgroup path the mount shows at its mount point.
+    root: String,
+    point: String,
+    fstype: String,
+    /// Super options: v1 lists its controllers here.
+    options: String,
+}
+
+impl Mount {
+    /// The directory of cgroup `path` in this mount, if the mount shows it.
+    fn dir_of(&self, path: &str, root: &Path) -> Option<PathBuf> {
+        let inside = if self.root == "/" {
+            path
+        } else {
+            path.strip_prefix(self.root.as_str())
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))?
+        };
+        let point = root.join(self.point.trim_start_matches('/'));
+        let dir = point.join(inside.trim_start_matches('/'));
+        dir.is_dir().then_some(dir)
+    }
+}
+
+fn parse_mounts(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "<id> <parent> <maj:min> <root> <point> <opts> [optional…] - <fstype> <source> <super>"
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            let fstype = *right.first()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
+            }
+            Some(Mount {
+                root: unescape(left.get(3)?),
+                point: unescape(left.get(4)?),
+                fstype: fstype.to_owned(),
+                options: right.get(2).copied().unwrap_or_default().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            d.iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+                .then(|| d.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')))
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This host's layout: v1 controllers (memory nested by a supervisor),
+    /// cgroup v2 mounted beside them without any of the three.
+    const HYBRID_CGROUP: &str =
+        "9:name=systemd:/\n8:pids:/\n4:memory:/sup/job\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+    const HYBRID_MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu
+31 25 0:27 / /sys/fs/cgroup/cpuacct rw,relatime shared:10 - cgroup cgroup rw,cpuacct
+33 25 0:29 / /sys/fs/cgroup/memory rw,relatime shared:12 - cgroup cgroup rw,memory
+37 25 0:33 / /sys/fs/cgroup/pids rw,relatime shared:16 - cgroup cgroup rw,pids
+39 25 0:35 / /sys/fs/cgroup/unified rw,relatime shared:18 - cgroup2 cgroup2 rw
+40 25 0:36 / /mnt/with\\040space rw,relatime - ext4 /dev/vda rw
+";
+    /// The enclave's: cgroup v2 only, the server in the root cgroup.
+    const V2_CGROUP: &str = "0::/\n";
+    const V2_MOUNTS: &str =
+        "25 1 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate\n";
+
+    fn fake_root(dirs: &[&str], files: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for dir in dirs {
+            fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        for (file, text) in files {
+            fs::write(root.path().join(file), text).unwrap();
+        }
+        root
+    }
+
+    fn summary_of(found: &[Found]) -> Vec<(Version, Vec<Controller>, PathBuf)> {
+        found
+            .iter()
+            .map(|f| (f.version, f.controllers.clone(), f.own.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn v1_controllers_nest_under_the_runners_own_cgroup_of_each() {
+        let root = fake_root(
+            &[
+                "sys/fs/cgroup/cpu",
+                "sys/fs/cgroup/memory/sup/job",
+                "sys/fs/cgroup/pids",
+                "sys/fs/cgroup/unified",
+            ],
+            &[("sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n")],
+        );
+        let (found, notes) = plan(HYBRID_CGROUP, HYBRID_MOUNTS, root.path());
+        let at = |p: &str| root.path().join(p);
+        assert_eq!(
+            summary_of(&found),
+            vec![
+                (Version::V2, vec![], at("sys/fs/cgroup/unified/")),
+                (
+                    Version::V1,
+                    vec![Controller::Pids],
+                    at("sys/fs/cgroup/pids/")
+                ),
+                (
+                    Version::V1,
+                    vec![Controller::Memory],
+                    at("sys/fs/cgroup/memory/sup/job")
+                ),
+                (Version::V1, vec![Controller::Cpu], at("sys/fs/cgroup/cpu/")),
+            ]
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn cgroup_v2_carries_the_controllers_it_has() {
+        let root = fake_root(
+            &["sys/fs/cgroup"],
+            &[(
+                "sys/fs/cgroup/cgroup.controllers",
+                "cpuset cpu io memory hugetlb pids rdma misc\n",
+            )],
+        );
+        let (found, notes) = plan(V2_CGROUP, V2_MOUNTS, root.path());
+        assert_eq!(
+            summary_of(&found),
+            vec![(
+                Version::V2,
+                vec![Controller::Memory, Controller::Pids, Controller::Cpu],
+                root.path().join("sys/fs/cgroup/")
+            )]
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn an_own_cgroup_outside_the_mount_is_not_used() {
+        // A container-style mount showing only /other: the runner's /sup/job is not in it.
+        let mounts = "33 25 0:29 /other /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let root = fake_root(&["sys/fs/cgroup/memory/sup/job"], &[]);
+        let (found, notes) = plan("4:memory:/sup/job\n", mounts, root.path());
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/mnt/with\\040space"), "/mnt/with space");
+        assert_eq!(unescape("/a\\134b"), "/a\\b");
+        assert_eq!(unescape("/plain\\x"), "/plain\\x");
+    }
+
+    /// A supplement only: the v2 controller files cannot be enabled on a host
+    /// whose v1 hierarchies hold the controllers, so the writes are checked
+    /// against a plain directory.
+    #[test]
+    fn v2_slot_limits_are_written_as_the_kernel_documents_them() {
+        let root = fake_root(&["slot"], &[("slot/memory.swap.max", "max\n")]);
+        let dir = root.path().join("slot");
+        let limits = Limits {
+            memory_bytes: 512 << 20,
+            pids: 64,
+        };
+        for c in Controller::ALL {
+            set_limits(&dir, Version::V2, c, limits).unwrap();
+        }
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), "536870912");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("memory.oom.group"), "1");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(read("cpu.weight"), "100");
+    }
+
+    #[test]
+    fn joining_writes_zero_to_every_procs_descriptor() {
+        let root = fake_root(&[], &[("a", ""), ("b", "")]);
+        let open = |f: &str| -> OwnedFd {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(root.path().join(f))
+                .unwrap()
+                .into()
+        };
+        let slot = Slot {
+            dirs: Vec::new(),
+            procs: vec![open("a"), open("b")],
+            oom_counter: None,
+            oom_event: None,
+        };
+        // SAFETY: the descriptors are open (held by `slot`).
+        unsafe { slot.join().enter() }.unwrap();
+        for f in ["a", "b"] {
+            assert_eq!(fs::read_to_string(root.path().join(f)).unwrap(), "0");
+        }
+    }
+
+    /// Real cgroups: a process joined in its pre-exec child is killed when its
+    /// slot is emptied, through each hierarchy alone (v2 `cgroup.kill`, v1 by
+    /// listing), and everything is removed with the runner's cgroups.
+    #[test]
+    fn emptying_a_slot_kills_its_processes_in_each_hierarchy() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED (needs root): real slot cgroups");
+            return;
+        }
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            pids: 32,
+        };
+        // A tag no runner leases (a pid is far above the slot uid ranges in use).
+        let cgroups = Cgroups::new(4_000_000_000 - std::process::id(), 1, limits, &|_| None);
+        let slot = cgroups.slot(0).expect("a slot on a host with cgroups");
+        let mut groups = Vec::new();
+        for (dir, version) in &slot.dirs {
+            let join = slot.join();
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("60");
+            // SAFETY: Join::enter is async-signal-safe.
+            unsafe { cmd.pre_exec(move || join.enter()) };
+            let mut child = cmd.spawn().unwrap();
+            let pid = child.id().to_string();
+            assert_eq!(
+                fs::read_to_string(dir.join("cgroup.procs")).unwrap().trim(),
+                pid
+            );
+            let alone = Slot {
+                dirs: vec![(dir.clone(), *version)],
+                procs: Vec::new(),
+                oom_counter: None,
+                oom_event: None,
+            };
+            alone.empty().unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "{version:?} {}",
+                dir.display()
+            );
+            groups.push(dir.parent().unwrap().to_owned());
+        }
+        assert!(!groups.is_empty());
+        drop(cgroups);
+        for group in groups {
+            assert!(!group.exists(), "{} outlived its runner", group.display());
+        }
+    }
+}
