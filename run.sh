@@ -41,11 +41,11 @@ STOP_FILE=/run/nautilus-stop
 set -- --listen vsock://3000 --attestation "$mode" --tasks-dir /tasks
 if [ "$mode" = dev ]; then
     set -- "$@" --dev-root-out "$DEV_ROOT"
-    # Dev-only console hook, see above. A background list's stdin is
-    # /dev/null in a non-interactive shell, so the console goes in as fd 3.
+    # Dev-only console hook, see above. A background job's stdin would be
+    # /dev/null: hand it the console (our stdin) through fd 3.
     exec 3<&0
     (
-        while read -r line <&3; do
+        while read -r line; do
             if [ "$line" = nautilus-kill-server ] && [ -s "$PID_FILE" ]; then
                 log "console asked to kill nautilus-server (pid $(cat "$PID_FILE"))"
                 kill -KILL "$(cat "$PID_FILE")"
@@ -56,7 +56,7 @@ if [ "$mode" = dev ]; then
                 [ -s "$PID_FILE" ] && kill -TERM "$(cat "$PID_FILE")"
             fi
         done
-    ) &
+    ) <&3 &
     exec 3<&-
 fi
 log "attestation mode: $mode"

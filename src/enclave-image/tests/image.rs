@@ -604,3 +604,110 @@ fn two_assemblies_from_two_copies_are_byte_identical() {
     let reference = fs::read(b.out.join("nitro.eif")).unwrap();
     assert!(first == reference, "an assembly differs from make image's");
 }
+
+/// `run.sh` with the image's own busybox, chrooted, with a stand-in server:
+/// the cmdline switch selects dev mode, the dev root is printed between the
+/// documented markers, and after the console kill line the server is
+/// restarted and the new root printed again.
+#[test]
+fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!(
+            "SKIPPED run_sh_prints_the_dev_root_and_restarts_a_killed_server: needs root (chroot)"
+        );
+        return;
+    }
+    let image = unpacked_app();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for d in ["bin", "usr/bin", "proc", "run", "tasks", "dev"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // The shell gives background jobs /dev/null (devtmpfs has it in the image).
+    let null = std::ffi::CString::new(root.join("dev/null").to_str().unwrap()).unwrap();
+    // SAFETY: mknod on a valid path; makedev(1, 3) is /dev/null.
+    assert_eq!(
+        unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+        0
+    );
+    fs::copy(image.join("bin/busybox"), root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "date", "rm", "sleep"] {
+        let target = fs::read_link(image.join("bin").join(applet)).unwrap();
+        std::os::unix::fs::symlink(target, root.join("bin").join(applet)).unwrap();
+    }
+    fs::copy(image.join("run.sh"), root.join("run.sh")).unwrap();
+    fs::write(
+        root.join("proc/cmdline"),
+        "console=ttyS0 nautilus.attestation=dev\n",
+    )
+    .unwrap();
+    let server = root.join("usr/bin/nautilus-server");
+    fs::write(
+        &server,
+        "#!/bin/sh\nprev=\nfor a in \"$@\"; do [ \"$prev\" = --dev-root-out ] && echo STAND-IN-ROOT > \"$a\"; prev=$a; done\nexec sleep 1000\n",
+    )
+    .unwrap();
+    fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let chroot = ["/usr/sbin/chroot", "/sbin/chroot", "/usr/bin/chroot"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("chroot(8) is installed");
+    let mut child = Command::new(chroot)
+        .arg(root)
+        .args(["/bin/sh", "/run.sh"])
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wait_for = |want: &str, seen: &mut Vec<String>| loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = line.contains(want);
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    };
+    let mut ok = wait_for("run.sh: attestation mode: dev", &mut seen)
+        && wait_for("nautilus-dev-root-begin", &mut seen)
+        && wait_for("STAND-IN-ROOT", &mut seen)
+        && wait_for("nautilus-dev-root-end", &mut seen);
+    if ok {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"nautilus-kill-server\n").unwrap();
+        ok = wait_for("console asked to kill nautilus-server", &mut seen)
+            && wait_for("exited with status 137", &mut seen)
+            && wait_for("started nautilus-server", &mut seen)
+            && wait_for("nautilus-dev-root-end", &mut seen);
+        drop(stdin);
+    }
+    // SAFETY: kill on the process group this test created.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(
+        ok,
+        "run.sh did not behave as documented; its output:\n{}",
+        seen.join("\n")
+    );
+}
