@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit bench install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate
+.PHONY: run task-deps test lint unit bench install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run: task-deps
@@ -25,7 +25,7 @@ task-deps:
 			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
 
 ## test: formatting, lints and every test of the workspace (what CI runs)
-test: lint unit
+test: lint unit boot-test
 
 lint:
 	@echo ">> cargo fmt --check"
@@ -44,6 +44,19 @@ unit:
 	else \
 		echo ">> all tests ran and passed; none skipped"; \
 	fi
+
+## boot-test: build the image, boot it in QEMU and test it through the proxy (installs QEMU, a Debian kernel and vhost-device-vsock when missing)
+boot-test:
+	@echo ">> boot test: the image in a VM, through the proxy"
+	$(CARGO) build --locked --bin nautilus-proxy --bin nautilus-client
+	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --locked -p nautilus-proxy --test boot -- --ignored --nocapture
+
+## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID)
+PROXY_LISTEN ?= 0.0.0.0:3000
+proxy:
+	@test -n "$(ENCLAVE_CID)" || { echo "make proxy: set ENCLAVE_CID to the enclave's CID (nitro-cli describe-enclaves shows it), e.g. make proxy ENCLAVE_CID=16" >&2; exit 1; }
+	$(CARGO) run --locked --release --bin nautilus-proxy -- \
+		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000
 
 ## install: build and install the nautilus-client and task-runner CLIs into $(PREFIX)/bin
 install:

@@ -15,7 +15,9 @@
 #     script prints it to the console between the lines
 #     `nautilus-dev-root-begin` and `nautilus-dev-root-end` after every start;
 #   - a console line `nautilus-kill-server` makes this script SIGKILL the
-#     server (to prove the restart); a real enclave's console takes no input.
+#     server (to prove the restart); a real enclave's console takes no input;
+#   - a console line `nautilus-poweroff` stops the server with SIGTERM and
+#     ends this script, so the init powers the VM off cleanly.
 
 set -u
 export PATH=/usr/bin:/bin
@@ -35,6 +37,7 @@ done
 
 DEV_ROOT=/run/dev-root.pem
 PID_FILE=/run/nautilus-server.pid
+STOP_FILE=/run/nautilus-stop
 set -- --listen vsock://3000 --attestation "$mode" --tasks-dir /tasks
 if [ "$mode" = dev ]; then
     set -- "$@" --dev-root-out "$DEV_ROOT"
@@ -46,6 +49,11 @@ if [ "$mode" = dev ]; then
             if [ "$line" = nautilus-kill-server ] && [ -s "$PID_FILE" ]; then
                 log "console asked to kill nautilus-server (pid $(cat "$PID_FILE"))"
                 kill -KILL "$(cat "$PID_FILE")"
+            fi
+            if [ "$line" = nautilus-poweroff ]; then
+                log "console asked for a power-off: stopping nautilus-server"
+                : > "$STOP_FILE"
+                [ -s "$PID_FILE" ] && kill -TERM "$(cat "$PID_FILE")"
             fi
         done
     ) <&3 &
@@ -85,6 +93,10 @@ while :; do
     fi
     wait "$pid"
     status=$?
+    if [ -e "$STOP_FILE" ]; then
+        log "nautilus-server (pid $pid) stopped with status $status; exiting for the power-off"
+        exit 0
+    fi
     ran=$(( $(date +%s) - started ))
     # A server that ran a while gets a fresh backoff; one that keeps failing
     # at start waits twice as long each time, at most 30 s.

@@ -199,7 +199,8 @@ impl NsmAttester {
         let rc = unsafe {
             libc::ioctl(
                 self.device.as_raw_fd(),
-                NSM_IOCTL_RAW as _,
+                // The request type differs between C libraries: c_ulong on glibc, c_int on musl (the image).
+                NSM_IOCTL_RAW as libc::Ioctl,
                 &mut raw as *mut NsmRaw,
             )
         };

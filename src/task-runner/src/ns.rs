@@ -798,9 +798,14 @@ unsafe fn loopback_up() -> io::Result<()> {
         _pad: [0; 22],
     };
     req.name[..2].copy_from_slice(b"lo");
-    let result = rc(libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req)).and_then(|()| {
+    let result = rc(libc::ioctl(
+        sock,
+        libc::SIOCGIFFLAGS as libc::Ioctl,
+        &mut req,
+    ))
+    .and_then(|()| {
         req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        rc(libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req))
+        rc(libc::ioctl(sock, libc::SIOCSIFFLAGS as libc::Ioctl, &req))
     });
     libc::close(sock);
     result

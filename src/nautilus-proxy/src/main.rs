@@ -1,0 +1,125 @@
+//! `nautilus-proxy`: flags → [`ProxyConfig`], then relay until SIGTERM.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use nautilus_proxy::{serve, Limits, ListenAddr, ProxyConfig, Upstream};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Relays TCP connections to a Nautilus enclave's vsock port",
+    after_help = "Upstreams: vsock://CID:PORT (the enclave), tcp://HOST:PORT, \
+                  unix:PATH#PORT (hybrid vsock: Firecracker, vhost-device-vsock)."
+)]
+struct Args {
+    /// `tcp://IP:PORT` to accept clients on.
+    #[arg(long, env = "NAUTILUS_PROXY_LISTEN")]
+    listen: ListenAddr,
+    /// Where each connection is relayed to.
+    #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM")]
+    upstream: Upstream,
+    /// Connections relayed at once; past this, new ones are closed at once.
+    #[arg(long, env = "NAUTILUS_PROXY_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_connections: u32,
+    /// Seconds to open the upstream connection.
+    #[arg(long, env = "NAUTILUS_PROXY_CONNECT_TIMEOUT_SECS", default_value_t = 5,
+          value_parser = secs)]
+    connect_timeout_secs: u64,
+    /// Seconds a new client has to send its first byte.
+    #[arg(long, env = "NAUTILUS_PROXY_FIRST_BYTE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = secs)]
+    first_byte_timeout_secs: u64,
+    /// Seconds without a byte either way before a connection is closed; above
+    /// the server's longest task (300 s) so a waiting request is not cut.
+    #[arg(long, env = "NAUTILUS_PROXY_IDLE_TIMEOUT_SECS", default_value_t = 360,
+          value_parser = secs)]
+    idle_timeout_secs: u64,
+    /// Seconds a write may stall (a side that does not read) before the
+    /// connection is closed.
+    #[arg(long, env = "NAUTILUS_PROXY_WRITE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = secs)]
+    write_timeout_secs: u64,
+    /// On SIGTERM, seconds open connections may go on before they are cut.
+    #[arg(long, env = "NAUTILUS_PROXY_DRAIN_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    drain_timeout_secs: u64,
+}
+
+/// A timeout of 0 would close everything; a day is far past any use.
+fn secs(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=86_400).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of seconds from 1 to 86400")),
+    }
+}
+
+impl Args {
+    fn config(&self) -> ProxyConfig {
+        ProxyConfig {
+            upstream: self.upstream.clone(),
+            max_connections: self.max_connections,
+            limits: Limits {
+                connect: Duration::from_secs(self.connect_timeout_secs),
+                first_byte: Duration::from_secs(self.first_byte_timeout_secs),
+                idle: Duration::from_secs(self.idle_timeout_secs),
+                write: Duration::from_secs(self.write_timeout_secs),
+            },
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    // Before binding: a SIGTERM during start-up is a normal stop too.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let config = args.config();
+    let listener = tokio::net::TcpListener::bind(args.listen.0)
+        .await
+        .with_context(|| format!("could not listen on tcp://{}", args.listen.0))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        listen = %format_args!("tcp://{local}"),
+        upstream = %config.upstream,
+        max_connections = config.max_connections,
+        "nautilus-proxy ready"
+    );
+
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    // The first signal starts the drain; a second one exits at once.
+    let signals = async move {
+        let mut first_tx = Some(first_tx);
+        for _ in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if let Some(tx) = first_tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    };
+    tokio::select! {
+        stopped = serve(listener, config, async { let _ = first_rx.await; }) => {
+            tracing::info!(cut = stopped.cut, "stopped");
+        }
+        () = signals => tracing::warn!("second signal: exiting without waiting for open connections"),
+    }
+    Ok(())
+}
