@@ -559,10 +559,24 @@ fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, 
         None => std::env::temp_dir(),
     };
     if privileged && !configured.exists() {
+        // Missing parents (a minimal image has no /var/lib) must stay
+        // searchable by the slot uids whatever the umask; the work directory
+        // itself is root's alone.
+        let missing: Vec<PathBuf> = configured
+            .ancestors()
+            .skip(1)
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&configured)
+            .and_then(|()| {
+                missing.iter().try_for_each(|d| {
+                    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+                })
+            })
             .map_err(|e| {
                 invalid(format!(
                     "creating the work directory {}: {e}",
