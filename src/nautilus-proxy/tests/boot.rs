@@ -169,11 +169,18 @@ fn dev_root(vm: &mut Vm, from: usize, timeout: Duration) -> anyhow::Result<(Stri
     let begin = block
         .rfind("nautilus-dev-root-begin")
         .context("dev root end without begin")?;
+    // The server logs to the same console while run.sh prints the root, so
+    // a log line can land between the markers: keep only the PEM block.
+    let mut in_pem = false;
     let pem: String = block[begin..]
         .lines()
-        .skip(1)
-        .take_while(|l| !l.contains("nautilus-dev-root-end"))
-        .map(|l| format!("{}\n", l.trim()))
+        .map(str::trim)
+        .filter(|l| {
+            let keep = in_pem || l.starts_with("-----BEGIN CERTIFICATE-----");
+            in_pem = keep && !l.starts_with("-----END CERTIFICATE-----");
+            keep
+        })
+        .map(|l| format!("{l}\n"))
         .collect();
     ensure!(
         pem.contains("BEGIN CERTIFICATE"),
