@@ -176,8 +176,11 @@ fn dev_root(vm: &mut Vm, from: usize, timeout: Duration) -> anyhow::Result<(Stri
         .lines()
         .map(str::trim)
         .filter(|l| {
-            let keep = in_pem || l.starts_with("-----BEGIN CERTIFICATE-----");
-            in_pem = keep && !l.starts_with("-----END CERTIFICATE-----");
+            let begin = l.starts_with("-----BEGIN CERTIFICATE-----");
+            let end = l.starts_with("-----END CERTIFICATE-----");
+            // Base64 lines have no spaces; log lines do.
+            let keep = begin || end || (in_pem && !l.contains(' '));
+            in_pem = (in_pem || begin) && !end;
             keep
         })
         .map(|l| format!("{l}\n"))
