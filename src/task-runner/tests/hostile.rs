@@ -22,6 +22,17 @@ fn one_slot() -> Runner {
     .unwrap()
 }
 
+/// A one-slot runner over the probe task (so consecutive runs share the slot uid).
+fn one_slot_probe() -> (tempfile::TempDir, Runner) {
+    let (tasks, config) = probe_tasks();
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        ..config
+    })
+    .unwrap();
+    (tasks, runner)
+}
+
 /// Finding 1: a 30 000-deep tree in `$HOME` or `/tmp` crashed the runner
 /// (stack overflow in the recursive clean-up) and leaked the run directory.
 #[tokio::test]
@@ -111,12 +122,7 @@ async fn sysv_ipc_does_not_outlive_the_run() {
     if skip_unless_root("an IPC namespace per run") {
         return;
     }
-    let (_tasks, config) = probe_tasks();
-    let runner = Runner::new(RunnerConfig {
-        max_concurrent: 1,
-        ..config
-    })
-    .unwrap();
+    let (_tasks, runner) = one_slot_probe();
     let first = run_probe(&runner, "sysv_probe", &["write"]).await;
     // Control: within the run the objects exist.
     for key in ["shm_create", "msg_create", "msg_send", "shm", "msg"] {
@@ -167,12 +173,7 @@ async fn the_kernel_keyring_is_out_of_reach() {
     if skip_unless_root("slot uids share a keyring across runs") {
         return;
     }
-    let (_tasks, config) = probe_tasks();
-    let runner = Runner::new(RunnerConfig {
-        max_concurrent: 1,
-        ..config
-    })
-    .unwrap();
+    let (_tasks, runner) = one_slot_probe();
     let first = run_probe(&runner, "keyring_probe", &["write"]).await;
     assert_eq!(first["add"], "EPERM", "{first:?}");
     let next = run_probe(&runner, "keyring_probe", &["read"]).await;
