@@ -185,6 +185,16 @@ fn wrong_algorithm_header_is_rejected() {
         AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
         Error::UnsupportedAlgorithm { found: -7 }
     );
+    // `{1: "ES384"}`: a text name is refused with a message saying so, not with
+    // the decoder's "unexpected type" that reading it as an integer would give.
+    cose.protected = [&[0xa1, 0x01, 0x65][..], b"ES384"].concat();
+    assert_eq!(
+        AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
+        Error::MalformedCbor {
+            context: "protected header",
+            reason: "text algorithm names are not supported".into(),
+        }
+    );
     cose.protected = encode_protected(&[]);
     assert_eq!(
         AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
