@@ -310,6 +310,31 @@ fn trailing_bytes_are_rejected() {
 }
 
 #[test]
+fn a_cose_array_not_of_four_items_is_refused_saying_what_it_was() {
+    let doc = Cose {
+        tagged: false,
+        ..Cose::decode(&base())
+    }
+    .encode();
+    assert_eq!(doc[0], 0x84, "untagged, a definite array of 4");
+    for (head, found) in [
+        (0x83, "3 items"),
+        (0x85, "5 items"),
+        (0x9f, "an indefinite-length array"),
+    ] {
+        let bytes = [&[head][..], &doc[1..]].concat();
+        assert_eq!(
+            AttestationDocument::from_bytes(&bytes).unwrap_err(),
+            Error::MalformedCbor {
+                context: "COSE_Sign1 structure",
+                reason: format!("expected an array of 4 items, found {found}"),
+            },
+            "head {head:#x}"
+        );
+    }
+}
+
+#[test]
 fn check_time_three_hours_after_fails_the_leaf_validity() {
     let ts = common::timestamp_of(BASE);
     let at_ms = ts + 3 * HOUR_MS;
