@@ -252,6 +252,7 @@ test('a refusal names the field, the expected type and a short description of th
   assert.strictEqual(at({}), `${u64} an object`);
   assert.strictEqual(at(7n), `${u64} the BigInt 7n`);
   assert.strictEqual(at(1.5), `${u64} number 1.5`);
+  assert.strictEqual(at(NaN), `${u64} number NaN`, 'String(NaN), not JSON.stringify(NaN) = "null"');
   assert.strictEqual(at('1700'), `${u64} string "1700"`);
   // 40 characters of the JSON text, then an ellipsis: a huge value is not echoed.
   assert.strictEqual(at('x'.repeat(38)), `${u64} string "${'x'.repeat(38)}"`);
