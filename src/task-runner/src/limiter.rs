@@ -94,6 +94,18 @@ impl Limiter {
         })
     }
 
+    /// Takes a free slot without waiting or queueing, if there is one.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let index = lock(&self.free_slots).pop()?;
+        self.running.send_modify(|n| *n += 1);
+        Some(Slot {
+            index,
+            limiter: self.clone(),
+            _permit: permit,
+        })
+    }
+
     pub fn running(&self) -> usize {
         *self.running.borrow()
     }
