@@ -279,7 +279,10 @@ fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
     };
     assert_eq!(run("stdin-echo")["bytes"], 0);
     let stdin = &run("introspect")["stdin"];
-    assert!(stdin["path"].as_str().unwrap().starts_with("pipe:"), "{stdin}");
+    assert!(
+        stdin["path"].as_str().unwrap().starts_with("pipe:"),
+        "{stdin}"
+    );
     assert_eq!(stdin["fifo"], true, "{stdin}");
 }
 

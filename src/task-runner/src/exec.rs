@@ -101,9 +101,7 @@ pub(crate) fn spawn(
         });
     }
     if spec.control.is_some() {
-        return Err(TaskError::Internal(
-            "a warm box needs root mode".to_owned(),
-        ));
+        return Err(TaskError::Internal("a warm box needs root mode".to_owned()));
     }
     let mut cmd = Command::new(&spec.node);
     cmd.args(&spec.node_args)

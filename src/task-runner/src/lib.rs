@@ -352,7 +352,9 @@ impl Runner {
             (true, size) => size.unwrap_or(config.max_concurrent),
             (false, Some(0)) => 0,
             (false, _) => {
-                tracing::info!("no warm pool without root (each run stages its task): runs start cold");
+                tracing::info!(
+                    "no warm pool without root (each run stages its task): runs start cold"
+                );
                 0
             }
         };
@@ -888,7 +890,13 @@ impl Inner {
     }
 
     /// The environment and box of a run in slot `index` under `task_id`.
-    fn spec(&self, index: usize, identity: Option<Identity>, task_id: String, launch: Launch) -> SpawnSpec {
+    fn spec(
+        &self,
+        index: usize,
+        identity: Option<Identity>,
+        task_id: String,
+        launch: Launch,
+    ) -> SpawnSpec {
         let mut env = vec![
             (OsString::from("PATH"), OsString::from(TASK_PATH_ENV)),
             ("HOME".into(), launch.home.clone().into()),
@@ -899,7 +907,11 @@ impl Inner {
         env.extend(self.pass_env.iter().cloned());
         let box_dir = self.snapshot.as_ref().map(|s| s.dir.clone());
         SpawnSpec {
-            node: self.node.as_ref().map(|n| n.path.clone()).unwrap_or_default(),
+            node: self
+                .node
+                .as_ref()
+                .map(|n| n.path.clone())
+                .unwrap_or_default(),
             node_args: vec![
                 format!("--max-old-space-size={}", self.config.heap_limit_mib()).into(),
                 "-r".into(),
@@ -929,8 +941,9 @@ impl Inner {
         let identity = uids.slot(index as u32);
         // Above every descriptor node opens while it boots: the task finds
         // the numbers a plain start gives.
-        let control = libc::c_int::try_from(self.config.max_open_files - 1)
-            .map_err(|_| TaskError::Internal("max_open_files is too large for a warm box".into()))?;
+        let control = libc::c_int::try_from(self.config.max_open_files - 1).map_err(|_| {
+            TaskError::Internal("max_open_files is too large for a warm box".into())
+        })?;
         let task_id = uuid::Uuid::new_v4().to_string();
         let launch = Launch {
             entry: self.work_dir.join(pool::BOOTSTRAP_FILE),
@@ -1047,7 +1060,9 @@ impl Inner {
                 "args": &req.args,
             });
             let handed = if !warm.boxed.is_ready() {
-                Err(TaskError::Internal("the warm box is dead or stopped".into()))
+                Err(TaskError::Internal(
+                    "the warm box is dead or stopped".into(),
+                ))
             } else {
                 warm.boxed.hand_over(message.to_string().as_bytes()).await
             };

@@ -359,7 +359,10 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
     let cwd = cstr(spec.cwd.as_os_str())?;
 
     let (in_r, in_w) = pipe2()?;
-    let control = spec.control.map(|at| pipe2().map(|p| (p, at))).transpose()?;
+    let control = spec
+        .control
+        .map(|at| pipe2().map(|p| (p, at)))
+        .transpose()?;
     let (out_r, out_w) = pipe2()?;
     let (err_r, err_w) = pipe2()?;
     let (report_r, report_w) = pipe2()?;

@@ -26,4 +26,6 @@ const task = JSON.parse(Buffer.concat(chunks).toString('utf8'));
 process.chdir(task.cwd);
 process.argv.splice(1, process.argv.length - 1, task.entry, ...task.args);
 delete require.cache[__filename];
+// runMain sets it again for a CommonJS entry; an ES module entry has none.
+delete process.mainModule;
 process.nextTick(require('node:module').runMain, task.entry);

@@ -64,7 +64,10 @@ impl Pool {
 
     /// Parks a warm box for `slot`; one already there is dropped (killed).
     pub fn put(&self, slot: usize, warm: Warm) {
-        let old = self.lock().get_mut(slot).and_then(|place| place.replace(warm));
+        let old = self
+            .lock()
+            .get_mut(slot)
+            .and_then(|place| place.replace(warm));
         drop(old);
     }
 

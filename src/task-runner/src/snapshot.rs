@@ -83,7 +83,8 @@ impl Snapshot {
         limits: TreeLimits,
         files: &[(&str, &str)],
     ) -> Result<Self, ConfigError> {
-        let io = |what: String| move |e: std::io::Error| ConfigError::Invalid(format!("{what}: {e}"));
+        let io =
+            |what: String| move |e: std::io::Error| ConfigError::Invalid(format!("{what}: {e}"));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -95,7 +96,9 @@ impl Snapshot {
         for (name, content) in files {
             let path = snapshot.dir.join(name);
             std::fs::write(&path, content)
-                .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)))
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                })
                 .map_err(io(format!("writing {}", path.display())))?;
         }
         let tasks_dir = snapshot.dir.join(crate::ns::CODE_DIR);

@@ -59,7 +59,14 @@ fn digest_matches_the_documented_algorithm() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let digest_now = || Runner::new(config_in(tasks.path())).unwrap().list_tasks().unwrap()[0].task_digest.clone();
+    let digest_now = || {
+        Runner::new(config_in(tasks.path()))
+            .unwrap()
+            .list_tasks()
+            .unwrap()[0]
+            .task_digest
+            .clone()
+    };
     assert_eq!(digest_now(), expected);
     write(&task, "lib.txt", "x");
     assert_ne!(digest_now(), expected);

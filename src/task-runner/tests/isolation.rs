@@ -75,10 +75,17 @@ async fn environment_is_built_from_nothing() {
     }
     // No stdin in the request: an empty pipe (the same with or without a warm box).
     let stdin = &seen["stdin"];
-    assert!(stdin["path"].as_str().unwrap().starts_with("pipe:"), "{stdin}");
+    assert!(
+        stdin["path"].as_str().unwrap().starts_with("pipe:"),
+        "{stdin}"
+    );
     assert_eq!(
         (&stdin["fifo"], &stdin["tty"], &stdin["chardev"]),
-        (&serde_json::json!(true), &serde_json::json!(false), &serde_json::json!(false)),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(false),
+            &serde_json::json!(false)
+        ),
         "{stdin}"
     );
 }

@@ -19,10 +19,15 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The fixtures with four slots. Each runner takes its own free slot uid range.
+/// `NAUTILUS_WARM_POOL` (as the server reads it) sets the warm pool: `make
+/// test` runs the suite with the default pool and again with `0`.
 pub fn config() -> RunnerConfig {
     RunnerConfig {
         tasks_dir: fixtures(),
         max_concurrent: 4,
+        warm_pool: std::env::var("NAUTILUS_WARM_POOL")
+            .ok()
+            .map(|v| v.parse().expect("NAUTILUS_WARM_POOL must be a number")),
         ..RunnerConfig::default()
     }
 }
@@ -251,11 +256,7 @@ pub async fn settled(runner: &Runner) {
 /// `pids` without the processes of the runner's waiting warm boxes (their
 /// reapers and those reapers' children).
 pub fn not_warm(runner: &Runner, pids: Vec<String>) -> Vec<String> {
-    let warm: Vec<String> = runner
-        .warm_box_pids()
-        .iter()
-        .map(u32::to_string)
-        .collect();
+    let warm: Vec<String> = runner.warm_box_pids().iter().map(u32::to_string).collect();
     let parent = |pid: &str| {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         stat.rsplit_once(')')
