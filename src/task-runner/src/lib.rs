@@ -12,25 +12,29 @@
 //!
 //! # The box
 //!
-//! For every run the runner:
-//! - stages a copy of the task directory into a fresh run directory under
-//!   the work directory ([`RunnerConfig::work_dir`]) and computes the
-//!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
-//!   the task cannot modify any task directory. Files are opened without
-//!   following symlinks or blocking on FIFOs and must be regular files; each
-//!   keeps its permission bits masked with 0755, so staging never widens
-//!   them (a root-only 0600 file stays unreadable to the task, yet is
-//!   staged and digested). When root, the tasks tree (and the way to it)
-//!   must be root-owned and writable by nobody else, checked at
-//!   [`Runner::new`] and on every run;
+//! The runner:
+//! - stages a copy of each task into the work directory
+//!   ([`RunnerConfig::work_dir`]) and computes the [`digest`] of that copy,
+//!   so `task_digest` describes exactly what ran and the task cannot modify
+//!   any task directory. As root this happens once, at [`Runner::new`], for
+//!   every task directly under the tasks root, into one root-owned snapshot
+//!   that every run uses (the tasks tree, and the way to it, must then be
+//!   root-owned and writable by nobody else: in the enclave it is part of
+//!   the measured image and cannot change, so copying it per request would
+//!   protect nothing; a runner started before a change keeps running what
+//!   it staged). Without root each run stages its own copy. Files are opened
+//!   without following symlinks or blocking on FIFOs and must be regular
+//!   files; each keeps its permission bits masked with 0755, so staging
+//!   never widens them (a root-only 0600 file stays unreadable to the task,
+//!   yet is staged and digested);
 //! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
 //!   `HOME` and `TMPDIR` (the same private directory), `NODE_ENV=production`,
 //!   `NAUTILUS_TASK_ID` (the result's `task_id`), and the variables named in
 //!   [`RunnerConfig::pass_env`] with their values at [`Runner::new`];
 //! - starts `node --max-old-space-size=<3/4 of the memory limit> -r <preload>
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
-//!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
-//!   blocking (nodejs/node#6456);
+//!   = a pipe carrying the request's bytes (empty when there are none); the
+//!   preload makes stdout/stderr blocking (nodejs/node#6456);
 //! - gives `node` a session of its own, no leaked descriptors, rlimits
 //!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
 //!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
@@ -76,8 +80,10 @@
 //! runs as uid and gid
 //! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
 //! Inside the box the task sees:
-//! - its code read-only at `<work dir>/task`: the run directory is bound
-//!   over the whole work directory, so no other run is visible;
+//! - the tasks as staged at start, read-only, its own at
+//!   `<work dir>/task/<task path>` (the snapshot is bound over the whole
+//!   work directory: nothing else of the work directory is visible; files
+//!   only root may read stay unreadable);
 //! - a private tmpfs of [`RunnerConfig::max_scratch_bytes`], mounted
 //!   `nosuid,nodev,noexec`, over every directory others can write on the host
 //!   (found at [`Runner::new`]: `/tmp`, `/var/tmp`, `/run/lock`, `/var/lock`,
@@ -127,8 +133,27 @@
 //! runner (another server, the CLI) moves up instead of sharing, and
 //! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
 //! runner kills every process its slot uids still own and removes what
-//! earlier runs under them left (SysV IPC objects, run directories, files at
+//! earlier runs under them left (SysV IPC objects, task snapshots, files at
 //! the top of the shared directories): a crashed predecessor leaves no trap.
+//!
+//! ## The warm pool (root mode)
+//!
+//! `node` takes most of a run's time starting up. So each slot (up to
+//! [`RunnerConfig::warm_pool`], by default all) keeps a *warm box*: a box
+//! built exactly as above, with its own task id, whose `node` has already
+//! started and waits on a control pipe. A run hands it the task (working
+//! directory, entry, arguments) and it runs that one task as `node <entry>
+//! <args…>` would (same `process.argv`, `__filename`, `require.main`,
+//! CommonJS and ES module entries, exit codes, output, signals; nothing of
+//! the bootstrap in `require.cache` or on the task's stack), then exits and
+//! the box ends as any other. Each process still runs exactly one task.
+//! What a task can tell: its process started earlier (`process.uptime()`),
+//! `/proc/self/cmdline` shows the bootstrap's command line, and the bottom
+//! frame of its top-level stack is Node's tick queue. After a run its slot
+//! gets a new warm box before it is free again, off the caller's path; a box
+//! found dead or stopped before use is discarded and the run starts cold
+//! (counted in [`RunnerStats`]). [`Runner::start_warm_pool`] fills the pool;
+//! shutdown and drop kill it.
 //!
 //! ## Without root (development only)
 //!
@@ -204,7 +229,7 @@ use sandbox::{Identity, Policy};
 /// `PATH` inside the box.
 const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
 const PRELOAD: &str = include_str!("preload.cjs");
-/// The preload's name in a run directory.
+/// The preload's name in the snapshot or a run directory.
 const PRELOAD_FILE: &str = "preload.cjs";
 /// Work directory of a root runner when none is configured.
 pub const DEFAULT_ROOT_WORK_DIR: &str = "/var/lib/nautilus-task-runner";
@@ -289,7 +314,7 @@ impl Runner {
     ///
     /// When root: checks the work directory and that the kernel gives every
     /// namespace the box needs, locks the slot uids, and sweeps away whatever
-    /// a crashed predecessor left under them (processes, run directories,
+    /// a crashed predecessor left under them (processes, task snapshots,
     /// files in shared directories). Blocking.
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;

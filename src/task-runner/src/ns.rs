@@ -14,12 +14,13 @@
 //!
 //! 1. joins the slot's cgroups, moves its descriptors to fixed numbers (0–2
 //!    the task's stdio, 3 the report pipe) and closes every other one, so no
-//!    descriptor of a concurrent run is held by this box;
-//! 2. makes every mount private, binds the staged run directory read-only
-//!    over the work directory (the task sees its own code at
-//!    `<work dir>/task` and nothing of other runs), mounts a size-capped
-//!    `nosuid,nodev,noexec` tmpfs over every directory others can write
-//!    (found at start), a minimal `/dev`, a `/proc` of the new PID namespace,
+//!    descriptor of a concurrent run is held by this box (a warm box's
+//!    `node` also gets the read end of its control pipe, high up);
+//! 2. makes every mount private, binds the task snapshot read-only over
+//!    the work directory (the task sees the staged tasks at
+//!    `<work dir>/task` and nothing else of the work directory), mounts a
+//!    size-capped `nosuid,nodev,noexec` tmpfs over every directory others
+//!    can write (found at start), a minimal `/dev`, a `/proc` of the new PID namespace,
 //!    brings up loopback and sets the host name;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
 //!    blocks SIGCHLD, SIGTERM
@@ -253,7 +254,7 @@ pub(crate) struct Spec<'a> {
     pub args: Vec<OsString>,
     /// The complete environment.
     pub env: &'a [(OsString, OsString)],
-    /// The run directory (holding `task/`), bound over the work directory.
+    /// The snapshot (holding `task/`), bound over the work directory.
     pub run_dir: &'a Path,
     pub identity: Identity,
     /// `node`'s working directory (inside the box).
