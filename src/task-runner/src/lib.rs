@@ -1005,7 +1005,10 @@ impl Inner {
 
     /// Fills every free pooled slot, once.
     fn start_pool(&self) {
-        if self.pool.size() == 0 || self.pool_started.swap(true, Ordering::SeqCst) {
+        if self.pool.size() == 0
+            || self.node.is_none()
+            || self.pool_started.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         let mut held = Vec::new();
