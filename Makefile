@@ -71,9 +71,11 @@ bench:
 	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
 	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
 
-## mutants: mutation testing of the trust crates (slow; not part of `make test`).
-## Needs `cargo install --locked cargo-mutants`. Writes out/mutants/summary.txt
-## and fails if a mutant survives that .cargo/mutants-accepted.txt does not list.
+## mutants: mutation testing of the trust crates and the JS client's result
+## checks (slow; not part of `make test`). Needs `cargo install --locked
+## cargo-mutants`; Stryker comes from .ci/stryker's lockfile. Writes
+## out/mutants/summary.txt and fails if a mutant survives that
+## .cargo/mutants-accepted.txt does not list.
 MUTANTS_OUT ?= out/mutants
 # One target directory for the three runs (and the next `make mutants`), so the
 # dependencies are built once; each run still builds the workspace in a copy.
@@ -91,6 +93,12 @@ mutants:
 	$(MUTANTS) -p result-signing -o $(MUTANTS_OUT)/result-signing $(MUTANTS_OK)
 	$(MUTANTS) -p nautilus-client -f src/nautilus-client/src/result.rs \
 		-o $(MUTANTS_OUT)/nautilus-client -- --lib $(MUTANTS_OK)
+	@# The JS client's result checks, with Stryker installed beside (not into)
+	@# the client, which has no dependencies.
+	npm ci --prefix .ci/stryker --no-audit --no-fund --loglevel=error
+	rm -rf out/stryker
+	cd clients/js && ../../.ci/stryker/node_modules/.bin/stryker run ../../.ci/stryker/stryker.config.json
+	mkdir -p $(MUTANTS_OUT)/clients-js && cp out/stryker/mutation.json $(MUTANTS_OUT)/clients-js/
 	.ci/mutants-summary $(MUTANTS_OUT) .cargo/mutants-accepted.txt > $(MUTANTS_OUT)/summary.txt; \
 		status=$$?; cat $(MUTANTS_OUT)/summary.txt; exit $$status
 

@@ -228,3 +228,80 @@ test('r and s must be in 1..n-1, as the Rust parser requires', () => {
     assert.throws(() => verifySignedResponse({ ...signedV1(), signature }, v1.public_key), /^Error: signature is not 128 lowercase hex digits \(64 bytes, r \|\| s\)/);
   }
 });
+
+// The tests below pin what mutation testing (`make mutants`) found no test
+// noticing: boundaries and the exact wording of refusals.
+
+test('the u8 and u64 bounds themselves are accepted', () => {
+  assert.strictEqual(signingBytes({ ...v1.message, intent: 255 })[0], 255);
+  assert.strictEqual(signingBytes({ ...v1.message, timestamp_ms: 0 }).subarray(1, 9).toString('hex'), '0000000000000000');
+});
+
+test('a refusal names the field, the expected type and a short description of the value', () => {
+  const at = (timestamp_ms) => {
+    try {
+      checkShape({ response: { ...v1.message, timestamp_ms }, signature: v1.signature });
+    } catch (e) {
+      return e.message;
+    }
+    assert.fail(`${timestamp_ms} accepted`);
+  };
+  const u64 = `response.timestamp_ms: expected a u64 that JS holds exactly: a JSON number, integer 0..${Number.MAX_SAFE_INTEGER} (2^53-1), got`;
+  assert.strictEqual(at(null), `${u64} null`);
+  assert.strictEqual(at([1]), `${u64} an array`);
+  assert.strictEqual(at({}), `${u64} an object`);
+  assert.strictEqual(at(7n), `${u64} the BigInt 7n`);
+  assert.strictEqual(at(1.5), `${u64} number 1.5`);
+  assert.strictEqual(at(NaN), `${u64} number NaN`, 'String(NaN), not JSON.stringify(NaN) = "null"');
+  assert.strictEqual(at('1700'), `${u64} string "1700"`);
+  // 40 characters of the JSON text, then an ellipsis: a huge value is not echoed.
+  assert.strictEqual(at('x'.repeat(38)), `${u64} string "${'x'.repeat(38)}"`);
+  assert.strictEqual(at('x'.repeat(39)), `${u64} string "${'x'.repeat(39)}…`);
+  const intent = assert.throws.bind(null, () => signingBytes({ ...v1.message, intent: 256 }));
+  intent({ name: 'TypeError', message: 'response.intent: expected a u8: a JSON number, integer 0..255, got number 256' });
+});
+
+test('a signature is a string: an array holding one is refused', () => {
+  assertAlteredIsRefused(signedV1(), (s) => (s.signature = [s.signature]), /^TypeError: signature: expected 128 lowercase hex digits \(64 bytes, r \|\| s\), got an array$/);
+});
+
+test('a public key in hex is whole bytes of hex, nothing before or after', () => {
+  for (const key of [v1.public_key + '0', v1.public_key + 'zz', v1.public_key + ' ', 'zz' + v1.public_key]) {
+    assert.throws(() => verifySignedResponse(signedV1(), key), /^TypeError: public key must be a P-256 SEC1 point/, key);
+  }
+});
+
+test('a 65-byte key must be an uncompressed point (04), not a hybrid one (06, 07)', () => {
+  const jwk = spki(v1.public_key).export({ format: 'jwk' });
+  const xy = Buffer.concat([Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
+  verifySignedResponse(signedV1(), Buffer.concat([Buffer.from([4]), xy]));
+  for (const tag of [6, 7, 2]) {
+    assert.throws(() => verifySignedResponse(signedV1(), Buffer.concat([Buffer.from([tag]), xy])), /^TypeError: public key must be a P-256 SEC1 point/, `tag ${tag}`);
+  }
+});
+
+test('s = (n-1)/2 is low-S: it goes on to the signature check, one more is refused as high', () => {
+  const half = (N - 1n) / 2n;
+  const withS = (s) => ({ ...signedV1(), signature: v1.signature.slice(0, 64) + s.toString(16).padStart(64, '0') });
+  assert.throws(() => verifySignedResponse(withS(half), v1.public_key), /^Error: signature does not verify against the attested public key$/);
+  assert.throws(() => verifySignedResponse(withS(half + 1n), v1.public_key), /^Error: signature is not low-S normalized$/);
+});
+
+test('the CLI prints a signed response with the keys in the Rust order', () => {
+  // lib/client.js prints it; tested here on the function itself.
+  const { canonicalSignedResponse } = require('../lib/result.js');
+  const signed = signedV1();
+  const reversed = (o) => Object.fromEntries(Object.entries(o).reverse());
+  const shuffled = reversed({ ...signed, response: reversed({ ...signed.response, data: reversed(signed.response.data) }) });
+  const canonical = canonicalSignedResponse(shuffled);
+  assert.deepStrictEqual(canonical, signed);
+  assert.strictEqual(JSON.stringify(canonical), JSON.stringify(signed), 'same key order as the Rust-made vector');
+  assert.deepStrictEqual(Object.keys(canonical.response.data).slice(0, 4), ['task_id', 'task_path', 'task_digest', 'args']);
+  // Options stay null, vectors keep their items and order.
+  const other = structuredClone(signed);
+  Object.assign(other.response.data, { nonce: null, signal: null, args: ['b', 'a'] });
+  const out = canonicalSignedResponse(reversed(other));
+  assert.strictEqual(out.response.data.nonce, null);
+  assert.deepStrictEqual(out.response.data.args, ['b', 'a']);
+  assert.strictEqual(JSON.stringify(out), JSON.stringify(other));
+});

@@ -179,3 +179,41 @@ test('misuse is a TypeError, not a silent pass', () => {
   assert.throws(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ notAfterMs: '1' }) }), TypeError);
   assert.throws(() => verifyResult(s, { publicKey: 'zz', expect: expected() }), TypeError);
 });
+
+test('args are compared whole: a signed prefix or extension of the asked args is a mismatch', () => {
+  const { signed: s, key } = signed('aa', (d) => (d.args = ['1', '2']));
+  const check = (args) => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ args }) });
+  check(['1', '2']);
+  for (const args of [['1'], ['1', '2', '3'], [], ['2', '1']]) {
+    assert.strictEqual(resultError(() => check(args), 'Mismatch').details.field, 'args', JSON.stringify(args));
+  }
+  // Without `args`, none are expected.
+  const { signed: none, key: k2 } = signed('aa', (d) => (d.args = []));
+  const { args, ...noArgs } = expected();
+  assert.deepStrictEqual(args, ['1']);
+  verifyResult(none, { publicKey: k2.publicKeyHex, expect: noArgs });
+  resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: noArgs }), 'Mismatch');
+});
+
+test('a result signed without stdin, when stdin was sent, says "none"', () => {
+  const { signed: s, key } = signed('aa', (d) => (d.stdin_sha256 = null));
+  const e = resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected() }), 'Mismatch');
+  assert.strictEqual(e.message, `signed stdin_sha256 is "none", but "${sha256('in')}" was asked for`);
+  verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ stdin: null }) });
+});
+
+test('each malformed `expect` member is a TypeError naming it', () => {
+  const { signed: s, key } = signed('aa');
+  const misuse = (expect, message) => assert.throws(() => verifyResult(s, { publicKey: key.publicKeyHex, expect }), { name: 'TypeError', message });
+  for (const expect of [null, 'x', 1]) misuse(expect, '`expect` must be an object');
+  misuse(expected({ taskPath: 1 }), '`expect.taskPath` must be a string');
+  for (const args of ['1', [1], ['1', null], { 0: '1', length: 1 }]) misuse(expected({ args }), '`expect.args` must be an array of strings');
+  for (const stdin of [1, {}, [105, 110]]) misuse(expected({ stdin }), '`expect.stdin` must be a string, bytes or null');
+  misuse(expected({ nonce: null }), '`expect.nonce` must be the hex nonce sent');
+  misuse(expected({ taskDigest: 1 }), '`expect.taskDigest` must be a string or null');
+  for (const name of ['notBeforeMs', 'notAfterMs', 'clockSkewMs']) {
+    for (const v of [-1, 1.5, '1', 2 ** 53]) misuse(expected({ [name]: v }), `\`expect.${name}\` must be a non-negative integer (ms)`);
+  }
+  // The edges of what is allowed: 0 ms, bytes for stdin, no digest.
+  verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ clockSkewMs: 0, stdin: new Uint8Array(Buffer.from('in')), taskDigest: null }) });
+});

@@ -185,6 +185,16 @@ fn wrong_algorithm_header_is_rejected() {
         AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
         Error::UnsupportedAlgorithm { found: -7 }
     );
+    // `{1: "ES384"}`: a text name is refused with a message saying so, not with
+    // the decoder's "unexpected type" that reading it as an integer would give.
+    cose.protected = [&[0xa1, 0x01, 0x65][..], b"ES384"].concat();
+    assert_eq!(
+        AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
+        Error::MalformedCbor {
+            context: "protected header",
+            reason: "text algorithm names are not supported".into(),
+        }
+    );
     cose.protected = encode_protected(&[]);
     assert_eq!(
         AttestationDocument::from_bytes(&cose.encode()).unwrap_err(),
@@ -297,6 +307,31 @@ fn trailing_bytes_are_rejected() {
             count: 2
         }
     );
+}
+
+#[test]
+fn a_cose_array_not_of_four_items_is_refused_saying_what_it_was() {
+    let doc = Cose {
+        tagged: false,
+        ..Cose::decode(&base())
+    }
+    .encode();
+    assert_eq!(doc[0], 0x84, "untagged, a definite array of 4");
+    for (head, found) in [
+        (0x83, "3 items"),
+        (0x85, "5 items"),
+        (0x9f, "an indefinite-length array"),
+    ] {
+        let bytes = [&[head][..], &doc[1..]].concat();
+        assert_eq!(
+            AttestationDocument::from_bytes(&bytes).unwrap_err(),
+            Error::MalformedCbor {
+                context: "COSE_Sign1 structure",
+                reason: format!("expected an array of 4 items, found {found}"),
+            },
+            "head {head:#x}"
+        );
+    }
 }
 
 #[test]
