@@ -124,6 +124,10 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # Paths of this checkout and of cargo's home never reach the binaries.
 ENCLAVE_RUSTFLAGS := -C target-feature=+crt-static \
 	--remap-path-prefix=$(CURDIR)=/build --remap-path-prefix=$(CARGO_HOME)=/cargo
+# A command to run the assembly under: enclave/check-reproducible.sh sets
+# `faketime -f +1234d` to move its clock (not the compile's: rustc hangs under
+# libfaketime, wolfcw/libfaketime#130).
+ASSEMBLE_WRAPPER ?=
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
 # `--output` needs BuildKit: docker's buildx; podman's own build has it.
 CONTAINER_BUILD = $(if $(findstring docker,$(notdir $(CONTAINER_ENGINE))),$(CONTAINER_ENGINE) buildx build,$(CONTAINER_ENGINE) build)
@@ -137,7 +141,7 @@ image:
 	@test -f "$(KERNEL)" || { echo "make image: KERNEL=$(KERNEL) does not exist. Pass KERNEL=<path to a bzImage>; on an EC2 parent the aws-nitro-enclaves-cli package installs /usr/share/nitro_enclaves/blobs/bzImage (any file works for a test build)." >&2; exit 1; }
 	@$(MAKE) --no-print-directory enclave-binaries
 	KERNEL="$(KERNEL)" NSM_KO="$(NSM_KO)" OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
-		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) enclave/build-image.sh
+		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
 # Static musl binaries of the server, the init and the image tool.
 enclave-binaries:

@@ -4,7 +4,11 @@
 # each clone compiles the static musl binaries itself (its own cargo target
 # directory inside the clone, nothing shared but cargo's download registry and
 # the hash-checked input cache), under a different umask, time zone, locale
-# and wall-clock time (the second build runs under libfaketime, years ahead).
+# and wall-clock time: the builds run minutes apart, and the second one's
+# assembly (build-image.sh: node, npm, tar, the image tool) runs under
+# libfaketime, years ahead. Not its compile: rustc hangs under libfaketime
+# (wolfcw/libfaketime#130, jemalloc), and the minutes between the two compiles
+# already show any time that reaches a binary.
 # Then compares the two out/nitro.eif and out/nitro.pcrs byte for byte.
 #
 #   KERNEL=<any file> enclave/check-reproducible.sh [WORK]
@@ -17,7 +21,7 @@ set -eu
 : "${KERNEL:?set KERNEL=<path to a kernel image; any file works>}"
 [ -f "$KERNEL" ] || { echo "check-reproducible: KERNEL=$KERNEL does not exist" >&2; exit 1; }
 command -v faketime >/dev/null || {
-    echo "check-reproducible: faketime is missing (apt-get install faketime); it sets the second build's wall-clock time" >&2
+    echo "check-reproducible: faketime is missing (apt-get install faketime); it moves the second assembly's wall-clock time" >&2
     exit 1
 }
 KERNEL="$(cd "$(dirname "$KERNEL")" && pwd)/$(basename "$KERNEL")"
@@ -33,30 +37,28 @@ else
 fi
 work="$(cd "$work" && pwd)"
 
-# build DIR UMASK TZ LOCALE [WRAPPER...]: a fresh clone of the commit at DIR,
-# built with nothing of the caller's build settings.
+# build DIR UMASK TZ LOCALE [WRAPPER]: a fresh clone of the commit at DIR,
+# built with nothing of the caller's build settings; WRAPPER runs the assembly.
 build() {
-    dir="$1" mask="$2" zone="$3" locale="$4"
-    shift 4
+    dir="$1" mask="$2" zone="$3" locale="$4" wrapper="${5:-}"
     mkdir -p "$(dirname "$dir")"
     git clone -q --no-hardlinks "$src" "$dir"
     git -C "$dir" checkout -q --detach "$commit"
-    echo "check-reproducible: building $commit in $dir (umask $mask, TZ=$zone, LC_ALL=$locale${1:+, under $*})" >&2
+    echo "check-reproducible: building $commit in $dir (umask $mask, TZ=$zone, LC_ALL=$locale${wrapper:+, assembly under $wrapper})" >&2
     (
         cd "$dir"
         umask "$mask"
         unset CARGO_TARGET_DIR ENCLAVE_TARGET_DIR OUT RUSTFLAGS CARGO_BUILD_RUSTFLAGS \
             CARGO_ENCODED_RUSTFLAGS SOURCE_DATE_EPOCH
         TZ="$zone" LC_ALL="$locale" LANG="$locale" \
-            "$@" make --no-print-directory image KERNEL="$KERNEL"
+            make --no-print-directory image KERNEL="$KERNEL" ASSEMBLE_WRAPPER="$wrapper"
     )
     echo "check-reproducible: $dir built at $(date -u +%FT%TZ) (real time)" >&2
 }
 
 build "$work/one" 022 UTC C
 # Years ahead, and the clock keeps running from there.
-build "$work/deeper/still/two" 077 Pacific/Auckland C.UTF-8 \
-    faketime -f '+1234d'
+build "$work/deeper/still/two" 077 Pacific/Auckland C.UTF-8 "faketime -f +1234d"
 
 one="$work/one/out" two="$work/deeper/still/two/out"
 if cmp "$one/nitro.eif" "$two/nitro.eif" && cmp "$one/nitro.pcrs" "$two/nitro.pcrs"; then
