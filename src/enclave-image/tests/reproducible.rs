@@ -39,7 +39,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// Removes the clones' cargo target directories (hundreds of MB each) however
-/// the test ends; their outputs stay for a look after a failure.
+/// the test ends; after a failure their outputs stay for a look, after a pass
+/// the test removes the clones.
 struct RemoveTargets(Vec<PathBuf>);
 
 impl Drop for RemoveTargets {
@@ -127,4 +128,7 @@ fn two_clones_compiled_from_scratch_build_byte_identical_images() {
         first == second && first_pcrs == second_pcrs,
         "the two clones' images differ"
     );
+    for clone in [&one, &work.join("deeper")] {
+        fs::remove_dir_all(clone).unwrap();
+    }
 }
