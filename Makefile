@@ -37,6 +37,8 @@ unit:
 	@echo ">> cargo test --workspace"
 	@mkdir -p $(dir $(SKIPPED)) && rm -f $(SKIPPED)
 	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --workspace --locked
+	@echo ">> the task runner's and the server's tests again with the warm pool off"
+	NAUTILUS_WARM_POOL=0 NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --locked -p task-runner -p nautilus-server
 	@echo ">> npm test (JavaScript client)"
 	cd clients/js && npm test
 	@if [ -s $(SKIPPED) ]; then \

@@ -49,6 +49,11 @@ struct Args {
     /// Memory a task may use (bytes).
     #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES")]
     memory_limit_bytes: Option<u64>,
+    /// Slots that keep a warm box: `node` started before a request arrives,
+    /// waiting for its one task (root mode). Default: every slot; 0 turns
+    /// the pool off.
+    #[arg(long, env = "NAUTILUS_WARM_POOL")]
+    warm_pool: Option<usize>,
     /// Largest request body (bytes); larger ones get 413.
     #[arg(long, env = "NAUTILUS_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -129,6 +134,7 @@ impl Args {
                 memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
                 pass_env: self.pass_env.clone(),
                 work_dir: self.work_dir.clone(),
+                warm_pool: self.warm_pool,
                 ..d
             },
             max_body_bytes: self.max_body_bytes,
@@ -208,6 +214,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let local = bound.local_addr()?;
     announce(&state, &local, args.dev_root_out.as_deref());
+    // On this thread, which lives as long as the server: the boxes die with it.
+    state.runner().start_warm_pool();
     tokio::spawn(first_attestation(Arc::clone(&state)));
 
     let (stop_tx, mut stop_rx) = watch::channel(false);

@@ -48,6 +48,11 @@ struct StageLabels {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StartLabels {
+    kind: &'static str,
+}
+
 /// The server's Prometheus registry and the metrics in it.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +72,9 @@ pub struct Metrics {
     body_budget_exhausted: Counter,
     abandoned: Family<StageLabels, Counter>,
     cleanup_failures: Counter,
+    warm_ready: Gauge,
+    task_starts: Family<StartLabels, Counter>,
+    warm_discarded: Counter,
     /// Serializes scrapes while they copy the runner's totals into counters.
     scrape: std::sync::Mutex<()>,
 }
@@ -170,8 +178,29 @@ impl Default for Metrics {
             "Run directories or leftovers of earlier runs the task runner could not remove (each logged)",
             cleanup_failures.clone(),
         );
+        let warm_ready = Gauge::default();
+        registry.register(
+            "warm_boxes_ready",
+            "Warm boxes (node started in a slot's box) waiting for a task",
+            warm_ready.clone(),
+        );
+        let task_starts = Family::<StartLabels, Counter>::default();
+        registry.register(
+            "task_starts",
+            "Runs by how node started: warm (handed to a warm box) or cold (started for the run)",
+            task_starts.clone(),
+        );
+        let warm_discarded = Counter::default();
+        registry.register(
+            "warm_boxes_discarded",
+            "Warm boxes found dead or stopped before use (the run then started cold)",
+            warm_discarded.clone(),
+        );
         Self {
             registry,
+            warm_ready,
+            task_starts,
+            warm_discarded,
             attestation_timeouts,
             clock_skew,
             requests,
@@ -286,6 +315,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Enc
         .set(i64::try_from(stats.running).unwrap_or(i64::MAX));
     m.queued
         .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+    m.warm_ready
+        .set(i64::try_from(stats.warm_ready).unwrap_or(i64::MAX));
     let budget = state.config().http.max_buffered_body_bytes;
     let free = state.body_budget.available_permits();
     m.body_bytes_buffered
@@ -302,6 +333,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Enc
         }
         let failures = &m.cleanup_failures;
         failures.inc_by(stats.cleanup_failures.saturating_sub(failures.get()));
+        for (kind, total) in [("warm", stats.warm_runs), ("cold", stats.cold_runs)] {
+            let counter = m.task_starts.get_or_create(&StartLabels { kind });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let discarded = &m.warm_discarded;
+        discarded.inc_by(stats.warm_discarded.saturating_sub(discarded.get()));
     }
     let mut body = String::new();
     encode(&mut body, &m.registry)

@@ -200,7 +200,7 @@ fn processes_with(needle: &str) -> usize {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|cmdline| {
             cmdline
-                .split(|&b| b == 0)
+                .split(|&b| b == 0 || b == b' ')
                 .any(|arg| arg == needle.as_bytes())
         })
         .count()

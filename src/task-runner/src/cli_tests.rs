@@ -252,7 +252,7 @@ fn sigterm_to_the_cli_kills_the_task_and_reports_it() {
     );
 }
 
-/// Without --stdin-file the task's stdin is /dev/null, not the CLI's own stdin:
+/// Without --stdin-file the task's stdin is an empty pipe of its own, not the CLI's stdin:
 /// here an open pipe that never ends, on which a task reading to the end would hang.
 fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
     let tasks = fixtures();
@@ -278,7 +278,12 @@ fn absent_stdin_reads_as_eof_even_when_the_cli_has_an_open_stdin() {
         json(json(&stdout)["stdout"].as_str().unwrap())
     };
     assert_eq!(run("stdin-echo")["bytes"], 0);
-    assert_eq!(run("introspect")["stdin"]["path"], "/dev/null");
+    let stdin = &run("introspect")["stdin"];
+    assert!(
+        stdin["path"].as_str().unwrap().starts_with("pipe:"),
+        "{stdin}"
+    );
+    assert_eq!(stdin["fifo"], true, "{stdin}");
 }
 
 /// --stdin-file reads at most one byte past the limit and says which limit.

@@ -59,6 +59,12 @@ pub struct RunnerConfig {
     /// Only applied when root, where each slot has its own uid; also the
     /// slot cgroup's `pids.max`. Default 64.
     pub max_processes: u64,
+    /// As root, how many slots keep a warm box: `node` already started in
+    /// the slot's box, waiting for its task (see
+    /// [`Runner::start_warm_pool`](crate::Runner::start_warm_pool)). `None`:
+    /// every slot; `Some(0)` turns the pool off (every run starts `node`
+    /// itself). Without root there is no pool. Default `None`.
+    pub warm_pool: Option<usize>,
 }
 
 impl Default for RunnerConfig {
@@ -82,6 +88,7 @@ impl Default for RunnerConfig {
             max_scratch_bytes: 64 * MIB,
             max_open_files: 1024,
             max_processes: 64,
+            warm_pool: None,
         }
     }
 }

@@ -38,8 +38,9 @@ pub(crate) struct SpawnSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Task id, also found in the environment as `NAUTILUS_TASK_ID`.
     pub task_id: String,
-    /// Whether stdin is a pipe (`true`) or `/dev/null`.
-    pub piped_stdin: bool,
+    /// A warm box: `node` waits for its task on a control pipe at this
+    /// descriptor number (root mode only).
+    pub control: Option<libc::c_int>,
     /// As root: the slot identity and the run directory to box.
     pub boxed: Option<(Identity, PathBuf)>,
     /// The slot's cgroups, joined by the box before anything else.
@@ -62,6 +63,9 @@ pub(crate) struct Boxed {
     stdin: Option<Writer>,
     stdout: Option<Reader>,
     stderr: Option<Reader>,
+    /// A warm box's control pipe, until the task is handed over.
+    control: Option<tokio::net::unix::pipe::Sender>,
+    /// When the task started (for a warm box: when it was handed over).
     started: Instant,
 }
 
@@ -81,18 +85,23 @@ pub(crate) fn spawn(
             env: &spec.env,
             run_dir,
             identity: *identity,
-            piped_stdin: spec.piped_stdin,
+            cwd: &spec.cwd,
+            control: spec.control,
             cgroup: spec.cgroup,
         };
         let (child, stdio) = ns::spawn(plan, policy, &ns_spec)
             .map_err(|e| TaskError::internal("starting node", e))?;
         return Ok(Boxed {
             kind: Kind::Ns(child),
-            stdin: stdio.stdin.map(|s| Box::new(s) as Writer),
+            stdin: Some(Box::new(stdio.stdin)),
             stdout: Some(Box::new(stdio.stdout)),
             stderr: Some(Box::new(stdio.stderr)),
+            control: stdio.control,
             started,
         });
+    }
+    if spec.control.is_some() {
+        return Err(TaskError::Internal("a warm box needs root mode".to_owned()));
     }
     let mut cmd = Command::new(&spec.node);
     cmd.args(&spec.node_args)
@@ -101,11 +110,7 @@ pub(crate) fn spawn(
         .current_dir(&spec.cwd)
         .env_clear()
         .envs(spec.env)
-        .stdin(if spec.piped_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -132,6 +137,7 @@ pub(crate) fn spawn(
                 marker: format!("NAUTILUS_TASK_ID={}", spec.task_id).into_bytes(),
             },
         },
+        control: None,
         started,
     })
 }
@@ -142,6 +148,46 @@ fn killed() -> ExitStatus {
 }
 
 impl Boxed {
+    /// Whether the box is still waiting for its task: its reaper has not
+    /// reported or gone, and neither it nor `node` is stopped or dead.
+    pub fn is_ready(&self) -> bool {
+        match &self.kind {
+            Kind::Ns(child) => self.control.is_some() && child.is_waiting(),
+            Kind::Plain { .. } => false,
+        }
+    }
+
+    /// The box's first process (its reaper, as root).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Ns(child) => u32::try_from(child.pid()).ok(),
+            Kind::Plain { child, .. } => child.id(),
+        }
+    }
+
+    /// Kills a root-mode box and waits until all of it is reaped (blocking).
+    pub fn kill_and_reap(&mut self) {
+        if let Kind::Ns(child) = &mut self.kind {
+            child.kill_and_reap();
+        }
+    }
+
+    /// Hands a warm box its task: writes `message` to the control pipe and
+    /// closes it. The task's time starts now.
+    pub async fn hand_over(&mut self, message: &[u8]) -> Result<(), TaskError> {
+        let mut control = self
+            .control
+            .take()
+            .ok_or_else(|| TaskError::Internal("the box is not warm".to_owned()))?;
+        control
+            .write_all(message)
+            .await
+            .map_err(|e| TaskError::internal("handing the task to the warm box", e))?;
+        drop(control);
+        self.started = Instant::now();
+        Ok(())
+    }
+
     /// Waits for the main process to end. Cancel-safe. `Err` when the box
     /// could not be built or node not started.
     async fn wait(&mut self) -> Result<ExitStatus, TaskError> {

@@ -12,25 +12,29 @@
 //!
 //! # The box
 //!
-//! For every run the runner:
-//! - stages a copy of the task directory into a fresh run directory under
-//!   the work directory ([`RunnerConfig::work_dir`]) and computes the
-//!   [`digest`] of that copy, so `task_digest` describes exactly what ran and
-//!   the task cannot modify any task directory. Files are opened without
-//!   following symlinks or blocking on FIFOs and must be regular files; each
-//!   keeps its permission bits masked with 0755, so staging never widens
-//!   them (a root-only 0600 file stays unreadable to the task, yet is
-//!   staged and digested). When root, the tasks tree (and the way to it)
-//!   must be root-owned and writable by nobody else, checked at
-//!   [`Runner::new`] and on every run;
+//! The runner:
+//! - stages a copy of each task into the work directory
+//!   ([`RunnerConfig::work_dir`]) and computes the [`digest`] of that copy,
+//!   so `task_digest` describes exactly what ran and the task cannot modify
+//!   any task directory. As root this happens once, at [`Runner::new`], for
+//!   every task directly under the tasks root, into one root-owned snapshot
+//!   that every run uses (the tasks tree, and the way to it, must then be
+//!   root-owned and writable by nobody else: in the enclave it is part of
+//!   the measured image and cannot change, so copying it per request would
+//!   protect nothing; a runner started before a change keeps running what
+//!   it staged). Without root each run stages its own copy. Files are opened
+//!   without following symlinks or blocking on FIFOs and must be regular
+//!   files; each keeps its permission bits masked with 0755, so staging
+//!   never widens them (a root-only 0600 file stays unreadable to the task,
+//!   yet is staged and digested);
 //! - builds the environment from nothing: `PATH=/usr/local/bin:/usr/bin:/bin`,
 //!   `HOME` and `TMPDIR` (the same private directory), `NODE_ENV=production`,
 //!   `NAUTILUS_TASK_ID` (the result's `task_id`), and the variables named in
 //!   [`RunnerConfig::pass_env`] with their values at [`Runner::new`];
 //! - starts `node --max-old-space-size=<3/4 of the memory limit> -r <preload>
 //!   <entry> <args…>` without a shell, cwd = the staged task directory, stdin
-//!   = the request's bytes or `/dev/null`; the preload makes stdout/stderr
-//!   blocking (nodejs/node#6456);
+//!   = a pipe carrying the request's bytes (empty when there are none); the
+//!   preload makes stdout/stderr blocking (nodejs/node#6456);
 //! - gives `node` a session of its own, no leaked descriptors, rlimits
 //!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
 //!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
@@ -76,8 +80,10 @@
 //! runs as uid and gid
 //! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
 //! Inside the box the task sees:
-//! - its code read-only at `<work dir>/task`: the run directory is bound
-//!   over the whole work directory, so no other run is visible;
+//! - the tasks as staged at start, read-only, its own at
+//!   `<work dir>/task/<task path>` (the snapshot is bound over the whole
+//!   work directory: nothing else of the work directory is visible; files
+//!   only root may read stay unreadable);
 //! - a private tmpfs of [`RunnerConfig::max_scratch_bytes`], mounted
 //!   `nosuid,nodev,noexec`, over every directory others can write on the host
 //!   (found at [`Runner::new`]: `/tmp`, `/var/tmp`, `/run/lock`, `/var/lock`,
@@ -127,8 +133,27 @@
 //! runner (another server, the CLI) moves up instead of sharing, and
 //! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
 //! runner kills every process its slot uids still own and removes what
-//! earlier runs under them left (SysV IPC objects, run directories, files at
+//! earlier runs under them left (SysV IPC objects, task snapshots, files at
 //! the top of the shared directories): a crashed predecessor leaves no trap.
+//!
+//! ## The warm pool (root mode)
+//!
+//! `node` takes most of a run's time starting up. So each slot (up to
+//! [`RunnerConfig::warm_pool`], by default all) keeps a *warm box*: a box
+//! built exactly as above, with its own task id, whose `node` has already
+//! started and waits on a control pipe. A run hands it the task (working
+//! directory, entry, arguments) and it runs that one task as `node <entry>
+//! <args…>` would (same `process.argv`, `__filename`, `require.main`,
+//! CommonJS and ES module entries, exit codes, output, signals; nothing of
+//! the bootstrap in `require.cache` or on the task's stack), then exits and
+//! the box ends as any other. Each process still runs exactly one task.
+//! What a task can tell: its process started earlier (`process.uptime()`),
+//! `/proc/self/cmdline` shows the bootstrap's command line, and the bottom
+//! frame of its top-level stack is Node's tick queue. After a run its slot
+//! gets a new warm box before it is free again, off the caller's path; a box
+//! found dead or stopped before use is discarded and the run starts cold
+//! (counted in [`RunnerStats`]). [`Runner::start_warm_pool`] fills the pool;
+//! shutdown and drop kill it.
 //!
 //! ## Without root (development only)
 //!
@@ -168,8 +193,10 @@ mod isolation;
 mod limiter;
 mod node;
 mod ns;
+mod pool;
 mod request;
 mod sandbox;
+mod snapshot;
 mod task;
 mod uids;
 
@@ -202,7 +229,7 @@ use sandbox::{Identity, Policy};
 /// `PATH` inside the box.
 const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
 const PRELOAD: &str = include_str!("preload.cjs");
-/// The preload's name in a run directory.
+/// The preload's name in the snapshot or a run directory.
 const PRELOAD_FILE: &str = "preload.cjs";
 /// Work directory of a root runner when none is configured.
 pub const DEFAULT_ROOT_WORK_DIR: &str = "/var/lib/nautilus-task-runner";
@@ -222,6 +249,14 @@ pub struct RunnerStats {
     pub abandoned_running: u64,
     /// Run directories or leftovers that could not be removed (each logged).
     pub cleanup_failures: u64,
+    /// Warm boxes waiting for a task now.
+    pub warm_ready: usize,
+    /// Runs handed to a warm box.
+    pub warm_runs: u64,
+    /// Runs that started `node` themselves (no warm box for their slot).
+    pub cold_runs: u64,
+    /// Warm boxes found dead or stopped before use, and discarded.
+    pub warm_discarded: u64,
 }
 
 /// Runs tasks; cheap to clone (all clones share slots and state).
@@ -235,9 +270,16 @@ struct Counters {
     abandoned_queued: AtomicU64,
     abandoned_running: AtomicU64,
     cleanup_failures: AtomicU64,
+    warm_runs: AtomicU64,
+    cold_runs: AtomicU64,
+    warm_discarded: AtomicU64,
 }
 
 struct Inner {
+    /// Warm boxes; dropped (killed) first, before the cgroups and the
+    /// snapshot they use.
+    pool: pool::Pool,
+    pool_started: AtomicBool,
     config: RunnerConfig,
     /// Canonical tasks root.
     root: PathBuf,
@@ -259,6 +301,8 @@ struct Inner {
     uids: Option<uids::UidLease>,
     /// The box layout (when privileged).
     plan: Option<BoxPlan>,
+    /// Every task, staged once (when privileged).
+    snapshot: Option<snapshot::Snapshot>,
     isolation: Isolation,
     counters: Counters,
 }
@@ -270,7 +314,7 @@ impl Runner {
     ///
     /// When root: checks the work directory and that the kernel gives every
     /// namespace the box needs, locks the slot uids, and sweeps away whatever
-    /// a crashed predecessor left under them (processes, run directories,
+    /// a crashed predecessor left under them (processes, task snapshots,
     /// files in shared directories). Blocking.
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;
@@ -317,6 +361,28 @@ impl Runner {
         } else {
             (None, None)
         };
+        let snapshot = match &uids {
+            Some(lease) => Some(snapshot::Snapshot::build(
+                &root,
+                work_dir.join(format!("{}-snapshot", lease.slots().start)),
+                tree_limits(&config, true),
+                &[
+                    (PRELOAD_FILE, PRELOAD),
+                    (pool::BOOTSTRAP_FILE, pool::BOOTSTRAP),
+                ],
+            )?),
+            None => None,
+        };
+        let pool_size = match (privileged, config.warm_pool) {
+            (true, size) => size.unwrap_or(config.max_concurrent),
+            (false, Some(0)) => 0,
+            (false, _) => {
+                tracing::info!(
+                    "no warm pool without root (each run stages its task): runs start cold"
+                );
+                0
+            }
+        };
         let cgroups = match &uids {
             // The uid lease makes the tag unique among live runners, and
             // tells which other runners' groups are left from dead ones.
@@ -347,6 +413,8 @@ impl Runner {
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
         Ok(Runner {
             inner: Arc::new(Inner {
+                pool: pool::Pool::new(config.max_concurrent, pool_size),
+                pool_started: AtomicBool::new(false),
                 config,
                 root,
                 node,
@@ -360,10 +428,22 @@ impl Runner {
                 cgroups,
                 uids,
                 plan,
+                snapshot,
                 isolation,
                 counters,
             }),
         })
+    }
+
+    /// Fills the warm pool (root mode; see [`RunnerConfig::warm_pool`]): a
+    /// box with `node` started and waiting, for each pooled slot that is
+    /// free. Later runs refill their slot themselves, off the caller's path.
+    /// The first run calls it too; a server calls it once it listens, so
+    /// that even the first request finds warm boxes. Must be called within
+    /// a tokio runtime, on a thread that lives as long as the runner (the
+    /// boxes die with the thread that started them).
+    pub fn start_warm_pool(&self) {
+        self.inner.start_pool();
     }
 
     /// The per-slot cgroup limits in force (see [`CgroupSummary`]).
@@ -402,6 +482,13 @@ impl Runner {
         self.inner.uids.as_ref().map(uids::UidLease::slots)
     }
 
+    /// The first process (the PID 1 reaper) of each warm box waiting now;
+    /// `node` is its child. For monitoring: these processes are the pool's,
+    /// not leftovers of a run.
+    pub fn warm_box_pids(&self) -> Vec<u32> {
+        self.inner.pool.pids()
+    }
+
     /// Current load and counters.
     pub fn stats(&self) -> RunnerStats {
         let c = &self.inner.counters;
@@ -411,6 +498,10 @@ impl Runner {
             abandoned_queued: c.abandoned_queued.load(Ordering::Relaxed),
             abandoned_running: c.abandoned_running.load(Ordering::Relaxed),
             cleanup_failures: c.cleanup_failures.load(Ordering::Relaxed),
+            warm_ready: self.inner.pool.ready(),
+            warm_runs: c.warm_runs.load(Ordering::Relaxed),
+            cold_runs: c.cold_runs.load(Ordering::Relaxed),
+            warm_discarded: c.warm_discarded.load(Ordering::Relaxed),
         }
     }
 
@@ -420,13 +511,26 @@ impl Runner {
     /// before spending a slot. Blocking file I/O (a `realpath`).
     pub fn resolve_task(&self, task_path: &str) -> Result<String, TaskError> {
         let path = request::normalize_task_path(task_path)?;
-        Ok(task::resolve(&self.inner.root, &path)?.task_path)
+        self.inner.locate(&path)?;
+        Ok(path)
     }
 
     /// Every task directly under the tasks root (a directory holding
     /// `package.json`), sorted by path, with its digest. Blocking file I/O.
     pub fn list_tasks(&self) -> Result<Vec<TaskInfo>, TaskError> {
         let inner = &self.inner;
+        if let Some(snapshot) = &inner.snapshot {
+            return snapshot
+                .tasks()
+                .map(|(name, staged)| match staged {
+                    Ok(staged) => Ok(TaskInfo {
+                        task_path: name.clone(),
+                        task_digest: staged.digest.clone(),
+                    }),
+                    Err(refused) => Err(refused.to_error()),
+                })
+                .collect();
+        }
         let entries = std::fs::read_dir(&inner.root)
             .map_err(|e| TaskError::internal("listing the tasks directory", e))?;
         let mut names: Vec<String> = entries
@@ -473,6 +577,7 @@ impl Runner {
         let inner = &self.inner;
         inner.shutting_down.store(true, Ordering::SeqCst);
         inner.limiter.close();
+        inner.pool.clear();
         let mut running = inner.limiter.watch_running();
         if tokio::time::timeout(grace, running.wait_for(|n| *n == 0))
             .await
@@ -720,26 +825,55 @@ fn check_traversable(work_dir: &Path, parent: &Path) -> Result<(), ConfigError> 
     Ok(())
 }
 
-/// A staged run directory: `task/` (the copy that runs), the preload and,
-/// without root, the task's home.
+/// Without root, a run's own directory: `task/` (the staged copy that
+/// runs), the preload and the task's home.
 struct RunDir {
     path: PathBuf,
     task: PathBuf,
-    /// Without root only: `HOME` and `TMPDIR` (as root they are a private tmpfs).
-    home: Option<PathBuf>,
+    /// `HOME` and `TMPDIR`.
+    home: PathBuf,
     /// The entry file, relative to `task`.
     entry: PathBuf,
     digest: String,
 }
 
+/// Where a task runs from.
+enum Located {
+    /// Root: staged at start; paths as the box shows them.
+    Staged {
+        cwd: PathBuf,
+        entry: PathBuf,
+        digest: String,
+    },
+    /// Without root: the task's directory, staged per run.
+    Dir(task::ResolvedTask),
+}
+
+/// How `node` starts: what a cold start runs, or a warm box's bootstrap.
+struct Launch {
+    /// The main module, absolute.
+    entry: PathBuf,
+    args: Vec<String>,
+    cwd: PathBuf,
+    home: PathBuf,
+    preload: PathBuf,
+    /// A warm box's control descriptor.
+    control: Option<libc::c_int>,
+}
+
+/// Caps on a task tree. Root reads the tasks: only root may be able to
+/// change them meanwhile.
+fn tree_limits(config: &RunnerConfig, privileged: bool) -> TreeLimits {
+    TreeLimits {
+        max_entries: config.max_task_files,
+        max_bytes: config.max_task_bytes,
+        dir_owner: privileged.then_some(0),
+    }
+}
+
 impl Inner {
     fn tree_limits(&self) -> TreeLimits {
-        TreeLimits {
-            max_entries: self.config.max_task_files,
-            max_bytes: self.config.max_task_bytes,
-            // Root reads the tasks: only root may be able to change them meanwhile.
-            dir_owner: self.privileged.then_some(0),
-        }
+        tree_limits(&self.config, self.privileged)
     }
 
     /// Removes a run directory (blocking), logging and counting a failure.
@@ -752,6 +886,140 @@ impl Inner {
         }
     }
 
+    /// Where `task_path` (normalized) runs from: its entry in the snapshot
+    /// (root), or its directory to stage (without root). Errors as a
+    /// per-run staging would give them.
+    fn locate(&self, task_path: &str) -> Result<Located, TaskError> {
+        let (Some(snapshot), Some(plan)) = (&self.snapshot, &self.plan) else {
+            return Ok(Located::Dir(task::resolve(&self.root, task_path)?));
+        };
+        match snapshot.get(task_path) {
+            Some(Ok(staged)) => {
+                let entry = staged.entry.as_ref().map_err(snapshot::Refused::to_error)?;
+                let cwd = plan.code_dir().join(task_path);
+                Ok(Located::Staged {
+                    entry: cwd.join(entry),
+                    cwd,
+                    digest: staged.digest.clone(),
+                })
+            }
+            Some(Err(refused)) => Err(refused.to_error()),
+            None => {
+                // Say what is wrong with the path itself, if anything.
+                task::resolve(&self.root, task_path)?;
+                Err(TaskError::TaskDirMissing(format!(
+                    "{task_path} (as root, only the tasks directly under the tasks directory when the runner started run)"
+                )))
+            }
+        }
+    }
+
+    /// The environment and box of a run in slot `index` under `task_id`.
+    fn spec(
+        &self,
+        index: usize,
+        identity: Option<Identity>,
+        task_id: String,
+        launch: Launch,
+    ) -> SpawnSpec {
+        let mut env = vec![
+            (OsString::from("PATH"), OsString::from(TASK_PATH_ENV)),
+            ("HOME".into(), launch.home.clone().into()),
+            ("TMPDIR".into(), launch.home.into()),
+            ("NODE_ENV".into(), "production".into()),
+            ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
+        ];
+        env.extend(self.pass_env.iter().cloned());
+        let box_dir = self.snapshot.as_ref().map(|s| s.dir.clone());
+        SpawnSpec {
+            node: self
+                .node
+                .as_ref()
+                .map(|n| n.path.clone())
+                .unwrap_or_default(),
+            node_args: vec![
+                format!("--max-old-space-size={}", self.config.heap_limit_mib()).into(),
+                "-r".into(),
+                launch.preload.into(),
+            ],
+            entry: launch.entry,
+            args: launch.args,
+            cwd: launch.cwd,
+            env,
+            task_id,
+            control: launch.control,
+            boxed: identity.zip(box_dir),
+            cgroup: self
+                .cgroups
+                .slot(index)
+                .map_or(cgroup::Join::NONE, cgroup::Slot::join),
+        }
+    }
+
+    /// Starts a warm box in slot `index` (root mode). Must run on a thread
+    /// that outlives the box.
+    fn spawn_warm(&self, index: usize) -> Result<pool::Warm, TaskError> {
+        let (Some(plan), Some(uids)) = (&self.plan, &self.uids) else {
+            return Err(TaskError::Internal("a warm box needs root mode".into()));
+        };
+        // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
+        let identity = uids.slot(index as u32);
+        // Above every descriptor node opens while it boots: the task finds
+        // the numbers a plain start gives.
+        let control = libc::c_int::try_from(self.config.max_open_files - 1).map_err(|_| {
+            TaskError::Internal("max_open_files is too large for a warm box".into())
+        })?;
+        let task_id = uuid::Uuid::new_v4().to_string();
+        let launch = Launch {
+            entry: self.work_dir.join(pool::BOOTSTRAP_FILE),
+            args: vec![control.to_string()],
+            cwd: plan.code_dir(),
+            home: PathBuf::from(ns::TASK_HOME),
+            preload: self.work_dir.join(PRELOAD_FILE),
+            control: Some(control),
+        };
+        let spec = self.spec(index, Some(identity), task_id.clone(), launch);
+        let boxed = exec::spawn(spec, &self.policy, self.plan.as_ref())?;
+        Ok(pool::Warm { boxed, task_id })
+    }
+
+    /// Puts a warm box in the pooled slot `slot` holds, then frees the slot.
+    fn refill(&self, slot: limiter::Slot) {
+        let index = slot.index();
+        if index >= self.pool.size()
+            || self.pool.has(index)
+            || self.shutting_down.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        match self.spawn_warm(index) {
+            Ok(warm) => self.pool.put(index, warm),
+            Err(e) => tracing::warn!(slot = index, error = %e, "could not start a warm box"),
+        }
+        // A shutdown that began meanwhile has already cleared the pool.
+        if self.shutting_down.load(Ordering::SeqCst) {
+            self.pool.clear();
+        }
+        drop(slot);
+    }
+
+    /// Fills every free pooled slot, once.
+    fn start_pool(&self) {
+        if self.pool.size() == 0
+            || self.node.is_none()
+            || self.pool_started.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut held = Vec::new();
+        while let Some(slot) = self.limiter.try_acquire() {
+            held.push(slot);
+        }
+        for slot in held {
+            self.refill(slot);
+        }
+    }
+
     async fn run(
         self: Arc<Self>,
         req: TaskRequest,
@@ -760,9 +1028,12 @@ impl Inner {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(TaskError::ShuttingDown);
         }
-        let node = self.node.as_ref().ok_or(TaskError::NodeMissing)?;
+        if self.node.is_none() {
+            return Err(TaskError::NodeMissing);
+        }
         let req = req.validate(&self.config)?;
-        let task = task::resolve(&self.root, &req.task_path)?;
+        let located = self.locate(&req.task_path)?;
+        self.start_pool();
         let slot = tokio::select! {
             slot = self.limiter.acquire() => slot?,
             _ = &mut gone => {
@@ -771,54 +1042,85 @@ impl Inner {
                 return Err(TaskError::Internal("abandoned by its caller while queued".into()));
             }
         };
+        let index = slot.index();
         // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
-        let identity = self.uids.as_ref().map(|u| u.slot(slot.index() as u32));
-        let task_id = uuid::Uuid::new_v4().to_string();
+        let identity = self.uids.as_ref().map(|u| u.slot(index as u32));
 
-        let this = self.clone();
-        let run_dir = tokio::task::spawn_blocking(move || this.prepare(&task.dir, identity))
-            .await
-            .map_err(|e| TaskError::internal("preparing the run", e))??;
-
-        let (cwd, preload, home) = match &self.plan {
-            // Inside the box the run directory shows at the work directory.
-            Some(plan) => (
-                plan.code_dir(),
-                self.work_dir.join(PRELOAD_FILE),
-                PathBuf::from(ns::TASK_HOME),
+        let (launch, digest, run_dir) = match located {
+            Located::Staged { cwd, entry, digest } => (
+                Launch {
+                    entry,
+                    args: Vec::new(),
+                    cwd,
+                    home: PathBuf::from(ns::TASK_HOME),
+                    preload: self.work_dir.join(PRELOAD_FILE),
+                    control: None,
+                },
+                digest,
+                None,
             ),
-            None => (
-                run_dir.task.clone(),
-                run_dir.path.join(PRELOAD_FILE),
-                run_dir.home.clone().unwrap_or_else(|| run_dir.path.clone()),
-            ),
+            Located::Dir(task) => {
+                let this = self.clone();
+                let run_dir = tokio::task::spawn_blocking(move || this.prepare(&task.dir))
+                    .await
+                    .map_err(|e| TaskError::internal("preparing the run", e))??;
+                (
+                    Launch {
+                        entry: run_dir.task.join(&run_dir.entry),
+                        args: Vec::new(),
+                        cwd: run_dir.task.clone(),
+                        home: run_dir.home.clone(),
+                        preload: run_dir.path.join(PRELOAD_FILE),
+                        control: None,
+                    },
+                    run_dir.digest.clone(),
+                    Some(run_dir.path),
+                )
+            }
         };
-        let mut env = vec![
-            (OsString::from("PATH"), OsString::from(TASK_PATH_ENV)),
-            ("HOME".into(), home.clone().into()),
-            ("TMPDIR".into(), home.into()),
-            ("NODE_ENV".into(), "production".into()),
-            ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
-        ];
-        env.extend(self.pass_env.iter().cloned());
-        let cgroup = self.cgroups.slot(slot.index());
+        let cgroup = self.cgroups.slot(index);
         let oom_before = cgroup.and_then(cgroup::Slot::oom_kills);
-        let spec = SpawnSpec {
-            node: node.path.clone(),
-            node_args: vec![
-                format!("--max-old-space-size={}", self.config.heap_limit_mib()).into(),
-                "-r".into(),
-                preload.into(),
-            ],
-            entry: cwd.join(&run_dir.entry),
-            args: req.args.clone(),
-            cwd,
-            env,
-            task_id: task_id.clone(),
-            piped_stdin: req.stdin.is_some(),
-            boxed: identity.map(|id| (id, run_dir.path.clone())),
-            cgroup: cgroup.map_or(cgroup::Join::NONE, cgroup::Slot::join),
-        };
+        let mut started = None;
+        if let Some(mut warm) = self.pool.take(index) {
+            let message = serde_json::json!({
+                "cwd": launch.cwd.to_str(),
+                "entry": launch.entry.to_str(),
+                "args": &req.args,
+            });
+            let handed = if !warm.boxed.is_ready() {
+                Err(TaskError::Internal(
+                    "the warm box is dead or stopped".into(),
+                ))
+            } else {
+                warm.boxed.hand_over(message.to_string().as_bytes()).await
+            };
+            match handed {
+                Ok(()) => {
+                    self.counters.warm_runs.fetch_add(1, Ordering::Relaxed);
+                    started = Some(Ok((warm.boxed, warm.task_id)));
+                }
+                Err(e) => {
+                    self.counters.warm_discarded.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "discarded the slot's warm box; starting cold");
+                }
+            }
+        }
+        let started = started.unwrap_or_else(|| {
+            self.counters.cold_runs.fetch_add(1, Ordering::Relaxed);
+            let task_id = uuid::Uuid::new_v4().to_string();
+            let spec = self.spec(
+                index,
+                identity,
+                task_id.clone(),
+                Launch {
+                    args: req.args.clone(),
+                    ..launch
+                },
+            );
+            // Spawned here, on a runtime worker: the box's death signal
+            // follows the spawning thread, which must outlive the run.
+            exec::spawn(spec, &self.policy, self.plan.as_ref()).map(|b| (b, task_id))
+        });
         let watch = Watch {
             timeout: Duration::from_secs(req.timeout_secs),
             grace: self.config.kill_grace,
@@ -828,11 +1130,9 @@ impl Inner {
             oom: cgroup.and_then(cgroup::Slot::oom_event),
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-        // Spawned here, on a runtime worker: the box's death signal follows
-        // the spawning thread, which must outlive the run.
-        let outcome = match exec::spawn(spec, &self.policy, self.plan.as_ref()) {
-            Ok(boxed) => exec::supervise(boxed, stdin, watch).await,
-            Err(e) => Err(e),
+        let (outcome, task_id) = match started {
+            Ok((boxed, task_id)) => (exec::supervise(boxed, stdin, watch).await, task_id),
+            Err(e) => (Err(e), String::new()),
         };
         if outcome
             .as_ref()
@@ -843,13 +1143,13 @@ impl Inner {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!("caller went away while the task ran; stopped it");
         }
-        let digest = run_dir.digest.clone();
-        // Removing the run directory is blocking I/O; the slot is held until
-        // it is gone and the slot's cgroups are empty.
+        // Blocking: the run directory (without root) goes, and the slot's
+        // cgroups must be empty before the slot is used again.
         let this = self.clone();
-        let index = slot.index();
         let oom_killed = tokio::task::spawn_blocking(move || {
-            this.remove_run_dir(&run_dir.path);
+            if let Some(path) = run_dir {
+                this.remove_run_dir(&path);
+            }
             let cgroup = this.cgroups.slot(index)?;
             if let Err(e) = cgroup.empty() {
                 tracing::error!(error = %e, "slot cgroup could not be emptied");
@@ -860,7 +1160,9 @@ impl Inner {
         .ok()
         .flatten()
         .unwrap_or(false);
-        drop(slot);
+        // The slot is freed once its warm box is back, off the caller's path.
+        let this = self.clone();
+        tokio::spawn(async move { this.refill(slot) });
         let outcome = outcome?;
 
         let cap = self.config.max_output_bytes;
@@ -917,31 +1219,18 @@ impl Inner {
         )
     }
 
-    /// Creates the run directory: staged task, digest, entry point, preload
-    /// and, without root, the home. As root it is named after the slot uid,
-    /// so the start-up sweep of a later runner on these uids finds it.
-    fn prepare(&self, task_dir: &Path, identity: Option<Identity>) -> Result<RunDir, TaskError> {
+    /// Without root: creates the run directory (staged task, digest, entry
+    /// point, preload, home).
+    fn prepare(&self, task_dir: &Path) -> Result<RunDir, TaskError> {
         let io = |what: &'static str| move |e: std::io::Error| TaskError::internal(what, e);
-        let name = match identity {
-            Some(id) => format!("{}-{}", id.uid, uuid::Uuid::new_v4()),
-            None => format!("nautilus-run-{}", uuid::Uuid::new_v4()),
-        };
-        let path = self.work_dir.join(name);
-        // As root only reached through the box's bind mount, which shows it
-        // as the work directory: readable there, 0755.
+        let path = self
+            .work_dir
+            .join(format!("nautilus-run-{}", uuid::Uuid::new_v4()));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
             .map_err(io("creating the run directory"))?;
         let staged = (|| {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                .map_err(io("securing the run directory"))?;
-            if let Some(owner) = self.tree_limits().dir_owner {
-                // The walk checks the task's own tree; this, the way there from the root.
-                for dir in task_dir.ancestors().filter(|d| d.starts_with(&self.root)) {
-                    digest::check_trusted(dir, owner)?;
-                }
-            }
             let task = path.join(ns::CODE_DIR);
             task::stage(task_dir, &task, self.tree_limits())?;
             let digest = digest::digest_tree(&task, self.tree_limits())?;
@@ -950,16 +1239,11 @@ impl Inner {
             std::fs::write(&preload, PRELOAD).map_err(io("writing the preload"))?;
             std::fs::set_permissions(&preload, std::fs::Permissions::from_mode(0o644))
                 .map_err(io("securing the preload"))?;
-            let home = if identity.is_none() {
-                let home = path.join("home");
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&home)
-                    .map_err(io("creating the task's home"))?;
-                Some(home)
-            } else {
-                None
-            };
+            let home = path.join("home");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&home)
+                .map_err(io("creating the task's home"))?;
             Ok(RunDir {
                 path: path.clone(),
                 task,

@@ -1,6 +1,7 @@
 //! At most N tasks at once, at most M waiting; each running task owns a slot
 //! number (which picks its uid when the runner is root).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +11,9 @@ use crate::TaskError;
 
 pub(crate) struct Limiter {
     permits: Arc<Semaphore>,
-    free_slots: Mutex<Vec<usize>>,
+    /// Free slots, the longest free first: a slot's warm box has then had
+    /// the most time to start.
+    free_slots: Mutex<VecDeque<usize>>,
     waiting: AtomicUsize,
     max_queue: usize,
     /// Number of slots in use, observable so shutdown can wait for zero.
@@ -34,7 +37,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // Return the slot number before the permit (dropped after this body), so
         // whoever gets the permit next finds a free slot.
-        lock(&self.limiter.free_slots).push(self.index);
+        lock(&self.limiter.free_slots).push_back(self.index);
         self.limiter.running.send_modify(|n| *n -= 1);
     }
 }
@@ -57,8 +60,7 @@ impl Limiter {
     pub fn new(max_concurrent: usize, max_queue: usize) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(max_concurrent)),
-            // Reversed so slot 0 is handed out first.
-            free_slots: Mutex::new((0..max_concurrent).rev().collect()),
+            free_slots: Mutex::new((0..max_concurrent).collect()),
             waiting: AtomicUsize::new(0),
             max_queue,
             running: tokio::sync::watch::Sender::new(0),
@@ -83,11 +85,23 @@ impl Limiter {
                     .map_err(|_| TaskError::ShuttingDown)?
             }
         };
-        let index = lock(&self.free_slots).pop().ok_or_else(|| {
+        let index = lock(&self.free_slots).pop_front().ok_or_else(|| {
             TaskError::Internal("limiter has a permit but no free slot".to_owned())
         })?;
         self.running.send_modify(|n| *n += 1);
         Ok(Slot {
+            index,
+            limiter: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Takes a free slot without waiting or queueing, if there is one.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let index = lock(&self.free_slots).pop_front()?;
+        self.running.send_modify(|n| *n += 1);
+        Some(Slot {
             index,
             limiter: self.clone(),
             _permit: permit,

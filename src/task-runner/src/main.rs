@@ -126,6 +126,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         pass_env: cli.pass_env,
         work_dir: cli.work_dir,
         max_concurrent: 1,
+        // One run: a warm box would only be started and thrown away.
+        warm_pool: Some(0),
         ..RunnerConfig::default()
     };
     let runner = Runner::new(config)?;

@@ -14,12 +14,13 @@
 //!
 //! 1. joins the slot's cgroups, moves its descriptors to fixed numbers (0–2
 //!    the task's stdio, 3 the report pipe) and closes every other one, so no
-//!    descriptor of a concurrent run is held by this box;
-//! 2. makes every mount private, binds the staged run directory read-only
-//!    over the work directory (the task sees its own code at
-//!    `<work dir>/task` and nothing of other runs), mounts a size-capped
-//!    `nosuid,nodev,noexec` tmpfs over every directory others can write
-//!    (found at start), a minimal `/dev`, a `/proc` of the new PID namespace,
+//!    descriptor of a concurrent run is held by this box (a warm box's
+//!    `node` also gets the read end of its control pipe, high up);
+//! 2. makes every mount private, binds the task snapshot read-only over
+//!    the work directory (the task sees the staged tasks at
+//!    `<work dir>/task` and nothing else of the work directory), mounts a
+//!    size-capped `nosuid,nodev,noexec` tmpfs over every directory others
+//!    can write (found at start), a minimal `/dev`, a `/proc` of the new PID namespace,
 //!    brings up loopback and sets the host name;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
 //!    blocks SIGCHLD, SIGTERM
@@ -86,6 +87,8 @@ const SCAN_BUDGET: usize = 20_000;
 
 /// Fixed descriptor numbers inside the box.
 const FD_REPORT: RawFd = 3;
+/// A warm box's control pipe, in the reaper until `node` is cloned.
+const FD_CONTROL: RawFd = 4;
 
 /// Report pipe messages: three native-endian `u32`s.
 const MSG_LEN: usize = 12;
@@ -251,10 +254,14 @@ pub(crate) struct Spec<'a> {
     pub args: Vec<OsString>,
     /// The complete environment.
     pub env: &'a [(OsString, OsString)],
-    /// The run directory (holding `task/`), bound over the work directory.
+    /// The snapshot (holding `task/`), bound over the work directory.
     pub run_dir: &'a Path,
     pub identity: Identity,
-    pub piped_stdin: bool,
+    /// `node`'s working directory (inside the box).
+    pub cwd: &'a Path,
+    /// A warm box: `node` gets the read end of a control pipe at this
+    /// descriptor number (where the task's code is told later).
+    pub control: Option<RawFd>,
     /// The slot's cgroups: the reaper joins them first, so it and everything
     /// it starts run inside.
     pub cgroup: crate::cgroup::Join,
@@ -262,9 +269,11 @@ pub(crate) struct Spec<'a> {
 
 /// The parent's ends of the task's standard streams.
 pub(crate) struct Stdio {
-    pub stdin: Option<pipe::Sender>,
+    pub stdin: pipe::Sender,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
+    /// A warm box's control pipe.
+    pub control: Option<pipe::Sender>,
 }
 
 /// A running box, from the runner's side.
@@ -303,14 +312,17 @@ struct ChildArgs<'a> {
     plan: &'a BoxPlan,
     policy: &'a Policy,
     run_dir: &'a CStr,
+    cwd: &'a CStr,
     node: &'a CStr,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     identity: Identity,
-    stdin: Option<RawFd>,
+    stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
     report: RawFd,
+    /// The control pipe's read end, and its number in `node`.
+    control: Option<(RawFd, RawFd)>,
     cgroup: crate::cgroup::Join,
     signals: libc::sigset_t,
 }
@@ -345,8 +357,13 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let run_dir = cstr(spec.run_dir.as_os_str())?;
+    let cwd = cstr(spec.cwd.as_os_str())?;
 
-    let stdin = spec.piped_stdin.then(pipe2).transpose()?;
+    let (in_r, in_w) = pipe2()?;
+    let control = spec
+        .control
+        .map(|at| pipe2().map(|p| (p, at)))
+        .transpose()?;
     let (out_r, out_w) = pipe2()?;
     let (err_r, err_w) = pipe2()?;
     let (report_r, report_w) = pipe2()?;
@@ -363,14 +380,16 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         plan,
         policy,
         run_dir: &run_dir,
+        cwd: &cwd,
         node: &node,
         argv: &argv,
         envp: &envp,
         identity: spec.identity,
-        stdin: stdin.as_ref().map(|(r, _)| r.as_raw_fd()),
+        stdin: in_r.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         report: report_w.as_raw_fd(),
+        control: control.as_ref().map(|((r, _), at)| (r.as_raw_fd(), *at)),
         cgroup: spec.cgroup,
         signals,
     };
@@ -395,9 +414,9 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    drop((out_w, err_w, report_w));
-    let stdin = match stdin {
-        Some((r, w)) => {
+    drop((in_r, out_w, err_w, report_w));
+    let control = match control {
+        Some(((r, w), _)) => {
             drop(r);
             Some(pipe::Sender::from_owned_fd(w)?)
         }
@@ -410,9 +429,10 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         reaped: false,
     };
     let stdio = Stdio {
-        stdin,
+        stdin: pipe::Sender::from_owned_fd(in_w)?,
         stdout: pipe::Receiver::from_owned_fd(out_r)?,
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        control,
     };
     Ok((child, stdio))
 }
@@ -462,7 +482,53 @@ impl NsChild {
         self.pid
     }
 
+    /// Whether the box is alive and idle as far as the runner can see: the
+    /// reaper has not reported (nor gone), and neither it nor a child of it
+    /// is stopped or dead. Reads a few `/proc` files.
+    pub fn is_waiting(&self) -> bool {
+        if self.reaped || !self.pending.is_empty() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.report.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on our own open descriptor, without waiting.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+            return false;
+        }
+        let running = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')')?.1.trim_start().chars().next())
+                .is_some_and(|state| !matches!(state, 'T' | 't' | 'Z' | 'X'))
+        };
+        let pid = self.pid.to_string();
+        // Without CONFIG_PROC_CHILDREN only the reaper is checked.
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        running(&pid) && children.split_whitespace().all(running)
+    }
+
     pub fn mark_reaped(&mut self) {
+        self.reaped = true;
+    }
+
+    /// Kills the box and waits until the kernel has reaped all of it
+    /// (blocking; for shutdown, where the slot cgroups go next).
+    pub fn kill_and_reap(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // SAFETY: kill and waitpid on our own unreaped child.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        loop {
+            let rc = unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), libc::__WALL) };
+            if rc == self.pid || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
         self.reaped = true;
     }
 }
@@ -534,16 +600,21 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     {
         libc::_exit(127);
     }
-    let stdin = a.stdin.map(high);
+    let stdin = high(a.stdin);
     let stdout = high(a.stdout);
     let stderr = high(a.stderr);
+    let control = a.control.map(|(fd, _)| high(fd));
     let moved = (|| -> io::Result<()> {
-        if let Some(fd) = stdin {
-            rc(libc::dup2(rc_fd(fd)?, 0))?;
-        }
+        rc(libc::dup2(rc_fd(stdin)?, 0))?;
         rc(libc::dup2(rc_fd(stdout)?, 1))?;
         rc(libc::dup2(rc_fd(stderr)?, 2))?;
-        close_from(FD_REPORT + 1)
+        match control {
+            Some(fd) => {
+                rc(libc::dup2(rc_fd(fd)?, FD_CONTROL))?;
+                close_from(FD_CONTROL + 1)
+            }
+            None => close_from(FD_REPORT + 1),
+        }
     })();
     or_fail(STEP_FDS, moved);
     or_fail(STEP_CGROUP, joined);
@@ -642,8 +713,9 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
         fail(STEP_FORK, io::Error::last_os_error());
     }
     let node = node as libc::pid_t;
-    // The reaper holds none of the task's streams: their end of file is the task's.
-    for fd in [0, 1, 2] {
+    // The reaper holds none of the task's streams (their end of file is the
+    // task's) and not the control pipe.
+    for fd in [0, 1, 2, FD_CONTROL] {
         libc::close(fd);
     }
     or_fail(STEP_ENTER, a.policy.enter(Some(a.identity)));
@@ -701,19 +773,19 @@ fn rc_fd(fd: RawFd) -> io::Result<RawFd> {
 
 /// `node`'s own process in the box. Async-signal-safe; never returns.
 unsafe fn start_node(a: &ChildArgs) -> ! {
-    if a.stdin.is_none() {
-        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if fd < 0 || (fd != 0 && libc::dup2(fd, 0) < 0) {
-            fail(STEP_EXEC, io::Error::last_os_error());
-        }
-    }
     let setup = (|| -> io::Result<()> {
         // Own session and process group: SIGTERM reaches the group, and the
         // task has no controlling terminal.
         rc(libc::setsid())?;
         libc::umask(0o077);
         a.policy.set_rlimits()?;
-        rc(libc::chdir(a.plan.code_dir.as_ptr()))?;
+        if let Some((_, at)) = a.control {
+            // High up (below RLIMIT_NOFILE), so node's own descriptors get
+            // the numbers they get in a plain start; the bootstrap closes it.
+            rc(libc::dup2(FD_CONTROL, at))?;
+            rc(libc::close(FD_CONTROL))?;
+        }
+        rc(libc::chdir(a.cwd.as_ptr()))?;
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         rc(libc::sigprocmask(

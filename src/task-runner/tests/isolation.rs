@@ -73,9 +73,20 @@ async fn environment_is_built_from_nothing() {
             "needs CAP_SYS_RESOURCE",
         );
     }
+    // No stdin in the request: an empty pipe (the same with or without a warm box).
+    let stdin = &seen["stdin"];
+    assert!(
+        stdin["path"].as_str().unwrap().starts_with("pipe:"),
+        "{stdin}"
+    );
     assert_eq!(
-        seen["stdin"],
-        serde_json::json!({ "path": "/dev/null", "fifo": false, "tty": false, "chardev": true })
+        (&stdin["fifo"], &stdin["tty"], &stdin["chardev"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(false),
+            &serde_json::json!(false)
+        ),
+        "{stdin}"
     );
 }
 
@@ -307,7 +318,8 @@ async fn process_limit_holds_and_every_process_is_killed() {
         assert!(spawned > limit / 2 && spawned < limit, "{seen}");
     }
     let slot_uids = runner.sandbox_uids().expect("root");
-    let survivors = processes_of(&slot_uids);
+    settled(&runner).await;
+    let survivors = not_warm(&runner, processes_of(&slot_uids));
     assert!(
         survivors.is_empty(),
         "processes of the slot uids survived: {survivors:?}"
@@ -356,7 +368,8 @@ async fn task_stopping_everything_it_can_signal_is_still_killed() {
             "took {took:?}"
         );
         let slot_uids = runner.sandbox_uids().expect("root");
-        let survivors = processes_of(&slot_uids);
+        settled(&runner).await;
+        let survivors = not_warm(&runner, processes_of(&slot_uids));
         assert!(
             survivors.is_empty(),
             "processes of the slot uids survived: {survivors:?}"
@@ -518,19 +531,21 @@ async fn task_tree_others_could_change_is_refused() {
     let runner = Runner::new(config_in(root.path())).unwrap();
     assert_eq!(run_ok(&runner, "t", &[]).await.stdout, "ran\n");
 
-    let refused = |runner: Runner| async move {
+    // The tree is checked as it is staged: when the runner starts.
+    let refused = |root: std::path::PathBuf| async move {
+        let runner = Runner::new(config_in(root)).unwrap();
         let err = run(&runner, request("t", &[])).await.unwrap_err();
         assert_eq!(err.kind(), task_runner::ErrorKind::InvalidTask, "{err}");
         assert!(err.to_string().contains("writable by nobody else"), "{err}");
     };
     mode(&lib, 0o777);
-    refused(runner.clone()).await;
+    refused(root.path().to_owned()).await;
     mode(&lib, 0o755);
     std::os::unix::fs::chown(&lib, Some(65534), None).unwrap();
-    refused(runner.clone()).await;
+    refused(root.path().to_owned()).await;
     std::os::unix::fs::chown(&lib, Some(0), None).unwrap();
     mode(&task, 0o775);
-    refused(runner.clone()).await;
+    refused(root.path().to_owned()).await;
     mode(&task, 0o755);
     assert_eq!(run_ok(&runner, "t", &[]).await.stdout, "ran\n");
 

@@ -157,7 +157,8 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
         // The pids are the box's own (its PID namespace); from outside, what
         // counts is that no process of the slot uids is left, not even a
         // zombie: the box's end reaped them all before the result came out.
-        let left = processes_of(&slots);
+        settled(&runner).await;
+        let left = not_warm(&runner, processes_of(&slots));
         assert!(
             left.is_empty(),
             "processes of the slot uids survived: {left:?}"
@@ -174,6 +175,7 @@ async fn detached_and_double_forked_grandchildren_do_not_survive() {
                 })
             })
             .collect();
+        let zombies = not_warm(&runner, zombies);
         assert!(
             zombies.is_empty(),
             "slot uid /proc entries left: {zombies:?}"

@@ -19,10 +19,15 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The fixtures with four slots. Each runner takes its own free slot uid range.
+/// `NAUTILUS_WARM_POOL` (as the server reads it) sets the warm pool: `make
+/// test` runs the suite with the default pool and again with `0`.
 pub fn config() -> RunnerConfig {
     RunnerConfig {
         tasks_dir: fixtures(),
         max_concurrent: 4,
+        warm_pool: std::env::var("NAUTILUS_WARM_POOL")
+            .ok()
+            .map(|v| v.parse().expect("NAUTILUS_WARM_POOL must be a number")),
         ..RunnerConfig::default()
     }
 }
@@ -114,17 +119,19 @@ pub fn processes_of(uids: &std::ops::Range<u32>) -> Vec<String> {
         .collect()
 }
 
-/// Live `node` processes with `marker` among their arguments.
+/// Live `node` processes with `marker` among their arguments (or in their
+/// title: see the `sleep` fixture).
 pub fn node_processes_with_arg(marker: &str) -> Vec<i64> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
         .filter(|&pid| {
+            let is_node = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "node"));
             let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                 return false;
             };
-            let mut args = cmdline.split(|&b| b == 0);
-            let is_node = args.next().is_some_and(|argv0| argv0.ends_with(b"node"));
+            let mut args = cmdline.split(|&b| b == 0 || b == b' ');
             is_node && args.any(|a| a == marker.as_bytes()) && alive(pid)
         })
         .collect()
@@ -230,4 +237,33 @@ pub fn outcome(rc: i64) -> String {
         Some(libc::EINVAL) => "EINVAL".to_owned(),
         _ => err.to_string(),
     }
+}
+
+/// Waits (bounded) until no run holds a slot: a finished run's slot is
+/// held until its warm box is back.
+pub async fn settled(runner: &Runner) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runner.stats().running > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner did not settle: {:?}",
+            runner.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `pids` without the processes of the runner's waiting warm boxes (their
+/// reapers and those reapers' children).
+pub fn not_warm(runner: &Runner, pids: Vec<String>) -> Vec<String> {
+    let warm: Vec<String> = runner.warm_box_pids().iter().map(u32::to_string).collect();
+    let parent = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    pids.into_iter()
+        .filter(|p| !warm.contains(p) && !warm.contains(&parent(p)))
+        .collect()
 }

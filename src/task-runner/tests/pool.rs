@@ -1,0 +1,236 @@
+//! The warm pool: a task handed to a warm box runs as a cold `node <entry>`
+//! would, a box that died or was stopped before use is never handed a task,
+//! and shutdown kills the pool. (The rest of the suite runs with the pool on
+//! and, under `NAUTILUS_WARM_POOL=0`, off.)
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use task_runner::{Runner, RunnerConfig};
+
+/// What a task can see of how it was started.
+const SEMANTICS: &str = r#"'use strict';
+const fs = require('node:fs');
+const listeners = ['exit', 'beforeExit', 'uncaughtException', 'unhandledRejection',
+  'warning', 'SIGTERM', 'SIGINT', 'message'];
+process.nextTick(() => { order.push('tick'); });
+Promise.resolve().then(() => { order.push('micro'); });
+const order = ['sync'];
+setImmediate(() => process.stdout.write(JSON.stringify({
+  argv: process.argv,
+  exec_argv: process.execArgv,
+  filename: __filename,
+  dirname: __dirname,
+  cwd: process.cwd(),
+  is_main: require.main === module,
+  main_module: process.mainModule === module,
+  id: module.id,
+  parent: String(module.parent),
+  cache: Object.keys(require.cache),
+  globals: Object.getOwnPropertyNames(globalThis).sort(),
+  listeners: Object.fromEntries(listeners.map((e) => [e, process.listenerCount(e)])),
+  env: Object.keys(process.env).sort(),
+  fds: fs.readdirSync('/proc/self/fd').map(Number).sort((a, b) => a - b),
+  title: process.title,
+  stdin_fifo: fs.fstatSync(0).isFIFO(),
+  order,
+})));
+"#;
+
+const ESM: &str = r#"import fs from 'node:fs';
+import { createRequire } from 'node:module';
+const require = createRequire(import.meta.url);
+process.stdout.write(JSON.stringify({
+  url: import.meta.url,
+  argv: process.argv,
+  cwd: process.cwd(),
+  require_main: String(require.main),
+  has_main_module: 'mainModule' in process,
+  cache: Object.keys(require.cache),
+  stdin: fs.readFileSync(0, 'utf8'),
+}));
+"#;
+
+fn task(root: &Path, name: &str, package: &str, files: &[(&str, &str)]) {
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("package.json"), package).unwrap();
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+}
+
+fn tasks() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    task(r, "semantics", "{}", &[("index.js", SEMANTICS)]);
+    task(r, "esm", r#"{"type":"module"}"#, &[("index.js", ESM)]);
+    task(r, "mjs", r#"{"main":"main.mjs"}"#, &[("main.mjs", ESM)]);
+    task(
+        r,
+        "throws",
+        "{}",
+        &[("index.js", "throw new Error('boom');\n")],
+    );
+    task(
+        r,
+        "rejects",
+        "{}",
+        &[("index.js", "Promise.reject(new Error('nope'));\n")],
+    );
+    task(
+        r,
+        "exits",
+        "{}",
+        &[(
+            "index.js",
+            "process.stdout.write('x'.repeat(300000)); process.exit(7);\n",
+        )],
+    );
+    root
+}
+
+fn runner_in(root: &Path, warm_pool: usize) -> Runner {
+    Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        warm_pool: Some(warm_pool),
+        ..config_in(root)
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_warm_box_runs_a_task_exactly_as_a_cold_start_does() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    let root = tasks();
+    let cold = runner_in(root.path(), 0);
+    let warm = runner_in(root.path(), 1);
+    let cases: [(&str, &[&str], Option<&str>); 7] = [
+        ("semantics", &["a", "b c", ""], None),
+        ("esm", &["x"], Some("from stdin")),
+        ("esm", &[], None),
+        ("mjs", &["y"], None),
+        ("throws", &[], None),
+        ("rejects", &[], None),
+        ("exits", &[], None),
+    ];
+    for (name, args, stdin) in cases {
+        let req = || task_runner::TaskRequest {
+            stdin: stdin.map(str::to_owned),
+            ..request(name, args)
+        };
+        let c = run(&cold, req()).await.unwrap();
+        settled(&warm).await;
+        let w = run(&warm, req()).await.unwrap();
+        let what = format!("{name} {args:?}\ncold: {c:?}\nwarm: {w:?}");
+        assert_eq!(
+            (&c.status, c.exit_code, &c.signal, &c.stdout),
+            (&w.status, w.exit_code, &w.signal, &w.stdout),
+            "{what}"
+        );
+        assert_eq!(c.task_digest, w.task_digest, "{what}");
+        // Nothing of the bootstrap shows, not even in a stack trace; the
+        // error and its frames in the task are the same.
+        assert!(!w.stderr.contains("pool.cjs"), "{what}");
+        let task_frames = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains("node:internal"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(task_frames(&c.stderr), task_frames(&w.stderr), "{what}");
+    }
+    let seen = json(&run_ok(&warm, "semantics", &[]).await.stdout);
+    assert_eq!(seen["is_main"], true, "{seen}");
+    // The preload and the entry: nothing of the bootstrap.
+    assert_eq!(seen["cache"].as_array().unwrap().len(), 2, "{seen}");
+    assert!(!seen.to_string().contains("pool.cjs"), "{seen}");
+    assert_eq!(seen["order"], serde_json::json!(["sync", "tick", "micro"]));
+    assert_eq!(run_ok(&warm, "exits", &[]).await.stdout.len(), 300000);
+    let stats = warm.stats();
+    assert_eq!(stats.warm_runs, cases.len() as u64 + 2, "{stats:?}");
+    assert_eq!((stats.cold_runs, stats.warm_discarded), (0, 0), "{stats:?}");
+    assert_eq!(cold.stats().warm_runs, 0);
+}
+
+/// The `node` process of the slot's waiting warm box.
+async fn warm_node(runner: &Runner) -> libc::pid_t {
+    settled(runner).await;
+    let reaper = *runner.warm_box_pids().first().expect("a warm box");
+    let mut node = None;
+    let found = eventually(Duration::from_secs(10), || {
+        node = std::fs::read_to_string(format!("/proc/{reaper}/task/{reaper}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok());
+        node.is_some()
+    });
+    assert!(found, "the warm box never started node");
+    node.unwrap()
+}
+
+#[tokio::test]
+async fn a_dead_or_stopped_warm_box_is_never_handed_a_task() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    let root = tasks();
+    let runner = runner_in(root.path(), 1);
+    runner.start_warm_pool();
+    for (n, signal) in [(1, libc::SIGKILL), (2, libc::SIGSTOP)] {
+        let node = warm_node(&runner).await;
+        // SAFETY: kill(2) on the warm box's node.
+        assert_eq!(unsafe { libc::kill(node, signal) }, 0);
+        // The signal takes effect asynchronously.
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{node}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
+        };
+        let took = eventually(Duration::from_secs(5), || match signal {
+            libc::SIGKILL => !alive(node.into()),
+            _ => state() == Some('T'),
+        });
+        assert!(took, "signal {signal}: node {node} is {:?}", state());
+        let result = run_ok(&runner, "semantics", &["after"]).await;
+        assert_eq!(json(&result.stdout)["argv"][2], "after", "{result:?}");
+        let stats = runner.stats();
+        assert_eq!((stats.warm_discarded, stats.cold_runs), (n, n), "{stats:?}");
+    }
+    // The slot got a fresh warm box, which works.
+    warm_node(&runner).await;
+    run_ok(&runner, "semantics", &[]).await;
+    assert_eq!(runner.stats().warm_runs, 1);
+}
+
+#[tokio::test]
+async fn shutdown_and_drop_kill_the_warm_boxes() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    let root = tasks();
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 2,
+        warm_pool: None,
+        ..config_in(root.path())
+    })
+    .unwrap();
+    runner.start_warm_pool();
+    let pids = runner.warm_box_pids();
+    assert_eq!(pids.len(), 2, "the pool is the slot count by default");
+    let node = warm_node(&runner).await;
+    runner.shutdown(Duration::from_secs(1)).await;
+    for pid in pids.iter().map(|&p| i64::from(p)).chain([node.into()]) {
+        assert!(!has_proc_entry(pid), "{pid} outlived the shutdown");
+    }
+
+    let runner = runner_in(root.path(), 1);
+    runner.start_warm_pool();
+    let node = warm_node(&runner).await;
+    drop(runner);
+    assert!(!has_proc_entry(node.into()), "{node} outlived the runner");
+}
