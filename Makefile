@@ -58,7 +58,7 @@ repro-test:
 	@echo ">> reproducibility test: two clones, two full builds, one compare"
 	@command -v faketime >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "make repro-test: installing faketime (the second build's wall-clock time)"; \
+			echo "make repro-test: installing faketime (moves the second assembly's clock)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >/dev/null; \
 		else echo "make repro-test: faketime is missing: install it (apt-get install faketime)" >&2; exit 1; fi; }
 	$(CARGO) test --locked -p enclave-image --test reproducible -- --ignored --nocapture
