@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit bench install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run task-deps test lint unit repro-test bench install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run: task-deps
@@ -25,7 +25,7 @@ task-deps:
 			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
 
 ## test: formatting, lints and every test of the workspace (what CI runs)
-test: lint unit boot-test
+test: lint unit boot-test repro-test
 
 lint:
 	@echo ">> cargo fmt --check"
@@ -52,6 +52,16 @@ boot-test:
 	@echo ">> boot test: the image in a VM, through the proxy"
 	$(CARGO) build --locked --bin nautilus-proxy --bin nautilus-client
 	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --locked -p nautilus-proxy --test boot -- --ignored --nocapture
+
+## repro-test: two clones of HEAD, each compiled from scratch with other umask, zone, locale and clock, must build byte-identical images (installs faketime when missing)
+repro-test:
+	@echo ">> reproducibility test: two clones, two full builds, one compare"
+	@command -v faketime >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "make repro-test: installing faketime (moves the second assembly's clock)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >/dev/null; \
+		else echo "make repro-test: faketime is missing: install it (apt-get install faketime)" >&2; exit 1; fi; }
+	$(CARGO) test --locked -p enclave-image --test reproducible -- --ignored --nocapture
 
 ## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID)
 PROXY_LISTEN ?= 0.0.0.0:3000
@@ -124,6 +134,10 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # Paths of this checkout and of cargo's home never reach the binaries.
 ENCLAVE_RUSTFLAGS := -C target-feature=+crt-static \
 	--remap-path-prefix=$(CURDIR)=/build --remap-path-prefix=$(CARGO_HOME)=/cargo
+# A command to run the assembly under: enclave/check-reproducible.sh sets
+# `faketime -f +1234d` to move its clock (not the compile's: rustc hangs under
+# libfaketime, wolfcw/libfaketime#130).
+ASSEMBLE_WRAPPER ?=
 CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
 # `--output` needs BuildKit: docker's buildx; podman's own build has it.
 CONTAINER_BUILD = $(if $(findstring docker,$(notdir $(CONTAINER_ENGINE))),$(CONTAINER_ENGINE) buildx build,$(CONTAINER_ENGINE) build)
@@ -137,7 +151,7 @@ image:
 	@test -f "$(KERNEL)" || { echo "make image: KERNEL=$(KERNEL) does not exist. Pass KERNEL=<path to a bzImage>; on an EC2 parent the aws-nitro-enclaves-cli package installs /usr/share/nitro_enclaves/blobs/bzImage (any file works for a test build)." >&2; exit 1; }
 	@$(MAKE) --no-print-directory enclave-binaries
 	KERNEL="$(KERNEL)" NSM_KO="$(NSM_KO)" OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
-		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) enclave/build-image.sh
+		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
 # Static musl binaries of the server, the init and the image tool.
 enclave-binaries:

@@ -586,8 +586,8 @@ fn commit_time() -> String {
 /// Two assemblies from two copies in different directories, with different
 /// umasks, zones, locales and wall-clock times (and file mtimes), are
 /// byte-identical, and identical to `make image`'s. This reuses one set of
-/// compiled binaries; `enclave/check-reproducible.sh` also rebuilds them in
-/// two clones (slow; see the README).
+/// compiled binaries and covers uncommitted changes; `tests/reproducible.rs`
+/// (`make repro-test`) also compiles them twice, in two clones of HEAD.
 #[test]
 fn two_assemblies_from_two_copies_are_byte_identical() {
     let b = built();
