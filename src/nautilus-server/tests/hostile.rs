@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{Method, Request};
 use serde_json::json;
-use support::{children, config, expect_error, TestServer};
+use support::{children_but_warm, config, eventually, expect_error, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -56,18 +56,6 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String, String) {
 fn error_sentence(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
     v["error"].as_str().expect("an error sentence").to_owned()
-}
-
-/// Polls until `done` or `within` has passed; returns how long it took.
-async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if done() {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// A body trickled one byte every 4 s never trips an idle timer; the total
@@ -371,10 +359,16 @@ async fn abandon(s: &TestServer, mut drop_running: impl FnMut(), mut drop_queued
     assert_eq!(stats().abandoned_queued, 1);
     drop_running();
     let took = eventually(Duration::from_secs(10), || {
-        stats().running == 0 && children().is_empty()
+        stats().running == 0 && children_but_warm(s).is_empty()
     })
     .await
-    .unwrap_or_else(|| panic!("task still running: {:?} {:?}", stats(), children()));
+    .unwrap_or_else(|| {
+        panic!(
+            "task still running: {:?} {:?}",
+            stats(),
+            children_but_warm(s)
+        )
+    });
     eprintln!("abandoned task stopped and its slot freed after {took:?}");
     // The queued run must not take the freed slot.
     tokio::time::sleep(Duration::from_millis(500)).await;

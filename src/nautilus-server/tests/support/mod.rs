@@ -153,6 +153,23 @@ pub async fn expect_error(resp: reqwest::Response, status: u16) -> serde_json::V
     body
 }
 
+/// Every child of this process but the warm boxes waiting in `server`'s
+/// pool, zombies included, as "pid name state" (as root, a task's box; its
+/// grandchildren stay in the box's PID namespace).
+pub fn children_but_warm(server: &TestServer) -> Vec<String> {
+    let warm: Vec<String> = server
+        .state
+        .runner()
+        .warm_box_pids()
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    children()
+        .into_iter()
+        .filter(|c| !warm.iter().any(|w| c.split(' ').next() == Some(w.as_str())))
+        .collect()
+}
+
 /// Every child of this process, zombies included, as "pid name state" (as
 /// root, a task's box; its grandchildren stay in the box's PID namespace).
 pub fn children() -> Vec<String> {
@@ -182,4 +199,19 @@ pub fn children() -> Vec<String> {
             })
         })
         .collect()
+}
+
+/// Polls until `done` or `within` has passed; returns how long it took.
+pub async fn eventually(
+    within: std::time::Duration,
+    mut done: impl FnMut() -> bool,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if done() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    None
 }
