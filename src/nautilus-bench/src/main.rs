@@ -14,7 +14,9 @@
 //! 2. `POST /process_data` latency (p50/p90/p99) and throughput at each
 //!    concurrency (`--concurrency`, default 1,2,8,32) for a trivial task and a
 //!    CPU-bound one (about 50 ms of work here), for each server configuration
-//!    (with and without the warm pool when the server has `--warm-pool`);
+//!    (with and without the warm pool when the server has `--warm-pool`), and
+//!    one "paced" client sending a trivial task every 250 ms (the latency of
+//!    one request when a warm box had time to start);
 //! 3. the server's RSS idle and under load, its child processes separately;
 //! 4. the cost per call of signing a result, of `GET /get_attestation`, and of
 //!    a client's full verification of a document and a result.
@@ -111,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         // Node's own caches and the server's first connections.
         for task in TASKS {
-            load(&http, &server, task, 2, 4).await?;
+            load(&http, &server, task, 2, 4, Duration::ZERO).await?;
         }
         let idle_rss = rss_kib(server.pid()).unwrap_or(0);
         let idle_children = children_rss_kib(server.pid());
@@ -121,11 +123,19 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("  {mode}: {task} at concurrency {c}");
                 let total = args.requests.max(4 * c);
                 let sampler = RssSampler::start(server.pid());
-                let point = load(&http, &server, task, c, total).await?;
+                let point = load(&http, &server, task, c, total, Duration::ZERO).await?;
                 let (peak, peak_children) = sampler.stop();
                 report.point(mode, task, c, point, peak, peak_children);
             }
         }
+        // One client that leaves the server time between requests, as most
+        // do: what a single request costs when a warm box is ready.
+        eprintln!("  {mode}: trivial, one request every {PACED:?}");
+        let sampler = RssSampler::start(server.pid());
+        let point = load(&http, &server, "trivial", 1, 20, PACED).await?;
+        let (peak, peak_children) = sampler.stop();
+        let paced = format!("{mode}, paced");
+        report.point(&paced, "trivial", 1, point, peak, peak_children);
         if *mode == "cold" {
             report.costs(per_call_costs(&http, &server).await?);
         }
@@ -143,6 +153,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 const TASKS: [&str; 2] = ["trivial", "cpu"];
+/// The pause of the paced client.
+const PACED: Duration = Duration::from_millis(250);
 
 /// A throwaway tasks directory with the two benchmark tasks.
 struct Tasks {
@@ -317,13 +329,15 @@ impl Drop for Server {
     }
 }
 
-/// `total` requests for `task`, `concurrency` in flight at once.
+/// `total` requests for `task`, `concurrency` in flight at once, each client
+/// pausing `pause` between its requests.
 async fn load(
     http: &reqwest::Client,
     server: &Server,
     task: &str,
     concurrency: usize,
     total: usize,
+    pause: Duration,
 ) -> anyhow::Result<Point> {
     let next = Arc::new(AtomicUsize::new(0));
     let url = format!("{}/process_data", server.base);
@@ -341,6 +355,7 @@ async fn load(
                 let text = resp.text().await?;
                 ensure!(status == 200, "process_data answered {status}: {text}");
                 mine.push(start.elapsed());
+                tokio::time::sleep(pause).await;
             }
             Ok::<_, anyhow::Error>(mine)
         });
