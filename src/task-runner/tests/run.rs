@@ -486,7 +486,8 @@ async fn concurrent_tasks_all_complete_in_distinct_slots() {
             v["end"].as_u64().unwrap(),
         ));
     }
-    assert_eq!(runner.stats().running, 0);
+    // Every slot is freed (once its warm box is back).
+    settled(&runner).await;
     // Never more than max_concurrent at once: count the runs in progress at
     // each start.
     let most = seen
