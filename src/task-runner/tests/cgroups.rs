@@ -318,7 +318,14 @@ async fn a_dead_runners_cgroups_are_removed_at_the_next_start() {
     // The lease directory goes away when the last runner of the machine drops
     // its lease (another test's, or another checkout's): make it for this one.
     std::fs::create_dir_all(lock.parent().expect("a parent")).unwrap();
-    std::fs::write(&lock, "").unwrap();
+    // Held while the group is set up: a runner starting meanwhile (another
+    // test's) must not take it for a dead runner's half-made group.
+    let holder = std::fs::File::create(&lock).unwrap();
+    // SAFETY: flock(2) on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) },
+        0
+    );
     let slot = own.join(format!("nautilus-{dead}/slot-0"));
     std::fs::create_dir_all(&slot).unwrap();
     let mut sleeper = std::process::Command::new("sleep")
@@ -326,6 +333,8 @@ async fn a_dead_runners_cgroups_are_removed_at_the_next_start() {
         .spawn()
         .unwrap();
     std::fs::write(slot.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    // Its runner dies.
+    drop(holder);
     let live_group = own.join(format!("nautilus-{}", live.sandbox_uids().unwrap().start));
     assert!(live_group.is_dir());
 
