@@ -294,6 +294,10 @@ struct Inner {
     pass_env: Vec<(OsString, OsString)>,
     /// Canonical work directory.
     work_dir: PathBuf,
+    /// Every task, staged once (when privileged). Named after the uid lease,
+    /// so declared (and dropped) before it: a runner that takes the uids next
+    /// must not find it half removed.
+    snapshot: Option<snapshot::Snapshot>,
     /// One cgroup per slot (when privileged and the host has controllers).
     /// Named after the uid lease, so declared (and dropped) before it.
     cgroups: cgroup::Cgroups,
@@ -301,8 +305,6 @@ struct Inner {
     uids: Option<uids::UidLease>,
     /// The box layout (when privileged).
     plan: Option<BoxPlan>,
-    /// Every task, staged once (when privileged).
-    snapshot: Option<snapshot::Snapshot>,
     isolation: Isolation,
     counters: Counters,
 }

@@ -652,3 +652,49 @@ async fn a_dropped_run_leaves_the_queue_or_is_killed() {
         "the queued run never started"
     );
 }
+
+/// A runner's uid lease is what tells another runner that the snapshot,
+/// cgroups and leftovers named after those uids are in use. Released before
+/// they are gone, a runner starting at that moment takes the uids and trips
+/// over the half-removed snapshot (it failed CI once this way).
+#[test]
+fn a_runner_frees_its_uids_only_after_what_is_named_after_them_is_gone() {
+    use std::os::fd::AsRawFd;
+    if skip_unless_root("a runner frees its uids only after its snapshot is gone") {
+        return;
+    }
+    for _ in 0..5 {
+        let runner = runner();
+        let uid = runner
+            .sandbox_uids()
+            .expect("root runner has slot uids")
+            .start;
+        let snapshot = runner.work_dir().join(format!("{uid}-snapshot"));
+        assert!(snapshot.is_dir(), "{} missing", snapshot.display());
+        let lock = ["/run", runner.work_dir().to_str().unwrap()]
+            .iter()
+            .map(|p| std::path::Path::new(p).join(format!("nautilus-task-runner-uids/{uid}.lock")))
+            .find(|p| p.exists())
+            .expect("the runner's uid lock file");
+        let lock = std::fs::File::open(lock).unwrap();
+        let dropping = std::thread::spawn(move || drop(runner));
+        // Spins until the lease is free. Holding a shared lock then keeps
+        // every other runner off these uids, so nothing named after them may
+        // exist any more.
+        loop {
+            let finished = dropping.is_finished();
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+                assert!(
+                    !snapshot.exists(),
+                    "uid {uid} was free while {} still existed",
+                    snapshot.display()
+                );
+                break;
+            }
+            assert!(!finished, "the dropped runner still holds uid {uid}");
+            std::thread::yield_now();
+        }
+        dropping.join().unwrap();
+    }
+}
