@@ -393,20 +393,11 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         cgroup: spec.cgroup,
         signals,
     };
-    let flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) | libc::SIGCHLD;
+    let flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag);
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
     // runs `reaper`, which makes only async-signal-safe calls on `args`
     // (valid: the child has its own copy of this stack) and never returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let pid = unsafe { spec.cgroup.clone(flags) };
     if pid == 0 {
         // SAFETY: see above.
         unsafe { reaper(&args) }
