@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Where a cold run's time goes: the release server (root, pool off) under
+# strace, tracing only the few syscalls that mark a phase (--seccomp-bpf, so
+# nothing else stops), for N paced requests of the trivial task. Prints the
+# median of each phase in milliseconds:
+#
+#   request   accept → the box's clone3   (HTTP, queue, slot, pipes)
+#   box       clone3 → node's execve      (namespaces, mounts, /dev, seccomp)
+#   node      execve → node's exit_group  (Node.js start, the task, exit)
+#   reaper    node's exit_group → reaper's exit_group
+#   reply     reaper's exit → the response's write (collect, sign, send)
+#
+# strace adds its own cost to every traced call, so read the phases against
+# each other and against `node`, not as absolute figures.
+#
+# Usage: profile-cold.sh [SERVER_BIN] [REQUESTS]   (make profile)
+set -euo pipefail
+
+server=${1:-target/release/nautilus-server}
+requests=${2:-20}
+port=3917
+[ "$(id -u)" = 0 ] || { echo "profile-cold.sh: needs root (the box is root mode)" >&2; exit 2; }
+command -v strace >/dev/null || { echo "profile-cold.sh: needs strace" >&2; exit 2; }
+[ -x "$server" ] || { echo "profile-cold.sh: $server not found (cargo build --release --bin nautilus-server)" >&2; exit 2; }
+
+work=$(mktemp -d)
+pid=
+# strace detaches on SIGTERM and leaves the server running: stop the server.
+stop() { [ -n "$pid" ] && pkill -TERM -P "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+trap 'stop; rm -rf "$work"' EXIT
+mkdir -p "$work/tasks/trivial"
+printf '{"name":"trivial","version":"1.0.0","main":"index.js"}\n' >"$work/tasks/trivial/package.json"
+printf "console.log('ok');\n" >"$work/tasks/trivial/index.js"
+chmod -R go-w "$work"
+
+NAUTILUS_WARM_POOL=0 strace -f --seccomp-bpf -ttt -qq -o "$work/trace" \
+    -e trace=accept4,clone3,execve,exit_group,write,writev,sendto,sendmsg \
+    "$server" --attestation dev --listen "tcp://127.0.0.1:$port" \
+    --tasks-dir "$work/tasks" --node "$(command -v node)" >"$work/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+    curl -sf "127.0.0.1:$port/health_check" >/dev/null && break
+    sleep 0.1
+done
+for _ in $(seq "$requests"); do
+    curl -sf -o /dev/null -H 'content-type: application/json' \
+        -d '{"payload":{"task_path":"trivial"}}' "127.0.0.1:$port/process_data"
+    sleep 0.25
+done
+stop
+
+[ -z "${KEEP_TRACE:-}" ] || cp "$work/trace" "$KEEP_TRACE"
+python3 - "$work/trace" <<'EOF'
+import re, statistics, sys
+lines = open(sys.argv[1]).read().splitlines()
+ev = []
+for l in lines:
+    m = re.match(r"(\d+) (\d+\.\d+) (\w+)\((.*)", l)
+    if m:
+        ev.append((int(m[1]), float(m[2]), m[3], m[4]))
+runs, cur = [], None
+for pid, t, call, args in ev:
+    if call == "accept4" and cur is None:
+        cur = {"accept": t}
+    elif cur is None:
+        continue
+    elif call == "clone3" and "CLONE_NEWPID" in args and "box" not in cur:
+        cur["box"] = t
+    elif call == "execve" and "box" in cur and "exec" not in cur:
+        cur["exec"], cur["node_pid"] = t, pid
+    elif call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
+        cur["node_exit"] = t
+    elif call == "exit_group" and "node_exit" in cur and "reaper_exit" not in cur and pid != cur.get("node_pid"):
+        cur["reaper_exit"] = t
+    elif call in ("write", "writev", "sendto", "sendmsg") and "reaper_exit" in cur and "HTTP/1.1" in args:
+        cur["reply"] = t
+        runs.append(cur)
+        cur = None
+phases = [("request", "accept", "box"), ("box", "box", "exec"), ("node", "exec", "node_exit"),
+          ("reaper", "node_exit", "reaper_exit"), ("reply", "reaper_exit", "reply"), ("total", "accept", "reply")]
+print(f"{len(runs)} cold runs traced; median ms per phase (strace adds to each traced call)")
+for name, a, b in phases:
+    print(f"  {name:8} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+EOF
