@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit repro-test bench install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run task-deps test lint unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run: task-deps
@@ -80,6 +80,11 @@ install:
 bench:
 	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
 	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
+
+## profile: where a cold run's time goes, phase by phase, against bare node under the same tracing (root, strace; not part of the tests)
+profile:
+	$(CARGO) build --release --locked --bin nautilus-server
+	src/nautilus-bench/profile-cold.sh target/release/nautilus-server
 
 ## mutants: mutation testing of the trust crates and the JS client's result
 ## checks (slow; not part of `make test`). Needs `cargo install --locked

@@ -4,14 +4,15 @@
 # nothing else stops), for N paced requests of the trivial task. Prints the
 # median of each phase in milliseconds:
 #
-#   request   accept → the box's clone3   (HTTP, queue, slot, pipes)
-#   box       clone3 → node's execve      (namespaces, mounts, /dev, seccomp)
+#   request   accept → the box's clone    (HTTP, queue, slot, pipes)
+#   box       clone → node's execve       (namespaces, mounts, /dev, seccomp)
 #   node      execve → node's exit_group  (Node.js start, the task, exit)
 #   reaper    node's exit_group → reaper's exit_group
 #   reply     reaper's exit → the response's write (collect, sign, send)
 #
-# strace adds its own cost to every traced call, so read the phases against
-# each other and against `node`, not as absolute figures.
+# strace adds its own cost to every traced call (and follows node's threads),
+# so the same N bare clean-environment `node index.js` runs are traced the
+# same way, side by side: read `node` against `bare node`.
 #
 # Usage: profile-cold.sh [SERVER_BIN] [REQUESTS]   (make profile)
 set -euo pipefail
@@ -19,6 +20,7 @@ set -euo pipefail
 server=${1:-target/release/nautilus-server}
 requests=${2:-20}
 port=3917
+traced=accept4,clone,clone3,execve,exit_group,write,writev,sendto,sendmsg
 [ "$(id -u)" = 0 ] || { echo "profile-cold.sh: needs root (the box is root mode)" >&2; exit 2; }
 command -v strace >/dev/null || { echo "profile-cold.sh: needs strace" >&2; exit 2; }
 [ -x "$server" ] || { echo "profile-cold.sh: $server not found (cargo build --release --bin nautilus-server)" >&2; exit 2; }
@@ -34,7 +36,7 @@ printf "console.log('ok');\n" >"$work/tasks/trivial/index.js"
 chmod -R go-w "$work"
 
 NAUTILUS_WARM_POOL=0 strace -f --seccomp-bpf -ttt -qq -o "$work/trace" \
-    -e trace=accept4,clone3,execve,exit_group,write,writev,sendto,sendmsg \
+    -e trace="$traced" \
     "$server" --attestation dev --listen "tcp://127.0.0.1:$port" \
     --tasks-dir "$work/tasks" --node "$(command -v node)" >"$work/server.log" 2>&1 &
 pid=$!
@@ -48,23 +50,30 @@ for _ in $(seq "$requests"); do
     sleep 0.25
 done
 stop
+for i in $(seq "$requests"); do
+    (cd "$work/tasks/trivial" && strace -f --seccomp-bpf -ttt -qq -o "$work/bare.$i" \
+        -e trace="$traced" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp \
+        node index.js >/dev/null)
+    sleep 0.25
+done
+cat "$work"/bare.* >"$work/bare"
 
 [ -z "${KEEP_TRACE:-}" ] || cp "$work/trace" "$KEEP_TRACE"
-python3 - "$work/trace" <<'EOF'
+python3 - "$work/trace" "$work/bare" <<'EOF'
 import re, statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
 ev = []
 for l in lines:
-    m = re.match(r"(\d+) (\d+\.\d+) (\w+)\((.*)", l)
+    m = re.match(r"(\d+)\s+(\d+\.\d+) (\w+)\((.*)", l)
     if m:
         ev.append((int(m[1]), float(m[2]), m[3], m[4]))
 runs, cur = [], None
 for pid, t, call, args in ev:
-    if call == "accept4" and cur is None:
+    if call == "accept4" and "= -1" not in args and (cur is None or "box" not in cur):
         cur = {"accept": t}
     elif cur is None:
         continue
-    elif call == "clone3" and "CLONE_NEWPID" in args and "box" not in cur:
+    elif call in ("clone", "clone3") and "CLONE_NEWPID" in args and "box" not in cur:
         cur["box"] = t
     elif call == "execve" and "box" in cur and "exec" not in cur:
         cur["exec"], cur["node_pid"] = t, pid
@@ -80,5 +89,13 @@ phases = [("request", "accept", "box"), ("box", "box", "exec"), ("node", "exec",
           ("reaper", "node_exit", "reaper_exit"), ("reply", "reaper_exit", "reply"), ("total", "accept", "reply")]
 print(f"{len(runs)} cold runs traced; median ms per phase (strace adds to each traced call)")
 for name, a, b in phases:
-    print(f"  {name:8} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+    print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+bare, start = [], {}
+for l in open(sys.argv[2]).read().splitlines():
+    m = re.match(r"(\d+)\s+(\d+\.\d+) (\w+)\((.*)", l)
+    if m and m[3] == "execve" and "node" in m[4]:
+        start[m[1]] = float(m[2])
+    elif m and m[3] == "exit_group" and m[1] in start:
+        bare.append((float(m[2]) - start.pop(m[1])) * 1000)
+print(f"  {'bare node':9} {statistics.median(bare):7.2f}   (execve → exit_group, same tracing, {len(bare)} runs)")
 EOF

@@ -715,7 +715,8 @@ fn clones_into(dir: &fs::File) -> bool {
     if pid < 0 {
         tracing::info!(
             error = %io::Error::last_os_error(),
-            "cgroups: cannot clone into a v2 cgroup (CLONE_INTO_CGROUP, Linux 5.7+); each task moves there instead"
+            "cgroups: cannot clone into a v2 cgroup (CLONE_INTO_CGROUP, Linux 5.7+); each task moves \
+             there instead, waiting for an RCU grace period unless cgroup2 is mounted with favordynmods"
         );
         return false;
     }
@@ -757,18 +758,7 @@ fn version_of(dir: &Path) -> Version {
 fn discover() -> io::Result<(Vec<Found>, Vec<String>)> {
     let cgroup = fs::read_to_string("/proc/self/cgroup")?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    let (found, notes) = plan(&cgroup, &mountinfo, Path::new("/"));
-    let favored = parse_mounts(&mountinfo)
-        .iter()
-        .any(|m| m.options.split(',').any(|o| o == "favordynmods"));
-    if !found.is_empty() && !favored {
-        // Measured: about 12 ms per run on a loaded 2-core host.
-        tracing::info!(
-            "cgroups: each task's move into its slot waits for an RCU grace period; \
-             mount cgroup2 with -o favordynmods (Linux 6.0+) to avoid it"
-        );
-    }
-    Ok((found, notes))
+    Ok(plan(&cgroup, &mountinfo, Path::new("/")))
 }
 
 /// [`discover`] on given `/proc/self/cgroup` and `/proc/self/mountinfo`
