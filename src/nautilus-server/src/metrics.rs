@@ -307,6 +307,12 @@ pub async fn track_requests(
     response
 }
 
+/// Brings `counter` up to `total`, a count the runner keeps (it never
+/// goes down, so neither does the counter).
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
     let stats = state.runner().stats();
@@ -328,17 +334,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Enc
             ("queued", stats.abandoned_queued),
             ("running", stats.abandoned_running),
         ] {
-            let counter = m.abandoned.get_or_create(&StageLabels { stage });
-            counter.inc_by(total.saturating_sub(counter.get()));
+            catch_up(&m.abandoned.get_or_create(&StageLabels { stage }), total);
         }
-        let failures = &m.cleanup_failures;
-        failures.inc_by(stats.cleanup_failures.saturating_sub(failures.get()));
+        catch_up(&m.cleanup_failures, stats.cleanup_failures);
         for (kind, total) in [("warm", stats.warm_runs), ("cold", stats.cold_runs)] {
-            let counter = m.task_starts.get_or_create(&StartLabels { kind });
-            counter.inc_by(total.saturating_sub(counter.get()));
+            catch_up(&m.task_starts.get_or_create(&StartLabels { kind }), total);
         }
-        let discarded = &m.warm_discarded;
-        discarded.inc_by(stats.warm_discarded.saturating_sub(discarded.get()));
+        catch_up(&m.warm_discarded, stats.warm_discarded);
     }
     let mut body = String::new();
     encode(&mut body, &m.registry)

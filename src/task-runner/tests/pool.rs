@@ -186,14 +186,10 @@ async fn a_dead_or_stopped_warm_box_is_never_handed_a_task() {
         // SAFETY: kill(2) on the warm box's node.
         assert_eq!(unsafe { libc::kill(node, signal) }, 0);
         // The signal takes effect asynchronously.
-        let state = || {
-            std::fs::read_to_string(format!("/proc/{node}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')')?.1.trim_start().chars().next())
-        };
+        let state = || stat_field(node, 0);
         let took = eventually(Duration::from_secs(5), || match signal {
             libc::SIGKILL => !alive(node.into()),
-            _ => state() == Some('T'),
+            _ => state().as_deref() == Some("T"),
         });
         assert!(took, "signal {signal}: node {node} is {:?}", state());
         let result = run_ok(&runner, "semantics", &["after"]).await;

@@ -257,13 +257,21 @@ pub async fn settled(runner: &Runner) {
 /// reapers and those reapers' children).
 pub fn not_warm(runner: &Runner, pids: Vec<String>) -> Vec<String> {
     let warm: Vec<String> = runner.warm_box_pids().iter().map(u32::to_string).collect();
-    let parent = |pid: &str| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
-            .unwrap_or_default()
-    };
+    let parent = |pid: &str| stat_field(pid, 1).unwrap_or_default();
     pids.into_iter()
         .filter(|p| !warm.contains(p) && !warm.contains(&parent(p)))
         .collect()
+}
+
+/// Field `index` of `/proc/<pid>/stat` counted after the command name (0:
+/// the state letter, 1: the parent pid), or `None` when `pid` is gone. The
+/// name is in parentheses and may hold spaces and `)`: fields start after
+/// the last `)`.
+pub fn stat_field(pid: impl std::fmt::Display, index: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(index)
+        .map(str::to_owned)
 }
