@@ -230,3 +230,28 @@ async fn shutdown_and_drop_kill_the_warm_boxes() {
     drop(runner);
     assert!(!has_proc_entry(node.into()), "{node} outlived the runner");
 }
+
+/// A run's slot gets its new warm box after the run returns, off the
+/// caller's path (on another worker); a shutdown arriving meanwhile must
+/// still leave no box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_racing_a_shutdown_leaves_no_box() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    let root = tasks();
+    for _ in 0..5 {
+        let runner = runner_in(root.path(), 1);
+        runner.start_warm_pool();
+        warm_node(&runner).await;
+        let uids = runner.sandbox_uids().expect("root runner has slot uids");
+        run_ok(&runner, "semantics", &[]).await;
+        runner.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(
+            processes_of(&uids),
+            Vec::<String>::new(),
+            "a box outlived the shutdown"
+        );
+        assert!(runner.warm_box_pids().is_empty());
+    }
+}
