@@ -125,3 +125,49 @@ impl Limiter {
         self.running.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slot free longest is handed out first (its warm box has had the
+    /// most time to start), not the one just released.
+    #[tokio::test]
+    async fn the_slot_free_longest_comes_first() {
+        let limiter = Limiter::new(3, 0);
+        let a = limiter.acquire().await.unwrap();
+        let b = limiter.acquire().await.unwrap();
+        assert_eq!((a.index(), b.index()), (0, 1));
+        drop(b);
+        drop(a);
+        let slots: Vec<Slot> = (0..3).map(|_| limiter.try_acquire().unwrap()).collect();
+        let order: Vec<usize> = slots.iter().map(Slot::index).collect();
+        assert_eq!(order, [2, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn past_the_queue_is_busy_and_closed_is_shutting_down() {
+        let limiter = Limiter::new(1, 1);
+        let held = limiter.acquire().await.unwrap();
+        let waiter = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.acquire().await.map(|s| s.index()) })
+        };
+        while limiter.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(limiter.acquire().await, Err(TaskError::Busy)));
+        assert_eq!(limiter.running(), 1);
+        limiter.close();
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(TaskError::ShuttingDown)
+        ));
+        assert!(matches!(
+            limiter.acquire().await,
+            Err(TaskError::ShuttingDown)
+        ));
+        drop(held);
+        assert_eq!((limiter.running(), limiter.queued()), (0, 0));
+    }
+}
