@@ -286,14 +286,21 @@ fn unpack(entries: &[ListedEntry], dir: &Path) {
     }
 }
 
+/// The app ramdisk unpacked once per test binary, under the target
+/// directory: a static is never dropped, so a temporary directory here would
+/// be left behind by every run.
 fn unpacked_app() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        unpack(archive(built(), 1), dir.path());
+        let dir = repo().join("target/image-test/unpacked-app");
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("{}: {e}", dir.display()),
+            _ => {}
+        }
+        fs::create_dir_all(&dir).unwrap();
+        unpack(archive(built(), 1), &dir);
         dir
     })
-    .path()
 }
 
 fn listed_digests(tasks_dir: &Path) -> BTreeMap<String, String> {
