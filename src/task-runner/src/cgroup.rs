@@ -1081,33 +1081,7 @@ mod tests {
         }
         let mut groups = Vec::new();
         for (dir, version) in &slot.dirs {
-            let join = slot.join();
-            // SAFETY: the child makes only async-signal-safe calls.
-            let pid = unsafe { join.clone(0) };
-            if pid == 0 {
-                // SAFETY: as above; the child waits to be killed.
-                unsafe {
-                    if let Err(e) = join.enter() {
-                        libc::_exit(e.raw_os_error().unwrap_or(255));
-                    }
-                    loop {
-                        libc::pause();
-                    }
-                }
-            }
-            assert!(pid > 0, "clone: {}", io::Error::last_os_error());
-            let pid = pid as libc::pid_t;
-            for (dir, _) in &slot.dirs {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !members(dir).unwrap().contains(&pid) {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{pid} never in {}",
-                        dir.display()
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
+            let pid = box_child(slot);
             let alone = Slot {
                 dirs: vec![(dir.clone(), *version)],
                 procs: Vec::new(),
@@ -1119,12 +1093,10 @@ mod tests {
                 oom_event: None,
             };
             alone.empty().unwrap();
-            let mut status = 0;
-            // SAFETY: reaping our own child.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-            assert!(
-                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
-                "{version:?} {}: status {status:#x}",
+            assert_eq!(
+                reap(pid),
+                Some(libc::SIGKILL),
+                "{version:?} {}",
                 dir.display()
             );
             groups.push(dir.parent().unwrap().to_owned());
@@ -1134,6 +1106,95 @@ mod tests {
         for group in groups {
             assert!(!group.exists(), "{} outlived its runner", group.display());
         }
+    }
+
+    /// Where a box cannot be cloned into its v2 slot (Linux before 5.7), the
+    /// child joins by writing the slot's `cgroup.procs`, and `cgroup.kill`
+    /// empties it.
+    #[test]
+    fn without_clone_into_a_child_joins_v2_through_cgroup_procs() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED (needs root): real slot cgroups");
+            return;
+        }
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            pids: 32,
+        };
+        // Another tag than the test above: this one's slot gets a `cgroup.kill`.
+        let cgroups = Cgroups::new(3_900_000_000 - std::process::id(), 1, limits, &|_| None);
+        let Some((dir, _)) = cgroups
+            .slot(0)
+            .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
+        else {
+            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+            return;
+        };
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .unwrap();
+        let slot = Slot {
+            dirs: vec![(dir.clone(), Version::V2)],
+            procs: vec![procs.into()],
+            into: None,
+            oom_counter: None,
+            oom_event: None,
+        };
+        let pid = box_child(&slot);
+        slot.empty().unwrap();
+        assert_eq!(reap(pid), Some(libc::SIGKILL));
+    }
+
+    /// A child cloned and joined into `slot` as a box is, waiting to be
+    /// killed, once it is a member of every hierarchy's slot.
+    fn box_child(slot: &Slot) -> libc::pid_t {
+        let join = slot.join();
+        // SAFETY: the child makes only async-signal-safe calls.
+        let pid = unsafe { join.clone(0) };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                if let Err(e) = join.enter() {
+                    libc::_exit(e.raw_os_error().unwrap_or(255));
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        assert!(pid > 0, "clone: {}", io::Error::last_os_error());
+        let pid = pid as libc::pid_t;
+        for (dir, _) in &slot.dirs {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !members(dir).unwrap().contains(&pid) {
+                if Instant::now() > deadline {
+                    let mut status = 0;
+                    // SAFETY: a nonblocking wait for our own child.
+                    let ended = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid;
+                    panic!(
+                        "{pid} never in {} ({})",
+                        dir.display(),
+                        if ended {
+                            format!("ended: status {status:#x}")
+                        } else {
+                            "alive".into()
+                        }
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        pid
+    }
+
+    /// Waits for our child `pid`; the signal that ended it, if one did.
+    fn reap(pid: libc::pid_t) -> Option<libc::c_int> {
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status))
     }
 
     /// Whether the running kernel is at least `major.minor`.
