@@ -1061,17 +1061,9 @@ mod tests {
     /// removed with the runner's cgroups.
     #[test]
     fn emptying_a_slot_kills_its_processes_in_each_hierarchy() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED (needs root): real slot cgroups");
+        let Some(cgroups) = real_cgroups(4_000_000_000) else {
             return;
-        }
-        let limits = Limits {
-            memory_bytes: 256 << 20,
-            pids: 32,
         };
-        // A tag no runner leases (a pid is far above the slot uid ranges in use).
-        let cgroups = Cgroups::new(4_000_000_000 - std::process::id(), 1, limits, &|_| None);
         let slot = cgroups.slot(0).expect("a slot on a host with cgroups");
         if slot.dirs.iter().any(|(_, v)| *v == Version::V2) && kernel_at_least(5, 7) {
             assert!(
@@ -1113,17 +1105,10 @@ mod tests {
     /// empties it.
     #[test]
     fn without_clone_into_a_child_joins_v2_through_cgroup_procs() {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED (needs root): real slot cgroups");
-            return;
-        }
-        let limits = Limits {
-            memory_bytes: 256 << 20,
-            pids: 32,
-        };
         // Another tag than the test above: this one's slot gets a `cgroup.kill`.
-        let cgroups = Cgroups::new(3_900_000_000 - std::process::id(), 1, limits, &|_| None);
+        let Some(cgroups) = real_cgroups(3_900_000_000) else {
+            return;
+        };
         let Some((dir, _)) = cgroups
             .slot(0)
             .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
@@ -1145,6 +1130,23 @@ mod tests {
         let pid = box_child(&slot);
         slot.empty().unwrap();
         assert_eq!(reap(pid), Some(libc::SIGKILL));
+    }
+
+    /// One real slot in a group tagged `base - pid` (no runner leases uids
+    /// that high), or `None` (reported as skipped) without root.
+    fn real_cgroups(base: u32) -> Option<Cgroups> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            skip_report::skipped("real slot cgroups", "needs root");
+            return None;
+        }
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            pids: 32,
+        };
+        Some(Cgroups::new(base - std::process::id(), 1, limits, &|_| {
+            None
+        }))
     }
 
     /// A child cloned and joined into `slot` as a box is, waiting to be
