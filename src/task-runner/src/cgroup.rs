@@ -12,7 +12,7 @@
 //!
 //! A task's box is in its slot from its first instruction, with no window
 //! where it runs outside, and everything it starts stays inside:
-//! - v2: the box is cloned straight into the slot ([`Join::clone`], `clone3`
+//! - v2: the box is cloned straight into the slot ([`Join::fork`], `clone3`
 //!   with `CLONE_INTO_CGROUP`, Linux 5.7+);
 //! - v1: the cloned child writes `0` to the slot's `tasks` files, opened
 //!   beforehand ([`Join::enter`]).
@@ -208,7 +208,7 @@ impl Join {
     /// be open.
     ///
     /// [`enter`]: Join::enter
-    pub unsafe fn clone(&self, flags: libc::c_int) -> libc::c_long {
+    pub unsafe fn fork(&self, flags: libc::c_int) -> libc::c_long {
         match self.into {
             Some(dir) => {
                 let args = CloneArgs {
@@ -707,7 +707,7 @@ fn clones_into(dir: &fs::File) -> bool {
         ..Join::NONE
     };
     // SAFETY: the child only exits.
-    let pid = unsafe { join.clone(0) };
+    let pid = unsafe { join.fork(0) };
     if pid == 0 {
         // SAFETY: leaving the child at once.
         unsafe { libc::_exit(0) };
@@ -1154,7 +1154,7 @@ mod tests {
     fn box_child(slot: &Slot) -> libc::pid_t {
         let join = slot.join();
         // SAFETY: the child makes only async-signal-safe calls.
-        let pid = unsafe { join.clone(0) };
+        let pid = unsafe { join.fork(0) };
         if pid == 0 {
             // SAFETY: as above.
             unsafe {

@@ -397,7 +397,7 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
     // runs `reaper`, which makes only async-signal-safe calls on `args`
     // (valid: the child has its own copy of this stack) and never returns.
-    let pid = unsafe { spec.cgroup.clone(flags) };
+    let pid = unsafe { spec.cgroup.fork(flags) };
     if pid == 0 {
         // SAFETY: see above.
         unsafe { reaper(&args) }
