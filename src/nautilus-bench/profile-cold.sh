@@ -28,7 +28,10 @@ command -v strace >/dev/null || { echo "profile-cold.sh: needs strace" >&2; exit
 work=$(mktemp -d)
 pid=
 # strace detaches on SIGTERM and leaves the server running: stop the server.
-stop() { [ -n "$pid" ] && pkill -TERM -P "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+stop() {
+    if [ -n "$pid" ]; then pkill -TERM -P "$pid" 2>/dev/null || true; fi
+    wait 2>/dev/null || true
+}
 trap 'stop; rm -rf "$work"' EXIT
 mkdir -p "$work/tasks/trivial"
 printf '{"name":"trivial","version":"1.0.0","main":"index.js"}\n' >"$work/tasks/trivial/package.json"
