@@ -8,17 +8,11 @@
 // from the tick queue, straight into Node's own runMain).
 const fs = require('node:fs');
 const fd = Number(process.argv[2]);
+// The read end is a blocking pipe (only the runner's write end is
+// non-blocking), and libuv retries EINTR: a plain read to end of file.
 const chunks = [];
 const buf = Buffer.allocUnsafe(64 * 1024);
-for (;;) {
-  let n;
-  try {
-    n = fs.readSync(fd, buf, 0, buf.length, null);
-  } catch (e) {
-    if (e.code === 'EAGAIN' || e.code === 'EINTR') continue;
-    throw e;
-  }
-  if (n === 0) break;
+for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) {
   chunks.push(Buffer.from(buf.subarray(0, n)));
 }
 fs.closeSync(fd);
