@@ -266,7 +266,7 @@ fn an_issuer_that_is_not_a_ca_is_refused_by_position() {
     // basicConstraints with cA = false, and no basicConstraints at all.
     for (is_ca, expected_ext) in [(IsCa::ExplicitNoCa, Some(false)), (IsCa::NoCa, None)] {
         let chain = Chain::new();
-        let not_ca = chain.intermediate.issue("not a CA", is_ca.clone(), P384);
+        let not_ca = chain.intermediate.issue("not a CA", is_ca, P384);
         assert_eq!(basic_constraints_ca(&not_ca.der()), expected_ext);
         let leaf = not_ca.issue_leaf(&chain.enclave, IsCa::ExplicitNoCa);
         let bundle = [chain.cabundle(), vec![not_ca.der()]].concat();
@@ -280,7 +280,7 @@ fn an_issuer_that_is_not_a_ca_is_refused_by_position() {
         );
 
         // The same property on the root itself.
-        let root = Issuer::root(P384, is_ca.clone());
+        let root = Issuer::root(P384, is_ca);
         let intermediate = root.issue("synthetic intermediate", ca(), P384);
         let leaf = intermediate.issue_leaf(&chain.enclave, IsCa::ExplicitNoCa);
         let doc = document(

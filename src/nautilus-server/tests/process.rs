@@ -5,7 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use result_signing::{decode_public_key, SignedResponse, TaskResult, INTENT_TASK_RESULT};
+use result_signing::{
+    decode_public_key, CompactSignedResponse, SignedResponse, TaskResult, INTENT_TASK_RESULT,
+    INTENT_TASK_RESULT_COMPACT,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::{config, expect_error, repo_root, TestServer};
@@ -97,6 +100,49 @@ async fn args_stdin_and_nonce_are_signed_and_echoed() {
     let mut tampered = signed.clone();
     tampered.response.data.nonce = None;
     assert!(tampered.verify(&key, INTENT_TASK_RESULT).is_err());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn compact_signing_signs_the_digests_and_returns_the_texts() {
+    let mut c = config();
+    c.runner.tasks_dir = repo_root();
+    let s = TestServer::start(c).await;
+    let key = server_key(&s).await;
+
+    let resp = s
+        .process(json!({"args": ["7"], "nonce": "0a0b", "signing": "compact"}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let signed: CompactSignedResponse = resp.json().await.expect("compact response");
+    assert_eq!(signed.response.intent, INTENT_TASK_RESULT_COMPACT);
+    let full = signed.verify(&key).expect("signature and texts verify");
+    let d = &signed.response.data;
+    assert!(signed.stdout.contains("✅ Result:"), "{}", signed.stdout);
+    assert_eq!(
+        d.stdout_sha256,
+        hex::encode(Sha256::digest(signed.stdout.as_bytes()))
+    );
+    assert_eq!(d.stdout_len, signed.stdout.len() as u64);
+    assert_eq!(d.stderr_len, signed.stderr.len() as u64);
+    assert_eq!(d.nonce.as_deref(), Some("0a0b"));
+    assert_eq!(full.data.compact(), *d);
+    // A typical result's signed message is far below one Sui argument (16 KiB).
+    let bytes = signed.response.signing_bytes().expect("bcs");
+    assert!(bytes.len() < 1024, "{} bytes", bytes.len());
+    assert_eq!(bytes[0], 1, "intent byte");
+
+    // The default and "full" are the whole result, as before.
+    for payload in [json!({}), json!({"signing": "full"})] {
+        let resp = s.process(payload).await;
+        assert_eq!(resp.status(), 200);
+        let full: SignedResponse<TaskResult> = resp.json().await.expect("full response");
+        full.verify(&key, INTENT_TASK_RESULT).expect("verifies");
+    }
+    // Anything else is refused before a task runs, saying what is accepted.
+    let e = expect_error(s.process(json!({"signing": "tiny"})).await, 400).await;
+    let e = e["error"].as_str().unwrap_or_default().to_owned();
+    assert!(e.contains("full") && e.contains("compact"), "{e}");
     s.shutdown().await;
 }
 

@@ -5,8 +5,9 @@
 use std::path::Path;
 
 use result_signing::{
-    decode_public_key, encode_public_key, Error, IntentMessage, SignedResponse, SigningKey,
-    TaskResult, INTENT_TASK_RESULT,
+    decode_public_key, encode_public_key, CompactSignedResponse, CompactTaskResult, Error,
+    IntentMessage, SignedResponse, SignedTaskResult, SigningKey, TaskResult, INTENT_TASK_RESULT,
+    INTENT_TASK_RESULT_COMPACT,
 };
 use serde::Deserialize;
 
@@ -291,5 +292,231 @@ fn json_round_trip_keeps_nulls_and_rejects_unknown_fields() {
         let mut extra = json;
         extra["response"]["data"]["injected"] = serde_json::json!("x");
         assert!(serde_json::from_value::<SignedResponse<TaskResult>>(extra).is_err());
+    }
+}
+
+/// A pinned compact-form vector: the compact message of the full vector with
+/// the same file name, its BCS bytes and signature, and the texts beside it.
+#[derive(Deserialize, serde::Serialize)]
+struct CompactVector {
+    comment: String,
+    secret_key: String,
+    public_key: String,
+    message: IntentMessage<CompactTaskResult>,
+    stdout: String,
+    stderr: String,
+    bcs: String,
+    signature: String,
+}
+
+fn compact_vector_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors/compact")
+        .join(name)
+}
+
+/// The compact vector of a full one, computed by this crate.
+fn compact_of(v: &Vector) -> CompactVector {
+    let signed = CompactSignedResponse::sign(v.message.clone(), &key(v)).expect("signs");
+    CompactVector {
+        comment: "The compact form (intent 1) of the full vector of the same name; bcs and signature are pinned.".into(),
+        secret_key: v.secret_key.clone(),
+        public_key: v.public_key.clone(),
+        bcs: hex::encode(signed.response.signing_bytes().expect("encodes")),
+        message: signed.response,
+        stdout: signed.stdout,
+        stderr: signed.stderr,
+        signature: signed.signature,
+    }
+}
+
+/// Writes `tests/vectors/compact/` from the full vectors; run once by hand
+/// (`cargo test -p result-signing --test vector -- --ignored`) when a vector is added.
+#[test]
+#[ignore = "writes the pinned compact vectors"]
+fn write_compact_vectors() {
+    for (name, v) in vectors() {
+        let json = serde_json::to_string_pretty(&compact_of(&v)).expect("json");
+        std::fs::write(compact_vector_path(&name), json + "\n").expect("written");
+    }
+}
+
+/// Hand encoding of the compact message: the full layout with each text
+/// replaced by a 64-digit hex string and a u64 length.
+fn hand_encode_compact(m: &IntentMessage<CompactTaskResult>) -> Vec<u8> {
+    let d = &m.data;
+    let full = IntentMessage::new(
+        m.intent,
+        m.timestamp_ms,
+        TaskResult {
+            task_id: d.task_id.clone(),
+            task_path: d.task_path.clone(),
+            task_digest: d.task_digest.clone(),
+            args: d.args.clone(),
+            stdin_sha256: d.stdin_sha256.clone(),
+            nonce: d.nonce.clone(),
+            status: d.status.clone(),
+            exit_code: d.exit_code,
+            signal: d.signal.clone(),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: d.stdout_truncated,
+            stderr_truncated: d.stderr_truncated,
+            execution_time_ms: d.execution_time_ms,
+        },
+    );
+    // Everything up to the (empty) stdout is the full layout's prefix; the
+    // tail after the empty stderr (two bools, a u64) is its suffix.
+    let bytes = hand_encode(&full);
+    let (head, tail) = (&bytes[..bytes.len() - 12], &bytes[bytes.len() - 10..]);
+    assert_eq!(
+        &bytes[head.len()..bytes.len() - 10],
+        [0, 0],
+        "two empty texts"
+    );
+    let mut out = head.to_vec();
+    for (digest, len) in [
+        (&d.stdout_sha256, d.stdout_len),
+        (&d.stderr_sha256, d.stderr_len),
+    ] {
+        assert_eq!(digest.len(), 64);
+        out.push(64);
+        out.extend_from_slice(digest.as_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    out.extend_from_slice(tail);
+    out
+}
+
+#[test]
+fn compact_vectors_are_the_compact_form_of_the_full_ones() {
+    for (name, v) in vectors() {
+        let path = compact_vector_path(&name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (every full vector has a compact one)",
+                path.display()
+            )
+        });
+        let pinned: CompactVector =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("compact/{name}: {e}"));
+        let computed = compact_of(&v);
+        assert_eq!(pinned.message, computed.message, "compact/{name}: message");
+        assert_eq!(pinned.message.intent, INTENT_TASK_RESULT_COMPACT);
+        assert_eq!(pinned.bcs, computed.bcs, "compact/{name}: bcs");
+        assert_eq!(
+            pinned.signature, computed.signature,
+            "compact/{name}: signature"
+        );
+        assert_eq!(
+            (&pinned.stdout, &pinned.stderr),
+            (&v.message.data.stdout, &v.message.data.stderr)
+        );
+        assert_eq!(
+            hex::encode(hand_encode_compact(&pinned.message)),
+            pinned.bcs,
+            "compact/{name}: hand encoding"
+        );
+        let signed = CompactSignedResponse {
+            response: pinned.message.clone(),
+            signature: pinned.signature.clone(),
+            stdout: pinned.stdout.clone(),
+            stderr: pinned.stderr.clone(),
+        };
+        let pk = decode_public_key(&hex::decode(&v.public_key).expect("hex")).expect("point");
+        let full = signed
+            .verify(&pk)
+            .unwrap_or_else(|e| panic!("compact/{name}: {e}"));
+        assert_eq!(
+            full.data, v.message.data,
+            "compact/{name}: the whole result comes back"
+        );
+        assert!(
+            pinned.bcs.len() / 2 < 1024,
+            "compact/{name}: {} bytes",
+            pinned.bcs.len() / 2
+        );
+    }
+}
+
+#[test]
+fn compact_form_refuses_other_texts_other_intents_and_changed_fields() {
+    for (name, v) in vectors() {
+        let k = key(&v);
+        let pk = *k.verifying_key();
+        let signed = CompactSignedResponse::sign(v.message.clone(), &k).expect("signs");
+        signed.verify(&pk).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        let mut t = signed.clone();
+        t.stdout.push('!');
+        assert!(
+            matches!(
+                t.verify(&pk),
+                Err(Error::OutputMismatch { stream: "stdout" })
+            ),
+            "{name}: stdout"
+        );
+        let mut t = signed.clone();
+        t.stderr.push('!');
+        assert!(
+            matches!(
+                t.verify(&pk),
+                Err(Error::OutputMismatch { stream: "stderr" })
+            ),
+            "{name}: stderr"
+        );
+        // The same texts with the signed digest edited to match: the signature fails.
+        let mut t = signed.clone();
+        t.stdout.push('!');
+        t.response.data = TaskResult {
+            stdout: t.stdout.clone(),
+            ..v.message.data.clone()
+        }
+        .compact();
+        assert!(
+            matches!(t.verify(&pk), Err(Error::BadSignature)),
+            "{name}: re-digested"
+        );
+        let mut t = signed.clone();
+        t.response.data.execution_time_ms += 1;
+        assert!(
+            matches!(t.verify(&pk), Err(Error::BadSignature)),
+            "{name}: execution_time_ms"
+        );
+
+        // A full-form signature is not a compact one, nor the reverse.
+        let full = v.message.clone().sign(&k).expect("signs");
+        let mut t = signed.clone();
+        t.signature = full.signature.clone();
+        assert!(
+            matches!(t.verify(&pk), Err(Error::BadSignature)),
+            "{name}: full signature"
+        );
+        let mut t = signed.clone();
+        t.response.intent = INTENT_TASK_RESULT;
+        assert!(
+            matches!(t.verify(&pk), Err(Error::WrongIntent { .. })),
+            "{name}: intent 0"
+        );
+        let as_full = SignedResponse {
+            response: v.message.clone(),
+            signature: signed.signature.clone(),
+        };
+        assert!(
+            as_full.verify(&pk, INTENT_TASK_RESULT).is_err(),
+            "{name}: compact signature as full"
+        );
+
+        // Both forms go through one JSON type, told apart by their fields.
+        for form in [
+            SignedTaskResult::Full(full.clone()),
+            SignedTaskResult::Compact(signed.clone()),
+        ] {
+            let json = serde_json::to_string(&form).expect("json");
+            assert_eq!(
+                serde_json::from_str::<SignedTaskResult>(&json).expect("parses"),
+                form
+            );
+        }
     }
 }
