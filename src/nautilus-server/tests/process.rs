@@ -334,43 +334,56 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
 }
 
 /// The JavaScript verifier (the `clients/js` package) rebuilds the same bytes
-/// as the server for a live answer with non-ASCII output, stdin and a nonce.
+/// as the server for a live answer with non-ASCII output, stdin and a nonce,
+/// in both signed forms, and refuses an altered text in either.
 #[tokio::test]
 async fn the_js_verifier_accepts_live_responses() {
     let s = TestServer::start(config()).await;
-    let resp = s
-        .process(json!({"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b"}))
-        .await;
-    assert_eq!(resp.status(), 200);
-    let body = resp.text().await.expect("body");
-    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js");
-    let script = format!(
-        "const v = require({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
-         process.stdin.on('end', () => {{ v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
-         const t = JSON.parse(s); t.response.data.stdout += '!'; \
-         try {{ v.verifySignedResponse(t, process.argv[1]); process.exit(3); }} catch (e) {{ console.log('ok'); }} }});"
-    );
-    let mut child = tokio::process::Command::new("node")
-        .args(["-e", &script, &hex::encode(s.state.public_key())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(body.as_bytes()).await.expect("write");
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("node finished")
-        .expect("node output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js/lib/node.js");
+    for signing in ["full", "compact"] {
+        let resp = s
+            .process(json!({"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b", "signing": signing}))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.expect("body");
+        // The stdout to alter: beside the message in the compact form, inside it otherwise.
+        let script = format!(
+            "const v = await import({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
+             process.stdin.on('end', async () => {{ await v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
+             const t = JSON.parse(s); if ('stdout' in t) t.stdout += '!'; else t.response.data.stdout += '!'; \
+             try {{ await v.verifySignedResponse(t, process.argv[1]); process.exit(3); }} catch (e) {{ console.log('ok'); }} }});"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .args([
+                "--input-type=module",
+                "-e",
+                &script,
+                &hex::encode(s.state.public_key()),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(body.as_bytes()).await.expect("write");
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("node finished")
+            .expect("node output");
+        assert!(
+            out.status.success(),
+            "{signing}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{signing}"
+        );
+    }
     s.shutdown().await;
 }
