@@ -59,6 +59,16 @@ test('the CLI runs a verified task only with the dev root and debug consent', as
   assert.strictEqual(noDebug.code, 2);
   assert.ok(noDebug.stderr.includes('debug-mode'), noDebug.stderr);
 
+  // --compact: the digests signed, the texts beside, checked against them.
+  const args = runArgs(server.base);
+  const compact = await cli([...args.slice(0, -4), '--compact', ...args.slice(-4)]);
+  assert.strictEqual(compact.code, 0, compact.stderr);
+  const c = JSON.parse(compact.stdout);
+  assert.deepStrictEqual(Object.keys(c), ['response', 'signature', 'stdout', 'stderr']);
+  assert.strictEqual(c.response.intent, 1);
+  assert.ok(c.stdout.includes('"sum":6'), c.stdout);
+  assert.match(c.response.data.stdout_sha256, /^[0-9a-f]{64}$/);
+
   // A task that ran and failed is still a verified answer: exit 1.
   const failed = await cli([...runArgs(server.base), 'not-a-number']);
   assert.strictEqual(failed.code, 1, failed.stderr);

@@ -265,6 +265,32 @@ async fn cli_runs_a_verified_task_only_with_the_dev_root_and_debug_consent() {
         stderr(&no_debug)
     );
 
+    // --compact: the digests are signed, the texts come beside them.
+    let mut compact = run_args(&s.base, Some(root), true);
+    compact.insert(1, "--compact".into());
+    let compact = cli(compact).await;
+    assert_eq!(
+        compact.status.code(),
+        Some(0),
+        "stderr: {}",
+        stderr(&compact)
+    );
+    let v: Value = serde_json::from_slice(&compact.stdout).expect("one JSON object");
+    assert_eq!(v["response"]["intent"], 1);
+    assert!(
+        v["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#""sum":6"#),
+        "{v}"
+    );
+    assert_eq!(
+        v["response"]["data"]["stdout_sha256"]
+            .as_str()
+            .map(str::len),
+        Some(64)
+    );
+
     // A task that ran and failed is still a verified answer: exit 1.
     let mut failing = run_args(&s.base, Some(root), true);
     failing.push("not-a-number".into());
