@@ -50,34 +50,35 @@ fn key(v: &Vector) -> SigningKey {
     SigningKey::from_slice(&secret).expect("valid scalar")
 }
 
-/// Writes BCS by hand from the table in the crate docs, without serde or the
-/// bcs crate, so a change in either cannot silently move the layout.
-fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
-    fn uleb(out: &mut Vec<u8>, mut n: usize) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
+fn uleb(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    uleb(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn opt_string(out: &mut Vec<u8>, s: &Option<String>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            string(out, s);
         }
     }
-    fn string(out: &mut Vec<u8>, s: &str) {
-        uleb(out, s.len());
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn opt_string(out: &mut Vec<u8>, s: &Option<String>) {
-        match s {
-            None => out.push(0),
-            Some(s) => {
-                out.push(1);
-                string(out, s);
-            }
-        }
-    }
-    let d = &m.data;
+}
+
+/// The fields before the texts, shared by both forms: `intent` through `signal`.
+fn hand_encode_head<T>(m: &IntentMessage<T>, d: &TaskResult) -> Vec<u8> {
     let mut out = vec![m.intent];
     out.extend_from_slice(&m.timestamp_ms.to_le_bytes());
     string(&mut out, &d.task_id);
@@ -98,11 +99,25 @@ fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
         }
     }
     opt_string(&mut out, &d.signal);
+    out
+}
+
+/// The fields after the texts, shared by both forms: fields appended to
+/// `TaskResult` are appended here.
+fn hand_encode_tail(d: &TaskResult) -> Vec<u8> {
+    let mut out = vec![d.stdout_truncated as u8, d.stderr_truncated as u8];
+    out.extend_from_slice(&d.execution_time_ms.to_le_bytes());
+    out
+}
+
+/// Writes BCS by hand from the table in the crate docs, without serde or the
+/// bcs crate, so a change in either cannot silently move the layout.
+fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
+    let d = &m.data;
+    let mut out = hand_encode_head(m, d);
     string(&mut out, &d.stdout);
     string(&mut out, &d.stderr);
-    out.push(d.stdout_truncated as u8);
-    out.push(d.stderr_truncated as u8);
-    out.extend_from_slice(&d.execution_time_ms.to_le_bytes());
+    out.extend(hand_encode_tail(d));
     out
 }
 
@@ -342,39 +357,11 @@ fn write_compact_vectors() {
 }
 
 /// Hand encoding of the compact message: the full layout with each text
-/// replaced by a 64-digit hex string and a u64 length.
-fn hand_encode_compact(m: &IntentMessage<CompactTaskResult>) -> Vec<u8> {
+/// replaced by a 64-digit hex string and a u64 length. `full` is the whole
+/// result the compact one was made from.
+fn hand_encode_compact(m: &IntentMessage<CompactTaskResult>, full: &TaskResult) -> Vec<u8> {
     let d = &m.data;
-    let full = IntentMessage::new(
-        m.intent,
-        m.timestamp_ms,
-        TaskResult {
-            task_id: d.task_id.clone(),
-            task_path: d.task_path.clone(),
-            task_digest: d.task_digest.clone(),
-            args: d.args.clone(),
-            stdin_sha256: d.stdin_sha256.clone(),
-            nonce: d.nonce.clone(),
-            status: d.status.clone(),
-            exit_code: d.exit_code,
-            signal: d.signal.clone(),
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: d.stdout_truncated,
-            stderr_truncated: d.stderr_truncated,
-            execution_time_ms: d.execution_time_ms,
-        },
-    );
-    // Everything up to the (empty) stdout is the full layout's prefix; the
-    // tail after the empty stderr (two bools, a u64) is its suffix.
-    let bytes = hand_encode(&full);
-    let (head, tail) = (&bytes[..bytes.len() - 12], &bytes[bytes.len() - 10..]);
-    assert_eq!(
-        &bytes[head.len()..bytes.len() - 10],
-        [0, 0],
-        "two empty texts"
-    );
-    let mut out = head.to_vec();
+    let mut out = hand_encode_head(m, full);
     for (digest, len) in [
         (&d.stdout_sha256, d.stdout_len),
         (&d.stderr_sha256, d.stderr_len),
@@ -384,7 +371,7 @@ fn hand_encode_compact(m: &IntentMessage<CompactTaskResult>) -> Vec<u8> {
         out.extend_from_slice(digest.as_bytes());
         out.extend_from_slice(&len.to_le_bytes());
     }
-    out.extend_from_slice(tail);
+    out.extend(hand_encode_tail(full));
     out
 }
 
@@ -413,7 +400,7 @@ fn compact_vectors_are_the_compact_form_of_the_full_ones() {
             (&v.message.data.stdout, &v.message.data.stderr)
         );
         assert_eq!(
-            hex::encode(hand_encode_compact(&pinned.message)),
+            hex::encode(hand_encode_compact(&pinned.message, &v.message.data)),
             pinned.bcs,
             "compact/{name}: hand encoding"
         );
