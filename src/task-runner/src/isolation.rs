@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// The isolation every run of a [`Runner`](crate::Runner) gets, as detected
 /// when it started. Serialized into the server's `/manifest` (attested) and
 /// `/health_check`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolation {
     /// `"root"`: slot uids and a box of namespaces per run (the enclave's
     /// mode); `"unprivileged"`: tasks share the runner's uid (development).

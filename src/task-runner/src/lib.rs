@@ -636,7 +636,7 @@ fn describe(plan: Option<&BoxPlan>, config: &RunnerConfig) -> Isolation {
                 private_dev: true,
                 network: "loopback-only".into(),
                 readonly_code: true,
-                box_root: plan.exposed.clone(),
+                box_root: plan.exposed(),
                 scratch_dirs: strings(&["/dev/shm", ns::TASK_HOME]),
                 scratch_bytes: config.max_scratch_bytes,
                 scratch_noexec: true,
@@ -650,23 +650,13 @@ fn describe(plan: Option<&BoxPlan>, config: &RunnerConfig) -> Isolation {
         None => Isolation {
             mode: "unprivileged".into(),
             kernel: isolation::kernel_release(),
-            namespaces: Vec::new(),
-            pid1_reaper: false,
-            private_proc: false,
-            private_dev: false,
             network: "host".into(),
-            readonly_code: false,
-            box_root: Vec::new(),
-            scratch_dirs: Vec::new(),
-            scratch_bytes: 0,
-            scratch_noexec: false,
             memfd_noexec: "none".into(),
-            oom_score_floor: false,
             seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
-            slot_uids: false,
             missing: vec![
                 "slot uids, namespaces, private /proc, /dev, network and scratch: the runner is not root".into(),
             ],
+            ..Isolation::default()
         },
     }
 }

@@ -133,21 +133,24 @@ const STEP_FORK: u32 = 6;
 const STEP_ENTER: u32 = 7;
 const STEP_EXEC: u32 = 8;
 
-/// One entry of the box's root, its path prefixed with the work directory
-/// (where the root is built before the box pivots into it).
+/// What a path of the box's root is: a directory, a symbolic link, or a
+/// read-only bind of a host file or (recursively) directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    Link,
+    File,
+    Tree,
+}
+
+/// One entry of the box's root: `at` is its path prefixed with the work
+/// directory (where the root is built before the box pivots into it),
+/// `src` a link's target or the host path bound there.
 #[derive(Debug)]
-enum Entry {
-    Dir(CString),
-    Link {
-        target: CString,
-        at: CString,
-    },
-    /// A read-only bind of a host file or (recursively) directory.
-    Bind {
-        src: CString,
-        at: CString,
-        dir: bool,
-    },
+struct Entry {
+    kind: Kind,
+    src: CString,
+    at: CString,
 }
 
 /// The layout every box gets, decided once at start: a fresh tmpfs root
@@ -164,8 +167,6 @@ pub(crate) struct BoxPlan {
     code_dir: CString,
     /// Parents first.
     entries: Vec<Entry>,
-    /// The host paths bound into the box, for the isolation summary.
-    pub exposed: Vec<String>,
     /// tmpfs options of `/tmp` and `/dev/shm`.
     scratch_data: CString,
     /// Where the runner's own command line lies in memory (the reaper, a
@@ -208,10 +209,10 @@ impl BoxPlan {
             CString::new(p.as_os_str().as_bytes()).map_err(|_| PlanError::Nul(p.to_owned()))
         };
         let at = |p: &Path| work_dir.join(p.strip_prefix("/").unwrap_or(p));
-        let mut tree = std::collections::BTreeMap::new();
+        let mut tree = Tree::new();
         for dir in BOX_DIRS.iter().map(Path::new).chain([work_dir]) {
             for d in dir.ancestors().filter(|d| d.parent().is_some()) {
-                tree.insert(d.to_owned(), None);
+                tree.insert(d.to_owned(), (Kind::Dir, PathBuf::new()));
             }
         }
         let mut wanted: Vec<PathBuf> = extra.to_vec();
@@ -222,38 +223,26 @@ impl BoxPlan {
         for path in &wanted {
             expose(path, &mut tree, 0)?;
         }
-        let mut entries = Vec::new();
-        let mut exposed = Vec::new();
-        let mut trees: Vec<&Path> = Vec::new();
-        for (path, what) in &tree {
-            if trees.iter().any(|t| path.starts_with(t)) {
-                continue;
-            }
-            entries.push(match what {
-                None => Entry::Dir(c(&at(path))?),
-                Some(Exposed::Link(target)) => Entry::Link {
-                    target: c(target)?,
+        let inside_tree = |path: &Path| {
+            tree.iter()
+                .any(|(t, (k, _))| *k == Kind::Tree && path != t && path.starts_with(t))
+        };
+        let entries = tree
+            .iter()
+            .filter(|(path, _)| !inside_tree(path))
+            .map(|(path, (kind, src))| {
+                Ok(Entry {
+                    kind: *kind,
+                    src: c(src)?,
                     at: c(&at(path))?,
-                },
-                Some(Exposed::Bind(dir)) => {
-                    if *dir {
-                        trees.push(path);
-                    }
-                    exposed.push(path.display().to_string());
-                    Entry::Bind {
-                        src: c(path)?,
-                        at: c(&at(path))?,
-                        dir: *dir,
-                    }
-                }
-            });
-        }
+                })
+            })
+            .collect::<Result<_, PlanError>>()?;
         Ok(Self {
             work_dir: c(work_dir)?,
             code_at: c(&at(work_dir))?,
             code_dir: c(&work_dir.join(CODE_DIR))?,
             entries,
-            exposed,
             // Digits and ASCII only: no NUL inside.
             scratch_data: CString::new(format!("size={scratch_bytes},mode=1777"))
                 .map_err(|_| PlanError::Nul(PathBuf::from("tmpfs options")))?,
@@ -266,22 +255,25 @@ impl BoxPlan {
     pub fn code_dir(&self) -> PathBuf {
         PathBuf::from(OsStr::from_bytes(self.code_dir.as_bytes()))
     }
+
+    /// The host paths bound into the box (for the isolation summary).
+    pub fn exposed(&self) -> Vec<String> {
+        let bound = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::File | Kind::Tree));
+        bound
+            .map(|e| e.src.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
-/// What a path of the box's root is, besides a directory.
-enum Exposed {
-    Link(PathBuf),
-    /// Bound from the host: a directory (recursively) or not.
-    Bind(bool),
-}
+/// The box's root as planned, by path (parents sort first).
+type Tree = std::collections::BTreeMap<PathBuf, (Kind, PathBuf)>;
 
 /// Adds `path` to the root as the host resolves it: every symbolic link on
 /// the way is recreated, the file (or directory) it ends at is bound.
-fn expose(
-    path: &Path,
-    tree: &mut std::collections::BTreeMap<PathBuf, Option<Exposed>>,
-    links: usize,
-) -> Result<(), PlanError> {
+fn expose(path: &Path, tree: &mut Tree, links: usize) -> Result<(), PlanError> {
     use std::path::Component;
     if links > MAX_LINKS {
         return Err(PlanError::Loop(path.to_owned()));
@@ -308,14 +300,20 @@ fn expose(
                 .unwrap_or(Path::new("/"))
                 .join(&target)
                 .join(rest);
-            tree.insert(here, Some(Exposed::Link(target)));
+            tree.insert(here, (Kind::Link, target));
             return expose(&next, tree, links + 1);
         }
         if i + 1 == parts.len() {
-            tree.insert(here, Some(Exposed::Bind(meta.is_dir())));
+            let kind = if meta.is_dir() {
+                Kind::Tree
+            } else {
+                Kind::File
+            };
+            tree.insert(here.clone(), (kind, here));
             return Ok(());
         }
-        tree.entry(here.clone()).or_insert(None);
+        tree.entry(here.clone())
+            .or_insert((Kind::Dir, PathBuf::new()));
     }
     Ok(())
 }
@@ -749,7 +747,10 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     );
     // Written as root, before the identity switch: 1000 also becomes the
     // floor the task cannot go below (oom_score_adj_min), and node inherits it.
-    or_fail(STEP_OOM, write_file(c"/proc/self/oom_score_adj", b"1000"));
+    or_fail(
+        STEP_OOM,
+        write_file(c"/proc/self/oom_score_adj", b"1000", 0),
+    );
     // Blocked before node exists, so its SIGCHLD cannot be missed. A blocked
     // signal reaches a namespace's init even with the default disposition.
     or_fail(
@@ -865,24 +866,44 @@ unsafe fn start_node(a: &ChildArgs) -> ! {
     fail(STEP_EXEC, io::Error::last_os_error())
 }
 
+/// Flags of every mount a task can write: nothing set-uid, no devices, no programs.
+const SEALED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// mount(2) on C strings, `None` a null pointer. Async-signal-safe.
+unsafe fn mount(
+    src: Option<&CStr>,
+    at: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
+    rc(libc::mount(
+        ptr(src),
+        at.as_ptr(),
+        ptr(fstype),
+        flags,
+        ptr(data).cast(),
+    ))
+}
+
+/// A tmpfs at `at`. Async-signal-safe.
+unsafe fn tmpfs(at: &CStr, flags: libc::c_ulong, options: &CStr) -> io::Result<()> {
+    mount(Some(c"tmpfs"), at, Some(c"tmpfs"), flags, Some(options))
+}
+
 /// A read-only, `nosuid` bind of `src` at `at` (recursive for a
 /// directory), with `flags` (`MS_NODEV`, …).
 unsafe fn bind_ro(src: &CStr, at: &CStr, recursive: bool, flags: libc::c_ulong) -> io::Result<()> {
     let rec = if recursive { libc::MS_REC } else { 0 };
-    rc(libc::mount(
-        src.as_ptr(),
-        at.as_ptr(),
-        std::ptr::null(),
-        libc::MS_BIND | rec,
-        std::ptr::null(),
-    ))?;
-    rc(libc::mount(
-        std::ptr::null(),
-        at.as_ptr(),
-        std::ptr::null(),
+    mount(Some(src), at, None, libc::MS_BIND | rec, None)?;
+    mount(
+        None,
+        at,
+        None,
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | flags,
-        std::ptr::null(),
-    ))
+        None,
+    )
 }
 
 /// The box's file system: a tmpfs on the work directory holding the plan's
@@ -891,40 +912,21 @@ unsafe fn bind_ro(src: &CStr, at: &CStr, recursive: bool, flags: libc::c_ulong) 
 /// then `/dev`, `/proc`, `/tmp` and `/etc`; read-only but for `/tmp` and
 /// `/dev/shm`. Async-signal-safe.
 unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
-    let none = std::ptr::null::<libc::c_char>();
-    rc(libc::mount(
-        none,
-        c"/".as_ptr(),
-        none,
-        libc::MS_REC | libc::MS_PRIVATE,
-        std::ptr::null(),
-    ))?;
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     libc::umask(0o022);
     rc(libc::chdir(run_dir.as_ptr()))?;
-    rc(libc::mount(
-        c"tmpfs".as_ptr(),
-        plan.work_dir.as_ptr(),
-        c"tmpfs".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        ROOT_DATA.as_ptr().cast(),
-    ))?;
-    for entry in &plan.entries {
-        match entry {
-            Entry::Dir(at) => rc(libc::mkdir(at.as_ptr(), 0o755))?,
-            Entry::Link { target, at } => rc(libc::symlink(target.as_ptr(), at.as_ptr()))?,
-            Entry::Bind { src, at, dir } => {
-                if *dir {
-                    rc(libc::mkdir(at.as_ptr(), 0o755))?;
-                } else {
-                    let fd = rc_fd(libc::open(
-                        at.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                        0o444,
-                    ))?;
-                    libc::close(fd);
-                }
-                bind_ro(src, at, *dir, libc::MS_NODEV)?;
+    tmpfs(&plan.work_dir, libc::MS_NOSUID | libc::MS_NODEV, ROOT_DATA)?;
+    for e in &plan.entries {
+        match e.kind {
+            Kind::Dir | Kind::Tree => rc(libc::mkdir(e.at.as_ptr(), 0o755))?,
+            Kind::Link => rc(libc::symlink(e.src.as_ptr(), e.at.as_ptr()))?,
+            Kind::File => {
+                let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+                libc::close(rc_fd(libc::open(e.at.as_ptr(), flags, 0o444))?);
             }
+        }
+        if matches!(e.kind, Kind::File | Kind::Tree) {
+            bind_ro(&e.src, &e.at, e.kind == Kind::Tree, libc::MS_NODEV)?;
         }
     }
     bind_ro(c".", &plan.code_at, false, libc::MS_NODEV)?;
@@ -934,73 +936,41 @@ unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     rc(libc::chdir(c"/".as_ptr()))?;
     build_dev(plan)?;
     mount_proc(plan)?;
-    rc(libc::mount(
-        c"tmpfs".as_ptr(),
-        c"/tmp".as_ptr(),
-        c"tmpfs".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        plan.scratch_data.as_ptr().cast(),
-    ))?;
+    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
     for (path, bytes) in ETC_FILES {
-        write_new(path, bytes)?;
+        write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
     }
     // The root holds only what was bound or written above.
     let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    rc(libc::mount(none, c"/".as_ptr(), none, ro, std::ptr::null()))
+    mount(None, c"/", None, ro, None)
 }
 
 /// A `/proc` of the box's PID namespace, host-wide files masked, memfds
 /// made non-executable where the kernel can. Async-signal-safe.
 unsafe fn mount_proc(plan: &BoxPlan) -> io::Result<()> {
-    rc(libc::mount(
-        c"proc".as_ptr(),
-        c"/proc".as_ptr(),
-        c"proc".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        std::ptr::null(),
-    ))?;
+    mount(Some(c"proc"), c"/proc", Some(c"proc"), SEALED, None)?;
     for file in PROC_MASKED {
         // Reads as empty.
         bind_ro(c"/dev/null", file, false, libc::MS_NOEXEC)?;
     }
     // Only with CONFIG_PSI.
     if libc::access(c"/proc/pressure".as_ptr(), libc::F_OK) == 0 {
-        rc(libc::mount(
-            c"tmpfs".as_ptr(),
-            c"/proc/pressure".as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"size=0".as_ptr().cast(),
-        ))?;
+        tmpfs(c"/proc/pressure", SEALED | libc::MS_RDONLY, c"size=0")?;
     }
     if plan.memfd_sysctl {
-        write_file(c"/proc/sys/vm/memfd_noexec", b"2")?;
+        write_file(c"/proc/sys/vm/memfd_noexec", b"2", 0)?;
     }
     Ok(())
-}
-
-/// Creates `path` holding `bytes`. Async-signal-safe.
-unsafe fn write_new(path: &CStr, bytes: &[u8]) -> io::Result<()> {
-    let fd = rc_fd(libc::open(
-        path.as_ptr(),
-        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-        0o644,
-    ))?;
-    let result = write_all(fd, bytes);
-    libc::close(fd);
-    result
 }
 
 /// A minimal private `/dev`: the harmless character devices, the standard
 /// stream links and a private `/dev/shm`. No NSM, vsock, kmsg, mem or disk.
 unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
-    rc(libc::mount(
-        c"tmpfs".as_ptr(),
-        c"/dev".as_ptr(),
-        c"tmpfs".as_ptr(),
+    tmpfs(
+        c"/dev",
         libc::MS_NOSUID | libc::MS_NOEXEC,
-        c"size=64k,mode=755".as_ptr().cast(),
-    ))?;
+        c"size=64k,mode=755",
+    )?;
     let old = libc::umask(0);
     // No /dev/tty: a task has no controlling terminal, and Node.js does not open it.
     let nodes: [(&CStr, u32, u32); 5] = [
@@ -1027,13 +997,7 @@ unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
         rc(libc::symlink(target.as_ptr(), link.as_ptr()))?;
     }
     rc(libc::mkdir(c"/dev/shm".as_ptr(), 0o1777))?;
-    rc(libc::mount(
-        c"tmpfs".as_ptr(),
-        c"/dev/shm".as_ptr(),
-        c"tmpfs".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        plan.scratch_data.as_ptr().cast(),
-    ))?;
+    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)?;
     libc::umask(old);
     Ok(())
 }
@@ -1072,8 +1036,14 @@ unsafe fn loopback_up() -> io::Result<()> {
     result
 }
 
-unsafe fn write_file(path: &CStr, bytes: &[u8]) -> io::Result<()> {
-    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+/// Writes `bytes` to `path`, opened with `O_WRONLY` and `flags` (a new file
+/// gets mode 0644). Async-signal-safe.
+unsafe fn write_file(path: &CStr, bytes: &[u8], flags: libc::c_int) -> io::Result<()> {
+    let fd = libc::open(
+        path.as_ptr(),
+        libc::O_WRONLY | libc::O_CLOEXEC | flags,
+        0o644,
+    );
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
