@@ -28,7 +28,14 @@ const common = {
   exit_code: bcs.option(bcs.u32()),
   signal: bcs.option(bcs.string()),
 };
-const tail = { stdout_truncated: bcs.bool(), stderr_truncated: bcs.bool(), execution_time_ms: bcs.u64() };
+const Resources = bcs.struct('Resources', { cpu_time_ms: bcs.u64(), peak_memory_bytes: bcs.u64() });
+const tail = {
+  stdout_truncated: bcs.bool(),
+  stderr_truncated: bcs.bool(),
+  execution_time_ms: bcs.u64(),
+  limit: bcs.option(bcs.string()),
+  resources: bcs.option(Resources),
+};
 const TaskResult = bcs.struct('TaskResult', { ...common, stdout: bcs.string(), stderr: bcs.string(), ...tail });
 const CompactTaskResult = bcs.struct('CompactTaskResult', {
   ...common,
@@ -81,8 +88,8 @@ test('the pinned vectors, full and compact: Sui BCS gives the signed bytes and S
   }
   // The sizes docs/sui.md quotes: v2's full message (a 16 KiB stderr) is over one argument, its compact form is not.
   const size = (...p) => load(...p).bcs.length / 2;
-  assert.deepStrictEqual([size('task_result_v1.json'), size('compact', 'task_result_v1.json')], [173, 305]);
-  assert.deepStrictEqual([size('task_result_v2.json'), size('compact', 'task_result_v2.json')], [17010, 395]);
+  assert.deepStrictEqual([size('task_result_v1.json'), size('compact', 'task_result_v1.json')], [191, 323]);
+  assert.deepStrictEqual([size('task_result_v2.json'), size('compact', 'task_result_v2.json')], [17035, 420]);
   assert.ok(size('task_result_v2.json') > 16 * 1024);
 });
 

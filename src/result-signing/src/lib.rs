@@ -45,6 +45,13 @@
 //! | `data.stdout_truncated` | `bool` | `00` / `01` |
 //! | `data.stderr_truncated` | `bool` | `00` / `01` |
 //! | `data.execution_time_ms` | `u64` | 8 bytes little-endian |
+//! | `data.limit` | `Option<String>` | the runner's limit the run hit: `"memory"`, `"time"`, `"pids"`, `"output"` |
+//! | `data.resources` | `Option<Resources>` | `00`, or `01` then `cpu_time_ms` and `peak_memory_bytes`, each `u64` |
+//!
+//! `limit` and `resources` are what the runner and the kernel know (a
+//! memory kill in the task's cgroup, the runner's own timer, the cgroup's
+//! refused forks, the output cap; the box's CPU time and its cgroup's peak
+//! memory), never read from the task's output, so a task cannot forge them.
 //!
 //! The signature is ECDSA over NIST P-256 with SHA-256 of those bytes,
 //! serialized as `r || s` (32 + 32 bytes, big-endian), with `s` in the lower
@@ -74,6 +81,8 @@
 //! 00                                  stderr = ""
 //! 00 00                               stdout_truncated, stderr_truncated
 //! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
+//! 00                                  limit = None
+//! 01 …                                resources = Some: 8 + 8 bytes
 //! ```
 //!
 //! Lengths are ULEB128, 7 bits per byte, low bits first: a 200-byte stdout
@@ -110,12 +119,12 @@
 //! | `data.stdout_len` | `u64` | 8 bytes little-endian: bytes of UTF-8 in `stdout` |
 //! | `data.stderr_sha256` | `String` | same, of `stderr` |
 //! | `data.stderr_len` | `u64` | same |
-//! | `data.stdout_truncated` … `data.execution_time_ms` | | as in the full form |
+//! | `data.stdout_truncated` … `data.resources` | | as in the full form |
 //!
 //! A verifier checks the signature over those bytes, then that the SHA-256
 //! and length of each returned text are the signed ones
 //! ([`CompactSignedResponse::verify`] does both). The v1 message above is
-//! 305 bytes in compact form, v2's 17,010 bytes become 395; `tests/vectors/compact/` pins the compact form
+//! 323 bytes in compact form, v2's 17,035 bytes become 420; `tests/vectors/compact/` pins the compact form
 //! of every full vector. Fields appended to [`TaskResult`] are appended to
 //! [`CompactTaskResult`] in the same order ([`TaskResult::compact`] fails to
 //! compile until they are).
@@ -164,6 +173,16 @@ pub struct TaskResult {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub execution_time_ms: u64,
+    pub limit: Option<String>,
+    pub resources: Option<Resources>,
+}
+
+/// What a run used, as the runner measured it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
 }
 
 /// [`TaskResult`] with each output text replaced by its SHA-256 (lowercase
@@ -189,6 +208,8 @@ pub struct CompactTaskResult {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub execution_time_ms: u64,
+    pub limit: Option<String>,
+    pub resources: Option<Resources>,
 }
 
 /// Lowercase hex SHA-256 and byte length of a text's UTF-8 bytes.
@@ -219,6 +240,8 @@ impl TaskResult {
             stdout_truncated,
             stderr_truncated,
             execution_time_ms,
+            limit,
+            resources,
         } = self;
         let (stdout_sha256, stdout_len) = digest_of(stdout);
         let (stderr_sha256, stderr_len) = digest_of(stderr);
@@ -239,6 +262,8 @@ impl TaskResult {
             stdout_truncated: *stdout_truncated,
             stderr_truncated: *stderr_truncated,
             execution_time_ms: *execution_time_ms,
+            limit: limit.clone(),
+            resources: *resources,
         }
     }
 }
@@ -410,6 +435,8 @@ impl CompactSignedResponse {
             stdout_truncated: d.stdout_truncated,
             stderr_truncated: d.stderr_truncated,
             execution_time_ms: d.execution_time_ms,
+            limit: d.limit.clone(),
+            resources: d.resources,
         };
         // The one mapping decides: whatever it signs over must come back.
         let again = full.compact();
