@@ -62,7 +62,11 @@ async function startStatic(pem) {
     });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { origin: `http://127.0.0.1:${server.address().port}`, close: () => new Promise((resolve) => server.close(resolve)) };
+  const close = () => new Promise((resolve) => {
+    server.close(resolve);
+    server.closeAllConnections();
+  });
+  return { origin: `http://127.0.0.1:${server.address().port}`, close };
 }
 
 const browser = chromium();
@@ -73,16 +77,21 @@ test('Chromium verifies the real documents and a live result with the core, and 
   // static server starts first and serves the root PEM once it exists.
   let rootPem = '';
   const site = await startStatic(() => rootPem);
-  t.after(site.close);
-  const server = await startServer({ args: ['--cors-origins', site.origin] });
-  t.after(server.stop);
-  rootPem = server.rootPem;
-
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'nautilus-chromium-'));
-  t.after(() => fs.rmSync(profile, { recursive: true, force: true }));
+  let server = null;
+  let context = null;
+  // Torn down in this order, whatever fails: the browser (it writes into its
+  // profile until it is closed), the enclave server, the site, the profile.
+  t.after(async () => {
+    await context?.close();
+    await server?.stop();
+    await site.close();
+    fs.rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+  });
+  server = await startServer({ args: ['--cors-origins', site.origin] });
+  rootPem = server.rootPem;
   // A fresh --user-data-dir: playwright passes `profile` as that flag itself.
-  const context = await playwright.launchPersistentContext(profile, { executablePath: browser.path, headless: true, args: FLAGS });
-  t.after(() => context.close());
+  context = await playwright.launchPersistentContext(profile, { executablePath: browser.path, headless: true, args: FLAGS });
   const page = await context.newPage();
   const console = [];
   page.on('console', (m) => console.push(`${m.type()}: ${m.text()}`));
