@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub attestation_deadline: Duration,
     /// Connection limits and deadlines.
     pub http: HttpLimits,
+    /// Terminate TLS in the server, with a key made at start whose hash the
+    /// manifest carries (see [`crate::tls`]).
+    pub tls: bool,
 }
 
 impl ServerConfig {
@@ -38,6 +41,7 @@ impl ServerConfig {
     pub fn dev() -> Self {
         Self {
             attestation: AttestationMode::Dev,
+            tls: false,
             ..Self::default()
         }
     }
@@ -53,6 +57,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: HttpLimits::default(),
+            tls: true,
         }
     }
 }
@@ -103,4 +108,14 @@ impl Default for HttpLimits {
             http2_keepalive: Duration::from_secs(20),
         }
     }
+}
+
+/// How a request reached the server: the transport puts one on every
+/// request, so a handler can refuse what must not travel in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Plain TCP or vsock: the parent instance reads every byte.
+    Plain,
+    /// TLS terminated in the server with its attested key.
+    Tls,
 }

@@ -3,10 +3,11 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`manifest`], [`metrics`] and [`state`], then the handlers
+//! then [`manifest`], [`metrics`], [`tls`] and [`state`], then the handlers
 //! ([`common`], [`app`]), the [`router`], and [`transport`] on top.
 //!
 //! * [`config`]: what the server is told at start.
+//! * [`tls`]: the TLS key made at start, whose hash the manifest carries.
 //! * [`state`]: at start the server makes an ephemeral P-256 key, opens the
 //!   attester (the NSM, or the software stand-in in dev mode), builds the
 //!   task runner and freezes the [`manifest`].
@@ -57,6 +58,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod router;
 pub mod state;
+pub mod tls;
 pub mod transport;
 
 /// Version of this server, reported in the manifest and `/health_check`.

@@ -55,6 +55,9 @@ struct ManifestBody<'a> {
     isolation: &'a Isolation,
     /// Per-task cgroup limits in force (memory, pids, CPU weight).
     cgroups: &'a CgroupSummary,
+    /// Hex SHA-256 of the TLS certificate's SubjectPublicKeyInfo; `null`
+    /// when the server does not terminate TLS. Clients pin it.
+    tls_spki_sha256: Option<String>,
     tasks: &'a [TaskInfo],
 }
 
@@ -74,6 +77,7 @@ impl Manifest {
         limits: Limits,
         isolation: &Isolation,
         cgroups: &CgroupSummary,
+        tls_spki_sha256: Option<&[u8; 32]>,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -83,6 +87,7 @@ impl Manifest {
             limits: &limits,
             isolation,
             cgroups,
+            tls_spki_sha256: tls_spki_sha256.map(hex::encode),
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();

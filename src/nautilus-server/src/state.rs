@@ -11,6 +11,7 @@ pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADL
 use crate::error::EnclaveError;
 use crate::manifest::{Limits, Manifest};
 use crate::metrics::Metrics;
+use crate::tls::{TlsError, TlsIdentity};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub enum StartupError {
     /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
     Tasks(task_runner::TaskError),
+    /// The TLS key or certificate could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The manifest could not be serialized.
     #[error("could not serialize the manifest: {0}")]
     Manifest(serde_json::Error),
@@ -43,6 +47,7 @@ pub struct AppState {
     public_key: Vec<u8>,
     attester: Arc<dyn Attester>,
     dev_root_pem: Option<String>,
+    tls: Option<TlsIdentity>,
     pub(crate) runner: Runner,
     manifest: Manifest,
     pub(crate) metrics: Metrics,
@@ -111,6 +116,7 @@ impl AppState {
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
+        let tls = config.tls.then(TlsIdentity::generate).transpose()?;
         let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
         let manifest = Manifest::new(
@@ -119,6 +125,7 @@ impl AppState {
             Limits::from_config(&config),
             runner.isolation(),
             runner.cgroups(),
+            tls.as_ref().map(TlsIdentity::spki_sha256),
             tasks,
         )
         .map_err(StartupError::Manifest)?;
@@ -134,6 +141,7 @@ impl AppState {
             public_key,
             attester,
             dev_root_pem,
+            tls,
             runner,
             manifest,
             metrics: Metrics::default(),
@@ -244,6 +252,11 @@ impl AppState {
     /// PEM of the dev root CA, in dev mode only.
     pub fn dev_root_pem(&self) -> Option<&str> {
         self.dev_root_pem.as_deref()
+    }
+
+    /// The TLS identity, when the server terminates TLS.
+    pub fn tls(&self) -> Option<&TlsIdentity> {
+        self.tls.as_ref()
     }
 
     /// The frozen manifest.
