@@ -1,5 +1,6 @@
 //! The online flow: attest once, then run tasks and verify every answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use attestation_verify::{AttestationDocument, Policy, TrustedRoot, VerifiedDocument};
@@ -9,6 +10,7 @@ use result_signing::{decode_public_key, SignedResponse, TaskResult, VerifyingKey
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pin::SpkiPin;
 use crate::result::{
     normalize_task_path, verify_result, Expected, ResultError, DEFAULT_CLOCK_SKEW,
 };
@@ -121,6 +123,26 @@ pub enum ClientError {
     /// A signed result failed verification.
     #[error("result rejected")]
     Result(#[from] ResultError),
+    /// The server's TLS certificate is not the one the enclave attested:
+    /// something between client and enclave terminates TLS.
+    #[error("TLS key mismatch: the server presented a certificate whose SPKI SHA-256 is {presented}, but the attested manifest pins {attested}; something between this client and the enclave (a relay, or the parent instance) terminates TLS")]
+    TlsKeyMismatch {
+        /// The manifest's `tls_spki_sha256`.
+        attested: String,
+        /// SHA-256 of the SPKI presented, hex.
+        presented: String,
+    },
+    /// An `https://` URL, but the attested manifest pins no TLS key (the
+    /// server runs with `--tls off`).
+    #[error("the attested manifest pins no TLS key (tls_spki_sha256 is null: the server runs with --tls off), so this https:// connection cannot be tied to the enclave; use http://")]
+    NoTlsKey,
+    /// Plain `http://` to an enclave (`nsm`): the parent instance would read
+    /// every request and answer.
+    #[error("refusing plain http:// to an nsm enclave: the parent instance would read every request and result; use https:// (the server's TLS key is pinned through the attestation), or pass --insecure-http to accept that")]
+    InsecureHttp,
+    /// The TLS configuration could not be built.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// Reading a local file failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -215,6 +237,9 @@ struct ManifestBody {
     server_version: String,
     attestation: String,
     limits: ManifestLimits,
+    /// Absent from servers older than TLS support.
+    #[serde(default)]
+    tls_spki_sha256: Option<String>,
     tasks: Vec<ManifestTask>,
 }
 
@@ -237,6 +262,10 @@ impl Manifest {
     /// `"nsm"` or `"dev"`, as the server describes itself.
     pub fn attestation_mode(&self) -> &str {
         &self.body.attestation
+    }
+    /// Hex SHA-256 of the SPKI of the server's TLS key, `None` without TLS.
+    pub fn tls_spki_sha256(&self) -> Option<&str> {
+        self.body.tls_spki_sha256.as_deref()
     }
     /// Every task the enclave image can run.
     pub fn tasks(&self) -> &[ManifestTask] {
@@ -271,10 +300,20 @@ impl VerifiedResult {
     }
 }
 
+/// How [`Client::connect_with`] may connect.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Accept plain `http://` to an `nsm` enclave, where the parent instance
+    /// reads every request and result.
+    pub insecure_http: bool,
+}
+
 /// A connection to one attested enclave.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// The attested TLS key, for `https://`.
+    pin: Option<Arc<SpkiPin>>,
     base: Url,
     document: VerifiedDocument,
     key: VerifyingKey,
@@ -288,19 +327,40 @@ impl Client {
     /// verifies it under `root` and `policy` (any nonce set in `policy` is
     /// replaced by the fresh one), checks that `user_data` is the SHA-256 of
     /// `/manifest`, and keeps the attested key.
+    ///
+    /// With `https://`, the server's TLS key must be the manifest's
+    /// `tls_spki_sha256`; plain `http://` to an `nsm` enclave is refused
+    /// (see [`Client::connect_with`]).
     pub async fn connect(
         url: &str,
         root: TrustedRoot,
         policy: Policy,
     ) -> Result<Self, ClientError> {
+        Self::connect_with(url, root, policy, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options.
+    pub async fn connect_with(
+        url: &str,
+        root: TrustedRoot,
+        policy: Policy,
+        options: ConnectOptions,
+    ) -> Result<Self, ClientError> {
         let base = parse_base(url)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| ClientError::Http {
-                url: url.to_owned(),
-                source,
-            })?;
+        let http_err = |source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let pin = (base.scheme() == "https").then(SpkiPin::new);
+        if let Some(pin) = &pin {
+            let tls = pin
+                .client_config()
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder.build().map_err(http_err)?;
+        let bind = |e| bind_error(pin.as_deref(), e);
 
         let nonce = random_nonce();
         let asked = Instant::now();
@@ -314,7 +374,8 @@ impl Client {
             MAX_ATTESTATION_RESPONSE,
             "attestation response",
         )
-        .await?;
+        .await
+        .map_err(bind)?;
         let received = Instant::now();
         #[derive(Deserialize)]
         struct AttestationResponse {
@@ -333,7 +394,9 @@ impl Client {
         let key = decode_public_key(pk).ok_or(ClientError::BadPublicKey { len: pk.len() })?;
 
         let manifest_url = join(&base, "manifest")?;
-        let raw = get(&http, &manifest_url, MAX_MANIFEST_RESPONSE, "manifest").await?;
+        let raw = get(&http, &manifest_url, MAX_MANIFEST_RESPONSE, "manifest")
+            .await
+            .map_err(bind)?;
         let got = Sha256::digest(&raw);
         let attested = document.user_data().unwrap_or_default();
         if got[..] != *attested {
@@ -343,9 +406,35 @@ impl Client {
             });
         }
         let body: ManifestBody = parse_json(&raw, "manifest")?;
+        match &pin {
+            Some(pin) => {
+                let attested = body
+                    .tls_spki_sha256
+                    .as_deref()
+                    .ok_or(ClientError::NoTlsKey)?;
+                let attested: [u8; 32] = hex::decode(attested)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| ClientError::Malformed {
+                        what: "manifest tls_spki_sha256",
+                        reason: "not 64 hex digits".into(),
+                    })?;
+                if let Some(presented) = pin.pin(attested) {
+                    return Err(ClientError::TlsKeyMismatch {
+                        attested: hex::encode(attested),
+                        presented: hex::encode(presented),
+                    });
+                }
+            }
+            None if body.attestation == "nsm" && !options.insecure_http => {
+                return Err(ClientError::InsecureHttp)
+            }
+            None => {}
+        }
 
         Ok(Self {
             http,
+            pin,
             base,
             document,
             key,
@@ -400,7 +489,9 @@ impl Client {
                     nonce: &nonce,
                 },
             });
-        let body = send(request, &url, limit, "task result").await?;
+        let body = send(request, &url, limit, "task result")
+            .await
+            .map_err(|e| bind_error(self.pin.as_deref(), e))?;
         let not_after_ms = now_ms();
         let answered = Instant::now();
         // The document's clock at signing time: its timestamp plus what
@@ -431,6 +522,19 @@ impl Client {
             },
         )?;
         Ok(VerifiedResult { signed })
+    }
+}
+
+/// A failed request over a pinned connection whose certificate was refused
+/// becomes [`ClientError::TlsKeyMismatch`], the reason, rather than the
+/// transport error that wraps it.
+fn bind_error(pin: Option<&SpkiPin>, e: ClientError) -> ClientError {
+    match (pin.and_then(|p| p.refused()), &e) {
+        (Some((attested, presented)), ClientError::Http { .. }) => ClientError::TlsKeyMismatch {
+            attested: hex::encode(attested),
+            presented: hex::encode(presented),
+        },
+        _ => e,
     }
 }
 

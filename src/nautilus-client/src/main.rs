@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use nautilus_client::{CheckTime, Client, ExpectedPcrs, Policy, TaskSpec, TrustedRoot};
+use nautilus_client::{
+    CheckTime, Client, ConnectOptions, ExpectedPcrs, Policy, TaskSpec, TrustedRoot,
+};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -74,17 +76,26 @@ struct VerifyDocArgs {
 
 #[derive(Debug, Args)]
 struct AttestArgs {
-    /// Server base URL, e.g. http://127.0.0.1:3000
+    /// Server base URL, e.g. https://127.0.0.1:3000 (its TLS key is pinned
+    /// through the attestation, no CA involved)
     #[arg(long)]
     url: String,
+    /// Accept plain http:// to an nsm enclave: the parent instance then
+    /// reads every request and result.
+    #[arg(long)]
+    insecure_http: bool,
     #[command(flatten)]
     trust: TrustArgs,
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// Server base URL, as for `attest`.
     #[arg(long)]
     url: String,
+    /// As for `attest`.
+    #[arg(long)]
+    insecure_http: bool,
     /// Task directory on the server.
     #[arg(long, default_value = "nodejs-task")]
     task: String,
@@ -191,7 +202,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Attest(a) => {
-            let client = Client::connect(&a.url, a.trust.root()?, a.trust.policy()?).await?;
+            let client = connect(&a.url, &a.trust, a.insecure_http).await?;
             let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw())?;
             let out =
                 json!({ "attestation": client.attestation().summary(), "manifest": manifest });
@@ -199,7 +210,7 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Run(a) => {
-            let client = Client::connect(&a.url, a.trust.root()?, a.trust.policy()?).await?;
+            let client = connect(&a.url, &a.trust, a.insecure_http).await?;
             let mut spec = TaskSpec::new(a.task).args(a.args);
             if let Some(t) = a.timeout {
                 spec = spec.timeout_secs(t);
@@ -217,6 +228,11 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             })
         }
     }
+}
+
+async fn connect(url: &str, trust: &TrustArgs, insecure_http: bool) -> anyhow::Result<Client> {
+    let options = ConnectOptions { insecure_http };
+    Ok(Client::connect_with(url, trust.root()?, trust.policy()?, options).await?)
 }
 
 impl TrustArgs {
