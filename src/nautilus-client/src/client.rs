@@ -6,7 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use attestation_verify::{AttestationDocument, Policy, TrustedRoot, VerifiedDocument};
 use rand_core::{OsRng, RngCore};
 use reqwest::{StatusCode, Url};
-use result_signing::{decode_public_key, SignedResponse, TaskResult, VerifyingKey};
+use result_signing::{
+    decode_public_key, encode_public_key, IntentMessage, SecretUpdate, SignedResponse, SigningKey,
+    TaskResult, VerifyingKey, INTENT_SECRET_UPDATE,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -140,6 +143,27 @@ pub enum ClientError {
     /// every request and answer.
     #[error("refusing plain http:// to an nsm enclave: the parent instance would read every request and result; use https:// (the server's TLS key is pinned through the attestation), or pass --insecure-http to accept that")]
     InsecureHttp,
+    /// Secrets go only over attested TLS, and this connection is plain HTTP.
+    #[error("operator secrets travel only over the enclave's attested TLS: use an https:// URL")]
+    SecretsNeedTls,
+    /// The signing key is not one the attested image pins.
+    #[error(
+        "operator key {key} is not pinned by this enclave image (its manifest lists {pinned:?})"
+    )]
+    NotAnOperator {
+        /// Hex compressed SEC1 of the key used.
+        key: String,
+        /// The manifest's operator keys.
+        pinned: Vec<String>,
+    },
+    /// No task in the attested manifest declares the secret.
+    #[error("no task in the attested manifest declares a secret named {name:?} (declared: {declared:?})")]
+    UndeclaredSecret {
+        /// The name asked for.
+        name: String,
+        /// Every declared name.
+        declared: Vec<String>,
+    },
     /// The TLS configuration could not be built.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -224,6 +248,9 @@ pub struct ManifestTask {
     /// Hex digest of the task's files; every signed result for this task
     /// must carry the same value.
     pub task_digest: String,
+    /// Operator secrets the task declares (names).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +267,9 @@ struct ManifestBody {
     /// Absent from servers older than TLS support.
     #[serde(default)]
     tls_spki_sha256: Option<String>,
+    /// Hex SEC1 keys of the operators who may set secrets.
+    #[serde(default)]
+    operator_keys: Vec<String>,
     tasks: Vec<ManifestTask>,
 }
 
@@ -266,6 +296,10 @@ impl Manifest {
     /// Hex SHA-256 of the SPKI of the server's TLS key, `None` without TLS.
     pub fn tls_spki_sha256(&self) -> Option<&str> {
         self.body.tls_spki_sha256.as_deref()
+    }
+    /// Hex compressed SEC1 P-256 keys of the operators the image pins.
+    pub fn operator_keys(&self) -> &[String] {
+        &self.body.operator_keys
     }
     /// Every task the enclave image can run.
     pub fn tasks(&self) -> &[ManifestTask] {
@@ -535,6 +569,84 @@ fn bind_error(pin: Option<&SpkiPin>, e: ClientError) -> ClientError {
             presented: hex::encode(presented),
         },
         _ => e,
+    }
+}
+
+impl Client {
+    /// Sets the operator secret `name` to `value` in this enclave: checks
+    /// that the attested manifest pins `key` and that a task declares
+    /// `name`, fetches a fresh nonce, and posts the update signed by `key`
+    /// over the pinned TLS connection (never plain HTTP).
+    pub async fn put_secret(
+        &self,
+        key: &SigningKey,
+        name: &str,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        if self.pin.is_none() {
+            return Err(ClientError::SecretsNeedTls);
+        }
+        let ours = hex::encode(encode_public_key(key.verifying_key()));
+        let pinned = &self.manifest.body.operator_keys;
+        if !pinned.contains(&ours) {
+            return Err(ClientError::NotAnOperator {
+                key: ours,
+                pinned: pinned.clone(),
+            });
+        }
+        if !self
+            .manifest
+            .tasks()
+            .iter()
+            .any(|t| t.secrets.iter().any(|s| s == name))
+        {
+            let mut declared: Vec<String> = self
+                .manifest
+                .tasks()
+                .iter()
+                .flat_map(|t| t.secrets.iter().cloned())
+                .collect();
+            declared.sort();
+            declared.dedup();
+            return Err(ClientError::UndeclaredSecret {
+                name: name.to_owned(),
+                declared,
+            });
+        }
+        let bind = |e| bind_error(self.pin.as_deref(), e);
+        let nonce_url = join(&self.base, "secrets/nonce")?;
+        let body = get(&self.http, &nonce_url, MAX_ERROR_BODY, "secrets nonce")
+            .await
+            .map_err(bind)?;
+        #[derive(Deserialize)]
+        struct NonceBody {
+            nonce: String,
+        }
+        let NonceBody { nonce } = parse_json(&body, "secrets nonce")?;
+        let update = IntentMessage::new(
+            INTENT_SECRET_UPDATE,
+            now_ms(),
+            SecretUpdate {
+                name: name.to_owned(),
+                value_sha256: hex::encode(Sha256::digest(value.as_bytes())),
+                nonce,
+            },
+        )
+        .sign(key)
+        .map_err(|e| ClientError::Malformed {
+            what: "secret update",
+            reason: e.to_string(),
+        })?;
+        let url = join(&self.base, "secrets")?;
+        let request = self
+            .http
+            .post(url.clone())
+            .timeout(Duration::from_secs(30))
+            .json(&serde_json::json!({ "update": update, "value": value }));
+        send(request, &url, MAX_ERROR_BODY, "secrets answer")
+            .await
+            .map_err(bind)?;
+        Ok(())
     }
 }
 

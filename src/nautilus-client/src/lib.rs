@@ -53,3 +53,5 @@ pub use client::{
 };
 pub use pin::spki_sha256;
 pub use result::{Expected, ResultError};
+/// The operator's key type for [`Client::put_secret`] (P-256 ECDSA).
+pub use result_signing::SigningKey;

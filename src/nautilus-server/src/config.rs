@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// Terminate TLS in the server, with a key made at start whose hash the
     /// manifest carries (see [`crate::tls`]).
     pub tls: bool,
+    /// Public keys of the operators who may set secrets (see
+    /// [`crate::secrets`]); listed in the manifest.
+    pub operator_keys: Vec<result_signing::VerifyingKey>,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: HttpLimits::default(),
             tls: true,
+            operator_keys: Vec::new(),
         }
     }
 }

@@ -104,9 +104,21 @@ struct Args {
     /// only ciphertext [default: on with `--attestation nsm`, off with `dev`].
     #[arg(long, env = "NAUTILUS_TLS", value_enum)]
     tls: Option<OnOff>,
+    /// Public key (hex SEC1 P-256, from `nautilus-client secrets keygen`) of
+    /// an operator who may set secrets; repeatable. Pin it in the image
+    /// (run.sh), so it is measured and listed in the attested manifest.
+    #[arg(long = "operator-key", env = "NAUTILUS_OPERATOR_KEYS", value_delimiter = ',', value_parser = parse_operator_key)]
+    operator_keys: Vec<result_signing::VerifyingKey>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "NAUTILUS_LOG_JSON")]
     log_json: bool,
+}
+
+fn parse_operator_key(hex_key: &str) -> Result<result_signing::VerifyingKey, String> {
+    hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|bytes| result_signing::decode_public_key(&bytes))
+        .ok_or_else(|| format!("{hex_key:?} is not a hex SEC1 P-256 public key"))
 }
 
 /// A switch.
@@ -172,6 +184,7 @@ impl Args {
                 http2_keepalive: Duration::from_secs(self.http2_keepalive_secs),
             },
             tls: self.tls(),
+            operator_keys: self.operator_keys.clone(),
         }
     }
 }

@@ -58,6 +58,8 @@ struct ManifestBody<'a> {
     /// Hex SHA-256 of the TLS certificate's SubjectPublicKeyInfo; `null`
     /// when the server does not terminate TLS. Clients pin it.
     tls_spki_sha256: Option<String>,
+    /// Hex compressed SEC1 P-256 keys of the operators who may set secrets.
+    operator_keys: Vec<String>,
     tasks: &'a [TaskInfo],
 }
 
@@ -78,6 +80,7 @@ impl Manifest {
         isolation: &Isolation,
         cgroups: &CgroupSummary,
         tls_spki_sha256: Option<&[u8; 32]>,
+        operator_keys: &[result_signing::VerifyingKey],
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -88,6 +91,10 @@ impl Manifest {
             isolation,
             cgroups,
             tls_spki_sha256: tls_spki_sha256.map(hex::encode),
+            operator_keys: operator_keys
+                .iter()
+                .map(|k| hex::encode(result_signing::encode_public_key(k)))
+                .collect(),
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();

@@ -235,7 +235,9 @@ impl Metrics {
                     "shed"
                 }
                 ErrorKind::InvalidRequest | ErrorKind::NotFound => "rejected",
-                ErrorKind::NodeMissing | ErrorKind::ShuttingDown => "unavailable",
+                ErrorKind::NodeMissing | ErrorKind::ShuttingDown | ErrorKind::SecretMissing => {
+                    "unavailable"
+                }
                 ErrorKind::InvalidTask | ErrorKind::Internal => "error",
             },
         };

@@ -11,6 +11,7 @@ pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADL
 use crate::error::EnclaveError;
 use crate::manifest::{Limits, Manifest};
 use crate::metrics::Metrics;
+use crate::secrets::SecretStore;
 use crate::tls::{TlsError, TlsIdentity};
 
 /// Why the server could not start.
@@ -48,6 +49,7 @@ pub struct AppState {
     attester: Arc<dyn Attester>,
     dev_root_pem: Option<String>,
     tls: Option<TlsIdentity>,
+    secrets: SecretStore,
     pub(crate) runner: Runner,
     manifest: Manifest,
     pub(crate) metrics: Metrics,
@@ -119,6 +121,11 @@ impl AppState {
         let tls = config.tls.then(TlsIdentity::generate).transpose()?;
         let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
+        let declared = tasks
+            .iter()
+            .flat_map(|t| t.secrets.iter().cloned())
+            .collect();
+        let secrets = SecretStore::new(config.operator_keys.clone(), declared);
         let manifest = Manifest::new(
             config.attestation,
             runner.node_version().map(str::to_owned),
@@ -126,6 +133,7 @@ impl AppState {
             runner.isolation(),
             runner.cgroups(),
             tls.as_ref().map(TlsIdentity::spki_sha256),
+            &config.operator_keys,
             tasks,
         )
         .map_err(StartupError::Manifest)?;
@@ -142,6 +150,7 @@ impl AppState {
             attester,
             dev_root_pem,
             tls,
+            secrets,
             runner,
             manifest,
             metrics: Metrics::default(),
@@ -257,6 +266,11 @@ impl AppState {
     /// The TLS identity, when the server terminates TLS.
     pub fn tls(&self) -> Option<&TlsIdentity> {
         self.tls.as_ref()
+    }
+
+    /// The operator secrets.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
     }
 
     /// The frozen manifest.
