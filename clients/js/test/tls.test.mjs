@@ -109,3 +109,39 @@ test('a relay that terminates TLS is refused, naming both keys', async () => {
   assert.strictEqual(out.code, 2);
   assert.ok(out.stderr.includes('TLS key mismatch') && out.stderr.includes(relay.spki), out.stderr);
 });
+
+/**
+ * A stand-in enclave that says `"attestation": "nsm"` in a manifest its
+ * document attests (a synthetic chain: no NSM here), served in plain HTTP.
+ */
+async function plainNsmServer() {
+  const { Chain, makeDocument, DOC_TIMESTAMP_MS } = await import('./helpers/x509.mjs');
+  const http = await import('node:http');
+  const chain = new Chain();
+  const key = crypto.generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const jwk = key.publicKey.export({ format: 'jwk' });
+  const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
+  const manifest = Buffer.from(
+    JSON.stringify({ server_version: 'x', attestation: 'nsm', limits: { max_output_bytes: 1, default_timeout_secs: 1 }, tls_spki_sha256: null, tasks: [] }),
+  );
+  const srv = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    if (url.pathname === '/manifest') return res.end(manifest);
+    const doc = makeDocument(chain.cabundle(), chain.leaf(), chain.enclave.privateKey, {
+      publicKey: point,
+      userData: crypto.createHash('sha256').update(manifest).digest(),
+      nonce: Buffer.from(url.searchParams.get('nonce'), 'hex'),
+    });
+    res.end(JSON.stringify({ attestation: Buffer.from(doc).toString('hex') }));
+  });
+  const base = (await listen(srv)).replace('https:', 'http:');
+  return { base, options: { root: TrustedRoot.fromDer(chain.root.der), at: DOC_TIMESTAMP_MS + 1000 } };
+}
+
+test('plain http to an nsm enclave is refused unless insecureHttp', async () => {
+  const { base, options: opts } = await plainNsmServer();
+  const e = await rejectsCode(Client.connect(base, opts), ClientError, 'InsecureHttp');
+  assert.ok(e.message.includes('--insecure-http'), e.message);
+  const client = await Client.connect(base, { ...opts, insecureHttp: true });
+  assert.strictEqual(client.manifest.attestation, 'nsm');
+});

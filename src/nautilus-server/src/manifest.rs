@@ -63,6 +63,16 @@ struct ManifestBody<'a> {
     tasks: &'a [TaskInfo],
 }
 
+/// Who can reach what: the TLS key clients pin and the operators who may
+/// set secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// SHA-256 of the TLS certificate's SPKI; `None` without TLS.
+    pub tls_spki_sha256: Option<&'a [u8; 32]>,
+    /// The operators' public keys.
+    pub operator_keys: &'a [result_signing::VerifyingKey],
+}
+
 /// The frozen manifest: its bytes and their SHA-256.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -79,8 +89,7 @@ impl Manifest {
         limits: Limits,
         isolation: &Isolation,
         cgroups: &CgroupSummary,
-        tls_spki_sha256: Option<&[u8; 32]>,
-        operator_keys: &[result_signing::VerifyingKey],
+        access: Access<'_>,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -90,8 +99,9 @@ impl Manifest {
             limits: &limits,
             isolation,
             cgroups,
-            tls_spki_sha256: tls_spki_sha256.map(hex::encode),
-            operator_keys: operator_keys
+            tls_spki_sha256: access.tls_spki_sha256.map(hex::encode),
+            operator_keys: access
+                .operator_keys
                 .iter()
                 .map(|k| hex::encode(result_signing::encode_public_key(k)))
                 .collect(),

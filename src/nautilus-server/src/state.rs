@@ -9,7 +9,7 @@ use task_runner::Runner;
 
 pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADLINE};
 use crate::error::EnclaveError;
-use crate::manifest::{Limits, Manifest};
+use crate::manifest::{Access, Limits, Manifest};
 use crate::metrics::Metrics;
 use crate::secrets::SecretStore;
 use crate::tls::{TlsError, TlsIdentity};
@@ -132,8 +132,10 @@ impl AppState {
             Limits::from_config(&config),
             runner.isolation(),
             runner.cgroups(),
-            tls.as_ref().map(TlsIdentity::spki_sha256),
-            &config.operator_keys,
+            Access {
+                tls_spki_sha256: tls.as_ref().map(TlsIdentity::spki_sha256),
+                operator_keys: &config.operator_keys,
+            },
             tasks,
         )
         .map_err(StartupError::Manifest)?;
