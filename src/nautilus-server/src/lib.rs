@@ -3,8 +3,9 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`manifest`], [`metrics`], [`tls`], [`secrets`] and [`state`], then the handlers
-//! ([`common`], [`app`], [`operator`]), the [`router`], and [`transport`] on top.
+//! then [`clients`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
+//! [`state`], then the handlers ([`common`], [`app`], [`operator`]), the
+//! [`router`], and [`transport`] on top.
 //!
 //! * [`config`]: what the server is told at start.
 //! * [`tls`]: the TLS key made at start, whose hash the manifest carries.
@@ -53,6 +54,8 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod budget;
+pub mod clients;
 pub mod common;
 pub mod config;
 pub mod error;
