@@ -130,6 +130,8 @@ install -m 0755 "$ROOT/run.sh" "$APP/run.sh"
 install -m 0755 "$BIN_DIR/nautilus-server" "$APP/usr/bin/nautilus-server"
 install -m 0644 "$ENCLAVE/passwd" "$APP/etc/passwd"
 install -m 0644 "$ENCLAVE/group" "$APP/etc/group"
+# Operator keys, measured with the rest: run.sh passes each as --operator-key.
+install -m 0644 "$ENCLAVE/operator-keys" "$APP/etc/nautilus-operator-keys"
 
 tar -xzf "$NODE_TGZ" -C "$WORK" package/bin/node
 install -m 0755 "$WORK/package/bin/node" "$APP/usr/bin/node"

@@ -183,7 +183,10 @@ export function signingBytes(response: unknown): Uint8Array;
 export function compactOf(data: TaskResult): Promise<CompactTaskResult>;
 export function normalizeTaskPath(path: string): string;
 
-export interface ConnectOptions extends Omit<VerifyOptions, 'nonce'> {}
+export interface ConnectOptions extends Omit<VerifyOptions, 'nonce'> {
+  /** Accept plain http:// to an nsm enclave (the parent instance reads everything). */
+  insecureHttp?: boolean;
+}
 
 export interface TaskSpec {
   taskPath: string;
@@ -198,6 +201,8 @@ export interface Manifest {
   server_version: string;
   attestation: string;
   limits: { max_output_bytes: number; default_timeout_secs: number; [key: string]: unknown };
+  /** Hex SHA-256 of the TLS key's SPKI; null when the server runs without TLS. */
+  tls_spki_sha256?: string | null;
   tasks: { task_path: string; task_digest: string; [key: string]: unknown }[];
   [key: string]: unknown;
 }
@@ -238,6 +243,7 @@ export class ResultError extends NautilusError<'Signature' | 'Mismatch' | 'Stale
 export class ClientError extends NautilusError<
   | 'Url' | 'Http' | 'Status' | 'TooLarge' | 'Malformed' | 'Attestation' | 'Config'
   | 'NoPublicKey' | 'BadPublicKey' | 'ManifestMismatch' | 'UnknownTask' | 'Result'
+  | 'TlsKeyMismatch' | 'NoTlsKey' | 'InsecureHttp'
 > {}
 
 /** SHA-256 of the embedded AWS Nitro Enclaves root G1's DER. */

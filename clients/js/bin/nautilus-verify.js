@@ -41,13 +41,18 @@ const COMMANDS = {
   },
   attest: {
     about: 'Attest a running server; print the verified document and manifest (exit 0) or the reason (exit 1)',
-    flags: { '--url': { value: 'URL', required: true, help: 'Server base URL, e.g. http://127.0.0.1:3000' }, ...TRUST_FLAGS },
+    flags: {
+      '--url': { value: 'URL', required: true, help: "Server base URL, e.g. https://127.0.0.1:3000 (its TLS key is pinned through the attestation, no CA involved)" },
+      '--insecure-http': { help: 'Accept plain http:// to an nsm enclave: the parent instance then reads every request and result' },
+      ...TRUST_FLAGS,
+    },
     failure: 1,
   },
   run: {
     about: 'Attest a server, run a task, verify and print the signed result (exit 0 success, 1 task failed, 2 not verified)',
     flags: {
-      '--url': { value: 'URL', required: true, help: 'Server base URL' },
+      '--url': { value: 'URL', required: true, help: 'Server base URL, as for `attest`' },
+      '--insecure-http': { help: 'As for `attest`' },
       '--task': { value: 'PATH', help: 'Task directory on the server (default nodejs-task)' },
       '--timeout': { value: 'SECS', number: true, help: 'Seconds before the server stops the task' },
       '--stdin-file': { value: 'F', help: "Send this file's contents (UTF-8) as the task's stdin" },
@@ -233,7 +238,7 @@ async function execute({ command, opts, positional, rest }) {
     }
     return { output: await verifyAttestation(bytes, options), code: 0 };
   }
-  const options = trust(opts);
+  const options = { ...trust(opts), insecureHttp: opts['--insecure-http'] === true };
   const client = await Client.connect(opts['--url'], options);
   if (command === 'attest') {
     const manifest = JSON.parse(client.manifestRaw.toString('utf8'));

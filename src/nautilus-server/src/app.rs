@@ -105,7 +105,10 @@ pub async fn process_data(
         args,
         stdin,
     };
-    let outcome = state.runner.run(run).await;
+    let outcome = state
+        .runner
+        .run_with_secrets(run, state.secrets().values())
+        .await;
     state.metrics.record_task(&outcome);
     let result = outcome?;
     tracing::info!(

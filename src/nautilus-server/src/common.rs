@@ -123,6 +123,17 @@ pub struct HealthCheck {
     /// Server clock minus the timestamp of the latest fresh attestation
     /// document (the hypervisor's clock, for the NSM); `null` before the first.
     pub clock_skew_ms: Option<i64>,
+    /// Operator secrets the tasks declare: which are set (names only).
+    pub secrets: SecretsStatus,
+}
+
+/// Declared operator secrets, by whether they are set.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SecretsStatus {
+    /// Set: the tasks that declare them can run.
+    pub set: Vec<String>,
+    /// Not set: the tasks that declare them fail until the operator sets them.
+    pub missing: Vec<String>,
 }
 
 /// `GET /health_check`.
@@ -147,6 +158,18 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         version: crate::SERVER_VERSION.into(),
         isolation: state.runner().isolation().clone(),
         clock_skew_ms: state.clock_skew().map(|s| s.skew_ms),
+        secrets: {
+            let mut status = SecretsStatus::default();
+            for (name, set) in state.secrets().status() {
+                let list = if set {
+                    &mut status.set
+                } else {
+                    &mut status.missing
+                };
+                list.push(name.to_owned());
+            }
+            status
+        },
     })
 }
 

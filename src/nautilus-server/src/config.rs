@@ -31,6 +31,12 @@ pub struct ServerConfig {
     pub attestation_deadline: Duration,
     /// Connection limits and deadlines.
     pub http: HttpLimits,
+    /// Terminate TLS in the server, with a key made at start whose hash the
+    /// manifest carries (see [`crate::tls`]).
+    pub tls: bool,
+    /// Public keys of the operators who may set secrets (see
+    /// [`crate::secrets`]); listed in the manifest.
+    pub operator_keys: Vec<result_signing::VerifyingKey>,
 }
 
 impl ServerConfig {
@@ -38,6 +44,7 @@ impl ServerConfig {
     pub fn dev() -> Self {
         Self {
             attestation: AttestationMode::Dev,
+            tls: false,
             ..Self::default()
         }
     }
@@ -53,6 +60,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: HttpLimits::default(),
+            tls: true,
+            operator_keys: Vec::new(),
         }
     }
 }
@@ -140,4 +149,14 @@ impl Default for HttpLimits {
             min_body_bytes_per_sec: 1024,
         }
     }
+}
+
+/// How a request reached the server: the transport puts one on every
+/// request, so a handler can refuse what must not travel in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Plain TCP or vsock: the parent instance reads every byte.
+    Plain,
+    /// TLS terminated in the server with its attested key.
+    Tls,
 }

@@ -67,6 +67,9 @@ pub enum EnclaveError {
     /// The result could not be signed (BCS encoding failed).
     #[error("could not sign the result: {0}")]
     Signing(#[from] result_signing::Error),
+    /// An operator secret update was refused.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
     /// Anything else that is the server's fault.
     #[error("internal error: {0}")]
     Internal(String),
@@ -96,13 +99,25 @@ impl EnclaveError {
                 ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
                 ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                ErrorKind::NodeMissing | ErrorKind::Busy | ErrorKind::ShuttingDown => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ErrorKind::NodeMissing
+                | ErrorKind::Busy
+                | ErrorKind::ShuttingDown
+                | ErrorKind::SecretMissing => StatusCode::SERVICE_UNAVAILABLE,
                 // A task baked into the image that cannot run (bad package.json,
                 // missing entry file) is a fault of the deployment, not the caller.
                 ErrorKind::InvalidTask | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            EnclaveError::Secret(e) => {
+                use crate::secrets::SecretError as S;
+                match e {
+                    S::Malformed | S::Undeclared(_) | S::BadValue(_) | S::ValueMismatch => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    S::PlainChannel | S::NoOperator | S::Signature | S::Nonce => {
+                        StatusCode::FORBIDDEN
+                    }
+                }
+            }
             EnclaveError::Attestation(_) | EnclaveError::Signing(_) | EnclaveError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

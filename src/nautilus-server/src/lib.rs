@@ -3,10 +3,14 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`clients`], [`budget`], [`manifest`], [`metrics`] and [`state`], then the handlers
-//! ([`common`], [`app`]), the [`router`], and [`transport`] on top.
+//! then [`clients`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
+//! [`state`], then the handlers ([`common`], [`app`], [`operator`]), the
+//! [`router`], and [`transport`] on top.
 //!
 //! * [`config`]: what the server is told at start.
+//! * [`tls`]: the TLS key made at start, whose hash the manifest carries.
+//! * [`secrets`] and [`operator`]: operator secrets, set over attested TLS
+//!   by a pinned operator key, handed to the tasks that declare them.
 //! * [`state`]: at start the server makes an ephemeral P-256 key, opens the
 //!   attester (the NSM, or the software stand-in in dev mode), builds the
 //!   task runner and freezes the [`manifest`].
@@ -61,8 +65,11 @@ pub mod config;
 pub mod error;
 pub mod manifest;
 pub mod metrics;
+pub mod operator;
 pub mod router;
+pub mod secrets;
 pub mod state;
+pub mod tls;
 pub mod transport;
 
 /// Version of this server, reported in the manifest and `/health_check`.

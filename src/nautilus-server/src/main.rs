@@ -120,12 +120,44 @@ struct Args {
     /// On SIGTERM, seconds running tasks get before they are stopped.
     #[arg(long, env = "NAUTILUS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+    /// Terminate TLS here, with a key made at start and pinned through the
+    /// attested manifest (`tls_spki_sha256`), so the parent instance relays
+    /// only ciphertext [default: on with `--attestation nsm`, off with `dev`].
+    #[arg(long, env = "NAUTILUS_TLS", value_enum)]
+    tls: Option<OnOff>,
+    /// Public key (hex SEC1 P-256, from `nautilus-client secrets keygen`) of
+    /// an operator who may set secrets; repeatable. Pin it in the image
+    /// (run.sh), so it is measured and listed in the attested manifest.
+    #[arg(long = "operator-key", env = "NAUTILUS_OPERATOR_KEYS", value_delimiter = ',', value_parser = parse_operator_key)]
+    operator_keys: Vec<result_signing::VerifyingKey>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "NAUTILUS_LOG_JSON")]
     log_json: bool,
 }
 
+fn parse_operator_key(hex_key: &str) -> Result<result_signing::VerifyingKey, String> {
+    hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|bytes| result_signing::decode_public_key(&bytes))
+        .ok_or_else(|| format!("{hex_key:?} is not a hex SEC1 P-256 public key"))
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 impl Args {
+    /// `--tls`, else what fits the attestation mode.
+    fn tls(&self) -> bool {
+        match self.tls {
+            Some(mode) => mode == OnOff::On,
+            None => self.attestation == AttestationMode::Nsm,
+        }
+    }
+
     /// Where to listen: `--listen`, else what fits the attestation mode.
     fn listen(&self) -> Listen {
         self.listen.unwrap_or(match self.attestation {
@@ -181,6 +213,8 @@ impl Args {
                 },
                 min_body_bytes_per_sec: self.min_body_bytes_per_sec,
             },
+            tls: self.tls(),
+            operator_keys: self.operator_keys.clone(),
         }
     }
 }
@@ -388,15 +422,20 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
         listen = %local,
         attestation = state.attestation_mode().as_str(),
         public_key = %hex::encode(state.public_key()),
+        tls_spki_sha256 = state.tls().map(|t| hex::encode(t.spki_sha256())),
         node_version = state.runner().node_version().unwrap_or("NOT FOUND"),
         tasks = state.manifest().task_count(),
         "nautilus-server ready"
     );
     if let Listen::Tcp(addr) = local {
-        let base = format!("http://{addr}");
+        // curl cannot pin the key; -k is honest about that (the client pins).
+        let (base, curl) = match state.tls() {
+            Some(_) => (format!("https://{addr}"), "curl -k"),
+            None => (format!("http://{addr}"), "curl"),
+        };
         let mut help = format!(
-            "\nnautilus-server is listening on {base}\n  curl {base}/health_check\n  \
-             curl -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'\n"
+            "\nnautilus-server is listening on {base}\n  {curl} {base}/health_check\n  \
+             {curl} -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'\n"
         );
         if let Some(root) = dev_root {
             help.push_str(&format!(
@@ -440,5 +479,26 @@ mod tests {
             listen(&["--attestation", "nsm", "--listen", "tcp://127.0.0.1:8080"]),
             "tcp://127.0.0.1:8080".parse().expect("address")
         );
+    }
+
+    #[test]
+    fn tls_defaults_to_on_in_an_enclave_and_off_in_dev() {
+        if std::env::var_os("NAUTILUS_TLS").is_some() {
+            skip_report::skipped(
+                "tls_defaults_to_on_in_an_enclave_and_off_in_dev",
+                "NAUTILUS_TLS is set",
+            );
+            return;
+        }
+        let tls = |args: &[&str]| {
+            Args::try_parse_from([&["nautilus-server"], args].concat())
+                .expect("parses")
+                .tls()
+        };
+        assert!(tls(&["--attestation", "nsm"]));
+        assert!(!tls(&["--attestation", "dev"]));
+        assert!(tls(&["--attestation", "dev", "--tls", "on"]));
+        assert!(!tls(&["--attestation", "nsm", "--tls", "off"]));
+        assert!(Args::try_parse_from(["nautilus-server", "--tls", "maybe"]).is_err());
     }
 }

@@ -142,7 +142,8 @@ impl Default for Metrics {
         registry.register(
             "connections_closed",
             "Connections the server closed: idle (no request within the idle timeout), \
-             write_timeout (the client read nothing), close_timeout (still busy after being asked to close)",
+             write_timeout (the client read nothing), close_timeout (still busy after being asked to close), \
+             tls_handshake (the TLS handshake failed)",
             connections_closed.clone(),
         );
         let body_bytes_buffered = Gauge::default();
@@ -242,7 +243,9 @@ impl Metrics {
                     "shed"
                 }
                 ErrorKind::InvalidRequest | ErrorKind::NotFound => "rejected",
-                ErrorKind::NodeMissing | ErrorKind::ShuttingDown => "unavailable",
+                ErrorKind::NodeMissing | ErrorKind::ShuttingDown | ErrorKind::SecretMissing => {
+                    "unavailable"
+                }
                 ErrorKind::InvalidTask | ErrorKind::Internal => "error",
             },
         };

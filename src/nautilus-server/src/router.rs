@@ -22,7 +22,7 @@ use crate::clients::ClientKey;
 use crate::config::BODY_RATE_GRACE;
 use crate::error::EnclaveError;
 use crate::state::AppState;
-use crate::{app, common};
+use crate::{app, common, operator};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -52,7 +52,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/manifest", with_cors(get(common::manifest)))
         .route("/process_data", with_cors(post(app::process_data_route)))
-        .route("/metrics", with_cors(get(common::metrics)));
+        .route("/metrics", with_cors(get(common::metrics)))
+        .route("/secrets/nonce", with_cors(get(operator::nonce)))
+        .route("/secrets", with_cors(post(operator::put)));
     let routes = routes.fallback(not_found).with_state(Arc::clone(&state));
 
     routes

@@ -9,8 +9,10 @@ use task_runner::Runner;
 
 pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADLINE};
 use crate::error::EnclaveError;
-use crate::manifest::{Limits, Manifest};
+use crate::manifest::{Access, Limits, Manifest};
 use crate::metrics::Metrics;
+use crate::secrets::SecretStore;
+use crate::tls::{TlsError, TlsIdentity};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum StartupError {
     /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
     Tasks(task_runner::TaskError),
+    /// The TLS key or certificate could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The manifest could not be serialized.
     #[error("could not serialize the manifest: {0}")]
     Manifest(serde_json::Error),
@@ -43,6 +48,8 @@ pub struct AppState {
     public_key: Vec<u8>,
     attester: Arc<dyn Attester>,
     dev_root_pem: Option<String>,
+    tls: Option<TlsIdentity>,
+    secrets: SecretStore,
     pub(crate) runner: Runner,
     manifest: Manifest,
     pub(crate) metrics: Metrics,
@@ -115,14 +122,24 @@ impl AppState {
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
+        let tls = config.tls.then(TlsIdentity::generate).transpose()?;
         let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
+        let declared = tasks
+            .iter()
+            .flat_map(|t| t.secrets.iter().cloned())
+            .collect();
+        let secrets = SecretStore::new(config.operator_keys.clone(), declared);
         let manifest = Manifest::new(
             config.attestation,
             runner.node_version().map(str::to_owned),
             Limits::from_config(&config),
             runner.isolation(),
             runner.cgroups(),
+            Access {
+                tls_spki_sha256: tls.as_ref().map(TlsIdentity::spki_sha256),
+                operator_keys: &config.operator_keys,
+            },
             tasks,
         )
         .map_err(StartupError::Manifest)?;
@@ -133,6 +150,8 @@ impl AppState {
             public_key,
             attester,
             dev_root_pem,
+            tls,
+            secrets,
             runner,
             manifest,
             metrics: Metrics::default(),
@@ -267,6 +286,16 @@ impl AppState {
     /// PEM of the dev root CA, in dev mode only.
     pub fn dev_root_pem(&self) -> Option<&str> {
         self.dev_root_pem.as_deref()
+    }
+
+    /// The TLS identity, when the server terminates TLS.
+    pub fn tls(&self) -> Option<&TlsIdentity> {
+        self.tls.as_ref()
+    }
+
+    /// The operator secrets.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
     }
 
     /// The frozen manifest.

@@ -1,5 +1,6 @@
 //! Where the server listens: TCP for local use and the parent-side proxy,
-//! vsock inside the enclave (no socat in the image).
+//! vsock inside the enclave (no socat in the image); with TLS, each
+//! accepted stream is wrapped in it before HTTP sees a byte.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -21,6 +22,7 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use tower::ServiceExt;
 
 use crate::clients::{read_proxy_header, ClientKey};
+use crate::config::Channel;
 pub use crate::config::HttpLimits;
 use crate::router::router;
 use crate::state::AppState;
@@ -236,6 +238,9 @@ async fn serve_on<L: Accept>(
     let limits = state.config().http.clone();
     let builder = Arc::new(http_builder(&limits, state.config().max_body_bytes));
     let app = router(Arc::clone(&state));
+    let tls = state
+        .tls()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -266,6 +271,7 @@ async fn serve_on<L: Accept>(
         let connection = Connection {
             builder: Arc::clone(&builder),
             app: app.clone(),
+            tls: tls.clone(),
             state: Arc::clone(&state),
             limits: limits.clone(),
             stop: stop_rx.clone(),
@@ -330,6 +336,8 @@ fn http_builder(limits: &HttpLimits, max_body: usize) -> auto::Builder<TokioExec
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
+    /// Set when the server terminates TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     limits: HttpLimits,
     stop: watch::Receiver<bool>,
@@ -344,14 +352,56 @@ impl Connection {
     ) {
         let metrics = &self.state.metrics;
         let _open = metrics.connection_opened();
+        // Under TLS, so a client that reads nothing stalls the TLS writes too.
+        let io = WriteDeadline::new(io, self.limits.write_timeout);
+        let timed_out = io.timed_out.clone();
+        let Some(acceptor) = self.tls.clone() else {
+            let first_idle = self.limits.idle_timeout;
+            return self
+                .serve_http(io, Channel::Plain, first_idle, &timed_out, client, watch)
+                .await;
+        };
+        // The handshake counts against the idle deadline: from accept to the
+        // first request's headers is one idle timeout, with or without TLS.
+        let accepted = tokio::time::Instant::now();
+        let mut stop = self.stop.clone();
+        let handshake = tokio::select! {
+            done = tokio::time::timeout(self.limits.idle_timeout, acceptor.accept(io)) => done,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match handshake {
+            Err(_) => metrics.connection_closed("idle"),
+            Ok(Err(e)) => {
+                metrics.connection_closed("tls_handshake");
+                tracing::debug!(error = %e, "TLS handshake failed");
+            }
+            Ok(Ok(tls)) => {
+                let left = self.limits.idle_timeout.saturating_sub(accepted.elapsed());
+                self.serve_http(tls, Channel::Tls, left, &timed_out, client, watch)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves HTTP on `io` until it closes, goes idle (the first request's
+    /// headers must be complete within `first_idle`) or the server stops.
+    async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        io: I,
+        channel: Channel,
+        first_idle: Duration,
+        timed_out: &Arc<AtomicBool>,
+        client: ClientKey,
+        watch: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    ) {
+        let metrics = &self.state.metrics;
         let (activity, mut watch_activity) = watch::channel(Activity::default());
         let service = Tracked {
             app: self.app.clone(),
+            channel,
             activity: Arc::new(activity),
             client,
         };
-        let io = WriteDeadline::new(io, self.limits.write_timeout);
-        let timed_out = io.timed_out.clone();
         let conn = self
             .builder
             .serve_connection(TokioIo::new(io), service)
@@ -360,10 +410,10 @@ impl Connection {
         let mut stop = self.stop.clone();
         let reason = tokio::select! {
             result = conn.as_mut() => {
-                self.ended(result.err(), &timed_out);
+                self.ended(result.err(), timed_out);
                 return;
             }
-            () = idle(&mut watch_activity, self.limits.idle_timeout) => "idle",
+            () = idle(&mut watch_activity, first_idle, self.limits.idle_timeout) => "idle",
             () = peer_reset(watch.as_ref()) => {
                 // Dropping the connection drops its requests: their runs
                 // are abandoned.
@@ -377,7 +427,7 @@ impl Connection {
             // Requests in flight finish (the runner's grace bounds them);
             // the binary bounds the whole drain.
             let result = conn.await;
-            self.ended(result.err(), &timed_out);
+            self.ended(result.err(), timed_out);
             return;
         }
         metrics.connection_closed(reason);
@@ -413,17 +463,20 @@ struct Activity {
 }
 
 /// Resolves once the connection has had no request in progress for
-/// `timeout` (counting from accept, or from the end of the last request).
-async fn idle(activity: &mut watch::Receiver<Activity>, timeout: Duration) {
+/// `timeout` (counting from the end of the last request), or, before its
+/// first request, for `first`.
+async fn idle(activity: &mut watch::Receiver<Activity>, first: Duration, timeout: Duration) {
+    let mut timeout_now = first;
     loop {
         // The sender lives as long as the connection's service.
         let Ok(now) = activity.wait_for(|a| a.in_flight == 0).await.map(|a| *a) else {
             return;
         };
         let busy = activity.wait_for(|a| a.in_flight > 0 || a.started != now.started);
-        if tokio::time::timeout(timeout, busy).await.is_err() {
+        if tokio::time::timeout(timeout_now, busy).await.is_err() {
             return;
         }
+        timeout_now = timeout;
     }
 }
 
@@ -432,6 +485,7 @@ async fn idle(activity: &mut watch::Receiver<Activity>, timeout: Duration) {
 #[derive(Clone)]
 struct Tracked {
     app: Router,
+    channel: Channel,
     activity: Arc<watch::Sender<Activity>>,
     /// Every request carries its client for the per-client shares.
     client: ClientKey,
@@ -445,7 +499,9 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked 
     fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.client);
         let guard = InFlight::begin(Arc::clone(&self.activity));
-        let response = self.app.clone().oneshot(req.map(axum::body::Body::new));
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(self.channel);
+        let response = self.app.clone().oneshot(req);
         Box::pin(async move {
             let response = response.await;
             drop(guard);

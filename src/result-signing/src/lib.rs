@@ -154,6 +154,24 @@ pub enum Signing {
     Compact,
 }
 
+/// `intent` of an operator's secret update ([`SecretUpdate`]), signed by
+/// the operator's key, never the server's.
+pub const INTENT_SECRET_UPDATE: u8 = 2;
+
+/// An operator's request to set one secret in one server: the value travels
+/// beside it (only its SHA-256 is signed), the nonce is one the server
+/// handed out, good for one update.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUpdate {
+    /// The secret's name, as tasks declare it.
+    pub name: String,
+    /// Hex SHA-256 of the value's UTF-8 bytes.
+    pub value_sha256: String,
+    /// Hex of the server's nonce.
+    pub nonce: String,
+}
+
 /// What a task did, as signed by the server. Field order is the BCS layout:
 /// never reorder, only append in a new intent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -183,6 +183,7 @@
 mod cgroup;
 mod cleanup;
 mod config;
+pub mod declaration;
 pub mod digest;
 mod error;
 mod exec;
@@ -210,6 +211,7 @@ use tracing::Instrument;
 
 pub use cgroup::CgroupSummary;
 pub use config::RunnerConfig;
+pub use declaration::{SecretValues, TaskDeclaration};
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
 pub use node::MIN_NODE_MAJOR;
@@ -532,6 +534,7 @@ impl Runner {
                     Ok(staged) => Ok(TaskInfo {
                         task_path: name.clone(),
                         task_digest: staged.digest.clone(),
+                        secrets: staged.declaration.secrets.clone(),
                     }),
                     Err(refused) => Err(refused.to_error()),
                 })
@@ -552,9 +555,14 @@ impl Runner {
                 continue;
             };
             let task_digest = digest::digest_tree(&task.dir, inner.tree_limits())?;
+            // A bad declaration fails the task's runs, which say why.
+            let secrets = TaskDeclaration::read(&task.dir)
+                .map(|d| d.secrets)
+                .unwrap_or_default();
             tasks.push(TaskInfo {
                 task_path: task.task_path,
                 task_digest,
+                secrets,
             });
         }
         Ok(tasks)
@@ -567,13 +575,29 @@ impl Runner {
     /// freed (both counted in [`RunnerStats`]). The run is supervised on a
     /// task of its own, so nothing is left behind either way.
     pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
+        self.run_with_secrets(req, Arc::default()).await
+    }
+
+    /// [`Runner::run`], handing the task the operator secrets its
+    /// `package.json` declares (see [`TaskDeclaration`]) from `secrets`, as
+    /// environment variables of their names; a declared secret missing from
+    /// `secrets` fails the run with [`TaskError::SecretMissing`] before it
+    /// takes a slot. A run with secrets always starts cold: a warm box was
+    /// started before anyone knew which task it would run.
+    pub async fn run_with_secrets(
+        &self,
+        req: TaskRequest,
+        secrets: Arc<SecretValues>,
+    ) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
         // Dropped with this future: the run then sees its caller gone.
         let (_caller, gone) = oneshot::channel::<()>();
         // The caller's span (the server's request id) follows the run.
-        tokio::spawn(async move { inner.run(req, gone).await }.instrument(tracing::Span::current()))
-            .await
-            .map_err(|e| TaskError::internal("task supervisor failed", e))?
+        tokio::spawn(
+            async move { inner.run(req, secrets, gone).await }.instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|e| TaskError::internal("task supervisor failed", e))?
     }
 
     /// Stops accepting runs (new and queued ones fail with
@@ -801,6 +825,7 @@ enum Located {
         cwd: PathBuf,
         entry: PathBuf,
         digest: String,
+        declaration: TaskDeclaration,
     },
     /// Without root: the task's directory, staged per run.
     Dir(task::ResolvedTask),
@@ -858,6 +883,7 @@ impl Inner {
                     entry: cwd.join(entry),
                     cwd,
                     digest: staged.digest.clone(),
+                    declaration: staged.declaration.clone(),
                 })
             }
             Some(Err(refused)) => Err(refused.to_error()),
@@ -877,6 +903,7 @@ impl Inner {
         index: usize,
         identity: Option<Identity>,
         task_id: String,
+        secrets: &[(String, zeroize::Zeroizing<String>)],
         launch: Launch,
     ) -> SpawnSpec {
         let mut env = vec![
@@ -887,6 +914,12 @@ impl Inner {
             ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
         ];
         env.extend(self.pass_env.iter().cloned());
+        // Last: a declared secret wins over a passed-through variable.
+        env.extend(
+            secrets
+                .iter()
+                .map(|(name, value)| (name.into(), value.as_str().into())),
+        );
         let box_dir = self.snapshot.as_ref().map(|s| s.dir.clone());
         SpawnSpec {
             node: self
@@ -935,7 +968,7 @@ impl Inner {
             preload: self.work_dir.join(PRELOAD_FILE),
             control: Some(control),
         };
-        let spec = self.spec(index, Some(identity), task_id.clone(), launch);
+        let spec = self.spec(index, Some(identity), task_id.clone(), &[], launch);
         let boxed = exec::spawn(spec, &self.policy, self.plan.as_ref())?;
         Ok(pool::Warm { boxed, task_id })
     }
@@ -980,6 +1013,7 @@ impl Inner {
     async fn run(
         self: Arc<Self>,
         req: TaskRequest,
+        secrets: Arc<SecretValues>,
         mut gone: oneshot::Receiver<()>,
     ) -> Result<TaskResult, TaskError> {
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -990,6 +1024,12 @@ impl Inner {
         }
         let req = req.validate(&self.config)?;
         let located = self.locate(&req.task_path)?;
+        let secret_env = match &located {
+            Located::Staged { declaration, .. } => declaration.clone(),
+            Located::Dir(task) => TaskDeclaration::read(&task.dir)?,
+        }
+        .secret_env(&req.task_path, &secrets)?;
+        drop(secrets);
         self.start_pool();
         let slot = tokio::select! {
             slot = self.limiter.acquire() => slot?,
@@ -1004,7 +1044,9 @@ impl Inner {
         let identity = self.uids.as_ref().map(|u| u.slot(index as u32));
 
         let (launch, digest, run_dir) = match located {
-            Located::Staged { cwd, entry, digest } => (
+            Located::Staged {
+                cwd, entry, digest, ..
+            } => (
                 Launch {
                     entry,
                     args: Vec::new(),
@@ -1040,7 +1082,13 @@ impl Inner {
         let pids_before = cgroup.and_then(cgroup::Slot::pids_refused);
         let peak = cgroup.and_then(cgroup::Slot::peak_from_now);
         let mut started = None;
-        if let Some(mut warm) = self.pool.take(index) {
+        // A warm box's environment was fixed before this run was known.
+        let warm = if secret_env.is_empty() {
+            self.pool.take(index)
+        } else {
+            None
+        };
+        if let Some(mut warm) = warm {
             let message = serde_json::json!({
                 "cwd": launch.cwd.to_str(),
                 "entry": launch.entry.to_str(),
@@ -1071,6 +1119,7 @@ impl Inner {
                 index,
                 identity,
                 task_id.clone(),
+                &secret_env,
                 Launch {
                     args: req.args.clone(),
                     ..launch

@@ -218,6 +218,10 @@ pub struct TaskInfo {
     pub task_path: String,
     /// Digest of its files.
     pub task_digest: String,
+    /// The operator secrets its `package.json` declares (listed only when
+    /// there are any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ export function serverBinary() {
 
 /**
  * Starts `nautilus-server --attestation dev` on a free loopback port, serving
- * the repository's tasks (plus `args`, e.g. `--cors-origins`), and resolves with `{ base, rootPem, rootPemPath, stop }`
+ * the repository's tasks (plus `args`, e.g. `--cors-origins` or `--tls on`), and resolves with `{ base, rootPem, rootPemPath, stop }`
  * once it has announced its address (within 60 s).
  */
 export async function startServer({ args = [] } = {}) {
@@ -51,7 +51,7 @@ export async function startServer({ args = [] } = {}) {
     const timer = setTimeout(() => reject(new Error(`server did not announce its address within 60 s:\n${log}`)), 60_000);
     child.stderr.on('data', (chunk) => {
       log += chunk;
-      const m = /nautilus-server is listening on (http:\/\/\S+)/.exec(log);
+      const m = /nautilus-server is listening on (https?:\/\/\S+)/.exec(log);
       if (m) {
         clearTimeout(timer);
         resolve(m[1]);
