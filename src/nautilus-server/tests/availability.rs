@@ -113,7 +113,7 @@ async fn one_client_flooding_tasks_leaves_others_their_turn() {
     for _ in 0..150 {
         attackers.spawn(async move {
             for _ in 0..200 {
-                let body = r#"{"payload":{"task_path":"sleep","args":["300"]}}"#;
+                let body = r#"{"payload":{"task_path":"sleep","args":["100"]}}"#;
                 let answer = post(ATTACKER, addr, body).await;
                 // Refused at once (429/503): a pause, not a spin.
                 if !answer.starts_with("HTTP/1.1 200") {
