@@ -265,7 +265,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
 
     let config = args.server_config();
-    match nautilus_server::state::raise_descriptor_limit() {
+    let descriptors = nautilus_server::state::raise_descriptor_limit();
+    // Every task gets RLIMIT_NOFILE max_open_files; under a lower hard limit
+    // setting it fails in every task (a misleading "dropping privileges"
+    // error per run). Said once, here.
+    if let Ok(limit) = descriptors {
+        let per_task = config.runner.max_open_files;
+        anyhow::ensure!(
+            limit >= per_task,
+            "the hard descriptor limit is {limit}, below the {per_task} open files every task gets: \
+             raise it to at least {per_task} (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)"
+        );
+    }
+    match descriptors {
         // Each connection is a descriptor; tasks, logs and the listener need some too.
         Ok(limit) if limit < config.http.max_connections as u64 + 64 => tracing::warn!(
             limit,

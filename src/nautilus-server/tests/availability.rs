@@ -113,7 +113,7 @@ async fn one_client_flooding_tasks_leaves_others_their_turn() {
     for _ in 0..150 {
         attackers.spawn(async move {
             for _ in 0..200 {
-                let body = r#"{"payload":{"task_path":"sleep","args":["300"]}}"#;
+                let body = r#"{"payload":{"task_path":"sleep","args":["100"]}}"#;
                 let answer = post(ATTACKER, addr, body).await;
                 // Refused at once (429/503): a pause, not a spin.
                 if !answer.starts_with("HTTP/1.1 200") {
@@ -236,4 +236,91 @@ async fn behind_the_proxy_clients_are_told_apart_by_their_proxy_header() {
     let c = TcpStream::connect(addr).await.expect("connect");
     let (_c, answer) = ask(c).await;
     assert_eq!(answer, "");
+}
+
+/// CPU-heavy parsing, bounded: a 1.5 MB body of 500 000 empty `args` was
+/// parsed whole (66 ms of an async worker each) before the count was
+/// checked. Now the parse stops at the 65th; a flood of such bodies beside
+/// the legitimate client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_args_array_past_its_limit_is_refused_while_parsing() {
+    let server = TestServer::start(config()).await;
+    let addr = server.addr();
+    let args = vec!["\"\""; 500_000].join(",");
+    let body = format!(r#"{{"payload":{{"task_path":"echo","args":[{args}]}}}}"#);
+    let answer = post(ATTACKER, addr, &body).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "{:?}",
+        answer.get(..200)
+    );
+    assert!(
+        answer.contains("more than 64 arguments given"),
+        "refused after the whole array was parsed: {:?}",
+        answer.get(..300)
+    );
+    let body = std::sync::Arc::new(body);
+    let mut attackers = JoinSet::new();
+    for _ in 0..4 {
+        let body = std::sync::Arc::clone(&body);
+        attackers.spawn(async move {
+            for _ in 0..50 {
+                let _ = post(ATTACKER, addr, &body).await;
+            }
+        });
+    }
+    let tally = legit::run_with(addr, 40, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("args arrays past the limit");
+}
+
+/// A hard descriptor limit below what every task gets is a start-up error
+/// that says what to do, not a "dropping privileges" failure in every run.
+#[test]
+fn a_descriptor_limit_too_low_for_tasks_stops_the_start() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nautilus-server"));
+    cmd.args(["--attestation", "dev", "--listen", "tcp://127.0.0.1:0"])
+        .args([
+            "--tasks-dir",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tasks"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 512,
+                rlim_max: 512,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("server ran");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started with a descriptor limit its tasks cannot live with");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(err.contains("the hard descriptor limit is 512"), "{err}");
+    assert!(err.contains("raise it to at least 1024"), "{err}");
 }

@@ -46,8 +46,9 @@ impl Tally {
             .unwrap_or_default()
     }
 
-    /// Above 90 % success and p99 under `p99_bound` (loose: a count, not a
-    /// benchmark).
+    /// Above 90 % success and p99 under 4 s: loose, a count rather than a
+    /// benchmark, on a 2-core machine shared with other builds (the old code
+    /// failed on success, or at the 5 s request timeout).
     pub fn assert_kept_up(&self, what: &str) {
         eprintln!(
             "{what}: legit {}/{} ok, p99 {:?}",
@@ -63,7 +64,7 @@ impl Tally {
             self.failures
         );
         assert!(
-            self.p99() < Duration::from_secs(3),
+            self.p99() < Duration::from_secs(4),
             "{what}: legitimate p99 {:?}",
             self.p99()
         );
