@@ -380,6 +380,12 @@ impl Runner {
             )?),
             None => None,
         };
+        let mut plan = plan;
+        if let (Some(plan), Some(snapshot)) = (&mut plan, &snapshot) {
+            plan.seal(&snapshot.dir).map_err(|e| {
+                ConfigError::Invalid(format!("building the box's root from its allowlist: {e}"))
+            })?;
+        }
         let pool_size = match (privileged, config.warm_pool) {
             (true, size) => size.unwrap_or(config.max_concurrent),
             (false, Some(0)) => 0,
@@ -920,7 +926,6 @@ impl Inner {
                 .iter()
                 .map(|(name, value)| (name.into(), value.as_str().into())),
         );
-        let box_dir = self.snapshot.as_ref().map(|s| s.dir.clone());
         SpawnSpec {
             node: self
                 .node
@@ -938,7 +943,7 @@ impl Inner {
             env,
             task_id,
             control: launch.control,
-            boxed: identity.zip(box_dir),
+            boxed: identity.filter(|_| self.snapshot.is_some()),
             cgroup: self
                 .cgroups
                 .slot(index)

@@ -58,8 +58,9 @@ use tokio::net::unix::pipe;
 
 use crate::sandbox::{check, close_from, Identity, Policy};
 
-/// The namespaces every run gets. The cgroup namespace is the reaper's
-/// own `unshare` once it is in the slot's cgroups (its root is then the slot).
+/// The namespaces every run gets. The mount namespace is a copy of the
+/// plan's template, the cgroup namespace the reaper's own `unshare` once it
+/// is in the slot's cgroups (its root is then the slot).
 pub(crate) const NAMESPACES: [(&str, libc::c_int); 6] = [
     ("mount", libc::CLONE_NEWNS),
     ("ipc", libc::CLONE_NEWIPC),
@@ -174,6 +175,10 @@ pub(crate) struct BoxPlan {
     argv: (usize, usize),
     /// Whether [`MEMFD_NOEXEC`] exists (else seccomp denies `memfd_create`).
     pub memfd_sysctl: bool,
+    /// The mount namespace holding the box's root, built once by
+    /// [`BoxPlan::seal`]: each box copies it (no unmount, so no RCU grace
+    /// period, per box) and adds its own `/proc`, `/tmp` and `/dev/shm`.
+    template: Option<OwnedFd>,
 }
 
 /// Why the box cannot be planned.
@@ -248,7 +253,47 @@ impl BoxPlan {
                 .map_err(|_| PlanError::Nul(PathBuf::from("tmpfs options")))?,
             argv: own_argv(),
             memfd_sysctl: Path::new(MEMFD_NOEXEC).exists(),
+            template: None,
         })
+    }
+
+    /// Builds the box's root once, with the task snapshot `run_dir`, in a
+    /// mount namespace of its own (a short-lived child's, held by a
+    /// descriptor). Blocking.
+    pub fn seal(&mut self, run_dir: &Path) -> io::Result<()> {
+        let run_dir = cstr(run_dir.as_os_str())?;
+        let (done_r, done_w) = pipe2()?;
+        let (hold_r, hold_w) = pipe2()?;
+        // SAFETY: the child makes only async-signal-safe calls on memory
+        // prepared before the fork, then exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                // Only the parent's end may hold the pipe open.
+                libc::close(hold_w.as_raw_fd());
+                let built = rc(libc::unshare(libc::CLONE_NEWNS))
+                    .and_then(|()| build_root(self, &run_dir))
+                    .map_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO), |()| 0);
+                libc::write(done_w.as_raw_fd(), (&built as *const i32).cast(), 4);
+                let mut byte = 0u8;
+                libc::read(hold_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        check(pid)?;
+        drop((done_w, hold_r));
+        let mut errno = [0u8; 4];
+        let read = std::io::Read::read_exact(&mut std::fs::File::from(done_r), &mut errno);
+        let ns = read.and_then(|()| match i32::from_ne_bytes(errno) {
+            0 => std::fs::File::open(format!("/proc/{pid}/ns/mnt")),
+            e => Err(io::Error::from_raw_os_error(e)),
+        });
+        drop(hold_w);
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        self.template = Some(ns?.into());
+        Ok(())
     }
 
     /// Where the task's code is, inside the box.
@@ -362,8 +407,6 @@ pub(crate) struct Spec<'a> {
     pub args: Vec<OsString>,
     /// The complete environment.
     pub env: &'a [(OsString, OsString)],
-    /// The snapshot (holding `task/`), bound over the work directory.
-    pub run_dir: &'a Path,
     pub identity: Identity,
     /// `node`'s working directory (inside the box).
     pub cwd: &'a Path,
@@ -419,7 +462,6 @@ fn cstr(s: &OsStr) -> io::Result<CString> {
 struct ChildArgs<'a> {
     plan: &'a BoxPlan,
     policy: &'a Policy,
-    run_dir: &'a CStr,
     cwd: &'a CStr,
     node: &'a CStr,
     argv: &'a [*const libc::c_char],
@@ -464,7 +506,6 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let run_dir = cstr(spec.run_dir.as_os_str())?;
     let cwd = cstr(spec.cwd.as_os_str())?;
 
     let (in_r, in_w) = pipe2()?;
@@ -487,7 +528,6 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
     let args = ChildArgs {
         plan,
         policy,
-        run_dir: &run_dir,
         cwd: &cwd,
         node: &node,
         argv: &argv,
@@ -687,6 +727,10 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     // The slot's cgroups first, before its descriptors are closed below (as
     // root, before the identity switch): everything from here on counts there.
     let joined = a.cgroup.enter();
+    // A copy of the box's root (before the descriptors close below).
+    let template = a.plan.template.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    let entered = rc(libc::setns(template, libc::CLONE_NEWNS))
+        .and_then(|()| rc(libc::unshare(libc::CLONE_NEWNS)));
     // Step 1: descriptors. Everything first moves above 10, so moving to the
     // fixed numbers never overwrites one still needed; then all else closes.
     let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -722,7 +766,7 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     );
 
     let plan = a.plan;
-    or_fail(STEP_FS, build_fs(plan, a.run_dir));
+    or_fail(STEP_FS, entered.and_then(|()| fill_box(plan)));
     // The box's PID 1 says nothing of the runner: its command line (the
     // runner's, copied by clone) is overwritten and it gets a name of its own.
     let (start, end) = plan.argv;
@@ -906,12 +950,12 @@ unsafe fn bind_ro(src: &CStr, at: &CStr, recursive: bool, flags: libc::c_ulong) 
     )
 }
 
-/// The box's file system: a tmpfs on the work directory holding the plan's
-/// entries and the snapshot (`run_dir`, reached through the working
-/// directory once the tmpfs hides it), made `/` (the host's tree detached),
-/// then `/dev`, `/proc`, `/tmp` and `/etc`; read-only but for `/tmp` and
-/// `/dev/shm`. Async-signal-safe.
-unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
+/// The box's root, in a fresh mount namespace: a tmpfs on the work
+/// directory holding the plan's entries and the snapshot (`run_dir`,
+/// reached through the working directory once the tmpfs hides it), made
+/// `/` (the host's tree detached), with `/dev` and `/etc`; read-only.
+/// Async-signal-safe.
+unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     libc::umask(0o022);
     rc(libc::chdir(run_dir.as_ptr()))?;
@@ -934,15 +978,21 @@ unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     rc(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
     rc(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
     rc(libc::chdir(c"/".as_ptr()))?;
-    build_dev(plan)?;
-    mount_proc(plan)?;
-    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
+    build_dev()?;
     for (path, bytes) in ETC_FILES {
         write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
     }
     // The root holds only what was bound or written above.
     let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     mount(None, c"/", None, ro, None)
+}
+
+/// A box's own part of its file system, on its copy of the root: a `/proc`
+/// of its PID namespace, a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
+unsafe fn fill_box(plan: &BoxPlan) -> io::Result<()> {
+    mount_proc(plan)?;
+    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
+    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)
 }
 
 /// A `/proc` of the box's PID namespace, host-wide files masked, memfds
@@ -964,8 +1014,9 @@ unsafe fn mount_proc(plan: &BoxPlan) -> io::Result<()> {
 }
 
 /// A minimal private `/dev`: the harmless character devices, the standard
-/// stream links and a private `/dev/shm`. No NSM, vsock, kmsg, mem or disk.
-unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
+/// stream links and `/dev/shm` (each box mounts its own). No NSM, vsock,
+/// kmsg, mem or disk.
+unsafe fn build_dev() -> io::Result<()> {
     tmpfs(
         c"/dev",
         libc::MS_NOSUID | libc::MS_NOEXEC,
@@ -997,7 +1048,6 @@ unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
         rc(libc::symlink(target.as_ptr(), link.as_ptr()))?;
     }
     rc(libc::mkdir(c"/dev/shm".as_ptr(), 0o1777))?;
-    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)?;
     libc::umask(old);
     Ok(())
 }
