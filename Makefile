@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run task-deps test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
 # The release binaries `make run` builds once; README's commands, `make install`
 # and `make client` reuse them from target/release.
@@ -29,14 +29,31 @@ task-deps:
 		if [ -f $$t/package-lock.json ] && [ ! -d $$t/node_modules ]; then \
 			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
 
-## test: formatting, lints and every test of the workspace (what CI runs)
-test: lint unit boot-test repro-test
+## test: formatting, lints, the MSRV check and every test of the workspace (what CI runs)
+test: lint msrv unit boot-test repro-test
 
 lint:
 	@echo ">> cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo ">> cargo clippy (builds the workspace for lints; the first run takes a few minutes)"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# The oldest Rust the workspace claims (`rust-version` in Cargo.toml, e.g.
+# 1.92 -> toolchain 1.92.0): the StageX toolchain of the Containerfile must
+# meet it (docs/image.md, "Toolchain"). Its own target directory in the shared
+# cache, kept between runs and clones (cargo locks it), so a later run checks
+# only the workspace crates again.
+MSRV := $(shell sed -n 's/^rust-version = "\([0-9.]*\)"/\1/p' Cargo.toml | awk -F. '{print (NF == 2) ? $$0 ".0" : $$0}')
+MSRV_TARGET_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nautilus/msrv-target
+
+## msrv: cargo check the workspace with the Rust that Cargo.toml's rust-version names (installs it with rustup when missing)
+msrv:
+	@test -n "$(MSRV)" || { echo "make msrv: no rust-version in Cargo.toml" >&2; exit 1; }
+	@rustup run $(MSRV) rustc --version >/dev/null 2>&1 || { \
+		echo ">> installing Rust $(MSRV) (minimal profile) for the MSRV check"; \
+		rustup toolchain install $(MSRV) --profile minimal --no-self-update; }
+	@echo ">> MSRV check: cargo +$(MSRV) check --locked --workspace"
+	CARGO_TARGET_DIR=$(MSRV_TARGET_DIR) rustup run $(MSRV) cargo check --locked --workspace
 
 unit:
 	@echo ">> cargo test --workspace"
