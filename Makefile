@@ -198,10 +198,14 @@ enclave-binaries:
 build-eif:
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
 	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
-	mkdir -p $(OUT)
-	$(CONTAINER_BUILD) --file Containerfile --target package --platform linux/amd64 \
+	@# The build context is the commit (git archive HEAD), never the working
+	@# tree: untracked and uncommitted files stay out of the image.
+	rm -rf $(OUT)/context && mkdir -p $(OUT)/context
+	git archive --format=tar HEAD | tar -xf - -C $(OUT)/context
+	$(CONTAINER_BUILD) --file $(OUT)/context/Containerfile --target package --platform linux/amd64 \
 		--build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
-		--output type=local,dest=$(OUT) .
+		--output type=local,dest=$(OUT) $(OUT)/context
+	rm -rf $(OUT)/context
 	@cat $(OUT)/nitro.pcrs
 
 ## describe: check out/nitro.eif and print its header, sections and PCRs
