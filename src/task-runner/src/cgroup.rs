@@ -207,6 +207,17 @@ impl Probe {
     }
 }
 
+/// Whether two slots' probes found the same features in the same states
+/// (details may name different slots' errors).
+fn same_features(a: &[Probe], b: &[Probe]) -> bool {
+    let states = |p: &[Probe]| -> Vec<(Feature, std::mem::Discriminant<State>)> {
+        p.iter()
+            .map(|p| (p.feature, std::mem::discriminant(&p.state)))
+            .collect()
+    };
+    states(a) == states(b)
+}
+
 /// Whether `probes` (one slot's) put `feature` in force.
 fn in_force(probes: &[Probe], feature: Feature) -> bool {
     probes
@@ -450,7 +461,7 @@ impl Cgroups {
                     probes = found;
                     made.push(slot);
                 }
-                Ok((slot, found)) if found == probes => made.push(slot),
+                Ok((slot, found)) if same_features(&found, &probes) => made.push(slot),
                 Ok((slot, found)) => {
                     notes.push(format!(
                         "slot {index}: its cgroup features differ from slot 0's ({found:?})"
@@ -783,11 +794,12 @@ struct Applied {
 fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limits) -> Applied {
     let mut probes = Vec::new();
     let mut oom_event = None;
-    let set =
-        |feature: Feature, file: &str, value: &str| match write_existing(&dir.join(file), value) {
-            Ok(()) => Probe::in_force(feature, format!("{file} = {value}")),
-            Err(e) => Probe::missing(feature, e),
-        };
+    // Details name the file, not the slot's path: they are the same for
+    // every slot and go into the attested manifest.
+    let set = |feature: Feature, file: &str, value: &str| match write_in(dir, file, value) {
+        Ok(()) => Probe::in_force(feature, format!("{file} = {value}")),
+        Err(e) => Probe::missing(feature, e),
+    };
     for &c in controllers {
         match (version, c) {
             (_, Controller::Memory) => {
@@ -826,8 +838,7 @@ fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limit
                             &limits.memory_bytes.to_string(),
                         );
                         if let State::Missing(why) = &swap.state {
-                            let stand_in = match write_existing(&dir.join("memory.swappiness"), "0")
-                            {
+                            let stand_in = match write_in(dir, "memory.swappiness", "0") {
                                 Ok(()) => "memory.swappiness = 0 instead".to_owned(),
                                 Err(e) => format!("and {e}"),
                             };
@@ -877,13 +888,21 @@ fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limit
 /// Writes `value` to the existing file `path`: never creates it, so a file
 /// the kernel does not provide is an error here as in cgroupfs.
 fn write_existing(path: &Path, value: &str) -> Result<(), String> {
+    write_value(path, value).map_err(|e| format!("writing {value} to {}: {e}", path.display()))
+}
+
+/// [`write_existing`] of `file` in `dir`, with only the file named in the error.
+fn write_in(dir: &Path, file: &str, value: &str) -> Result<(), String> {
+    write_value(&dir.join(file), value).map_err(|e| format!("writing {value} to {file}: {e}"))
+}
+
+fn write_value(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
     fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|e| format!("writing {value} to {}: {e}", path.display()))
 }
 
 /// Registers an eventfd for OOM notifications of v1 memory cgroup `dir`.
@@ -1416,6 +1435,28 @@ mod tests {
         let oom = &summary.features[2];
         assert!(!oom.available && !oom.in_force, "{oom:?}");
         assert!(oom.detail.contains("not the whole slot"), "{oom:?}");
+        // Every slot of such a kernel probes alike, and the attested details
+        // name files, not one slot's path: the slots are not told apart.
+        let other = fake_root(
+            &["slot-1"],
+            &files.map(|f| (&*format!("slot-1/{f}").leak(), "max\n")),
+        );
+        let second = apply(
+            &other.path().join("slot-1"),
+            Version::V2,
+            &Controller::ALL,
+            LIMITS,
+        );
+        assert!(same_features(&applied.probes, &second.probes));
+        assert!(
+            summary.features.iter().all(|f| !f.detail.contains("/slot")),
+            "{:?}",
+            summary.features
+        );
+        // A slot that came out differently is told apart.
+        let mut changed = second.probes.clone();
+        changed[0].state = State::Missing("gone".into());
+        assert!(!same_features(&applied.probes, &changed));
     }
 
     /// A failed memory limit takes swap and the OOM group with it, and
