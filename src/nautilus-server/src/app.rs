@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use result_signing::{IntentMessage, TaskResult, INTENT_TASK_RESULT};
 use serde::{Deserialize, Serialize};
 
+use crate::clients::{ClientKey, QueueRefusal};
 use crate::common::{parse_hex_nonce, ProcessDataRequest, ProcessedDataResponse};
 use crate::error::EnclaveError;
 use crate::state::{now_ms, AppState};
@@ -46,9 +47,25 @@ pub use task_runner::DEFAULT_TASK_PATH;
 /// answered as an [`EnclaveError`] (see [`EnclaveError::Json`]).
 pub async fn process_data_route(
     state: State<Arc<AppState>>,
+    client: Option<Extension<ClientKey>>,
     request: Result<Json<ProcessDataRequest<TaskRequest>>, JsonRejection>,
 ) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
-    process_data(state, request?).await
+    let request = request?;
+    let client = client.map_or(ClientKey::UNKNOWN, |Extension(c)| c);
+    // Round robin between clients: one client's queued tasks do not delay
+    // another's by more than one turn each.
+    let turn = match state.turns.turn(client).await {
+        Ok(turn) => turn,
+        Err(refusal) => {
+            if refusal == QueueRefusal::Full {
+                state.metrics.task_shed();
+            }
+            return Err(refusal.into());
+        }
+    };
+    let response = process_data(state, request).await;
+    drop(turn);
+    response
 }
 
 /// Runs the task and returns its result signed with the attested key.
@@ -117,5 +134,10 @@ fn signed_data(r: task_runner::TaskResult, nonce: Option<String>) -> TaskResult 
         stdout_truncated: r.stdout_truncated,
         stderr_truncated: r.stderr_truncated,
         execution_time_ms: r.execution_time_ms,
+        limit: r.limit,
+        resources: r.resources.map(|u| result_signing::Resources {
+            cpu_time_ms: u.cpu_time_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
+        }),
     }
 }

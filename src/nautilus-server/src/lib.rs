@@ -3,7 +3,7 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`manifest`], [`metrics`] and [`state`], then the handlers
+//! then [`clients`], [`budget`], [`manifest`], [`metrics`] and [`state`], then the handlers
 //! ([`common`], [`app`]), the [`router`], and [`transport`] on top.
 //!
 //! * [`config`]: what the server is told at start.
@@ -50,6 +50,8 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod budget;
+pub mod clients;
 pub mod common;
 pub mod config;
 pub mod error;

@@ -338,6 +338,25 @@ pub(crate) struct Slot {
     oom_counter: Option<PathBuf>,
     /// v1: an eventfd the kernel signals on OOM in this slot.
     oom_event: Option<OwnedFd>,
+    /// The memory controller's slot directory.
+    memory: Option<(PathBuf, Version)>,
+    /// `pids.events`: holds `max N`, the forks the limit refused.
+    pids_events: Option<PathBuf>,
+}
+
+/// A slot's peak memory, measured from when [`Slot::peak_from_now`] reset it.
+#[derive(Debug)]
+pub(crate) struct Peak(fs::File);
+
+impl Peak {
+    /// Bytes, read from the descriptor that reset it (v2 keeps the peak per
+    /// descriptor).
+    pub fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 32];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    }
 }
 
 /// How a new child gets into its slot: the v2 directory it is cloned into
@@ -611,6 +630,8 @@ impl Slot {
             into: None,
             oom_counter: None,
             oom_event: None,
+            memory: None,
+            pids_events: None,
         };
         let mut probes = Vec::new();
         let made = (|| {
@@ -619,7 +640,11 @@ impl Slot {
                 fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 slot.dirs.push((dir.clone(), h.version));
                 let applied = apply(&dir, h.version, &h.controllers, limits);
+                if in_force(&applied.probes, Feature::PidsMax) {
+                    slot.pids_events = Some(dir.join("pids.events"));
+                }
                 if in_force(&applied.probes, Feature::MemoryMax) {
+                    slot.memory = Some((dir.clone(), h.version));
                     slot.oom_counter = Some(dir.join(match h.version {
                         Version::V2 => "memory.events",
                         Version::V1 => "memory.oom_control",
@@ -721,6 +746,34 @@ impl Slot {
             .and_then(|n| n.trim().parse().ok())
     }
 
+    /// Forks the slot's `pids.max` refused so far (`None` without a pids
+    /// controller).
+    pub fn pids_refused(&self) -> Option<u64> {
+        let text = fs::read_to_string(self.pids_events.as_ref()?).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Starts measuring the slot's peak memory: v1 `memory.max_usage_in_bytes`,
+    /// v2 `memory.peak` (reset per descriptor since Linux 6.12; `None`
+    /// before, where it would hold every earlier run's peak too).
+    pub fn peak_from_now(&self) -> Option<Peak> {
+        use std::io::Write;
+        let (dir, version) = self.memory.as_ref()?;
+        let (file, reset) = match version {
+            Version::V1 => ("memory.max_usage_in_bytes", "0"),
+            Version::V2 => ("memory.peak", "reset"),
+        };
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(file))
+            .ok()?;
+        f.write_all(reset.as_bytes()).ok()?;
+        Some(Peak(f))
+    }
+
     /// v1 only: a fresh descriptor of the slot's OOM eventfd, drained of
     /// earlier runs' events; readable once an OOM happens in the slot. (On v2
     /// the kernel kills the whole slot itself.)
@@ -807,7 +860,18 @@ fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limit
                     Version::V2 => "memory.max",
                     Version::V1 => "memory.limit_in_bytes",
                 };
-                let max = set(Feature::MemoryMax, file, &limits.memory_bytes.to_string());
+                let mut max = set(Feature::MemoryMax, file, &limits.memory_bytes.to_string());
+                // v1 charges socket buffers only once a TCP limit is set (v2
+                // always counts them in memory.current).
+                let tcp = "memory.kmem.tcp.limit_in_bytes";
+                if let (Version::V1, State::InForce(how)) = (version, &mut max.state) {
+                    if dir.join(tcp).exists() {
+                        match write_in(dir, tcp, &limits.memory_bytes.to_string()) {
+                            Ok(()) => how.push_str(&format!(", {tcp} = {}", limits.memory_bytes)),
+                            Err(e) => how.push_str(&format!("; socket buffers not counted: {e}")),
+                        }
+                    }
+                }
                 let limited = max.is_in_force();
                 probes.push(max);
                 if !limited {
@@ -1076,6 +1140,8 @@ fn remove_stale(group: &Path) -> io::Result<()> {
                 into: None,
                 oom_counter: None,
                 oom_event: None,
+                memory: None,
+                pids_events: None,
             };
             slot.empty()?;
             fs::remove_dir(entry.path())?;
@@ -1613,6 +1679,8 @@ mod tests {
             into: None,
             oom_counter: None,
             oom_event: None,
+            memory: None,
+            pids_events: None,
         };
         // SAFETY: the descriptors are open (held by `slot`).
         unsafe { slot.join().enter() }.unwrap();
@@ -1650,6 +1718,8 @@ mod tests {
                 },
                 oom_counter: None,
                 oom_event: None,
+                memory: None,
+                pids_events: None,
             };
             alone.empty().unwrap();
             assert_eq!(
@@ -1693,6 +1763,8 @@ mod tests {
             into: None,
             oom_counter: None,
             oom_event: None,
+            memory: None,
+            pids_events: None,
         };
         let pid = box_child(&slot);
         slot.empty().unwrap();
