@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run task-deps test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
 
 # The release binaries `make run` builds once; README's commands, `make install`
 # and `make client` reuse them from target/release.
@@ -213,15 +213,32 @@ describe:
 	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	$(ENCLAVE_BIN_DIR)/enclave-image describe $(OUT)/nitro.eif
 
-## eif-crosscheck: check out/nitro.eif with AWS's own image-format crate (heavy: ~290 crates, so not in make test)
+## eif-crosscheck: check out/nitro.eif and out/nitro.pcrs with AWS's own image-format crate; fails on any difference (heavy: ~290 crates, so not in make test)
 eif-crosscheck:
 	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	rm -rf $(OUT)/sections
 	$(ENCLAVE_BIN_DIR)/enclave-image extract $(OUT)/nitro.eif --out-dir $(OUT)/sections >/dev/null
 	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
 		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		--expect-pcrs $(OUT)/nitro.pcrs \
 		$(OUT)/sections/kernel $(OUT)/sections/cmdline $(OUT)/nitro.eif \
 		$(OUT)/sections/ramdisk-0 $(OUT)/sections/ramdisk-1
+
+# The small EIF that `make test` checks against AWS's measurement of it
+# (src/enclave-image/tests/aws_vector.rs).
+AWS_VECTOR := src/enclave-image/tests/fixtures/aws-vector
+
+## eif-aws-vector: measure the committed test EIF with AWS's image-format crate again and rewrite its aws-measurements.json (heavy, as eif-crosscheck)
+eif-aws-vector:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	rm -rf $(OUT)/aws-vector
+	$(ENCLAVE_BIN_DIR)/enclave-image extract $(AWS_VECTOR)/small.eif --out-dir $(OUT)/aws-vector >/dev/null
+	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
+		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		$(OUT)/aws-vector/kernel $(OUT)/aws-vector/cmdline $(AWS_VECTOR)/small.eif \
+		$(OUT)/aws-vector/ramdisk-0 $(OUT)/aws-vector/ramdisk-1 > $(OUT)/aws-vector/aws.json
+	mv $(OUT)/aws-vector/aws.json $(AWS_VECTOR)/aws-measurements.json
+	@cat $(AWS_VECTOR)/aws-measurements.json
 
 ## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
 run-enclave:
