@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EnclaveError;
 use crate::state::AppState;
 
-pub use result_signing::{IntentMessage, TaskResult};
+pub use result_signing::{IntentMessage, SignedTaskResult, Signing, TaskResult};
 
 /// The body of every `POST /process_data`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,7 +26,7 @@
 //! use std::sync::Arc;
 //! use axum::{extract::State, Json};
 //! use nautilus_server::app::{process_data, TaskRequest};
-//! use nautilus_server::common::ProcessDataRequest;
+//! use nautilus_server::common::{ProcessDataRequest, SignedTaskResult};
 //! use nautilus_server::state::{AppState, ServerConfig};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
@@ -40,7 +40,11 @@
 //!         ..Default::default()
 //!     },
 //! };
-//! let Json(signed) = process_data(State(state), Json(request)).await?;
+//! // `"signing": "full"` (the default) signs the whole result.
+//! let Json(SignedTaskResult::Full(signed)) = process_data(State(state), Json(request)).await?
+//! else {
+//!     unreachable!("a full result was asked for")
+//! };
 //! println!("exit code {:?}", signed.response.data.exit_code);
 //! # Ok(())
 //! # }

@@ -246,6 +246,14 @@ impl AppState {
         message.sign(&self.signing_key)
     }
 
+    /// Signs the compact form of a task result with the attested key.
+    pub fn sign_compact(
+        &self,
+        message: IntentMessage<result_signing::TaskResult>,
+    ) -> Result<result_signing::CompactSignedResponse, result_signing::Error> {
+        result_signing::CompactSignedResponse::sign(message, &self.signing_key)
+    }
+
     /// The attested public key: 33-byte compressed SEC1.
     pub fn public_key(&self) -> &[u8] {
         &self.public_key
