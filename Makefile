@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run task-deps test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
 
 # The release binaries `make run` builds once; README's commands, `make install`
 # and `make client` reuse them from target/release.
@@ -29,14 +29,31 @@ task-deps:
 		if [ -f $$t/package-lock.json ] && [ ! -d $$t/node_modules ]; then \
 			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
 
-## test: formatting, lints and every test of the workspace (what CI runs)
-test: lint unit boot-test repro-test
+## test: formatting, lints, the MSRV check and every test of the workspace (what CI runs)
+test: lint msrv unit boot-test repro-test
 
 lint:
 	@echo ">> cargo fmt --check"
 	$(CARGO) fmt --all -- --check
 	@echo ">> cargo clippy (builds the workspace for lints; the first run takes a few minutes)"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# The oldest Rust the workspace claims (`rust-version` in Cargo.toml, e.g.
+# 1.92 -> toolchain 1.92.0): the StageX toolchain of the Containerfile must
+# meet it (docs/image.md, "Toolchain"). Its own target directory in the shared
+# cache, kept between runs and clones (cargo locks it), so a later run checks
+# only the workspace crates again.
+MSRV := $(shell sed -n 's/^rust-version = "\([0-9.]*\)"/\1/p' Cargo.toml | awk -F. '{print (NF == 2) ? $$0 ".0" : $$0}')
+MSRV_TARGET_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nautilus/msrv-target
+
+## msrv: cargo check the workspace with the Rust that Cargo.toml's rust-version names (installs it with rustup when missing)
+msrv:
+	@test -n "$(MSRV)" || { echo "make msrv: no rust-version in Cargo.toml" >&2; exit 1; }
+	@rustup run $(MSRV) rustc --version >/dev/null 2>&1 || { \
+		echo ">> installing Rust $(MSRV) (minimal profile) for the MSRV check"; \
+		rustup toolchain install $(MSRV) --profile minimal --no-self-update; }
+	@echo ">> MSRV check: cargo +$(MSRV) check --locked --workspace"
+	CARGO_TARGET_DIR=$(MSRV_TARGET_DIR) rustup run $(MSRV) cargo check --locked --workspace
 
 unit:
 	@echo ">> cargo test --workspace"
@@ -181,10 +198,14 @@ enclave-binaries:
 build-eif:
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
 	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
-	mkdir -p $(OUT)
-	$(CONTAINER_BUILD) --file Containerfile --target package --platform linux/amd64 \
+	@# The build context is the commit (git archive HEAD), never the working
+	@# tree: untracked and uncommitted files stay out of the image.
+	rm -rf $(OUT)/context && mkdir -p $(OUT)/context
+	git archive --format=tar HEAD | tar -xf - -C $(OUT)/context
+	$(CONTAINER_BUILD) --file $(OUT)/context/Containerfile --target package --platform linux/amd64 \
 		--build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
-		--output type=local,dest=$(OUT) .
+		--output type=local,dest=$(OUT) $(OUT)/context
+	rm -rf $(OUT)/context
 	@cat $(OUT)/nitro.pcrs
 
 ## describe: check out/nitro.eif and print its header, sections and PCRs
@@ -192,15 +213,32 @@ describe:
 	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	$(ENCLAVE_BIN_DIR)/enclave-image describe $(OUT)/nitro.eif
 
-## eif-crosscheck: check out/nitro.eif with AWS's own image-format crate (heavy: ~290 crates, so not in make test)
+## eif-crosscheck: check out/nitro.eif and out/nitro.pcrs with AWS's own image-format crate; fails on any difference (heavy: ~290 crates, so not in make test)
 eif-crosscheck:
 	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	rm -rf $(OUT)/sections
 	$(ENCLAVE_BIN_DIR)/enclave-image extract $(OUT)/nitro.eif --out-dir $(OUT)/sections >/dev/null
 	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
 		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		--expect-pcrs $(OUT)/nitro.pcrs \
 		$(OUT)/sections/kernel $(OUT)/sections/cmdline $(OUT)/nitro.eif \
 		$(OUT)/sections/ramdisk-0 $(OUT)/sections/ramdisk-1
+
+# The small EIF that `make test` checks against AWS's measurement of it
+# (src/enclave-image/tests/aws_vector.rs).
+AWS_VECTOR := src/enclave-image/tests/fixtures/aws-vector
+
+## eif-aws-vector: measure the committed test EIF with AWS's image-format crate again and rewrite its aws-measurements.json (heavy, as eif-crosscheck)
+eif-aws-vector:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	rm -rf $(OUT)/aws-vector
+	$(ENCLAVE_BIN_DIR)/enclave-image extract $(AWS_VECTOR)/small.eif --out-dir $(OUT)/aws-vector >/dev/null
+	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
+		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		$(OUT)/aws-vector/kernel $(OUT)/aws-vector/cmdline $(AWS_VECTOR)/small.eif \
+		$(OUT)/aws-vector/ramdisk-0 $(OUT)/aws-vector/ramdisk-1 > $(OUT)/aws-vector/aws.json
+	mv $(OUT)/aws-vector/aws.json $(AWS_VECTOR)/aws-measurements.json
+	@cat $(AWS_VECTOR)/aws-measurements.json
 
 ## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
 run-enclave:

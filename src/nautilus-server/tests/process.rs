@@ -268,6 +268,50 @@ async fn health_manifest_and_ping() {
     let cgroups = serde_json::to_value(s.state.runner().cgroups()).expect("json");
     assert_eq!(m["cgroups"], cgroups);
     assert_eq!(h["cgroups"], cgroups);
+    // Every feature the runner uses is listed, probed one by one, and those
+    // the kernel lacks are named in `missing`.
+    let features = m["cgroups"]["features"].as_array().expect("features");
+    let names: Vec<&str> = features.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "memory.max",
+            "memory.swap.max",
+            "memory.oom.group",
+            "pids.max",
+            "cpu.weight",
+            "clone-into-cgroup",
+            "cgroup.kill"
+        ],
+        "{cgroups}"
+    );
+    let missing: Vec<&serde_json::Value> = features
+        .iter()
+        .filter(|f| f["available"] == false)
+        .map(|f| &f["name"])
+        .collect();
+    assert_eq!(m["cgroups"]["missing"], json!(missing), "{cgroups}");
+    assert!(
+        features
+            .iter()
+            .all(|f| f["detail"].as_str().is_some_and(|d| !d.is_empty())),
+        "{cgroups}"
+    );
+    // What the limits say and what the features say agree.
+    let in_force = |n: &str| {
+        features
+            .iter()
+            .any(|f| f["name"] == n && f["in_force"] == true)
+    };
+    assert_eq!(
+        in_force("memory.max"),
+        !cgroups["memory_max_bytes"].is_null()
+    );
+    assert_eq!(in_force("pids.max"), !cgroups["pids_max"].is_null());
+    assert_eq!(
+        in_force("cpu.weight"),
+        !cgroups["slot_cpu_weight"].is_null()
+    );
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         // This host and the enclave both have the three controllers.

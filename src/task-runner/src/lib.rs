@@ -209,7 +209,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-pub use cgroup::CgroupSummary;
+pub use cgroup::{CgroupFeature, CgroupSummary};
 pub use config::RunnerConfig;
 pub use declaration::{SecretValues, TaskDeclaration};
 pub use error::{ConfigError, ErrorKind, TaskError};
@@ -643,6 +643,10 @@ fn log_cgroups(s: &CgroupSummary) {
             note,
             "cgroups in force per task slot"
         );
+        // Once, at start: each feature the kernel lacks and what stands in.
+        for f in s.features.iter().filter(|f| !f.available) {
+            tracing::warn!(feature = %f.name, "cgroup feature missing: {}", f.detail);
+        }
     }
 }
 
