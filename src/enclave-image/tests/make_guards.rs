@@ -56,7 +56,11 @@ fn targets_missing_an_input_say_what_to_do_before_building() {
             target: "describe",
             vars: vec![out_var.clone()],
             path: None,
-            says: &["nitro.eif does not exist", "make image KERNEL=", "make build-eif"],
+            says: &[
+                "nitro.eif does not exist",
+                "make image KERNEL=",
+                "make build-eif",
+            ],
         },
         Case {
             target: "eif-crosscheck",
@@ -68,7 +72,10 @@ fn targets_missing_an_input_say_what_to_do_before_building() {
             target: "image",
             vars: vec!["KERNEL=/nonexistent/bzImage".into(), out_var.clone()],
             path: None,
-            says: &["KERNEL=/nonexistent/bzImage does not exist", "KERNEL=<path to a bzImage>"],
+            says: &[
+                "KERNEL=/nonexistent/bzImage does not exist",
+                "KERNEL=<path to a bzImage>",
+            ],
         },
         Case {
             target: "build-eif",
@@ -111,7 +118,14 @@ fn targets_missing_an_input_say_what_to_do_before_building() {
     let fake_nitro = tmp.path().join("nitro-bin");
     fs::create_dir(&fake_nitro).unwrap();
     let nitro = fake_nitro.join("nitro-cli");
-    fs::write(&nitro, format!("#!/bin/sh\necho \"nitro-cli $*\" >> {}\nexit 1\n", calls.display())).unwrap();
+    fs::write(
+        &nitro,
+        format!(
+            "#!/bin/sh\necho \"nitro-cli $*\" >> {}\nexit 1\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
     fs::set_permissions(&nitro, fs::Permissions::from_mode(0o755)).unwrap();
     cases.push(Case {
         target: "run-enclave",
@@ -135,20 +149,38 @@ fn targets_missing_an_input_say_what_to_do_before_building() {
         let out = command.output().expect("make ran");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let what = format!("make {} {:?}\nstdout: {stdout}\nstderr: {stderr}", case.target, case.vars);
+        let what = format!(
+            "make {} {:?}\nstdout: {stdout}\nstderr: {stderr}",
+            case.target, case.vars
+        );
         assert!(!out.status.success(), "{what}");
         // One line of ours; the rest can only be make's own `*** Error` trailer.
         let mut lines = stderr.lines();
         let first = lines.next().unwrap_or_default();
-        assert!(first.starts_with(&format!("make {}: ", case.target)) || first.starts_with("make run: ") || first.starts_with("make image: "), "{what}");
+        assert!(
+            first.starts_with(&format!("make {}: ", case.target))
+                || first.starts_with("make run: ")
+                || first.starts_with("make image: "),
+            "{what}"
+        );
         for needle in case.says {
             assert!(first.contains(needle), "{needle:?} missing; {what}");
         }
         for rest in lines {
-            assert!(rest.starts_with("make: ***") || rest.starts_with("make[1]: ***"), "{what}");
+            assert!(
+                rest.starts_with("make: ***") || rest.starts_with("make[1]: ***"),
+                "{what}"
+            );
         }
-        assert!(stdout.trim().is_empty(), "nothing else is printed or run: {what}");
-        assert!(!calls.exists(), "a build or nitro-cli ran: {} ({what})", fs::read_to_string(&calls).unwrap_or_default());
+        assert!(
+            stdout.trim().is_empty(),
+            "nothing else is printed or run: {what}"
+        );
+        assert!(
+            !calls.exists(),
+            "a build or nitro-cli ran: {} ({what})",
+            fs::read_to_string(&calls).unwrap_or_default()
+        );
     }
 }
 

@@ -252,7 +252,12 @@ async fn cli_runs_a_verified_task_only_with_the_dev_root_and_debug_consent() {
         stderr(&no_root)
     );
     // One line: the reason and the fix.
-    assert_eq!(stderr(&no_root).trim_end().lines().count(), 1, "{}", stderr(&no_root));
+    assert_eq!(
+        stderr(&no_root).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&no_root)
+    );
     // Another dev server's root (as after a restart of `make run`).
     let other = start_server().await;
     let wrong_root = cli(run_args(&s.base, Some(other.root_pem.path()), true)).await;

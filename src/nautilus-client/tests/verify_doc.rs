@@ -294,7 +294,10 @@ fn hex_or_json_without_the_hex_flag_is_named() {
     let out = verify_doc(&[hex_file.path().to_str().expect("utf8"), "--at-doc-time"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("holds hex text") && err.contains("--hex"), "{err}");
+    assert!(
+        err.contains("holds hex text") && err.contains("--hex"),
+        "{err}"
+    );
 
     let json_file = tempfile::NamedTempFile::new().expect("tmp");
     std::fs::write(json_file.path(), format!(r#"{{"attestation": "{hex}"}}"#)).expect("write");

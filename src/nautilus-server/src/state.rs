@@ -324,7 +324,17 @@ impl AppState {
                 why: why.clone(),
             };
         }
-        let package = self.config.runner.tasks_dir.join(&task_path).join("package.json");
+        // Only where the runner looks for tasks: directly under the tasks
+        // directory (a package nested in a task's node_modules is not one).
+        if task_path.contains('/') {
+            return EnclaveError::NotInManifest(task_path);
+        }
+        let package = self
+            .config
+            .runner
+            .tasks_dir
+            .join(&task_path)
+            .join("package.json");
         match tokio::fs::metadata(&package).await {
             Ok(meta) if meta.is_file() => EnclaveError::AddedAfterStart(task_path),
             _ => EnclaveError::NotInManifest(task_path),
@@ -361,8 +371,8 @@ fn check_dependencies(
     let mut refused = BTreeMap::new();
     let served = tasks
         .into_iter()
-        .filter(|task| {
-            match task_runner::check_dependencies(&tasks_dir.join(&task.task_path)) {
+        .filter(
+            |task| match task_runner::check_dependencies(&tasks_dir.join(&task.task_path)) {
                 Ok(()) => true,
                 Err(why) => {
                     tracing::warn!(
@@ -373,8 +383,8 @@ fn check_dependencies(
                     refused.insert(task.task_path.clone(), why);
                     false
                 }
-            }
-        })
+            },
+        )
         .collect();
     (served, refused)
 }

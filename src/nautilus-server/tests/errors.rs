@@ -255,8 +255,14 @@ async fn missing_node_is_503_with_retry_after() {
 async fn shape_errors_name_the_field_in_plain_words() {
     let s = TestServer::start(config()).await;
     for (body, want) in [
-        (r#"{"payload": 5}"#, "payload: expected an object, got integer 5"),
-        (r#"{"payload": []}"#, "payload: expected an object, got an array"),
+        (
+            r#"{"payload": 5}"#,
+            "payload: expected an object, got integer 5",
+        ),
+        (
+            r#"{"payload": {"args": {}}}"#,
+            "payload.args: expected an array, got an object",
+        ),
         (
             r#"{"payload": {"args": "x"}}"#,
             "payload.args: expected an array, got string \"x\"",
@@ -280,10 +286,18 @@ async fn shape_errors_name_the_field_in_plain_words() {
             .send()
             .await
             .expect("answered");
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
         let e = expect_error(resp, 400).await;
         let msg = e["error"].as_str().unwrap_or_default();
         assert!(msg.contains(want), "{body}: {msg}");
-        for rust in ["struct", "TaskRequest", "sequence`", "u64", "line 1", "Failed to deserialize"] {
+        for rust in [
+            "struct",
+            "TaskRequest",
+            "sequence`",
+            "u64",
+            "line 1",
+            "Failed to deserialize",
+        ] {
             assert!(!msg.contains(rust), "{body}: {msg}");
         }
     }

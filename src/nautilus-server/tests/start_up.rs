@@ -103,11 +103,16 @@ fn help_shows_every_default() {
     let options: Vec<&str> = help
         .split(" --")
         .skip(1)
-        .filter(|o| !o.starts_with("log-json") && !o.starts_with("help") && !o.starts_with("version"))
+        .filter(|o| {
+            !o.starts_with("log-json") && !o.starts_with("help") && !o.starts_with("version")
+        })
         .collect();
     assert!(options.len() > 20, "{help}");
     for option in options {
-        assert!(option.contains("default"), "no default shown for --{option}");
+        assert!(
+            option.contains("default"),
+            "no default shown for --{option}"
+        );
     }
     for shown in [
         "[default: 64]",

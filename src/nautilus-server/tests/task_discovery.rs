@@ -38,11 +38,7 @@ async fn a_task_added_after_start_says_restart() {
     let s = TestServer::start(serving(tasks.path())).await;
 
     task(tasks.path(), "hello-task", "console.log('hello')\n");
-    let e = expect_error(
-        s.process(json!({"task_path": "hello-task"})).await,
-        404,
-    )
-    .await;
+    let e = expect_error(s.process(json!({"task_path": "hello-task"})).await, 404).await;
     let msg = e["error"].as_str().unwrap();
     assert!(
         msg.contains("hello-task was added after the server started")
@@ -137,9 +133,6 @@ async fn a_task_without_its_dependencies_is_refused_with_the_fix() {
     let ok = s.process(json!({"task_path": "dep-task"})).await;
     assert_eq!(ok.status(), 200);
     let body: serde_json::Value = ok.json().await.unwrap();
-    assert_eq!(
-        body["response"]["data"]["stdout"], "60000ms\n",
-        "{body}"
-    );
+    assert_eq!(body["response"]["data"]["stdout"], "60000ms\n", "{body}");
     s.shutdown().await;
 }

@@ -91,7 +91,10 @@ pub fn check_installed(dir: &Path) -> Result<(), DependencyError> {
             continue;
         }
         let name = package_name(&place);
-        let installed = match read_capped(&dir.join(&place).join("package.json"), MAX_PACKAGE_JSON_BYTES) {
+        let installed = match read_capped(
+            &dir.join(&place).join("package.json"),
+            MAX_PACKAGE_JSON_BYTES,
+        ) {
             Ok(bytes) => bytes,
             Err(_) if locked.optional => continue,
             Err(_) => return Err(DependencyError::Missing(name.to_owned())),
@@ -160,12 +163,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         write(d, "package-lock.json", LOCK);
+        // Checked in path order: the scoped package comes first.
         assert_eq!(
             check_installed(d),
-            Err(DependencyError::Missing("ms".into()))
+            Err(DependencyError::Missing("@s/b".into()))
         );
         write(d, "node_modules/ms/package.json", r#"{"version": "2.1.3"}"#);
-        write(d, "node_modules/@s/b/package.json", r#"{"version": "1.0.0"}"#);
+        write(
+            d,
+            "node_modules/@s/b/package.json",
+            r#"{"version": "1.0.0"}"#,
+        );
         assert_eq!(
             check_installed(d),
             Err(DependencyError::Missing("ms".into())),
