@@ -32,7 +32,7 @@ need-node:
 task-deps:
 	@for lock in */package-lock.json; do \
 		[ -f "$$lock" ] && [ -f "$${lock%/*}/package.json" ] || continue; t=$${lock%/*}; \
-		if [ "$$lock" -nt "$$t/node_modules/.package-lock.json" ]; then \
+		if [ ! -e "$$t/node_modules/.package-lock.json" ] || [ "$$lock" -nt "$$t/node_modules/.package-lock.json" ]; then \
 			command -v npm >/dev/null || { echo "make run: $$t has dependencies but npm is not installed: install Node.js with npm" >&2; exit 1; }; \
 			echo ">> $$t: npm ci (its dependencies, from its package-lock.json)"; \
 			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund || exit 1; fi; done
