@@ -188,3 +188,65 @@ fn nix_uid_is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// `make new-task NAME=…` makes a task the runner lists and runs as it is,
+/// and refuses a bad or taken name in one line.
+#[tokio::test]
+async fn new_task_makes_a_task_that_runs() {
+    let make = which("make").expect("make is installed");
+    let tasks = tempfile::tempdir().unwrap();
+    let new_task = |name: &str| {
+        Command::new(&make)
+            .current_dir(repo())
+            .args(["--no-print-directory", "new-task"])
+            .arg(format!("NAME={name}"))
+            .arg(format!("TASKS_DIR={}", tasks.path().display()))
+            .output()
+            .expect("make ran")
+    };
+    let out = new_task("hello-task");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("Restart 'make run'") && said.contains("enclave/tasks"), "{said}");
+
+    let runner = task_runner::Runner::new(task_runner::RunnerConfig {
+        tasks_dir: tasks.path().to_owned(),
+        max_concurrent: 1,
+        warm_pool: Some(0),
+        ..Default::default()
+    })
+    .unwrap();
+    let listed: Vec<String> = runner
+        .list_tasks()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_path)
+        .collect();
+    assert_eq!(listed, ["hello-task"]);
+    let result = runner
+        .run(task_runner::TaskRequest {
+            task_path: "hello-task".into(),
+            args: vec!["a".into(), "b".into()],
+            stdin: Some("xyz".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(result.status, "success", "{result:?}");
+    let printed: serde_json::Value = serde_json::from_str(result.stdout.trim()).unwrap();
+    assert_eq!(
+        printed,
+        serde_json::json!({"task": "hello-task", "args": ["a", "b"], "stdin_bytes": 3})
+    );
+
+    for (name, says) in [
+        ("hello-task", "already exists"),
+        ("Bad Name", "is not a task name"),
+        ("", "say which"),
+    ] {
+        let out = new_task(name);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("make new-task: ") && err.lines().next().unwrap().contains(says), "{name:?}: {err}");
+    }
+}
