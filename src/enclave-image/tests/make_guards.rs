@@ -205,9 +205,16 @@ async fn new_task_makes_a_task_that_runs() {
             .expect("make ran")
     };
     let out = new_task("hello-task");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("Restart 'make run'") && said.contains("enclave/tasks"), "{said}");
+    assert!(
+        said.contains("Restart 'make run'") && said.contains("enclave/tasks"),
+        "{said}"
+    );
 
     let runner = task_runner::Runner::new(task_runner::RunnerConfig {
         tasks_dir: tasks.path().to_owned(),
@@ -247,6 +254,9 @@ async fn new_task_makes_a_task_that_runs() {
         let out = new_task(name);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("make new-task: ") && err.lines().next().unwrap().contains(says), "{name:?}: {err}");
+        assert!(
+            err.starts_with("make new-task: ") && err.lines().next().unwrap().contains(says),
+            "{name:?}: {err}"
+        );
     }
 }
