@@ -227,6 +227,12 @@ async function execute({ command, opts, positional, rest }) {
       const text = utf8(raw, '--hex file').trim();
       bytes = fromHex(text);
       if (bytes === null) throw new Error('--hex file is not valid hex');
+    } else if (looksLikeHex(raw)) {
+      throw new Error(`${positional} holds hex text, not a document's bytes: pass --hex to read it as hex`);
+    } else if (raw.toString('latin1').trimStart().startsWith('{')) {
+      throw new Error(
+        `${positional} holds JSON, not a document: save the \`attestation\` field of /get_attestation's answer (hex) and pass --hex`,
+      );
     }
     const options = trust(opts);
     if (opts['--at-doc-time']) options.at = 'document';
@@ -252,12 +258,39 @@ async function execute({ command, opts, positional, rest }) {
   return { output: signed, code: signed.response.data.status === 'success' ? 0 : 1 };
 }
 
+/**
+ * Whether `raw` is hex text (what /get_attestation answers, in its
+ * `attestation` field) rather than a document's bytes: a COSE_Sign1 document
+ * starts with a CBOR array or tag byte, never an ASCII digit.
+ */
+function looksLikeHex(raw) {
+  const text = raw.toString('latin1').trim();
+  return text.length > 0 && /^[0-9a-fA-F]+$/.test(text);
+}
+
+/** The flag a rejection most often means someone is missing (as the Rust CLI says it). */
+function fixHint(error, opts) {
+  let e = error;
+  while (e && e.code !== 'RootMismatch' && e.code !== 'DebugMode') e = e.cause;
+  if (e && e.code === 'RootMismatch') {
+    return opts['--root'] === undefined
+      ? " (a dev server, such as `make run`'s, signs under its own root: pass `--root out/dev-root.pem`, the file its --dev-root-out wrote)"
+      : ' (for a dev server, pass the root that server wrote with --dev-root-out (`make run` writes out/dev-root.pem, new at each start); for a real enclave, drop --root)';
+  }
+  if (e && e.code === 'DebugMode') {
+    return ' (dev servers and debug-mode enclaves only make such documents: pass `--allow-debug` to accept them, never for a production enclave)';
+  }
+  return '';
+}
+
 /** One line on stderr, then exit: every failure ends here. */
 function fail(message, code) {
   process.stderr.write(`error: ${message.replace(/[\r\n]+/g, ' ')}\n`, () => process.exit(code));
 }
 
 async function main(argv) {
+  // No arguments at all: the usage, on stderr, as a failure.
+  if (argv.length === 0) return process.stderr.write(`${help()}\n`, () => process.exit(1));
   const beforeRest = argv.includes('--') ? argv.slice(0, argv.indexOf('--')) : argv;
   if (beforeRest.some((a) => a === '--help' || a === '-h')) return process.stdout.write(`${help()}\n`);
   if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) return process.stdout.write(`nautilus-verify ${version}\n`);
@@ -277,7 +310,7 @@ async function main(argv) {
   try {
     result = await execute(parsed);
   } catch (e) {
-    return fail(e.message, parsed.spec.failure);
+    return fail(`${e.message}${fixHint(e, parsed.opts)}`, parsed.spec.failure);
   }
   process.exitCode = result.code;
   process.stdout.write(`${JSON.stringify(result.output)}\n`);

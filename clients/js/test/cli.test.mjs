@@ -55,6 +55,24 @@ test('verifies a real document at its own time and prints its fields as one JSON
   assertSucceeded(at);
 });
 
+test('hex or JSON given without --hex is named, with the flag', () => {
+  const hexText = fs.readFileSync(NONDEBUG).toString('hex') + '\n';
+  const hex = cli(['verify-doc', tmpFile('doc-nohex.hex', hexText), '--at-doc-time']);
+  assert.strictEqual(hex.status, 1, hex.stderr);
+  assert.ok(hex.stderr.includes('holds hex text') && hex.stderr.includes('--hex'), hex.stderr);
+  const json = cli(['verify-doc', tmpFile('doc.json', JSON.stringify({ attestation: hexText.trim() })), '--at-doc-time']);
+  assert.strictEqual(json.status, 1, json.stderr);
+  assert.ok(json.stderr.includes('holds JSON') && json.stderr.includes('`attestation` field') && json.stderr.includes('--hex'), json.stderr);
+});
+
+test('no arguments print the usage on stderr and fail', () => {
+  const out = cli([]);
+  assert.strictEqual(out.status, 1, out.stderr);
+  assert.ok(out.stderr.includes('Usage:') && out.stderr.includes('verify-doc') && out.stderr.includes('run'), out.stderr);
+  assert.ok(!out.stderr.includes('error:'), out.stderr);
+  assert.strictEqual(out.stdout, '');
+});
+
 test('failures exit 1 with one line of reason', async () => {
   const pcrs = tmpFile('pcrs.json', JSON.stringify({ Measurements: { PCR0: '11'.repeat(48) } }));
   const eifLines = tmpFile('pcrs.txt', `${'11'.repeat(48)} PCR0\n`);
@@ -121,8 +139,8 @@ test('PCR files in each accepted format verify, a wrong PCR is refused, and the 
 });
 
 test('argument errors are one line with the documented exit codes', async () => {
+  // (No arguments at all print the usage: tested above.)
   const cases = [
-    [[], 1],
     [['verify-doc'], 1],
     [['verify-doc', 'x.cbor', '--bogus'], 1],
     [['verify-doc', 'x.cbor', 'y.cbor'], 1],

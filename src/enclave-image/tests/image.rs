@@ -359,6 +359,43 @@ fn every_task_is_in_the_image_with_the_digest_the_server_reports() {
         fs::copy(repo().join("ms-task").join(f), bare.join(f)).unwrap();
     }
     assert_ne!(listed["ms-task"], listed_digests(without.path())["ms-task"]);
+    // One digest everywhere: the same task installed here with the host's npm
+    // (which writes its bookkeeping file, node_modules/.package-lock.json,
+    // that the image build removes) has the image's digest, so a digest from
+    // `make run` is the one an enclave reports.
+    let local = tempfile::tempdir().unwrap();
+    let installed_here = local.path().join("ms-task");
+    fs::create_dir(&installed_here).unwrap();
+    for f in ["index.js", "package.json", "package-lock.json"] {
+        fs::copy(repo().join("ms-task").join(f), installed_here.join(f)).unwrap();
+    }
+    let npm = Command::new("npm")
+        .args([
+            "ci",
+            "--omit=dev",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+        ])
+        .current_dir(&installed_here)
+        .output()
+        .expect("npm runs");
+    assert!(
+        npm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&npm.stderr)
+    );
+    assert!(
+        installed_here
+            .join(task_runner::digest::EXCLUDED_PATH)
+            .is_file(),
+        "the host's npm wrote its bookkeeping file: the comparison below means something"
+    );
+    assert_eq!(
+        listed_digests(local.path())["ms-task"],
+        listed["ms-task"],
+        "ms-task installed locally and in the image"
+    );
     // The installed package is the one the lockfile pins.
     let lock: serde_json::Value =
         serde_json::from_slice(&fs::read(repo().join("ms-task/package-lock.json")).unwrap())

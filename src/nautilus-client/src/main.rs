@@ -14,7 +14,8 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Verify Nautilus enclave attestations and signed task results"
+    about = "Verify Nautilus enclave attestations and signed task results",
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -180,13 +181,49 @@ fn main() -> ExitCode {
             return ExitCode::from(failure);
         }
     };
+    let root_given = match &cli.command {
+        Command::VerifyDoc(a) => a.trust.root.is_some(),
+        Command::Attest(a) => a.trust.root.is_some(),
+        Command::Run(a) => a.trust.root.is_some(),
+    };
     match runtime.block_on(run(cli.command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e:#}{}", fix_hint(&e, root_given));
             ExitCode::from(failure)
         }
     }
+}
+
+/// The flag a rejection most often means someone is missing, named after
+/// the reason: a dev server's documents chain to the root it wrote, and are
+/// debug-mode documents.
+fn fix_hint(e: &anyhow::Error, root_given: bool) -> &'static str {
+    use nautilus_client::attestation::Error;
+    let rejection = e.chain().find_map(|c| c.downcast_ref::<Error>());
+    match rejection {
+        Some(Error::RootMismatch { .. }) if !root_given => {
+            " (a dev server, such as `make run`'s, signs under its own root: pass \
+             `--root out/dev-root.pem`, the file its --dev-root-out wrote)"
+        }
+        Some(Error::RootMismatch { .. }) => {
+            " (for a dev server, pass the root that server wrote with --dev-root-out \
+             (`make run` writes out/dev-root.pem, new at each start); for a real enclave, drop --root)"
+        }
+        Some(Error::DebugMode) => {
+            " (dev servers and debug-mode enclaves only make such documents: pass \
+             `--allow-debug` to accept them, never for a production enclave)"
+        }
+        _ => "",
+    }
+}
+
+/// Whether `raw` is hex text (what `/get_attestation` answers, in its
+/// `attestation` field) rather than a document's bytes: a COSE_Sign1
+/// document starts with a CBOR array or tag byte, never an ASCII digit.
+fn looks_like_hex(raw: &[u8]) -> bool {
+    let text = raw.trim_ascii();
+    !text.is_empty() && text.iter().all(u8::is_ascii_hexdigit)
 }
 
 /// `--help` and `--version` print as usual; any other argument error is one
@@ -197,6 +234,11 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         let _ = e.print();
         return ExitCode::SUCCESS;
+    }
+    // No arguments at all: the usage, on stderr, as a failure.
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return ExitCode::from(1);
     }
     let rendered = e.to_string();
     let reason = rendered.lines().next().unwrap_or("invalid arguments");
@@ -224,6 +266,17 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             let bytes = if a.hex {
                 let text = String::from_utf8(raw).context("--hex file is not text")?;
                 hex::decode(text.trim()).context("--hex file is not valid hex")?
+            } else if looks_like_hex(&raw) {
+                bail!(
+                    "{} holds hex text, not a document's bytes: pass --hex to read it as hex",
+                    a.file.display()
+                );
+            } else if raw.trim_ascii_start().starts_with(b"{") {
+                bail!(
+                    "{} holds JSON, not a document: save the `attestation` field of \
+                     /get_attestation's answer (hex) and pass --hex",
+                    a.file.display()
+                );
             } else {
                 raw
             };

@@ -251,16 +251,35 @@ async fn cli_runs_a_verified_task_only_with_the_dev_root_and_debug_consent() {
 
     let no_root = cli(run_args(&s.base, None, true)).await;
     assert_eq!(no_root.status.code(), Some(2));
+    // The rejection names the flag a dev server needs.
     assert!(
-        stderr(&no_root).contains("not the trusted root"),
+        stderr(&no_root).contains("not the trusted root")
+            && stderr(&no_root).contains("--root out/dev-root.pem"),
         "{}",
         stderr(&no_root)
+    );
+    // One line: the reason and the fix.
+    assert_eq!(
+        stderr(&no_root).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&no_root)
+    );
+    // Another dev server's root (as after a restart of `make run`).
+    let other = start_server().await;
+    let wrong_root = cli(run_args(&s.base, Some(other.root_pem.path()), true)).await;
+    assert_eq!(wrong_root.status.code(), Some(2));
+    assert!(
+        stderr(&wrong_root).contains("not the trusted root")
+            && stderr(&wrong_root).contains("--dev-root-out"),
+        "{}",
+        stderr(&wrong_root)
     );
 
     let no_debug = cli(run_args(&s.base, Some(root), false)).await;
     assert_eq!(no_debug.status.code(), Some(2));
     assert!(
-        stderr(&no_debug).contains("debug-mode"),
+        stderr(&no_debug).contains("debug-mode") && stderr(&no_debug).contains("`--allow-debug`"),
         "{}",
         stderr(&no_debug)
     );

@@ -122,11 +122,10 @@ pub async fn process_data(
         .transpose()?;
 
     let task_path = task_path.as_deref().unwrap_or(DEFAULT_TASK_PATH);
-    // Only the manifest decides, not what is on disk: every task that is not
-    // listed gets the same answer, which tells nothing of the server's files.
+    // Only the manifest decides what runs, not what is on disk.
     let task_path = task_runner::normalize_task_path(task_path)?;
     if state.manifest().task(&task_path).is_none() {
-        return Err(EnclaveError::NotInManifest(task_path));
+        return Err(state.why_not_served(task_path).await);
     }
 
     let run = task_runner::TaskRequest {
@@ -146,8 +145,9 @@ pub async fn process_data(
         task_path = %result.task_path,
         task_digest = %result.task_digest,
         status = %result.status,
-        exit_code = ?result.exit_code,
-        signal = ?result.signal,
+        // Options as their value or absent, never `Some(…)`.
+        exit_code = result.exit_code,
+        signal = result.signal.as_deref(),
         execution_time_ms = result.execution_time_ms,
         "task finished"
     );

@@ -55,6 +55,23 @@ pub enum EnclaveError {
          of this server: GET /manifest lists the tasks it runs)"
     )]
     NotInManifest(String),
+    /// A task directory that was not there when the server started: tasks
+    /// are read once, at start.
+    #[error(
+        "Failed to execute Node.js task: task {0} was added after the server started; the server \
+         reads its tasks once, at start: restart it to serve {0} (GET /manifest lists the tasks \
+         it runs)"
+    )]
+    AddedAfterStart(String),
+    /// A task found at start whose installed dependencies do not match its
+    /// lockfile: served, every call would fail with `Cannot find module`.
+    #[error("Failed to execute Node.js task: {}", refusal_text(task, why))]
+    TaskRefused {
+        /// The task's path.
+        task: String,
+        /// What does not match.
+        why: task_runner::DependencyError,
+    },
     /// Too many attestation requests at once.
     #[error("attestation is busy, retry shortly")]
     AttestationBusy,
@@ -91,7 +108,11 @@ impl EnclaveError {
                 StatusCode::BAD_REQUEST
             }
             EnclaveError::Json(r) => r.status(),
-            EnclaveError::NotInManifest(_) => StatusCode::NOT_FOUND,
+            EnclaveError::NotInManifest(_) | EnclaveError::AddedAfterStart(_) => {
+                StatusCode::NOT_FOUND
+            }
+            // The deployment's fault, like a task whose package.json is bad.
+            EnclaveError::TaskRefused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             EnclaveError::AttestationBusy | EnclaveError::AttestationTimeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -125,6 +146,17 @@ impl EnclaveError {
     }
 }
 
+/// Why a task is not served and how to fix it, for the start-up log and the
+/// answer alike.
+pub(crate) fn refusal_text(task: &str, why: &task_runner::DependencyError) -> String {
+    format!(
+        "task {task} is not served: its node_modules does not match its package-lock.json \
+         ({why}). Install its dependencies with `npm ci --omit=dev --ignore-scripts --prefix \
+         {task}` in the tasks directory (`make run` does this for the tasks of the repository), \
+         then restart the server"
+    )
+}
+
 /// axum's text, except for bodies that are not JSON at all: a path into a
 /// document that could not be read (`payload.?: EOF while parsing…`) means
 /// nothing to the caller, so those say what is wrong with the JSON itself.
@@ -139,10 +171,69 @@ fn json_rejection_text(rejection: &JsonRejection) -> String {
             if json.is_syntax() {
                 return format!("request body is not valid JSON: {json}");
             }
+            if json.is_data() {
+                return shape_text(&e.path().to_string(), json);
+            }
         }
         source = e.source();
     }
     rejection.body_text()
+}
+
+/// A body of the wrong shape, in plain words at its field path: `payload:
+/// expected an object, got integer 5`, not serde's Rust type names
+/// (`expected struct TaskRequest`) or positions.
+fn shape_text(path: &str, json: &serde_json::Error) -> String {
+    let full = json.to_string();
+    // serde_json appends " at line L column C"; the path says where.
+    let message = match full.rsplit_once(" at line ") {
+        Some((message, _)) if json.line() != 0 => message,
+        _ => full.as_str(),
+    };
+    let place = if path.is_empty() || path == "." {
+        "request body".to_owned()
+    } else {
+        path.to_owned()
+    };
+    let plain = |expected: &str| -> String {
+        let expected = expected.trim();
+        if expected.starts_with("struct ") || expected == "a map" {
+            "an object".to_owned()
+        } else if expected == "a sequence" {
+            "an array".to_owned()
+        } else if expected.starts_with('u') && expected[1..].chars().all(|c| c.is_ascii_digit()) {
+            "a whole number of at least 0".to_owned()
+        } else {
+            expected.to_owned()
+        }
+    };
+    let found = |found: &str| -> String {
+        match found {
+            "sequence" => "an array".to_owned(),
+            "map" => "an object".to_owned(),
+            other => other.replace("floating point", "number").replace('`', ""),
+        }
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((got, expected)) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once(", expected "))
+        {
+            return format!("{place}: expected {}, got {}", plain(expected), found(got));
+        }
+    }
+    if let Some(field) = message.strip_prefix("unknown field ") {
+        let field = field.split(", expected").next().unwrap_or(field);
+        let allowed = message
+            .split_once("expected one of ")
+            .map(|(_, a)| format!(" (allowed: {})", a.replace('`', "")))
+            .unwrap_or_default();
+        return format!("{place}: unknown field {}{allowed}", field.replace('`', ""));
+    }
+    if let Some(field) = message.strip_prefix("missing field ") {
+        return format!("{place}: missing field {}", field.replace('`', ""));
+    }
+    format!("{place}: {message}")
 }
 
 impl IntoResponse for EnclaveError {

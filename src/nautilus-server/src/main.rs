@@ -29,30 +29,32 @@ struct Args {
     /// `nsm` inside an enclave; `dev` for a local server with a throwaway CA.
     #[arg(long, env = "NAUTILUS_ATTESTATION", default_value_t = AttestationMode::Nsm)]
     attestation: AttestationMode,
-    /// In dev mode, write the dev root CA certificate (PEM) here for clients.
+    /// In dev mode, write the dev root CA certificate (PEM) here for clients
+    /// [default: not written]
     #[arg(long, env = "NAUTILUS_DEV_ROOT_OUT")]
     dev_root_out: Option<PathBuf>,
-    /// Node.js binary; default: `node` on PATH.
+    /// Node.js binary [default: `node` on PATH]
     #[arg(long, env = "NAUTILUS_NODE")]
     node: Option<PathBuf>,
-    /// Tasks running at once; default: number of CPUs.
+    /// Tasks running at once [default: the number of CPUs]
     #[arg(long, env = "NAUTILUS_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
     /// Tasks waiting for a slot before new ones are refused with 503.
-    #[arg(long, env = "NAUTILUS_MAX_QUEUE")]
-    max_queue: Option<usize>,
-    /// Largest `timeout_secs` a request may ask for.
-    #[arg(long, env = "NAUTILUS_MAX_TIMEOUT_SECS")]
-    max_timeout_secs: Option<u64>,
+    #[arg(long, env = "NAUTILUS_MAX_QUEUE", default_value_t = RunnerConfig::default().max_queue)]
+    max_queue: usize,
+    /// Largest `timeout_secs` a request may ask for (a request without one
+    /// gets 30 s, or this if lower).
+    #[arg(long, env = "NAUTILUS_MAX_TIMEOUT_SECS", default_value_t = RunnerConfig::default().max_timeout_secs)]
+    max_timeout_secs: u64,
     /// Bytes kept of each of stdout and stderr.
-    #[arg(long, env = "NAUTILUS_MAX_OUTPUT_BYTES")]
-    max_output_bytes: Option<usize>,
+    #[arg(long, env = "NAUTILUS_MAX_OUTPUT_BYTES", default_value_t = RunnerConfig::default().max_output_bytes)]
+    max_output_bytes: usize,
     /// Memory a task may use (bytes).
-    #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES")]
-    memory_limit_bytes: Option<u64>,
+    #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES", default_value_t = RunnerConfig::default().memory_limit_bytes)]
+    memory_limit_bytes: u64,
     /// Slots that keep a warm box: `node` started before a request arrives,
-    /// waiting for its one task (root mode). Default: every slot; 0 turns
-    /// the pool off.
+    /// waiting for its one task (root mode); 0 turns the pool off
+    /// [default: every slot]
     #[arg(long, env = "NAUTILUS_WARM_POOL")]
     warm_pool: Option<usize>,
     /// Largest request body (bytes); larger ones get 413.
@@ -102,7 +104,7 @@ struct Args {
     /// average; slower: 408.
     #[arg(long, env = "NAUTILUS_MIN_BODY_BYTES_PER_SEC", default_value_t = HttpLimits::default().min_body_bytes_per_sec, value_parser = clap::value_parser!(u64).range(1..))]
     min_body_bytes_per_sec: u64,
-    /// Browser origins allowed by CORS, comma-separated; default none.
+    /// Browser origins allowed by CORS, comma-separated [default: none]
     #[arg(long, env = "NAUTILUS_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<HeaderValue>,
     /// Where each run's code is staged: an exec-capable file system, as root
@@ -110,7 +112,8 @@ struct Args {
     /// root /var/lib/nautilus-task-runner, else the temp directory).
     #[arg(long, env = "NAUTILUS_WORK_DIR")]
     work_dir: Option<PathBuf>,
-    /// Names of server environment variables tasks may see.
+    /// Names of server environment variables tasks may see, comma-separated
+    /// [default: none]
     #[arg(long, env = "NAUTILUS_PASS_ENV", value_delimiter = ',')]
     pass_env: Vec<String>,
     /// Seconds an attestation call may take before its request gets 503 with
@@ -130,8 +133,9 @@ struct Args {
     /// (run.sh), so it is measured and listed in the attested manifest.
     #[arg(long = "operator-key", env = "NAUTILUS_OPERATOR_KEYS", value_delimiter = ',', value_parser = parse_operator_key)]
     operator_keys: Vec<result_signing::VerifyingKey>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "NAUTILUS_LOG_JSON")]
+    /// Log as JSON lines instead of text (the variable takes 1/0, true/false,
+    /// yes/no, on/off).
+    #[arg(long, env = "NAUTILUS_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
 }
 
@@ -173,19 +177,19 @@ impl Args {
 
     fn server_config(&self) -> ServerConfig {
         let d = RunnerConfig::default();
-        let max_timeout_secs = self.max_timeout_secs.unwrap_or(d.max_timeout_secs);
+        let max_timeout_secs = self.max_timeout_secs;
         ServerConfig {
             attestation: self.attestation,
             runner: RunnerConfig {
                 tasks_dir: self.tasks_dir.clone(),
                 node: self.node.clone(),
                 max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
-                max_queue: self.max_queue.unwrap_or(d.max_queue),
+                max_queue: self.max_queue,
                 max_timeout_secs,
                 // A lowered maximum lowers the default with it.
                 default_timeout_secs: d.default_timeout_secs.min(max_timeout_secs),
-                max_output_bytes: self.max_output_bytes.unwrap_or(d.max_output_bytes),
-                memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
+                max_output_bytes: self.max_output_bytes,
+                memory_limit_bytes: self.memory_limit_bytes,
                 pass_env: self.pass_env.clone(),
                 work_dir: self.work_dir.clone(),
                 warm_pool: self.warm_pool,
@@ -291,9 +295,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let state = Arc::new(AppState::new(config)?);
 
     let listen = args.listen();
-    let bound = Bound::bind(listen)
-        .await
-        .with_context(|| format!("could not listen on {listen}"))?;
+    let bound = Bound::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another program (another nautilus-server?) holds it: stop that one, or pick \
+             another address with --listen (NAUTILUS_LISTEN; `make run LISTEN=tcp://127.0.0.1:3001`)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("could not listen on {listen}: {e}{hint}")
+    })?;
     // Only once the address is ours: a second server that fails to bind must
     // not replace the root of the one already serving.
     if let Some(path) = &args.dev_root_out {
@@ -412,8 +422,11 @@ fn report_dropped_log_lines(counter: &tracing_appender::non_blocking::ErrorCount
 fn init_logging(json: bool, writer: tracing_appender::non_blocking::NonBlocking) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    // Colours only for a person at a terminal, never into a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer);
     if json {
         builder.json().init();
@@ -429,6 +442,36 @@ fn write_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
+/// The tasks served, by name, for the start-up line (`tasks=nodejs-task,ms-task`).
+fn task_names(state: &AppState) -> String {
+    let names: Vec<&str> = state.manifest().task_paths().collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    }
+}
+
+/// How to run the client: the binary built beside this one (`make run` builds
+/// both into target/release), else through cargo in the same profile.
+fn client_command() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("nautilus-client")))
+        .filter(|client| client.is_file());
+    match beside {
+        Some(client) => match std::env::current_dir() {
+            Ok(cwd) => client
+                .strip_prefix(&cwd)
+                .unwrap_or(&client)
+                .display()
+                .to_string(),
+            Err(_) => client.display().to_string(),
+        },
+        None => "cargo run -q --release --bin nautilus-client --".to_owned(),
+    }
+}
+
 fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>) {
     tracing::info!(
         listen = %local,
@@ -436,7 +479,7 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
         public_key = %hex::encode(state.public_key()),
         tls_spki_sha256 = state.tls().map(|t| hex::encode(t.spki_sha256())),
         node_version = state.runner().node_version().unwrap_or("NOT FOUND"),
-        tasks = state.manifest().task_count(),
+        tasks = %task_names(state),
         "nautilus-server ready"
     );
     if let Listen::Tcp(addr) = local {
@@ -451,7 +494,8 @@ fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>
         );
         if let Some(root) = dev_root {
             help.push_str(&format!(
-                "  cargo run -q --bin nautilus-client -- run --url {base} --root {} --allow-debug -- 1 2 3\n",
+                "  {} run --url {base} --root {} --allow-debug -- 1 2 3\n",
+                client_command(),
                 root.display()
             ));
         }

@@ -125,6 +125,11 @@ impl Manifest {
         &self.sha256
     }
 
+    /// The listed tasks' paths, sorted.
+    pub fn task_paths(&self) -> impl Iterator<Item = &str> {
+        self.tasks.iter().map(|t| t.task_path.as_str())
+    }
+
     /// Number of listed tasks.
     pub fn task_count(&self) -> usize {
         self.tasks.len()

@@ -1,5 +1,6 @@
 //! Everything a request handler needs, built once at start.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ pub struct AppState {
     secrets: SecretStore,
     pub(crate) runner: Runner,
     manifest: Manifest,
+    /// Tasks found at start but not served, with why (their `node_modules`
+    /// does not match their lockfile).
+    refused_tasks: BTreeMap<String, task_runner::DependencyError>,
     pub(crate) metrics: Metrics,
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
@@ -125,6 +129,7 @@ impl AppState {
         let tls = config.tls.then(TlsIdentity::generate).transpose()?;
         let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
+        let (tasks, refused_tasks) = check_dependencies(&config.runner.tasks_dir, tasks);
         let declared = tasks
             .iter()
             .flat_map(|t| t.secrets.iter().cloned())
@@ -154,6 +159,7 @@ impl AppState {
             secrets,
             runner,
             manifest,
+            refused_tasks,
             metrics: Metrics::default(),
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             clock_skew: std::sync::Mutex::new(None),
@@ -303,6 +309,42 @@ impl AppState {
         &self.manifest
     }
 
+    /// Why `task_path`, which is not in the manifest, is not served, as the
+    /// error its request gets: refused at start (with the fix), added to the
+    /// tasks directory after start (restart to serve it), or not a task.
+    /// Telling the first two apart from the third shows whether
+    /// `<tasks dir>/<task_path>/package.json` exists; in an enclave the
+    /// tasks directory is part of the image and every task in it is in the
+    /// manifest, so that tells nothing new.
+    pub async fn why_not_served(&self, task_path: String) -> EnclaveError {
+        if let Some(why) = self.refused_tasks.get(&task_path) {
+            return EnclaveError::TaskRefused {
+                task: task_path,
+                why: why.clone(),
+            };
+        }
+        // Only where the runner looks for tasks: directly under the tasks
+        // directory (a package nested in a task's node_modules is not one).
+        if task_path.contains('/') {
+            return EnclaveError::NotInManifest(task_path);
+        }
+        let package = self
+            .config
+            .runner
+            .tasks_dir
+            .join(&task_path)
+            .join("package.json");
+        match tokio::fs::metadata(&package).await {
+            Ok(meta) if meta.is_file() => EnclaveError::AddedAfterStart(task_path),
+            _ => EnclaveError::NotInManifest(task_path),
+        }
+    }
+
+    /// The tasks found at start but not served, with why.
+    pub fn refused_tasks(&self) -> &BTreeMap<String, task_runner::DependencyError> {
+        &self.refused_tasks
+    }
+
     /// The task runner.
     pub fn runner(&self) -> &Runner {
         &self.runner
@@ -312,6 +354,38 @@ impl AppState {
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
+}
+
+/// Splits `tasks` into those whose installed dependencies match their
+/// lockfile and those refused, logging each refusal with its fix: a task
+/// served without its `npm ci` would fail on every call with `Cannot find
+/// module`, signed.
+fn check_dependencies(
+    tasks_dir: &std::path::Path,
+    tasks: Vec<task_runner::TaskInfo>,
+) -> (
+    Vec<task_runner::TaskInfo>,
+    BTreeMap<String, task_runner::DependencyError>,
+) {
+    let mut refused = BTreeMap::new();
+    let served = tasks
+        .into_iter()
+        .filter(
+            |task| match task_runner::check_dependencies(&tasks_dir.join(&task.task_path)) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        task = %task.task_path,
+                        "not serving this task: {}",
+                        crate::error::refusal_text(&task.task_path, &why)
+                    );
+                    refused.insert(task.task_path.clone(), why);
+                    false
+                }
+            },
+        )
+        .collect();
+    (served, refused)
 }
 
 /// Opens the NSM, making `/dev/nsm` root-only first if the driver left it

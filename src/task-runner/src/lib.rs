@@ -189,6 +189,7 @@ mod error;
 mod exec;
 mod isolation;
 mod limiter;
+mod lockfile;
 mod node;
 mod ns;
 mod pool;
@@ -214,6 +215,7 @@ pub use config::RunnerConfig;
 pub use declaration::{SecretValues, TaskDeclaration};
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
+pub use lockfile::{check_installed as check_dependencies, DependencyError};
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
     normalize_task_path, Resources, TaskInfo, TaskRequest, TaskResult, ValidRequest,
@@ -635,11 +637,12 @@ fn log_cgroups(s: &CgroupSummary) {
         tracing::info!(
             version = %s.version,
             controllers = %s.controllers.join(","),
-            memory_max = ?s.memory_max_bytes,
-            swap_max = ?s.swap_max_bytes,
-            pids_max = ?s.pids_max,
-            slot_cpu_weight = ?s.slot_cpu_weight,
-            tasks_cpu_weight = ?s.tasks_cpu_weight,
+            // Options as their value or absent, never `Some(…)`.
+            memory_max = s.memory_max_bytes,
+            swap_max = s.swap_max_bytes,
+            pids_max = s.pids_max,
+            slot_cpu_weight = s.slot_cpu_weight,
+            tasks_cpu_weight = s.tasks_cpu_weight,
             note,
             "cgroups in force per task slot"
         );
