@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     {
         return print_logs(upstream, Duration::from_secs(*connect_timeout_secs)).await;
     }
-    let (Some(listen), Some(upstream)) = (args.listen.clone(), args.upstream.clone()) else {
+    let (Some(listen), Some(upstream)) = (args.listen, args.upstream.clone()) else {
         anyhow::bail!("--listen and --upstream are required");
     };
     tracing_subscriber::fmt()
