@@ -13,7 +13,7 @@
 //   - exactly the keys of the Rust structs: no extra field, no missing one;
 //     null only for `Option` fields;
 //   - integers are JSON numbers, never strings: `intent` 0..255, `exit_code`
-//     an i32, `timestamp_ms` / `execution_time_ms` 0..2^53-1. A u64 above
+//     an i32, `timestamp_ms` / `execution_time_ms` / `resources.*` 0..2^53-1. A u64 above
 //     2^53-1 has no exact JS number, so such responses are rejected rather
 //     than read as a neighbouring value (the server's values are millisecond
 //     times, far below);
@@ -99,6 +99,12 @@ const SIGNATURE_HEX = {
 const option = (inner) => ({ option: inner });
 const vec = (inner) => ({ vec: inner });
 
+const RESOURCES = {
+  struct: [
+    ['cpu_time_ms', U64],
+    ['peak_memory_bytes', U64],
+  ],
+};
 // Field order is the BCS layout (../src/lib.rs): never reorder.
 const TASK_RESULT = {
   struct: [
@@ -116,6 +122,8 @@ const TASK_RESULT = {
     ['stdout_truncated', BOOL],
     ['stderr_truncated', BOOL],
     ['execution_time_ms', U64],
+    ['limit', option(STRING)],
+    ['resources', option(RESOURCES)],
   ],
 };
 const INTENT_MESSAGE = {

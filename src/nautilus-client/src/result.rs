@@ -211,6 +211,8 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             execution_time_ms: 5,
+            limit: None,
+            resources: None,
         };
         edit(&mut data);
         let s = IntentMessage::new(INTENT_TASK_RESULT, 10_000, data)

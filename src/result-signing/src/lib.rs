@@ -45,6 +45,13 @@
 //! | `data.stdout_truncated` | `bool` | `00` / `01` |
 //! | `data.stderr_truncated` | `bool` | `00` / `01` |
 //! | `data.execution_time_ms` | `u64` | 8 bytes little-endian |
+//! | `data.limit` | `Option<String>` | the runner's limit the run hit: `"memory"`, `"time"`, `"pids"`, `"output"` |
+//! | `data.resources` | `Option<Resources>` | `00`, or `01` then `cpu_time_ms` and `peak_memory_bytes`, each `u64` |
+//!
+//! `limit` and `resources` are what the runner and the kernel know (a
+//! memory kill in the task's cgroup, the runner's own timer, the cgroup's
+//! refused forks, the output cap; the box's CPU time and its cgroup's peak
+//! memory), never read from the task's output, so a task cannot forge them.
 //!
 //! The signature is ECDSA over NIST P-256 with SHA-256 of those bytes,
 //! serialized as `r || s` (32 + 32 bytes, big-endian), with `s` in the lower
@@ -74,6 +81,8 @@
 //! 00                                  stderr = ""
 //! 00 00                               stdout_truncated, stderr_truncated
 //! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
+//! 00                                  limit = None
+//! 01 …                                resources = Some: 8 + 8 bytes
 //! ```
 //!
 //! Lengths are ULEB128, 7 bits per byte, low bits first: a 200-byte stdout
@@ -111,6 +120,16 @@ pub struct TaskResult {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub execution_time_ms: u64,
+    pub limit: Option<String>,
+    pub resources: Option<Resources>,
+}
+
+/// What a run used, as the runner measured it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
 }
 
 /// The message that is signed: a typed payload with an intent and the

@@ -41,10 +41,12 @@ fn output(cmd: &mut Command) -> (i32, serde_json::Value, String) {
     )
 }
 
-const RESULT_FIELDS: [&str; 13] = [
+const RESULT_FIELDS: [&str; 15] = [
     "args",
     "execution_time_ms",
     "exit_code",
+    "limit",
+    "resources",
     "signal",
     "status",
     "stderr",
