@@ -3,6 +3,8 @@
 //! The kernel starts `/init` from the image's initramfs. [`boot`] then, in
 //! this order, logging one console line per step (`nautilus-init: …`):
 //!
+//! 0. makes `/` a bind mount of the initramfs ([`mounts::leave_rootfs`]), so
+//!    the task runner's `pivot_root` works;
 //! 1. mounts [`mounts::TABLE`]: `/proc`, `/sys`, `/dev` (devtmpfs),
 //!    `/dev/shm`, `/tmp` and `/run` (tmpfs), and cgroup v2 at
 //!    `/sys/fs/cgroup` (the task sandbox creates per-slot cgroups there);
@@ -63,6 +65,12 @@ pub fn log(msg: impl std::fmt::Display) {
 
 /// Steps 1–7 of the module docs. Returns when `/run.sh` has exited.
 pub fn boot() {
+    match mounts::leave_rootfs() {
+        Ok(()) => log("/ is now a bind mount of the initramfs (pivot_root works for task boxes)"),
+        Err(e) => log(format_args!(
+            "moving / off the initial rootfs failed: {e}; task boxes cannot pivot_root"
+        )),
+    }
     for (mount, outcome) in mounts::mount_all(Path::new("/"), mounts::TABLE) {
         match outcome {
             Ok(mounts::Mounted::Now) => {
