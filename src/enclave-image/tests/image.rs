@@ -609,7 +609,7 @@ fn two_assemblies_from_two_copies_are_byte_identical() {
 
 /// The image's own `run.sh` and busybox in a chroot at `root`, with `server`
 /// (a script) standing in for nautilus-server, the init's
-/// `NAUTILUS_ATTESTATION=attestation`, stdin and stdout piped, in a process
+/// `NAUTILUS_ATTESTATION=attestation`, stdin and stdout (with stderr) piped, in a process
 /// group of its own (kill `-pid` to end everything).
 fn chroot_run_sh(root: &Path, attestation: &str, server: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
@@ -639,7 +639,8 @@ fn chroot_run_sh(root: &Path, attestation: &str, server: &str) -> std::process::
         .expect("chroot(8) is installed");
     Command::new(chroot)
         .arg(root)
-        .args(["/bin/sh", "/run.sh"])
+        // stderr with stdout, as the init pipes both into the channel.
+        .args(["/bin/sh", "-c", "exec /bin/sh /run.sh 2>&1"])
         .env_clear()
         .env("NAUTILUS_ATTESTATION", attestation)
         .stdin(std::process::Stdio::piped())
