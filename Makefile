@@ -44,8 +44,8 @@ unit:
 	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --workspace --locked
 	@echo ">> the task runner's and the server's tests again with the warm pool off"
 	NAUTILUS_WARM_POOL=0 NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --locked -p task-runner -p nautilus-server
-	@echo ">> npm test (JavaScript client)"
-	cd clients/js && npm test
+	@echo ">> npm test (JavaScript client; dev dependencies from its lockfile, then Chromium for the browser test)"
+	cd clients/js && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; } && npm test
 	@if [ -s $(SKIPPED) ]; then \
 		echo ">> $$(wc -l < $(SKIPPED)) test(s) SKIPPED, the rest passed:"; sed 's/^/   /' $(SKIPPED); \
 	else \

@@ -1,15 +1,15 @@
 #!/usr/bin/env node
-'use strict';
 // `nautilus-verify`: the commands, flags, JSON output and exit codes of the
 // Rust `nautilus-client` CLI (src/nautilus-client/src/main.rs).
 //   verify-doc, attest: exit 0, or 1 with one line of reason on stderr.
 //   run: 0 (task succeeded), 1 (it ran and failed; the verified result is
 //   still printed), 2 (anything did not verify or could not be run).
 
-const fs = require('node:fs');
-const { verifyAttestation, readPcrFile, TrustedRoot, Client } = require('../lib/index.js');
-const { fromHex } = require('../lib/policy.js');
-const { version } = require('../package.json');
+import fs from 'node:fs';
+import { verifyAttestation, readPcrFile, TrustedRoot, Client } from '../lib/node.js';
+import { fromHex } from '../lib/bytes.js';
+
+const { version } = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 
 /** Largest file `verify-doc`, `--root` or `--pcrs` reads. */
 const MAX_INPUT_FILE = 1024 * 1024;
@@ -51,6 +51,7 @@ const COMMANDS = {
       '--task': { value: 'PATH', help: 'Task directory on the server (default nodejs-task)' },
       '--timeout': { value: 'SECS', number: true, help: 'Seconds before the server stops the task' },
       '--stdin-file': { value: 'F', help: "Send this file's contents (UTF-8) as the task's stdin" },
+      '--compact': { help: "Ask for the compact signed form: the outputs' SHA-256 and lengths are signed (small enough for a chain), the texts beside" },
       ...TRUST_FLAGS,
     },
     rest: 'ARGS',
@@ -230,7 +231,7 @@ async function execute({ command, opts, positional, rest }) {
       options.nonce = fromHex(opts['--nonce']);
       if (options.nonce === null) throw new Error('--nonce is not valid hex');
     }
-    return { output: verifyAttestation(bytes, options), code: 0 };
+    return { output: await verifyAttestation(bytes, options), code: 0 };
   }
   const options = trust(opts);
   const client = await Client.connect(opts['--url'], options);
@@ -240,6 +241,7 @@ async function execute({ command, opts, positional, rest }) {
   }
   const spec = { taskPath: opts['--task'] ?? 'nodejs-task', args: rest };
   if (opts['--timeout'] !== undefined) spec.timeoutSecs = opts['--timeout'];
+  if (opts['--compact']) spec.signing = 'compact';
   if (opts['--stdin-file'] !== undefined) spec.stdin = utf8(readLimited(opts['--stdin-file'], MAX_STDIN_FILE), '--stdin-file');
   const signed = await client.runTask(spec);
   return { output: signed, code: signed.response.data.status === 'success' ? 0 : 1 };

@@ -1,15 +1,14 @@
-'use strict';
 // The online flow of the Rust `nautilus-client` (src/nautilus-client/src/client.rs):
 // attest once (fresh nonce, user_data = SHA-256 of /manifest), then run
 // tasks and return only answers that pass every check of verifyResult.
 
-const crypto = require('node:crypto');
-const http = require('node:http');
-const https = require('node:https');
-const { verifyAttestation, toRoot } = require('./attestation.js');
-const { checkShape, verifyResult, normalizeTaskPath, p256PublicKey, canonicalSignedResponse } = require('./result.js');
-const { ClientError, AttestationError, ConfigError, ResultError, printable } = require('./errors.js');
-const { fromHex } = require('./policy.js');
+import crypto from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import { verifyAttestation, toRoot } from './attestation.js';
+import { checkShape, verifyResult, normalizeTaskPath, p256PublicKey, canonicalSignedResponse } from './result.js';
+import { ClientError, AttestationError, ConfigError, ResultError, printable } from './errors.js';
+import { fromHex } from './policy.js';
 
 /** Largest `/get_attestation` body: a 64 KiB document as hex, plus framing. */
 const MAX_ATTESTATION_RESPONSE = 256 * 1024;
@@ -206,7 +205,7 @@ class Client {
     }
     let attestation;
     try {
-      attestation = verifyAttestation(documentBytes, { ...options, root, nonce });
+      attestation = await verifyAttestation(documentBytes, { ...options, root, nonce });
     } catch (e) {
       if (e instanceof AttestationError) throw new ClientError('Attestation', {}, e);
       if (e instanceof ConfigError) throw new ClientError('Config', {}, e);
@@ -214,7 +213,7 @@ class Client {
     }
     if (attestation.public_key === null) throw new ClientError('NoPublicKey');
     try {
-      p256PublicKey(attestation.public_key);
+      await p256PublicKey(attestation.public_key);
     } catch {
       throw new ClientError('BadPublicKey', { len: attestation.public_key.length / 2 });
     }
@@ -235,14 +234,16 @@ class Client {
 
   /**
    * Runs a task with a fresh nonce and resolves with the signed response
-   * (`{ response: { intent, timestamp_ms, data }, signature }`) only if it is
-   * signed by the attested key and echoes exactly this request.
+   * (`{ response: { intent, timestamp_ms, data }, signature }`; with
+   * `signing: 'compact'`, the compact message and `stdout`, `stderr` beside
+   * it) only if it is signed by the attested key and echoes exactly this request.
    *
-   * @param {{ taskPath: string, args?: string[], stdin?: string, timeoutSecs?: number }} spec
+   * @param {{ taskPath: string, args?: string[], stdin?: string, timeoutSecs?: number, signing?: 'full'|'compact' }} spec
    * @throws {ClientError}
    */
   async runTask(spec) {
-    const { taskPath, args = [], stdin = null, timeoutSecs = null } = spec ?? {};
+    const { taskPath, args = [], stdin = null, timeoutSecs = null, signing = 'full' } = spec ?? {};
+    if (signing !== 'full' && signing !== 'compact') throw new TypeError("`signing` must be 'full' or 'compact'");
     if (typeof taskPath !== 'string') throw new TypeError('`taskPath` must be a string');
     if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw new TypeError('`args` must be an array of strings');
     if (!(stdin === null || typeof stdin === 'string')) throw new TypeError('`stdin` must be a string');
@@ -256,7 +257,7 @@ class Client {
     const limit = limits.max_output_bytes * 2 * JSON_ESCAPE_FACTOR + RESULT_OVERHEAD;
     // setTimeout fires at once for delays past 2^31-1 ms (24.8 days): cap there.
     const timeoutMs = Math.min((timeoutSecs ?? limits.default_timeout_secs) * 1000 + TASK_MARGIN_MS, 2 ** 31 - 1);
-    const payload = { task_path: taskPath, ...(timeoutSecs === null ? {} : { timeout_secs: timeoutSecs }), args, ...(stdin === null ? {} : { stdin }), nonce };
+    const payload = { task_path: taskPath, ...(timeoutSecs === null ? {} : { timeout_secs: timeoutSecs }), args, ...(stdin === null ? {} : { stdin }), nonce, ...(signing === 'full' ? {} : { signing }) };
 
     const notBeforeMs = Date.now();
     const body = await request(new URL('process_data', this.base), {
@@ -273,8 +274,12 @@ class Client {
     } catch (e) {
       throw new ClientError('Malformed', { what: 'task result', reason: printable(e.message) });
     }
+    // The form asked for, told by the fields: a relay cannot swap one for the other.
+    if (Object.hasOwn(signed, 'stdout') !== (signing === 'compact')) {
+      throw new ClientError('Malformed', { what: 'task result', reason: `not the ${signing} form asked for` });
+    }
     try {
-      verifyResult(signed, {
+      await verifyResult(signed, {
         publicKey: this.publicKey,
         expect: { taskPath, args, stdin, nonce, taskDigest: entry.task_digest, notBeforeMs, notAfterMs },
       });
@@ -286,4 +291,4 @@ class Client {
   }
 }
 
-module.exports = { Client, MAX_ATTESTATION_RESPONSE, MAX_MANIFEST_RESPONSE };
+export { Client, MAX_ATTESTATION_RESPONSE, MAX_MANIFEST_RESPONSE };

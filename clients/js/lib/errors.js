@@ -1,4 +1,3 @@
-'use strict';
 // Error classes. Each carries `code` (the name of the Rust enum variant it
 // mirrors, e.g. 'CoseSignature') and `details` (that variant's fields), and a
 // message worded exactly as the Rust `Display` of the same error, with the
@@ -164,7 +163,7 @@ function printable(raw) {
   return out;
 }
 
-module.exports = {
+export {
   AttestationError,
   ConfigError,
   ResultError,

@@ -28,7 +28,7 @@ function assertSucceeded(out) {
   assert.strictEqual(out.stderr, '');
 }
 
-test('verifies a real document at its own time and prints its fields as one JSON line', () => {
+test('verifies a real document at its own time and prints its fields as one JSON line', async () => {
   const out = cli(['verify-doc', NONDEBUG, '--at-doc-time']);
   assertSucceeded(out);
   assert.strictEqual(out.stdout.split('\n').length, 2, 'one line');
@@ -55,7 +55,7 @@ test('verifies a real document at its own time and prints its fields as one JSON
   assertSucceeded(at);
 });
 
-test('failures exit 1 with one line of reason', () => {
+test('failures exit 1 with one line of reason', async () => {
   const pcrs = tmpFile('pcrs.json', JSON.stringify({ Measurements: { PCR0: '11'.repeat(48) } }));
   const eifLines = tmpFile('pcrs.txt', `${'11'.repeat(48)} PCR0\n`);
   const cases = [
@@ -100,7 +100,7 @@ function pcrFiles(name, wrong) {
   ];
 }
 
-test('PCR files in each accepted format verify, a wrong PCR is refused, and the note says how the file was read', () => {
+test('PCR files in each accepted format verify, a wrong PCR is refused, and the note says how the file was read', async () => {
   for (const doc of [BASE, 'signal_svr2_2023-05-24.cbor']) {
     for (const wrong of [null, '0', '2']) {
       for (const [format, content] of pcrFiles(doc, wrong)) {
@@ -120,7 +120,7 @@ test('PCR files in each accepted format verify, a wrong PCR is refused, and the 
   }
 });
 
-test('argument errors are one line with the documented exit codes', () => {
+test('argument errors are one line with the documented exit codes', async () => {
   const cases = [
     [[], 1],
     [['verify-doc'], 1],

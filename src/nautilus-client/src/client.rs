@@ -5,12 +5,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use attestation_verify::{AttestationDocument, Policy, TrustedRoot, VerifiedDocument};
 use rand_core::{OsRng, RngCore};
 use reqwest::{StatusCode, Url};
-use result_signing::{decode_public_key, SignedResponse, TaskResult, VerifyingKey};
+use result_signing::{
+    decode_public_key, CompactSignedResponse, IntentMessage, SignedResponse, SignedTaskResult,
+    Signing, TaskResult, VerifyingKey,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::result::{
-    normalize_task_path, verify_result, Expected, ResultError, DEFAULT_CLOCK_SKEW,
+    normalize_task_path, verify_signed, Expected, ResultError, DEFAULT_CLOCK_SKEW,
 };
 
 /// Largest `/get_attestation` body: a 64 KiB document as hex, plus framing.
@@ -147,6 +150,9 @@ pub struct TaskSpec {
     /// Text fed to the task's stdin; the signed result carries its SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// What the enclave signs: the whole result (default) or the compact
+    /// form (the outputs' SHA-256 and lengths; small enough for a chain).
+    pub signing: Signing,
 }
 
 impl TaskSpec {
@@ -178,6 +184,12 @@ impl TaskSpec {
     /// Sets the timeout in seconds.
     pub fn timeout_secs(mut self, secs: u64) -> Self {
         self.timeout_secs = Some(secs);
+        self
+    }
+
+    /// Sets which form of the result the enclave signs.
+    pub fn signing(mut self, signing: Signing) -> Self {
+        self.signing = signing;
         self
     }
 }
@@ -253,20 +265,24 @@ impl Manifest {
 /// A result whose signature and contents were verified.
 #[derive(Debug, Clone)]
 pub struct VerifiedResult {
-    signed: SignedResponse<TaskResult>,
+    signed: SignedTaskResult,
+    /// The whole result; in the compact form, rebuilt from the signed
+    /// message and the texts whose digests it carries.
+    message: IntentMessage<TaskResult>,
 }
 
 impl VerifiedResult {
     /// What the task did: output, exit code, status, timing.
     pub fn data(&self) -> &TaskResult {
-        &self.signed.response.data
+        &self.message.data
     }
     /// When the enclave signed the result, in ms since the UNIX epoch.
     pub fn timestamp_ms(&self) -> u64 {
-        self.signed.response.timestamp_ms
+        self.message.timestamp_ms
     }
-    /// The response exactly as signed, for archiving or re-verification.
-    pub fn signed(&self) -> &SignedResponse<TaskResult> {
+    /// The response exactly as received, for archiving, re-verification or
+    /// (compact form) submitting to a chain.
+    pub fn signed(&self) -> &SignedTaskResult {
         &self.signed
     }
 }
@@ -413,9 +429,20 @@ impl Client {
             doc_ms.saturating_add(elapsed_ms(sent.saturating_duration_since(received))),
             doc_ms.saturating_add(elapsed_ms(answered.saturating_duration_since(asked))),
         );
-        let signed: SignedResponse<TaskResult> = parse_json(&body, "task result")?;
+        // Parsed as the form asked for: a server answering in the other one
+        // is refused here, by the exact field set.
+        let signed = match spec.signing {
+            Signing::Full => SignedTaskResult::Full(parse_json::<SignedResponse<TaskResult>>(
+                &body,
+                "task result",
+            )?),
+            Signing::Compact => SignedTaskResult::Compact(parse_json::<CompactSignedResponse>(
+                &body,
+                "compact task result",
+            )?),
+        };
 
-        verify_result(
+        let message = verify_signed(
             &signed,
             &self.key,
             &Expected {
@@ -430,7 +457,7 @@ impl Client {
                 attested_window_ms: Some(attested_window_ms),
             },
         )?;
-        Ok(VerifiedResult { signed })
+        Ok(VerifiedResult { signed, message })
     }
 }
 

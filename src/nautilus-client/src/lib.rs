@@ -45,3 +45,4 @@ pub use attestation_verify::{
 };
 pub use client::{Client, ClientError, Manifest, ManifestTask, TaskSpec, VerifiedResult};
 pub use result::{Expected, ResultError};
+pub use result_signing::{SignedTaskResult, Signing};

@@ -94,6 +94,10 @@ struct RunArgs {
     /// Send this file's contents (UTF-8) as the task's stdin.
     #[arg(long)]
     stdin_file: Option<PathBuf>,
+    /// Ask for the compact signed form: the enclave signs the outputs'
+    /// SHA-256 and lengths (small enough for a chain), texts beside it.
+    #[arg(long)]
+    compact: bool,
     #[command(flatten)]
     trust: TrustArgs,
     /// Arguments for the task.
@@ -203,6 +207,9 @@ async fn run(command: Command) -> anyhow::Result<u8> {
             let mut spec = TaskSpec::new(a.task).args(a.args);
             if let Some(t) = a.timeout {
                 spec = spec.timeout_secs(t);
+            }
+            if a.compact {
+                spec = spec.signing(nautilus_client::Signing::Compact);
             }
             if let Some(path) = &a.stdin_file {
                 let bytes = read_limited(path, MAX_STDIN_FILE)?;

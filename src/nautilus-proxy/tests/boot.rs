@@ -278,6 +278,8 @@ impl<'a> Guest<'a> {
         let root_file = work.join("dev-root.pem");
         std::fs::write(&root_file, &pem)?;
         let upstream = format!("unix:{}#{SERVER_PORT}", vm.uds.display());
+        // The VM's server runs with dev attestation, which expects no PROXY
+        // header (the test support turns it off).
         let proxy = runtime.block_on(Proxy::start(&["--upstream", &upstream]));
         let url = proxy.url();
         Ok(Self {

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::Json;
-use result_signing::{IntentMessage, TaskResult, INTENT_TASK_RESULT};
+use axum::{Extension, Json};
+use result_signing::{IntentMessage, SignedTaskResult, Signing, TaskResult, INTENT_TASK_RESULT};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{parse_hex_nonce, ProcessDataRequest, ProcessedDataResponse};
+use crate::clients::{ClientKey, QueueRefusal};
+use crate::common::{parse_hex_nonce, ProcessDataRequest};
 use crate::error::EnclaveError;
 use crate::state::{now_ms, AppState};
 
@@ -37,6 +38,11 @@ pub struct TaskRequest {
     /// so the client can tell a fresh answer from a replay.
     #[serde(default)]
     pub nonce: Option<String>,
+    /// What is signed: `"full"` (default) signs the whole result; `"compact"`
+    /// signs the outputs' SHA-256 and lengths instead of the texts, small
+    /// enough for a chain to check, and returns the texts beside it.
+    #[serde(default)]
+    pub signing: Signing,
 }
 
 /// The task `{"payload": {}}` runs: the example from the product description.
@@ -46,22 +52,39 @@ pub use task_runner::DEFAULT_TASK_PATH;
 /// answered as an [`EnclaveError`] (see [`EnclaveError::Json`]).
 pub async fn process_data_route(
     state: State<Arc<AppState>>,
+    client: Option<Extension<ClientKey>>,
     request: Result<Json<ProcessDataRequest<TaskRequest>>, JsonRejection>,
-) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
-    process_data(state, request?).await
+) -> Result<Json<SignedTaskResult>, EnclaveError> {
+    let request = request?;
+    let client = client.map_or(ClientKey::UNKNOWN, |Extension(c)| c);
+    // Round robin between clients: one client's queued tasks do not delay
+    // another's by more than one turn each.
+    let turn = match state.turns.turn(client).await {
+        Ok(turn) => turn,
+        Err(refusal) => {
+            if refusal == QueueRefusal::Full {
+                state.metrics.task_shed();
+            }
+            return Err(refusal.into());
+        }
+    };
+    let response = process_data(state, request).await;
+    drop(turn);
+    response
 }
 
 /// Runs the task and returns its result signed with the attested key.
 pub async fn process_data(
     State(state): State<Arc<AppState>>,
     Json(request): Json<ProcessDataRequest<TaskRequest>>,
-) -> Result<Json<ProcessedDataResponse<TaskResult>>, EnclaveError> {
+) -> Result<Json<SignedTaskResult>, EnclaveError> {
     let TaskRequest {
         task_path,
         timeout_secs,
         args,
         stdin,
         nonce,
+        signing,
     } = request.payload;
     // Validate what the server owns before spending a slot on the task.
     let nonce = nonce
@@ -96,8 +119,11 @@ pub async fn process_data(
         "task finished"
     );
 
-    let data = signed_data(result, nonce);
-    let signed = state.sign(IntentMessage::new(INTENT_TASK_RESULT, now_ms(), data))?;
+    let message = IntentMessage::new(INTENT_TASK_RESULT, now_ms(), signed_data(result, nonce));
+    let signed = match signing {
+        Signing::Full => SignedTaskResult::Full(state.sign(message)?),
+        Signing::Compact => SignedTaskResult::Compact(state.sign_compact(message)?),
+    };
     Ok(Json(signed))
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EnclaveError;
 use crate::state::AppState;
 
-pub use result_signing::{IntentMessage, TaskResult};
+pub use result_signing::{IntentMessage, SignedTaskResult, Signing, TaskResult};
 
 /// The body of every `POST /process_data`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,11 +152,13 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
 
 /// `GET /metrics`: see [`crate::metrics`].
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
-    let budget = state.config().http.max_buffered_body_bytes;
-    let free = state.body_budget.available_permits();
+    // Tasks waiting for their turn are queued tasks too.
+    let mut stats = state.runner().stats();
+    stats.queued += state.tasks_waiting();
+    stats.abandoned_queued += state.tasks_abandoned_waiting();
     let body = state
         .metrics
-        .scrape(&state.runner().stats(), budget.saturating_sub(free))
+        .scrape(&stats, state.body_budget.in_use())
         .map_err(|e| EnclaveError::Internal(format!("metrics encoding failed: {e}")))?;
     Ok((
         [(

@@ -89,6 +89,40 @@ pub struct HttpLimits {
     /// An HTTP/2 connection that sends nothing for this long is pinged, and
     /// closed if the ping is not answered within the same time.
     pub http2_keepalive: Duration,
+    /// Every connection starts with a PROXY protocol v2 header naming the
+    /// client (`nautilus-proxy --proxy-protocol true`); connections without
+    /// one are closed. Only for a listener nobody but the proxy can reach.
+    pub proxy_protocol: bool,
+    /// What one client (one address) may hold.
+    pub per_client: ClientShares,
+    /// After [`BODY_RATE_GRACE`], a request body must have arrived at this
+    /// many bytes a second on average, or it gets 408.
+    pub min_body_bytes_per_sec: u64,
+}
+
+/// How long a body may take before [`HttpLimits::min_body_bytes_per_sec`]
+/// applies: a slow start is not an attack.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientShares {
+    /// Connections open at once; more are closed at once.
+    pub connections: usize,
+    /// Requests in flight at once; more get 429.
+    pub requests: usize,
+    /// Tasks waiting for a turn at once; more get 429.
+    pub queued_tasks: usize,
+}
+
+impl Default for ClientShares {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            requests: 32,
+            queued_tasks: 8,
+        }
+    }
 }
 
 impl Default for HttpLimits {
@@ -101,6 +135,9 @@ impl Default for HttpLimits {
             max_buffered_body_bytes: 64 * 1024 * 1024,
             http2_max_streams: 8,
             http2_keepalive: Duration::from_secs(20),
+            proxy_protocol: false,
+            per_client: ClientShares::default(),
+            min_body_bytes_per_sec: 1024,
         }
     }
 }

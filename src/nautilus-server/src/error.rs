@@ -32,6 +32,16 @@ pub enum EnclaveError {
     /// The server-wide budget for buffered request bodies is used up.
     #[error("the server is receiving too many request bodies at once, retry shortly")]
     BodyBudget,
+    /// The body arrived slower than the minimum data rate.
+    #[error("request body arrived slower than {0} bytes/s")]
+    BodyTooSlow(u64),
+    /// This client holds its share of the server already (its connections,
+    /// requests in flight or queued tasks); others are not affected.
+    #[error("this client has {0}; retry when one has finished")]
+    OverShare(String),
+    /// The whole task queue is full.
+    #[error("the server's task queue is full, retry shortly")]
+    QueueFull,
     /// The body could not be read (the client broke the stream).
     #[error("could not read the request body: {0}")]
     BodyRead(String),
@@ -68,8 +78,11 @@ impl EnclaveError {
         match self {
             EnclaveError::BadRequest(_) | EnclaveError::BodyRead(_) => StatusCode::BAD_REQUEST,
             EnclaveError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            EnclaveError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            EnclaveError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
+            EnclaveError::BodyTimeout(_) | EnclaveError::BodyTooSlow(_) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            EnclaveError::OverShare(_) => StatusCode::TOO_MANY_REQUESTS,
+            EnclaveError::BodyBudget | EnclaveError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             // Unparseable and ill-shaped bodies alike are the caller's: 400, not 422.
             EnclaveError::Json(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => {
                 StatusCode::BAD_REQUEST
@@ -139,7 +152,7 @@ impl IntoResponse for EnclaveError {
             _ => json!({ "error": self.to_string() }),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             // A stalled NSM is not cleared in a second: come back after
             // about as long as a call may take.
             let retry_after = match &self {

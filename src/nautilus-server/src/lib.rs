@@ -3,7 +3,7 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`manifest`], [`metrics`] and [`state`], then the handlers
+//! then [`clients`], [`budget`], [`manifest`], [`metrics`] and [`state`], then the handlers
 //! ([`common`], [`app`]), the [`router`], and [`transport`] on top.
 //!
 //! * [`config`]: what the server is told at start.
@@ -26,7 +26,7 @@
 //! use std::sync::Arc;
 //! use axum::{extract::State, Json};
 //! use nautilus_server::app::{process_data, TaskRequest};
-//! use nautilus_server::common::ProcessDataRequest;
+//! use nautilus_server::common::{ProcessDataRequest, SignedTaskResult};
 //! use nautilus_server::state::{AppState, ServerConfig};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
@@ -40,7 +40,11 @@
 //!         ..Default::default()
 //!     },
 //! };
-//! let Json(signed) = process_data(State(state), Json(request)).await?;
+//! // `"signing": "full"` (the default) signs the whole result.
+//! let Json(SignedTaskResult::Full(signed)) = process_data(State(state), Json(request)).await?
+//! else {
+//!     unreachable!("a full result was asked for")
+//! };
 //! println!("exit code {:?}", signed.response.data.exit_code);
 //! # Ok(())
 //! # }
@@ -50,6 +54,8 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod budget;
+pub mod clients;
 pub mod common;
 pub mod config;
 pub mod error;

@@ -215,6 +215,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a task refused because every place in the queue was taken.
+    pub fn task_shed(&self) {
+        self.shed.inc();
+        self.tasks
+            .get_or_create(&OutcomeLabels { outcome: "shed" })
+            .inc();
+    }
+
     /// Counts a task outcome and, when it ran, its duration.
     pub fn record_task(&self, outcome: &Result<TaskResult, TaskError>) {
         let label = match outcome {

@@ -52,7 +52,11 @@ pub struct AppState {
     /// The latest clock skew measured, see [`AppState::clock_skew`].
     clock_skew: std::sync::Mutex<Option<ClockSkew>>,
     /// Request-body bytes buffered by all requests together.
-    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
+    pub(crate) body_budget: crate::budget::BodyBudget,
+    /// What each client holds: connections and requests in flight.
+    pub(crate) clients: Arc<crate::clients::Clients>,
+    /// Turns to run a task, round robin between clients.
+    pub(crate) turns: Arc<crate::clients::FairQueue>,
 }
 
 /// This server's clock minus the `timestamp` of a fresh attestation
@@ -123,12 +127,7 @@ impl AppState {
         )
         .map_err(StartupError::Manifest)?;
 
-        let body_budget = Arc::new(tokio::sync::Semaphore::new(
-            config
-                .http
-                .max_buffered_body_bytes
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        ));
+        let body_budget = crate::budget::BodyBudget::new(config.http.max_buffered_body_bytes);
         Ok(Self {
             signing_key,
             public_key,
@@ -137,11 +136,27 @@ impl AppState {
             runner,
             manifest,
             metrics: Metrics::default(),
-            config,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             clock_skew: std::sync::Mutex::new(None),
             body_budget,
+            clients: crate::clients::Clients::new(config.http.per_client),
+            turns: crate::clients::FairQueue::new(
+                config.runner.max_concurrent,
+                config.runner.max_queue,
+                config.http.per_client.queued_tasks,
+            ),
+            config,
         })
+    }
+
+    /// Tasks waiting for their turn (before the runner's own queue).
+    pub fn tasks_waiting(&self) -> usize {
+        self.turns.queued()
+    }
+
+    /// Tasks whose request went away while they waited for their turn.
+    pub fn tasks_abandoned_waiting(&self) -> u64 {
+        self.turns.abandoned()
     }
 
     /// A fresh attestation document for `nonce`, binding the server's key
@@ -229,6 +244,14 @@ impl AppState {
         message: IntentMessage<T>,
     ) -> Result<SignedResponse<T>, result_signing::Error> {
         message.sign(&self.signing_key)
+    }
+
+    /// Signs the compact form of a task result with the attested key.
+    pub fn sign_compact(
+        &self,
+        message: IntentMessage<result_signing::TaskResult>,
+    ) -> Result<result_signing::CompactSignedResponse, result_signing::Error> {
+        result_signing::CompactSignedResponse::sign(message, &self.signing_key)
     }
 
     /// The attested public key: 33-byte compressed SEC1.

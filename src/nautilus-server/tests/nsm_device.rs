@@ -35,6 +35,8 @@ fn server_in_private_dev_listening(extra: &str, listen: Option<&str>, args: &[&s
     c.args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .arg(env!("CARGO_BIN_EXE_nautilus-server"))
         .args(["--attestation", "nsm"])
+        // The test connects directly, not through nautilus-proxy.
+        .args(["--proxy-protocol", "false"])
         .args(listen.iter().flat_map(|l| ["--listen", l]))
         .args([
             "--tasks-dir",
