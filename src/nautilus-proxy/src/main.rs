@@ -1,4 +1,5 @@
-//! `nautilus-proxy`: flags → [`ProxyConfig`], then relay until SIGTERM.
+//! `nautilus-proxy`: flags → [`ProxyConfig`], then relay until SIGTERM; or
+//! `nautilus-proxy logs`: print the enclave's status and log channel.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -13,15 +14,19 @@ use nautilus_proxy::{serve, Limits, ListenAddr, ProxyConfig, SourceLimits, Upstr
     version,
     about = "Relays TCP connections to a Nautilus enclave's vsock port",
     after_help = "Upstreams: vsock://CID:PORT (the enclave), tcp://HOST:PORT, \
-                  unix:PATH#PORT (hybrid vsock: Firecracker, vhost-device-vsock)."
+                  unix:PATH#PORT (hybrid vsock: Firecracker, vhost-device-vsock).",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// `tcp://IP:PORT` to accept clients on.
-    #[arg(long, env = "NAUTILUS_PROXY_LISTEN")]
-    listen: ListenAddr,
+    #[arg(long, env = "NAUTILUS_PROXY_LISTEN", required = true)]
+    listen: Option<ListenAddr>,
     /// Where each connection is relayed to.
-    #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM")]
-    upstream: Upstream,
+    #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM", required = true)]
+    upstream: Option<Upstream>,
     /// Connections relayed at once; past this, new ones are closed at once.
     #[arg(long, env = "NAUTILUS_PROXY_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -81,6 +86,34 @@ struct Args {
     drain_timeout_secs: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Print the enclave's status and log channel (its vsock port 3001): the
+    /// backlog, then new lines as they come, until the enclave closes it or
+    /// Ctrl-C. Lines starting `nautilus-status: ` say whether the server runs
+    /// and, when it does not, why. Needs no debug mode.
+    Logs {
+        /// The channel: vsock://CID:3001 on the parent, or unix:PATH#3001.
+        #[arg(long)]
+        upstream: Upstream,
+        /// Seconds to open the connection.
+        #[arg(long, default_value_t = 5, value_parser = secs)]
+        connect_timeout_secs: u64,
+    },
+}
+
+/// Copies the channel to stdout until it closes.
+async fn print_logs(upstream: &Upstream, connect: Duration) -> anyhow::Result<()> {
+    let mut stream = upstream.connect(connect).await.with_context(|| {
+        format!("could not open the enclave's status and log channel at {upstream}")
+    })?;
+    let mut stdout = tokio::io::stdout();
+    tokio::io::copy(&mut stream, &mut stdout)
+        .await
+        .context("reading the status and log channel")?;
+    Ok(())
+}
+
 /// A timeout of 0 would close everything; a day is far past any use.
 fn secs(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
@@ -90,9 +123,9 @@ fn secs(s: &str) -> Result<u64, String> {
 }
 
 impl Args {
-    fn config(&self) -> ProxyConfig {
+    fn config(&self, upstream: Upstream) -> ProxyConfig {
         ProxyConfig {
-            upstream: self.upstream.clone(),
+            upstream,
             max_connections: self.max_connections,
             limits: Limits {
                 connect: Duration::from_secs(self.connect_timeout_secs),
@@ -116,6 +149,16 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::Logs {
+        upstream,
+        connect_timeout_secs,
+    }) = &args.command
+    {
+        return print_logs(upstream, Duration::from_secs(*connect_timeout_secs)).await;
+    }
+    let (Some(listen), Some(upstream)) = (args.listen, args.upstream.clone()) else {
+        anyhow::bail!("--listen and --upstream are required");
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -129,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let config = args.config();
+    let config = args.config(upstream);
     let (fds, raise_error) = raise_nofile();
     if let Some(e) = raise_error {
         tracing::warn!(error = %e, fds, "could not raise the descriptor limit to its hard limit");
@@ -145,9 +188,9 @@ async fn main() -> anyhow::Result<()> {
              or lower --max-connections"
         );
     }
-    let listener = tokio::net::TcpListener::bind(args.listen.0)
+    let listener = tokio::net::TcpListener::bind(listen.0)
         .await
-        .with_context(|| format!("could not listen on tcp://{}", args.listen.0))?;
+        .with_context(|| format!("could not listen on tcp://{}", listen.0))?;
     let local = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
         listen = %format_args!("tcp://{local}"),
