@@ -56,11 +56,7 @@ fn targets_missing_an_input_say_what_to_do_before_building() {
             target: "describe",
             vars: vec![out_var.clone()],
             path: None,
-            says: &[
-                "nitro.eif does not exist",
-                "'make image'",
-                "make build-eif",
-            ],
+            says: &["nitro.eif does not exist", "'make image'", "make build-eif"],
         },
         Case {
             target: "eif-crosscheck",

@@ -185,6 +185,8 @@ fn main() -> ExitCode {
         Command::VerifyDoc(a) => a.trust.root.is_some(),
         Command::Attest(a) => a.trust.root.is_some(),
         Command::Run(a) => a.trust.root.is_some(),
+        Command::Secrets(SecretsCommand::Put(a)) => a.trust.root.is_some(),
+        Command::Secrets(SecretsCommand::Keygen { .. }) => false,
     };
     match runtime.block_on(run(cli.command)) {
         Ok(code) => ExitCode::from(code),
