@@ -130,7 +130,8 @@ struct Args {
     tls: Option<OnOff>,
     /// Public key (hex SEC1 P-256, from `nautilus-client secrets keygen`) of
     /// an operator who may set secrets; repeatable. Pin it in the image
-    /// (run.sh), so it is measured and listed in the attested manifest.
+    /// (run.sh), so it is measured and listed in the attested manifest
+    /// [default: none].
     #[arg(long = "operator-key", env = "NAUTILUS_OPERATOR_KEYS", value_delimiter = ',', value_parser = parse_operator_key)]
     operator_keys: Vec<result_signing::VerifyingKey>,
     /// Log as JSON lines instead of text (the variable takes 1/0, true/false,
