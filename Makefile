@@ -63,7 +63,8 @@ lint:
 # meet it (docs/image.md, "Toolchain"). Its own target directory in the shared
 # cache, kept between runs and clones (cargo locks it), so a later run checks
 # only the workspace crates again.
-MSRV := $(shell sed -n 's/^rust-version = "\([0-9.]*\)"/\1/p' Cargo.toml | awk -F. '{print (NF == 2) ? $$0 ".0" : $$0}')
+# Expanded only where used (the msrv recipe), so no other target needs sed or awk.
+MSRV = $(shell sed -n 's/^rust-version = "\([0-9.]*\)"/\1/p' Cargo.toml | awk -F. '{print (NF == 2) ? $$0 ".0" : $$0}')
 MSRV_TARGET_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nautilus/msrv-target
 
 ## msrv: cargo check the workspace with the Rust that Cargo.toml's rust-version names (installs it with rustup when missing)
