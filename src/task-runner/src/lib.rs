@@ -186,6 +186,7 @@
 mod cgroup;
 mod cleanup;
 mod config;
+mod declaration;
 pub mod digest;
 mod error;
 mod exec;
@@ -213,6 +214,9 @@ use tracing::Instrument;
 
 pub use cgroup::CgroupSummary;
 pub use config::RunnerConfig;
+pub use declaration::{
+    DeclarationError, EgressHost, TaskDeclaration, DEFAULT_EGRESS_PORT, MAX_EGRESS_HOSTS,
+};
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
 pub use node::MIN_NODE_MAJOR;
@@ -528,6 +532,7 @@ impl Runner {
                     Ok(staged) => Ok(TaskInfo {
                         task_path: name.clone(),
                         task_digest: staged.digest.clone(),
+                        egress: staged.declaration.egress.clone(),
                     }),
                     Err(refused) => Err(refused.to_error()),
                 })
@@ -548,9 +553,14 @@ impl Runner {
                 continue;
             };
             let task_digest = digest::digest_tree(&task.dir, inner.tree_limits())?;
+            let egress = match task::entry_point(&task.dir) {
+                Ok(_) => task::declaration(&task.dir)?.egress,
+                Err(_) => Vec::new(),
+            };
             tasks.push(TaskInfo {
                 task_path: task.task_path,
                 task_digest,
+                egress,
             });
         }
         Ok(tasks)

@@ -197,6 +197,9 @@ pub struct TaskInfo {
     pub task_path: String,
     /// Digest of its files.
     pub task_digest: String,
+    /// The destinations it declares (`"host:port"`, see
+    /// [`TaskDeclaration`](crate::TaskDeclaration)); empty: no network.
+    pub egress: Vec<crate::EgressHost>,
 }
 
 #[cfg(test)]

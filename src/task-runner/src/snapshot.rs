@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::declaration::TaskDeclaration;
 use crate::digest::{self, TreeLimits};
 use crate::{cleanup, request, task, ConfigError, TaskError};
 
@@ -35,6 +36,9 @@ pub(crate) struct Staged {
     pub digest: String,
     /// The entry file relative to the task's directory, or why it has none.
     pub entry: Result<PathBuf, Refused>,
+    /// What its `package.json` declares (nothing when it has no entry: it
+    /// never runs).
+    pub declaration: TaskDeclaration,
 }
 
 /// Why a task in the snapshot cannot run; turned into the error a per-run
@@ -148,7 +152,18 @@ fn stage_one(root: &Path, src: &Path, dst: &Path, limits: TreeLimits) -> Result<
     task::stage(src, dst, limits).map_err(|e| Refused::from_error(e.into()))?;
     let digest = digest::digest_tree(dst, limits).map_err(|e| Refused::from_error(e.into()))?;
     let entry = task::entry_point(dst).map_err(Refused::from_error);
-    Ok(Staged { digest, entry })
+    // A malformed declaration refuses the task outright (and a server with
+    // it refuses to start): running it without what it declared would fail
+    // later, less clearly.
+    let declaration = match entry {
+        Ok(_) => task::declaration(dst).map_err(Refused::from_error)?,
+        Err(_) => TaskDeclaration::default(),
+    };
+    Ok(Staged {
+        digest,
+        entry,
+        declaration,
+    })
 }
 
 impl Drop for Snapshot {
