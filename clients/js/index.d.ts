@@ -110,6 +110,17 @@ export interface TaskResult {
   stdout_truncated: boolean;
   stderr_truncated: boolean;
   execution_time_ms: number;
+  /** One entry per declared destination the task connected to (docs/egress.md). */
+  egress: EgressEntry[];
+}
+
+/** What one destination carried during a run. */
+export interface EgressEntry {
+  host: string;
+  port: number;
+  connections: number;
+  bytes_out: number;
+  bytes_in: number;
 }
 
 export interface SignedResponse {

@@ -13,7 +13,8 @@
 //   - exactly the keys of the Rust structs: no extra field, no missing one;
 //     null only for `Option` fields;
 //   - integers are JSON numbers, never strings: `intent` 0..255, `exit_code`
-//     an i32, `timestamp_ms` / `execution_time_ms` 0..2^53-1. A u64 above
+//     an i32, `egress[].port` a u16, `timestamp_ms` / `execution_time_ms` and
+//     the `egress` counts 0..2^53-1. A u64 above
 //     2^53-1 has no exact JS number, so such responses are rejected rather
 //     than read as a neighbouring value (the server's values are millisecond
 //     times, far below);
@@ -74,6 +75,11 @@ const U64 = {
   is: (v) => Number.isSafeInteger(v) && v >= 0,
   encode: (v) => fixed(8, (b) => b.writeBigUInt64LE(BigInt(v))),
 };
+const U16 = {
+  expected: 'a u16: a JSON number, integer 0..65535',
+  is: (v) => Number.isInteger(v) && v >= 0 && v <= 65535,
+  encode: (v) => fixed(2, (b) => b.writeUInt16LE(v)),
+};
 const I32 = {
   expected: 'an i32: a JSON number, integer -2^31..2^31-1',
   is: (v) => Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31,
@@ -99,6 +105,16 @@ const SIGNATURE_HEX = {
 const option = (inner) => ({ option: inner });
 const vec = (inner) => ({ vec: inner });
 
+// One destination a task reached (docs/egress.md).
+const EGRESS_ENTRY = {
+  struct: [
+    ['host', STRING],
+    ['port', U16],
+    ['connections', U64],
+    ['bytes_out', U64],
+    ['bytes_in', U64],
+  ],
+};
 // Field order is the BCS layout (../src/lib.rs): never reorder.
 const TASK_RESULT = {
   struct: [
@@ -116,6 +132,7 @@ const TASK_RESULT = {
     ['stdout_truncated', BOOL],
     ['stderr_truncated', BOOL],
     ['execution_time_ms', U64],
+    ['egress', vec(EGRESS_ENTRY)],
   ],
 };
 const INTENT_MESSAGE = {

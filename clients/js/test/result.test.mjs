@@ -37,6 +37,7 @@ function signed(nonce, edit = () => {}) {
     stdout_truncated: false,
     stderr_truncated: false,
     execution_time_ms: 5,
+    egress: [],
   };
   edit(data);
   const response = { intent: 0, timestamp_ms: 10_000, data };

@@ -211,6 +211,7 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             execution_time_ms: 5,
+            egress: Vec::new(),
         };
         edit(&mut data);
         let s = IntentMessage::new(INTENT_TASK_RESULT, 10_000, data)

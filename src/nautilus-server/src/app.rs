@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
-use result_signing::{IntentMessage, TaskResult, INTENT_TASK_RESULT};
+use result_signing::{EgressEntry, IntentMessage, TaskResult, INTENT_TASK_RESULT};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{parse_hex_nonce, ProcessDataRequest, ProcessedDataResponse};
@@ -117,5 +117,16 @@ fn signed_data(r: task_runner::TaskResult, nonce: Option<String>) -> TaskResult 
         stdout_truncated: r.stdout_truncated,
         stderr_truncated: r.stderr_truncated,
         execution_time_ms: r.execution_time_ms,
+        egress: r
+            .egress
+            .into_iter()
+            .map(|e| EgressEntry {
+                host: e.host,
+                port: e.port,
+                connections: e.connections,
+                bytes_out: e.bytes_out,
+                bytes_in: e.bytes_in,
+            })
+            .collect(),
     }
 }

@@ -45,6 +45,12 @@
 //! | `data.stdout_truncated` | `bool` | `00` / `01` |
 //! | `data.stderr_truncated` | `bool` | `00` / `01` |
 //! | `data.execution_time_ms` | `u64` | 8 bytes little-endian |
+//! | `data.egress` | `Vec<EgressEntry>` | ULEB128 count, then each entry: |
+//! | `  .host` | `String` | a destination the task declared and connected to |
+//! | `  .port` | `u16` | 2 bytes little-endian |
+//! | `  .connections` | `u64` | 8 bytes little-endian |
+//! | `  .bytes_out` | `u64` | same: bytes the task sent there |
+//! | `  .bytes_in` | `u64` | same: bytes it received from there |
 //!
 //! The signature is ECDSA over NIST P-256 with SHA-256 of those bytes,
 //! serialized as `r || s` (32 + 32 bytes, big-endian), with `s` in the lower
@@ -74,13 +80,15 @@
 //! 00                                  stderr = ""
 //! 00 00                               stdout_truncated, stderr_truncated
 //! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
+//! 00                                  egress: no entries
 //! ```
 //!
 //! Lengths are ULEB128, 7 bits per byte, low bits first: a 200-byte stdout
 //! starts `c8 01`. `task_result_v2.json` pins the longer forms (a 372-byte
 //! non-ASCII stdout, `f4 02`; a 16384-byte stderr, `80 80 01`) along with a
 //! killed task (`exit_code = None`, `signal = Some("SIGKILL")`);
-//! `task_result_v3.json` a task that exited with code 3.
+//! `task_result_v3.json` a task that exited with code 3; `task_result_v4.json`
+//! a task that reached two declared hosts (`egress`).
 //!
 //! [BCS]: https://github.com/diem/bcs
 
@@ -111,6 +119,20 @@ pub struct TaskResult {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub execution_time_ms: u64,
+    /// One entry per declared destination the task connected to (see
+    /// `docs/egress.md`); empty when it reached none.
+    pub egress: Vec<EgressEntry>,
+}
+
+/// What one destination carried during a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEntry {
+    pub host: String,
+    pub port: u16,
+    pub connections: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
 }
 
 /// The message that is signed: a typed payload with an intent and the

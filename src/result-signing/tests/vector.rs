@@ -102,6 +102,14 @@ fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
     out.push(d.stdout_truncated as u8);
     out.push(d.stderr_truncated as u8);
     out.extend_from_slice(&d.execution_time_ms.to_le_bytes());
+    uleb(&mut out, d.egress.len());
+    for e in &d.egress {
+        string(&mut out, &e.host);
+        out.extend_from_slice(&e.port.to_le_bytes());
+        out.extend_from_slice(&e.connections.to_le_bytes());
+        out.extend_from_slice(&e.bytes_out.to_le_bytes());
+        out.extend_from_slice(&e.bytes_in.to_le_bytes());
+    }
     out
 }
 
@@ -150,6 +158,15 @@ fn the_vectors_cover_every_encoding_branch() {
     has("stdout_truncated differing from stderr_truncated", &|d| {
         d.stdout_truncated != d.stderr_truncated
     });
+    has("no egress", &|d| d.egress.is_empty());
+    has(
+        "two egress entries, one with a 2-byte port and counts past 2^32",
+        &|d| {
+            d.egress.len() == 2
+                && d.egress.iter().any(|e| e.port > 255)
+                && d.egress.iter().any(|e| e.bytes_in > u64::from(u32::MAX))
+        },
+    );
 }
 
 #[test]
@@ -182,6 +199,16 @@ fn any_change_to_the_signed_data_breaks_the_signature() {
         |m| m.data.stdout_truncated = !m.data.stdout_truncated,
         |m| m.data.task_digest = "0".repeat(64),
         |m| m.data.execution_time_ms += 1,
+        |m| match m.data.egress.first_mut() {
+            Some(e) => e.bytes_in += 1,
+            None => m.data.egress.push(result_signing::EgressEntry {
+                host: "example.org".into(),
+                port: 443,
+                connections: 1,
+                bytes_out: 0,
+                bytes_in: 0,
+            }),
+        },
     ];
     for (name, v) in vectors() {
         let k = key(&v);

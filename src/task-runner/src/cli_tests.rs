@@ -41,8 +41,9 @@ fn output(cmd: &mut Command) -> (i32, serde_json::Value, String) {
     )
 }
 
-const RESULT_FIELDS: [&str; 13] = [
+const RESULT_FIELDS: [&str; 14] = [
     "args",
+    "egress",
     "execution_time_ms",
     "exit_code",
     "signal",

@@ -129,18 +129,6 @@ impl TaskDeclaration {
         }
         Ok(Self { egress })
     }
-
-    /// The distinct host names, in declaration order: each gets one address
-    /// in the box.
-    pub fn egress_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
-        for e in &self.egress {
-            if !names.contains(&e.host.as_str()) {
-                names.push(&e.host);
-            }
-        }
-        names
-    }
 }
 
 /// `host` or `host:port`, host a DNS name of at least two labels.
@@ -274,15 +262,6 @@ mod tests {
             serde_json::to_string(&d.egress).unwrap(),
             r#"["api.open-meteo.com:443","example.org:443","a.example.org:8443"]"#
         );
-    }
-
-    #[test]
-    fn names_get_one_address_each() {
-        let d = parse(
-            r#"{"nautilus":{"egress":["a.example.org","b.example.org:80","a.example.org:8443"]}}"#,
-        )
-        .unwrap();
-        assert_eq!(d.egress_names(), ["a.example.org", "b.example.org"]);
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub(crate) const NAMESPACES: [(&str, libc::c_int); 5] = [
     ("pid", libc::CLONE_NEWPID),
 ];
 
+/// The name service's file of host names, which each box gets its own of.
+pub(crate) const HOSTS: &str = "/etc/hosts";
 /// Host name inside the box.
 const HOSTNAME: &[u8] = b"nautilus-task";
 /// Where `HOME` and `TMPDIR` point inside the box: a private tmpfs.
@@ -96,7 +98,7 @@ const MSG_ERROR: u32 = 1;
 const MSG_STATUS: u32 = 2;
 
 /// The steps of building the box, named in errors.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 15] = [
     "moving descriptors",
     "making mounts private",
     "binding the task code",
@@ -110,6 +112,8 @@ const STEPS: [&str; 13] = [
     "starting node's process",
     "dropping privileges",
     "executing node",
+    "joining the egress network namespace",
+    "binding /etc/hosts",
 ];
 const STEP_FDS: u32 = 0;
 const STEP_PRIVATE: u32 = 1;
@@ -124,6 +128,8 @@ const STEP_CGROUP: u32 = 9;
 const STEP_FORK: u32 = 10;
 const STEP_ENTER: u32 = 11;
 const STEP_EXEC: u32 = 12;
+const STEP_NETNS: u32 = 13;
+const STEP_HOSTS: u32 = 14;
 
 /// The layout every box gets, decided once at start.
 #[derive(Debug)]
@@ -139,6 +145,9 @@ pub(crate) struct BoxPlan {
     pub scratch_paths: Vec<String>,
     /// tmpfs options of a scratch directory.
     scratch_data: CString,
+    /// Whether the host has an `/etc/hosts` to bind each box's own over
+    /// (see [`crate::egress`]).
+    pub has_hosts: bool,
 }
 
 /// Why the box cannot be planned.
@@ -181,6 +190,7 @@ impl BoxPlan {
             // Digits and ASCII only: no NUL inside.
             scratch_data: CString::new(format!("size={scratch_bytes},mode=1777"))
                 .map_err(|_| PlanError::Nul(PathBuf::from("tmpfs options")))?,
+            has_hosts: Path::new(HOSTS).is_file(),
         })
     }
 
@@ -265,6 +275,11 @@ pub(crate) struct Spec<'a> {
     /// The slot's cgroups: the reaper joins them first, so it and everything
     /// it starts run inside.
     pub cgroup: crate::cgroup::Join,
+    /// The slot's own hosts file, bound read-only over `/etc/hosts`.
+    pub hosts: Option<&'a Path>,
+    /// A network namespace the runner made (with the task's egress
+    /// listeners in it) that the box joins instead of making its own.
+    pub netns: Option<RawFd>,
 }
 
 /// The parent's ends of the task's standard streams.
@@ -325,6 +340,8 @@ struct ChildArgs<'a> {
     control: Option<(RawFd, RawFd)>,
     cgroup: crate::cgroup::Join,
     signals: libc::sigset_t,
+    hosts: Option<&'a CStr>,
+    netns: Option<RawFd>,
 }
 
 /// Starts a box running `node`. Must be called on a thread that lives as long
@@ -358,6 +375,7 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .collect();
     let run_dir = cstr(spec.run_dir.as_os_str())?;
     let cwd = cstr(spec.cwd.as_os_str())?;
+    let hosts = spec.hosts.map(|h| cstr(h.as_os_str())).transpose()?;
 
     let (in_r, in_w) = pipe2()?;
     let control = spec
@@ -392,8 +410,13 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         control: control.as_ref().map(|((r, _), at)| (r.as_raw_fd(), *at)),
         cgroup: spec.cgroup,
         signals,
+        hosts: hosts.as_deref(),
+        netns: spec.netns,
     };
-    let flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag);
+    let mut flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag);
+    if spec.netns.is_some() {
+        flags &= !libc::CLONE_NEWNET;
+    }
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
     // runs `reaper`, which makes only async-signal-safe calls on `args`
     // (valid: the child has its own copy of this stack) and never returns.
@@ -586,10 +609,22 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     if report < 0 {
         libc::_exit(127);
     }
+    // Moved up before the report pipe takes its number, which it may hold.
+    let netns = a.netns.map(high);
     if libc::dup2(report, FD_REPORT) < 0
         || libc::fcntl(FD_REPORT, libc::F_SETFD, libc::FD_CLOEXEC) < 0
     {
         libc::_exit(127);
+    }
+    if let Some(fd) = netns {
+        or_fail(
+            STEP_NETNS,
+            rc_fd(fd).and_then(|fd| {
+                let joined = rc(libc::setns(fd, libc::CLONE_NEWNET));
+                libc::close(fd);
+                joined
+            }),
+        );
     }
     let stdin = high(a.stdin);
     let stdout = high(a.stdout);
@@ -622,6 +657,10 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
             std::ptr::null(),
         )),
     );
+    // Before the work directory is covered: the slot's file lives there.
+    if let Some(hosts) = a.hosts {
+        or_fail(STEP_HOSTS, bind_read_only(hosts, c"/etc/hosts"));
+    }
     // The run directory, read-only, in place of the whole work directory.
     or_fail(
         STEP_CODE,
@@ -793,6 +832,30 @@ unsafe fn start_node(a: &ChildArgs) -> ! {
     fail(STEP_EXEC, io::Error::last_os_error())
 }
 
+/// Binds `source` over `target`, read-only, `nosuid,nodev,noexec`.
+unsafe fn bind_read_only(source: &CStr, target: &CStr) -> io::Result<()> {
+    let none = std::ptr::null::<libc::c_char>();
+    rc(libc::mount(
+        source.as_ptr(),
+        target.as_ptr(),
+        none,
+        libc::MS_BIND,
+        std::ptr::null(),
+    ))?;
+    rc(libc::mount(
+        none,
+        target.as_ptr(),
+        none,
+        libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC,
+        std::ptr::null(),
+    ))
+}
+
 /// A minimal private `/dev`: the harmless character devices, the standard
 /// stream links and a private `/dev/shm`. No NSM, vsock, kmsg, mem or disk.
 unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
@@ -850,7 +913,7 @@ struct IfReqFlags {
 
 /// Brings up the new network namespace's loopback: the task may talk to
 /// itself over 127.0.0.1, and to nothing else.
-unsafe fn loopback_up() -> io::Result<()> {
+pub(crate) unsafe fn loopback_up() -> io::Result<()> {
     let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     if sock < 0 {
         return Err(io::Error::last_os_error());

@@ -188,6 +188,9 @@ pub struct TaskResult {
     pub stderr_truncated: bool,
     /// Wall time from spawning `node` until its main process ended.
     pub execution_time_ms: u64,
+    /// One entry per declared destination the task connected to, in
+    /// declaration order (root mode; empty otherwise).
+    pub egress: Vec<crate::EgressRecord>,
 }
 
 /// A runnable task, as listed by [`Runner::list_tasks`](crate::Runner::list_tasks).

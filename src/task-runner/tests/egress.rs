@@ -74,3 +74,244 @@ fn a_malformed_declaration_refuses_the_listing_with_what_to_fix() {
         assert!(err.to_string().contains(needle), "{package}: {err}");
     }
 }
+
+/// Connects every declared destination to the test server on loopback (the
+/// name is the test's; the sockets and the TLS are real).
+#[derive(Debug)]
+struct ToLoopback;
+
+impl task_runner::EgressConnect for ToLoopback {
+    fn connect<'a>(&'a self, dest: &'a task_runner::EgressHost) -> task_runner::ConnectFuture<'a> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", dest.port)).await?;
+            Ok(Box::new(stream) as Box<dyn task_runner::EgressStream>)
+        })
+    }
+}
+
+/// What the probe task does with its arguments `<mode> <port> [extra]`,
+/// printing `ok …` or `error <code>`.
+const PROBE_JS: &str = r#"'use strict';
+const https = require('node:https');
+const tls = require('node:tls');
+const net = require('node:net');
+const [mode, port, extra] = process.argv.slice(2);
+const host = 'egress.nautilus.test';
+const code = (e) => (e && e.cause && e.cause.code) || (e && e.code) || String(e);
+const get = (url) => new Promise((ok, no) => {
+  https.get(url, (res) => { let b = ''; res.on('data', (c) => { b += c; }); res.on('end', () => ok(b)); res.on('error', no); }).on('error', no);
+});
+const modes = {
+  async all() {
+    const url = `https://${host}:${port}/data`;
+    const viaFetch = await (await fetch(url)).json();
+    const viaGet = JSON.parse(await get(url));
+    return JSON.stringify({ fetch: viaFetch, get: viaGet });
+  },
+  async fetch() { const r = await fetch(extra, { signal: AbortSignal.timeout(10000) }); return String(r.status); },
+  async dns() {
+    const r = new (require('node:dns').promises.Resolver)({ timeout: 3000, tries: 1 });
+    r.setServers([extra]);
+    return (await r.resolve4('registry.npmjs.org')).join(',');
+  },
+  async connect() {
+    return new Promise((ok, no) => {
+      const s = net.connect(Number(port), extra, () => { s.destroy(); ok('connected'); });
+      s.on('error', no);
+      s.setTimeout(10000, () => { s.destroy(); no(new Error('timeout')); });
+    });
+  },
+  async many() {
+    const n = Number(extra);
+    const opened = [];
+    const results = await Promise.all(Array.from({ length: n }, () => new Promise((ok) => {
+      const s = tls.connect({ host, port: Number(port), servername: host }, () => { opened.push(s); ok('up'); });
+      s.on('error', () => ok('down'));
+      s.on('close', () => ok('down'));
+    })));
+    opened.forEach((s) => s.destroy());
+    return `up=${results.filter((r) => r === 'up').length} down=${results.filter((r) => r === 'down').length}`;
+  },
+  async post() {
+    const r = await fetch(`https://${host}:${port}/post`, { method: 'POST', body: Buffer.alloc(Number(extra), 'y') });
+    return (await r.json()).received;
+  },
+  async big() { return (await get(`https://${host}:${port}/big`)).length; },
+  async hold() { await new Promise((r) => setTimeout(r, Number(extra))); return 'held'; },
+};
+modes[mode]().then((o) => console.log(`ok ${o}`), (e) => console.log(`error ${code(e)}`));
+"#;
+
+/// A tasks root with `probe` (declaring the test host on `port`) and
+/// `offline` (declaring nothing), both running [`PROBE_JS`].
+fn probe_root(port: u16) -> tempfile::TempDir {
+    let tasks = tempfile::tempdir().unwrap();
+    let declared = format!(
+        r#"{{"main":"index.js","nautilus":{{"egress":["{}:{port}"]}}}}"#,
+        common::https::TEST_HOST
+    );
+    write(&tasks.path().join("probe"), "package.json", &declared);
+    write(&tasks.path().join("probe"), "index.js", PROBE_JS);
+    write(&tasks.path().join("offline"), "package.json", "{}");
+    write(&tasks.path().join("offline"), "index.js", PROBE_JS);
+    tasks
+}
+
+fn egress_runner(
+    tasks: &Path,
+    server: &common::https::HttpsServer,
+    limits: task_runner::EgressLimits,
+) -> Runner {
+    Runner::new(task_runner::RunnerConfig {
+        egress: limits,
+        egress_connect: Some(std::sync::Arc::new(ToLoopback)),
+        egress_test_ca: Some(server.ca_into(tasks)),
+        ..config_in(tasks)
+    })
+    .unwrap()
+}
+
+async fn probe(runner: &Runner, task: &str, args: &[&str]) -> (String, task_runner::TaskResult) {
+    let result = run_ok(runner, task, args).await;
+    assert_eq!(result.status, "success", "{result:?}");
+    (result.stdout.trim().to_owned(), result)
+}
+
+#[tokio::test]
+async fn a_declared_host_is_reached_over_real_tls_and_accounted() {
+    if skip_unless_root("egress through the box's own listeners") {
+        return;
+    }
+    let server = common::https::HttpsServer::start();
+    let tasks = probe_root(server.port);
+    let runner = egress_runner(tasks.path(), &server, task_runner::EgressLimits::default());
+    let port = server.port.to_string();
+    let (out, result) = probe(&runner, "probe", &["all", &port]).await;
+    let body = out
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("{out} {result:?}"));
+    let got = json(body);
+    assert_eq!(got["fetch"]["hello"], "egress", "{got}");
+    assert_eq!(got["get"]["path"], "/data", "{got}");
+    assert_eq!(result.egress.len(), 1, "{:?}", result.egress);
+    let e = &result.egress[0];
+    assert_eq!(
+        (e.host.as_str(), e.port),
+        (common::https::TEST_HOST, server.port)
+    );
+    assert!(e.connections >= 1, "{e:?}");
+    // Two TLS handshakes and two requests each way, at least.
+    assert!(e.bytes_out > 500 && e.bytes_in > 1000, "{e:?}");
+    // A task without the field has no network, as before, and an empty list.
+    let (out, result) = probe(&runner, "offline", &["all", &port]).await;
+    assert!(out.starts_with("error "), "{out}");
+    assert!(result.egress.is_empty());
+}
+
+#[tokio::test]
+async fn everything_not_declared_fails_fast_in_the_box() {
+    if skip_unless_root("egress refusals in the box") {
+        return;
+    }
+    let server = common::https::HttpsServer::start();
+    let tasks = probe_root(server.port);
+    let runner = egress_runner(tasks.path(), &server, task_runner::EgressLimits::default());
+    let port = server.port.to_string();
+    let other_port = (server.port.wrapping_add(1)).max(1).to_string();
+    // A name the host resolves (and reaches) but the task did not declare.
+    let (out, _) = probe(
+        &runner,
+        "probe",
+        &["fetch", &port, "https://registry.npmjs.org/"],
+    )
+    .await;
+    assert!(
+        out == "error ENOTFOUND" || out == "error EAI_AGAIN",
+        "{out}"
+    );
+    // An IP literal: no route out of the box.
+    let (out, _) = probe(&runner, "probe", &["connect", "443", "1.1.1.1"]).await;
+    assert_eq!(out, "error ENETUNREACH");
+    // The declared host on a port it did not declare.
+    let (out, r) = probe(
+        &runner,
+        "probe",
+        &[
+            "fetch",
+            &port,
+            &format!("https://{}:{other_port}/", common::https::TEST_HOST),
+        ],
+    )
+    .await;
+    assert_eq!(out, "error ECONNREFUSED", "{r:?}");
+    // A DNS server: the host's own, and one on the box's loopback.
+    let nameserver = std::fs::read_to_string("/etc/resolv.conf")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("nameserver ").map(|s| s.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "8.8.8.8".to_owned());
+    for server in [nameserver.as_str(), "127.0.0.1"] {
+        let (out, _) = probe(&runner, "probe", &["dns", &port, server]).await;
+        assert!(out.starts_with("error "), "{server}: {out}");
+    }
+    assert!(runner.stats().egress_connect_failed == 0);
+}
+
+#[tokio::test]
+async fn connection_and_byte_caps_hold() {
+    if skip_unless_root("egress limits") {
+        return;
+    }
+    let server = common::https::HttpsServer::start();
+    let tasks = probe_root(server.port);
+    let limits = task_runner::EgressLimits {
+        max_connections: 2,
+        max_bytes_out: 256 * 1024,
+        max_bytes_in: 256 * 1024,
+        connect_timeout_secs: 5,
+    };
+    let runner = egress_runner(tasks.path(), &server, limits);
+    let port = server.port.to_string();
+    let (out, result) = probe(&runner, "probe", &["many", &port, "4"]).await;
+    assert_eq!(out, "ok up=2 down=2", "{result:?}");
+    assert_eq!(result.egress[0].connections, 2, "{result:?}");
+    assert_eq!(runner.stats().egress_refused_connections, 2);
+    // Within the caps, then past them each way.
+    let (out, _) = probe(&runner, "probe", &["post", &port, "100000"]).await;
+    assert_eq!(out, "ok 100000");
+    let (out, result) = probe(&runner, "probe", &["post", &port, "1000000"]).await;
+    assert!(out.starts_with("error "), "{out}");
+    assert!(result.egress[0].bytes_out <= 256 * 1024, "{result:?}");
+    let (out, result) = probe(&runner, "probe", &["big", &port]).await;
+    assert!(out.starts_with("error ") || out != "ok 1048576", "{out}");
+    assert!(result.egress[0].bytes_in <= 256 * 1024, "{result:?}");
+    assert_eq!(runner.stats().egress_refused_bytes, 2);
+}
+
+#[tokio::test]
+async fn a_boxs_listeners_are_unreachable_from_another_box() {
+    if skip_unless_root("egress listeners per box") {
+        return;
+    }
+    let server = common::https::HttpsServer::start();
+    let tasks = probe_root(server.port);
+    let runner = egress_runner(tasks.path(), &server, task_runner::EgressLimits::default());
+    let port = server.port.to_string();
+    let holder = runner.clone();
+    let held = tokio::spawn(async move { probe(&holder, "probe", &["hold", "0", "4000"]).await });
+    // Its listeners are bound before its code starts, within a second of its slot.
+    for _ in 0..100 {
+        if runner.stats().running == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(runner.stats().running, 1, "the holding task started");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // The holder's listener is on 127.0.0.2 in its own namespace only.
+    let (out, _) = probe(&runner, "offline", &["connect", &port, "127.0.0.2"]).await;
+    assert_eq!(out, "error ECONNREFUSED");
+    assert_eq!(held.await.unwrap().0, "ok held");
+}
