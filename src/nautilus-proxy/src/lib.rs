@@ -7,6 +7,7 @@
 //! deadlines for the first byte, connecting, idleness and stalled writes, and
 //! a bounded drain on shutdown.
 
+pub mod egress;
 pub mod relay;
 pub mod server;
 pub mod upstream;
