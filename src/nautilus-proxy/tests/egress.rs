@@ -98,3 +98,128 @@ async fn only_allowlisted_destinations_are_connected() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(connections.try_recv().is_err());
 }
+
+#[path = "../../task-runner/tests/common/https.rs"]
+mod https;
+mod support;
+
+use https::{HttpsServer, TEST_HOST};
+use nautilus_client::{Client, Policy, TaskSpec};
+use nautilus_server::egress::EgressRoute;
+use nautilus_server::state::ServerConfig;
+use support::{DevServer, Proxy};
+
+const FETCH_JS: &str = r#"'use strict';
+const url = process.argv[2];
+fetch(url).then((r) => r.json()).then(
+  (j) => console.log(`ok ${j.hello}`),
+  (e) => console.log(`error ${(e.cause && e.cause.code) || e.message}`),
+);
+"#;
+
+fn task(root: &std::path::Path, name: &str, dest: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("package.json"),
+        format!(r#"{{"main":"index.js","nautilus":{{"egress":["{dest}"]}}}}"#),
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.js"), FETCH_JS).unwrap();
+}
+
+/// The whole way out, with real parts: a task's `fetch` over TLS from its
+/// box, the server's relay, `nautilus-proxy`'s egress mode (CONNECT, its
+/// own allowlist) and a real HTTPS server with a test CA; the client then
+/// verifies the signed result, its `egress` list against the manifest's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_fetches_through_the_proxy_and_the_client_verifies_its_egress() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { nix::libc::geteuid() } != 0 {
+        skip_report::skipped(
+            "a_task_fetches_through_the_proxy_and_the_client_verifies_its_egress",
+            "needs root (the task's box)",
+        );
+        return;
+    }
+    let server = HttpsServer::start();
+    let port = server.port;
+    let tasks = tempfile::tempdir().unwrap();
+    task(tasks.path(), "fetch", &format!("{TEST_HOST}:{port}"));
+    // Declared by the task (so the server asks), but not on the proxy's list.
+    task(
+        tasks.path(),
+        "sneaky",
+        &format!("other.nautilus.test:{port}"),
+    );
+    let proxy = Proxy::start(&[
+        "--upstream",
+        "tcp://127.0.0.1:9",
+        "--egress-listen",
+        "tcp://127.0.0.1:0",
+        "--egress-allow",
+        &format!("{TEST_HOST}:{port}=127.0.0.1"),
+    ])
+    .await;
+    let ready = proxy.wait_for_line(|l| l.contains("egress ready")).await;
+    let egress: std::net::SocketAddr = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen=tcp://"))
+        .expect("egress listen address")
+        .parse()
+        .unwrap();
+
+    let mut config = ServerConfig::dev();
+    config.runner.tasks_dir = tasks.path().to_owned();
+    config.runner.egress_test_ca = Some(server.ca_into(tasks.path()));
+    config.runner.max_concurrent = 2;
+    config.egress_route = EgressRoute::Tcp {
+        host: "127.0.0.1".into(),
+        port: egress.port(),
+    };
+    let dev = DevServer::start_with(config).await;
+    let url = format!("http://{}", dev.addr);
+    let client = Client::connect(&url, dev.root(), Policy::default().allow_debug(true))
+        .await
+        .expect("attested");
+
+    let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw()).unwrap();
+    assert_eq!(
+        manifest["egress"]["route"],
+        format!("tcp://127.0.0.1:{}", egress.port())
+    );
+    assert!(
+        manifest["egress"]["test_ca_sha256"].is_string(),
+        "{manifest}"
+    );
+    assert_eq!(manifest["egress"]["max_connections"], 8);
+
+    let url = format!("https://{TEST_HOST}:{port}/data");
+    let result = client
+        .run_task(&TaskSpec::new("fetch").args([url.as_str()]))
+        .await
+        .expect("verified");
+    let d = result.data();
+    assert_eq!(d.stdout.trim(), "ok egress", "{d:?}");
+    assert_eq!(d.egress.len(), 1, "{d:?}");
+    assert_eq!(
+        (d.egress[0].host.as_str(), d.egress[0].port),
+        (TEST_HOST, port)
+    );
+    assert!(d.egress[0].bytes_in > 0 && d.egress[0].bytes_out > 0);
+
+    let url = format!("https://other.nautilus.test:{port}/data");
+    let result = client
+        .run_task(&TaskSpec::new("sneaky").args([url.as_str()]))
+        .await
+        .expect("verified");
+    let d = result.data();
+    assert!(d.stdout.starts_with("error "), "{d:?}");
+    assert!(d.egress.is_empty(), "{d:?}");
+    proxy
+        .wait_for_line(|l| {
+            l.contains("other.nautilus.test") && l.contains("not on the egress allowlist")
+        })
+        .await;
+    assert_eq!(dev.state.runner().stats().egress_connect_failed, 1);
+}

@@ -13,7 +13,8 @@
 //! * [`error`]: every failure is an [`error::EnclaveError`] that becomes a JSON
 //!   `{"error": ...}` response with the right status.
 //! * [`router`] wires the routes and middleware; [`transport`] listens on TCP
-//!   or vsock; [`metrics`] exports Prometheus text.
+//!   or vsock; [`metrics`] exports Prometheus text; [`egress`] opens the
+//!   tasks' declared connections out (directly or through the parent).
 //!
 //! Handlers can be called directly, without HTTP:
 //!
@@ -46,6 +47,7 @@
 
 pub mod app;
 pub mod common;
+pub mod egress;
 pub mod error;
 pub mod manifest;
 pub mod metrics;

@@ -46,6 +46,21 @@ impl Limits {
     }
 }
 
+/// How tasks that declare egress reach it (each task's own list is in
+/// `tasks[].egress`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Egress {
+    /// `direct`, or the `CONNECT` proxy connections go through
+    /// (`vsock://3:3128`: the parent).
+    pub route: crate::egress::EgressRoute,
+    /// Per-run caps.
+    #[serde(flatten)]
+    pub limits: task_runner::EgressLimits,
+    /// Hex SHA-256 of the test CA tasks trust besides Node's own store
+    /// (`--egress-test-ca`, dev attestation only); `null` without.
+    pub test_ca_sha256: Option<String>,
+}
+
 #[derive(Serialize)]
 struct ManifestBody<'a> {
     server_version: &'a str,
@@ -55,6 +70,7 @@ struct ManifestBody<'a> {
     isolation: &'a Isolation,
     /// Per-task cgroup limits in force (memory, pids, CPU weight).
     cgroups: &'a CgroupSummary,
+    egress: &'a Egress,
     tasks: &'a [TaskInfo],
 }
 
@@ -74,6 +90,7 @@ impl Manifest {
         limits: Limits,
         isolation: &Isolation,
         cgroups: &CgroupSummary,
+        egress: Egress,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -83,6 +100,7 @@ impl Manifest {
             limits: &limits,
             isolation,
             cgroups,
+            egress: &egress,
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();

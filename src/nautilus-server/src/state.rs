@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub attestation_deadline: Duration,
     /// Connection limits and deadlines.
     pub http: crate::transport::HttpLimits,
+    /// Where the tasks' egress connections go (the runner's connector is
+    /// made from it).
+    pub egress_route: crate::egress::EgressRoute,
 }
 
 impl ServerConfig {
@@ -43,6 +46,7 @@ impl ServerConfig {
     pub fn dev() -> Self {
         Self {
             attestation: AttestationMode::Dev,
+            egress_route: crate::egress::EgressRoute::Direct,
             ..Self::default()
         }
     }
@@ -58,6 +62,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: crate::transport::HttpLimits::default(),
+            egress_route: crate::egress::EgressRoute::parent(),
         }
     }
 }
@@ -83,6 +88,9 @@ pub enum StartupError {
     /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
     Tasks(task_runner::TaskError),
+    /// `--egress-test-ca` with real attestation.
+    #[error("--egress-test-ca is for tests: a server with --attestation nsm refuses it (tasks would trust a CA nobody audits)")]
+    TestCaInNsm,
     /// The manifest could not be serialized.
     #[error("could not serialize the manifest: {0}")]
     Manifest(serde_json::Error),
@@ -164,7 +172,14 @@ impl AppState {
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
-        let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
+        if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
+            return Err(StartupError::TestCaInNsm);
+        }
+        let runner = Runner::new(RunnerConfig {
+            egress_connect: Some(config.egress_route.connector()),
+            ..config.runner.clone()
+        })
+        .map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
         let manifest = Manifest::new(
             config.attestation,
@@ -172,6 +187,11 @@ impl AppState {
             Limits::from_config(&config),
             runner.isolation(),
             runner.cgroups(),
+            crate::manifest::Egress {
+                route: config.egress_route.clone(),
+                limits: config.runner.egress,
+                test_ca_sha256: runner.egress_test_ca_sha256().map(str::to_owned),
+            },
             tasks,
         )
         .map_err(StartupError::Manifest)?;

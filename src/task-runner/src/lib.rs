@@ -325,6 +325,8 @@ struct Inner {
     plan: Option<BoxPlan>,
     /// How egress connections go out.
     connector: Arc<dyn EgressConnect>,
+    /// Hex SHA-256 of the test CA tasks trust besides Node's store.
+    test_ca_sha256: Option<String>,
     isolation: Isolation,
     counters: Counters,
 }
@@ -497,6 +499,7 @@ impl Runner {
                 plan,
                 hosts,
                 connector,
+                test_ca_sha256: test_ca.map(|ca| hex::encode(Sha256::digest(ca.as_bytes()))),
                 snapshot,
                 isolation,
                 counters,
@@ -538,6 +541,12 @@ impl Runner {
     /// The isolation in force, as detected at start.
     pub fn isolation(&self) -> &Isolation {
         &self.inner.isolation
+    }
+
+    /// Hex SHA-256 of the PEM file of [`RunnerConfig::egress_test_ca`], as
+    /// loaded at start.
+    pub fn egress_test_ca_sha256(&self) -> Option<&str> {
+        self.inner.test_ca_sha256.as_deref()
     }
 
     /// The work directory in use (canonical).

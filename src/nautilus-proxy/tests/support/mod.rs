@@ -160,6 +160,10 @@ impl DevServer {
     pub async fn start() -> Self {
         let mut config = ServerConfig::dev();
         config.runner.tasks_dir = repo_root();
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
         let state = Arc::new(AppState::new(config).expect("server state"));
         let bound = Bound::bind(Listen::Tcp("127.0.0.1:0".parse().expect("addr")))
             .await
