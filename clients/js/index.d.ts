@@ -139,6 +139,8 @@ export interface ExpectedResult {
   nonce: string;
   /** The task's digest from the attested manifest, if known. */
   taskDigest?: string | null;
+  /** The task's destinations (`host:port`) from the attested manifest: every signed `egress` entry must be one. */
+  egress?: string[] | null;
   /** The signed timestamp must be within [notBeforeMs - clockSkewMs, notAfterMs + clockSkewMs]. */
   notBeforeMs: number;
   notAfterMs: number;

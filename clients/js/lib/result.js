@@ -284,7 +284,7 @@ const sha256Hex = (bytes) => crypto.createHash('sha256').update(bytes).digest('h
 
 function checkExpect(expect) {
   if (expect === null || typeof expect !== 'object') throw new TypeError('`expect` must be an object');
-  const { taskPath, args = [], stdin = null, nonce, taskDigest = null, notBeforeMs, notAfterMs, clockSkewMs = DEFAULT_CLOCK_SKEW_MS } = expect;
+  const { taskPath, args = [], stdin = null, nonce, taskDigest = null, egress = null, notBeforeMs, notAfterMs, clockSkewMs = DEFAULT_CLOCK_SKEW_MS } = expect;
   if (typeof taskPath !== 'string') throw new TypeError('`expect.taskPath` must be a string');
   if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw new TypeError('`expect.args` must be an array of strings');
   if (!(stdin === null || typeof stdin === 'string' || stdin instanceof Uint8Array)) {
@@ -292,17 +292,21 @@ function checkExpect(expect) {
   }
   if (typeof nonce !== 'string') throw new TypeError('`expect.nonce` must be the hex nonce sent');
   if (!(taskDigest === null || typeof taskDigest === 'string')) throw new TypeError('`expect.taskDigest` must be a string or null');
+  if (!(egress === null || (Array.isArray(egress) && egress.every((e) => typeof e === 'string')))) {
+    throw new TypeError('`expect.egress` must be an array of "host:port" strings or null');
+  }
   for (const [name, v] of [['notBeforeMs', notBeforeMs], ['notAfterMs', notAfterMs], ['clockSkewMs', clockSkewMs]]) {
     if (!Number.isSafeInteger(v) || v < 0) throw new TypeError(`\`expect.${name}\` must be a non-negative integer (ms)`);
   }
-  return { taskPath, args, stdin, nonce, taskDigest, notBeforeMs, notAfterMs, clockSkewMs };
+  return { taskPath, args, stdin, nonce, taskDigest, egress, notBeforeMs, notAfterMs, clockSkewMs };
 }
 
 /**
  * Verifies a signed `/process_data` answer: its shape, the signature under
  * the attested `publicKey` (low-S, intent 0), then that the signed data
  * answers exactly the request `expect` describes: nonce, task path (after
- * normalization), args, SHA-256 of stdin, task digest (if given), a status
+ * normalization), args, SHA-256 of stdin, task digest (if given), every
+ * `egress` entry among the manifest's `host:port`s for the task (if given), a status
  * consistent with the exit code, and a timestamp within
  * [notBeforeMs - clockSkewMs, notAfterMs + clockSkewMs]. Same checks, order
  * and messages as the Rust client's `verify_result`.
@@ -334,6 +338,10 @@ function verifyResult(response, { publicKey, expect } = {}) {
   if (d.stdin_sha256 !== wantStdin) throw mismatch('stdin_sha256', wantStdin ?? 'none', d.stdin_sha256 ?? 'none');
   if (want.taskDigest !== null && d.task_digest !== want.taskDigest) {
     throw mismatch('task_digest', want.taskDigest, d.task_digest);
+  }
+  if (want.egress !== null) {
+    const undeclared = d.egress.find((e) => !want.egress.includes(`${e.host}:${e.port}`));
+    if (undeclared) throw mismatch('egress', `one of ${rustDebugList(want.egress)}`, `${undeclared.host}:${undeclared.port}`);
   }
   const success = d.status === 'success';
   if (success !== (d.exit_code === 0) || !(success || d.status === 'failed')) {

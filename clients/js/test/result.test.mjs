@@ -80,6 +80,14 @@ test('a faithful answer passes and each deviation is named, with the Rust wordin
   assert.strictEqual(mismatch({ taskDigest: 'cd'.repeat(32) }).details.field, 'task_digest');
   // Without a known digest, the digest is not compared.
   check({ taskDigest: null });
+  // A destination the manifest does not list for the task, with the Rust wording.
+  const entry = { host: 'a.example.org', port: 443, connections: 1, bytes_out: 1, bytes_in: 1 };
+  const { signed: reached, key: k3 } = signed('aa', (d) => d.egress.push(entry));
+  const checkReached = (egress) => verifyResult(reached, { publicKey: k3.publicKeyHex, expect: expected({ egress }) });
+  e = resultError(() => checkReached([]), 'Mismatch');
+  assert.strictEqual(e.message, 'signed egress is "a.example.org:443", but "one of []" was asked for');
+  checkReached(['a.example.org:443']);
+  checkReached(null);
   // Stdin as bytes hashes the same.
   check({ stdin: Buffer.from('in') });
 

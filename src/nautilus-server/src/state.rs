@@ -67,6 +67,15 @@ impl Default for ServerConfig {
     }
 }
 
+/// A test CA makes every task trust certificates nobody audits: only with
+/// dev attestation.
+fn check_test_ca(config: &ServerConfig) -> Result<(), StartupError> {
+    if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
+        return Err(StartupError::TestCaInNsm);
+    }
+    Ok(())
+}
+
 /// Default of [`ServerConfig::attestation_deadline`].
 pub const DEFAULT_ATTESTATION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -141,6 +150,8 @@ impl AppState {
     /// Opens the attester, generates the key, builds the runner and freezes
     /// the manifest.
     pub fn new(config: ServerConfig) -> Result<Self, StartupError> {
+        // Before the NSM is opened: the refusal is about the flags.
+        check_test_ca(&config)?;
         let (attester, dev_root_pem): (Arc<dyn Attester>, _) = match config.attestation {
             AttestationMode::Nsm => (Arc::new(open_nsm()?), None),
             AttestationMode::Dev => {
@@ -172,9 +183,7 @@ impl AppState {
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
-        if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
-            return Err(StartupError::TestCaInNsm);
-        }
+        check_test_ca(&config)?;
         let runner = Runner::new(RunnerConfig {
             egress_connect: Some(config.egress_route.connector()),
             ..config.runner.clone()

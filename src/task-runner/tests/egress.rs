@@ -75,15 +75,15 @@ fn a_malformed_declaration_refuses_the_listing_with_what_to_fix() {
     }
 }
 
-/// Connects every declared destination to the test server on loopback (the
-/// name is the test's; the sockets and the TLS are real).
+/// Connects every declared destination to the test server's port on
+/// loopback (the name is the test's; the sockets and the TLS are real).
 #[derive(Debug)]
-struct ToLoopback;
+struct ToLoopback(u16);
 
 impl task_runner::EgressConnect for ToLoopback {
-    fn connect<'a>(&'a self, dest: &'a task_runner::EgressHost) -> task_runner::ConnectFuture<'a> {
+    fn connect<'a>(&'a self, _dest: &'a task_runner::EgressHost) -> task_runner::ConnectFuture<'a> {
         Box::pin(async move {
-            let stream = tokio::net::TcpStream::connect(("127.0.0.1", dest.port)).await?;
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.0)).await?;
             Ok(Box::new(stream) as Box<dyn task_runner::EgressStream>)
         })
     }
@@ -164,7 +164,7 @@ fn egress_runner(
 ) -> Runner {
     Runner::new(task_runner::RunnerConfig {
         egress: limits,
-        egress_connect: Some(std::sync::Arc::new(ToLoopback)),
+        egress_connect: Some(std::sync::Arc::new(ToLoopback(server.port))),
         egress_test_ca: Some(server.ca_into(tasks)),
         ..config_in(tasks)
     })
@@ -314,4 +314,92 @@ async fn a_boxs_listeners_are_unreachable_from_another_box() {
     let (out, _) = probe(&runner, "offline", &["connect", &port, "127.0.0.2"]).await;
     assert_eq!(out, "error ECONNREFUSED");
     assert_eq!(held.await.unwrap().0, "ok held");
+}
+
+/// The repository's example, `fetch-task`, as written: its `fetch` of
+/// Open-Meteo goes to a stand-in with the same name (test CA).
+#[tokio::test]
+async fn the_fetch_task_example_prints_the_temperature() {
+    if skip_unless_root("egress through the box's own listeners") {
+        return;
+    }
+    let server = common::https::HttpsServer::start_for(&["api.open-meteo.com"]);
+    let ca_dir = tempfile::tempdir().unwrap();
+    let runner = Runner::new(task_runner::RunnerConfig {
+        egress_connect: Some(std::sync::Arc::new(ToLoopback(server.port))),
+        egress_test_ca: Some(server.ca_into(ca_dir.path())),
+        ..config_in(repo_root())
+    })
+    .unwrap();
+    let result = run_ok(&runner, "fetch-task", &["48.85", "2.35"]).await;
+    assert_eq!(result.status, "success", "{result:?}");
+    let printed = json(&result.stdout);
+    assert_eq!(printed["temperature_2m"], 21.5, "{printed}");
+    assert_eq!(printed["latitude"], "48.85");
+    let e = &result.egress;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].host.as_str(), e[0].port), ("api.open-meteo.com", 443));
+    // A bad argument never reaches the network.
+    let result = run_ok(&runner, "fetch-task", &["91", "0"]).await;
+    assert_eq!(result.exit_code, Some(2), "{result:?}");
+    assert!(result.egress.is_empty());
+}
+
+/// axios, installed from npm by its lockfile (`npm ci`, cached under
+/// `~/.cache/nautilus/npm-cache`), reaches the declared host unmodified.
+#[tokio::test]
+async fn axios_from_npm_reaches_the_declared_host() {
+    if skip_unless_root("egress through the box's own listeners") {
+        return;
+    }
+    let server = common::https::HttpsServer::start();
+    let tasks = tempfile::tempdir().unwrap();
+    let task = tasks.path().join("axios-task");
+    std::fs::create_dir(&task).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/axios-task");
+    for f in ["package-lock.json", "index.js"] {
+        std::fs::copy(fixture.join(f), task.join(f)).unwrap();
+    }
+    let mut package: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("package.json")).unwrap()).unwrap();
+    package["nautilus"] = serde_json::json!({
+        "egress": [format!("{}:{}", common::https::TEST_HOST, server.port)]
+    });
+    std::fs::write(task.join("package.json"), package.to_string()).unwrap();
+    let cache = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/root".into())
+        .join(".cache/nautilus/npm-cache");
+    let installed = std::process::Command::new("npm")
+        .args([
+            "ci",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+        ])
+        .arg("--cache")
+        .arg(&cache)
+        .current_dir(&task)
+        .output();
+    match installed {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "npm ci failed (it needs the npm registry the first time): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            skip_report::skipped(
+                "axios_from_npm_reaches_the_declared_host",
+                &format!("no npm: {e}"),
+            );
+            return;
+        }
+    }
+    let runner = egress_runner(tasks.path(), &server, task_runner::EgressLimits::default());
+    let url = format!("https://{}:{}/axios", common::https::TEST_HOST, server.port);
+    let result = run_ok(&runner, "axios-task", &[&url]).await;
+    assert_eq!(result.stdout.trim(), "ok egress", "{result:?}");
+    assert_eq!(result.egress.len(), 1, "{result:?}");
+    assert!(result.egress[0].bytes_in > 0);
 }

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 /// The name tasks use for the test server (`.test` is reserved, RFC 2606).
 pub const TEST_HOST: &str = "egress.nautilus.test";
 
-/// Routes: `/big` answers 1 MiB, `/hold` never answers, anything else
+/// Routes: `/big` answers 1 MiB, `/hold` never answers, `/v1/forecast?…`
+/// answers as Open-Meteo does (for `fetch-task`), anything else
 /// answers `{"hello":"egress","received":<request body bytes>,"path":…}`.
 const SERVER_JS: &str = r#"'use strict';
 const https = require('node:https');
@@ -22,6 +23,11 @@ const server = https.createServer({ key: fs.readFileSync(process.argv[1]), cert:
   req.on('end', () => {
     if (req.url === '/big') return res.end(big);
     if (req.url === '/hold') return;
+    if (req.url.startsWith('/v1/forecast?')) {
+      // Open-Meteo's answer, as fetch-task reads it.
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify({ current: { time: '2026-01-01T12:00', temperature_2m: 21.5 } }));
+    }
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ hello: 'egress', received: n, path: req.url }));
   });
@@ -41,8 +47,13 @@ pub struct HttpsServer {
 }
 
 impl HttpsServer {
-    /// Makes the CA and the certificate and starts the server.
+    /// Makes the CA and a certificate for [`TEST_HOST`] and starts the server.
     pub fn start() -> Self {
+        Self::start_for(&[TEST_HOST])
+    }
+
+    /// Makes the CA and a certificate for `names` and starts the server.
+    pub fn start_for(names: &[&str]) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let dir = tempfile::tempdir().unwrap();
         let ca_key = KeyPair::generate().unwrap();
@@ -53,7 +64,7 @@ impl HttpsServer {
             .push(DnType::CommonName, "nautilus egress test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec![TEST_HOST.to_owned()])
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap()
             .signed_by(&leaf_key, &ca, &ca_key)
             .unwrap();
