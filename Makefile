@@ -11,10 +11,15 @@ SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
 .PHONY: run task-deps test lint unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
 
+# The release binaries `make run` builds once; README's commands, `make install`
+# and `make client` reuse them from target/release.
+RELEASE_BINS := --bin nautilus-server --bin nautilus-client --bin task-runner
+
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
 run: task-deps
-	@echo ">> building nautilus-server (release; the first build takes a few minutes)"
-	$(CARGO) run --release --bin nautilus-server -- \
+	@echo ">> building nautilus-server, nautilus-client and task-runner (release, into target/release; the first build takes a few minutes)"
+	$(CARGO) build --release --locked $(RELEASE_BINS)
+	target/release/nautilus-server \
 		--attestation dev --listen $(LISTEN) --tasks-dir . --dev-root-out out/dev-root.pem
 
 # Dependencies of the example tasks for local runs, from their lockfiles (the
@@ -72,11 +77,12 @@ proxy:
 		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000 \
 		$(if $(EGRESS_ALLOW),--egress-listen vsock://3128 --egress-allow $(EGRESS_ALLOW))
 
-## install: build and install the nautilus-client and task-runner CLIs into $(PREFIX)/bin
+## install: install the nautilus-client and task-runner CLIs into $(PREFIX)/bin (reuses make run's release build)
 install:
+	$(CARGO) build --release --locked $(RELEASE_BINS)
 	@echo ">> installing nautilus-client and task-runner into $(PREFIX)/bin"
-	$(CARGO) install --locked --root $(PREFIX) --path src/nautilus-client
-	$(CARGO) install --locked --root $(PREFIX) --path src/task-runner
+	install -d $(PREFIX)/bin
+	install -m 0755 target/release/nautilus-client target/release/task-runner $(PREFIX)/bin/
 
 ## bench: the release server against bare Node.js spawns, side by side (not part of the tests)
 bench:
@@ -121,7 +127,7 @@ mutants:
 
 # ---------------------------------------------------------------- enclave ----
 # `make image` needs no container engine; `make build-eif` builds the same way
-# inside pinned StageX images. README.md ("Deploying on AWS Nitro Enclaves")
+# inside pinned StageX images. docs/image.md
 # explains both.
 
 KERNEL ?= /usr/share/nitro_enclaves/blobs/bzImage

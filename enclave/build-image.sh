@@ -130,9 +130,6 @@ install -m 0755 "$ROOT/run.sh" "$APP/run.sh"
 install -m 0755 "$BIN_DIR/nautilus-server" "$APP/usr/bin/nautilus-server"
 install -m 0644 "$ENCLAVE/passwd" "$APP/etc/passwd"
 install -m 0644 "$ENCLAVE/group" "$APP/etc/group"
-# Name lookups from files only; each task box binds its own hosts file here.
-install -m 0644 "$ENCLAVE/hosts" "$APP/etc/hosts"
-install -m 0644 "$ENCLAVE/nsswitch.conf" "$APP/etc/nsswitch.conf"
 
 tar -xzf "$NODE_TGZ" -C "$WORK" package/bin/node
 install -m 0755 "$WORK/package/bin/node" "$APP/usr/bin/node"

@@ -110,6 +110,10 @@ export interface TaskResult {
   stdout_truncated: boolean;
   stderr_truncated: boolean;
   execution_time_ms: number;
+  /** The runner's limit the run hit (signed, never from the task's output). */
+  limit: 'memory' | 'time' | 'pids' | 'output' | null;
+  /** What the run used, as the runner measured it (null without root). */
+  resources: { cpu_time_ms: number; peak_memory_bytes: number } | null;
   /** One entry per declared destination the task connected to (docs/egress.md). */
   egress: EgressEntry[];
 }

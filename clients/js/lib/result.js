@@ -13,8 +13,8 @@
 //   - exactly the keys of the Rust structs: no extra field, no missing one;
 //     null only for `Option` fields;
 //   - integers are JSON numbers, never strings: `intent` 0..255, `exit_code`
-//     an i32, `egress[].port` a u16, `timestamp_ms` / `execution_time_ms` and
-//     the `egress` counts 0..2^53-1. A u64 above
+//     an i32, `egress[].port` a u16, `timestamp_ms` / `execution_time_ms` /
+//     `resources.*` and the `egress` counts 0..2^53-1. A u64 above
 //     2^53-1 has no exact JS number, so such responses are rejected rather
 //     than read as a neighbouring value (the server's values are millisecond
 //     times, far below);
@@ -105,6 +105,12 @@ const SIGNATURE_HEX = {
 const option = (inner) => ({ option: inner });
 const vec = (inner) => ({ vec: inner });
 
+const RESOURCES = {
+  struct: [
+    ['cpu_time_ms', U64],
+    ['peak_memory_bytes', U64],
+  ],
+};
 // One destination a task reached (docs/egress.md).
 const EGRESS_ENTRY = {
   struct: [
@@ -132,6 +138,8 @@ const TASK_RESULT = {
     ['stdout_truncated', BOOL],
     ['stderr_truncated', BOOL],
     ['execution_time_ms', U64],
+    ['limit', option(STRING)],
+    ['resources', option(RESOURCES)],
     ['egress', vec(EGRESS_ENTRY)],
   ],
 };

@@ -116,6 +116,7 @@ test('u64 and u8 fields must be JSON numbers in range, not strings', () => {
   const cases = [
     ['timestamp_ms', (s, x) => (s.response.timestamp_ms = x), ['1700000000000', 2 ** 53, -1, 1.5, 1700000000000n, null]],
     ['data.execution_time_ms', (s, x) => (s.response.data.execution_time_ms = x), ['0x2a', '42', 2 ** 64, -0.5, null]],
+    ['data.resources.cpu_time_ms', (s, x) => (s.response.data.resources.cpu_time_ms = x), ['38', 2 ** 64, -1, null]],
     ['intent', (s, x) => (s.response.intent = x), [256, -1, 0.5, '0', null, false]],
   ];
   for (const [field, set, values] of cases) {
@@ -147,6 +148,7 @@ test('exactly the Rust fields are accepted at every level, null only for Option'
     [(s) => (s.extra = 1), /^TypeError: signed response: unknown field "extra"/],
     [(s) => (s.response.extra = 1), /^TypeError: response: unknown field "extra"/],
     [(s) => (s.response.data.injected = 'x'), /^TypeError: response\.data: unknown field "injected"/],
+    [(s) => (s.response.data.resources.injected = 1), /^TypeError: response\.data\.resources: unknown field "injected"/],
   ];
   for (const [alter, reason] of extra) assertAlteredIsRefused(signedV1(), alter, reason);
   // JSON.parse makes "__proto__" an own key, unlike the assignment above.
@@ -157,6 +159,7 @@ test('exactly the Rust fields are accepted at every level, null only for Option'
     [(s) => delete s.response.timestamp_ms, /^TypeError: response\.timestamp_ms: missing/],
     [(s) => delete s.response.data.signal, /^TypeError: response\.data\.signal: missing/],
     [(s) => delete s.response.data.stdin_sha256, /^TypeError: response\.data\.stdin_sha256: missing/],
+    [(s) => delete s.response.data.limit, /^TypeError: response\.data\.limit: missing/],
   ];
   for (const [alter, reason] of missing) assertAlteredIsRefused(signedV1(), alter, reason);
 

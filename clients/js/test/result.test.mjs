@@ -37,6 +37,8 @@ function signed(nonce, edit = () => {}) {
     stdout_truncated: false,
     stderr_truncated: false,
     execution_time_ms: 5,
+    limit: null,
+    resources: { cpu_time_ms: 3, peak_memory_bytes: 1024 },
     egress: [],
   };
   edit(data);

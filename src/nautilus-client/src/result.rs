@@ -227,6 +227,8 @@ mod tests {
             stdout_truncated: false,
             stderr_truncated: false,
             execution_time_ms: 5,
+            limit: None,
+            resources: None,
             egress: Vec::new(),
         };
         edit(&mut data);

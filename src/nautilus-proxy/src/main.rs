@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use nautilus_proxy::egress::{serve_egress, Allowed, EgressConfig, EgressListen, EgressListener};
-use nautilus_proxy::{serve, Limits, ListenAddr, ProxyConfig, Upstream};
+use nautilus_proxy::fd_limit::{connections_for, raise_nofile};
+use nautilus_proxy::{serve, Limits, ListenAddr, ProxyConfig, SourceLimits, Upstream};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +58,35 @@ struct Args {
     #[arg(long, env = "NAUTILUS_PROXY_WRITE_TIMEOUT_SECS", default_value_t = 30,
           value_parser = secs)]
     write_timeout_secs: u64,
+    /// Seconds a client may still send after the upstream closed and all it
+    /// sent was delivered; then the client's side is closed too.
+    #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM_EOF_LINGER_SECS", default_value_t = 1,
+          value_parser = secs)]
+    upstream_eof_linger_secs: u64,
+    /// Connections one client address (an IPv6 /64) may have open at once.
+    #[arg(long, env = "NAUTILUS_PROXY_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_connections_per_source: u32,
+    /// New connections one client address may open per second on average;
+    /// faster ones are closed at once.
+    #[arg(long, env = "NAUTILUS_PROXY_MAX_ACCEPTS_PER_SOURCE_PER_SEC", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_accepts_per_source_per_sec: u32,
+    /// New connections one client address may open at once above that rate.
+    #[arg(long, env = "NAUTILUS_PROXY_ACCEPT_BURST_PER_SOURCE", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    accept_burst_per_source: u32,
+    /// Connection log lines per second (five seconds' worth in a burst);
+    /// past it they are counted and summed up once a second.
+    #[arg(long, env = "NAUTILUS_PROXY_LOG_LINES_PER_SEC", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    log_lines_per_sec: u32,
+    /// Send a PROXY protocol v2 header with the client's address first on
+    /// each upstream connection (the server must expect it:
+    /// `nautilus-server --proxy-protocol`).
+    #[arg(long, env = "NAUTILUS_PROXY_PROXY_PROTOCOL", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    proxy_protocol: bool,
     /// On SIGTERM, seconds open connections may go on before they are cut.
     #[arg(long, env = "NAUTILUS_PROXY_DRAIN_TIMEOUT_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
@@ -81,8 +111,16 @@ impl Args {
                 first_byte: Duration::from_secs(self.first_byte_timeout_secs),
                 idle: Duration::from_secs(self.idle_timeout_secs),
                 write: Duration::from_secs(self.write_timeout_secs),
+                upstream_eof_linger: Duration::from_secs(self.upstream_eof_linger_secs),
             },
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            per_source: SourceLimits {
+                max_connections: self.max_connections_per_source,
+                accepts_per_sec: self.max_accepts_per_source_per_sec,
+                accept_burst: self.accept_burst_per_source,
+            },
+            log_lines_per_sec: self.log_lines_per_sec,
+            proxy_protocol: self.proxy_protocol,
         }
     }
 }
@@ -140,6 +178,21 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("give --listen and --upstream (the enclave's API), --egress-listen (its tasks' egress), or both");
     };
     let config = args.config(upstream);
+    let (fds, raise_error) = raise_nofile();
+    if let Some(e) = raise_error {
+        tracing::warn!(error = %e, fds, "could not raise the descriptor limit to its hard limit");
+    }
+    let can_hold = connections_for(fds);
+    if u64::from(config.max_connections) > can_hold {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            can_hold,
+            fds,
+            "--max-connections is more than the descriptor limit (RLIMIT_NOFILE) can hold, \
+             two descriptors a connection: raise the hard limit (systemd: LimitNOFILE=) \
+             or lower --max-connections"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen.0)
         .await
         .with_context(|| format!("could not listen on tcp://{}", listen.0))?;
@@ -148,6 +201,10 @@ async fn main() -> anyhow::Result<()> {
         listen = %format_args!("tcp://{local}"),
         upstream = %config.upstream,
         max_connections = config.max_connections,
+        max_connections_per_source = config.per_source.max_connections,
+        fd_limit = fds,
+        can_hold,
+        proxy_protocol = config.proxy_protocol,
         "nautilus-proxy ready"
     );
 

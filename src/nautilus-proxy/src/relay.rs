@@ -28,6 +28,11 @@ pub struct Limits {
     /// One write (to either side) that makes no progress for this long: the
     /// reader is not reading and the connection ends.
     pub write: Duration,
+    /// After the upstream has closed and everything it sent has reached the
+    /// client, how long the client may still send before its side is closed
+    /// too. Nothing more can come back, so a client that stays longer only
+    /// holds a slot (a byte every few minutes kept it for the idle timeout).
+    pub upstream_eof_linger: Duration,
 }
 
 /// One side of a relayed connection.
@@ -53,6 +58,9 @@ impl fmt::Display for Side {
 pub enum End {
     /// Both sides closed their sending half (a normal end).
     Closed,
+    /// The upstream closed, all it sent was delivered, and the client did
+    /// not close within [`Limits::upstream_eof_linger`] (a normal end).
+    UpstreamFinished(Duration),
     /// The client closed without sending a byte; no upstream was opened.
     ClientSentNothing,
     /// The client sent nothing within [`Limits::first_byte`].
@@ -72,7 +80,26 @@ pub enum End {
 impl End {
     /// A normal end rather than something an operator may want to look at.
     pub fn is_normal(&self) -> bool {
-        matches!(self, End::Closed | End::ClientSentNothing)
+        matches!(
+            self,
+            End::Closed | End::ClientSentNothing | End::UpstreamFinished(_)
+        )
+    }
+}
+
+impl End {
+    /// A short name of how it ended, for counting suppressed log lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            End::Closed | End::UpstreamFinished(_) => "closed",
+            End::ClientSentNothing => "client sent nothing",
+            End::FirstByteTimeout(_) => "first-byte timeout",
+            End::ConnectFailed(_) => "upstream unreachable",
+            End::IdleTimeout(_) => "idle timeout",
+            End::WriteTimeout(..) => "write timeout",
+            End::Error(..) => "error",
+            End::Cut => "cut",
+        }
     }
 }
 
@@ -80,6 +107,10 @@ impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             End::Closed => f.write_str("closed"),
+            End::UpstreamFinished(d) => write!(
+                f,
+                "closed: upstream finished, client still open after {d:?}"
+            ),
             End::ClientSentNothing => f.write_str("client closed before sending anything"),
             End::FirstByteTimeout(d) => write!(f, "first-byte timeout: client silent for {d:?}"),
             End::ConnectFailed(e) => write!(f, "upstream unreachable: {e}"),
@@ -115,10 +146,25 @@ pub async fn relay<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_with_preamble(client, upstream, &[], limits, cut).await
+}
+
+/// [`relay`], writing `preamble` (a PROXY protocol header) to the upstream
+/// before the client's first byte. It is not counted in [`Report`].
+pub async fn relay_with_preamble<C>(
+    client: C,
+    upstream: &Upstream,
+    preamble: &[u8],
+    limits: &Limits,
+    cut: impl Future<Output = ()>,
+) -> Report
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let to_upstream = AtomicU64::new(0);
     let to_client = AtomicU64::new(0);
     let end = tokio::select! {
-        end = run(client, upstream, limits, &to_upstream, &to_client) => end,
+        end = run(client, upstream, preamble, limits, &to_upstream, &to_client) => end,
         () = cut => End::Cut,
     };
     Report {
@@ -131,6 +177,7 @@ where
 async fn run<C>(
     mut client: C,
     upstream: &Upstream,
+    preamble: &[u8],
     limits: &Limits,
     to_upstream: &AtomicU64,
     to_client: &AtomicU64,
@@ -145,10 +192,17 @@ where
         Ok(Ok(0)) => return End::ClientSentNothing,
         Ok(Ok(n)) => n,
     };
-    let upstream = match upstream.connect(limits.connect).await {
+    let mut upstream = match upstream.connect(limits.connect).await {
         Ok(s) => s,
         Err(e) => return End::ConnectFailed(e),
     };
+    if !preamble.is_empty() {
+        match timeout(limits.write, upstream.write_all(preamble)).await {
+            Err(_) => return End::WriteTimeout(Side::Upstream, limits.write),
+            Ok(Err(e)) => return End::Error(Side::Upstream, e),
+            Ok(Ok(())) => {}
+        }
+    }
     let clock = Clock::new();
     let (client_r, client_w) = tokio::io::split(client);
     let (upstream_r, upstream_w) = tokio::io::split(upstream);
@@ -175,11 +229,24 @@ where
     };
     tokio::pin!(outbound, inbound);
     let (mut out_done, mut in_done) = (false, false);
+    // Set once the upstream has closed and all it sent was delivered.
+    let mut linger_until = None;
     while !(out_done && in_done) {
+        let linger = async {
+            match linger_until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
         let finished = tokio::select! {
             r = &mut outbound, if !out_done => { out_done = true; r }
-            r = &mut inbound, if !in_done => { in_done = true; r }
+            r = &mut inbound, if !in_done => {
+                in_done = true;
+                linger_until = Some(Instant::now() + limits.upstream_eof_linger);
+                r
+            }
             () = clock.idle(limits.idle) => return End::IdleTimeout(limits.idle),
+            () = linger => return End::UpstreamFinished(limits.upstream_eof_linger),
         };
         // One direction failing ends both: the other side sees the close.
         if let Err(end) = finished {

@@ -1,4 +1,5 @@
-//! The accept loop: connection cap, one log line per connection, drain.
+//! The accept loop: connection cap, per-source shares, the PROXY header,
+//! one log line per connection (under a budget), drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use crate::relay::{relay, Limits, Report};
+use crate::log_budget::LogBudget;
+use crate::relay::{relay_with_preamble, Limits, Report};
+use crate::sources::{Refusal, SourceLimits, Sources};
 use crate::upstream::Upstream;
 
 /// Everything the proxy needs besides its listener.
@@ -24,6 +27,14 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// On shutdown, how long open connections may go on before they are cut.
     pub drain_timeout: Duration,
+    /// What one client address may hold and open.
+    pub per_source: SourceLimits,
+    /// Connection log lines per second (five seconds' worth in a burst);
+    /// past it they are counted and summed up once a second.
+    pub log_lines_per_sec: u32,
+    /// Send a PROXY protocol v2 header with the client's address first on
+    /// every upstream connection, so the server can tell clients apart.
+    pub proxy_protocol: bool,
 }
 
 /// A `tcp://IP:PORT` listen address.
@@ -64,6 +75,9 @@ pub async fn serve(
     let config = Arc::new(config);
     let max = config.max_connections;
     let slots = Arc::new(Semaphore::new(max as usize));
+    let sources = Sources::new(config.per_source);
+    let budget = Arc::new(LogBudget::new(config.log_lines_per_sec));
+    let summaries = tokio::spawn(summarise_suppressed(Arc::clone(&budget)));
     let (cut_tx, cut_rx) = watch::channel(false);
     let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
@@ -77,30 +91,45 @@ pub async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors, mostly: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                if budget.allow("accept failed") {
+                    tracing::warn!(error = %e, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         next_id += 1;
         let id = next_id;
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            // Closed before reading anything: the client learns at once
-            // instead of waiting in a queue it cannot see.
-            drop(stream);
-            tracing::warn!(
-                conn = id,
-                %peer,
-                to_upstream = 0,
-                to_client = 0,
-                duration_ms = 0,
-                end = %format_args!("refused: {max} connections open (--max-connections)"),
-                "connection"
-            );
-            continue;
+        // The source's share first: a flood from one address is refused on
+        // its own bucket without touching the slots everyone shares.
+        let admitted = sources.admit(peer.ip()).and_then(|a| {
+            Arc::clone(&slots)
+                .try_acquire_owned()
+                .map(|p| (a, p))
+                .map_err(|_| Refusal::Full)
+        });
+        let (share, permit) = match admitted {
+            Ok(held) => held,
+            Err(refusal) => {
+                // Closed before reading anything: the client learns at once
+                // instead of waiting in a queue it cannot see.
+                drop(stream);
+                log_refusal(&budget, id, peer, refusal, &config);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
+        let preamble = if config.proxy_protocol {
+            stream
+                .local_addr()
+                .ok()
+                .and_then(|local| proxy_header(peer, local))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let config = Arc::clone(&config);
+        let budget = Arc::clone(&budget);
         let mut cut = cut_rx.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -108,9 +137,13 @@ pub async fn serve(
                 // An error means the sender is gone: the proxy is exiting.
                 let _ = cut.wait_for(|c| *c).await;
             };
-            let report = relay(stream, &config.upstream, &config.limits, cut).await;
-            log(id, peer, started, &report);
+            let report =
+                relay_with_preamble(stream, &config.upstream, &preamble, &config.limits, cut).await;
+            if budget.allow(report.end.kind()) {
+                log(id, peer, started, &report);
+            }
             drop(permit);
+            drop(share);
         });
     }
     drop(listener);
@@ -131,7 +164,87 @@ pub async fn serve(
     let _ = cut_tx.send(true);
     // Long enough for the cut connections to write their log lines.
     let _ = tokio::time::timeout(Duration::from_secs(2), slots.acquire_many(max)).await;
+    summaries.abort();
     Stopped { cut }
+}
+
+/// The PROXY protocol v2 header for one client connection: `peer` is the
+/// client, `local` the address it connected to. None only if the builder
+/// fails, which it does not for plain addresses.
+pub fn proxy_header(peer: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    // An IPv4 client on an IPv6 listener shows up v4-mapped; both sides of
+    // the header must be one family.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (peer, local) = match (canonical(peer), canonical(local)) {
+        (p @ SocketAddr::V4(_), l @ SocketAddr::V6(_)) => (
+            p,
+            SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), l.port()),
+        ),
+        pair => pair,
+    };
+    Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        (peer, local),
+    )
+    .build()
+    .ok()
+}
+
+/// Once a second, one line for the connection lines the budget turned away.
+async fn summarise_suppressed(budget: Arc<LogBudget>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Some((total, by_kind)) = budget.take_suppressed() {
+            tracing::warn!(
+                suppressed = total,
+                by_end = %by_kind,
+                "connection lines over --log-lines-per-sec, counted instead"
+            );
+        }
+    }
+}
+
+fn log_refusal(
+    budget: &LogBudget,
+    id: u64,
+    peer: SocketAddr,
+    refusal: Refusal,
+    config: &ProxyConfig,
+) {
+    let kind = match refusal {
+        Refusal::Full => "refused: proxy full",
+        Refusal::SourceCap => "refused: source cap",
+        Refusal::SourceRate => "refused: source rate",
+    };
+    if !budget.allow(kind) {
+        return;
+    }
+    let why = match refusal {
+        Refusal::Full => format!(
+            "refused: {} connections open (--max-connections)",
+            config.max_connections
+        ),
+        Refusal::SourceCap => format!(
+            "refused: {} connections open from this source (--max-connections-per-source)",
+            config.per_source.max_connections
+        ),
+        Refusal::SourceRate => format!(
+            "refused: over {} new connections/s from this source (--max-accepts-per-source-per-sec)",
+            config.per_source.accepts_per_sec
+        ),
+    };
+    tracing::warn!(
+        conn = id,
+        %peer,
+        to_upstream = 0,
+        to_client = 0,
+        duration_ms = 0,
+        end = %why,
+        "connection"
+    );
 }
 
 fn log(id: u64, peer: SocketAddr, started: Instant, report: &Report) {

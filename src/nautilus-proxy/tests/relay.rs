@@ -86,7 +86,16 @@ async fn a_guest_port_nobody_listens_on_closes_the_client_and_says_why() {
 async fn two_hundred_concurrent_connections_all_answered() {
     let server = DevServer::start().await;
     let vsock = HybridVsock::start(3000, server.addr).await;
-    let proxy = Proxy::start(&["--upstream", &vsock.upstream(3000)]).await;
+    // All from one loopback address: its share must cover them.
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &vsock.upstream(3000),
+        "--max-connections-per-source",
+        "256",
+        "--accept-burst-per-source",
+        "256",
+    ])
+    .await;
     // All 200 open at once before any request is sent.
     let mut conns = Vec::new();
     for _ in 0..200 {

@@ -117,6 +117,11 @@ fn signed_data(r: task_runner::TaskResult, nonce: Option<String>) -> TaskResult 
         stdout_truncated: r.stdout_truncated,
         stderr_truncated: r.stderr_truncated,
         execution_time_ms: r.execution_time_ms,
+        limit: r.limit,
+        resources: r.resources.map(|u| result_signing::Resources {
+            cpu_time_ms: u.cpu_time_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
+        }),
         egress: r
             .egress
             .into_iter()

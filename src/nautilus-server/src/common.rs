@@ -1,11 +1,11 @@
 //! The endpoints every Nautilus server has, whatever its tasks:
-//! attestation, manifest and health.
+//! attestation, manifest, health and metrics.
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -148,4 +148,22 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         isolation: state.runner().isolation().clone(),
         clock_skew_ms: state.clock_skew().map(|s| s.skew_ms),
     })
+}
+
+/// `GET /metrics`: see [`crate::metrics`].
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
+    let budget = state.config().http.max_buffered_body_bytes;
+    let free = state.body_budget.available_permits();
+    let body = state
+        .metrics
+        .scrape(&state.runner().stats(), budget.saturating_sub(free))
+        .map_err(|e| EnclaveError::Internal(format!("metrics encoding failed: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }

@@ -2,6 +2,11 @@
 //!
 //! The whole flow fits in a few files:
 //!
+//! Each module uses only those listed before it: [`config`] and [`error`],
+//! then [`manifest`], [`metrics`] and [`state`], then the handlers
+//! ([`common`], [`app`]), the [`router`], and [`transport`] on top.
+//!
+//! * [`config`]: what the server is told at start.
 //! * [`state`]: at start the server makes an ephemeral P-256 key, opens the
 //!   attester (the NSM, or the software stand-in in dev mode), builds the
 //!   task runner and freezes the [`manifest`].
@@ -13,8 +18,9 @@
 //! * [`error`]: every failure is an [`error::EnclaveError`] that becomes a JSON
 //!   `{"error": ...}` response with the right status.
 //! * [`router`] wires the routes and middleware; [`transport`] listens on TCP
-//!   or vsock; [`metrics`] exports Prometheus text; [`egress`] opens the
-//!   tasks' declared connections out (directly or through the parent).
+//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports;
+//!   [`egress`] opens the tasks' declared connections out (directly or
+//!   through the parent).
 //!
 //! Handlers can be called directly, without HTTP:
 //!
@@ -47,6 +53,7 @@
 
 pub mod app;
 pub mod common;
+pub mod config;
 pub mod egress;
 pub mod error;
 pub mod manifest;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::HeaderValue;
 use clap::Parser;
+use nautilus_server::config::{AttestationMode, HttpLimits, ServerConfig};
 use nautilus_server::egress::EgressRoute;
-use nautilus_server::state::{AppState, AttestationMode, ServerConfig};
-use nautilus_server::transport::{Bound, HttpLimits, Listen};
+use nautilus_server::state::AppState;
+use nautilus_server::transport::{Bound, Listen};
 use task_runner::{EgressLimits, RunnerConfig};
 use tokio::sync::watch;
 

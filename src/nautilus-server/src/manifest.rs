@@ -9,7 +9,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use task_runner::{CgroupSummary, Isolation, TaskInfo};
 
-use crate::state::{AttestationMode, ServerConfig};
+use crate::config::{AttestationMode, ServerConfig};
 
 /// The limits a client can plan around, as configured.
 #[derive(Debug, Clone, Serialize)]

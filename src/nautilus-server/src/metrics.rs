@@ -1,15 +1,10 @@
-//! `GET /metrics`: OpenMetrics text 1.0.0 (`application/openmetrics-text`),
-//! which Prometheus (2.5 and later) asks for first and scrapes as it is.
+//! The server's metrics and their OpenMetrics text 1.0.0 encoding
+//! (`application/openmetrics-text`), which Prometheus (2.5 and later) asks
+//! for first and scrapes as it is. `GET /metrics` is in [`crate::common`].
 //!
 //! Endpoint labels come from the matched route, never the raw path, so a
 //! scanner probing random URLs cannot grow the label set without bound.
 
-use std::sync::Arc;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,10 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use task_runner::{ErrorKind, TaskError, TaskResult};
-
-use crate::error::EnclaveError;
-use crate::state::AppState;
+use task_runner::{ErrorKind, RunnerStats, TaskError, TaskResult};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -344,83 +336,63 @@ impl Metrics {
     }
 }
 
-/// Counts every request by route and final status.
-pub async fn track_requests(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(req).await;
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
-}
-
 /// Brings `counter` up to `total`, a count the runner keeps (it never
 /// goes down, so neither does the counter).
 fn catch_up(counter: &Counter, total: u64) {
     counter.inc_by(total.saturating_sub(counter.get()));
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
-    let stats = state.runner().stats();
-    let m = &state.metrics;
-    m.running
-        .set(i64::try_from(stats.running).unwrap_or(i64::MAX));
-    m.queued
-        .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
-    m.warm_ready
-        .set(i64::try_from(stats.warm_ready).unwrap_or(i64::MAX));
-    let budget = state.config().http.max_buffered_body_bytes;
-    let free = state.body_budget.available_permits();
-    m.body_bytes_buffered
-        .set(i64::try_from(budget.saturating_sub(free)).unwrap_or(i64::MAX));
-    {
-        // The runner keeps the totals; bring the counters up to them.
-        let _one_at_a_time = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        for (stage, total) in [
-            ("queued", stats.abandoned_queued),
-            ("running", stats.abandoned_running),
-        ] {
-            catch_up(&m.abandoned.get_or_create(&StageLabels { stage }), total);
-        }
-        catch_up(&m.cleanup_failures, stats.cleanup_failures);
-        for (kind, total) in [("warm", stats.warm_runs), ("cold", stats.cold_runs)] {
-            catch_up(&m.task_starts.get_or_create(&StartLabels { kind }), total);
-        }
-        catch_up(&m.warm_discarded, stats.warm_discarded);
-        for (reason, total) in [
-            ("connections", stats.egress_refused_connections),
-            ("bytes", stats.egress_refused_bytes),
-            ("connect", stats.egress_connect_failed),
-        ] {
-            catch_up(
-                &m.egress_refused.get_or_create(&ReasonLabels { reason }),
-                total,
-            );
-        }
+impl Metrics {
+    /// Counts a request by its matched route (`unmatched` for none) and final status.
+    pub fn request(&self, endpoint: String, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
     }
-    let mut body = String::new();
-    encode(&mut body, &m.registry)
-        .map_err(|e| EnclaveError::Internal(format!("metrics encoding failed: {e}")))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response())
+
+    /// Brings the gauges and counters the runner keeps up to `stats`, with
+    /// `body_bytes_buffered` request-body bytes held, and encodes them all.
+    pub fn scrape(
+        &self,
+        stats: &RunnerStats,
+        body_bytes_buffered: usize,
+    ) -> Result<String, std::fmt::Error> {
+        let m = self;
+        m.running
+            .set(i64::try_from(stats.running).unwrap_or(i64::MAX));
+        m.queued
+            .set(i64::try_from(stats.queued).unwrap_or(i64::MAX));
+        m.warm_ready
+            .set(i64::try_from(stats.warm_ready).unwrap_or(i64::MAX));
+        m.body_bytes_buffered
+            .set(i64::try_from(body_bytes_buffered).unwrap_or(i64::MAX));
+        {
+            // The runner keeps the totals; bring the counters up to them.
+            let _one_at_a_time = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
+            for (stage, total) in [
+                ("queued", stats.abandoned_queued),
+                ("running", stats.abandoned_running),
+            ] {
+                catch_up(&m.abandoned.get_or_create(&StageLabels { stage }), total);
+            }
+            catch_up(&m.cleanup_failures, stats.cleanup_failures);
+            for (kind, total) in [("warm", stats.warm_runs), ("cold", stats.cold_runs)] {
+                catch_up(&m.task_starts.get_or_create(&StartLabels { kind }), total);
+            }
+            catch_up(&m.warm_discarded, stats.warm_discarded);
+            for (reason, total) in [
+                ("connections", stats.egress_refused_connections),
+                ("bytes", stats.egress_refused_bytes),
+                ("connect", stats.egress_connect_failed),
+            ] {
+                catch_up(
+                    &m.egress_refused.get_or_create(&ReasonLabels { reason }),
+                    total,
+                );
+            }
+        }
+        let mut body = String::new();
+        encode(&mut body, &m.registry)?;
+        Ok(body)
+    }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::EnclaveError;
 use crate::state::AppState;
-use crate::{app, common, metrics};
+use crate::{app, common};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -47,7 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/manifest", with_cors(get(common::manifest)))
         .route("/process_data", with_cors(post(app::process_data_route)))
-        .route("/metrics", with_cors(get(metrics::metrics)));
+        .route("/metrics", with_cors(get(common::metrics)));
     let routes = routes.fallback(not_found).with_state(Arc::clone(&state));
 
     routes
@@ -61,7 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             buffer_body,
         ))
         .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn_with_state(state, metrics::track_requests))
+        .layer(middleware::from_fn_with_state(state, track_requests))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req
@@ -74,6 +74,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Counts every request by route and final status.
+async fn track_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    state.metrics.request(endpoint, response.status().as_u16());
+    response
 }
 
 fn cors_layer(origins: &[HeaderValue]) -> Option<CorsLayer> {

@@ -7,77 +7,10 @@ use attestation_dev::{AttestError, AttestationRequest, Attester, DevAttester, Ns
 use result_signing::{encode_public_key, IntentMessage, SignedResponse, SigningKey};
 use task_runner::{Runner, RunnerConfig};
 
+pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADLINE};
 use crate::error::EnclaveError;
 use crate::manifest::{Limits, Manifest};
 use crate::metrics::Metrics;
-
-/// Where attestation documents come from: the NSM (the only mode a verifier
-/// trusting the AWS root accepts), or the dev stand-in for local development
-/// and tests, whose documents carry zero PCRs, a `dev-` module id and a root
-/// nobody else trusts.
-pub use attestation_dev::Mode as AttestationMode;
-
-/// Server settings that are not transport: the binary maps flags onto this.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Where attestation documents come from.
-    pub attestation: AttestationMode,
-    /// Everything about running tasks.
-    pub runner: RunnerConfig,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// Origins allowed to call the API from a browser; empty = no CORS.
-    pub cors_origins: Vec<axum::http::HeaderValue>,
-    /// On shutdown, how long running tasks may take before they are stopped.
-    pub shutdown_grace: Duration,
-    /// Longest an attestation call may take before its request gets 503.
-    /// The NSM driver itself waits up to 120 s, under a lock its hardware RNG
-    /// also takes.
-    pub attestation_deadline: Duration,
-    /// Connection limits and deadlines.
-    pub http: crate::transport::HttpLimits,
-    /// Where the tasks' egress connections go (the runner's connector is
-    /// made from it).
-    pub egress_route: crate::egress::EgressRoute,
-}
-
-impl ServerConfig {
-    /// Dev attestation and the runner's defaults: what tests and examples use.
-    pub fn dev() -> Self {
-        Self {
-            attestation: AttestationMode::Dev,
-            egress_route: crate::egress::EgressRoute::Direct,
-            ..Self::default()
-        }
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            attestation: AttestationMode::Nsm,
-            runner: RunnerConfig::default(),
-            max_body_bytes: 2 * 1024 * 1024,
-            cors_origins: Vec::new(),
-            shutdown_grace: Duration::from_secs(10),
-            attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
-            http: crate::transport::HttpLimits::default(),
-            egress_route: crate::egress::EgressRoute::parent(),
-        }
-    }
-}
-
-/// A test CA makes every task trust certificates nobody audits: only with
-/// dev attestation.
-fn check_test_ca(config: &ServerConfig) -> Result<(), StartupError> {
-    if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
-        return Err(StartupError::TestCaInNsm);
-    }
-    Ok(())
-}
-
-/// Default of [`ServerConfig::attestation_deadline`].
-pub const DEFAULT_ATTESTATION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +78,15 @@ pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
 
 /// How long an attestation request waits for a turn before a 503.
 const ATTESTATION_WAIT: Duration = Duration::from_secs(5);
+
+/// A test CA makes every task trust certificates nobody audits: only with
+/// dev attestation.
+fn check_test_ca(config: &ServerConfig) -> Result<(), StartupError> {
+    if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
+        return Err(StartupError::TestCaInNsm);
+    }
+    Ok(())
+}
 
 impl AppState {
     /// Opens the attester, generates the key, builds the runner and freezes

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use tower::ServiceExt;
 
+pub use crate::config::HttpLimits;
 use crate::router::router;
 use crate::state::AppState;
 
@@ -75,51 +76,6 @@ impl fmt::Display for Listen {
         match self {
             Listen::Tcp(a) => write!(f, "tcp://{a}"),
             Listen::Vsock { port } => write!(f, "vsock://{port}"),
-        }
-    }
-}
-
-/// Limits on connections and the bytes they make the server hold. Every
-/// state a connection can be in has a deadline, so a client that stops making
-/// progress loses its connection; every byte the server buffers for a client
-/// is bounded.
-#[derive(Debug, Clone)]
-pub struct HttpLimits {
-    /// Connections served at once; past this the server stops accepting
-    /// until one closes (further clients wait in the kernel's backlog).
-    pub max_connections: usize,
-    /// How long a connection may go without a request in progress: from
-    /// accept, or from its last response, until the next request's headers
-    /// are complete. Covers silent sockets, protocol detection, slow headers
-    /// and keep-alive on both HTTP/1.1 and HTTP/2.
-    pub idle_timeout: Duration,
-    /// Total time for a request body, from its headers to its last byte;
-    /// later bodies get 408.
-    pub body_timeout: Duration,
-    /// A write to the client that makes no progress for this long closes
-    /// the connection; so does a connection still busy this long after it
-    /// was asked to close (HTTP/2 flow control a client never opens).
-    pub write_timeout: Duration,
-    /// Request-body bytes all connections together may have buffered;
-    /// beyond it a request gets 503 with `Retry-After` before more is read.
-    pub max_buffered_body_bytes: usize,
-    /// Streams one HTTP/2 connection may have open at once.
-    pub http2_max_streams: u32,
-    /// An HTTP/2 connection that sends nothing for this long is pinged, and
-    /// closed if the ping is not answered within the same time.
-    pub http2_keepalive: Duration,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            idle_timeout: Duration::from_secs(5),
-            body_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(10),
-            max_buffered_body_bytes: 64 * 1024 * 1024,
-            http2_max_streams: 8,
-            http2_keepalive: Duration::from_secs(20),
         }
     }
 }

@@ -591,7 +591,7 @@ impl tokio::io::AsyncWrite for Freezable {
 }
 
 /// The errors hyper answers before the application sees a request stay
-/// bodiless (documented in the README): here a request head over 64 KiB.
+/// bodiless (documented in docs/api.md): here a request head over 64 KiB.
 #[tokio::test]
 async fn an_oversized_request_head_gets_a_bodiless_431() {
     let s = TestServer::start(config()).await;

@@ -203,9 +203,15 @@ async fn health_manifest_and_ping() {
     if nix_is_root() {
         assert_eq!(
             m["isolation"]["namespaces"],
-            json!(["mount", "ipc", "net", "uts", "pid"])
+            json!(["mount", "ipc", "net", "uts", "pid", "cgroup"])
         );
         assert_eq!(m["isolation"]["network"], "loopback-only");
+        // Whether a task can lower its OOM score is said (issue 23, finding 8).
+        assert_eq!(
+            m["isolation"]["oom_score_floor"].as_bool(),
+            Some(m["isolation"]["missing"] == json!([])),
+            "{m}"
+        );
     }
     let metrics = s.get("/metrics").await.text().await.expect("metrics");
     assert!(

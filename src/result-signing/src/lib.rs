@@ -45,12 +45,20 @@
 //! | `data.stdout_truncated` | `bool` | `00` / `01` |
 //! | `data.stderr_truncated` | `bool` | `00` / `01` |
 //! | `data.execution_time_ms` | `u64` | 8 bytes little-endian |
+//! | `data.limit` | `Option<String>` | the runner's limit the run hit: `"memory"`, `"time"`, `"pids"`, `"output"` |
+//! | `data.resources` | `Option<Resources>` | `00`, or `01` then `cpu_time_ms` and `peak_memory_bytes`, each `u64` |
 //! | `data.egress` | `Vec<EgressEntry>` | ULEB128 count, then each entry: |
 //! | `  .host` | `String` | a destination the task declared and connected to |
 //! | `  .port` | `u16` | 2 bytes little-endian |
 //! | `  .connections` | `u64` | 8 bytes little-endian |
 //! | `  .bytes_out` | `u64` | same: bytes the task sent there |
 //! | `  .bytes_in` | `u64` | same: bytes it received from there |
+//!
+//! `limit` and `resources` are what the runner and the kernel know (a
+//! memory kill in the task's cgroup, the runner's own timer, the cgroup's
+//! refused forks, the output cap; the box's CPU time and its cgroup's peak
+//! memory), never read from the task's output, so a task cannot forge them;
+//! so is `egress`, counted by the runner's relay (see `docs/egress.md`).
 //!
 //! The signature is ECDSA over NIST P-256 with SHA-256 of those bytes,
 //! serialized as `r || s` (32 + 32 bytes, big-endian), with `s` in the lower
@@ -80,6 +88,8 @@
 //! 00                                  stderr = ""
 //! 00 00                               stdout_truncated, stderr_truncated
 //! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
+//! 00                                  limit = None
+//! 01 …                                resources = Some: 8 + 8 bytes
 //! 00                                  egress: no entries
 //! ```
 //!
@@ -119,9 +129,19 @@ pub struct TaskResult {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub execution_time_ms: u64,
+    pub limit: Option<String>,
+    pub resources: Option<Resources>,
     /// One entry per declared destination the task connected to (see
     /// `docs/egress.md`); empty when it reached none.
     pub egress: Vec<EgressEntry>,
+}
+
+/// What a run used, as the runner measured it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
 }
 
 /// What one destination carried during a run.

@@ -102,6 +102,15 @@ fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
     out.push(d.stdout_truncated as u8);
     out.push(d.stderr_truncated as u8);
     out.extend_from_slice(&d.execution_time_ms.to_le_bytes());
+    opt_string(&mut out, &d.limit);
+    match d.resources {
+        None => out.push(0),
+        Some(r) => {
+            out.push(1);
+            out.extend_from_slice(&r.cpu_time_ms.to_le_bytes());
+            out.extend_from_slice(&r.peak_memory_bytes.to_le_bytes());
+        }
+    }
     uleb(&mut out, d.egress.len());
     for e in &d.egress {
         string(&mut out, &e.host);
@@ -158,6 +167,10 @@ fn the_vectors_cover_every_encoding_branch() {
     has("stdout_truncated differing from stderr_truncated", &|d| {
         d.stdout_truncated != d.stderr_truncated
     });
+    has("limit = Some", &|d| d.limit.is_some());
+    has("limit = None", &|d| d.limit.is_none());
+    has("resources = Some", &|d| d.resources.is_some());
+    has("resources = None", &|d| d.resources.is_none());
     has("no egress", &|d| d.egress.is_empty());
     has(
         "two egress entries, one with a 2-byte port and counts past 2^32",
@@ -199,6 +212,19 @@ fn any_change_to_the_signed_data_breaks_the_signature() {
         |m| m.data.stdout_truncated = !m.data.stdout_truncated,
         |m| m.data.task_digest = "0".repeat(64),
         |m| m.data.execution_time_ms += 1,
+        |m| m.data.limit = m.data.limit.take().xor(Some("memory".into())),
+        |m| {
+            m.data.resources = match m.data.resources {
+                Some(r) => Some(result_signing::Resources {
+                    peak_memory_bytes: r.peak_memory_bytes + 1,
+                    ..r
+                }),
+                None => Some(result_signing::Resources {
+                    cpu_time_ms: 0,
+                    peak_memory_bytes: 0,
+                }),
+            }
+        },
         |m| match m.data.egress.first_mut() {
             Some(e) => e.bytes_in += 1,
             None => m.data.egress.push(result_signing::EgressEntry {

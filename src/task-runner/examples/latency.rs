@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p task-runner --example latency -- 100
+//! NAUTILUS_WARM_POOL=0 cargo run --release -p task-runner --example latency -- 100
 //! ```
 
 use std::path::PathBuf;
@@ -18,6 +19,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The example task lives at the repository root.
         tasks_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
         max_concurrent: 1,
+        // NAUTILUS_WARM_POOL=0 measures cold starts (as the server reads it).
+        warm_pool: std::env::var("NAUTILUS_WARM_POOL")
+            .ok()
+            .map(|v| v.parse())
+            .transpose()?,
         ..RunnerConfig::default()
     })?;
     println!("cgroups: {}", serde_json::to_string(runner.cgroups())?);

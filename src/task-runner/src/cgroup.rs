@@ -177,6 +177,25 @@ pub(crate) struct Slot {
     oom_counter: Option<PathBuf>,
     /// v1: an eventfd the kernel signals on OOM in this slot.
     oom_event: Option<OwnedFd>,
+    /// The memory controller's slot directory.
+    memory: Option<(PathBuf, Version)>,
+    /// `pids.events`: holds `max N`, the forks the limit refused.
+    pids_events: Option<PathBuf>,
+}
+
+/// A slot's peak memory, measured from when [`Slot::peak_from_now`] reset it.
+#[derive(Debug)]
+pub(crate) struct Peak(fs::File);
+
+impl Peak {
+    /// Bytes, read from the descriptor that reset it (v2 keeps the peak per
+    /// descriptor).
+    pub fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 32];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    }
 }
 
 /// How a new child gets into its slot: the v2 directory it is cloned into
@@ -402,6 +421,8 @@ impl Slot {
             into: None,
             oom_counter: None,
             oom_event: None,
+            memory: None,
+            pids_events: None,
         };
         for h in hierarchies {
             let dir = h.group.join(format!("slot-{index}"));
@@ -410,7 +431,11 @@ impl Slot {
             for &c in &h.controllers {
                 set_limits(&dir, h.version, c, limits)?;
             }
+            if h.controllers.contains(&Controller::Pids) {
+                slot.pids_events = Some(dir.join("pids.events"));
+            }
             if h.controllers.contains(&Controller::Memory) {
+                slot.memory = Some((dir.clone(), h.version));
                 slot.oom_counter = Some(dir.join(match h.version {
                     Version::V2 => "memory.events",
                     Version::V1 => "memory.oom_control",
@@ -467,6 +492,34 @@ impl Slot {
         text.lines()
             .find_map(|l| l.strip_prefix("oom_kill "))
             .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Forks the slot's `pids.max` refused so far (`None` without a pids
+    /// controller).
+    pub fn pids_refused(&self) -> Option<u64> {
+        let text = fs::read_to_string(self.pids_events.as_ref()?).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Starts measuring the slot's peak memory: v1 `memory.max_usage_in_bytes`,
+    /// v2 `memory.peak` (reset per descriptor since Linux 6.12; `None`
+    /// before, where it would hold every earlier run's peak too).
+    pub fn peak_from_now(&self) -> Option<Peak> {
+        use std::io::Write;
+        let (dir, version) = self.memory.as_ref()?;
+        let (file, reset) = match version {
+            Version::V1 => ("memory.max_usage_in_bytes", "0"),
+            Version::V2 => ("memory.peak", "reset"),
+        };
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(file))
+            .ok()?;
+        f.write_all(reset.as_bytes()).ok()?;
+        Some(Peak(f))
     }
 
     /// v1 only: a fresh descriptor of the slot's OOM eventfd, drained of
@@ -542,11 +595,14 @@ fn set_limits(dir: &Path, version: Version, c: Controller, limits: Limits) -> Re
             vec![("memory.max", &memory), ("memory.oom.group", "1")],
             vec![("memory.swap.max", "0")],
         ),
-        // The memory+swap limit may not be below the memory limit: set after it.
+        // The memory+swap limit may not be below the memory limit: set after
+        // it. v1 charges socket buffers only once a TCP limit is set (v2
+        // always counts them in memory.current).
         (Version::V1, Controller::Memory) => (
             vec![("memory.limit_in_bytes", &memory)],
             vec![
                 ("memory.memsw.limit_in_bytes", &memory),
+                ("memory.kmem.tcp.limit_in_bytes", &memory),
                 ("memory.swappiness", "0"),
             ],
         ),
@@ -737,6 +793,8 @@ fn remove_stale(group: &Path) -> io::Result<()> {
                 into: None,
                 oom_counter: None,
                 oom_event: None,
+                memory: None,
+                pids_events: None,
             };
             slot.empty()?;
             fs::remove_dir(entry.path())?;
@@ -1046,6 +1104,8 @@ mod tests {
             into: None,
             oom_counter: None,
             oom_event: None,
+            memory: None,
+            pids_events: None,
         };
         // SAFETY: the descriptors are open (held by `slot`).
         unsafe { slot.join().enter() }.unwrap();
@@ -1083,6 +1143,8 @@ mod tests {
                 },
                 oom_counter: None,
                 oom_event: None,
+                memory: None,
+                pids_events: None,
             };
             alone.empty().unwrap();
             assert_eq!(
@@ -1126,6 +1188,8 @@ mod tests {
             into: None,
             oom_counter: None,
             oom_event: None,
+            memory: None,
+            pids_events: None,
         };
         let pid = box_child(&slot);
         slot.empty().unwrap();

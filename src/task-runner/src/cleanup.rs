@@ -274,58 +274,6 @@ pub(crate) fn kill_processes_of(
     }
 }
 
-/// Removes the SysV shared memory segments, message queues and semaphore
-/// sets on the host that a uid in `uids` owns (from `/proc/sysvipc`): left by
-/// tasks of an older runner without IPC namespaces, they would hold memory
-/// and data for the slot's next tenant. Returns how many could not be removed.
-pub(crate) fn remove_sysv_objects_of(uids: &std::ops::Range<u32>) -> usize {
-    let mut failed = 0;
-    for (table, id_column) in [("shm", "shmid"), ("msg", "msqid"), ("sem", "semid")] {
-        let Ok(text) = fs::read_to_string(format!("/proc/sysvipc/{table}")) else {
-            continue;
-        };
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let (Some(id_at), Some(uid_at)) = (
-            header.iter().position(|c| *c == id_column),
-            header.iter().position(|c| *c == "uid"),
-        ) else {
-            continue;
-        };
-        for line in lines {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
-            let (Some(id), Some(uid)) = (field(id_at), field(uid_at)) else {
-                continue;
-            };
-            if !u32::try_from(uid).is_ok_and(|uid| uids.contains(&uid)) {
-                continue;
-            }
-            let Ok(id) = libc::c_int::try_from(id) else {
-                continue;
-            };
-            // SAFETY: IPC_RMID on an id read from the kernel's own table; a stale
-            // id fails harmlessly.
-            let rc = unsafe {
-                match table {
-                    "shm" => libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()),
-                    "msg" => libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()),
-                    _ => libc::semctl(id, 0, libc::IPC_RMID),
-                }
-            };
-            if rc < 0 {
-                failed += 1;
-                tracing::error!(table, id, error = %io::Error::last_os_error(), "could not remove a leftover SysV object");
-            }
-        }
-    }
-    failed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

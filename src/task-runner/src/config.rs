@@ -42,7 +42,8 @@ pub struct RunnerConfig {
     pub sandbox_uid_base: u32,
     /// Where per-run directories (the staged code) are created: a directory
     /// on a file system that allows `exec` (native addons are mapped
-    /// executable) and, as root, not inside a directory others can write.
+    /// executable) and, as root, not inside `/tmp`, `/dev`, `/etc` or
+    /// `/proc` (every box mounts its own there).
     /// `None`: [`DEFAULT_ROOT_WORK_DIR`](crate::DEFAULT_ROOT_WORK_DIR) as
     /// root, the system temp directory otherwise. Checked at
     /// [`Runner::new`](crate::Runner::new).
@@ -54,7 +55,7 @@ pub struct RunnerConfig {
     /// `RLIMIT_FSIZE`: largest file a task may write. Default 64 MiB.
     pub max_file_bytes: u64,
     /// As root, size of each private tmpfs a task can write (`/tmp`, which
-    /// holds `HOME`, `/var/tmp`, `/dev/shm`, `/run/lock`, …). Default 64 MiB.
+    /// holds `HOME`, and `/dev/shm`). Default 64 MiB.
     pub max_scratch_bytes: u64,
     /// `RLIMIT_NOFILE` of the task. Default 1024.
     pub max_open_files: u64,
@@ -68,6 +69,10 @@ pub struct RunnerConfig {
     /// every slot; `Some(0)` turns the pool off (every run starts `node`
     /// itself). Without root there is no pool. Default `None`.
     pub warm_pool: Option<usize>,
+    /// As root, host paths (files or directories, at the same path) shown
+    /// read-only in every box besides `node` and its libraries: for tasks
+    /// that run another program of the image. Default none.
+    pub box_paths: Vec<PathBuf>,
     /// Caps on a task's egress (see [`EgressLimits`]).
     pub egress: EgressLimits,
     /// How egress connections go out; `None`: [`DirectConnect`](crate::DirectConnect).
@@ -100,6 +105,7 @@ impl Default for RunnerConfig {
             max_open_files: 1024,
             max_processes: 64,
             warm_pool: None,
+            box_paths: Vec::new(),
             egress: EgressLimits::default(),
             egress_connect: None,
             egress_test_ca: None,

@@ -224,19 +224,30 @@ impl Boxed {
     }
 
     /// Kills everything in the box and reaps it. Returns the main process's
-    /// status when it was not known yet.
-    async fn empty(&mut self, known: Option<ExitStatus>) -> Result<ExitStatus, TaskError> {
+    /// status (`known`, or as the box reports it) and, as root, the CPU time
+    /// of every process of the box (the reaper reaps them all, the kernel
+    /// the rest when it ends).
+    async fn empty(
+        &mut self,
+        known: Option<ExitStatus>,
+    ) -> Result<(ExitStatus, Option<Duration>), TaskError> {
         match &mut self.kind {
             Kind::Ns(child) => {
                 let pid = child.pid();
                 // Blocking: waits for the kernel to kill and reap the namespace.
                 let reaped = tokio::task::spawn_blocking(move || {
-                    // SAFETY: kill and waitpid on our own unreaped child.
+                    // SAFETY: kill and wait4 on our own unreaped child.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     loop {
-                        let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+                        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+                        let rc = unsafe {
+                            libc::wait4(pid, std::ptr::null_mut(), libc::__WALL, &mut usage)
+                        };
                         if rc == pid {
-                            return Ok(());
+                            let time = |t: libc::timeval| {
+                                Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
+                            };
+                            return Ok(time(usage.ru_utime) + time(usage.ru_stime));
                         }
                         let err = std::io::Error::last_os_error();
                         if err.raw_os_error() != Some(libc::EINTR) {
@@ -244,8 +255,11 @@ impl Boxed {
                         }
                     }
                 });
-                match tokio::time::timeout(REAP_DEADLINE, reaped).await {
-                    Ok(Ok(Ok(()))) => child.mark_reaped(),
+                let cpu = match tokio::time::timeout(REAP_DEADLINE, reaped).await {
+                    Ok(Ok(Ok(cpu))) => {
+                        child.mark_reaped();
+                        cpu
+                    }
                     Ok(Ok(Err(e))) => return Err(TaskError::internal("reaping the box", e)),
                     Ok(Err(e)) => return Err(TaskError::internal("reaping the box", e)),
                     Err(_) => {
@@ -253,15 +267,16 @@ impl Boxed {
                             "the box did not end within {REAP_DEADLINE:?} of SIGKILL"
                         )))
                     }
-                }
-                if let Some(status) = known {
-                    return Ok(status);
-                }
+                };
                 // The reaper may have reported during the grace period's last moments.
-                Ok(match child.report().await {
-                    Report::Exited(status) => status,
-                    _ => killed(),
-                })
+                let status = match known {
+                    Some(status) => status,
+                    None => match child.report().await {
+                        Report::Exited(status) => status,
+                        _ => killed(),
+                    },
+                };
+                Ok((status, Some(cpu)))
             }
             Kind::Plain { child, marker } => {
                 let marker = marker.clone();
@@ -271,7 +286,7 @@ impl Boxed {
                     Err(e) => tracing::error!(error = %e, "box kill panicked"),
                 }
                 if let Some(status) = known {
-                    return Ok(status);
+                    return Ok((status, None));
                 }
                 // The group kill normally reached the main process already; should
                 // it have failed, kill it directly (it is our unreaped child, so its
@@ -285,6 +300,7 @@ impl Boxed {
                         ))
                     })?
                     .map_err(|e| TaskError::internal("waiting for node", e))
+                    .map(|status| (status, None))
             }
         }
     }
@@ -353,6 +369,8 @@ pub(crate) struct Outcome {
     pub stderr: Captured,
     pub elapsed: Duration,
     pub ending: Ending,
+    /// CPU time of every process of the box (root mode).
+    pub cpu: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,7 +456,7 @@ pub(crate) async fn supervise(
     if let Some(e) = failed {
         return Err(e);
     }
-    let status = status?;
+    let (status, cpu) = status?;
 
     // Everything that could write is dead (or, without a slot uid, may have
     // escaped): give the pipes a bounded time to report end-of-file.
@@ -458,6 +476,7 @@ pub(crate) async fn supervise(
         stderr,
         elapsed,
         ending,
+        cpu,
     })
 }
 

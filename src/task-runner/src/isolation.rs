@@ -6,14 +6,15 @@ use serde::{Deserialize, Serialize};
 /// The isolation every run of a [`Runner`](crate::Runner) gets, as detected
 /// when it started. Serialized into the server's `/manifest` (attested) and
 /// `/health_check`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Isolation {
     /// `"root"`: slot uids and a box of namespaces per run (the enclave's
     /// mode); `"unprivileged"`: tasks share the runner's uid (development).
     pub mode: String,
     /// Kernel release the runner started on.
     pub kernel: String,
-    /// Namespaces each run gets fresh (`mount`, `ipc`, `net`, `uts`, `pid`).
+    /// Namespaces each run gets fresh (`mount`, `ipc`, `net`, `uts`, `pid`,
+    /// `cgroup`).
     pub namespaces: Vec<String>,
     /// A PID 1 reaper per run: when it ends, everything the task started ends.
     pub pid1_reaper: bool,
@@ -26,12 +27,23 @@ pub struct Isolation {
     pub network: String,
     /// The task's code is mounted read-only and other runs are invisible.
     pub readonly_code: bool,
+    /// The host paths a box shows, read-only (`node`, the libraries its
+    /// loader opens, the links on the way, `box_paths`); its root is a
+    /// fresh tmpfs that holds nothing else of the host but the task snapshot.
+    pub box_root: Vec<String>,
     /// Directories a task can write, each a private tmpfs (empty without root).
     pub scratch_dirs: Vec<String>,
     /// Size of each scratch tmpfs, in bytes (0 without root).
     pub scratch_bytes: u64,
     /// Scratch directories are mounted `noexec`: a task cannot run code it wrote.
     pub scratch_noexec: bool,
+    /// How a task is kept from executing a memfd: `"sysctl"`
+    /// (`vm.memfd_noexec=2` in its PID namespace), `"seccomp"`
+    /// (`memfd_create` denied) or `"none"`.
+    pub memfd_noexec: String,
+    /// The task cannot lower its `oom_score_adj` below 1000 (the runner has
+    /// `CAP_SYS_RESOURCE`).
+    pub oom_score_floor: bool,
     /// Version of the seccomp profile every task runs under.
     pub seccomp_profile: String,
     /// Each slot runs under a uid of its own.
@@ -45,4 +57,22 @@ pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Whether this process has `CAP_SYS_RESOURCE` in its effective set: only
+/// then does writing `oom_score_adj` also set the floor a task cannot go
+/// below (`oom_score_adj_min`).
+pub(crate) fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }

@@ -39,7 +39,7 @@
 //!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
 //!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
 //!   task, not the runner), `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`,
-//!   and seccomp filters (profile `nautilus-seccomp-2`) at least as strict as
+//!   and seccomp filters (profile `nautilus-seccomp-3`) at least as strict as
 //!   Docker's default for what Node.js does not need: namespace creation
 //!   (`unshare`, `setns`, `clone` with `CLONE_NEW*` flags; `clone3` fails with
 //!   `ENOSYS`, so libc falls back to `clone`), the mount family, keyrings,
@@ -79,30 +79,27 @@
 //! before the `clone`; the `ns` module's source lists the steps. Slot `i`
 //! runs as uid and gid
 //! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
-//! Inside the box the task sees:
-//! - the tasks as staged at start, read-only, its own at
-//!   `<work dir>/task/<task path>` (the snapshot is bound over the whole
-//!   work directory: nothing else of the work directory is visible; files
-//!   only root may read stay unreadable);
-//! - a private tmpfs of [`RunnerConfig::max_scratch_bytes`], mounted
-//!   `nosuid,nodev,noexec`, over every directory others can write on the host
-//!   (found at [`Runner::new`]: `/tmp`, `/var/tmp`, `/run/lock`, `/var/lock`,
-//!   and whatever a search three levels below `/` finds), with `HOME` and
-//!   `TMPDIR` at `/tmp`: it can execute only code that came with the image,
-//!   its writes are bounded, and nothing it wrote outlives it;
-//! - a minimal `/dev` (`null`, `zero`, `full`, `random`, `urandom`,
-//!   the `fd`/`stdin`/`stdout`/`stderr` links and a private `shm` tmpfs):
-//!   no NSM, vsock, kmsg or memory device;
-//! - a `/proc` of its own PID namespace (on any kernel), loopback as its only
-//!   network, its own SysV IPC and host name (`nautilus-task`).
+//! Inside the box the task sees a root built from an allowlist (see
+//! `docs/isolation.md`): a fresh read-only tmpfs holding `node` and the
+//! libraries its loader opens (bound read-only, links recreated),
+//! [`RunnerConfig::box_paths`], a generated `/etc` (`hosts`,
+//! `nsswitch.conf`), the tasks as staged at start (read-only, its own at
+//! `<work dir>/task/<task path>`), a minimal `/dev`, a `/proc` of its own
+//! PID namespace with host-wide load and memory files masked, no `/sys`,
+//! and two writable `nosuid,nodev,noexec` tmpfs of
+//! [`RunnerConfig::max_scratch_bytes`] that die with it: `/tmp` (`HOME`,
+//! `TMPDIR`) and `/dev/shm`. It also gets loopback as its only network, its
+//! own SysV IPC, host name (`nautilus-task`) and cgroup namespace (rooted at
+//! its slot), memfds it cannot execute (`vm.memfd_noexec=2` on Linux 6.3+,
+//! else no `memfd_create`), and a PID 1 named `nautilus-box`.
 //!
 //! The task then cannot read or ptrace the runner's memory, signal it (or
 //! any process outside its box), write any task directory, see or touch a
 //! concurrent task, reach a host port, or leave anything behind. The box
 //! dies with the runner (`PR_SET_PDEATHSIG` on the reaper). The work
 //! directory must be on a file system that allows `exec` (native addons are
-//! mapped executable) and may not lie inside a directory others can write;
-//! [`Runner::new`] checks both, and refuses to start when the kernel does not
+//! mapped executable) and may not lie inside `/tmp`, `/dev`, `/etc` or
+//! `/proc` (the box mounts its own there); [`Runner::new`] checks both, and refuses to start when the kernel does not
 //! let it create all five namespaces. [`Runner::isolation`] describes what is
 //! in force (for the attested manifest).
 //!
@@ -117,7 +114,7 @@
 //! CPU weight, all slots together half the runner's. Running out of memory
 //! kills the whole task (v2 `memory.oom.group`; on v1 the runner, told by an
 //! eventfd), never the runner; the result then has signal `SIGKILL` and
-//! stderr ends with a note saying the memory limit was reached. The cgroups
+//! `limit` `"memory"`, a signed field the task cannot write. The cgroups
 //! are removed with the runner. [`Runner::cgroups`] says what is in force;
 //! with no usable controller only the rlimits apply, and the runner logs that
 //! at start.
@@ -133,8 +130,8 @@
 //! runner (another server, the CLI) moves up instead of sharing, and
 //! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
 //! runner kills every process its slot uids still own and removes what
-//! earlier runs under them left (SysV IPC objects, task snapshots, files at
-//! the top of the shared directories): a crashed predecessor leaves no trap.
+//! earlier runs under them left (task snapshots): a crashed predecessor
+//! leaves no trap.
 //!
 //! ## The warm pool (root mode)
 //!
@@ -225,8 +222,9 @@ pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
-    normalize_task_path, TaskInfo, TaskRequest, TaskResult, ValidRequest, DEFAULT_TASK_PATH,
-    MAX_ARGS, MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES, MAX_STDIN_BYTES, MAX_TASK_PATH_BYTES,
+    normalize_task_path, Resources, TaskInfo, TaskRequest, TaskResult, ValidRequest,
+    DEFAULT_TASK_PATH, MAX_ARGS, MAX_ARGS_TOTAL_BYTES, MAX_ARG_BYTES, MAX_STDIN_BYTES,
+    MAX_TASK_PATH_BYTES,
 };
 
 use digest::TreeLimits;
@@ -338,8 +336,8 @@ impl Runner {
     ///
     /// When root: checks the work directory and that the kernel gives every
     /// namespace the box needs, locks the slot uids, and sweeps away whatever
-    /// a crashed predecessor left under them (processes, task snapshots,
-    /// files in shared directories). Blocking.
+    /// a crashed predecessor left under them (processes, task snapshots).
+    /// Blocking.
     pub fn new(config: RunnerConfig) -> Result<Runner, ConfigError> {
         config.check()?;
         let root =
@@ -372,15 +370,20 @@ impl Runner {
                     missing.join(", ")
                 )));
             }
-            let plan = BoxPlan::new(&work_dir, config.max_scratch_bytes)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let plan = BoxPlan::new(
+                &work_dir,
+                config.max_scratch_bytes,
+                node.as_ref().map(|n| n.path.as_path()),
+                &config.box_paths,
+            )
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             // `check` made sure max_concurrent fits a u32.
             let uids = uids::UidLease::take_first_free(
                 uids::UidLease::lock_parent(&work_dir),
                 config.sandbox_uid_base,
                 config.max_concurrent as u32,
             )?;
-            sweep(&work_dir, uids.slots(), &plan.scratch_paths, &counters)?;
+            sweep(&work_dir, uids.slots(), &counters)?;
             (Some(uids), Some(plan))
         } else {
             (None, None)
@@ -418,25 +421,14 @@ impl Runner {
                 None
             }
         };
-        let hosts = match (&uids, &plan) {
-            (Some(lease), Some(plan)) if plan.has_hosts => Some(
+        let hosts = match &uids {
+            Some(lease) => Some(
                 egress::HostsFiles::create(&work_dir, lease.slots()).map_err(|e| {
                     ConfigError::Invalid(format!("creating the slots' hosts files: {e}"))
                 })?,
             ),
-            _ => None,
+            None => None,
         };
-        if let (Some(snapshot), None) = (&snapshot, &hosts) {
-            if let Some((name, _)) = snapshot
-                .tasks()
-                .find(|(_, t)| t.as_ref().is_ok_and(|t| !t.declaration.egress.is_empty()))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "task {name} declares egress, but this host has no {}: each box maps the declared names in its own copy of it (create it, e.g. with a localhost line)",
-                    ns::HOSTS
-                )));
-            }
-        }
         let pool_size = match (privileged, config.warm_pool) {
             (true, size) => size.unwrap_or(config.max_concurrent),
             (false, Some(0)) => 0,
@@ -467,6 +459,7 @@ impl Runner {
             config.max_file_bytes,
             config.max_open_files,
             privileged.then_some(config.max_processes),
+            plan.as_ref().is_some_and(|p| !p.memfd_sysctl),
         )?;
         let isolation = describe(plan.as_ref(), &config);
         let pass_env = config
@@ -701,39 +694,43 @@ fn log_cgroups(s: &CgroupSummary) {
 fn describe(plan: Option<&BoxPlan>, config: &RunnerConfig) -> Isolation {
     let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
     match plan {
-        Some(plan) => Isolation {
-            mode: "root".into(),
-            kernel: isolation::kernel_release(),
-            namespaces: strings(&ns::NAMESPACES.map(|(name, _)| name)),
-            pid1_reaper: true,
-            private_proc: true,
-            private_dev: true,
-            network: "loopback-only".into(),
-            readonly_code: true,
-            scratch_dirs: plan.scratch_paths.clone(),
-            scratch_bytes: config.max_scratch_bytes,
-            scratch_noexec: true,
-            seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
-            slot_uids: true,
-            missing: Vec::new(),
-        },
+        Some(plan) => {
+            let oom_score_floor = isolation::has_cap_sys_resource();
+            let mut missing = Vec::new();
+            if !oom_score_floor {
+                missing.push("oom_score_adj floor: the runner lacks CAP_SYS_RESOURCE, so a task can lower its OOM score from 1000 (the OOM killer may then pick the runner)".to_owned());
+                tracing::warn!("{}", missing[0]);
+            }
+            Isolation {
+                mode: "root".into(),
+                kernel: isolation::kernel_release(),
+                namespaces: strings(&ns::NAMESPACES.map(|(name, _)| name)),
+                pid1_reaper: true,
+                private_proc: true,
+                private_dev: true,
+                network: "loopback-only".into(),
+                readonly_code: true,
+                box_root: plan.exposed(),
+                scratch_dirs: strings(&["/dev/shm", ns::TASK_HOME]),
+                scratch_bytes: config.max_scratch_bytes,
+                scratch_noexec: true,
+                memfd_noexec: if plan.memfd_sysctl { "sysctl" } else { "seccomp" }.into(),
+                oom_score_floor,
+                seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
+                slot_uids: true,
+                missing,
+            }
+        }
         None => Isolation {
             mode: "unprivileged".into(),
             kernel: isolation::kernel_release(),
-            namespaces: Vec::new(),
-            pid1_reaper: false,
-            private_proc: false,
-            private_dev: false,
             network: "host".into(),
-            readonly_code: false,
-            scratch_dirs: Vec::new(),
-            scratch_bytes: 0,
-            scratch_noexec: false,
+            memfd_noexec: "none".into(),
             seccomp_profile: sandbox::SECCOMP_PROFILE.into(),
-            slot_uids: false,
             missing: vec![
                 "slot uids, namespaces, private /proc, /dev, network and scratch: the runner is not root".into(),
             ],
+            ..Isolation::default()
         },
     }
 }
@@ -751,24 +748,12 @@ fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, 
         None => std::env::temp_dir(),
     };
     if privileged && !configured.exists() {
-        // Missing parents (a minimal image has no /var/lib) must stay
-        // searchable by the slot uids whatever the umask; the work directory
-        // itself is root's alone.
-        let missing: Vec<PathBuf> = configured
-            .ancestors()
-            .skip(1)
-            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
-            .map(Path::to_path_buf)
-            .collect();
+        // Root's alone; the box shows it on its own root, so the way to it
+        // (a minimal image has no /var/lib) needs no particular mode.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&configured)
-            .and_then(|()| {
-                missing.iter().try_for_each(|d| {
-                    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
-                })
-            })
             .map_err(|e| {
                 invalid(format!(
                     "creating the work directory {}: {e}",
@@ -804,9 +789,6 @@ fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, 
                 meta.mode() & 0o7777
             )));
         }
-        if let Some(parent) = dir.parent() {
-            check_traversable(&dir, parent)?;
-        }
     }
     Ok(dir)
 }
@@ -814,27 +796,21 @@ fn prepare_work_dir(config: &RunnerConfig, privileged: bool) -> Result<PathBuf, 
 use std::os::unix::fs::DirBuilderExt;
 
 /// Before serving, as root: kills every process a slot uid still owns and
-/// removes what earlier runs under these uids left (SysV IPC objects, run
-/// directories, slot-owned entries at the top of the shared directories), so a crashed
+/// removes the run directories earlier runs under these uids left (a box
+/// writes nothing else of the host's, and its IPC namespace dies with it), so a crashed
 /// predecessor never leaves a trap for this runner. Only this runner holds
 /// the lease on these uids.
 fn sweep(
     work_dir: &Path,
     slots: std::ops::Range<u32>,
-    shared: &[String],
     counters: &Counters,
 ) -> Result<(), ConfigError> {
-    use std::os::unix::fs::MetadataExt;
     let survivors = cleanup::kill_processes_of(&slots, SWEEP_DEADLINE);
     if !survivors.is_empty() {
         return Err(ConfigError::Invalid(format!(
             "processes of the slot uids {slots:?} survived SIGKILL for {SWEEP_DEADLINE:?}: {survivors:?}"
         )));
     }
-    let failed = cleanup::remove_sysv_objects_of(&slots);
-    counters
-        .cleanup_failures
-        .fetch_add(failed as u64, Ordering::Relaxed);
     let remove = |path: &Path| {
         if let Err(e) = cleanup::remove_tree(path) {
             counters.cleanup_failures.fetch_add(1, Ordering::Relaxed);
@@ -850,17 +826,6 @@ fn sweep(
                 .and_then(|(uid, _)| uid.parse::<u32>().ok())
                 .is_some_and(|uid| slots.contains(&uid));
             if ours {
-                remove(&entry.path());
-            }
-        }
-    }
-    for dir in shared {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            // DirEntry::metadata does not follow symlinks.
-            if entry.metadata().is_ok_and(|m| slots.contains(&m.uid())) {
                 remove(&entry.path());
             }
         }
@@ -885,27 +850,6 @@ fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
                 dir.display(),
                 meta.uid(),
                 meta.mode() & 0o7777
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Inside the box the work directory shows the run's own directory; the
-/// slot uids reach it through `parent` (canonical): every directory on the
-/// way must be searchable by others (a checkout under `/root` is not).
-fn check_traversable(work_dir: &Path, parent: &Path) -> Result<(), ConfigError> {
-    for dir in parent.ancestors() {
-        let mode = std::fs::metadata(dir)
-            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", dir.display())))?
-            .permissions()
-            .mode();
-        if mode & 0o001 == 0 {
-            return Err(ConfigError::Invalid(format!(
-                "work directory {}: {} is not searchable by the task uids (mode {:o})",
-                work_dir.display(),
-                dir.display(),
-                mode & 0o7777
             )));
         }
     }
@@ -1205,6 +1149,8 @@ impl Inner {
         };
         let cgroup = self.cgroups.slot(index);
         let oom_before = cgroup.and_then(cgroup::Slot::oom_kills);
+        let pids_before = cgroup.and_then(cgroup::Slot::pids_refused);
+        let peak = cgroup.and_then(cgroup::Slot::peak_from_now);
         if let Some(hosts) = &self.hosts {
             hosts
                 .write(index, &egress)
@@ -1292,7 +1238,7 @@ impl Inner {
         // Blocking: the run directory (without root) goes, and the slot's
         // cgroups must be empty before the slot is used again.
         let this = self.clone();
-        let oom_killed = tokio::task::spawn_blocking(move || {
+        let (oom_killed, pids_refused, peak) = tokio::task::spawn_blocking(move || {
             if let Some(path) = run_dir {
                 this.remove_run_dir(&path);
             }
@@ -1300,12 +1246,16 @@ impl Inner {
             if let Err(e) = cgroup.empty() {
                 tracing::error!(error = %e, "slot cgroup could not be emptied");
             }
-            Some(cgroup.oom_kills() > oom_before)
+            Some((
+                cgroup.oom_kills() > oom_before,
+                cgroup.pids_refused() > pids_before,
+                peak.and_then(|p| p.read()),
+            ))
         })
         .await
         .ok()
         .flatten()
-        .unwrap_or(false);
+        .unwrap_or((false, false, None));
         // The slot is freed once its warm box is back, off the caller's path.
         let this = self.clone();
         tokio::spawn(async move { this.refill(slot) });
@@ -1313,13 +1263,21 @@ impl Inner {
 
         let cap = self.config.max_output_bytes;
         let (stdout, stdout_truncated) = outcome.stdout.into_text(cap);
-        let (mut stderr, mut stderr_truncated) = outcome.stderr.into_text(cap);
+        let (stderr, stderr_truncated) = outcome.stderr.into_text(cap);
         // On v1 the runner's own kill may beat the OOM killer to it, which
         // then has nothing left to count.
-        if oom_killed || outcome.ending == Ending::OutOfMemory {
+        let limit = if oom_killed || outcome.ending == Ending::OutOfMemory {
             tracing::warn!(task_id, "task killed at its memory limit");
-            stderr_truncated |= append_note(&mut stderr, cap, &self.oom_note());
-        }
+            Some("memory")
+        } else if outcome.ending == Ending::TimedOut {
+            Some("time")
+        } else if pids_refused {
+            Some("pids")
+        } else if stdout_truncated || stderr_truncated {
+            Some("output")
+        } else {
+            None
+        };
         let result = TaskResult {
             task_id,
             task_path: req.task_path,
@@ -1341,7 +1299,12 @@ impl Inner {
             stderr,
             stdout_truncated,
             stderr_truncated,
-            execution_time_ms: u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX),
+            execution_time_ms: millis(outcome.elapsed),
+            limit: limit.map(str::to_owned),
+            resources: outcome.cpu.map(|cpu| Resources {
+                cpu_time_ms: millis(cpu),
+                peak_memory_bytes: peak.unwrap_or(0),
+            }),
             egress: egress_records,
         };
         match outcome.ending {
@@ -1394,15 +1357,6 @@ impl Inner {
         Ok(Some(self.egress_session(egress::Netns::Of(pid), egress)?.1))
     }
 
-    /// What a task killed at its memory limit finds at the end of its stderr.
-    fn oom_note(&self) -> String {
-        format!(
-            "\n[nautilus] task killed: it reached its memory limit of {} bytes \
-             (out of memory in its cgroup)\n",
-            self.config.memory_limit_bytes
-        )
-    }
-
     /// Without root: creates the run directory (staged task, digest, entry
     /// point, preload, home).
     fn prepare(&self, task_dir: &Path) -> Result<RunDir, TaskError> {
@@ -1443,35 +1397,12 @@ impl Inner {
     }
 }
 
-/// Appends the runner's `note` to a task's captured text, dropping as much of
-/// the text's end as the cap requires (a cut character included); returns
-/// whether anything was dropped.
-fn append_note(text: &mut String, cap: usize, note: &str) -> bool {
-    let room = cap.saturating_sub(note.len());
-    let cut = text.len() > room;
-    if cut {
-        let mut at = room;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
-    }
-    text.push_str(note);
-    cut
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_note_always_fits_the_cap() {
-        let mut text = "ab\u{e9}".repeat(10);
-        assert!(super::append_note(&mut text, 12, "!note!"));
-        assert_eq!(text, "ab\u{e9}ab!note!");
-        let mut short = String::from("x");
-        assert!(!super::append_note(&mut short, 12, "!note!"));
-        assert_eq!(short, "x!note!");
-    }
-
     #[test]
     fn runner_can_be_shared_across_tasks() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}

@@ -12,16 +12,18 @@
 //! and builds the box in that child, which becomes PID 1 of the new PID
 //! namespace ("the reaper"):
 //!
-//! 1. joins the slot's cgroups, moves its descriptors to fixed numbers (0–2
+//! 1. joins the slot's cgroups (and a new cgroup namespace), moves its descriptors to fixed numbers (0–2
 //!    the task's stdio, 3 the report pipe) and closes every other one, so no
 //!    descriptor of a concurrent run is held by this box (a warm box's
 //!    `node` also gets the read end of its control pipe, high up);
-//! 2. makes every mount private, binds the task snapshot read-only over
-//!    the work directory (the task sees the staged tasks at
-//!    `<work dir>/task` and nothing else of the work directory), mounts a
-//!    size-capped `nosuid,nodev,noexec` tmpfs over every directory others
-//!    can write (found at start), a minimal `/dev`, a `/proc` of the new PID namespace,
-//!    brings up loopback and sets the host name;
+//! 2. makes every mount private and builds the box's root from the plan's
+//!    allowlist ([`BoxPlan`]): a tmpfs on the work directory holding
+//!    read-only binds of `node`, its libraries and the task snapshot, then
+//!    `pivot_root`s into it and detaches the host's tree; mounts a minimal
+//!    `/dev`, a `/proc` of the new PID namespace (host-wide files masked,
+//!    memfds made non-executable), a size-capped `noexec` `/tmp`, writes
+//!    `/etc`, remounts the root read-only, brings up loopback, sets the
+//!    host name and overwrites its own command line;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
 //!    blocks SIGCHLD, SIGTERM
 //!    and SIGINT, and clones `node`'s process, which takes a new session,
@@ -56,36 +58,48 @@ use tokio::net::unix::pipe;
 
 use crate::sandbox::{check, close_from, Identity, Policy};
 
-/// The namespaces every run gets.
-pub(crate) const NAMESPACES: [(&str, libc::c_int); 5] = [
+/// The namespaces every run gets. The cgroup namespace is the reaper's
+/// own `unshare` once it is in the slot's cgroups (its root is then the slot).
+pub(crate) const NAMESPACES: [(&str, libc::c_int); 6] = [
     ("mount", libc::CLONE_NEWNS),
     ("ipc", libc::CLONE_NEWIPC),
     ("net", libc::CLONE_NEWNET),
     ("uts", libc::CLONE_NEWUTS),
     ("pid", libc::CLONE_NEWPID),
+    ("cgroup", libc::CLONE_NEWCGROUP),
 ];
 
-/// The name service's file of host names, which each box gets its own of.
-pub(crate) const HOSTS: &str = "/etc/hosts";
 /// Host name inside the box.
 const HOSTNAME: &[u8] = b"nautilus-task";
 /// Where `HOME` and `TMPDIR` point inside the box: a private tmpfs.
 pub(crate) const TASK_HOME: &str = "/tmp";
 /// The directories a run directory holds, under the work directory.
 pub(crate) const CODE_DIR: &str = "task";
-/// Candidate directories others may write; whichever exist get a private tmpfs.
-const SHARED_CANDIDATES: [&str; 6] = [
-    "/tmp",
-    "/var/tmp",
-    "/dev/shm",
-    "/run/lock",
-    "/var/lock",
-    "/dev/mqueue",
+/// The box's own root: directories, mount points, links and the generated
+/// `/etc` files; read-only once built.
+const ROOT_DATA: &CStr = c"size=1m,nr_inodes=4096,mode=755";
+/// Mount points every box gets on its root, each with a mount of its own.
+const BOX_DIRS: [&str; 4] = ["/dev", "/etc", "/proc", "/tmp"];
+/// The box's `/etc`: generated, nothing of the host's.
+const ETC_FILES: [(&CStr, &[u8]); 2] = [
+    (c"/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
+    (c"/etc/nsswitch.conf", b"hosts: files dns\n"),
 ];
-/// How deep, and how many directories, the start-up search for other
-/// world-writable directories goes.
-const SCAN_DEPTH: usize = 3;
-const SCAN_BUDGET: usize = 20_000;
+/// Host-wide `/proc` files that tell a task about other tenants (load,
+/// memory, I/O): `/dev/null` is bound over each. `/proc/pressure` gets an
+/// empty read-only tmpfs.
+const PROC_MASKED: [&CStr; 5] = [
+    c"/proc/loadavg",
+    c"/proc/meminfo",
+    c"/proc/vmstat",
+    c"/proc/zoneinfo",
+    c"/proc/diskstats",
+];
+/// What the box's PID 1 is called (`/proc/1/cmdline` and `comm`).
+const REAPER_NAME: &[u8] = b"nautilus-box\0";
+/// The per-PID-namespace sysctl (Linux 6.3+) that makes every memfd
+/// non-executable.
+pub(crate) const MEMFD_NOEXEC: &str = "/proc/sys/vm/memfd_noexec";
 
 /// Fixed descriptor numbers inside the box.
 const FD_REPORT: RawFd = 3;
@@ -98,13 +112,9 @@ const MSG_ERROR: u32 = 1;
 const MSG_STATUS: u32 = 2;
 
 /// The steps of building the box, named in errors.
-const STEPS: [&str; 15] = [
+const STEPS: [&str; 10] = [
     "moving descriptors",
-    "making mounts private",
-    "binding the task code",
-    "mounting scratch tmpfs",
-    "building /dev",
-    "mounting /proc",
+    "building the box's file system",
     "bringing up loopback",
     "setting the host name",
     "raising the OOM score",
@@ -113,84 +123,133 @@ const STEPS: [&str; 15] = [
     "dropping privileges",
     "executing node",
     "joining the egress network namespace",
-    "binding /etc/hosts",
 ];
 const STEP_FDS: u32 = 0;
-const STEP_PRIVATE: u32 = 1;
-const STEP_CODE: u32 = 2;
-const STEP_SCRATCH: u32 = 3;
-const STEP_DEV: u32 = 4;
-const STEP_PROC: u32 = 5;
-const STEP_NET: u32 = 6;
-const STEP_UTS: u32 = 7;
-const STEP_OOM: u32 = 8;
-const STEP_CGROUP: u32 = 9;
-const STEP_FORK: u32 = 10;
-const STEP_ENTER: u32 = 11;
-const STEP_EXEC: u32 = 12;
-const STEP_NETNS: u32 = 13;
-const STEP_HOSTS: u32 = 14;
+const STEP_FS: u32 = 1;
+const STEP_NET: u32 = 2;
+const STEP_UTS: u32 = 3;
+const STEP_OOM: u32 = 4;
+const STEP_CGROUP: u32 = 5;
+const STEP_FORK: u32 = 6;
+const STEP_ENTER: u32 = 7;
+const STEP_EXEC: u32 = 8;
+const STEP_NETNS: u32 = 9;
 
-/// The layout every box gets, decided once at start.
+/// What a path of the box's root is: a directory, a symbolic link, or a
+/// read-only bind of a host file or (recursively) directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    Link,
+    File,
+    Tree,
+}
+
+/// One entry of the box's root: `at` is its path prefixed with the work
+/// directory (where the root is built before the box pivots into it),
+/// `src` a link's target or the host path bound there.
+#[derive(Debug)]
+struct Entry {
+    kind: Kind,
+    src: CString,
+    at: CString,
+}
+
+/// The layout every box gets, decided once at start: a fresh tmpfs root
+/// holding read-only binds of exactly what `node` needs (found by asking
+/// its dynamic loader), the task snapshot and nothing else of the host.
 #[derive(Debug)]
 pub(crate) struct BoxPlan {
-    /// Canonical work directory: run directories live here, and inside the
-    /// box it shows the run's own directory, read-only.
+    /// Canonical work directory: the root is built on a tmpfs mounted here,
+    /// and inside the box the same path shows the task snapshot, read-only.
     work_dir: CString,
+    /// The snapshot's mount point while the root is built.
+    code_at: CString,
     /// `<work_dir>/task`: the task's code and working directory.
     code_dir: CString,
-    /// Directories others can write on the host, outside `/dev`, parents first.
-    scratch: Vec<CString>,
-    /// The same, for the isolation summary (including `/dev/shm`).
-    pub scratch_paths: Vec<String>,
-    /// tmpfs options of a scratch directory.
+    /// Parents first.
+    entries: Vec<Entry>,
+    /// tmpfs options of `/tmp` and `/dev/shm`.
     scratch_data: CString,
-    /// Whether the host has an `/etc/hosts` to bind each box's own over
-    /// (see [`crate::egress`]).
-    pub has_hosts: bool,
+    /// Where the runner's own command line lies in memory (the reaper, a
+    /// copy of it, overwrites it with [`REAPER_NAME`]).
+    argv: (usize, usize),
+    /// Whether [`MEMFD_NOEXEC`] exists (else seccomp denies `memfd_create`).
+    pub memfd_sysctl: bool,
 }
 
 /// Why the box cannot be planned.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PlanError {
-    #[error("the work directory {0} must not be inside {1}, which others can write: the task's own tmpfs hides it there (choose another --work-dir)")]
-    WorkDirShared(PathBuf, String),
+    #[error("the work directory {0} must not be inside {1}, where every box mounts its own (choose another --work-dir)")]
+    WorkDirShadowed(PathBuf, &'static str),
     #[error("{0} contains a NUL byte")]
     Nul(PathBuf),
+    #[error("{0}: {1} (the box shows it read-only)")]
+    Expose(PathBuf, io::Error),
+    #[error("{0}: more than {MAX_LINKS} symbolic links")]
+    Loop(PathBuf),
 }
+
+/// Symbolic links followed while exposing one path.
+const MAX_LINKS: usize = 40;
 
 impl BoxPlan {
     /// Plans the box for runs staged under `work_dir` (canonical), with
-    /// `scratch_bytes` of tmpfs per scratch directory.
-    pub fn new(work_dir: &Path, scratch_bytes: u64) -> Result<Self, PlanError> {
-        let shared = find_shared_dirs(work_dir);
+    /// `scratch_bytes` of tmpfs for `/tmp` and `/dev/shm`, `node` and its
+    /// libraries bound in, and `extra` host paths too.
+    pub fn new(
+        work_dir: &Path,
+        scratch_bytes: u64,
+        node: Option<&Path>,
+        extra: &[PathBuf],
+    ) -> Result<Self, PlanError> {
+        if let Some(dir) = BOX_DIRS.iter().find(|d| work_dir.starts_with(d)) {
+            return Err(PlanError::WorkDirShadowed(work_dir.to_owned(), dir));
+        }
         let c = |p: &Path| {
             CString::new(p.as_os_str().as_bytes()).map_err(|_| PlanError::Nul(p.to_owned()))
         };
-        if let Some(dir) = shared.iter().find(|d| work_dir.starts_with(d)) {
-            return Err(PlanError::WorkDirShared(
-                work_dir.to_owned(),
-                dir.display().to_string(),
-            ));
+        let at = |p: &Path| work_dir.join(p.strip_prefix("/").unwrap_or(p));
+        let mut tree = Tree::new();
+        for dir in BOX_DIRS.iter().map(Path::new).chain([work_dir]) {
+            for d in dir.ancestors().filter(|d| d.parent().is_some()) {
+                tree.insert(d.to_owned(), (Kind::Dir, PathBuf::new()));
+            }
         }
-        let mut scratch_paths: Vec<String> =
-            shared.iter().map(|d| d.display().to_string()).collect();
-        scratch_paths.push("/dev/shm".to_owned());
-        scratch_paths.sort();
-        scratch_paths.dedup();
+        let mut wanted: Vec<PathBuf> = extra.to_vec();
+        if let Some(node) = node {
+            wanted.push(node.to_owned());
+            wanted.extend(loaded_by(node));
+        }
+        for path in &wanted {
+            expose(path, &mut tree, 0)?;
+        }
+        let inside_tree = |path: &Path| {
+            tree.iter()
+                .any(|(t, (k, _))| *k == Kind::Tree && path != t && path.starts_with(t))
+        };
+        let entries = tree
+            .iter()
+            .filter(|(path, _)| !inside_tree(path))
+            .map(|(path, (kind, src))| {
+                Ok(Entry {
+                    kind: *kind,
+                    src: c(src)?,
+                    at: c(&at(path))?,
+                })
+            })
+            .collect::<Result<_, PlanError>>()?;
         Ok(Self {
             work_dir: c(work_dir)?,
+            code_at: c(&at(work_dir))?,
             code_dir: c(&work_dir.join(CODE_DIR))?,
-            scratch: shared
-                .iter()
-                .filter(|d| !d.starts_with("/dev"))
-                .map(|d| c(d))
-                .collect::<Result<_, _>>()?,
-            scratch_paths,
+            entries,
             // Digits and ASCII only: no NUL inside.
             scratch_data: CString::new(format!("size={scratch_bytes},mode=1777"))
                 .map_err(|_| PlanError::Nul(PathBuf::from("tmpfs options")))?,
-            has_hosts: Path::new(HOSTS).is_file(),
+            argv: own_argv(),
+            memfd_sysctl: Path::new(MEMFD_NOEXEC).exists(),
         })
     }
 
@@ -198,63 +257,104 @@ impl BoxPlan {
     pub fn code_dir(&self) -> PathBuf {
         PathBuf::from(OsStr::from_bytes(self.code_dir.as_bytes()))
     }
+
+    /// The host paths bound into the box (for the isolation summary).
+    pub fn exposed(&self) -> Vec<String> {
+        let bound = self
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::File | Kind::Tree));
+        bound
+            .map(|e| e.src.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
-/// Existing directories others can write, canonical, without those nested
-/// in another one (its tmpfs hides them): [`SHARED_CANDIDATES`] (`/tmp`
-/// always, even when not world-writable: `HOME` lives there) and whatever a
-/// bounded search below `/` finds, outside `/proc`, `/sys`, `/dev` (which
-/// the box replaces) and `work_dir`.
-fn find_shared_dirs(work_dir: &Path) -> Vec<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let mut found: Vec<PathBuf> = SHARED_CANDIDATES
-        .iter()
-        .filter_map(|d| std::fs::canonicalize(d).ok())
-        .filter(|d| d.is_dir())
-        .collect();
-    let skip = [
-        Path::new("/proc"),
-        Path::new("/sys"),
-        Path::new("/dev"),
-        work_dir,
-    ];
-    let mut queue = vec![(PathBuf::from("/"), 0usize)];
-    let mut budget = SCAN_BUDGET;
-    while let Some((dir, depth)) = queue.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if budget == 0 {
-                tracing::warn!(
-                    "stopped searching for world-writable directories after {SCAN_BUDGET}"
-                );
-                queue.clear();
-                break;
-            }
-            budget -= 1;
-            // DirEntry::metadata does not follow symlinks.
-            let Ok(meta) = entry.metadata() else { continue };
-            let path = entry.path();
-            if !meta.is_dir() || skip.iter().any(|s| path.starts_with(s)) {
+/// The box's root as planned, by path (parents sort first).
+type Tree = std::collections::BTreeMap<PathBuf, (Kind, PathBuf)>;
+
+/// Adds `path` to the root as the host resolves it: every symbolic link on
+/// the way is recreated, the file (or directory) it ends at is bound.
+fn expose(path: &Path, tree: &mut Tree, links: usize) -> Result<(), PlanError> {
+    use std::path::Component;
+    if links > MAX_LINKS {
+        return Err(PlanError::Loop(path.to_owned()));
+    }
+    let parts: Vec<Component> = path.components().collect();
+    let mut here = PathBuf::from("/");
+    for (i, part) in parts.iter().enumerate() {
+        match part {
+            Component::Normal(name) => here.push(name),
+            Component::ParentDir => {
+                here.pop();
                 continue;
             }
-            if meta.mode() & 0o002 != 0 {
-                found.push(path);
-            } else if depth + 1 < SCAN_DEPTH {
-                queue.push((path, depth + 1));
-            }
+            _ => continue,
         }
-    }
-    found.sort();
-    found.dedup();
-    let mut outer: Vec<PathBuf> = Vec::new();
-    for dir in found {
-        if !outer.iter().any(|o| dir.starts_with(o)) {
-            outer.push(dir);
+        let meta =
+            std::fs::symlink_metadata(&here).map_err(|e| PlanError::Expose(path.to_owned(), e))?;
+        if meta.is_symlink() {
+            let target =
+                std::fs::read_link(&here).map_err(|e| PlanError::Expose(path.to_owned(), e))?;
+            let rest: PathBuf = parts[i + 1..].iter().collect();
+            let next = here
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join(&target)
+                .join(rest);
+            tree.insert(here, (Kind::Link, target));
+            return expose(&next, tree, links + 1);
         }
+        if i + 1 == parts.len() {
+            let kind = if meta.is_dir() {
+                Kind::Tree
+            } else {
+                Kind::File
+            };
+            tree.insert(here.clone(), (kind, here));
+            return Ok(());
+        }
+        tree.entry(here.clone())
+            .or_insert((Kind::Dir, PathBuf::new()));
     }
-    outer
+    Ok(())
+}
+
+/// The libraries `node` loads, as its dynamic loader finds them (the paths
+/// it opens, links included), and the loader itself. Empty for a static
+/// binary, which runs `-e 0` instead.
+fn loaded_by(node: &Path) -> Vec<PathBuf> {
+    let out = std::process::Command::new(node)
+        .args(["-e", "0"])
+        .env_clear()
+        .env("LD_TRACE_LOADED_OBJECTS", "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// This process's command line in memory (`/proc/self/stat` fields 48 and
+/// 49), `(0, 0)` when unknown.
+fn own_argv() -> (usize, usize) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let field = |n: usize| -> Option<usize> {
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(n - 3)?
+            .parse()
+            .ok()
+    };
+    match (field(48), field(49)) {
+        (Some(start), Some(end)) if start < end => (start, end),
+        _ => (0, 0),
+    }
 }
 
 /// Everything one run needs, prepared before the `clone`.
@@ -413,8 +513,9 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         hosts: hosts.as_deref(),
         netns: spec.netns,
     };
-    let mut flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag);
+    let mut flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) & !libc::CLONE_NEWCGROUP;
     if spec.netns.is_some() {
+        // The box joins the namespace that holds its egress listeners.
         flags &= !libc::CLONE_NEWNET;
     }
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
@@ -643,71 +744,29 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
         }
     })();
     or_fail(STEP_FDS, moved);
-    or_fail(STEP_CGROUP, joined);
+    or_fail(
+        STEP_CGROUP,
+        joined.and_then(|()| rc(libc::unshare(libc::CLONE_NEWCGROUP))),
+    );
 
     let plan = a.plan;
-    let none = std::ptr::null::<libc::c_char>();
-    or_fail(
-        STEP_PRIVATE,
-        rc(libc::mount(
-            none,
-            c"/".as_ptr(),
-            none,
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )),
-    );
-    // Before the work directory is covered: the slot's file lives there.
-    if let Some(hosts) = a.hosts {
-        or_fail(STEP_HOSTS, bind_read_only(hosts, c"/etc/hosts"));
+    or_fail(STEP_FS, build_fs(plan, a.run_dir, a.hosts));
+    // The box's PID 1 says nothing of the runner: its command line (the
+    // runner's, copied by clone) is overwritten and it gets a name of its own.
+    let (start, end) = plan.argv;
+    if end > start + REAPER_NAME.len() + 1 {
+        std::ptr::write_bytes(start as *mut u8, 0, end - start);
+        std::ptr::copy_nonoverlapping(REAPER_NAME.as_ptr(), start as *mut u8, REAPER_NAME.len());
+        // A last byte that is not NUL makes the kernel show the area as a
+        // process title: up to the first NUL, so not its length either.
+        *((end - 1) as *mut u8) = b' ';
     }
-    // The run directory, read-only, in place of the whole work directory.
-    or_fail(
-        STEP_CODE,
-        rc(libc::mount(
-            a.run_dir.as_ptr(),
-            plan.work_dir.as_ptr(),
-            none,
-            libc::MS_BIND,
-            std::ptr::null(),
-        ))
-        .and_then(|()| {
-            rc(libc::mount(
-                none,
-                plan.work_dir.as_ptr(),
-                none,
-                libc::MS_BIND
-                    | libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV,
-                std::ptr::null(),
-            ))
-        }),
-    );
-    let sealed = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    for dir in &plan.scratch {
-        or_fail(
-            STEP_SCRATCH,
-            rc(libc::mount(
-                c"tmpfs".as_ptr(),
-                dir.as_ptr(),
-                c"tmpfs".as_ptr(),
-                sealed,
-                plan.scratch_data.as_ptr().cast(),
-            )),
-        );
-    }
-    or_fail(STEP_DEV, build_dev(plan));
-    or_fail(
-        STEP_PROC,
-        rc(libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            sealed,
-            std::ptr::null(),
-        )),
+    libc::prctl(
+        libc::PR_SET_NAME,
+        REAPER_NAME.as_ptr() as libc::c_ulong,
+        0,
+        0,
+        0,
     );
     or_fail(STEP_NET, loopback_up());
     or_fail(
@@ -716,7 +775,10 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     );
     // Written as root, before the identity switch: 1000 also becomes the
     // floor the task cannot go below (oom_score_adj_min), and node inherits it.
-    or_fail(STEP_OOM, write_file(c"/proc/self/oom_score_adj", b"1000"));
+    or_fail(
+        STEP_OOM,
+        write_file(c"/proc/self/oom_score_adj", b"1000", 0),
+    );
     // Blocked before node exists, so its SIGCHLD cannot be missed. A blocked
     // signal reaches a namespace's init even with the default disposition.
     or_fail(
@@ -832,40 +894,150 @@ unsafe fn start_node(a: &ChildArgs) -> ! {
     fail(STEP_EXEC, io::Error::last_os_error())
 }
 
-/// Binds `source` over `target`, read-only, `nosuid,nodev,noexec`.
-unsafe fn bind_read_only(source: &CStr, target: &CStr) -> io::Result<()> {
-    let none = std::ptr::null::<libc::c_char>();
+/// Flags of every mount a task can write: nothing set-uid, no devices, no programs.
+const SEALED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// mount(2) on C strings, `None` a null pointer. Async-signal-safe.
+unsafe fn mount(
+    src: Option<&CStr>,
+    at: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), CStr::as_ptr);
     rc(libc::mount(
-        source.as_ptr(),
-        target.as_ptr(),
-        none,
-        libc::MS_BIND,
-        std::ptr::null(),
-    ))?;
-    rc(libc::mount(
-        none,
-        target.as_ptr(),
-        none,
-        libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC,
-        std::ptr::null(),
+        ptr(src),
+        at.as_ptr(),
+        ptr(fstype),
+        flags,
+        ptr(data).cast(),
     ))
+}
+
+/// A tmpfs at `at`. Async-signal-safe.
+unsafe fn tmpfs(at: &CStr, flags: libc::c_ulong, options: &CStr) -> io::Result<()> {
+    mount(Some(c"tmpfs"), at, Some(c"tmpfs"), flags, Some(options))
+}
+
+/// A read-only, `nosuid` bind of `src` at `at` (recursive for a
+/// directory), with `flags` (`MS_NODEV`, …).
+unsafe fn bind_ro(src: &CStr, at: &CStr, recursive: bool, flags: libc::c_ulong) -> io::Result<()> {
+    let rec = if recursive { libc::MS_REC } else { 0 };
+    mount(Some(src), at, None, libc::MS_BIND | rec, None)?;
+    mount(
+        None,
+        at,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | flags,
+        None,
+    )
+}
+
+/// The box's file system: a tmpfs on the work directory holding the plan's
+/// entries and the snapshot (`run_dir`, reached through the working
+/// directory once the tmpfs hides it), made `/` (the host's tree detached),
+/// then `/dev`, `/proc`, `/tmp` and `/etc`; read-only but for `/tmp` and
+/// `/dev/shm`. Async-signal-safe.
+unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr, hosts: Option<&CStr>) -> io::Result<()> {
+    // The slot's hosts file lies in the work directory, which the root's
+    // tmpfs covers next: held open, it is bound from /proc/self/fd below.
+    let hosts = match hosts {
+        Some(path) => Some(rc_fd(libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        ))?),
+        None => None,
+    };
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    libc::umask(0o022);
+    rc(libc::chdir(run_dir.as_ptr()))?;
+    tmpfs(&plan.work_dir, libc::MS_NOSUID | libc::MS_NODEV, ROOT_DATA)?;
+    for e in &plan.entries {
+        match e.kind {
+            Kind::Dir | Kind::Tree => rc(libc::mkdir(e.at.as_ptr(), 0o755))?,
+            Kind::Link => rc(libc::symlink(e.src.as_ptr(), e.at.as_ptr()))?,
+            Kind::File => {
+                let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+                libc::close(rc_fd(libc::open(e.at.as_ptr(), flags, 0o444))?);
+            }
+        }
+        if matches!(e.kind, Kind::File | Kind::Tree) {
+            bind_ro(&e.src, &e.at, e.kind == Kind::Tree, libc::MS_NODEV)?;
+        }
+    }
+    bind_ro(c".", &plan.code_at, false, libc::MS_NODEV)?;
+    rc(libc::chdir(plan.work_dir.as_ptr()))?;
+    rc(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
+    rc(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+    rc(libc::chdir(c"/".as_ptr()))?;
+    build_dev(plan)?;
+    mount_proc(plan)?;
+    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
+    for (path, bytes) in ETC_FILES {
+        write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
+    }
+    if let Some(fd) = hosts {
+        // The task's declared names (see `crate::egress`), as the runner
+        // writes them for each run.
+        let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+        let digits = fd_digits(fd, &mut path[14..]);
+        let path = CStr::from_bytes_until_nul(&path[..15 + digits])
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        bind_ro(path, c"/etc/hosts", false, libc::MS_NODEV | libc::MS_NOEXEC)?;
+        libc::close(fd);
+    }
+    // The root holds only what was bound or written above.
+    let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    mount(None, c"/", None, ro, None)
+}
+
+/// Writes `fd` in decimal at the start of `out` (which has room, and a NUL
+/// after); returns the number of digits. Async-signal-safe.
+fn fd_digits(fd: RawFd, out: &mut [u8]) -> usize {
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    let mut tmp = [0u8; 10];
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for (o, t) in out.iter_mut().zip(tmp[..len].iter().rev()) {
+        *o = *t;
+    }
+    len
+}
+
+/// A `/proc` of the box's PID namespace, host-wide files masked, memfds
+/// made non-executable where the kernel can. Async-signal-safe.
+unsafe fn mount_proc(plan: &BoxPlan) -> io::Result<()> {
+    mount(Some(c"proc"), c"/proc", Some(c"proc"), SEALED, None)?;
+    for file in PROC_MASKED {
+        // Reads as empty.
+        bind_ro(c"/dev/null", file, false, libc::MS_NOEXEC)?;
+    }
+    // Only with CONFIG_PSI.
+    if libc::access(c"/proc/pressure".as_ptr(), libc::F_OK) == 0 {
+        tmpfs(c"/proc/pressure", SEALED | libc::MS_RDONLY, c"size=0")?;
+    }
+    if plan.memfd_sysctl {
+        write_file(c"/proc/sys/vm/memfd_noexec", b"2", 0)?;
+    }
+    Ok(())
 }
 
 /// A minimal private `/dev`: the harmless character devices, the standard
 /// stream links and a private `/dev/shm`. No NSM, vsock, kmsg, mem or disk.
 unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
-    rc(libc::mount(
-        c"tmpfs".as_ptr(),
-        c"/dev".as_ptr(),
-        c"tmpfs".as_ptr(),
+    tmpfs(
+        c"/dev",
         libc::MS_NOSUID | libc::MS_NOEXEC,
-        c"size=64k,mode=755".as_ptr().cast(),
-    ))?;
+        c"size=64k,mode=755",
+    )?;
     let old = libc::umask(0);
     // No /dev/tty: a task has no controlling terminal, and Node.js does not open it.
     let nodes: [(&CStr, u32, u32); 5] = [
@@ -892,13 +1064,7 @@ unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
         rc(libc::symlink(target.as_ptr(), link.as_ptr()))?;
     }
     rc(libc::mkdir(c"/dev/shm".as_ptr(), 0o1777))?;
-    rc(libc::mount(
-        c"tmpfs".as_ptr(),
-        c"/dev/shm".as_ptr(),
-        c"tmpfs".as_ptr(),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        plan.scratch_data.as_ptr().cast(),
-    ))?;
+    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)?;
     libc::umask(old);
     Ok(())
 }
@@ -937,8 +1103,14 @@ pub(crate) unsafe fn loopback_up() -> io::Result<()> {
     result
 }
 
-unsafe fn write_file(path: &CStr, bytes: &[u8]) -> io::Result<()> {
-    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+/// Writes `bytes` to `path`, opened with `O_WRONLY` and `flags` (a new file
+/// gets mode 0644). Async-signal-safe.
+unsafe fn write_file(path: &CStr, bytes: &[u8], flags: libc::c_int) -> io::Result<()> {
+    let fd = libc::open(
+        path.as_ptr(),
+        libc::O_WRONLY | libc::O_CLOEXEC | flags,
+        0o644,
+    );
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -188,9 +188,30 @@ pub struct TaskResult {
     pub stderr_truncated: bool,
     /// Wall time from spawning `node` until its main process ended.
     pub execution_time_ms: u64,
+    /// The runner's limit the run ran into, as the kernel and the runner
+    /// know it (never from the task's output): `"memory"` (killed in its
+    /// cgroup), `"time"` (timed out), `"pids"` (its cgroup refused a
+    /// process), `"output"` (output cut at the cap), in that order of
+    /// precedence; `None` when it hit none.
+    pub limit: Option<String>,
+    /// What the run used (root mode: its slot's cgroup and its box's
+    /// processes); `None` without root.
+    pub resources: Option<Resources>,
     /// One entry per declared destination the task connected to, in
     /// declaration order (root mode; empty otherwise).
     pub egress: Vec<crate::EgressRecord>,
+}
+
+/// What one run used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// User and system CPU time of every process of the box, `node`'s
+    /// start-up included (for a warm box, too, before its task came).
+    pub cpu_time_ms: u64,
+    /// Peak memory of the slot's cgroup during the run (as the kernel
+    /// charges it: page cache, tmpfs and socket buffers included); 0 where
+    /// the kernel cannot measure it per run (cgroup v2 before Linux 6.12).
+    pub peak_memory_bytes: u64,
 }
 
 /// A runnable task, as listed by [`Runner::list_tasks`](crate::Runner::list_tasks).

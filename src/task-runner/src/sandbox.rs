@@ -28,7 +28,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Version of the seccomp profile below, reported in [`crate::Isolation`].
 /// Bump it whenever the rules change.
-pub(crate) const SECCOMP_PROFILE: &str = "nautilus-seccomp-2";
+pub(crate) const SECCOMP_PROFILE: &str = "nautilus-seccomp-3";
 
 /// The unprivileged identity of a slot (only when the runner is root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,7 @@ impl Policy {
         max_file_bytes: u64,
         max_open_files: u64,
         max_processes: Option<u64>,
+        deny_memfd: bool,
     ) -> Result<Self, ConfigError> {
         let mut rlimits = vec![
             (libc::RLIMIT_CORE, 0),
@@ -73,7 +74,7 @@ impl Policy {
             rlimits.push((libc::RLIMIT_NPROC, n));
         }
         Ok(Self {
-            seccomp: seccomp_programs()?.into(),
+            seccomp: seccomp_programs(deny_memfd)?.into(),
             rlimits: rlimits.into(),
         })
     }
@@ -325,7 +326,10 @@ const CLONE_NEW_FLAGS: [u64; 7] = [
 const ALLOWED_PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 /// The seccomp programs, installed one after the other:
-/// 1. everything allowed except, with `EPERM`: [`always_denied`];
+/// 1. everything allowed except, with `EPERM`: [`always_denied`], each also
+///    under its x32 number, and every x32-only number (512–547);
+///    `memfd_create` where the kernel cannot make memfds non-executable
+///    (`deny_memfd`: Node.js does not use it);
 ///    `clone` with any `CLONE_NEW*` flag; `socket`/`socketpair` with
 ///    `AF_VSOCK` (inside an enclave vsock is the one way out, to the parent
 ///    instance); `personality` other than [`ALLOWED_PERSONALITIES`];
@@ -333,7 +337,7 @@ const ALLOWED_PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff
 ///    read, and libc falls back to `clone` (checked above) on `ENOSYS`.
 ///
 /// Foreign architectures (e.g. the i386 `socketcall` entry point) kill the process.
-fn seccomp_programs() -> Result<Vec<BpfProgram>, ConfigError> {
+fn seccomp_programs(deny_memfd: bool) -> Result<Vec<BpfProgram>, ConfigError> {
     let dword = |arg: u8, op: SeccompCmpOp, value: u64| {
         SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
     };
@@ -361,6 +365,14 @@ fn seccomp_programs() -> Result<Vec<BpfProgram>, ConfigError> {
     let mut denied: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in always_denied() {
         deny(&mut denied, nr, Vec::new());
+    }
+    if deny_memfd {
+        deny(&mut denied, libc::SYS_memfd_create, Vec::new());
+    }
+    // The x32 ABI's own numbers (ptrace 521, process_vm_readv 539, …).
+    #[cfg(target_arch = "x86_64")]
+    for nr in 512..=547 {
+        denied.insert(nr | X32_SYSCALL_BIT, Vec::new());
     }
     deny(&mut denied, libc::SYS_socket, vsock_family()?);
     deny(&mut denied, libc::SYS_socketpair, vsock_family()?);

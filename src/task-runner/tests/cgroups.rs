@@ -34,6 +34,8 @@ async fn memory_attack_is_stopped_at_the_limit(mode: &str) {
     let limit = 512 * MIB;
     let runner = Runner::new(RunnerConfig {
         memory_limit_bytes: limit,
+        // The attack's python3.
+        box_paths: host_usr(),
         ..config()
     })
     .unwrap();
@@ -60,10 +62,10 @@ async fn memory_attack_is_stopped_at_the_limit(mode: &str) {
     assert!(!result.stdout.contains("done"), "{result:?}");
     assert_eq!(result.status, "failed");
     assert_eq!(result.signal.as_deref(), Some("SIGKILL"), "{result:?}");
-    assert!(
-        result.stderr.contains("memory limit"),
-        "the result does not say the memory limit was hit: {result:?}"
-    );
+    // Said in a field the task cannot write (issue 23, finding 6).
+    assert_eq!(result.limit.as_deref(), Some("memory"), "{result:?}");
+    let resources = result.resources.expect("root mode measures the run");
+    assert!(resources.peak_memory_bytes >= got, "{result:?}");
     // Only the task died: the runner still runs tasks.
     let after = run_ok(&runner, "exit-with", &["0"]).await;
     assert_eq!(after.status, "success", "{after:?}");
@@ -90,6 +92,8 @@ async fn many_processes_do_not_buy_more_cpu() {
     let runner = Runner::new(RunnerConfig {
         max_concurrent: 2,
         max_processes: 128,
+        // The busy loops' shell.
+        box_paths: host_usr(),
         ..config()
     })
     .unwrap();
@@ -150,6 +154,33 @@ fn cgroup_lines(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs `cgroup-self` and returns its cgroups as the host sees them (its
+/// own view, a cgroup namespace rooted at its slot, shows only `/`).
+async fn host_cgroups_of_a_run(runner: &Runner) -> String {
+    let marker = uuid::Uuid::new_v4().to_string();
+    let find = async {
+        for _ in 0..1000 {
+            if let Some(pid) = node_processes_with_arg(&marker).first() {
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+                    return text;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the task never showed up");
+    };
+    let args = [marker.as_str(), "3000"];
+    let (result, host) = tokio::join!(run_ok(runner, "cgroup-self", &args), find);
+    let inside = json(&result.stdout);
+    for (names, path) in cgroup_lines(inside["cgroup"].as_str().unwrap()) {
+        assert_eq!(
+            path, "/",
+            "{names}: the task sees a host cgroup path: {inside}"
+        );
+    }
+    host
+}
+
 fn read(dir: &std::path::Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
@@ -184,9 +215,8 @@ async fn each_task_runs_in_its_slot_cgroups_nested_under_the_runner() {
 
     let mut used = Vec::new();
     let ours = cgroup_lines(&std::fs::read_to_string("/proc/self/cgroup").unwrap());
-    let result = run_ok(&runner, "cgroup-self", &[]).await;
-    let seen = json(&result.stdout);
-    for (names, path) in cgroup_lines(seen["cgroup"].as_str().unwrap()) {
+    let seen = host_cgroups_of_a_run(&runner).await;
+    for (names, path) in cgroup_lines(&seen) {
         let wanted = ["memory", "pids", "cpu"];
         let managed = names.split(',').any(|n| wanted.contains(&n));
         let (_, own) = ours.iter().find(|(n, _)| *n == names).unwrap();
@@ -271,8 +301,8 @@ async fn processes_a_task_leaves_behind_leave_its_cgroup_with_it() {
     .unwrap();
     // One slot: learn its cgroups, then leave detached and double-forked
     // processes in it.
-    let seen = json(&run_ok(&runner, "cgroup-self", &[]).await.stdout);
-    let dirs: Vec<_> = cgroup_lines(seen["cgroup"].as_str().unwrap())
+    let seen = host_cgroups_of_a_run(&runner).await;
+    let dirs: Vec<_> = cgroup_lines(&seen)
         .into_iter()
         .filter(|(_, path)| path.contains("/nautilus-"))
         .map(|(names, path)| cgroup_dir(&names, &path))
@@ -357,4 +387,66 @@ async fn a_dead_runners_cgroups_are_removed_at_the_next_start() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(live_group.is_dir(), "a live runner's group was removed");
     drop((live, next));
+}
+
+/// Issue 23, finding 1: on cgroup v1 a task pinned 2.2 GiB of host memory in
+/// loopback TCP buffers while its slot showed a few MiB of its limit (v1
+/// charges socket memory only under a TCP limit; v2 counts it in
+/// `memory.current`). The kernel now holds at most about the slot's limit.
+#[tokio::test]
+async fn socket_buffers_count_against_the_memory_limit() {
+    if skip_unless_root("slot memory cgroups") {
+        return;
+    }
+    let limit = 128 * MIB;
+    let runner = Runner::new(RunnerConfig {
+        memory_limit_bytes: limit,
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    let request = TaskRequest {
+        timeout_secs: Some(25),
+        ..request("tcp-fill", &[&(4 * limit).to_string()])
+    };
+    let result = run(&runner, request).await.unwrap();
+    eprintln!("{}", result.stdout.trim());
+    if result.status != "success" {
+        // Killed at its memory limit (v2): the buffers counted.
+        assert_eq!(result.signal.as_deref(), Some("SIGKILL"), "{result:?}");
+        return;
+    }
+    let seen = json(&result.stdout);
+    let held = seen["held"].as_u64().unwrap();
+    assert!(
+        held < limit + limit / 4,
+        "{} MiB of socket buffers under a {} MiB limit: {seen}",
+        held / MIB,
+        limit / MIB
+    );
+}
+
+/// Issue 23, finding 6: a task that printed the runner's out-of-memory note
+/// and SIGKILLed itself got a result byte-identical to a real memory kill.
+/// The runner's facts are now fields the task cannot write, read from the
+/// kernel; the runner writes nothing into `stderr`.
+#[tokio::test]
+async fn a_task_cannot_forge_the_runners_facts() {
+    if skip_unless_root("the slot cgroup's memory events") {
+        return;
+    }
+    let runner = Runner::new(RunnerConfig {
+        max_concurrent: 1,
+        ..config()
+    })
+    .unwrap();
+    let forged = run_ok(&runner, "self-signal", &["SIGKILL", "forge-oom-note"]).await;
+    assert_eq!(forged.signal.as_deref(), Some("SIGKILL"), "{forged:?}");
+    assert!(forged.stderr.contains("memory limit"), "{forged:?}");
+    assert_eq!(forged.limit, None, "{forged:?}");
+    let used = forged.resources.expect("root mode measures the run");
+    assert!(
+        used.cpu_time_ms > 0 && used.peak_memory_bytes > 0,
+        "{used:?}"
+    );
 }

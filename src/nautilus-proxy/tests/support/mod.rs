@@ -2,6 +2,8 @@
 //! relays to in tests: a real dev-mode server and a hybrid-vsock stand-in.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod legit;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,10 +36,32 @@ impl Proxy {
     }
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_nautilus-proxy")))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nautilus-proxy"));
+        cmd.envs(env.iter().copied());
+        Self::spawn(die_with_parent(&mut cmd).args(args)).await
+    }
+
+    /// Starts the proxy with its `RLIMIT_NOFILE` set to `(soft, hard)`.
+    pub async fn start_with_rlimit(args: &[&str], (soft, hard): (u64, u64)) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nautilus-proxy"));
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        Self::spawn(die_with_parent(&mut cmd).args(args)).await
+    }
+
+    async fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .args(["--listen", "tcp://127.0.0.1:0"])
-            .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -158,12 +182,14 @@ pub struct DevServer {
 
 impl DevServer {
     pub async fn start() -> Self {
-        let mut config = ServerConfig::dev();
-        config.runner.tasks_dir = repo_root();
-        Self::start_with(config).await
+        Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(config: ServerConfig) -> Self {
+    /// A dev server whose configuration `tweak` changes first.
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig::dev();
+        config.runner.tasks_dir = repo_root();
+        tweak(&mut config);
         let state = Arc::new(AppState::new(config).expect("server state"));
         let bound = Bound::bind(Listen::Tcp("127.0.0.1:0".parse().expect("addr")))
             .await

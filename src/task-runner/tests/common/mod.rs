@@ -277,3 +277,25 @@ pub fn stat_field(pid: impl std::fmt::Display, index: usize) -> Option<String> {
         .nth(index)
         .map(str::to_owned)
 }
+
+/// Whether this process has CAP_SYS_RESOURCE (effective).
+pub fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_SYS_RESOURCE, linux/capability.h.
+    caps & (1 << 24) != 0
+}
+
+/// The host's `/usr` and the links into it, for `RunnerConfig::box_paths`:
+/// the tests whose tasks run `sh`, `sleep` or `python3`.
+pub fn host_usr() -> Vec<PathBuf> {
+    ["/usr", "/bin", "/lib", "/lib64", "/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
+}
