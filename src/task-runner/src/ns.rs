@@ -165,6 +165,8 @@ pub(crate) struct BoxPlan {
     work_dir: CString,
     /// The snapshot's mount point while the root is built.
     code_at: CString,
+    /// `/etc/hosts` while the root is built (a run's own is bound there).
+    hosts_at: CString,
     /// `<work_dir>/task`: the task's code and working directory.
     code_dir: CString,
     /// Parents first.
@@ -243,6 +245,7 @@ impl BoxPlan {
         Ok(Self {
             work_dir: c(work_dir)?,
             code_at: c(&at(work_dir))?,
+            hosts_at: c(&at(Path::new("/etc/hosts")))?,
             code_dir: c(&work_dir.join(CODE_DIR))?,
             entries,
             // Digits and ASCII only: no NUL inside.
@@ -966,6 +969,24 @@ unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr, hosts: Option<&CStr>) -> io::
             bind_ro(&e.src, &e.at, e.kind == Kind::Tree, libc::MS_NODEV)?;
         }
     }
+    if let Some(fd) = hosts {
+        // The run's own names (see `crate::egress`), as the runner writes
+        // them for each run; bound while the host's mounts are still in this
+        // namespace (a bind from a detached mount is refused).
+        let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
+        libc::close(rc_fd(libc::open(plan.hosts_at.as_ptr(), flags, 0o444))?);
+        let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+        let digits = fd_digits(fd, &mut path[14..]);
+        let path = CStr::from_bytes_until_nul(&path[..15 + digits])
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        bind_ro(
+            path,
+            &plan.hosts_at,
+            false,
+            libc::MS_NODEV | libc::MS_NOEXEC,
+        )?;
+        libc::close(fd);
+    }
     bind_ro(c".", &plan.code_at, false, libc::MS_NODEV)?;
     rc(libc::chdir(plan.work_dir.as_ptr()))?;
     rc(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
@@ -975,18 +996,12 @@ unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr, hosts: Option<&CStr>) -> io::
     mount_proc(plan)?;
     tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
     for (path, bytes) in ETC_FILES {
+        if hosts.is_some() && path == c"/etc/hosts" {
+            continue;
+        }
         write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
     }
-    if let Some(fd) = hosts {
-        // The task's declared names (see `crate::egress`), as the runner
-        // writes them for each run.
-        let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-        let digits = fd_digits(fd, &mut path[14..]);
-        let path = CStr::from_bytes_until_nul(&path[..15 + digits])
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        bind_ro(path, c"/etc/hosts", false, libc::MS_NODEV | libc::MS_NOEXEC)?;
-        libc::close(fd);
-    }
+
     // The root holds only what was bound or written above.
     let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     mount(None, c"/", None, ro, None)
