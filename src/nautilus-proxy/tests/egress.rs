@@ -106,7 +106,6 @@ mod support;
 use https::{HttpsServer, TEST_HOST};
 use nautilus_client::{Client, Policy, TaskSpec};
 use nautilus_server::egress::EgressRoute;
-use nautilus_server::state::ServerConfig;
 use support::{DevServer, Proxy};
 
 const FETCH_JS: &str = r#"'use strict';
@@ -169,15 +168,17 @@ async fn a_task_fetches_through_the_proxy_and_the_client_verifies_its_egress() {
         .parse()
         .unwrap();
 
-    let mut config = ServerConfig::dev();
-    config.runner.tasks_dir = tasks.path().to_owned();
-    config.runner.egress_test_ca = Some(server.ca_into(tasks.path()));
-    config.runner.max_concurrent = 2;
-    config.egress_route = EgressRoute::Tcp {
-        host: "127.0.0.1".into(),
-        port: egress.port(),
-    };
-    let dev = DevServer::start_with(config).await;
+    let ca = server.ca_into(tasks.path());
+    let dev = DevServer::start_with(|config| {
+        config.runner.tasks_dir = tasks.path().to_owned();
+        config.runner.egress_test_ca = Some(ca);
+        config.runner.max_concurrent = 2;
+        config.egress_route = EgressRoute::Tcp {
+            host: "127.0.0.1".into(),
+            port: egress.port(),
+        };
+    })
+    .await;
     let url = format!("http://{}", dev.addr);
     let client = Client::connect(&url, dev.root(), Policy::default().allow_debug(true))
         .await
