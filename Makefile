@@ -9,28 +9,48 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run task-deps test lint unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck run-enclave run-debug terminate proxy boot-test
+.PHONY: run need-node task-deps new-task test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
 
 # The release binaries `make run` builds once; README's commands, `make install`
 # and `make client` reuse them from target/release.
 RELEASE_BINS := --bin nautilus-server --bin nautilus-client --bin task-runner
 
 ## run: build and start the server locally with dev attestation on 127.0.0.1:3000
-run: task-deps
+run: need-node task-deps
 	@echo ">> building nautilus-server, nautilus-client and task-runner (release, into target/release; the first build takes a few minutes)"
 	$(CARGO) build --release --locked $(RELEASE_BINS)
 	target/release/nautilus-server \
 		--attestation dev --listen $(LISTEN) --tasks-dir . --dev-root-out out/dev-root.pem
 
-# Dependencies of the example tasks for local runs, from their lockfiles (the
-# image installs its own copy with the pinned npm; see enclave/README.md).
-task-deps:
-	@for t in $$(grep -v '^#' enclave/tasks); do \
-		if [ -f $$t/package-lock.json ] && [ ! -d $$t/node_modules ]; then \
-			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund; fi; done
+need-node:
+	@command -v node >/dev/null || { echo "make run: node is not installed: install Node.js 18 or later (https://nodejs.org/en/download, or apt-get install nodejs)" >&2; exit 1; }
 
-## test: formatting, lints and every test of the workspace (what CI runs)
-test: lint unit boot-test repro-test
+# Dependencies of every task directory here, from its lockfile, when they are
+# missing or older than it (the image installs its own copy with the pinned
+# npm; see enclave/README.md). The server refuses a task whose node_modules
+# does not match its lockfile, naming this command.
+task-deps:
+	@for lock in */package-lock.json; do \
+		[ -f "$$lock" ] && [ -f "$${lock%/*}/package.json" ] || continue; t=$${lock%/*}; \
+		if [ ! -e "$$t/node_modules/.package-lock.json" ] || [ "$$lock" -nt "$$t/node_modules/.package-lock.json" ]; then \
+			command -v npm >/dev/null || { echo "make run: $$t has dependencies but npm is not installed: install Node.js with npm" >&2; exit 1; }; \
+			echo ">> $$t: npm ci (its dependencies, from its package-lock.json)"; \
+			npm ci --prefix $$t --omit=dev --ignore-scripts --no-audit --no-fund || exit 1; fi; done
+
+## new-task: start a task directory NAME (package.json, index.js) from enclave/task-template
+TASKS_DIR ?= .
+new-task:
+	@test -n "$(NAME)" || { echo "make new-task: say which, e.g. make new-task NAME=hello-task" >&2; exit 1; }
+	@echo "$(NAME)" | grep -Eqx '[a-z0-9][a-z0-9._-]{0,99}' || { echo "make new-task: NAME=$(NAME) is not a task name: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit" >&2; exit 1; }
+	@test ! -e "$(TASKS_DIR)/$(NAME)" || { echo "make new-task: $(TASKS_DIR)/$(NAME) already exists" >&2; exit 1; }
+	@mkdir -p "$(TASKS_DIR)/$(NAME)"
+	@for f in package.json index.js; do sed 's/TASK_NAME/$(NAME)/g' enclave/task-template/$$f > "$(TASKS_DIR)/$(NAME)/$$f"; done
+	@echo "made $(TASKS_DIR)/$(NAME)/ (package.json, index.js). Restart 'make run' to serve it, then:"
+	@echo "  curl -X POST http://127.0.0.1:3000/process_data -H 'Content-Type: application/json' -d '{\"payload\": {\"task_path\": \"$(NAME)\", \"args\": [\"a\", \"b\"]}}'"
+	@echo "To put it in the image, add the line $(NAME) to enclave/tasks."
+
+## test: formatting, lints, the MSRV check and every test of the workspace (what CI runs)
+test: lint msrv unit boot-test repro-test
 
 lint:
 	@echo ">> cargo fmt --check"
@@ -38,14 +58,31 @@ lint:
 	@echo ">> cargo clippy (builds the workspace for lints; the first run takes a few minutes)"
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# The oldest Rust the workspace claims (`rust-version` in Cargo.toml, e.g.
+# 1.92 -> toolchain 1.92.0): the StageX toolchain of the Containerfile must
+# meet it (docs/image.md, "Toolchain"). Its own target directory in the shared
+# cache, kept between runs and clones (cargo locks it), so a later run checks
+# only the workspace crates again.
+MSRV := $(shell sed -n 's/^rust-version = "\([0-9.]*\)"/\1/p' Cargo.toml | awk -F. '{print (NF == 2) ? $$0 ".0" : $$0}')
+MSRV_TARGET_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nautilus/msrv-target
+
+## msrv: cargo check the workspace with the Rust that Cargo.toml's rust-version names (installs it with rustup when missing)
+msrv:
+	@test -n "$(MSRV)" || { echo "make msrv: no rust-version in Cargo.toml" >&2; exit 1; }
+	@rustup run $(MSRV) rustc --version >/dev/null 2>&1 || { \
+		echo ">> installing Rust $(MSRV) (minimal profile) for the MSRV check"; \
+		rustup toolchain install $(MSRV) --profile minimal --no-self-update; }
+	@echo ">> MSRV check: cargo +$(MSRV) check --locked --workspace"
+	CARGO_TARGET_DIR=$(MSRV_TARGET_DIR) rustup run $(MSRV) cargo check --locked --workspace
+
 unit:
 	@echo ">> cargo test --workspace"
 	@mkdir -p $(dir $(SKIPPED)) && rm -f $(SKIPPED)
 	NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --workspace --locked
 	@echo ">> the task runner's and the server's tests again with the warm pool off"
 	NAUTILUS_WARM_POOL=0 NAUTILUS_SKIPPED_TESTS=$(SKIPPED) $(CARGO) test --locked -p task-runner -p nautilus-server
-	@echo ">> npm test (JavaScript client)"
-	cd clients/js && npm test
+	@echo ">> npm test (JavaScript client; dev dependencies from its lockfile, then Chromium for the browser test)"
+	cd clients/js && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; } && npm test
 	@if [ -s $(SKIPPED) ]; then \
 		echo ">> $$(wc -l < $(SKIPPED)) test(s) SKIPPED, the rest passed:"; sed 's/^/   /' $(SKIPPED); \
 	else \
@@ -91,6 +128,8 @@ bench:
 
 ## profile: where a cold run's time goes, phase by phase, against bare node under the same tracing (root, strace; not part of the tests)
 profile:
+	@[ "$$(id -u)" = 0 ] || { echo "make profile: run it as root (it traces the server's boxes, which only root makes)" >&2; exit 1; }
+	@command -v strace >/dev/null || { echo "make profile: strace is not installed: apt-get install strace" >&2; exit 1; }
 	$(CARGO) build --release --locked --bin nautilus-server
 	src/nautilus-bench/profile-cold.sh target/release/nautilus-server
 
@@ -173,7 +212,9 @@ enclave-binaries:
 			echo "make image: installing musl-tools (musl-gcc, for ring's C code)"; \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools >/dev/null; \
 		else echo "make image: musl-gcc is missing: install musl-tools (apt-get install musl-tools)" >&2; exit 1; fi; }
-	@rustup target list --installed 2>/dev/null | grep -qx $(ENCLAVE_TARGET) || rustup target add $(ENCLAVE_TARGET)
+	@rustup target list --installed 2>/dev/null | grep -qx $(ENCLAVE_TARGET) || { \
+		command -v rustup >/dev/null || { echo "make image: the Rust target $(ENCLAVE_TARGET) is missing and rustup is not installed: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }; \
+		rustup target add $(ENCLAVE_TARGET); }
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) CARGO_TARGET_DIR="$(ENCLAVE_TARGET_DIR)" \
 		CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
 		$(CARGO) build --release --locked --target $(ENCLAVE_TARGET) \
@@ -183,38 +224,68 @@ enclave-binaries:
 build-eif:
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
 	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
-	mkdir -p $(OUT)
-	$(CONTAINER_BUILD) --file Containerfile --target package --platform linux/amd64 \
+	@# The build context is the commit (git archive HEAD), never the working
+	@# tree: untracked and uncommitted files stay out of the image.
+	rm -rf $(OUT)/context && mkdir -p $(OUT)/context
+	git archive --format=tar HEAD | tar -xf - -C $(OUT)/context
+	$(CONTAINER_BUILD) --file $(OUT)/context/Containerfile --target package --platform linux/amd64 \
 		--build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) \
-		--output type=local,dest=$(OUT) .
+		--output type=local,dest=$(OUT) $(OUT)/context
+	rm -rf $(OUT)/context
 	@cat $(OUT)/nitro.pcrs
+
+# One line saying what to do when there is no image yet; before any build.
+NEED_EIF = @test -f "$(OUT)/nitro.eif" || { echo "make $@: $(OUT)/nitro.eif does not exist: build it first with 'make image KERNEL=<bzImage>' or 'make build-eif'" >&2; exit 1; }
+NEED_NITRO_CLI = @command -v nitro-cli >/dev/null || { echo "make $@: nitro-cli is not installed: this runs on an EC2 parent instance with Nitro Enclaves enabled (install aws-nitro-enclaves-cli); see README.md, Deploy" >&2; exit 1; }
 
 ## describe: check out/nitro.eif and print its header, sections and PCRs
 describe:
-	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
-	$(ENCLAVE_BIN_DIR)/enclave-image describe $(OUT)/nitro.eif
+	$(NEED_EIF)
+	$(CARGO) run -q --release --locked --bin enclave-image -- describe $(OUT)/nitro.eif
 
-## eif-crosscheck: check out/nitro.eif with AWS's own image-format crate (heavy: ~290 crates, so not in make test)
+## eif-crosscheck: check out/nitro.eif and out/nitro.pcrs with AWS's own image-format crate; fails on any difference (heavy: ~290 crates, so not in make test)
 eif-crosscheck:
-	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	$(NEED_EIF)
 	rm -rf $(OUT)/sections
-	$(ENCLAVE_BIN_DIR)/enclave-image extract $(OUT)/nitro.eif --out-dir $(OUT)/sections >/dev/null
+	$(CARGO) run -q --release --locked --bin enclave-image -- extract $(OUT)/nitro.eif --out-dir $(OUT)/sections >/dev/null
 	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
 		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		--expect-pcrs $(OUT)/nitro.pcrs \
 		$(OUT)/sections/kernel $(OUT)/sections/cmdline $(OUT)/nitro.eif \
 		$(OUT)/sections/ramdisk-0 $(OUT)/sections/ramdisk-1
 
+# The small EIF that `make test` checks against AWS's measurement of it
+# (src/enclave-image/tests/aws_vector.rs).
+AWS_VECTOR := src/enclave-image/tests/fixtures/aws-vector
+
+## eif-aws-vector: measure the committed test EIF with AWS's image-format crate again and rewrite its aws-measurements.json (heavy, as eif-crosscheck)
+eif-aws-vector:
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
+	rm -rf $(OUT)/aws-vector
+	$(ENCLAVE_BIN_DIR)/enclave-image extract $(AWS_VECTOR)/small.eif --out-dir $(OUT)/aws-vector >/dev/null
+	CARGO_TARGET_DIR=$(CURDIR)/target/aws-crosscheck $(CARGO) run -q --release --locked \
+		--manifest-path src/enclave-image/aws-crosscheck/Cargo.toml -- \
+		$(OUT)/aws-vector/kernel $(OUT)/aws-vector/cmdline $(AWS_VECTOR)/small.eif \
+		$(OUT)/aws-vector/ramdisk-0 $(OUT)/aws-vector/ramdisk-1 > $(OUT)/aws-vector/aws.json
+	mv $(OUT)/aws-vector/aws.json $(AWS_VECTOR)/aws-measurements.json
+	@cat $(AWS_VECTOR)/aws-measurements.json
+
 ## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
 run-enclave:
+	$(NEED_NITRO_CLI)
+	$(NEED_EIF)
 	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
 		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID))
 
 ## run-debug: as run-enclave, in debug mode with the console attached (PCRs read as zeros)
 run-debug:
+	$(NEED_NITRO_CLI)
+	$(NEED_EIF)
 	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
 		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID)) \
 		--debug-mode --attach-console
 
 ## terminate: stop every running enclave
 terminate:
+	$(NEED_NITRO_CLI)
 	nitro-cli terminate-enclave --all

@@ -39,6 +39,17 @@ DEV_ROOT=/run/dev-root.pem
 PID_FILE=/run/nautilus-server.pid
 STOP_FILE=/run/nautilus-stop
 set -- --listen vsock://3000 --attestation "$mode" --tasks-dir /tasks
+# Operators who may set secrets: their public keys are part of the image (so
+# measured, and listed in the attested manifest), one hex key per line.
+OPERATOR_KEYS=/etc/nautilus-operator-keys
+if [ -f "$OPERATOR_KEYS" ]; then
+    while read -r key _; do
+        case "$key" in
+            ''|'#'*) ;;
+            *) set -- "$@" --operator-key "$key" ;;
+        esac
+    done < "$OPERATOR_KEYS"
+fi
 if [ "$mode" = dev ]; then
     set -- "$@" --dev-root-out "$DEV_ROOT"
     # Dev-only console hook, see above. A background job's stdin would be

@@ -20,8 +20,7 @@ set -eu
 die() { echo "build-image: $*" >&2; exit 1; }
 log() { echo "build-image: $*" >&2; }
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-ENCLAVE="$ROOT/enclave"
+ROOT="$(cd "$(dirname "$0")/.." && pwd -P)"
 OUT="${OUT:-$ROOT/out}"
 CACHE="${CACHE:-${NAUTILUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nautilus}/inputs}"
 BIN_DIR="${BIN_DIR:?BIN_DIR must name the directory of the static enclave binaries}"
@@ -37,6 +36,29 @@ for bin in nautilus-server nautilus-init enclave-image; do
     [ -x "$BIN_DIR/$bin" ] || die "$BIN_DIR/$bin is missing: build the enclave binaries first (make image does)"
 done
 TOOL="$BIN_DIR/enclave-image"
+
+# ---------------------------------------------------------------- sources ----
+# The image's own files (run.sh, enclave/, the tasks) are the commit's, never
+# the working tree's: in a git checkout they come from `git archive HEAD`, so
+# an untracked file in a task directory or an uncommitted edit never reaches
+# the measured ramdisk. Elsewhere (the Containerfile's build context, which
+# `make build-eif` exports from HEAD, or a plain copy) the files are taken as
+# they are.
+SRC="$ROOT"
+if [ "$(git -C "$ROOT" rev-parse --show-toplevel 2>/dev/null)" = "$ROOT" ]; then
+    SRC="$OUT/source"
+    rm -rf "$SRC"
+    mkdir -p "$SRC"
+    git -C "$ROOT" archive --format=tar HEAD | tar -xf - -C "$SRC"
+    log "image files from commit $(git -C "$ROOT" rev-parse HEAD)"
+    dirty="$(git -C "$ROOT" status --porcelain --untracked-files=all -- run.sh enclave \
+        $(grep -v '^#' "$SRC/enclave/tasks") 2>/dev/null)"
+    [ -z "$dirty" ] || log "NOT in the image (uncommitted or untracked; commit what should be):
+$dirty"
+else
+    log "$ROOT is not a git checkout: its files are the image's as they are"
+fi
+ENCLAVE="$SRC/enclave"
 
 # ---------------------------------------------------------------- inputs ----
 mkdir -p "$CACHE"
@@ -62,10 +84,11 @@ fetch() {
     die "could not download $name matching $pin (network needed for the first build)"
 }
 
-# fetch_deb NAME VERSION PIN POOLPATH: apt-get download first (the host's
-# configured mirror), then deb.debian.org, then snapshot.debian.org.
+# fetch_deb NAME VERSION PIN POOLPATH SHA1: apt-get download first (the
+# host's configured mirror), then deb.debian.org's pool, then the file by its
+# SHA-1 on snapshot.debian.org (content-addressed: it never moves).
 fetch_deb() {
-    local name="$1" version="$2" pin="$3" pool="$4"
+    local name="$1" version="$2" pin="$3" pool="$4" sha1="${5#sha1:}"
     local file="$CACHE/$(basename "$pool")"
     if [ -f "$file" ] && "$TOOL" verify "$file" "$pin" >/dev/null 2>&1; then
         echo "$file"; return 0
@@ -82,13 +105,13 @@ fetch_deb() {
     fi
     fetch "$name $version" "$pin" "$file" \
         "https://deb.debian.org/debian/$pool" \
-        "https://snapshot.debian.org/archive/debian/20250101T000000Z/$pool" >&2
+        "https://snapshot.debian.org/file/$sha1" >&2
     echo "$file"
 }
 
 NODE_TGZ="" NPM_TGZ=""
 DEBS=""
-while read -r kind name version pin source; do
+while read -r kind name version pin source sha1; do
     case "$kind" in
         ''|'#'*) continue ;;
         npm)
@@ -99,7 +122,8 @@ while read -r kind name version pin source; do
                 npm) NPM_TGZ="$file" ;;
                 *) die "inputs.lock: unexpected npm input $name" ;;
             esac ;;
-        deb) deb="$(fetch_deb "$name" "$version" "$pin" "$source")" || exit 1
+        deb) [ -n "$sha1" ] || die "inputs.lock: deb $name has no sha1: column (its snapshot.debian.org file id)"
+             deb="$(fetch_deb "$name" "$version" "$pin" "$source" "$sha1")" || exit 1
              # Cache paths hold no spaces or newlines (pool file names).
              DEBS="$DEBS $deb" ;;
         *) die "inputs.lock: unknown kind $kind" ;;
@@ -126,10 +150,12 @@ fi
 
 mkdir -p "$APP/usr/bin" "$APP/bin" "$APP/etc" "$APP/root" "$APP/tasks" \
          "$APP/lib/x86_64-linux-gnu" "$APP/usr/lib/x86_64-linux-gnu" "$APP/lib64"
-install -m 0755 "$ROOT/run.sh" "$APP/run.sh"
+install -m 0755 "$SRC/run.sh" "$APP/run.sh"
 install -m 0755 "$BIN_DIR/nautilus-server" "$APP/usr/bin/nautilus-server"
 install -m 0644 "$ENCLAVE/passwd" "$APP/etc/passwd"
 install -m 0644 "$ENCLAVE/group" "$APP/etc/group"
+# Operator keys, measured with the rest: run.sh passes each as --operator-key.
+install -m 0644 "$ENCLAVE/operator-keys" "$APP/etc/nautilus-operator-keys"
 
 tar -xzf "$NODE_TGZ" -C "$WORK" package/bin/node
 install -m 0755 "$WORK/package/bin/node" "$APP/usr/bin/node"
@@ -163,10 +189,10 @@ tar -xzf "$NPM_TGZ" -C "$WORK" && mv "$WORK/package" "$WORK/npm"
 
 while read -r task; do
     case "$task" in ''|'#'*) continue ;; esac
-    [ -f "$ROOT/$task/package.json" ] || die "enclave/tasks: $task has no package.json"
+    [ -f "$SRC/$task/package.json" ] || die "enclave/tasks: $task has no package.json (in the commit)"
     mkdir -p "$APP/tasks/$task"
     # The task as checked out, without any local node_modules (the build installs its own).
-    cp -R "$ROOT/$task/." "$APP/tasks/$task/"
+    cp -R "$SRC/$task/." "$APP/tasks/$task/"
     rm -rf "$APP/tasks/$task/node_modules"
     if image_node -e 'const p = require(process.argv[1]); process.exit(Object.keys(p.dependencies || {}).length ? 0 : 1)' \
         "$APP/tasks/$task/package.json"; then
@@ -188,9 +214,13 @@ done < "$ENCLAVE/tasks"
 # ------------------------------------------------------------------ image ----
 "$TOOL" cpio --root "$BOOT" --char-device dev/console:5:1:600 --mtime 0 --out "$OUT/boot.cpio.gz"
 "$TOOL" cpio --root "$APP" --mtime 0 --out "$OUT/app.cpio.gz"
+# The metadata (not measured) names the kernel (from its bzImage header) and
+# the compilers that built the two binaries (their .comment sections).
 "$TOOL" eif --kernel "$KERNEL" --cmdline-file "$ENCLAVE/cmdline" \
+    --toolchain-from "$BIN_DIR/nautilus-server" --toolchain-from "$BIN_DIR/nautilus-init" \
     --ramdisk "$OUT/boot.cpio.gz" --ramdisk "$OUT/app.cpio.gz" \
     --out "$OUT/nitro.eif" --pcrs-out "$OUT/nitro.pcrs" >/dev/null
 rm -rf "$WORK"
+[ "$SRC" = "$ROOT" ] || rm -rf "$SRC"
 log "wrote $OUT/nitro.eif ($(wc -c < "$OUT/nitro.eif") bytes) and $OUT/nitro.pcrs:"
 cat "$OUT/nitro.pcrs"

@@ -1,4 +1,5 @@
-// Type declarations of nautilus-client (both `import` and `require`).
+// Type declarations of nautilus-client: the core (browsers, `nautilus-client/core`)
+// and, under Node, `Client` too. Verification is asynchronous (Web Crypto).
 
 /** The verified fields of an attestation document, as `nautilus-client verify-doc` prints them. */
 export interface AttestationSummary {
@@ -44,7 +45,7 @@ export interface VerifyOptions {
  * @throws {AttestationError} the document is not valid, with the precise reason
  * @throws {ConfigError} the root or PCR set supplied is unusable
  */
-export function verifyAttestation(doc: Uint8Array, options?: VerifyOptions): AttestationSummary;
+export function verifyAttestation(doc: Uint8Array, options?: VerifyOptions): Promise<AttestationSummary>;
 
 /** A parsed but unverified document. Nothing in it should be trusted. */
 export interface ParsedDocument {
@@ -85,13 +86,15 @@ export function readPcrFile(file: string | Uint8Array): {
 export class TrustedRoot {
   private constructor(der: Uint8Array);
   readonly der: Uint8Array;
-  /** The embedded AWS Nitro Enclaves root G1, checked against its pinned SHA-256. */
+  /** The embedded AWS Nitro Enclaves root G1; its pinned SHA-256 is checked before each verification. */
   static awsNitro(): TrustedRoot;
+  /** Rejects with ConfigError 'RootPinMismatch' if the DER does not have its pinned SHA-256. */
+  checkPin(): Promise<void>;
   static fromDer(der: Uint8Array): TrustedRoot;
   static fromPem(pem: string): TrustedRoot;
   /** PEM if the bytes are text with a PEM header, DER otherwise. */
   static fromPemOrDer(bytes: Uint8Array | string): TrustedRoot;
-  sha256Hex(): string;
+  sha256Hex(): Promise<string>;
 }
 
 /** A signed task result as the server sends it. */
@@ -133,6 +136,29 @@ export interface SignedResponse {
   signature: string;
 }
 
+/** TaskResult with each text replaced by its SHA-256 (hex of the UTF-8) and byte length. */
+export type CompactTaskResult = Omit<TaskResult, 'stdout' | 'stderr'> & {
+  stdout_sha256: string;
+  stdout_len: number;
+  stderr_sha256: string;
+  stderr_len: number;
+};
+
+/** `"signing": "compact"`: the compact message (intent 1) is signed, the texts come beside it. */
+export interface CompactSignedResponse {
+  response: { intent: number; timestamp_ms: number; data: CompactTaskResult };
+  signature: string;
+  stdout: string;
+  stderr: string;
+}
+
+/** The whole result a verification resolves to (texts included, whatever the form). */
+export interface VerifiedMessage {
+  intent: number;
+  timestamp_ms: number;
+  data: TaskResult;
+}
+
 /** What was asked; the signed data must echo each of it. */
 export interface ExpectedResult {
   taskPath: string;
@@ -158,29 +184,38 @@ export interface ExpectedResult {
  * status/exit code consistency and timestamp window.
  * @throws {ResultError}
  */
-export function verifyResult(response: unknown, options: { publicKey: string | Uint8Array; expect: ExpectedResult }): void;
+export function verifyResult(response: unknown, options: { publicKey: string | Uint8Array; expect: ExpectedResult }): Promise<VerifiedMessage>;
 
-/** Shape and signature only. @throws {TypeError} bad shape or key, {Error} bad signature */
-export function verifySignedResponse(signed: unknown, publicKey: string | Uint8Array): void;
+/** Shape and signature (and, compact form, the texts' digests) only. Rejects with TypeError (bad shape or key) or Error (bad signature). */
+export function verifySignedResponse(signed: unknown, publicKey: string | Uint8Array): Promise<VerifiedMessage>;
 /** @throws {TypeError} naming the first field the Rust types would not parse to the same value */
 export function checkShape(signed: unknown): void;
-/** The BCS bytes a signature covers. */
+/** The BCS bytes a signature covers (full or compact message). */
 export function signingBytes(response: unknown): Uint8Array;
+/** The compact form of a full TaskResult (the one mapping, as the server's). */
+export function compactOf(data: TaskResult): Promise<CompactTaskResult>;
 export function normalizeTaskPath(path: string): string;
 
-export interface ConnectOptions extends Omit<VerifyOptions, 'nonce'> {}
+export interface ConnectOptions extends Omit<VerifyOptions, 'nonce'> {
+  /** Accept plain http:// to an nsm enclave (the parent instance reads everything). */
+  insecureHttp?: boolean;
+}
 
 export interface TaskSpec {
   taskPath: string;
   args?: string[];
   stdin?: string;
   timeoutSecs?: number;
+  /** 'full' (default) or 'compact'. */
+  signing?: 'full' | 'compact';
 }
 
 export interface Manifest {
   server_version: string;
   attestation: string;
   limits: { max_output_bytes: number; default_timeout_secs: number; [key: string]: unknown };
+  /** Hex SHA-256 of the TLS key's SPKI; null when the server runs without TLS. */
+  tls_spki_sha256?: string | null;
   tasks: { task_path: string; task_digest: string; [key: string]: unknown }[];
   [key: string]: unknown;
 }
@@ -221,11 +256,13 @@ export class ResultError extends NautilusError<'Signature' | 'Mismatch' | 'Stale
 export class ClientError extends NautilusError<
   | 'Url' | 'Http' | 'Status' | 'TooLarge' | 'Malformed' | 'Attestation' | 'Config'
   | 'NoPublicKey' | 'BadPublicKey' | 'ManifestMismatch' | 'UnknownTask' | 'Result'
+  | 'TlsKeyMismatch' | 'NoTlsKey' | 'InsecureHttp'
 > {}
 
 /** SHA-256 of the embedded AWS Nitro Enclaves root G1's DER. */
 export const AWS_NITRO_ROOT_G1_SHA256: string;
 export const INTENT_TASK_RESULT: number;
+export const INTENT_TASK_RESULT_COMPACT: number;
 export const DEFAULT_MAX_AGE_SECS: number;
 export const DEFAULT_MAX_FUTURE_SKEW_SECS: number;
 export const DEFAULT_CLOCK_SKEW_MS: number;

@@ -1,15 +1,15 @@
 #!/usr/bin/env node
-'use strict';
 // `nautilus-verify`: the commands, flags, JSON output and exit codes of the
 // Rust `nautilus-client` CLI (src/nautilus-client/src/main.rs).
 //   verify-doc, attest: exit 0, or 1 with one line of reason on stderr.
 //   run: 0 (task succeeded), 1 (it ran and failed; the verified result is
 //   still printed), 2 (anything did not verify or could not be run).
 
-const fs = require('node:fs');
-const { verifyAttestation, readPcrFile, TrustedRoot, Client } = require('../lib/index.js');
-const { fromHex } = require('../lib/policy.js');
-const { version } = require('../package.json');
+import fs from 'node:fs';
+import { verifyAttestation, readPcrFile, TrustedRoot, Client } from '../lib/node.js';
+import { fromHex } from '../lib/bytes.js';
+
+const { version } = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
 
 /** Largest file `verify-doc`, `--root` or `--pcrs` reads. */
 const MAX_INPUT_FILE = 1024 * 1024;
@@ -41,16 +41,22 @@ const COMMANDS = {
   },
   attest: {
     about: 'Attest a running server; print the verified document and manifest (exit 0) or the reason (exit 1)',
-    flags: { '--url': { value: 'URL', required: true, help: 'Server base URL, e.g. http://127.0.0.1:3000' }, ...TRUST_FLAGS },
+    flags: {
+      '--url': { value: 'URL', required: true, help: "Server base URL, e.g. https://127.0.0.1:3000 (its TLS key is pinned through the attestation, no CA involved)" },
+      '--insecure-http': { help: 'Accept plain http:// to an nsm enclave: the parent instance then reads every request and result' },
+      ...TRUST_FLAGS,
+    },
     failure: 1,
   },
   run: {
     about: 'Attest a server, run a task, verify and print the signed result (exit 0 success, 1 task failed, 2 not verified)',
     flags: {
-      '--url': { value: 'URL', required: true, help: 'Server base URL' },
+      '--url': { value: 'URL', required: true, help: 'Server base URL, as for `attest`' },
+      '--insecure-http': { help: 'As for `attest`' },
       '--task': { value: 'PATH', help: 'Task directory on the server (default nodejs-task)' },
       '--timeout': { value: 'SECS', number: true, help: 'Seconds before the server stops the task' },
       '--stdin-file': { value: 'F', help: "Send this file's contents (UTF-8) as the task's stdin" },
+      '--compact': { help: "Ask for the compact signed form: the outputs' SHA-256 and lengths are signed (small enough for a chain), the texts beside" },
       ...TRUST_FLAGS,
     },
     rest: 'ARGS',
@@ -221,6 +227,12 @@ async function execute({ command, opts, positional, rest }) {
       const text = utf8(raw, '--hex file').trim();
       bytes = fromHex(text);
       if (bytes === null) throw new Error('--hex file is not valid hex');
+    } else if (looksLikeHex(raw)) {
+      throw new Error(`${positional} holds hex text, not a document's bytes: pass --hex to read it as hex`);
+    } else if (raw.toString('latin1').trimStart().startsWith('{')) {
+      throw new Error(
+        `${positional} holds JSON, not a document: save the \`attestation\` field of /get_attestation's answer (hex) and pass --hex`,
+      );
     }
     const options = trust(opts);
     if (opts['--at-doc-time']) options.at = 'document';
@@ -230,9 +242,9 @@ async function execute({ command, opts, positional, rest }) {
       options.nonce = fromHex(opts['--nonce']);
       if (options.nonce === null) throw new Error('--nonce is not valid hex');
     }
-    return { output: verifyAttestation(bytes, options), code: 0 };
+    return { output: await verifyAttestation(bytes, options), code: 0 };
   }
-  const options = trust(opts);
+  const options = { ...trust(opts), insecureHttp: opts['--insecure-http'] === true };
   const client = await Client.connect(opts['--url'], options);
   if (command === 'attest') {
     const manifest = JSON.parse(client.manifestRaw.toString('utf8'));
@@ -240,9 +252,35 @@ async function execute({ command, opts, positional, rest }) {
   }
   const spec = { taskPath: opts['--task'] ?? 'nodejs-task', args: rest };
   if (opts['--timeout'] !== undefined) spec.timeoutSecs = opts['--timeout'];
+  if (opts['--compact']) spec.signing = 'compact';
   if (opts['--stdin-file'] !== undefined) spec.stdin = utf8(readLimited(opts['--stdin-file'], MAX_STDIN_FILE), '--stdin-file');
   const signed = await client.runTask(spec);
   return { output: signed, code: signed.response.data.status === 'success' ? 0 : 1 };
+}
+
+/**
+ * Whether `raw` is hex text (what /get_attestation answers, in its
+ * `attestation` field) rather than a document's bytes: a COSE_Sign1 document
+ * starts with a CBOR array or tag byte, never an ASCII digit.
+ */
+function looksLikeHex(raw) {
+  const text = raw.toString('latin1').trim();
+  return text.length > 0 && /^[0-9a-fA-F]+$/.test(text);
+}
+
+/** The flag a rejection most often means someone is missing (as the Rust CLI says it). */
+function fixHint(error, opts) {
+  let e = error;
+  while (e && e.code !== 'RootMismatch' && e.code !== 'DebugMode') e = e.cause;
+  if (e && e.code === 'RootMismatch') {
+    return opts['--root'] === undefined
+      ? " (a dev server, such as `make run`'s, signs under its own root: pass `--root out/dev-root.pem`, the file its --dev-root-out wrote)"
+      : ' (for a dev server, pass the root that server wrote with --dev-root-out (`make run` writes out/dev-root.pem, new at each start); for a real enclave, drop --root)';
+  }
+  if (e && e.code === 'DebugMode') {
+    return ' (dev servers and debug-mode enclaves only make such documents: pass `--allow-debug` to accept them, never for a production enclave)';
+  }
+  return '';
 }
 
 /** One line on stderr, then exit: every failure ends here. */
@@ -251,6 +289,8 @@ function fail(message, code) {
 }
 
 async function main(argv) {
+  // No arguments at all: the usage, on stderr, as a failure.
+  if (argv.length === 0) return process.stderr.write(`${help()}\n`, () => process.exit(1));
   const beforeRest = argv.includes('--') ? argv.slice(0, argv.indexOf('--')) : argv;
   if (beforeRest.some((a) => a === '--help' || a === '-h')) return process.stdout.write(`${help()}\n`);
   if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) return process.stdout.write(`nautilus-verify ${version}\n`);
@@ -270,7 +310,7 @@ async function main(argv) {
   try {
     result = await execute(parsed);
   } catch (e) {
-    return fail(e.message, parsed.spec.failure);
+    return fail(`${e.message}${fixHint(e, parsed.opts)}`, parsed.spec.failure);
   }
   process.exitCode = result.code;
   process.stdout.write(`${JSON.stringify(result.output)}\n`);

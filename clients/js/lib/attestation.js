@@ -1,13 +1,12 @@
-'use strict';
 // The verification pipeline: parse, chain at the check time, COSE signature
 // with the leaf key, then policy. The first failure is thrown.
 
-const crypto = require('node:crypto');
-const { parseDocument, sigStructure } = require('./document.js');
-const { verifyChain } = require('./chain.js');
-const { TrustedRoot } = require('./root.js');
-const { resolvePolicy, resolveCheckTime, checkPolicy, toHex } = require('./policy.js');
-const { AttestationError } = require('./errors.js');
+import { verifyEcdsa } from './webcrypto.js';
+import { parseDocument, sigStructure } from './document.js';
+import { verifyChain } from './chain.js';
+import { TrustedRoot } from './root.js';
+import { resolvePolicy, resolveCheckTime, checkPolicy, toHex } from './policy.js';
+import { AttestationError } from './errors.js';
 
 /** A debug-mode enclave reports PCR0, PCR1 and PCR2 as all zeroes. */
 function isDebug(pcrs) {
@@ -50,30 +49,28 @@ function summary(fields, debug) {
  * @param {Map<number, Uint8Array|string>|Record<string, Uint8Array|string>} [options.pcrs] PCRs that must be present with these values
  * @param {Uint8Array|string} [options.nonce] the nonce the document must carry (bytes or hex)
  * @param {boolean} [options.allowDebug] accept debug-mode documents (PCR0-2 all zero)
- * @returns the verified fields, as `nautilus-client verify-doc` prints them
+ * @returns {Promise<object>} the verified fields, as `nautilus-client verify-doc` prints them
  * @throws {AttestationError} the document is not valid, with the precise reason
  * @throws {ConfigError} a root or PCR set supplied is unusable
  */
-function verifyAttestation(doc, options = {}) {
+async function verifyAttestation(doc, options = {}) {
   const root = toRoot(options.root);
   const policy = resolvePolicy(options);
+  await root.checkPin();
   const parsed = parseDocument(doc);
   const { fields } = parsed;
   const atMs = resolveCheckTime(policy, fields.timestamp_ms);
-  const leaf = verifyChain(root, fields.cabundle, fields.certificate, atMs);
+  const leaf = await verifyChain(root, fields.cabundle, fields.certificate, atMs);
   if (leaf.curve !== 'P-384') {
     throw new AttestationError('UnsupportedPublicKey', { cert: 'leaf', reason: 'ES384 needs a P-384 key' });
   }
-  let ok = false;
-  try {
-    ok = crypto.verify('sha384', sigStructure(parsed), { key: leaf.key, dsaEncoding: 'ieee-p1363' }, parsed.signature);
-  } catch {
-    ok = false;
+  // COSE ES384 signatures are raw r || s (RFC 8152), as Web Crypto verifies them.
+  if (!(await verifyEcdsa(leaf.key, 'SHA-384', parsed.signature, sigStructure(parsed)))) {
+    throw new AttestationError('CoseSignature');
   }
-  if (!ok) throw new AttestationError('CoseSignature');
   const debug = isDebug(fields.pcrs);
   checkPolicy(policy, fields, atMs, debug);
   return summary(fields, debug);
 }
 
-module.exports = { verifyAttestation, toRoot };
+export { verifyAttestation, toRoot };

@@ -1,4 +1,3 @@
-'use strict';
 // A small CBOR (RFC 8949) decoder for untrusted input, written here rather
 // than taken from npm: the attestation parser needs a decoder that reads one
 // item at a time over a byte array, so that (as the Rust parser does with
@@ -12,7 +11,7 @@
 // The maintained npm decoders (cbor, cbor-x, cborg) decode whole values
 // eagerly into JS objects, which gives none of this.
 
-const { AttestationError } = require('./errors.js');
+import { AttestationError } from './errors.js';
 
 const MAJOR_NAMES = [
   'an unsigned integer',
@@ -248,4 +247,4 @@ const encodeText = (s) => {
   return concat([encodeHead(3, b.length), b]);
 };
 
-module.exports = { Decoder, encodeHead, encodeBytes, encodeText, concat };
+export { Decoder, encodeHead, encodeBytes, encodeText, concat };

@@ -1,27 +1,21 @@
-'use strict';
 // Certificate chain verification: root = cabundle[0] -> ... -> cabundle[n-1] -> leaf,
 // in the order and with the checks of src/attestation-verify/src/chain.rs.
 // Not a general X.509 path builder: the order is fixed by the document, the
 // anchor is compared byte for byte, and only the ECDSA algorithms the AWS
 // chain uses (plus their P-256/SHA-256 siblings) are accepted.
 
-const crypto = require('node:crypto');
-const { parseCertificate, decodeOid, readTlv, DerError, ExtensionError, OID } = require('./der.js');
-const { AttestationError } = require('./errors.js');
-const { sha256Hex } = require('./root.js');
+import { parseCertificate, decodeOid, readTlv, ecdsaSignatureToRaw, DerError, ExtensionError, OID } from './der.js';
+import { AttestationError } from './errors.js';
+import { bytesEqual } from './bytes.js';
+import { sha256Hex, importEcdsaKey, verifyEcdsa, scalarSize } from './webcrypto.js';
 
 const err = (code, details) => new AttestationError(code, details);
-const HASH_OF = { [OID.ecdsaWithSha256]: 'sha256', [OID.ecdsaWithSha384]: 'sha384' };
+const HASH_OF = { [OID.ecdsaWithSha256]: 'SHA-256', [OID.ecdsaWithSha384]: 'SHA-384' };
 const CURVE_OF = { [OID.secp256r1]: 'P-256', [OID.secp384r1]: 'P-384' };
 
-function bytesEqual(a, b) {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-/** A certificate parsed twice: by Node (X509Certificate, full syntax) and by ./der.js (exact bytes). */
+/** A certificate parsed by ./der.js (exact bytes, strict DER lengths). */
 function parse(der, position) {
   try {
-    new crypto.X509Certificate(der);
     const cert = parseCertificate(der);
     if (!bytesEqual(cert.outerAlg.der, cert.innerAlg.der)) throw new DerError('outer and inner signature algorithms differ');
     return { position, cert };
@@ -30,8 +24,8 @@ function parse(der, position) {
   }
 }
 
-/** The subject's ECDSA key as `{ curve, key }` (a KeyObject). */
-function subjectKey({ cert, position }) {
+/** The subject's ECDSA key as `{ curve, key }` (a Web Crypto CryptoKey). */
+async function subjectKey({ cert, position }) {
   const unsupported = (reason) => err('UnsupportedPublicKey', { cert: position, reason });
   if (cert.keyAlgOid !== OID.ecPublicKey) throw unsupported(`algorithm ${cert.keyAlgOid} is not id-ecPublicKey`);
   if (cert.keyAlgParams === null) throw unsupported('no curve parameters');
@@ -47,15 +41,13 @@ function subjectKey({ cert, position }) {
   if (!curve) throw unsupported(`curve ${curveOid} is not P-256 or P-384`);
   // SEC1 points only: compressed (02/03) or uncompressed (04); the identity (00) is no key.
   if (![2, 3, 4].includes(cert.keyPoint[0])) throw unsupported('invalid curve point');
-  try {
-    return { curve, key: crypto.createPublicKey({ key: Buffer.from(cert.spki), format: 'der', type: 'spki' }) };
-  } catch {
-    throw unsupported('invalid curve point');
-  }
+  const key = await importEcdsaKey(curve, cert.keyPoint);
+  if (key === null) throw unsupported('invalid curve point');
+  return { curve, key };
 }
 
 /** Checks that `issuer` signed `subject` and that the names chain. */
-function checkIssuedBy(subject, issuer) {
+async function checkIssuedBy(subject, issuer) {
   const { cert, position } = subject;
   const alg = cert.outerAlg;
   const hash = HASH_OF[alg.oid];
@@ -63,14 +55,14 @@ function checkIssuedBy(subject, issuer) {
   if (alg.params !== null || !hash) throw err('UnsupportedCertSignatureAlgorithm', { cert: position, oid: alg.oid });
   const badSignature = err('CertificateSignature', { cert: position });
   if (cert.signature === null) throw badSignature;
-  const { key } = subjectKey(issuer);
-  let ok = false;
+  const { curve, key } = await subjectKey(issuer);
+  let raw;
   try {
-    ok = crypto.verify(hash, cert.tbs, { key, dsaEncoding: 'der' }, cert.signature);
+    raw = ecdsaSignatureToRaw(cert.signature, scalarSize(curve));
   } catch {
-    ok = false;
+    throw badSignature;
   }
-  if (!ok) throw badSignature;
+  if (!(await verifyEcdsa(key, hash, raw, cert.tbs))) throw badSignature;
   if (!bytesEqual(cert.issuer, issuer.cert.subject)) throw err('IssuerMismatch', { cert: position });
 }
 
@@ -105,26 +97,26 @@ function checkCa(parsed) {
  * checks, per certificate from the root down: parse, signature by the
  * previous certificate, CA flag, validity at `atMs`.
  */
-function verifyChain(root, cabundle, leafDer, atMs) {
+async function verifyChain(root, cabundle, leafDer, atMs) {
   const first = cabundle[0];
   if (!bytesEqual(first, root.der)) {
-    throw err('RootMismatch', { expected: root.sha256Hex(), got: sha256Hex(first) });
+    throw err('RootMismatch', { expected: await root.sha256Hex(), got: await sha256Hex(first) });
   }
   let issuer = parse(first, 0);
   checkCa(issuer);
   checkValidAt(issuer, atMs);
   for (let i = 1; i < cabundle.length; i++) {
     const cert = parse(cabundle[i], i);
-    checkIssuedBy(cert, issuer);
+    await checkIssuedBy(cert, issuer);
     checkCa(cert);
     checkValidAt(cert, atMs);
     issuer = cert;
   }
   const leaf = parse(leafDer, 'leaf');
-  checkIssuedBy(leaf, issuer);
+  await checkIssuedBy(leaf, issuer);
   if (isCa(leaf)) throw err('LeafIsCa');
   checkValidAt(leaf, atMs);
   return subjectKey(leaf);
 }
 
-module.exports = { verifyChain };
+export { verifyChain };

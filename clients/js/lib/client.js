@@ -1,15 +1,15 @@
-'use strict';
 // The online flow of the Rust `nautilus-client` (src/nautilus-client/src/client.rs):
 // attest once (fresh nonce, user_data = SHA-256 of /manifest), then run
 // tasks and return only answers that pass every check of verifyResult.
 
-const crypto = require('node:crypto');
-const http = require('node:http');
-const https = require('node:https');
-const { verifyAttestation, toRoot } = require('./attestation.js');
-const { checkShape, verifyResult, normalizeTaskPath, p256PublicKey, canonicalSignedResponse } = require('./result.js');
-const { ClientError, AttestationError, ConfigError, ResultError, printable } = require('./errors.js');
-const { fromHex } = require('./policy.js');
+import crypto from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import tls from 'node:tls';
+import { verifyAttestation, toRoot } from './attestation.js';
+import { checkShape, verifyResult, normalizeTaskPath, p256PublicKey, canonicalSignedResponse } from './result.js';
+import { ClientError, AttestationError, ConfigError, ResultError, printable } from './errors.js';
+import { fromHex } from './policy.js';
 
 /** Largest `/get_attestation` body: a 64 KiB document as hex, plus framing. */
 const MAX_ATTESTATION_RESPONSE = 256 * 1024;
@@ -52,13 +52,89 @@ function retryAfter(value) {
 }
 
 /**
+ * TLS without a CA: the server's certificate is accepted only if the SHA-256
+ * of its SubjectPublicKeyInfo is the attested manifest's `tls_spki_sha256`.
+ * The attestation document and the manifest are signed and hashed, so they
+ * may be fetched before that hash is known: until then every key presented
+ * is recorded (the handshake still proves the server holds it), and once
+ * the attestation is verified every recorded key must be the attested one.
+ */
+class SpkiPin {
+  constructor() {
+    this.pinned = null;
+    this.seen = new Set();
+  }
+
+  /** Pins `attested` (hex); returns a key presented earlier that differs from it. */
+  pin(attested) {
+    this.pinned = attested;
+    return [...this.seen].find((k) => k !== attested) ?? null;
+  }
+
+  /** Checks (or, before pinning, records) a presented key; throws TlsKeyMismatch. */
+  check(presented) {
+    if (this.pinned === null) {
+      this.seen.add(presented);
+    } else if (presented !== this.pinned) {
+      throw new ClientError('TlsKeyMismatch', { attested: this.pinned, presented });
+    }
+  }
+}
+
+/** SHA-256 (hex) of the SubjectPublicKeyInfo of a DER certificate. */
+function spkiSha256(der) {
+  const spki = new crypto.X509Certificate(der).publicKey.export({ type: 'spki', format: 'der' });
+  return crypto.createHash('sha256').update(spki).digest('hex');
+}
+
+/**
+ * A TLS connection to `url` whose certificate passed `pin`. Node's own
+ * checks (CA chain, host name) are off: the pin replaces them, and it is
+ * checked here, before the caller writes a byte.
+ */
+function connectPinned(url, pin) {
+  return new Promise((resolve, reject) => {
+    const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
+    const socket = tls.connect({
+      host,
+      port: Number(url.port || 443),
+      // An IP address is not a valid SNI name.
+      ...(net.isIP(host) ? {} : { servername: host }),
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+    });
+    const timer = setTimeout(() => socket.destroy(new Error(`could not connect within ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
+    socket.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new ClientError('Http', { url: url.href }, e));
+    });
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      try {
+        const cert = socket.getPeerCertificate(true);
+        if (!cert || !cert.raw) throw new ClientError('Http', { url: url.href }, new Error('the server presented no certificate'));
+        pin.check(spkiSha256(cert.raw));
+      } catch (e) {
+        socket.destroy();
+        return reject(e);
+      }
+      resolve(socket);
+    });
+  });
+}
+
+/**
  * One request. Resolves with the body of a 200 answer, read up to `limit`
  * bytes (ClientError TooLarge as soon as it passes); any other status is a
  * ClientError Status with the server's `error` sentence made printable.
  */
-function request(url, { method = 'GET', body = null, limit, what, timeoutMs }) {
+async function request(url, { pin = null, ...rest }) {
+  const socket = url.protocol === 'https:' ? await connectPinned(url, pin) : null;
+  return exchange(url, socket, rest);
+}
+
+function exchange(url, socket, { method = 'GET', body = null, limit, what, timeoutMs }) {
   return new Promise((resolve, reject) => {
-    const lib = url.protocol === 'https:' ? https : http;
     const headers = body === null ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) };
     let settled = false;
     const finish = (fn, value) => {
@@ -69,10 +145,13 @@ function request(url, { method = 'GET', body = null, limit, what, timeoutMs }) {
       fn(value);
     };
     const httpError = (cause) => new ClientError('Http', { url: url.href }, cause);
-    const req = lib.request(url, { method, headers, agent: false });
+    const req = socket
+      ? http.request(url.href.replace(/^https:/, 'http:'), { method, headers, createConnection: () => socket })
+      : http.request(url, { method, headers, agent: false });
     const overall = setTimeout(() => req.destroy(new Error(`no complete answer within ${timeoutMs / 1000} s`)), timeoutMs);
     const connecting = setTimeout(() => req.destroy(new Error(`could not connect within ${CONNECT_TIMEOUT_MS / 1000} s`)), CONNECT_TIMEOUT_MS);
-    req.on('socket', (socket) => socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => clearTimeout(connecting)));
+    if (socket) clearTimeout(connecting);
+    else req.on('socket', (s) => s.once('connect', () => clearTimeout(connecting)));
     req.on('error', (e) => finish(reject, httpError(e)));
     req.on('response', (res) => {
       clearTimeout(connecting);
@@ -160,8 +239,10 @@ function checkManifest(body) {
 
 /** A connection to one attested enclave. Make one with `Client.connect`. */
 class Client {
-  constructor(base, attestation, publicKey, manifestRaw, manifest) {
+  constructor(base, attestation, publicKey, manifestRaw, manifest, pin) {
     this.base = base;
+    /** For https://: the attested TLS key every connection must present. */
+    this.pin = pin;
     /** The verified attestation document (the fields `verify-doc` prints). */
     this.attestation = attestation;
     /** The attested key every result must be signed with, hex SEC1. */
@@ -180,8 +261,13 @@ class Client {
    * checks that `user_data` is the SHA-256 of `/manifest`, and keeps the
    * attested key.
    *
-   * @param {string} url e.g. http://127.0.0.1:3000
-   * @param {object} [options] root, pcrs, allowDebug, maxAgeSecs, maxFutureSkewSecs, at
+   * With `https://`, every connection's TLS key must be the manifest's
+   * `tls_spki_sha256` (ClientError TlsKeyMismatch otherwise); plain
+   * `http://` to an `nsm` enclave is refused (InsecureHttp) unless
+   * `insecureHttp` is set.
+   *
+   * @param {string} url e.g. https://127.0.0.1:3000
+   * @param {object} [options] root, pcrs, allowDebug, maxAgeSecs, maxFutureSkewSecs, at, insecureHttp
    * @throws {ClientError}
    */
   static async connect(url, options = {}) {
@@ -193,9 +279,10 @@ class Client {
       if (e instanceof ConfigError) throw new ClientError('Config', {}, e);
       throw e;
     }
+    const pin = base.protocol === 'https:' ? new SpkiPin() : null;
     const nonce = crypto.randomBytes(NONCE_BYTES);
     const attestationUrl = new URL(`get_attestation?nonce=${nonce.toString('hex')}`, base);
-    const body = await request(attestationUrl, { limit: MAX_ATTESTATION_RESPONSE, what: 'attestation response', timeoutMs: GET_TIMEOUT_MS });
+    const body = await request(attestationUrl, { pin, limit: MAX_ATTESTATION_RESPONSE, what: 'attestation response', timeoutMs: GET_TIMEOUT_MS });
     const response = parseJson(body, 'attestation response');
     if (response === null || typeof response !== 'object' || typeof response.attestation !== 'string') {
       throw new ClientError('Malformed', { what: 'attestation response', reason: 'no string field `attestation`' });
@@ -206,7 +293,7 @@ class Client {
     }
     let attestation;
     try {
-      attestation = verifyAttestation(documentBytes, { ...options, root, nonce });
+      attestation = await verifyAttestation(documentBytes, { ...options, root, nonce });
     } catch (e) {
       if (e instanceof AttestationError) throw new ClientError('Attestation', {}, e);
       if (e instanceof ConfigError) throw new ClientError('Config', {}, e);
@@ -214,17 +301,28 @@ class Client {
     }
     if (attestation.public_key === null) throw new ClientError('NoPublicKey');
     try {
-      p256PublicKey(attestation.public_key);
+      await p256PublicKey(attestation.public_key);
     } catch {
       throw new ClientError('BadPublicKey', { len: attestation.public_key.length / 2 });
     }
 
-    const manifestRaw = await request(new URL('manifest', base), { limit: MAX_MANIFEST_RESPONSE, what: 'manifest', timeoutMs: GET_TIMEOUT_MS });
+    const manifestRaw = await request(new URL('manifest', base), { pin, limit: MAX_MANIFEST_RESPONSE, what: 'manifest', timeoutMs: GET_TIMEOUT_MS });
     const got = crypto.createHash('sha256').update(manifestRaw).digest('hex');
     const attested = attestation.user_data ?? '';
     if (got !== attested) throw new ClientError('ManifestMismatch', { expected: attested, got });
     const manifest = checkManifest(parseJson(manifestRaw, 'manifest'));
-    return new Client(base, attestation, attestation.public_key, manifestRaw, manifest);
+    if (pin) {
+      const attestedKey = manifest.tls_spki_sha256 ?? null;
+      if (attestedKey === null) throw new ClientError('NoTlsKey');
+      if (typeof attestedKey !== 'string' || !/^[0-9a-f]{64}$/.test(attestedKey)) {
+        throw new ClientError('Malformed', { what: 'manifest tls_spki_sha256', reason: 'not 64 hex digits' });
+      }
+      const presented = pin.pin(attestedKey);
+      if (presented !== null) throw new ClientError('TlsKeyMismatch', { attested: attestedKey, presented });
+    } else if (manifest.attestation === 'nsm' && options.insecureHttp !== true) {
+      throw new ClientError('InsecureHttp');
+    }
+    return new Client(base, attestation, attestation.public_key, manifestRaw, manifest, pin);
   }
 
   /** The manifest entry for `taskPath` (compared after normalization), or undefined. */
@@ -235,14 +333,16 @@ class Client {
 
   /**
    * Runs a task with a fresh nonce and resolves with the signed response
-   * (`{ response: { intent, timestamp_ms, data }, signature }`) only if it is
-   * signed by the attested key and echoes exactly this request.
+   * (`{ response: { intent, timestamp_ms, data }, signature }`; with
+   * `signing: 'compact'`, the compact message and `stdout`, `stderr` beside
+   * it) only if it is signed by the attested key and echoes exactly this request.
    *
-   * @param {{ taskPath: string, args?: string[], stdin?: string, timeoutSecs?: number }} spec
+   * @param {{ taskPath: string, args?: string[], stdin?: string, timeoutSecs?: number, signing?: 'full'|'compact' }} spec
    * @throws {ClientError}
    */
   async runTask(spec) {
-    const { taskPath, args = [], stdin = null, timeoutSecs = null } = spec ?? {};
+    const { taskPath, args = [], stdin = null, timeoutSecs = null, signing = 'full' } = spec ?? {};
+    if (signing !== 'full' && signing !== 'compact') throw new TypeError("`signing` must be 'full' or 'compact'");
     if (typeof taskPath !== 'string') throw new TypeError('`taskPath` must be a string');
     if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw new TypeError('`args` must be an array of strings');
     if (!(stdin === null || typeof stdin === 'string')) throw new TypeError('`stdin` must be a string');
@@ -256,10 +356,11 @@ class Client {
     const limit = limits.max_output_bytes * 2 * JSON_ESCAPE_FACTOR + RESULT_OVERHEAD;
     // setTimeout fires at once for delays past 2^31-1 ms (24.8 days): cap there.
     const timeoutMs = Math.min((timeoutSecs ?? limits.default_timeout_secs) * 1000 + TASK_MARGIN_MS, 2 ** 31 - 1);
-    const payload = { task_path: taskPath, ...(timeoutSecs === null ? {} : { timeout_secs: timeoutSecs }), args, ...(stdin === null ? {} : { stdin }), nonce };
+    const payload = { task_path: taskPath, ...(timeoutSecs === null ? {} : { timeout_secs: timeoutSecs }), args, ...(stdin === null ? {} : { stdin }), nonce, ...(signing === 'full' ? {} : { signing }) };
 
     const notBeforeMs = Date.now();
     const body = await request(new URL('process_data', this.base), {
+      pin: this.pin,
       method: 'POST',
       body: JSON.stringify({ payload }),
       limit,
@@ -273,8 +374,12 @@ class Client {
     } catch (e) {
       throw new ClientError('Malformed', { what: 'task result', reason: printable(e.message) });
     }
+    // The form asked for, told by the fields: a relay cannot swap one for the other.
+    if (Object.hasOwn(signed, 'stdout') !== (signing === 'compact')) {
+      throw new ClientError('Malformed', { what: 'task result', reason: `not the ${signing} form asked for` });
+    }
     try {
-      verifyResult(signed, {
+      await verifyResult(signed, {
         publicKey: this.publicKey,
         expect: {
           taskPath,
@@ -295,4 +400,4 @@ class Client {
   }
 }
 
-module.exports = { Client, MAX_ATTESTATION_RESPONSE, MAX_MANIFEST_RESPONSE };
+export { Client, spkiSha256, MAX_ATTESTATION_RESPONSE, MAX_MANIFEST_RESPONSE };

@@ -1,4 +1,3 @@
-'use strict';
 // Just enough DER (X.690) to read the parts of an X.509 certificate the
 // chain check needs, as exact byte ranges: the TBS bytes the signature
 // covers, the signature algorithm, issuer and subject names, validity, the
@@ -211,4 +210,29 @@ function parseCertificate(der) {
   };
 }
 
-module.exports = { parseCertificate, decodeOid, readTlv, DerError, ExtensionError, OID };
+export { parseCertificate, decodeOid, readTlv, ecdsaSignatureToRaw, DerError, ExtensionError, OID };
+
+/**
+ * An X.509 ECDSA signature (DER `SEQUENCE { r INTEGER, s INTEGER }`) as the
+ * raw `r || s` Web Crypto verifies, each scalar `size` bytes. Strict DER:
+ * minimal lengths and integers, both positive, nothing trailing.
+ */
+function ecdsaSignatureToRaw(der, size) {
+  const seq = expectTag(readTlv(der, 0, der.length), 0x30, 'an ECDSA-Sig-Value SEQUENCE');
+  if (seq.end !== der.length) throw new DerError('bytes after the signature');
+  const ints = children(seq);
+  if (ints.length !== 2) throw new DerError('an ECDSA signature has two integers');
+  const out = new Uint8Array(2 * size);
+  ints.forEach((t, i) => {
+    let v = contents(expectTag(t, 0x02, 'an INTEGER'));
+    if (v.length === 0) throw new DerError('empty INTEGER');
+    if (v[0] & 0x80) throw new DerError('negative ECDSA scalar');
+    if (v[0] === 0 && v.length > 1) {
+      if (!(v[1] & 0x80)) throw new DerError('INTEGER is not minimally encoded');
+      v = v.subarray(1);
+    }
+    if (v.length > size) throw new DerError('ECDSA scalar too large for the curve');
+    out.set(v, (i + 1) * size - v.length);
+  });
+  return out;
+}

@@ -1,11 +1,10 @@
-'use strict';
 // Parsing of the COSE_Sign1 envelope and the NSM attestation payload: the
 // same narrow shapes, limits, contexts and errors as the Rust parser
 // (src/attestation-verify/src/document.rs). Everything here runs on
 // untrusted bytes before any signature is checked.
 
-const { Decoder, encodeHead, encodeBytes, encodeText, concat } = require('./cbor.js');
-const { AttestationError } = require('./errors.js');
+import { Decoder, encodeHead, encodeBytes, encodeText, concat } from './cbor.js';
+import { AttestationError } from './errors.js';
 
 /** Largest document accepted, in bytes. Real documents are under 16 KiB. */
 const MAX_DOCUMENT_LEN = 64 * 1024;
@@ -226,7 +225,7 @@ function parsePayload(bytes) {
  * @param {Uint8Array} bytes
  */
 function parseDocument(bytes) {
-  if (!(bytes instanceof Uint8Array)) throw new TypeError('document must be a Uint8Array or Buffer');
+  if (!(bytes instanceof Uint8Array)) throw new TypeError('document must be bytes (a Uint8Array)');
   if (bytes.length > MAX_DOCUMENT_LEN) throw err('InputTooLarge', { len: bytes.length, max: MAX_DOCUMENT_LEN });
   const CTX = 'COSE_Sign1 structure';
   const d = new Decoder(bytes);
@@ -268,7 +267,7 @@ function sigStructure(doc) {
   return concat([encodeHead(4, 4), encodeText('Signature1'), encodeBytes(doc.protected), encodeBytes(new Uint8Array(0)), encodeBytes(doc.payload)]);
 }
 
-module.exports = {
+export {
   parseDocument,
   sigStructure,
   skipValue,

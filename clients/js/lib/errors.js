@@ -1,4 +1,3 @@
-'use strict';
 // Error classes. Each carries `code` (the name of the Rust enum variant it
 // mirrors, e.g. 'CoseSignature') and `details` (that variant's fields), and a
 // message worded exactly as the Rust `Display` of the same error, with the
@@ -82,6 +81,12 @@ const CLIENT_MESSAGES = {
     `manifest does not match the attestation: its SHA-256 is ${d.got}, the document's user_data is ${d.expected}`,
   UnknownTask: (d) => `task ${rustDebug(d.task_path)} is not in the attested manifest`,
   Result: () => 'result rejected',
+  TlsKeyMismatch: (d) =>
+    `TLS key mismatch: the server presented a certificate whose SPKI SHA-256 is ${d.presented}, but the attested manifest pins ${d.attested}; something between this client and the enclave (a relay, or the parent instance) terminates TLS`,
+  NoTlsKey: () =>
+    'the attested manifest pins no TLS key (tls_spki_sha256 is null: the server runs with --tls off), so this https:// connection cannot be tied to the enclave; use http://',
+  InsecureHttp: () =>
+    'refusing plain http:// to an nsm enclave: the parent instance would read every request and result; use https:// (the server\'s TLS key is pinned through the attestation), or pass --insecure-http to accept that',
 };
 
 function makeClass(name, messages) {
@@ -164,7 +169,7 @@ function printable(raw) {
   return out;
 }
 
-module.exports = {
+export {
   AttestationError,
   ConfigError,
   ResultError,

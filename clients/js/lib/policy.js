@@ -1,9 +1,9 @@
-'use strict';
 // What a verified document must additionally satisfy (freshness, debug mode,
 // PCRs, nonce), and the PCR files that say which PCRs to expect. Same
 // defaults, order and errors as src/attestation-verify/src/policy.rs.
 
-const { AttestationError, ConfigError, rustDebug } = require('./errors.js');
+import { AttestationError, ConfigError, rustDebug } from './errors.js';
+import { toHex, fromHex, utf8 } from './bytes.js';
 
 /** Default `maxAgeSecs`: a document is fetched and checked in one go. */
 const DEFAULT_MAX_AGE_SECS = 5 * 60;
@@ -16,12 +16,6 @@ const PCR_NAME = /^PCR([0-8])$/;
 /** SHA-384, the only hash Nitro uses for PCRs, in hex digits. */
 const PCR_HEX_LEN = 96;
 
-const toHex = (bytes) => Buffer.from(bytes).toString('hex');
-
-/** Hex (either case, even length) to bytes; null if it is not hex. */
-function fromHex(text) {
-  return typeof text === 'string' && /^(?:[0-9a-fA-F]{2})*$/.test(text) ? Uint8Array.from(Buffer.from(text, 'hex')) : null;
-}
 
 /** Bytes from a Uint8Array or a hex string, or throws TypeError naming `what`. */
 function bytesOf(value, what) {
@@ -70,7 +64,7 @@ function pcrValue(name, hexValue) {
   }
   const bad = chars.findIndex((c) => !/^[0-9a-fA-F]$/.test(c));
   if (bad !== -1) throw refuse(`${name} is not hex: Invalid character ${rustDebugChar(chars[bad])} at position ${bad}`);
-  return Uint8Array.from(Buffer.from(hexValue, 'hex'));
+  return fromHex(hexValue);
 }
 
 /** Rust's `{:?}` of a char: quoted with `'`, which (unlike `"`) is escaped inside. */
@@ -152,7 +146,7 @@ function fromEifBuildText(text) {
  */
 function readPcrFile(file) {
   if (!(typeof file === 'string' || file instanceof Uint8Array)) throw new TypeError('a PCR file is a string or bytes');
-  const size = typeof file === 'string' ? Buffer.byteLength(file, 'utf8') : file.length;
+  const size = typeof file === 'string' ? utf8(file).length : file.length;
   if (size > MAX_PCR_FILE_LEN) throw refuse(`${size} bytes, more than the ${MAX_PCR_FILE_LEN}-byte limit`);
   let text = file;
   if (typeof file !== 'string') {
@@ -220,7 +214,7 @@ function checkPolicy(policy, fields, atMs, debug) {
   }
 }
 
-module.exports = {
+export {
   readPcrFile,
   PCR_FILE_FORMATS,
   expectedPcrs,

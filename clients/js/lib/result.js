@@ -1,8 +1,9 @@
-'use strict';
 // The signed answer of `POST /process_data`: rebuilds the BCS bytes of a
 // signed response and checks its P-256 signature (`verifySignedResponse`),
 // then that the signed data answers exactly the request (`verifyResult`),
-// with nothing but Node's standard library. The one JavaScript
+// on Web Crypto, in browsers and Node alike. Both signed forms: the full one
+// (intent 0, texts signed) and the compact one (intent 1, the texts' SHA-256
+// and lengths signed, the texts beside the signed message). The one JavaScript
 // implementation of the result format; the layout is documented in
 // src/result-signing/src/lib.rs, and every file in
 // src/result-signing/tests/vectors is checked by both implementations.
@@ -23,20 +24,15 @@
 //   - `signature` is exactly 128 lowercase hex digits, as the Rust verifier
 //     requires.
 
-const crypto = require('node:crypto');
-
-const { ResultError, rustDebugList } = require('./errors.js');
+import { ResultError, rustDebugList } from './errors.js';
+import { toHex, fromHex, utf8, concatBytes, bigFromBytes } from './bytes.js';
+import { sha256Hex, importEcdsaKey, verifyEcdsa } from './webcrypto.js';
 
 const INTENT_TASK_RESULT = 0;
+const INTENT_TASK_RESULT_COMPACT = 1;
 // The P-256 group order n; signatures with s above n / 2 are rejected (low-S only).
 const ORDER = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
 const HALF_ORDER = ORDER >> 1n;
-// SubjectPublicKeyInfo prefixes (id-ecPublicKey, prime256v1) for a compressed
-// (33-byte) and an uncompressed (65-byte) SEC1 point.
-const SPKI_P256_PREFIX = {
-  33: Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'),
-  65: Buffer.from('3059301306072a8648ce3d020106082a8648ce3d030107034200', 'hex'),
-};
 
 // `String.prototype.isWellFormed` arrived in Node 20; the pattern is the
 // same test for Node 18: a high surrogate not followed by a low one, or a low
@@ -55,12 +51,12 @@ function uleb128(n) {
     if (n > 0) byte |= 0x80;
     out.push(byte);
   } while (n > 0);
-  return Buffer.from(out);
+  return Uint8Array.from(out);
 }
 
 function fixed(size, write) {
-  const b = Buffer.alloc(size);
-  write(b);
+  const b = new Uint8Array(size);
+  write(new DataView(b.buffer));
   return b;
 }
 
@@ -68,12 +64,12 @@ function fixed(size, write) {
 const U8 = {
   expected: 'a u8: a JSON number, integer 0..255',
   is: (v) => Number.isInteger(v) && v >= 0 && v <= 255,
-  encode: (v) => Buffer.from([v]),
+  encode: (v) => Uint8Array.of(v),
 };
 const U64 = {
   expected: `a u64 that JS holds exactly: a JSON number, integer 0..${Number.MAX_SAFE_INTEGER} (2^53-1)`,
   is: (v) => Number.isSafeInteger(v) && v >= 0,
-  encode: (v) => fixed(8, (b) => b.writeBigUInt64LE(BigInt(v))),
+  encode: (v) => fixed(8, (b) => b.setBigUint64(0, BigInt(v), true)),
 };
 const U16 = {
   expected: 'a u16: a JSON number, integer 0..65535',
@@ -83,19 +79,19 @@ const U16 = {
 const I32 = {
   expected: 'an i32: a JSON number, integer -2^31..2^31-1',
   is: (v) => Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31,
-  encode: (v) => fixed(4, (b) => b.writeInt32LE(v)),
+  encode: (v) => fixed(4, (b) => b.setInt32(0, v, true)),
 };
 const BOOL = {
   expected: 'a boolean',
   is: (v) => typeof v === 'boolean',
-  encode: (v) => Buffer.from([v ? 1 : 0]),
+  encode: (v) => Uint8Array.of(v ? 1 : 0),
 };
 const STRING = {
   expected: 'a well-formed string (no lone surrogates)',
   is: (v) => typeof v === 'string' && isWellFormed(v),
   encode: (v) => {
-    const bytes = Buffer.from(v, 'utf8');
-    return Buffer.concat([uleb128(bytes.length), bytes]);
+    const bytes = utf8(v);
+    return concatBytes([uleb128(bytes.length), bytes]);
   },
 };
 const SIGNATURE_HEX = {
@@ -143,19 +139,51 @@ const TASK_RESULT = {
     ['egress', vec(EGRESS_ENTRY)],
   ],
 };
-const INTENT_MESSAGE = {
+const SHA256_HEX = {
+  expected: '64 lowercase hex digits (a SHA-256)',
+  is: (v) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v),
+  encode: STRING.encode,
+};
+/**
+ * The compact form: TASK_RESULT with each text replaced by its SHA-256 and
+ * byte length (`compactOf`), every other field in its place.
+ */
+const COMPACT_TASK_RESULT = {
+  struct: TASK_RESULT.struct.flatMap(([name, type]) =>
+    name === 'stdout' || name === 'stderr'
+      ? [
+          [`${name}_sha256`, SHA256_HEX],
+          [`${name}_len`, U64],
+        ]
+      : [[name, type]],
+  ),
+};
+const intentMessage = (data) => ({
   struct: [
     ['intent', U8],
     ['timestamp_ms', U64],
-    ['data', TASK_RESULT],
+    ['data', data],
   ],
-};
+});
+const INTENT_MESSAGE = intentMessage(TASK_RESULT);
+const COMPACT_INTENT_MESSAGE = intentMessage(COMPACT_TASK_RESULT);
 const SIGNED_RESPONSE = {
   struct: [
     ['response', INTENT_MESSAGE],
     ['signature', SIGNATURE_HEX],
   ],
 };
+const COMPACT_SIGNED_RESPONSE = {
+  struct: [
+    ['response', COMPACT_INTENT_MESSAGE],
+    ['signature', SIGNATURE_HEX],
+    ['stdout', STRING],
+    ['stderr', STRING],
+  ],
+};
+/** Which form a response is, told by its top-level fields (the Rust `SignedTaskResult`). */
+const formOf = (signed) =>
+  signed !== null && typeof signed === 'object' && Object.hasOwn(signed, 'stdout') ? COMPACT_SIGNED_RESPONSE : SIGNED_RESPONSE;
 
 /** Short description of a rejected value: never echoes a whole stdout. */
 function describe(v) {
@@ -197,25 +225,49 @@ function check(v, type, path, orNull = '') {
 }
 
 function encode(v, type) {
-  if (type.option) return v === null ? Buffer.from([0]) : Buffer.concat([Buffer.from([1]), encode(v, type.option)]);
-  if (type.vec) return Buffer.concat([uleb128(v.length), ...v.map((item) => encode(item, type.vec))]);
-  if (type.struct) return Buffer.concat(type.struct.map(([name, fieldType]) => encode(v[name], fieldType)));
+  if (type.option) return v === null ? Uint8Array.of(0) : concatBytes([Uint8Array.of(1), encode(v, type.option)]);
+  if (type.vec) return concatBytes([uleb128(v.length), ...v.map((item) => encode(item, type.vec))]);
+  if (type.struct) return concatBytes(type.struct.map(([name, fieldType]) => encode(v[name], fieldType)));
   return type.encode(v);
 }
 
 /**
  * Throws a TypeError naming the first field (e.g. `response.data.exit_code`)
- * that the Rust `SignedResponse<TaskResult>` would not parse to the same
- * value a JS reader sees.
+ * that the Rust `SignedResponse<TaskResult>` (or, with top-level `stdout`
+ * and `stderr`, `CompactSignedResponse`) would not parse to the same value a
+ * JS reader sees.
  */
 function checkShape(signed) {
-  check(signed, SIGNED_RESPONSE, '');
+  check(signed, formOf(signed), '');
 }
 
-/** BCS bytes of `response` = {intent, timestamp_ms, data: TaskResult}, after checking its shape. */
+/**
+ * BCS bytes of `response` = {intent, timestamp_ms, data}, after checking its
+ * shape: a full TaskResult, or a compact one (with `stdout_sha256`).
+ */
 function signingBytes(response) {
-  check(response, INTENT_MESSAGE, 'response');
-  return encode(response, INTENT_MESSAGE);
+  const compact = response !== null && typeof response === 'object' && response.data !== null && typeof response.data === 'object' && Object.hasOwn(response.data, 'stdout_sha256');
+  const type = compact ? COMPACT_INTENT_MESSAGE : INTENT_MESSAGE;
+  check(response, type, 'response');
+  return encode(response, type);
+}
+
+/**
+ * The compact form of a full TaskResult: the one mapping, field by field in
+ * the full layout's order, each text replaced by its SHA-256 and length.
+ */
+async function compactOf(data) {
+  const out = {};
+  for (const [name] of TASK_RESULT.struct) {
+    if (name === 'stdout' || name === 'stderr') {
+      const bytes = utf8(data[name]);
+      out[`${name}_sha256`] = await sha256Hex(bytes);
+      out[`${name}_len`] = bytes.length;
+    } else {
+      out[name] = data[name];
+    }
+  }
+  return out;
 }
 
 /**
@@ -223,55 +275,77 @@ function signingBytes(response) {
  * compressed or 65-byte uncompressed), given as bytes or hex. Throws
  * TypeError if it is not one.
  */
-function p256PublicKey(publicKey) {
+async function p256PublicKey(publicKey) {
   const sec1 =
     typeof publicKey === 'string' && /^(?:[0-9a-fA-F]{2})*$/.test(publicKey)
-      ? Buffer.from(publicKey, 'hex')
+      ? fromHex(publicKey)
       : publicKey instanceof Uint8Array
-        ? Buffer.from(publicKey)
+        ? Uint8Array.from(publicKey)
         : null;
-  const prefix = sec1 && SPKI_P256_PREFIX[sec1.length];
   const pointTag = sec1 && sec1[0];
-  if (!prefix || !(sec1.length === 33 ? pointTag === 2 || pointTag === 3 : pointTag === 4)) {
+  if (!sec1 || !(sec1.length === 33 ? pointTag === 2 || pointTag === 3 : sec1.length === 65 && pointTag === 4)) {
     throw new TypeError('public key must be a P-256 SEC1 point: 33 bytes compressed or 65 uncompressed (66 or 130 hex digits)');
   }
-  try {
-    return crypto.createPublicKey({ key: Buffer.concat([prefix, sec1]), format: 'der', type: 'spki' });
-  } catch {
-    throw new TypeError('public key is not a point on P-256');
-  }
-}
-
-/** Signature checks of the Rust `SignedResponse::verify`, after the JS shape check. */
-function signatureProblem(signed, key) {
-  if (signed.response.intent !== INTENT_TASK_RESULT) {
-    return `intent is ${signed.response.intent}, expected ${INTENT_TASK_RESULT}`;
-  }
-  const sig = Buffer.from(signed.signature, 'hex');
-  const r = BigInt('0x' + sig.subarray(0, 32).toString('hex'));
-  const s = BigInt('0x' + sig.subarray(32).toString('hex'));
-  if (r === 0n || r >= ORDER || s === 0n || s >= ORDER) {
-    return 'signature is not 128 lowercase hex digits (64 bytes, r || s)';
-  }
-  if (s > HALF_ORDER) return 'signature is not low-S normalized';
-  const bytes = encode(signed.response, INTENT_MESSAGE);
-  if (!crypto.verify('sha256', bytes, { key, dsaEncoding: 'ieee-p1363' }, sig)) {
-    return 'signature does not verify against the attested public key';
-  }
-  return null;
+  const key = await importEcdsaKey('P-256', sec1);
+  if (key === null) throw new TypeError('public key is not a point on P-256');
+  return key;
 }
 
 /**
- * Throws unless `signed` has exactly the shape of a signed task result and
- * `signed.signature` is a low-S P-256 signature by `publicKey` (SEC1,
- * compressed as attested or uncompressed; bytes or hex) over its response.
- * Shape and key errors are TypeErrors, signature failures Errors.
+ * Signature checks of the Rust `SignedResponse::verify` (and, for the
+ * compact form, `CompactSignedResponse::verify`), after the JS shape check.
+ * Returns the whole result as `{intent, timestamp_ms, data}` with the full
+ * texts, or a problem string.
  */
-function verifySignedResponse(signed, publicKey) {
+async function signatureProblem(signed, key) {
+  const compact = formOf(signed) === COMPACT_SIGNED_RESPONSE;
+  const intent = compact ? INTENT_TASK_RESULT_COMPACT : INTENT_TASK_RESULT;
+  if (signed.response.intent !== intent) {
+    return { problem: `intent is ${signed.response.intent}, expected ${intent}` };
+  }
+  const sig = fromHex(signed.signature);
+  const r = bigFromBytes(sig.subarray(0, 32));
+  const s = bigFromBytes(sig.subarray(32));
+  if (r === 0n || r >= ORDER || s === 0n || s >= ORDER) {
+    return { problem: 'signature is not 128 lowercase hex digits (64 bytes, r || s)' };
+  }
+  if (s > HALF_ORDER) return { problem: 'signature is not low-S normalized' };
+  const bytes = encode(signed.response, compact ? COMPACT_INTENT_MESSAGE : INTENT_MESSAGE);
+  if (!(await verifyEcdsa(key, 'SHA-256', sig, bytes))) {
+    return { problem: 'signature does not verify against the attested public key' };
+  }
+  if (!compact) return { message: signed.response };
+  // The texts beside a compact message must be the ones whose SHA-256 and
+  // length it signs; then the whole result is theirs.
+  const d = signed.response.data;
+  const full = {};
+  for (const [name] of TASK_RESULT.struct) {
+    full[name] = name === 'stdout' || name === 'stderr' ? signed[name] : d[name];
+  }
+  const again = await compactOf(full);
+  for (const stream of ['stdout', 'stderr']) {
+    if (again[`${stream}_sha256`] !== d[`${stream}_sha256`] || again[`${stream}_len`] !== d[`${stream}_len`]) {
+      return { problem: `the returned ${stream} does not match the signed ${stream}_sha256 and ${stream}_len` };
+    }
+  }
+  return { message: { intent: signed.response.intent, timestamp_ms: signed.response.timestamp_ms, data: full } };
+}
+
+/**
+ * Resolves unless `signed` has exactly the shape of a signed task result
+ * (either form) and `signed.signature` is a low-S P-256 signature by
+ * `publicKey` (SEC1, compressed as attested or uncompressed; bytes or hex)
+ * over its response, and, in the compact form, the returned texts have the
+ * signed SHA-256 and lengths. Resolves to the whole result
+ * `{intent, timestamp_ms, data}`. Shape and key errors are TypeErrors,
+ * signature failures Errors.
+ */
+async function verifySignedResponse(signed, publicKey) {
   checkShape(signed);
-  const key = p256PublicKey(publicKey);
-  const problem = signatureProblem(signed, key);
+  const key = await p256PublicKey(publicKey);
+  const { problem, message } = await signatureProblem(signed, key);
   if (problem) throw new Error(problem);
+  return message;
 }
 
 /** How far the server's clock may be from ours, by default. */
@@ -287,8 +361,6 @@ function normalizeTaskPath(path) {
     .filter((c) => c !== '' && c !== '.')
     .join('/');
 }
-
-const sha256Hex = (bytes) => crypto.createHash('sha256').update(bytes).digest('hex');
 
 function checkExpect(expect) {
   if (expect === null || typeof expect !== 'object') throw new TypeError('`expect` must be an object');
@@ -310,8 +382,10 @@ function checkExpect(expect) {
 }
 
 /**
- * Verifies a signed `/process_data` answer: its shape, the signature under
- * the attested `publicKey` (low-S, intent 0), then that the signed data
+ * Verifies a signed `/process_data` answer in either form: its shape, the
+ * signature under the attested `publicKey` (low-S; intent 0 for the full
+ * form, 1 for the compact form, whose returned texts must also have the
+ * signed SHA-256 and lengths), then that the signed data
  * answers exactly the request `expect` describes: nonce, task path (after
  * normalization), args, SHA-256 of stdin, task digest (if given), every
  * `egress` entry among the manifest's `host:port`s for the task (if given), a status
@@ -319,22 +393,23 @@ function checkExpect(expect) {
  * [notBeforeMs - clockSkewMs, notAfterMs + clockSkewMs]. Same checks, order
  * and messages as the Rust client's `verify_result`.
  *
- * @param {object} response the parsed JSON body: `{ response, signature }`
+ * @param {object} response the parsed JSON body: `{ response, signature }`, or `{ response, signature, stdout, stderr }` (compact)
  * @param {{ publicKey: string|Uint8Array, expect: object }} options
+ * @returns {Promise<object>} the whole result `{intent, timestamp_ms, data}`, texts included
  * @throws {ResultError} with `code` 'Signature', 'Mismatch', 'Stale' or 'Inconsistent'
  */
-function verifyResult(response, { publicKey, expect } = {}) {
+async function verifyResult(response, { publicKey, expect } = {}) {
   const want = checkExpect(expect);
-  const key = p256PublicKey(publicKey);
+  const key = await p256PublicKey(publicKey);
   try {
     checkShape(response);
   } catch (e) {
     throw new ResultError('Signature', {}, e);
   }
-  const problem = signatureProblem(response, key);
+  const { problem, message } = await signatureProblem(response, key);
   if (problem) throw new ResultError('Signature', {}, new Error(problem));
 
-  const d = response.response.data;
+  const d = message.data;
   const mismatch = (field, expected, got) => new ResultError('Mismatch', { field, expected, got });
   if (d.nonce !== want.nonce) throw mismatch('nonce', want.nonce, d.nonce ?? 'none');
   const wantPath = normalizeTaskPath(want.taskPath);
@@ -342,7 +417,7 @@ function verifyResult(response, { publicKey, expect } = {}) {
   if (d.args.length !== want.args.length || d.args.some((a, i) => a !== want.args[i])) {
     throw mismatch('args', rustDebugList(want.args), rustDebugList(d.args));
   }
-  const wantStdin = want.stdin === null ? null : sha256Hex(typeof want.stdin === 'string' ? Buffer.from(want.stdin, 'utf8') : want.stdin);
+  const wantStdin = want.stdin === null ? null : await sha256Hex(typeof want.stdin === 'string' ? utf8(want.stdin) : want.stdin);
   if (d.stdin_sha256 !== wantStdin) throw mismatch('stdin_sha256', wantStdin ?? 'none', d.stdin_sha256 ?? 'none');
   if (want.taskDigest !== null && d.task_digest !== want.taskDigest) {
     throw mismatch('task_digest', want.taskDigest, d.task_digest);
@@ -357,8 +432,9 @@ function verifyResult(response, { publicKey, expect } = {}) {
   }
   const fromMs = Math.max(0, want.notBeforeMs - want.clockSkewMs);
   const toMs = want.notAfterMs + want.clockSkewMs;
-  const ts = response.response.timestamp_ms;
+  const ts = message.timestamp_ms;
   if (ts < fromMs || ts > toMs) throw new ResultError('Stale', { timestamp_ms: ts, from_ms: fromMs, to_ms: toMs });
+  return message;
 }
 
 /** The signed response with keys in the Rust structs' order, as the Rust CLI prints it. */
@@ -369,10 +445,10 @@ function canonicalSignedResponse(signed) {
     if (type.struct) return Object.fromEntries(type.struct.map(([name, t]) => [name, order(v[name], t)]));
     return v;
   };
-  return order(signed, SIGNED_RESPONSE);
+  return order(signed, formOf(signed));
 }
 
-module.exports = {
+export {
   checkShape,
   signingBytes,
   verifySignedResponse,
@@ -380,6 +456,8 @@ module.exports = {
   normalizeTaskPath,
   canonicalSignedResponse,
   p256PublicKey,
+  compactOf,
   INTENT_TASK_RESULT,
+  INTENT_TASK_RESULT_COMPACT,
   DEFAULT_CLOCK_SKEW_MS,
 };

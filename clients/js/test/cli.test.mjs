@@ -28,7 +28,7 @@ function assertSucceeded(out) {
   assert.strictEqual(out.stderr, '');
 }
 
-test('verifies a real document at its own time and prints its fields as one JSON line', () => {
+test('verifies a real document at its own time and prints its fields as one JSON line', async () => {
   const out = cli(['verify-doc', NONDEBUG, '--at-doc-time']);
   assertSucceeded(out);
   assert.strictEqual(out.stdout.split('\n').length, 2, 'one line');
@@ -55,7 +55,25 @@ test('verifies a real document at its own time and prints its fields as one JSON
   assertSucceeded(at);
 });
 
-test('failures exit 1 with one line of reason', () => {
+test('hex or JSON given without --hex is named, with the flag', () => {
+  const hexText = fs.readFileSync(NONDEBUG).toString('hex') + '\n';
+  const hex = cli(['verify-doc', tmpFile('doc-nohex.hex', hexText), '--at-doc-time']);
+  assert.strictEqual(hex.status, 1, hex.stderr);
+  assert.ok(hex.stderr.includes('holds hex text') && hex.stderr.includes('--hex'), hex.stderr);
+  const json = cli(['verify-doc', tmpFile('doc.json', JSON.stringify({ attestation: hexText.trim() })), '--at-doc-time']);
+  assert.strictEqual(json.status, 1, json.stderr);
+  assert.ok(json.stderr.includes('holds JSON') && json.stderr.includes('`attestation` field') && json.stderr.includes('--hex'), json.stderr);
+});
+
+test('no arguments print the usage on stderr and fail', () => {
+  const out = cli([]);
+  assert.strictEqual(out.status, 1, out.stderr);
+  assert.ok(out.stderr.includes('Usage:') && out.stderr.includes('verify-doc') && out.stderr.includes('run'), out.stderr);
+  assert.ok(!out.stderr.includes('error:'), out.stderr);
+  assert.strictEqual(out.stdout, '');
+});
+
+test('failures exit 1 with one line of reason', async () => {
   const pcrs = tmpFile('pcrs.json', JSON.stringify({ Measurements: { PCR0: '11'.repeat(48) } }));
   const eifLines = tmpFile('pcrs.txt', `${'11'.repeat(48)} PCR0\n`);
   const cases = [
@@ -100,7 +118,7 @@ function pcrFiles(name, wrong) {
   ];
 }
 
-test('PCR files in each accepted format verify, a wrong PCR is refused, and the note says how the file was read', () => {
+test('PCR files in each accepted format verify, a wrong PCR is refused, and the note says how the file was read', async () => {
   for (const doc of [BASE, 'signal_svr2_2023-05-24.cbor']) {
     for (const wrong of [null, '0', '2']) {
       for (const [format, content] of pcrFiles(doc, wrong)) {
@@ -120,9 +138,9 @@ test('PCR files in each accepted format verify, a wrong PCR is refused, and the 
   }
 });
 
-test('argument errors are one line with the documented exit codes', () => {
+test('argument errors are one line with the documented exit codes', async () => {
+  // (No arguments at all print the usage: tested above.)
   const cases = [
-    [[], 1],
     [['verify-doc'], 1],
     [['verify-doc', 'x.cbor', '--bogus'], 1],
     [['verify-doc', 'x.cbor', 'y.cbor'], 1],

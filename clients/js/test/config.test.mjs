@@ -17,13 +17,13 @@ const read = (text) => readPcrFile(text);
 const indices = ({ pcrs }) => [...pcrs].map(([i, v]) => (assert.strictEqual(v.length, 48), i));
 
 /** Asserts a refusal whose message gives `reason` and the accepted formats. */
-function assertRefused(text, reason) {
-  const e = configError(() => read(text), 'PcrFile');
+async function assertRefused(text, reason) {
+  const e = await configError(() => read(text), 'PcrFile');
   assert.ok(e.message.includes(reason), `${JSON.stringify(String(text).slice(0, 120))}: ${e.message}`);
   for (const hint of ['nitro-cli describe-eif --eif-path', 'eif_build', '<hex> PCRn']) assert.ok(e.message.includes(hint), `${e.message} lacks ${hint}`);
 }
 
-test('the three accepted formats are read and named', () => {
+test('the three accepted formats are read and named', async () => {
   const a = 'ab'.repeat(48);
   const b = 'CD'.repeat(48);
   // `nitro-cli describe-eif` of a signed image: PCR8, and members beside Measurements.
@@ -61,7 +61,7 @@ test('the three accepted formats are read and named', () => {
   assert.deepStrictEqual(indices(file), [3, 8]);
 });
 
-test('anything else is refused, naming the accepted formats', () => {
+test('anything else is refused, naming the accepted formats', async () => {
   const a = 'ab'.repeat(48);
   const nested = (inner) => `{"Measurements": ${inner}}`;
   const cases = [
@@ -100,47 +100,47 @@ test('anything else is refused, naming the accepted formats', () => {
     // Several faults: the first in key order is reported, as serde_json's map orders them.
     [`{"PCR9": 1, "EifVersion": 4}`, 'unexpected member "EifVersion"'],
   ];
-  for (const [text, reason] of cases) assertRefused(text, reason);
-  const e = configError(() => read(Uint8Array.from([0xff, 0xfe, 0x7b])), 'PcrFile');
+  for (const [text, reason] of cases) await assertRefused(text, reason);
+  const e = await configError(() => read(Uint8Array.from([0xff, 0xfe, 0x7b])), 'PcrFile');
   assert.match(e.message, /^PCR file not accepted: not UTF-8 text\. Accepted: /);
-  assert.throws(() => read(42), TypeError);
+  await assert.rejects(async () => read(42), TypeError);
 });
 
-test('the PCR file size cap is inclusive', () => {
+test('the PCR file size cap is inclusive', async () => {
   const json = `{"PCR0": "${'ab'.repeat(48)}"}`;
   const text = `${'ab'.repeat(48)} PCR0`;
   for (const valid of [json, text]) {
     const atCap = valid + ' '.repeat(MAX_PCR_FILE_LEN - valid.length);
     assert.strictEqual(Buffer.byteLength(atCap), MAX_PCR_FILE_LEN);
     read(atCap);
-    assertRefused(`${atCap} `, `${MAX_PCR_FILE_LEN + 1} bytes, more than the ${MAX_PCR_FILE_LEN}-byte limit`);
+    await assertRefused(`${atCap} `, `${MAX_PCR_FILE_LEN + 1} bytes, more than the ${MAX_PCR_FILE_LEN}-byte limit`);
   }
 });
 
-test('PCR sets given in code are validated like files', () => {
+test('PCR sets given in code are validated like files', async () => {
   const at = { at: 'document' };
-  configError(() => verifyAttestation(document(BASE), { ...at, pcrs: { 32: pcr } }), 'PcrIndexOutOfRange');
-  configError(() => verifyAttestation(document(BASE), { ...at, pcrs: new Map([[0, new Uint8Array(20)]]) }), 'PcrLength', { index: 0, len: 20 });
-  assert.throws(() => verifyAttestation(document(BASE), { ...at, pcrs: { x: pcr } }), TypeError);
-  assert.throws(() => verifyAttestation(document(BASE), { ...at, pcrs: { 0: 'not hex' } }), TypeError);
-  assert.throws(() => verifyAttestation(document(BASE), { at: 'yesterday' }), TypeError);
-  assert.throws(() => verifyAttestation(document(BASE), { ...at, maxAgeSecs: -1 }), TypeError);
-  assert.throws(() => verifyAttestation('not bytes', at), TypeError);
+  await configError(() => verifyAttestation(document(BASE), { ...at, pcrs: { 32: pcr } }), 'PcrIndexOutOfRange');
+  await configError(() => verifyAttestation(document(BASE), { ...at, pcrs: new Map([[0, new Uint8Array(20)]]) }), 'PcrLength', { index: 0, len: 20 });
+  await assert.rejects(async () => verifyAttestation(document(BASE), { ...at, pcrs: { x: pcr } }), TypeError);
+  await assert.rejects(async () => verifyAttestation(document(BASE), { ...at, pcrs: { 0: 'not hex' } }), TypeError);
+  await assert.rejects(async () => verifyAttestation(document(BASE), { at: 'yesterday' }), TypeError);
+  await assert.rejects(async () => verifyAttestation(document(BASE), { ...at, maxAgeSecs: -1 }), TypeError);
+  await assert.rejects(async () => verifyAttestation('not bytes', at), TypeError);
 });
 
-test('alternative roots must be certificates', () => {
-  configError(() => TrustedRoot.fromDer(Buffer.from('not a certificate')), 'InvalidRoot');
-  configError(() => TrustedRoot.fromPem('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'), 'InvalidRoot');
-  configError(() => TrustedRoot.fromPem('-----BEGIN CERTIFICATE-----\nA*AA\n-----END CERTIFICATE-----\n'), 'InvalidRoot');
-  configError(() => TrustedRoot.fromPem('just text'), 'InvalidRoot');
+test('alternative roots must be certificates', async () => {
+  await configError(() => TrustedRoot.fromDer(Buffer.from('not a certificate')), 'InvalidRoot');
+  await configError(() => TrustedRoot.fromPem('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'), 'InvalidRoot');
+  await configError(() => TrustedRoot.fromPem('-----BEGIN CERTIFICATE-----\nA*AA\n-----END CERTIFICATE-----\n'), 'InvalidRoot');
+  await configError(() => TrustedRoot.fromPem('just text'), 'InvalidRoot');
   // A PEM private key (or anything not labelled CERTIFICATE) is refused by label.
   const pem = fs.readFileSync(path.join(DATA_DIR, 'aws_nitro_root_g1.pem'), 'utf8');
-  const e = configError(() => TrustedRoot.fromPem(pem.replaceAll('CERTIFICATE', 'PRIVATE KEY')), 'InvalidRoot');
+  const e = await configError(() => TrustedRoot.fromPem(pem.replaceAll('CERTIFICATE', 'PRIVATE KEY')), 'InvalidRoot');
   assert.match(e.message, /^root certificate is not valid PEM\/DER: PEM label is "PRIVATE KEY", expected "CERTIFICATE"$/);
   // Any certificate can be named as the root explicitly; only the embedded AWS root is the default.
-  assert.strictEqual(TrustedRoot.fromPem(pem).sha256Hex(), AWS_NITRO_ROOT_G1_SHA256);
+  assert.strictEqual(await TrustedRoot.fromPem(pem).sha256Hex(), AWS_NITRO_ROOT_G1_SHA256);
   // A root given to verifyAttestation as PEM text or DER bytes.
-  verifyAttestation(document(BASE), { at: 'document', root: pem });
-  verifyAttestation(document(BASE), { at: 'document', root: TrustedRoot.awsNitro().der });
-  configError(() => verifyAttestation(document(BASE), { at: 'document', root: 'nonsense' }), 'InvalidRoot');
+  await verifyAttestation(document(BASE), { at: 'document', root: pem });
+  await verifyAttestation(document(BASE), { at: 'document', root: TrustedRoot.awsNitro().der });
+  await configError(() => verifyAttestation(document(BASE), { at: 'document', root: 'nonsense' }), 'InvalidRoot');
 });

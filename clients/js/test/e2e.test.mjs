@@ -7,7 +7,7 @@ import test from 'node:test';
 import assert from 'node:assert';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
-import { Client, ClientError, TrustedRoot, verifyResult } from 'nautilus-client';
+import { Client, ClientError, TrustedRoot, verifyResult, signingBytes } from 'nautilus-client';
 import { PACKAGE_DIR } from './helpers/docs.mjs';
 import { startServer, startRelay, closeRelays, startRawServer } from './helpers/server.mjs';
 import { rejectsCode } from './helpers/assert.mjs';
@@ -53,11 +53,23 @@ test('the CLI runs a verified task only with the dev root and debug consent', as
 
   const noRoot = await cli(runArgs(server.base, { root: false }));
   assert.strictEqual(noRoot.code, 2);
-  assert.ok(noRoot.stderr.includes('not the trusted root'), noRoot.stderr);
+  // The rejections name the flag a dev server needs, on the one line.
+  assert.ok(noRoot.stderr.includes('not the trusted root') && noRoot.stderr.includes('--root out/dev-root.pem'), noRoot.stderr);
+  assert.strictEqual(noRoot.stderr.trim().split('\n').length, 1, noRoot.stderr);
 
   const noDebug = await cli(runArgs(server.base, { allowDebug: false }));
   assert.strictEqual(noDebug.code, 2);
-  assert.ok(noDebug.stderr.includes('debug-mode'), noDebug.stderr);
+  assert.ok(noDebug.stderr.includes('debug-mode') && noDebug.stderr.includes('`--allow-debug`'), noDebug.stderr);
+
+  // --compact: the digests signed, the texts beside, checked against them.
+  const args = runArgs(server.base);
+  const compact = await cli([...args.slice(0, -4), '--compact', ...args.slice(-4)]);
+  assert.strictEqual(compact.code, 0, compact.stderr);
+  const c = JSON.parse(compact.stdout);
+  assert.deepStrictEqual(Object.keys(c), ['response', 'signature', 'stdout', 'stderr']);
+  assert.strictEqual(c.response.intent, 1);
+  assert.ok(c.stdout.includes('"sum":6'), c.stdout);
+  assert.match(c.response.data.stdout_sha256, /^[0-9a-f]{64}$/);
 
   // A task that ran and failed is still a verified answer: exit 1.
   const failed = await cli([...runArgs(server.base), 'not-a-number']);
@@ -127,8 +139,19 @@ test('the library Client checks the manifest, the task digest and unknown tasks'
   assert.strictEqual(signed.response.data.task_digest, client.task('nodejs-task').task_digest);
   // The answer re-verifies offline with verifyResult, and only against its own request.
   const expect = { taskPath: 'nodejs-task', args: ['5'], stdin: 'ignored', nonce: signed.response.data.nonce, notBeforeMs: signed.response.timestamp_ms, notAfterMs: signed.response.timestamp_ms };
-  verifyResult(signed, { publicKey: client.publicKey, expect });
-  assert.throws(() => verifyResult(signed, { publicKey: client.publicKey, expect: { ...expect, stdin: null } }), /signed stdin_sha256/);
+  await verifyResult(signed, { publicKey: client.publicKey, expect });
+  await assert.rejects(async () => verifyResult(signed, { publicKey: client.publicKey, expect: { ...expect, stdin: null } }), /signed stdin_sha256/);
+
+  // The compact form: the digests are signed, the texts come beside and are checked against them.
+  const compact = await client.runTask({ taskPath: 'nodejs-task', args: ['5'], signing: 'compact' });
+  assert.strictEqual(compact.response.intent, 1);
+  assert.ok(compact.stdout.includes('✅ Result:'), compact.stdout);
+  assert.strictEqual(compact.response.data.stdout_len, Buffer.byteLength(compact.stdout));
+  assert.ok(signingBytes(compact.response).length < 1024);
+  const compactExpect = { taskPath: 'nodejs-task', args: ['5'], nonce: compact.response.data.nonce, notBeforeMs: compact.response.timestamp_ms, notAfterMs: compact.response.timestamp_ms };
+  const whole = await verifyResult(compact, { publicKey: client.publicKey, expect: compactExpect });
+  assert.strictEqual(whole.data.stdout, compact.stdout);
+  await assert.rejects(verifyResult({ ...compact, stdout: compact.stdout + ' ' }, { publicKey: client.publicKey, expect: compactExpect }), /returned stdout does not match/);
 
   await clientError(client.runTask({ taskPath: 'missing' }), 'UnknownTask');
   const e = await clientError(Client.connect(server.base, { allowDebug: true }), 'Attestation');

@@ -63,75 +63,75 @@ const expected = (over = {}) => ({
 
 const resultError = (fn, code) => throwsCode(fn, ResultError, code);
 
-test('a faithful answer passes and each deviation is named, with the Rust wording', () => {
+test('a faithful answer passes and each deviation is named, with the Rust wording', async () => {
   const { signed: s, key } = signed('aa');
   const check = (over) => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected(over) });
-  check({});
+  await check({});
   const mismatch = (over) => resultError(() => check(over), 'Mismatch');
 
-  let e = mismatch({ args: ['2'] });
+  let e = await mismatch({ args: ['2'] });
   assert.strictEqual(e.details.field, 'args');
   assert.strictEqual(e.message, 'signed args is "[\\"1\\"]", but "[\\"2\\"]" was asked for');
-  e = mismatch({ nonce: 'bb' });
+  e = await mismatch({ nonce: 'bb' });
   assert.strictEqual(e.message, 'signed nonce is "aa", but "bb" was asked for');
-  e = mismatch({ stdin: null });
+  e = await mismatch({ stdin: null });
   assert.strictEqual(e.message, `signed stdin_sha256 is "${sha256('in')}", but "none" was asked for`);
-  assert.strictEqual(mismatch({ stdin: 'other' }).details.field, 'stdin_sha256');
-  e = mismatch({ taskPath: 'other' });
+  assert.strictEqual((await mismatch({ stdin: 'other' })).details.field, 'stdin_sha256');
+  e = await mismatch({ taskPath: 'other' });
   assert.strictEqual(e.message, 'signed task_path is "nodejs-task", but "other" was asked for');
-  assert.strictEqual(mismatch({ taskDigest: 'cd'.repeat(32) }).details.field, 'task_digest');
+  assert.strictEqual((await mismatch({ taskDigest: 'cd'.repeat(32) })).details.field, 'task_digest');
   // Without a known digest, the digest is not compared.
-  check({ taskDigest: null });
+  await check({ taskDigest: null });
   // A destination the manifest does not list for the task, with the Rust wording.
   const entry = { host: 'a.example.org', port: 443, connections: 1, bytes_out: 1, bytes_in: 1 };
   const { signed: reached, key: k3 } = signed('aa', (d) => d.egress.push(entry));
   const checkReached = (egress) => verifyResult(reached, { publicKey: k3.publicKeyHex, expect: expected({ egress }) });
-  e = resultError(() => checkReached([]), 'Mismatch');
+  e = await resultError(() => checkReached([]), 'Mismatch');
   assert.strictEqual(e.message, 'signed egress is "a.example.org:443", but "one of []" was asked for');
-  checkReached(['a.example.org:443']);
-  checkReached(null);
+  await checkReached(['a.example.org:443']);
+  await checkReached(null);
   // Stdin as bytes hashes the same.
-  check({ stdin: Buffer.from('in') });
+  await check({ stdin: Buffer.from('in') });
 
   const { signed: noNonce, key: k2 } = signed(null);
-  e = resultError(() => verifyResult(noNonce, { publicKey: k2.publicKeyHex, expect: expected() }), 'Mismatch');
+  e = await resultError(() => verifyResult(noNonce, { publicKey: k2.publicKeyHex, expect: expected() }), 'Mismatch');
   assert.strictEqual(e.message, 'signed nonce is "none", but "aa" was asked for');
 
-  e = resultError(() => check({ notBeforeMs: 20_000, notAfterMs: 20_000 }), 'Stale');
+  e = await resultError(() => check({ notBeforeMs: 20_000, notAfterMs: 20_000 }), 'Stale');
   assert.strictEqual(e.message, 'signed timestamp 10000 ms is outside the request window 20000..=20000 ms');
   // The default clock skew is 60 s either way.
-  verifyResult(s, { publicKey: key.publicKeyHex, expect: { ...expected(), clockSkewMs: undefined, notBeforeMs: 70_000, notAfterMs: 70_000 } });
-  resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: { ...expected(), clockSkewMs: undefined, notBeforeMs: 70_001, notAfterMs: 70_001 } }), 'Stale');
+  await verifyResult(s, { publicKey: key.publicKeyHex, expect: { ...expected(), clockSkewMs: undefined, notBeforeMs: 70_000, notAfterMs: 70_000 } });
+  await resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: { ...expected(), clockSkewMs: undefined, notBeforeMs: 70_001, notAfterMs: 70_001 } }), 'Stale');
 
-  e = resultError(() => verifyResult(s, { publicKey: newKey().publicKeyHex, expect: expected() }), 'Signature');
+  e = await resultError(() => verifyResult(s, { publicKey: newKey().publicKeyHex, expect: expected() }), 'Signature');
   assert.strictEqual(e.message, 'result signature is invalid: signature does not verify against the attested public key');
 });
 
-test('a changed field or signature is a signature failure, checked before any echo', () => {
+test('a changed field or signature is a signature failure, checked before any echo', async () => {
   const { signed: s, key } = signed('aa');
   const tampered = structuredClone(s);
   tampered.response.data.stdout = '✅ Result: 42\n';
-  resultError(() => verifyResult(tampered, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
+  await resultError(() => verifyResult(tampered, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
   // Even if the echo also differs, the signature is reported: it is checked first.
   const both = structuredClone(s);
   both.response.data.nonce = 'bb';
-  resultError(() => verifyResult(both, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
+  await resultError(() => verifyResult(both, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
   const intent = structuredClone(s);
   intent.response.intent = 1;
-  let e = resultError(() => verifyResult(intent, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
+  let e = await resultError(() => verifyResult(intent, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
   assert.strictEqual(e.message, 'result signature is invalid: intent is 1, expected 0');
   const shape = structuredClone(s);
   shape.response.data.exit_code = '0';
-  e = resultError(() => verifyResult(shape, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
+  e = await resultError(() => verifyResult(shape, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
   assert.match(e.message, /^result signature is invalid: response\.data\.exit_code: expected an i32/);
   const high = structuredClone(s);
   const sValue = BigInt('0x' + s.signature.slice(64));
   high.signature = s.signature.slice(0, 64) + (N - sValue).toString(16).padStart(64, '0');
-  e = resultError(() => verifyResult(high, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
+  e = await resultError(() => verifyResult(high, { publicKey: key.publicKeyHex, expect: expected() }), 'Signature');
   assert.strictEqual(e.message, 'result signature is invalid: signature is not low-S normalized');
 });
 
-test('the freshness window is inclusive at both ends', () => {
+test('the freshness window is inclusive at both ends', async () => {
   // The result is signed at 10 000 ms; the window is [notBefore - skew, notAfter + skew].
   const { signed: s, key } = signed('aa');
   const check = (notBeforeMs, notAfterMs, clockSkewMs) => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ notBeforeMs, notAfterMs, clockSkewMs }) });
@@ -140,7 +140,7 @@ test('the freshness window is inclusive at both ends', () => {
     [11_000, 12_000, 1_000], // starts exactly `skew` after the timestamp
     [7_000, 9_000, 1_000], // ends exactly `skew` before it
   ]) {
-    check(nb, na, skew);
+    await check(nb, na, skew);
   }
   for (const [nb, na, skew, fromMs, toMs] of [
     // Signed after the window (a clock running ahead, or a replay).
@@ -150,12 +150,12 @@ test('the freshness window is inclusive at both ends', () => {
     [11_001, 12_000, 1_000, 10_001, 13_000],
     [10_001, 10_001, 0, 10_001, 10_001],
   ]) {
-    const e = resultError(() => check(nb, na, skew), 'Stale');
+    const e = await resultError(() => check(nb, na, skew), 'Stale');
     assert.deepStrictEqual(e.details, { timestamp_ms: 10_000, from_ms: fromMs, to_ms: toMs });
   }
 });
 
-test('a signed status must agree with the exit code', () => {
+test('a signed status must agree with the exit code', async () => {
   for (const [status, exitCode, shown] of [
     ['success', 1, 'Some(1)'],
     ['success', null, 'None'],
@@ -167,7 +167,7 @@ test('a signed status must agree with the exit code', () => {
       d.status = status;
       d.exit_code = exitCode;
     });
-    const e = resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected() }), 'Inconsistent');
+    const e = await resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected() }), 'Inconsistent');
     assert.deepStrictEqual(e.details, { status, exit_code: exitCode });
     assert.strictEqual(e.message, `signed status "${status}" contradicts exit code ${shown}`);
   }
@@ -175,56 +175,56 @@ test('a signed status must agree with the exit code', () => {
     d.status = 'failed';
     d.exit_code = 1;
   });
-  verifyResult(failed, { publicKey: key.publicKeyHex, expect: expected() });
+  await verifyResult(failed, { publicKey: key.publicKeyHex, expect: expected() });
 });
 
-test('task paths compare after normalization', () => {
+test('task paths compare after normalization', async () => {
   assert.strictEqual(normalizeTaskPath('./a//b/'), 'a/b');
   assert.strictEqual(normalizeTaskPath('nodejs-task'), 'nodejs-task');
 });
 
-test('misuse is a TypeError, not a silent pass', () => {
+test('misuse is a TypeError, not a silent pass', async () => {
   const { signed: s, key } = signed('aa');
-  assert.throws(() => verifyResult(s, { publicKey: key.publicKeyHex }), TypeError);
-  assert.throws(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ nonce: undefined }) }), TypeError);
-  assert.throws(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ notAfterMs: '1' }) }), TypeError);
-  assert.throws(() => verifyResult(s, { publicKey: 'zz', expect: expected() }), TypeError);
+  await assert.rejects(async () => verifyResult(s, { publicKey: key.publicKeyHex }), TypeError);
+  await assert.rejects(async () => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ nonce: undefined }) }), TypeError);
+  await assert.rejects(async () => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ notAfterMs: '1' }) }), TypeError);
+  await assert.rejects(async () => verifyResult(s, { publicKey: 'zz', expect: expected() }), TypeError);
 });
 
-test('args are compared whole: a signed prefix or extension of the asked args is a mismatch', () => {
+test('args are compared whole: a signed prefix or extension of the asked args is a mismatch', async () => {
   const { signed: s, key } = signed('aa', (d) => (d.args = ['1', '2']));
   const check = (args) => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ args }) });
-  check(['1', '2']);
+  await check(['1', '2']);
   for (const args of [['1'], ['1', '2', '3'], [], ['2', '1']]) {
-    assert.strictEqual(resultError(() => check(args), 'Mismatch').details.field, 'args', JSON.stringify(args));
+    assert.strictEqual((await resultError(() => check(args), 'Mismatch')).details.field, 'args', JSON.stringify(args));
   }
   // Without `args`, none are expected.
   const { signed: none, key: k2 } = signed('aa', (d) => (d.args = []));
   const { args, ...noArgs } = expected();
   assert.deepStrictEqual(args, ['1']);
-  verifyResult(none, { publicKey: k2.publicKeyHex, expect: noArgs });
-  resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: noArgs }), 'Mismatch');
+  await verifyResult(none, { publicKey: k2.publicKeyHex, expect: noArgs });
+  await resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: noArgs }), 'Mismatch');
 });
 
-test('a result signed without stdin, when stdin was sent, says "none"', () => {
+test('a result signed without stdin, when stdin was sent, says "none"', async () => {
   const { signed: s, key } = signed('aa', (d) => (d.stdin_sha256 = null));
-  const e = resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected() }), 'Mismatch');
+  const e = await resultError(() => verifyResult(s, { publicKey: key.publicKeyHex, expect: expected() }), 'Mismatch');
   assert.strictEqual(e.message, `signed stdin_sha256 is "none", but "${sha256('in')}" was asked for`);
-  verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ stdin: null }) });
+  await verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ stdin: null }) });
 });
 
-test('each malformed `expect` member is a TypeError naming it', () => {
+test('each malformed `expect` member is a TypeError naming it', async () => {
   const { signed: s, key } = signed('aa');
-  const misuse = (expect, message) => assert.throws(() => verifyResult(s, { publicKey: key.publicKeyHex, expect }), { name: 'TypeError', message });
+  const misuse = (expect, message) => assert.rejects(async () => verifyResult(s, { publicKey: key.publicKeyHex, expect }), { name: 'TypeError', message });
   for (const expect of [null, 'x', 1]) misuse(expect, '`expect` must be an object');
-  misuse(expected({ taskPath: 1 }), '`expect.taskPath` must be a string');
+  await misuse(expected({ taskPath: 1 }), '`expect.taskPath` must be a string');
   for (const args of ['1', [1], ['1', null], { 0: '1', length: 1 }]) misuse(expected({ args }), '`expect.args` must be an array of strings');
   for (const stdin of [1, {}, [105, 110]]) misuse(expected({ stdin }), '`expect.stdin` must be a string, bytes or null');
-  misuse(expected({ nonce: null }), '`expect.nonce` must be the hex nonce sent');
-  misuse(expected({ taskDigest: 1 }), '`expect.taskDigest` must be a string or null');
+  await misuse(expected({ nonce: null }), '`expect.nonce` must be the hex nonce sent');
+  await misuse(expected({ taskDigest: 1 }), '`expect.taskDigest` must be a string or null');
   for (const name of ['notBeforeMs', 'notAfterMs', 'clockSkewMs']) {
     for (const v of [-1, 1.5, '1', 2 ** 53]) misuse(expected({ [name]: v }), `\`expect.${name}\` must be a non-negative integer (ms)`);
   }
   // The edges of what is allowed: 0 ms, bytes for stdin, no digest.
-  verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ clockSkewMs: 0, stdin: new Uint8Array(Buffer.from('in')), taskDigest: null }) });
+  await verifyResult(s, { publicKey: key.publicKeyHex, expect: expected({ clockSkewMs: 0, stdin: new Uint8Array(Buffer.from('in')), taskDigest: null }) });
 });

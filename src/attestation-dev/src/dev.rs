@@ -8,7 +8,7 @@ use p384::ecdsa::SigningKey;
 use p384::pkcs8::EncodePrivateKey;
 use rand_core::{OsRng, RngCore};
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber, PKCS_ECDSA_P384_SHA384,
 };
 use time::OffsetDateTime;
@@ -43,8 +43,8 @@ pub struct DevAttester {
     root_pem: String,
     /// `[root, intermediate]` DER, the document's `cabundle`: root first, as AWS orders it.
     cabundle: Vec<Vec<u8>>,
-    intermediate: Certificate,
-    intermediate_key: KeyPair,
+    /// Issues the leaves: the intermediate's name and key.
+    intermediate: Issuer<'static, KeyPair>,
     leaf: Mutex<Arc<Leaf>>,
 }
 
@@ -66,23 +66,27 @@ impl DevAttester {
         let module_id = format!("dev-{}", hex::encode(random_bytes::<8>()));
         let start = whole_seconds(now)?;
 
+        let root_params = ca_params(ROOT_CN, BasicConstraints::Unconstrained, start)?;
         let root_key = ca_key()?;
-        let root = ca_params(ROOT_CN, BasicConstraints::Unconstrained, start)?
+        let root_cert = root_params
             .self_signed(&root_key)
             .map_err(AttestError::DevCertificate)?;
+        let root = Issuer::new(root_params, root_key);
+        let intermediate_params =
+            ca_params(INTERMEDIATE_CN, BasicConstraints::Constrained(0), start)?;
         let intermediate_key = ca_key()?;
-        let intermediate = ca_params(INTERMEDIATE_CN, BasicConstraints::Constrained(0), start)?
-            .signed_by(&intermediate_key, &root, &root_key)
+        let intermediate_cert = intermediate_params
+            .signed_by(&intermediate_key, &root)
             .map_err(AttestError::DevCertificate)?;
-        drop(root_key);
+        drop(root);
+        let intermediate = Issuer::new(intermediate_params, intermediate_key);
 
-        let leaf = issue_leaf(&module_id, &intermediate, &intermediate_key, now)?;
+        let leaf = issue_leaf(&module_id, &intermediate, now)?;
         Ok(Self {
-            root_pem: root.pem(),
-            cabundle: vec![root.der().to_vec(), intermediate.der().to_vec()],
+            root_pem: root_cert.pem(),
+            cabundle: vec![root_cert.der().to_vec(), intermediate_cert.der().to_vec()],
             module_id,
             intermediate,
-            intermediate_key,
             leaf: Mutex::new(Arc::new(leaf)),
         })
     }
@@ -128,12 +132,7 @@ impl DevAttester {
         // leave it half-updated, so a poisoned lock is still safe to use.
         let mut leaf = self.leaf.lock().unwrap_or_else(PoisonError::into_inner);
         if now < leaf.not_before || now >= leaf.rotate_at {
-            *leaf = Arc::new(issue_leaf(
-                &self.module_id,
-                &self.intermediate,
-                &self.intermediate_key,
-                now,
-            )?);
+            *leaf = Arc::new(issue_leaf(&self.module_id, &self.intermediate, now)?);
         }
         Ok(Arc::clone(&leaf))
     }
@@ -164,8 +163,7 @@ impl std::fmt::Debug for DevAttester {
 /// so the certificate certifies exactly the key that signs.
 fn issue_leaf(
     module_id: &str,
-    issuer: &Certificate,
-    issuer_key: &KeyPair,
+    issuer: &Issuer<'_, KeyPair>,
     now: SystemTime,
 ) -> Result<Leaf, AttestError> {
     let key = SigningKey::random(&mut OsRng);
@@ -174,11 +172,12 @@ fn issue_leaf(
 
     let not_before = whole_seconds(now)?;
     let mut params = params(&format!("{module_id}.nautilus-dev — NOT AWS"), not_before)?;
+    // basicConstraints with `cA` absent (FALSE by default), critical: what AWS leaves carry.
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, not_before, LEAF_VALIDITY)?;
     let cert = params
-        .signed_by(&cert_key, issuer, issuer_key)
+        .signed_by(&cert_key, issuer)
         .map_err(AttestError::DevCertificate)?;
     Ok(Leaf {
         key,

@@ -393,3 +393,80 @@ fn nsm_attester_needs_dev_nsm() {
     assert_eq!(doc.nonce.as_deref(), Some(NONCE));
     assert!(!doc.cabundle.is_empty());
 }
+
+/// Decodes `der` as `T` and encodes it back: DER has one encoding per value, so a strict
+/// codec must give back the very bytes (an explicitly encoded DEFAULT, a long-form length
+/// that fits the short form, a non-minimal integer all come back different).
+fn assert_reencodes_identically<'a, T: Decode<'a> + Encode>(der: &'a [u8], what: &str) {
+    let value = T::from_der(der).unwrap_or_else(|e| panic!("{what} is not DER: {e}"));
+    let again = value.to_der().unwrap();
+    assert!(
+        again == der,
+        "{what} is not strict DER: re-encoding {} gives {}",
+        hex::encode(der),
+        hex::encode(&again)
+    );
+}
+
+/// Every certificate the dev attester emits (the root PEM the server prints, `cabundle`, the
+/// leaf) is strict DER: loaded by x509-cert's strict DER reader, and re-encoded byte for byte
+/// by the `der` codec, whole and extension by extension. Real AWS leaves encode
+/// basicConstraints `cA = FALSE` as the empty SEQUENCE `30 00`; rcgen 0.13 wrote
+/// `30 03 01 01 00`, which Python's `cryptography` refuses to load.
+#[test]
+fn every_emitted_certificate_is_strict_der() {
+    use x509_cert::der::oid::db::rfc5280::{
+        ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_KEY_USAGE, ID_CE_SUBJECT_KEY_IDENTIFIER,
+    };
+    use x509_cert::ext::pkix::{AuthorityKeyIdentifier, KeyUsage, SubjectKeyIdentifier};
+
+    let attester = DevAttester::generate().unwrap();
+    let doc = decode(&attest(&attester, Some(NONCE)));
+    let root_from_pem = Certificate::from_pem(attester.root_pem())
+        .unwrap()
+        .to_der()
+        .unwrap();
+    assert_eq!(
+        root_from_pem, doc.cabundle[0],
+        "the printed root is cabundle[0]"
+    );
+
+    let mut emitted: Vec<(&str, &[u8])> = vec![("root", &doc.cabundle[0])];
+    emitted.push(("intermediate", &doc.cabundle[1]));
+    emitted.push(("leaf", &doc.certificate));
+    assert_eq!(doc.cabundle.len(), 2);
+    for (name, der) in emitted {
+        assert_reencodes_identically::<Certificate>(der, name);
+        let cert = Certificate::from_der(der).unwrap();
+        let extensions = cert.tbs_certificate.extensions.unwrap_or_default();
+        assert!(!extensions.is_empty(), "{name} has extensions");
+        for ext in &extensions {
+            let value = ext.extn_value.as_bytes();
+            let what = format!("{name}'s extension {}", ext.extn_id);
+            match ext.extn_id {
+                ID_CE_BASIC_CONSTRAINTS => {
+                    assert!(ext.critical, "{what} is critical, as in AWS's chain");
+                    assert_reencodes_identically::<BasicConstraints>(value, &what)
+                }
+                ID_CE_KEY_USAGE => assert_reencodes_identically::<KeyUsage>(value, &what),
+                ID_CE_SUBJECT_KEY_IDENTIFIER => {
+                    assert_reencodes_identically::<SubjectKeyIdentifier>(value, &what)
+                }
+                ID_CE_AUTHORITY_KEY_IDENTIFIER => {
+                    assert_reencodes_identically::<AuthorityKeyIdentifier>(value, &what)
+                }
+                other => panic!("{name} has an extension this test does not know: {other}"),
+            }
+        }
+    }
+    // The leaf's basicConstraints is exactly what AWS's leaves carry.
+    let leaf = Certificate::from_der(&doc.certificate).unwrap();
+    let basic = leaf
+        .tbs_certificate
+        .extensions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|ext| ext.extn_id == ID_CE_BASIC_CONSTRAINTS)
+        .expect("the leaf says it is not a CA, as AWS leaves do");
+    assert_eq!(basic.extn_value.as_bytes(), [0x30, 0x00]);
+}

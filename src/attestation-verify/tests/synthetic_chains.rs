@@ -73,9 +73,11 @@ fn leaf_params(is_ca: IsCa) -> CertificateParams {
     params("synthetic enclave", is_ca, start, start + LEAF_LIFETIME)
 }
 
-/// A certificate (CA or not) together with the key that signs under it.
+/// A certificate (CA or not) together with its parameters and the key that signs under it
+/// (rcgen 0.14 issues from the parameters and key, not from the certificate).
 struct Issuer {
     cert: Certificate,
+    params: CertificateParams,
     key: KeyPair,
 }
 
@@ -83,26 +85,29 @@ impl Issuer {
     /// A self-signed root with a fresh `alg` key.
     fn root(alg: &'static SignatureAlgorithm, is_ca: IsCa) -> Self {
         let key = KeyPair::generate_for(alg).unwrap();
-        let cert = ca_params("synthetic root", is_ca)
-            .self_signed(&key)
-            .unwrap();
-        Self { cert, key }
+        let params = ca_params("synthetic root", is_ca);
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, params, key }
     }
 
     /// A certificate for a fresh `alg` key, issued by `self`; rcgen signs with the
     /// issuer's algorithm, so the curve of `self` decides the signature's.
     fn issue(&self, common_name: &str, is_ca: IsCa, alg: &'static SignatureAlgorithm) -> Self {
         let key = KeyPair::generate_for(alg).unwrap();
-        let cert = ca_params(common_name, is_ca)
-            .signed_by(&key, &self.cert, &self.key)
-            .unwrap();
-        Self { cert, key }
+        let params = ca_params(common_name, is_ca);
+        let cert = params.signed_by(&key, &self.issuer()).unwrap();
+        Self { cert, params, key }
+    }
+
+    /// `self` as rcgen's issuer.
+    fn issuer(&self) -> rcgen::Issuer<'_, &KeyPair> {
+        rcgen::Issuer::from_params(&self.params, &self.key)
     }
 
     /// A leaf certifying `subject`, issued by `self`.
     fn issue_leaf(&self, subject: &impl PublicKeyData, is_ca: IsCa) -> Vec<u8> {
         leaf_params(is_ca)
-            .signed_by(subject, &self.cert, &self.key)
+            .signed_by(subject, &self.issuer())
             .unwrap()
             .der()
             .to_vec()
@@ -137,7 +142,7 @@ impl PublicKeyData for EnclaveKey {
         self.point.as_bytes()
     }
 
-    fn algorithm(&self) -> &SignatureAlgorithm {
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
         P384
     }
 }
@@ -261,7 +266,7 @@ fn an_issuer_that_is_not_a_ca_is_refused_by_position() {
     // basicConstraints with cA = false, and no basicConstraints at all.
     for (is_ca, expected_ext) in [(IsCa::ExplicitNoCa, Some(false)), (IsCa::NoCa, None)] {
         let chain = Chain::new();
-        let not_ca = chain.intermediate.issue("not a CA", is_ca.clone(), P384);
+        let not_ca = chain.intermediate.issue("not a CA", is_ca, P384);
         assert_eq!(basic_constraints_ca(&not_ca.der()), expected_ext);
         let leaf = not_ca.issue_leaf(&chain.enclave, IsCa::ExplicitNoCa);
         let bundle = [chain.cabundle(), vec![not_ca.der()]].concat();
@@ -275,7 +280,7 @@ fn an_issuer_that_is_not_a_ca_is_refused_by_position() {
         );
 
         // The same property on the root itself.
-        let root = Issuer::root(P384, is_ca.clone());
+        let root = Issuer::root(P384, is_ca);
         let intermediate = root.issue("synthetic intermediate", ca(), P384);
         let leaf = intermediate.issue_leaf(&chain.enclave, IsCa::ExplicitNoCa);
         let doc = document(
@@ -384,14 +389,12 @@ fn an_issuer_name_mismatch_under_a_valid_signature_is_refused() {
     let chain = Chain::new();
     // A certificate named "someone else" for the intermediate's own key: what rcgen
     // issues under it carries that issuer name, signed by the intermediate's key.
-    let impostor = ca_params("someone else", ca())
-        .self_signed(&chain.intermediate.key)
-        .unwrap();
-    let intermediate_key = &chain.intermediate.key;
+    let impostor_params = ca_params("someone else", ca());
+    let impostor = rcgen::Issuer::from_params(&impostor_params, &chain.intermediate.key);
     // The signature is checked before the name, so `IssuerMismatch` (rather than
     // `CertificateSignature`) also shows that the signature verified.
     let leaf = leaf_params(IsCa::ExplicitNoCa)
-        .signed_by(&chain.enclave, &impostor, intermediate_key)
+        .signed_by(&chain.enclave, &impostor)
         .unwrap();
     assert_eq!(
         verify(&chain.root, &chain.document_with_leaf(leaf.der())).unwrap_err(),
@@ -401,10 +404,10 @@ fn an_issuer_name_mismatch_under_a_valid_signature_is_refused() {
     );
     // The same for a CA certificate in the bundle.
     let key = KeyPair::generate_for(P384).unwrap();
+    let params = ca_params("below the impostor", ca());
     let below = Issuer {
-        cert: ca_params("below the impostor", ca())
-            .signed_by(&key, &impostor, intermediate_key)
-            .unwrap(),
+        cert: params.signed_by(&key, &impostor).unwrap(),
+        params,
         key,
     };
     let leaf = below.issue_leaf(&chain.enclave, IsCa::ExplicitNoCa);

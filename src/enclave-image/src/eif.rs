@@ -222,6 +222,15 @@ impl Metadata {
             custom: serde_json::json!({}),
         })
     }
+
+    /// Records the compilers that built the image's binaries (their
+    /// `.comment` strings) as `CustomMetadata.Toolchain`.
+    pub fn with_toolchain(mut self, compilers: Vec<String>) -> Self {
+        if !compilers.is_empty() {
+            self.custom = serde_json::json!({ "Toolchain": compilers });
+        }
+        self
+    }
 }
 
 /// Writes an EIF of `kernel`, `cmdline`, `metadata` and the ramdisk files, in

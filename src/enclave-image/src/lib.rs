@@ -5,6 +5,8 @@
 //!   fixed header;
 //! - [`eif`]: the EIF v4 writer and reader, PCR0/1/2 as AWS defines them, and
 //!   nitro-cli's measurements JSON;
+//! - [`provenance`]: the kernel version and compilers recorded in the
+//!   metadata;
 //! - [`verify_digest`]: checks a downloaded input against its pinned hash
 //!   (npm `sha512-<base64>` integrity or `sha256:<hex>`).
 //!
@@ -13,6 +15,7 @@
 
 pub mod cpio;
 pub mod eif;
+pub mod provenance;
 
 use std::io::Read;
 use std::path::Path;

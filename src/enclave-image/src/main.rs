@@ -50,9 +50,14 @@ enum Command {
         name: String,
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         image_version: String,
-        /// Free text recorded in the metadata section (not measured).
-        #[arg(long, default_value = "unknown")]
-        kernel_version: String,
+        /// Recorded in the metadata section (not measured); default: the
+        /// version string in the bzImage's header, else "unknown".
+        #[arg(long)]
+        kernel_version: Option<String>,
+        /// Record the compilers named in this ELF file's `.comment` in the
+        /// metadata (`CustomMetadata.Toolchain`; repeatable).
+        #[arg(long)]
+        toolchain_from: Vec<PathBuf>,
         /// Build time recorded in the metadata (default: $SOURCE_DATE_EPOCH, else 0).
         #[arg(long)]
         build_time: Option<i64>,
@@ -173,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             image_version,
             kernel_version,
+            toolchain_from,
             build_time,
         } => {
             let cmdline = std::fs::read_to_string(&cmdline_file)
@@ -182,7 +188,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(t) => t,
                 None => source_date_epoch()?,
             };
-            let metadata = eif::Metadata::new(&name, &image_version, &kernel_version, build_time)?;
+            let kernel_version = match kernel_version {
+                Some(v) => v,
+                None => {
+                    let bytes = std::fs::read(&kernel)
+                        .with_context(|| format!("reading {}", kernel.display()))?;
+                    enclave_image::provenance::bzimage_version(&bytes)
+                        .unwrap_or_else(|| "unknown".to_owned())
+                }
+            };
+            let mut compilers = Vec::new();
+            for binary in &toolchain_from {
+                for c in enclave_image::provenance::elf_compilers(binary)? {
+                    if !compilers.contains(&c) {
+                        compilers.push(c);
+                    }
+                }
+            }
+            let metadata = eif::Metadata::new(&name, &image_version, &kernel_version, build_time)?
+                .with_toolchain(compilers);
             let ramdisks: Vec<&Path> = ramdisk.iter().map(PathBuf::as_path).collect();
             let mut pcrs = None;
             write_atomically(&out, |w| {

@@ -359,6 +359,43 @@ fn every_task_is_in_the_image_with_the_digest_the_server_reports() {
         fs::copy(repo().join("ms-task").join(f), bare.join(f)).unwrap();
     }
     assert_ne!(listed["ms-task"], listed_digests(without.path())["ms-task"]);
+    // One digest everywhere: the same task installed here with the host's npm
+    // (which writes its bookkeeping file, node_modules/.package-lock.json,
+    // that the image build removes) has the image's digest, so a digest from
+    // `make run` is the one an enclave reports.
+    let local = tempfile::tempdir().unwrap();
+    let installed_here = local.path().join("ms-task");
+    fs::create_dir(&installed_here).unwrap();
+    for f in ["index.js", "package.json", "package-lock.json"] {
+        fs::copy(repo().join("ms-task").join(f), installed_here.join(f)).unwrap();
+    }
+    let npm = Command::new("npm")
+        .args([
+            "ci",
+            "--omit=dev",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+        ])
+        .current_dir(&installed_here)
+        .output()
+        .expect("npm runs");
+    assert!(
+        npm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&npm.stderr)
+    );
+    assert!(
+        installed_here
+            .join(task_runner::digest::EXCLUDED_PATH)
+            .is_file(),
+        "the host's npm wrote its bookkeeping file: the comparison below means something"
+    );
+    assert_eq!(
+        listed_digests(local.path())["ms-task"],
+        listed["ms-task"],
+        "ms-task installed locally and in the image"
+    );
     // The installed package is the one the lockfile pins.
     let lock: serde_json::Value =
         serde_json::from_slice(&fs::read(repo().join("ms-task/package-lock.json")).unwrap())
@@ -579,6 +616,62 @@ fn a_task_with_dependencies_but_no_lockfile_is_refused() {
         "{stderr}"
     );
     assert!(!checkout.join("out/nitro.eif").exists());
+}
+
+/// The image's files are the commit's: in a git checkout, a file left
+/// untracked in a task directory and an uncommitted edit of a tracked one
+/// stay out of the measured application ramdisk, and the build names them.
+#[test]
+fn untracked_and_uncommitted_files_stay_out_of_the_image() {
+    built();
+    let dir = tempfile::tempdir().unwrap();
+    let checkout = dir.path().join("checkout");
+    copy_checkout(&checkout);
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .current_dir(&checkout)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(["-c", "commit.gpgsign=false"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "the audited commit"]);
+    let committed = fs::read(checkout.join("nodejs-task/index.js")).unwrap();
+    fs::write(
+        checkout.join("nodejs-task/leaked-secret.txt"),
+        "parent's key",
+    )
+    .unwrap();
+    let mut edited = committed.clone();
+    edited.extend_from_slice(b"\n// an uncommitted edit\n");
+    fs::write(checkout.join("nodejs-task/index.js"), &edited).unwrap();
+
+    let out = build_script(&checkout).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("NOT in the image"), "{stderr}");
+    assert!(stderr.contains("nodejs-task/leaked-secret.txt"), "{stderr}");
+    let bytes = fs::read(checkout.join("out/nitro.eif")).unwrap();
+    let app = sections(&bytes)
+        .into_iter()
+        .filter(|s| s.0 == 3)
+        .nth(1)
+        .map(|s| cpio::read_archive(s.1).unwrap())
+        .expect("an application ramdisk");
+    assert!(
+        !app.iter().any(|e| e.path.ends_with("leaked-secret.txt")),
+        "an untracked file is in the image"
+    );
+    let index = find(&app, "tasks/nodejs-task/index.js");
+    assert!(index.data == committed, "not the committed index.js");
+    assert!(
+        !checkout.join("out/source").exists(),
+        "the export was left behind"
+    );
 }
 
 fn commit_time() -> String {

@@ -1,16 +1,22 @@
 //! The online flow: attest once, then run tasks and verify every answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use attestation_verify::{AttestationDocument, Policy, TrustedRoot, VerifiedDocument};
 use rand_core::{OsRng, RngCore};
 use reqwest::{StatusCode, Url};
-use result_signing::{decode_public_key, SignedResponse, TaskResult, VerifyingKey};
+use result_signing::{
+    decode_public_key, encode_public_key, CompactSignedResponse, IntentMessage, SecretUpdate,
+    SignedResponse, SignedTaskResult, Signing, SigningKey, TaskResult, VerifyingKey,
+    INTENT_SECRET_UPDATE,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pin::SpkiPin;
 use crate::result::{
-    normalize_task_path, verify_result, Expected, ResultError, DEFAULT_CLOCK_SKEW,
+    normalize_task_path, verify_signed, Expected, ResultError, DEFAULT_CLOCK_SKEW,
 };
 
 /// Largest `/get_attestation` body: a 64 KiB document as hex, plus framing.
@@ -121,6 +127,47 @@ pub enum ClientError {
     /// A signed result failed verification.
     #[error("result rejected")]
     Result(#[from] ResultError),
+    /// The server's TLS certificate is not the one the enclave attested:
+    /// something between client and enclave terminates TLS.
+    #[error("TLS key mismatch: the server presented a certificate whose SPKI SHA-256 is {presented}, but the attested manifest pins {attested}; something between this client and the enclave (a relay, or the parent instance) terminates TLS")]
+    TlsKeyMismatch {
+        /// The manifest's `tls_spki_sha256`.
+        attested: String,
+        /// SHA-256 of the SPKI presented, hex.
+        presented: String,
+    },
+    /// An `https://` URL, but the attested manifest pins no TLS key (the
+    /// server runs with `--tls off`).
+    #[error("the attested manifest pins no TLS key (tls_spki_sha256 is null: the server runs with --tls off), so this https:// connection cannot be tied to the enclave; use http://")]
+    NoTlsKey,
+    /// Plain `http://` to an enclave (`nsm`): the parent instance would read
+    /// every request and answer.
+    #[error("refusing plain http:// to an nsm enclave: the parent instance would read every request and result; use https:// (the server's TLS key is pinned through the attestation), or pass --insecure-http to accept that")]
+    InsecureHttp,
+    /// Secrets go only over attested TLS, and this connection is plain HTTP.
+    #[error("operator secrets travel only over the enclave's attested TLS: use an https:// URL")]
+    SecretsNeedTls,
+    /// The signing key is not one the attested image pins.
+    #[error(
+        "operator key {key} is not pinned by this enclave image (its manifest lists {pinned:?})"
+    )]
+    NotAnOperator {
+        /// Hex compressed SEC1 of the key used.
+        key: String,
+        /// The manifest's operator keys.
+        pinned: Vec<String>,
+    },
+    /// No task in the attested manifest declares the secret.
+    #[error("no task in the attested manifest declares a secret named {name:?} (declared: {declared:?})")]
+    UndeclaredSecret {
+        /// The name asked for.
+        name: String,
+        /// Every declared name.
+        declared: Vec<String>,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// Reading a local file failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -147,6 +194,9 @@ pub struct TaskSpec {
     /// Text fed to the task's stdin; the signed result carries its SHA-256.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// What the enclave signs: the whole result (default) or the compact
+    /// form (the outputs' SHA-256 and lengths; small enough for a chain).
+    pub signing: Signing,
 }
 
 impl TaskSpec {
@@ -180,6 +230,12 @@ impl TaskSpec {
         self.timeout_secs = Some(secs);
         self
     }
+
+    /// Sets which form of the result the enclave signs.
+    pub fn signing(mut self, signing: Signing) -> Self {
+        self.signing = signing;
+        self
+    }
 }
 
 #[derive(Serialize)]
@@ -206,6 +262,9 @@ pub struct ManifestTask {
     /// `egress` entry must be one of them. Empty: no network.
     #[serde(default)]
     pub egress: Vec<String>,
+    /// Operator secrets the task declares (names).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,6 +278,12 @@ struct ManifestBody {
     server_version: String,
     attestation: String,
     limits: ManifestLimits,
+    /// Absent from servers older than TLS support.
+    #[serde(default)]
+    tls_spki_sha256: Option<String>,
+    /// Hex SEC1 keys of the operators who may set secrets.
+    #[serde(default)]
+    operator_keys: Vec<String>,
     tasks: Vec<ManifestTask>,
 }
 
@@ -242,6 +307,14 @@ impl Manifest {
     pub fn attestation_mode(&self) -> &str {
         &self.body.attestation
     }
+    /// Hex SHA-256 of the SPKI of the server's TLS key, `None` without TLS.
+    pub fn tls_spki_sha256(&self) -> Option<&str> {
+        self.body.tls_spki_sha256.as_deref()
+    }
+    /// Hex compressed SEC1 P-256 keys of the operators the image pins.
+    pub fn operator_keys(&self) -> &[String] {
+        &self.body.operator_keys
+    }
     /// Every task the enclave image can run.
     pub fn tasks(&self) -> &[ManifestTask] {
         &self.body.tasks
@@ -257,28 +330,42 @@ impl Manifest {
 /// A result whose signature and contents were verified.
 #[derive(Debug, Clone)]
 pub struct VerifiedResult {
-    signed: SignedResponse<TaskResult>,
+    signed: SignedTaskResult,
+    /// The whole result; in the compact form, rebuilt from the signed
+    /// message and the texts whose digests it carries.
+    message: IntentMessage<TaskResult>,
 }
 
 impl VerifiedResult {
     /// What the task did: output, exit code, status, timing.
     pub fn data(&self) -> &TaskResult {
-        &self.signed.response.data
+        &self.message.data
     }
     /// When the enclave signed the result, in ms since the UNIX epoch.
     pub fn timestamp_ms(&self) -> u64 {
-        self.signed.response.timestamp_ms
+        self.message.timestamp_ms
     }
-    /// The response exactly as signed, for archiving or re-verification.
-    pub fn signed(&self) -> &SignedResponse<TaskResult> {
+    /// The response exactly as received, for archiving, re-verification or
+    /// (compact form) submitting to a chain.
+    pub fn signed(&self) -> &SignedTaskResult {
         &self.signed
     }
+}
+
+/// How [`Client::connect_with`] may connect.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Accept plain `http://` to an `nsm` enclave, where the parent instance
+    /// reads every request and result.
+    pub insecure_http: bool,
 }
 
 /// A connection to one attested enclave.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// The attested TLS key, for `https://`.
+    pin: Option<Arc<SpkiPin>>,
     base: Url,
     document: VerifiedDocument,
     key: VerifyingKey,
@@ -292,19 +379,40 @@ impl Client {
     /// verifies it under `root` and `policy` (any nonce set in `policy` is
     /// replaced by the fresh one), checks that `user_data` is the SHA-256 of
     /// `/manifest`, and keeps the attested key.
+    ///
+    /// With `https://`, the server's TLS key must be the manifest's
+    /// `tls_spki_sha256`; plain `http://` to an `nsm` enclave is refused
+    /// (see [`Client::connect_with`]).
     pub async fn connect(
         url: &str,
         root: TrustedRoot,
         policy: Policy,
     ) -> Result<Self, ClientError> {
+        Self::connect_with(url, root, policy, ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with options.
+    pub async fn connect_with(
+        url: &str,
+        root: TrustedRoot,
+        policy: Policy,
+        options: ConnectOptions,
+    ) -> Result<Self, ClientError> {
         let base = parse_base(url)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| ClientError::Http {
-                url: url.to_owned(),
-                source,
-            })?;
+        let http_err = |source| ClientError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let pin = (base.scheme() == "https").then(SpkiPin::new);
+        if let Some(pin) = &pin {
+            let tls = pin
+                .client_config()
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder.build().map_err(http_err)?;
+        let bind = |e| bind_error(pin.as_deref(), e);
 
         let nonce = random_nonce();
         let asked = Instant::now();
@@ -318,7 +426,8 @@ impl Client {
             MAX_ATTESTATION_RESPONSE,
             "attestation response",
         )
-        .await?;
+        .await
+        .map_err(bind)?;
         let received = Instant::now();
         #[derive(Deserialize)]
         struct AttestationResponse {
@@ -337,7 +446,9 @@ impl Client {
         let key = decode_public_key(pk).ok_or(ClientError::BadPublicKey { len: pk.len() })?;
 
         let manifest_url = join(&base, "manifest")?;
-        let raw = get(&http, &manifest_url, MAX_MANIFEST_RESPONSE, "manifest").await?;
+        let raw = get(&http, &manifest_url, MAX_MANIFEST_RESPONSE, "manifest")
+            .await
+            .map_err(bind)?;
         let got = Sha256::digest(&raw);
         let attested = document.user_data().unwrap_or_default();
         if got[..] != *attested {
@@ -347,9 +458,35 @@ impl Client {
             });
         }
         let body: ManifestBody = parse_json(&raw, "manifest")?;
+        match &pin {
+            Some(pin) => {
+                let attested = body
+                    .tls_spki_sha256
+                    .as_deref()
+                    .ok_or(ClientError::NoTlsKey)?;
+                let attested: [u8; 32] = hex::decode(attested)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| ClientError::Malformed {
+                        what: "manifest tls_spki_sha256",
+                        reason: "not 64 hex digits".into(),
+                    })?;
+                if let Some(presented) = pin.pin(attested) {
+                    return Err(ClientError::TlsKeyMismatch {
+                        attested: hex::encode(attested),
+                        presented: hex::encode(presented),
+                    });
+                }
+            }
+            None if body.attestation == "nsm" && !options.insecure_http => {
+                return Err(ClientError::InsecureHttp)
+            }
+            None => {}
+        }
 
         Ok(Self {
             http,
+            pin,
             base,
             document,
             key,
@@ -404,7 +541,9 @@ impl Client {
                     nonce: &nonce,
                 },
             });
-        let body = send(request, &url, limit, "task result").await?;
+        let body = send(request, &url, limit, "task result")
+            .await
+            .map_err(|e| bind_error(self.pin.as_deref(), e))?;
         let not_after_ms = now_ms();
         let answered = Instant::now();
         // The document's clock at signing time: its timestamp plus what
@@ -417,9 +556,20 @@ impl Client {
             doc_ms.saturating_add(elapsed_ms(sent.saturating_duration_since(received))),
             doc_ms.saturating_add(elapsed_ms(answered.saturating_duration_since(asked))),
         );
-        let signed: SignedResponse<TaskResult> = parse_json(&body, "task result")?;
+        // Parsed as the form asked for: a server answering in the other one
+        // is refused here, by the exact field set.
+        let signed = match spec.signing {
+            Signing::Full => SignedTaskResult::Full(parse_json::<SignedResponse<TaskResult>>(
+                &body,
+                "task result",
+            )?),
+            Signing::Compact => SignedTaskResult::Compact(parse_json::<CompactSignedResponse>(
+                &body,
+                "compact task result",
+            )?),
+        };
 
-        verify_result(
+        let message = verify_signed(
             &signed,
             &self.key,
             &Expected {
@@ -435,7 +585,98 @@ impl Client {
                 attested_window_ms: Some(attested_window_ms),
             },
         )?;
-        Ok(VerifiedResult { signed })
+        Ok(VerifiedResult { signed, message })
+    }
+}
+
+/// A failed request over a pinned connection whose certificate was refused
+/// becomes [`ClientError::TlsKeyMismatch`], the reason, rather than the
+/// transport error that wraps it.
+fn bind_error(pin: Option<&SpkiPin>, e: ClientError) -> ClientError {
+    match (pin.and_then(|p| p.refused()), &e) {
+        (Some((attested, presented)), ClientError::Http { .. }) => ClientError::TlsKeyMismatch {
+            attested: hex::encode(attested),
+            presented: hex::encode(presented),
+        },
+        _ => e,
+    }
+}
+
+impl Client {
+    /// Sets the operator secret `name` to `value` in this enclave: checks
+    /// that the attested manifest pins `key` and that a task declares
+    /// `name`, fetches a fresh nonce, and posts the update signed by `key`
+    /// over the pinned TLS connection (never plain HTTP).
+    pub async fn put_secret(
+        &self,
+        key: &SigningKey,
+        name: &str,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        if self.pin.is_none() {
+            return Err(ClientError::SecretsNeedTls);
+        }
+        let ours = hex::encode(encode_public_key(key.verifying_key()));
+        let pinned = &self.manifest.body.operator_keys;
+        if !pinned.contains(&ours) {
+            return Err(ClientError::NotAnOperator {
+                key: ours,
+                pinned: pinned.clone(),
+            });
+        }
+        if !self
+            .manifest
+            .tasks()
+            .iter()
+            .any(|t| t.secrets.iter().any(|s| s == name))
+        {
+            let mut declared: Vec<String> = self
+                .manifest
+                .tasks()
+                .iter()
+                .flat_map(|t| t.secrets.iter().cloned())
+                .collect();
+            declared.sort();
+            declared.dedup();
+            return Err(ClientError::UndeclaredSecret {
+                name: name.to_owned(),
+                declared,
+            });
+        }
+        let bind = |e| bind_error(self.pin.as_deref(), e);
+        let nonce_url = join(&self.base, "secrets/nonce")?;
+        let body = get(&self.http, &nonce_url, MAX_ERROR_BODY, "secrets nonce")
+            .await
+            .map_err(bind)?;
+        #[derive(Deserialize)]
+        struct NonceBody {
+            nonce: String,
+        }
+        let NonceBody { nonce } = parse_json(&body, "secrets nonce")?;
+        let update = IntentMessage::new(
+            INTENT_SECRET_UPDATE,
+            now_ms(),
+            SecretUpdate {
+                name: name.to_owned(),
+                value_sha256: hex::encode(Sha256::digest(value.as_bytes())),
+                nonce,
+            },
+        )
+        .sign(key)
+        .map_err(|e| ClientError::Malformed {
+            what: "secret update",
+            reason: e.to_string(),
+        })?;
+        let url = join(&self.base, "secrets")?;
+        let request = self
+            .http
+            .post(url.clone())
+            .timeout(Duration::from_secs(30))
+            .json(&serde_json::json!({ "update": update, "value": value }));
+        send(request, &url, MAX_ERROR_BODY, "secrets answer")
+            .await
+            .map_err(bind)?;
+        Ok(())
     }
 }
 

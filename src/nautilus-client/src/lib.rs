@@ -27,14 +27,19 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `https://` URLs are served by rustls with the Mozilla (webpki) roots;
-//! TLS only protects the transport, trust still comes from the attestation.
+//! With an `https://` URL no CA is involved: the server's certificate is
+//! accepted only if the SHA-256 of its SubjectPublicKeyInfo is the
+//! `tls_spki_sha256` of the attested manifest ([`ClientError::TlsKeyMismatch`]
+//! otherwise), so a relay that terminates TLS (the parent instance, say) is
+//! refused. Plain `http://` to an `nsm` server is refused unless
+//! [`ConnectOptions::insecure_http`] is set.
 //!
 //! The crate shares only wire types ([`result_signing`]) with the server.
 
 #![warn(missing_docs)]
 
 mod client;
+mod pin;
 /// Offline verification of attestation documents (the whole
 /// `attestation-verify` crate), e.g. for archived documents.
 pub use attestation_verify as attestation;
@@ -43,5 +48,11 @@ pub mod result;
 pub use attestation_verify::{
     AttestationSummary, CheckTime, ExpectedPcrs, Policy, TrustedRoot, VerifiedDocument,
 };
-pub use client::{Client, ClientError, Manifest, ManifestTask, TaskSpec, VerifiedResult};
+pub use client::{
+    Client, ClientError, ConnectOptions, Manifest, ManifestTask, TaskSpec, VerifiedResult,
+};
+pub use pin::spki_sha256;
 pub use result::{Expected, ResultError};
+/// The operator's key type for [`Client::put_secret`] (P-256 ECDSA).
+pub use result_signing::SigningKey;
+pub use result_signing::{SignedTaskResult, Signing};

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use result_signing::{SignedResponse, TaskResult, VerifyingKey, INTENT_TASK_RESULT};
+use result_signing::{
+    IntentMessage, SignedResponse, SignedTaskResult, TaskResult, VerifyingKey, INTENT_TASK_RESULT,
+};
 use sha2::{Digest, Sha256};
 
 /// How far the server's clock may be from ours.
@@ -111,7 +113,35 @@ pub fn verify_result(
     expected: &Expected<'_>,
 ) -> Result<(), ResultError> {
     signed.verify(key, INTENT_TASK_RESULT)?;
-    let d = &signed.response.data;
+    check_expected(&signed.response, expected)
+}
+
+/// Verifies a result in either signed form: the full form as
+/// [`verify_result`]; the compact form's signature, then that the returned
+/// texts have the signed SHA-256 and lengths. Then the same checks against
+/// `expected`. Returns the whole result.
+pub fn verify_signed(
+    signed: &SignedTaskResult,
+    key: &VerifyingKey,
+    expected: &Expected<'_>,
+) -> Result<IntentMessage<TaskResult>, ResultError> {
+    let message = match signed {
+        SignedTaskResult::Full(full) => {
+            full.verify(key, INTENT_TASK_RESULT)?;
+            full.response.clone()
+        }
+        SignedTaskResult::Compact(compact) => compact.verify(key)?,
+    };
+    check_expected(&message, expected)?;
+    Ok(message)
+}
+
+/// Checks that a verified message answers the request described by `expected`.
+fn check_expected(
+    message: &IntentMessage<TaskResult>,
+    expected: &Expected<'_>,
+) -> Result<(), ResultError> {
+    let d = &message.data;
 
     let mismatch = |field, expected: String, got: String| ResultError::Mismatch {
         field,
@@ -176,7 +206,7 @@ pub fn verify_result(
     let skew = u64::try_from(expected.clock_skew.as_millis()).unwrap_or(u64::MAX);
     let from_ms = expected.not_before_ms.saturating_sub(skew);
     let to_ms = expected.not_after_ms.saturating_add(skew);
-    let ts = signed.response.timestamp_ms;
+    let ts = message.timestamp_ms;
     if !(from_ms..=to_ms).contains(&ts) {
         return Err(ResultError::Stale {
             timestamp_ms: ts,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use nautilus_client::{Client, ClientError, Policy, TaskSpec, TrustedRoot};
+use nautilus_client::{
+    Client, ClientError, Policy, ResultError, SignedTaskResult, Signing, TaskSpec, TrustedRoot,
+};
 use nautilus_server::state::{AppState, ServerConfig};
 use nautilus_server::transport::{Bound, Listen};
 use serde_json::Value;
@@ -118,7 +120,12 @@ async fn start_relay(upstream: String, tamper: Tamper) -> String {
                 match (tamper, endpoint.as_str()) {
                     (Tamper::Stdout, "/process_data") => {
                         let mut v = json();
-                        v["response"]["data"]["stdout"] = Value::from("✅ Result: 42\n");
+                        // The compact form carries the text beside the signed message.
+                        if v.get("stdout").is_some() {
+                            v["stdout"] = Value::from("✅ Result: 42\n");
+                        } else {
+                            v["response"]["data"]["stdout"] = Value::from("✅ Result: 42\n");
+                        }
                         bytes = serde_json::to_vec(&v).expect("json");
                     }
                     (Tamper::Signature, "/process_data") => {
@@ -244,18 +251,63 @@ async fn cli_runs_a_verified_task_only_with_the_dev_root_and_debug_consent() {
 
     let no_root = cli(run_args(&s.base, None, true)).await;
     assert_eq!(no_root.status.code(), Some(2));
+    // The rejection names the flag a dev server needs.
     assert!(
-        stderr(&no_root).contains("not the trusted root"),
+        stderr(&no_root).contains("not the trusted root")
+            && stderr(&no_root).contains("--root out/dev-root.pem"),
         "{}",
         stderr(&no_root)
+    );
+    // One line: the reason and the fix.
+    assert_eq!(
+        stderr(&no_root).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&no_root)
+    );
+    // Another dev server's root (as after a restart of `make run`).
+    let other = start_server().await;
+    let wrong_root = cli(run_args(&s.base, Some(other.root_pem.path()), true)).await;
+    assert_eq!(wrong_root.status.code(), Some(2));
+    assert!(
+        stderr(&wrong_root).contains("not the trusted root")
+            && stderr(&wrong_root).contains("--dev-root-out"),
+        "{}",
+        stderr(&wrong_root)
     );
 
     let no_debug = cli(run_args(&s.base, Some(root), false)).await;
     assert_eq!(no_debug.status.code(), Some(2));
     assert!(
-        stderr(&no_debug).contains("debug-mode"),
+        stderr(&no_debug).contains("debug-mode") && stderr(&no_debug).contains("`--allow-debug`"),
         "{}",
         stderr(&no_debug)
+    );
+
+    // --compact: the digests are signed, the texts come beside them.
+    let mut compact = run_args(&s.base, Some(root), true);
+    compact.insert(1, "--compact".into());
+    let compact = cli(compact).await;
+    assert_eq!(
+        compact.status.code(),
+        Some(0),
+        "stderr: {}",
+        stderr(&compact)
+    );
+    let v: Value = serde_json::from_slice(&compact.stdout).expect("one JSON object");
+    assert_eq!(v["response"]["intent"], 1);
+    assert!(
+        v["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(r#""sum":6"#),
+        "{v}"
+    );
+    assert_eq!(
+        v["response"]["data"]["stdout_sha256"]
+            .as_str()
+            .map(str::len),
+        Some(64)
     );
 
     // A task that ran and failed is still a verified answer: exit 1.
@@ -429,6 +481,65 @@ async fn library_client_names_each_binding_failure() {
         "{err:?}"
     );
     assert!(err.to_string().ends_with("retry after 7 s"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_client_verifies_the_compact_form_and_its_texts() {
+    let s = start_server().await;
+    let root = || TrustedRoot::from_pem(s.state.dev_root_pem().expect("pem")).expect("root");
+    let policy = || Policy::default().allow_debug(true);
+    let spec = TaskSpec::new("nodejs-task")
+        .args(["5"])
+        .signing(Signing::Compact);
+
+    let client = Client::connect(&s.base, root(), policy())
+        .await
+        .expect("attests");
+    let r = client
+        .run_task(&spec)
+        .await
+        .expect("verified compact result");
+    let SignedTaskResult::Compact(compact) = r.signed() else {
+        panic!("asked for the compact form, got {:?}", r.signed());
+    };
+    assert_eq!(compact.response.intent, 1);
+    assert!(
+        r.data().stdout.contains("✅ Result:"),
+        "{}",
+        r.data().stdout
+    );
+    assert_eq!(compact.stdout, r.data().stdout);
+    assert_eq!(
+        compact.response.data.stdout_len,
+        r.data().stdout.len() as u64
+    );
+    let signed_len = compact.response.signing_bytes().expect("bcs").len();
+    assert!(signed_len < 1024, "compact message is {signed_len} bytes");
+
+    // A relay that changes the returned text: the signed digest no longer matches.
+    let relay = start_relay(s.base.clone(), Tamper::Stdout).await;
+    let client = Client::connect(&relay, root(), policy())
+        .await
+        .expect("attests");
+    let err = client.run_task(&spec).await.expect_err("altered stdout");
+    assert!(
+        matches!(
+            &err,
+            ClientError::Result(ResultError::Signature(
+                result_signing::Error::OutputMismatch { stream: "stdout" }
+            ))
+        ),
+        "{err:?}"
+    );
+    // And a full result where a compact one was asked for is refused.
+    let client = Client::connect(&s.base, root(), policy())
+        .await
+        .expect("attests");
+    let full = client
+        .run_task(&TaskSpec::new("nodejs-task"))
+        .await
+        .expect("full form");
+    assert!(matches!(full.signed(), SignedTaskResult::Full(_)));
 }
 
 /// Reads an HTTP request head (up to 64 KiB), ignoring what it says.

@@ -282,3 +282,46 @@ fn other_pcr_files_are_refused_saying_what_is_accepted() {
         }
     }
 }
+
+/// What `/get_attestation` answers is hex inside JSON: given as it is, or its
+/// hex without `--hex`, the refusal says what the file holds and which flag
+/// reads it.
+#[test]
+fn hex_or_json_without_the_hex_flag_is_named() {
+    let hex = hex::encode(std::fs::read(data(NONDEBUG)).expect("read"));
+    let hex_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(hex_file.path(), format!("{hex}\n")).expect("write");
+    let out = verify_doc(&[hex_file.path().to_str().expect("utf8"), "--at-doc-time"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds hex text") && err.contains("--hex"),
+        "{err}"
+    );
+
+    let json_file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(json_file.path(), format!(r#"{{"attestation": "{hex}"}}"#)).expect("write");
+    let out = verify_doc(&[json_file.path().to_str().expect("utf8"), "--at-doc-time"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds JSON") && err.contains("`attestation` field") && err.contains("--hex"),
+        "{err}"
+    );
+}
+
+/// With no arguments the client prints its usage (not its about text as an
+/// error) and fails.
+#[test]
+fn no_arguments_print_the_usage() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nautilus-client"))
+        .output()
+        .expect("client ran");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Usage: nautilus-client") && err.contains("verify-doc") && err.contains("run"),
+        "{err}"
+    );
+    assert!(!err.contains("error:"), "{err}");
+}

@@ -82,9 +82,11 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     log_lines_per_sec: u32,
     /// Send a PROXY protocol v2 header with the client's address first on
-    /// each upstream connection (the server must expect it:
-    /// `nautilus-server --proxy-protocol`).
-    #[arg(long, env = "NAUTILUS_PROXY_PROXY_PROTOCOL", default_value_t = false,
+    /// each upstream connection, so the server's per-client limits see each
+    /// client rather than the proxy. `nautilus-server` expects it by default
+    /// with `--attestation nsm`; set false for a server that does not
+    /// (`--attestation dev` without `--proxy-protocol true`).
+    #[arg(long, env = "NAUTILUS_PROXY_PROXY_PROTOCOL", default_value_t = true,
           action = clap::ArgAction::Set)]
     proxy_protocol: bool,
     /// On SIGTERM, seconds open connections may go on before they are cut.

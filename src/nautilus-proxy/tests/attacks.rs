@@ -298,3 +298,91 @@ async fn the_descriptor_limit_is_raised_and_reported() {
         .wait_for_line(|l| l.contains("more than the descriptor limit"))
         .await;
 }
+
+/// A server that expects the PROXY header, behind a proxy that sends it:
+/// the composition that runs in production.
+async fn server_behind_proxy(
+    tweak: impl FnOnce(&mut nautilus_server::config::ServerConfig),
+) -> (DevServer, Proxy) {
+    let server = DevServer::start_with(|c| {
+        c.http.proxy_protocol = true;
+        tweak(c);
+    })
+    .await;
+    let proxy = Proxy::start_with_env(
+        &["--upstream", &format!("tcp://{}", server.addr)],
+        &[("NAUTILUS_PROXY_PROXY_PROTOCOL", "true")],
+    )
+    .await;
+    (server, proxy)
+}
+
+/// A task request followed by `shutdown(SHUT_WR)` (`nc -N`) through the
+/// proxy gets its answer: the half-close reaches the server, which answers
+/// and runs the task to the end.
+#[tokio::test]
+async fn a_half_closed_request_is_answered_through_the_proxy() {
+    let (_server, proxy) = server_behind_proxy(|_| {}).await;
+    let body = legit::NODEJS_TASK;
+    let mut c = connect_from(LEGIT, proxy.addr).await.expect("connect");
+    let req = format!(
+        "POST /process_data HTTP/1.1\r\nHost: n\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).await.expect("request");
+    c.shutdown().await.expect("half-close");
+    let mut answer = Vec::new();
+    timeout(Duration::from_secs(30), c.read_to_end(&mut answer))
+        .await
+        .expect("no hang")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"exit_code\":0"), "{answer}");
+}
+
+/// Issue item 5 behind the proxy: there every connection came from the
+/// proxy, so the server could not tell one client's flood of tasks from
+/// anyone else's. With the PROXY header it can: the flooding address meets
+/// its shares (429), the legitimate one gets its turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_flood_through_the_proxy_costs_others_one_turn() {
+    let (server, proxy) = server_behind_proxy(|c| {
+        c.runner.max_concurrent = 2;
+    })
+    .await;
+    let mut attackers = JoinSet::new();
+    for _ in 0..60 {
+        let addr = proxy.addr;
+        attackers.spawn(async move {
+            for _ in 0..200 {
+                let ok = match connect_from(ATTACKER, addr).await {
+                    Ok(mut s) => {
+                        let body = legit::NODEJS_TASK;
+                        let req = format!(
+                            "POST /process_data HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\
+                             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let mut answer = Vec::new();
+                        s.write_all(req.as_bytes()).await.is_ok()
+                            && timeout(Duration::from_secs(30), s.read_to_end(&mut answer))
+                                .await
+                                .is_ok()
+                            && answer.starts_with(b"HTTP/1.1 200")
+                    }
+                    Err(_) => false,
+                };
+                if !ok {
+                    sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+    sleep(Duration::from_secs(1)).await;
+    let tally = legit::run(proxy.addr, 25, Duration::from_millis(100)).await;
+    attackers.abort_all();
+    tally.assert_kept_up("a task flood through the proxy");
+    drop(server);
+}

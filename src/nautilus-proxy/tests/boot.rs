@@ -214,6 +214,8 @@ fn scenario(vm: &mut Vm, work: &Path) -> anyhow::Result<()> {
     std::fs::write(&root_file, &pem)?;
 
     let upstream = format!("unix:{}#{SERVER_PORT}", vm.uds.display());
+    // The VM's server runs with dev attestation, which expects no PROXY
+    // header (the test support turns it off).
     let proxy = runtime.block_on(Proxy::start(&["--upstream", &upstream]));
     let url = proxy.url();
 

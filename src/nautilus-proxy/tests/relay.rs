@@ -84,7 +84,9 @@ async fn a_guest_port_nobody_listens_on_closes_the_client_and_says_why() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_connections_all_answered() {
-    let server = DevServer::start().await;
+    // Without a PROXY header every relayed connection is the proxy's own
+    // address to the server: its share must cover them too.
+    let server = DevServer::start_with(|c| c.http.per_client.connections = 256).await;
     let vsock = HybridVsock::start(3000, server.addr).await;
     // All from one loopback address: its share must cover them.
     let proxy = Proxy::start(&[

@@ -13,7 +13,7 @@ use axum::Json;
 use nautilus_server::app::{process_data, TaskRequest};
 use nautilus_server::common::ProcessDataRequest;
 use nautilus_server::state::{AppState, ServerConfig};
-use result_signing::{decode_public_key, INTENT_TASK_RESULT};
+use result_signing::{decode_public_key, SignedTaskResult, INTENT_TASK_RESULT};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -33,7 +33,12 @@ async fn main() -> anyhow::Result<()> {
     let Json(signed) = process_data(State(Arc::clone(&state)), Json(request)).await?;
 
     let key = decode_public_key(state.public_key()).ok_or_else(|| anyhow::anyhow!("bad key"))?;
-    signed.verify(&key, INTENT_TASK_RESULT)?;
+    match &signed {
+        SignedTaskResult::Full(full) => full.verify(&key, INTENT_TASK_RESULT)?,
+        SignedTaskResult::Compact(compact) => {
+            compact.verify(&key)?;
+        }
+    }
     println!("{}", serde_json::to_string_pretty(&signed)?);
     eprintln!(
         "signature verified with public key {}",

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::EnclaveError;
 use crate::state::AppState;
 
-pub use result_signing::{IntentMessage, TaskResult};
+pub use result_signing::{IntentMessage, SignedTaskResult, Signing, TaskResult};
 
 /// The body of every `POST /process_data`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +123,17 @@ pub struct HealthCheck {
     /// Server clock minus the timestamp of the latest fresh attestation
     /// document (the hypervisor's clock, for the NSM); `null` before the first.
     pub clock_skew_ms: Option<i64>,
+    /// Operator secrets the tasks declare: which are set (names only).
+    pub secrets: SecretsStatus,
+}
+
+/// Declared operator secrets, by whether they are set.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SecretsStatus {
+    /// Set: the tasks that declare them can run.
+    pub set: Vec<String>,
+    /// Not set: the tasks that declare them fail until the operator sets them.
+    pub missing: Vec<String>,
 }
 
 /// `GET /health_check`.
@@ -147,16 +158,30 @@ pub async fn health_check(State(state): State<Arc<AppState>>) -> Json<HealthChec
         version: crate::SERVER_VERSION.into(),
         isolation: state.runner().isolation().clone(),
         clock_skew_ms: state.clock_skew().map(|s| s.skew_ms),
+        secrets: {
+            let mut status = SecretsStatus::default();
+            for (name, set) in state.secrets().status() {
+                let list = if set {
+                    &mut status.set
+                } else {
+                    &mut status.missing
+                };
+                list.push(name.to_owned());
+            }
+            status
+        },
     })
 }
 
 /// `GET /metrics`: see [`crate::metrics`].
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, EnclaveError> {
-    let budget = state.config().http.max_buffered_body_bytes;
-    let free = state.body_budget.available_permits();
+    // Tasks waiting for their turn are queued tasks too.
+    let mut stats = state.runner().stats();
+    stats.queued += state.tasks_waiting();
+    stats.abandoned_queued += state.tasks_abandoned_waiting();
     let body = state
         .metrics
-        .scrape(&state.runner().stats(), budget.saturating_sub(free))
+        .scrape(&stats, state.body_budget.in_use())
         .map_err(|e| EnclaveError::Internal(format!("metrics encoding failed: {e}")))?;
     Ok((
         [(

@@ -37,6 +37,12 @@ pub struct ServerConfig {
     /// Where the tasks' egress connections go (the runner's connector is
     /// made from it).
     pub egress_route: EgressRoute,
+    /// Terminate TLS in the server, with a key made at start whose hash the
+    /// manifest carries (see [`crate::tls`]).
+    pub tls: bool,
+    /// Public keys of the operators who may set secrets (see
+    /// [`crate::secrets`]); listed in the manifest.
+    pub operator_keys: Vec<result_signing::VerifyingKey>,
 }
 
 impl ServerConfig {
@@ -45,6 +51,7 @@ impl ServerConfig {
         Self {
             attestation: AttestationMode::Dev,
             egress_route: EgressRoute::Direct,
+            tls: false,
             ..Self::default()
         }
     }
@@ -61,6 +68,8 @@ impl Default for ServerConfig {
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: HttpLimits::default(),
             egress_route: EgressRoute::parent(),
+            tls: true,
+            operator_keys: Vec::new(),
         }
     }
 }
@@ -97,6 +106,40 @@ pub struct HttpLimits {
     /// An HTTP/2 connection that sends nothing for this long is pinged, and
     /// closed if the ping is not answered within the same time.
     pub http2_keepalive: Duration,
+    /// Every connection starts with a PROXY protocol v2 header naming the
+    /// client (`nautilus-proxy --proxy-protocol true`); connections without
+    /// one are closed. Only for a listener nobody but the proxy can reach.
+    pub proxy_protocol: bool,
+    /// What one client (one address) may hold.
+    pub per_client: ClientShares,
+    /// After [`BODY_RATE_GRACE`], a request body must have arrived at this
+    /// many bytes a second on average, or it gets 408.
+    pub min_body_bytes_per_sec: u64,
+}
+
+/// How long a body may take before [`HttpLimits::min_body_bytes_per_sec`]
+/// applies: a slow start is not an attack.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientShares {
+    /// Connections open at once; more are closed at once.
+    pub connections: usize,
+    /// Requests in flight at once; more get 429.
+    pub requests: usize,
+    /// Tasks waiting for a turn at once; more get 429.
+    pub queued_tasks: usize,
+}
+
+impl Default for ClientShares {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            requests: 32,
+            queued_tasks: 8,
+        }
+    }
 }
 
 impl Default for HttpLimits {
@@ -109,6 +152,19 @@ impl Default for HttpLimits {
             max_buffered_body_bytes: 64 * 1024 * 1024,
             http2_max_streams: 8,
             http2_keepalive: Duration::from_secs(20),
+            proxy_protocol: false,
+            per_client: ClientShares::default(),
+            min_body_bytes_per_sec: 1024,
         }
     }
+}
+
+/// How a request reached the server: the transport puts one on every
+/// request, so a handler can refuse what must not travel in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Plain TCP or vsock: the parent instance reads every byte.
+    Plain,
+    /// TLS terminated in the server with its attested key.
+    Tls,
 }

@@ -3,10 +3,14 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`manifest`], [`metrics`] and [`state`], then the handlers
-//! ([`common`], [`app`]), the [`router`], and [`transport`] on top.
+//! then [`clients`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
+//! [`state`], then the handlers ([`common`], [`app`], [`operator`]), the
+//! [`router`], and [`transport`] on top.
 //!
 //! * [`config`]: what the server is told at start.
+//! * [`tls`]: the TLS key made at start, whose hash the manifest carries.
+//! * [`secrets`] and [`operator`]: operator secrets, set over attested TLS
+//!   by a pinned operator key, handed to the tasks that declare them.
 //! * [`state`]: at start the server makes an ephemeral P-256 key, opens the
 //!   attester (the NSM, or the software stand-in in dev mode), builds the
 //!   task runner and freezes the [`manifest`].
@@ -28,7 +32,7 @@
 //! use std::sync::Arc;
 //! use axum::{extract::State, Json};
 //! use nautilus_server::app::{process_data, TaskRequest};
-//! use nautilus_server::common::ProcessDataRequest;
+//! use nautilus_server::common::{ProcessDataRequest, SignedTaskResult};
 //! use nautilus_server::state::{AppState, ServerConfig};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
@@ -42,7 +46,11 @@
 //!         ..Default::default()
 //!     },
 //! };
-//! let Json(signed) = process_data(State(state), Json(request)).await?;
+//! // `"signing": "full"` (the default) signs the whole result.
+//! let Json(SignedTaskResult::Full(signed)) = process_data(State(state), Json(request)).await?
+//! else {
+//!     unreachable!("a full result was asked for")
+//! };
 //! println!("exit code {:?}", signed.response.data.exit_code);
 //! # Ok(())
 //! # }
@@ -52,14 +60,19 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod budget;
+pub mod clients;
 pub mod common;
 pub mod config;
 pub mod egress;
 pub mod error;
 pub mod manifest;
 pub mod metrics;
+pub mod operator;
 pub mod router;
+pub mod secrets;
 pub mod state;
+pub mod tls;
 pub mod transport;
 
 /// Version of this server, reported in the manifest and `/health_check`.

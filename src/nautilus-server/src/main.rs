@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::HeaderValue;
 use clap::Parser;
-use nautilus_server::config::{AttestationMode, HttpLimits, ServerConfig};
+use nautilus_server::config::{AttestationMode, ClientShares, HttpLimits, ServerConfig};
 use nautilus_server::egress::EgressRoute;
 use nautilus_server::state::AppState;
 use nautilus_server::transport::{Bound, Listen};
@@ -30,30 +30,32 @@ struct Args {
     /// `nsm` inside an enclave; `dev` for a local server with a throwaway CA.
     #[arg(long, env = "NAUTILUS_ATTESTATION", default_value_t = AttestationMode::Nsm)]
     attestation: AttestationMode,
-    /// In dev mode, write the dev root CA certificate (PEM) here for clients.
+    /// In dev mode, write the dev root CA certificate (PEM) here for clients
+    /// [default: not written]
     #[arg(long, env = "NAUTILUS_DEV_ROOT_OUT")]
     dev_root_out: Option<PathBuf>,
-    /// Node.js binary; default: `node` on PATH.
+    /// Node.js binary [default: `node` on PATH]
     #[arg(long, env = "NAUTILUS_NODE")]
     node: Option<PathBuf>,
-    /// Tasks running at once; default: number of CPUs.
+    /// Tasks running at once [default: the number of CPUs]
     #[arg(long, env = "NAUTILUS_MAX_CONCURRENT")]
     max_concurrent: Option<usize>,
     /// Tasks waiting for a slot before new ones are refused with 503.
-    #[arg(long, env = "NAUTILUS_MAX_QUEUE")]
-    max_queue: Option<usize>,
-    /// Largest `timeout_secs` a request may ask for.
-    #[arg(long, env = "NAUTILUS_MAX_TIMEOUT_SECS")]
-    max_timeout_secs: Option<u64>,
+    #[arg(long, env = "NAUTILUS_MAX_QUEUE", default_value_t = RunnerConfig::default().max_queue)]
+    max_queue: usize,
+    /// Largest `timeout_secs` a request may ask for (a request without one
+    /// gets 30 s, or this if lower).
+    #[arg(long, env = "NAUTILUS_MAX_TIMEOUT_SECS", default_value_t = RunnerConfig::default().max_timeout_secs)]
+    max_timeout_secs: u64,
     /// Bytes kept of each of stdout and stderr.
-    #[arg(long, env = "NAUTILUS_MAX_OUTPUT_BYTES")]
-    max_output_bytes: Option<usize>,
+    #[arg(long, env = "NAUTILUS_MAX_OUTPUT_BYTES", default_value_t = RunnerConfig::default().max_output_bytes)]
+    max_output_bytes: usize,
     /// Memory a task may use (bytes).
-    #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES")]
-    memory_limit_bytes: Option<u64>,
+    #[arg(long, env = "NAUTILUS_MEMORY_LIMIT_BYTES", default_value_t = RunnerConfig::default().memory_limit_bytes)]
+    memory_limit_bytes: u64,
     /// Slots that keep a warm box: `node` started before a request arrives,
-    /// waiting for its one task (root mode). Default: every slot; 0 turns
-    /// the pool off.
+    /// waiting for its one task (root mode); 0 turns the pool off
+    /// [default: every slot]
     #[arg(long, env = "NAUTILUS_WARM_POOL")]
     warm_pool: Option<usize>,
     /// Largest request body (bytes); larger ones get 413.
@@ -82,7 +84,28 @@ struct Args {
     /// Seconds of HTTP/2 silence before a ping, and for its answer.
     #[arg(long, env = "NAUTILUS_HTTP2_KEEPALIVE_SECS", default_value_t = HttpLimits::default().http2_keepalive.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     http2_keepalive_secs: u64,
-    /// Browser origins allowed by CORS, comma-separated; default none.
+    /// Expect a PROXY protocol v2 header (from `nautilus-proxy
+    /// --proxy-protocol true`) first on every connection and take the
+    /// client's address from it [default: true with `--attestation nsm`,
+    /// where every connection comes from the parent's proxy; false with
+    /// `dev`]. Never turn it on where clients reach the server directly:
+    /// they could claim any address.
+    #[arg(long, env = "NAUTILUS_PROXY_PROTOCOL", action = clap::ArgAction::Set)]
+    proxy_protocol: Option<bool>,
+    /// Connections one client address may have open; more are closed.
+    #[arg(long, env = "NAUTILUS_MAX_CONNECTIONS_PER_CLIENT", default_value_t = ClientShares::default().connections, value_parser = positive)]
+    max_connections_per_client: usize,
+    /// Requests one client address may have in flight; more get 429.
+    #[arg(long, env = "NAUTILUS_MAX_REQUESTS_PER_CLIENT", default_value_t = ClientShares::default().requests, value_parser = positive)]
+    max_requests_per_client: usize,
+    /// Tasks one client address may have waiting for a turn; more get 429.
+    #[arg(long, env = "NAUTILUS_MAX_QUEUED_TASKS_PER_CLIENT", default_value_t = ClientShares::default().queued_tasks, value_parser = positive)]
+    max_queued_tasks_per_client: usize,
+    /// After 2 s, a request body must arrive at this many bytes a second on
+    /// average; slower: 408.
+    #[arg(long, env = "NAUTILUS_MIN_BODY_BYTES_PER_SEC", default_value_t = HttpLimits::default().min_body_bytes_per_sec, value_parser = clap::value_parser!(u64).range(1..))]
+    min_body_bytes_per_sec: u64,
+    /// Browser origins allowed by CORS, comma-separated [default: none]
     #[arg(long, env = "NAUTILUS_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<HeaderValue>,
     /// Where each run's code is staged: an exec-capable file system, as root
@@ -90,7 +113,8 @@ struct Args {
     /// root /var/lib/nautilus-task-runner, else the temp directory).
     #[arg(long, env = "NAUTILUS_WORK_DIR")]
     work_dir: Option<PathBuf>,
-    /// Names of server environment variables tasks may see.
+    /// Names of server environment variables tasks may see, comma-separated
+    /// [default: none]
     #[arg(long, env = "NAUTILUS_PASS_ENV", value_delimiter = ',')]
     pass_env: Vec<String>,
     /// Seconds an attestation call may take before its request gets 503 with
@@ -100,8 +124,19 @@ struct Args {
     /// On SIGTERM, seconds running tasks get before they are stopped.
     #[arg(long, env = "NAUTILUS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "NAUTILUS_LOG_JSON")]
+    /// Terminate TLS here, with a key made at start and pinned through the
+    /// attested manifest (`tls_spki_sha256`), so the parent instance relays
+    /// only ciphertext [default: on with `--attestation nsm`, off with `dev`].
+    #[arg(long, env = "NAUTILUS_TLS", value_enum)]
+    tls: Option<OnOff>,
+    /// Public key (hex SEC1 P-256, from `nautilus-client secrets keygen`) of
+    /// an operator who may set secrets; repeatable. Pin it in the image
+    /// (run.sh), so it is measured and listed in the attested manifest.
+    #[arg(long = "operator-key", env = "NAUTILUS_OPERATOR_KEYS", value_delimiter = ',', value_parser = parse_operator_key)]
+    operator_keys: Vec<result_signing::VerifyingKey>,
+    /// Log as JSON lines instead of text (the variable takes 1/0, true/false,
+    /// yes/no, on/off).
+    #[arg(long, env = "NAUTILUS_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
     /// Where tasks' declared egress goes: `direct`, or an HTTP CONNECT
     /// proxy `tcp://HOST:PORT` | `vsock://CID:PORT` (`nautilus-proxy
@@ -131,7 +166,29 @@ struct Args {
     egress_test_ca: Option<PathBuf>,
 }
 
+fn parse_operator_key(hex_key: &str) -> Result<result_signing::VerifyingKey, String> {
+    hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|bytes| result_signing::decode_public_key(&bytes))
+        .ok_or_else(|| format!("{hex_key:?} is not a hex SEC1 P-256 public key"))
+}
+
+/// A switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 impl Args {
+    /// `--tls`, else what fits the attestation mode.
+    fn tls(&self) -> bool {
+        match self.tls {
+            Some(mode) => mode == OnOff::On,
+            None => self.attestation == AttestationMode::Nsm,
+        }
+    }
+
     /// Where to listen: `--listen`, else what fits the attestation mode.
     fn listen(&self) -> Listen {
         self.listen.unwrap_or(match self.attestation {
@@ -147,19 +204,19 @@ impl Args {
 
     fn server_config(&self) -> ServerConfig {
         let d = RunnerConfig::default();
-        let max_timeout_secs = self.max_timeout_secs.unwrap_or(d.max_timeout_secs);
+        let max_timeout_secs = self.max_timeout_secs;
         ServerConfig {
             attestation: self.attestation,
             runner: RunnerConfig {
                 tasks_dir: self.tasks_dir.clone(),
                 node: self.node.clone(),
                 max_concurrent: self.max_concurrent.unwrap_or(d.max_concurrent),
-                max_queue: self.max_queue.unwrap_or(d.max_queue),
+                max_queue: self.max_queue,
                 max_timeout_secs,
                 // A lowered maximum lowers the default with it.
                 default_timeout_secs: d.default_timeout_secs.min(max_timeout_secs),
-                max_output_bytes: self.max_output_bytes.unwrap_or(d.max_output_bytes),
-                memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
+                max_output_bytes: self.max_output_bytes,
+                memory_limit_bytes: self.memory_limit_bytes,
                 pass_env: self.pass_env.clone(),
                 work_dir: self.work_dir.clone(),
                 warm_pool: self.warm_pool,
@@ -188,8 +245,27 @@ impl Args {
                 max_buffered_body_bytes: self.max_buffered_body_bytes,
                 http2_max_streams: self.http2_max_streams,
                 http2_keepalive: Duration::from_secs(self.http2_keepalive_secs),
+                proxy_protocol: self
+                    .proxy_protocol
+                    .unwrap_or(self.attestation == AttestationMode::Nsm),
+                per_client: ClientShares {
+                    connections: self.max_connections_per_client,
+                    requests: self.max_requests_per_client,
+                    queued_tasks: self.max_queued_tasks_per_client,
+                },
+                min_body_bytes_per_sec: self.min_body_bytes_per_sec,
             },
+            tls: self.tls(),
+            operator_keys: self.operator_keys.clone(),
         }
+    }
+}
+
+/// A share of 0 would refuse everything.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least 1")),
     }
 }
 
@@ -203,7 +279,14 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_json);
+    // Flushes what is queued when main returns.
+    let (writer, _flush) = log_writer();
+    let dropped = writer.error_counter();
+    init_logging(args.log_json, writer);
+    std::thread::Builder::new()
+        .name("log-drops".into())
+        .spawn(move || report_dropped_log_lines(&dropped))
+        .ok();
     // One line that says what to do: `{:#}` joins the causes, and no
     // backtrace (the release binary's symbols are stripped anyway).
     match serve(args) {
@@ -224,7 +307,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
 
     let config = args.server_config();
-    match nautilus_server::state::raise_descriptor_limit() {
+    let descriptors = nautilus_server::state::raise_descriptor_limit();
+    // Every task gets RLIMIT_NOFILE max_open_files; under a lower hard limit
+    // setting it fails in every task (a misleading "dropping privileges"
+    // error per run). Said once, here.
+    if let Ok(limit) = descriptors {
+        let per_task = config.runner.max_open_files;
+        anyhow::ensure!(
+            limit >= per_task,
+            "the hard descriptor limit is {limit}, below the {per_task} open files every task gets: \
+             raise it to at least {per_task} (ulimit -Hn, systemd LimitNOFILE=, docker run --ulimit nofile=)"
+        );
+    }
+    match descriptors {
         // Each connection is a descriptor; tasks, logs and the listener need some too.
         Ok(limit) if limit < config.http.max_connections as u64 + 64 => tracing::warn!(
             limit,
@@ -238,9 +333,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let state = Arc::new(AppState::new(config)?);
 
     let listen = args.listen();
-    let bound = Bound::bind(listen)
-        .await
-        .with_context(|| format!("could not listen on {listen}"))?;
+    let bound = Bound::bind(listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another program (another nautilus-server?) holds it: stop that one, or pick \
+             another address with --listen (NAUTILUS_LISTEN; `make run LISTEN=tcp://127.0.0.1:3001`)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("could not listen on {listen}: {e}{hint}")
+    })?;
     // Only once the address is ours: a second server that fails to bind must
     // not replace the root of the one already serving.
     if let Some(path) = &args.dev_root_out {
@@ -323,12 +424,48 @@ impl Signals {
     }
 }
 
-fn init_logging(json: bool) {
+/// Log lines queued for stderr before new ones are dropped and counted.
+const LOG_QUEUE_LINES: usize = 4096;
+
+/// stderr behind a bounded queue and a thread of its own: a slow reader (in
+/// the enclave the console is a serial port) costs dropped lines, counted,
+/// never a blocked worker (it took throughput from 1609 to 57 requests/s).
+fn log_writer() -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stderr())
+}
+
+/// Every 10 s, one line for the log lines dropped meanwhile.
+fn report_dropped_log_lines(counter: &tracing_appender::non_blocking::ErrorCounter) {
+    let mut reported = 0;
+    loop {
+        std::thread::sleep(Duration::from_secs(10));
+        let dropped = counter.dropped_lines();
+        if dropped > reported {
+            tracing::warn!(
+                dropped = dropped - reported,
+                "log lines dropped: stderr is read too slowly"
+            );
+            reported = dropped;
+        }
+    }
+}
+
+fn init_logging(json: bool, writer: tracing_appender::non_blocking::NonBlocking) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    // Colours only for a person at a terminal, never into a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     if json {
         builder.json().init();
     } else {
@@ -343,24 +480,60 @@ fn write_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
+/// The tasks served, by name, for the start-up line (`tasks=nodejs-task,ms-task`).
+fn task_names(state: &AppState) -> String {
+    let names: Vec<&str> = state.manifest().task_paths().collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(",")
+    }
+}
+
+/// How to run the client: the binary built beside this one (`make run` builds
+/// both into target/release), else through cargo in the same profile.
+fn client_command() -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("nautilus-client")))
+        .filter(|client| client.is_file());
+    match beside {
+        Some(client) => match std::env::current_dir() {
+            Ok(cwd) => client
+                .strip_prefix(&cwd)
+                .unwrap_or(&client)
+                .display()
+                .to_string(),
+            Err(_) => client.display().to_string(),
+        },
+        None => "cargo run -q --release --bin nautilus-client --".to_owned(),
+    }
+}
+
 fn announce(state: &AppState, local: &Listen, dev_root: Option<&std::path::Path>) {
     tracing::info!(
         listen = %local,
         attestation = state.attestation_mode().as_str(),
         public_key = %hex::encode(state.public_key()),
+        tls_spki_sha256 = state.tls().map(|t| hex::encode(t.spki_sha256())),
         node_version = state.runner().node_version().unwrap_or("NOT FOUND"),
-        tasks = state.manifest().task_count(),
+        tasks = %task_names(state),
         "nautilus-server ready"
     );
     if let Listen::Tcp(addr) = local {
-        let base = format!("http://{addr}");
+        // curl cannot pin the key; -k is honest about that (the client pins).
+        let (base, curl) = match state.tls() {
+            Some(_) => (format!("https://{addr}"), "curl -k"),
+            None => (format!("http://{addr}"), "curl"),
+        };
         let mut help = format!(
-            "\nnautilus-server is listening on {base}\n  curl {base}/health_check\n  \
-             curl -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'\n"
+            "\nnautilus-server is listening on {base}\n  {curl} {base}/health_check\n  \
+             {curl} -X POST {base}/process_data -H \"Content-Type: application/json\" -d '{{\"payload\": {{}}}}'\n"
         );
         if let Some(root) = dev_root {
             help.push_str(&format!(
-                "  cargo run -q --bin nautilus-client -- run --url {base} --root {} --allow-debug -- 1 2 3\n",
+                "  {} run --url {base} --root {} --allow-debug -- 1 2 3\n",
+                client_command(),
                 root.display()
             ));
         }
@@ -400,5 +573,26 @@ mod tests {
             listen(&["--attestation", "nsm", "--listen", "tcp://127.0.0.1:8080"]),
             "tcp://127.0.0.1:8080".parse().expect("address")
         );
+    }
+
+    #[test]
+    fn tls_defaults_to_on_in_an_enclave_and_off_in_dev() {
+        if std::env::var_os("NAUTILUS_TLS").is_some() {
+            skip_report::skipped(
+                "tls_defaults_to_on_in_an_enclave_and_off_in_dev",
+                "NAUTILUS_TLS is set",
+            );
+            return;
+        }
+        let tls = |args: &[&str]| {
+            Args::try_parse_from([&["nautilus-server"], args].concat())
+                .expect("parses")
+                .tls()
+        };
+        assert!(tls(&["--attestation", "nsm"]));
+        assert!(!tls(&["--attestation", "dev"]));
+        assert!(tls(&["--attestation", "dev", "--tls", "on"]));
+        assert!(!tls(&["--attestation", "nsm", "--tls", "off"]));
+        assert!(Args::try_parse_from(["nautilus-server", "--tls", "maybe"]).is_err());
     }
 }

@@ -71,7 +71,22 @@ struct ManifestBody<'a> {
     /// Per-task cgroup limits in force (memory, pids, CPU weight).
     cgroups: &'a CgroupSummary,
     egress: &'a Egress,
+    /// Hex SHA-256 of the TLS certificate's SubjectPublicKeyInfo; `null`
+    /// when the server does not terminate TLS. Clients pin it.
+    tls_spki_sha256: Option<String>,
+    /// Hex compressed SEC1 P-256 keys of the operators who may set secrets.
+    operator_keys: Vec<String>,
     tasks: &'a [TaskInfo],
+}
+
+/// Who can reach what: the TLS key clients pin and the operators who may
+/// set secrets.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    /// SHA-256 of the TLS certificate's SPKI; `None` without TLS.
+    pub tls_spki_sha256: Option<&'a [u8; 32]>,
+    /// The operators' public keys.
+    pub operator_keys: &'a [result_signing::VerifyingKey],
 }
 
 /// The frozen manifest: its bytes and their SHA-256.
@@ -91,6 +106,7 @@ impl Manifest {
         isolation: &Isolation,
         cgroups: &CgroupSummary,
         egress: Egress,
+        access: Access<'_>,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
         let bytes = serde_json::to_vec(&ManifestBody {
@@ -101,6 +117,12 @@ impl Manifest {
             isolation,
             cgroups,
             egress: &egress,
+            tls_spki_sha256: access.tls_spki_sha256.map(hex::encode),
+            operator_keys: access
+                .operator_keys
+                .iter()
+                .map(|k| hex::encode(result_signing::encode_public_key(k)))
+                .collect(),
             tasks: &tasks,
         })?;
         let sha256 = Sha256::digest(&bytes).into();
@@ -119,6 +141,11 @@ impl Manifest {
     /// What the attestation document carries as `user_data`.
     pub fn sha256(&self) -> &[u8; 32] {
         &self.sha256
+    }
+
+    /// The listed tasks' paths, sorted.
+    pub fn task_paths(&self) -> impl Iterator<Item = &str> {
+        self.tasks.iter().map(|t| t.task_path.as_str())
     }
 
     /// Number of listed tasks.

@@ -157,7 +157,8 @@ impl Default for Metrics {
         registry.register(
             "connections_closed",
             "Connections the server closed: idle (no request within the idle timeout), \
-             write_timeout (the client read nothing), close_timeout (still busy after being asked to close)",
+             write_timeout (the client read nothing), close_timeout (still busy after being asked to close), \
+             tls_handshake (the TLS handshake failed)",
             connections_closed.clone(),
         );
         let body_bytes_buffered = Gauge::default();
@@ -251,6 +252,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a task refused because every place in the queue was taken.
+    pub fn task_shed(&self) {
+        self.shed.inc();
+        self.tasks
+            .get_or_create(&OutcomeLabels { outcome: "shed" })
+            .inc();
+    }
+
     /// Counts a task outcome and, when it ran, its duration.
     pub fn record_task(&self, outcome: &Result<TaskResult, TaskError>) {
         match outcome {
@@ -275,7 +284,9 @@ impl Metrics {
                     "shed"
                 }
                 ErrorKind::InvalidRequest | ErrorKind::NotFound => "rejected",
-                ErrorKind::NodeMissing | ErrorKind::ShuttingDown => "unavailable",
+                ErrorKind::NodeMissing | ErrorKind::ShuttingDown | ErrorKind::SecretMissing => {
+                    "unavailable"
+                }
                 ErrorKind::InvalidTask | ErrorKind::Internal => "error",
             },
         };

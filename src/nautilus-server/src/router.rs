@@ -13,11 +13,16 @@ use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use std::time::Duration;
+
+use crate::budget::Held;
+use crate::clients::ClientKey;
+use crate::config::BODY_RATE_GRACE;
 use crate::error::EnclaveError;
 use crate::state::AppState;
-use crate::{app, common};
+use crate::{app, common, operator};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -47,7 +52,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/manifest", with_cors(get(common::manifest)))
         .route("/process_data", with_cors(post(app::process_data_route)))
-        .route("/metrics", with_cors(get(common::metrics)));
+        .route("/metrics", with_cors(get(common::metrics)))
+        .route("/secrets/nonce", with_cors(get(operator::nonce)))
+        .route("/secrets", with_cors(post(operator::put)));
     let routes = routes.fallback(not_found).with_state(Arc::clone(&state));
 
     routes
@@ -60,17 +67,26 @@ pub fn router(state: Arc<AppState>) -> Router {
             Arc::clone(&state),
             buffer_body,
         ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            client_requests,
+        ))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state, track_requests))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let id = req
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                })
+                // Not ERROR per 5xx: shed requests (503) are counted in
+                // /metrics, and a flood of them must not become a flood of
+                // log lines. Real faults are logged where they happen.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -118,6 +134,23 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         Json(json!({ "error": msg })),
     )
         .into_response()
+}
+
+/// Counts each request against its client's share of requests in flight
+/// (429 past it); requests without a client (handlers called in-process)
+/// are not counted.
+async fn client_requests(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(client) = req.extensions().get::<ClientKey>().copied() else {
+        return next.run(req).await;
+    };
+    match state.clients.request(client) {
+        Ok(share) => {
+            let response = next.run(req).await;
+            drop(share);
+            response
+        }
+        Err(over) => EnclaveError::from(over).into_response(),
+    }
 }
 
 /// Rewrites every non-JSON error (axum's extractor rejections, the body
@@ -192,33 +225,37 @@ async fn buffer_body(State(state): State<Arc<AppState>>, req: Request, next: Nex
 /// Budget is taken in steps of at least this much, not per frame.
 const BUDGET_STEP: usize = 64 * 1024;
 
+/// Reads the body. Nothing of the budget is taken before the first byte; a
+/// declared length is then taken whole (one exact allocation), a chunked
+/// body in growing steps, charged by what is allocated. Past the grace
+/// period the body must keep up the minimum rate.
 async fn read_body(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     mut body: Body,
-) -> Result<(axum::body::Bytes, tokio::sync::OwnedSemaphorePermit), EnclaveError> {
+) -> Result<(axum::body::Bytes, Held), EnclaveError> {
     use http_body_util::BodyExt;
     let max = state.config().max_body_bytes;
     let timeout = state.config().http.body_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let min_rate = state.config().http.min_body_bytes_per_sec.max(1);
+    let start = tokio::time::Instant::now();
+    let deadline = start + timeout;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(EnclaveError::BodyTooLarge(max));
     }
-    let declared = declared.map_or(0, |n| n as usize);
-    let take = |n: usize| {
-        let n = u32::try_from(n).map_err(|_| EnclaveError::BodyTooLarge(max))?;
-        Arc::clone(&state.body_budget)
-            .try_acquire_many_owned(n)
-            .map_err(|_| EnclaveError::BodyBudget)
-    };
-    let mut held = take(declared)?;
-    let mut buf = bytes::BytesMut::with_capacity(declared);
+    let declared = declared.map(|n| n as usize);
+    let mut held = Held::default();
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(EnclaveError::BodyTimeout(timeout.as_secs())),
+        // Bytes received buy time past the grace period at the minimum rate.
+        let paid = BODY_RATE_GRACE + Duration::from_secs_f64(buf.len() as f64 / min_rate as f64);
+        let next = deadline.min(start + paid);
+        let frame = match tokio::time::timeout_at(next, body.frame()).await {
+            Err(_) if next >= deadline => return Err(EnclaveError::BodyTimeout(timeout.as_secs())),
+            Err(_) => return Err(EnclaveError::BodyTooSlow(min_rate)),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(EnclaveError::BodyRead(e.to_string())),
             Ok(Some(Ok(frame))) => frame,
@@ -231,13 +268,20 @@ async fn read_body(
         if total > max {
             return Err(EnclaveError::BodyTooLarge(max));
         }
-        let reserved = held.num_permits();
-        if total > reserved {
-            let step = (total - reserved).max(BUDGET_STEP).min(max - reserved);
-            held.merge(take(step)?);
+        if total > buf.capacity() {
+            let room = match declared {
+                Some(d) if d >= total => d,
+                // Chunked (or longer than declared, which hyper refuses):
+                // double, so a body is reallocated a few times at most.
+                _ => total.max(buf.capacity() * 2).max(BUDGET_STEP).min(max),
+            };
+            if !state.body_budget.grow(&mut held, room) {
+                return Err(EnclaveError::BodyBudget);
+            }
+            buf.reserve_exact(room - buf.len());
         }
         // Copied, not kept: a frame may pin a much larger receive buffer.
         buf.extend_from_slice(&data);
     }
-    Ok((buf.freeze(), held))
+    Ok((buf.into(), held))
 }

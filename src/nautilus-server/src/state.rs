@@ -1,5 +1,6 @@
 //! Everything a request handler needs, built once at start.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,10 @@ use task_runner::{Runner, RunnerConfig};
 
 pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADLINE};
 use crate::error::EnclaveError;
-use crate::manifest::{Limits, Manifest};
+use crate::manifest::{Access, Limits, Manifest};
 use crate::metrics::Metrics;
+use crate::secrets::SecretStore;
+use crate::tls::{TlsError, TlsIdentity};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,9 @@ pub enum StartupError {
     /// `--egress-test-ca` with real attestation.
     #[error("--egress-test-ca is for tests: a server with --attestation nsm refuses it (tasks would trust a CA nobody audits)")]
     TestCaInNsm,
+    /// The TLS key or certificate could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The manifest could not be serialized.
     #[error("could not serialize the manifest: {0}")]
     Manifest(serde_json::Error),
@@ -46,8 +52,13 @@ pub struct AppState {
     public_key: Vec<u8>,
     attester: Arc<dyn Attester>,
     dev_root_pem: Option<String>,
+    tls: Option<TlsIdentity>,
+    secrets: SecretStore,
     pub(crate) runner: Runner,
     manifest: Manifest,
+    /// Tasks found at start but not served, with why (their `node_modules`
+    /// does not match their lockfile).
+    refused_tasks: BTreeMap<String, task_runner::DependencyError>,
     pub(crate) metrics: Metrics,
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
@@ -55,7 +66,11 @@ pub struct AppState {
     /// The latest clock skew measured, see [`AppState::clock_skew`].
     clock_skew: std::sync::Mutex<Option<ClockSkew>>,
     /// Request-body bytes buffered by all requests together.
-    pub(crate) body_budget: Arc<tokio::sync::Semaphore>,
+    pub(crate) body_budget: crate::budget::BodyBudget,
+    /// What each client holds: connections and requests in flight.
+    pub(crate) clients: Arc<crate::clients::Clients>,
+    /// Turns to run a task, round robin between clients.
+    pub(crate) turns: Arc<crate::clients::FairQueue>,
 }
 
 /// This server's clock minus the `timestamp` of a fresh attestation
@@ -126,12 +141,19 @@ impl AppState {
         let public_key = encode_public_key(signing_key.verifying_key());
 
         check_test_ca(&config)?;
+        let tls = config.tls.then(TlsIdentity::generate).transpose()?;
         let runner = Runner::new(RunnerConfig {
             egress_connect: Some(config.egress_route.connector()),
             ..config.runner.clone()
         })
         .map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
+        let (tasks, refused_tasks) = check_dependencies(&config.runner.tasks_dir, tasks);
+        let declared = tasks
+            .iter()
+            .flat_map(|t| t.secrets.iter().cloned())
+            .collect();
+        let secrets = SecretStore::new(config.operator_keys.clone(), declared);
         let manifest = Manifest::new(
             config.attestation,
             runner.node_version().map(str::to_owned),
@@ -143,29 +165,47 @@ impl AppState {
                 limits: config.runner.egress,
                 test_ca_sha256: runner.egress_test_ca_sha256().map(str::to_owned),
             },
+            Access {
+                tls_spki_sha256: tls.as_ref().map(TlsIdentity::spki_sha256),
+                operator_keys: &config.operator_keys,
+            },
             tasks,
         )
         .map_err(StartupError::Manifest)?;
 
-        let body_budget = Arc::new(tokio::sync::Semaphore::new(
-            config
-                .http
-                .max_buffered_body_bytes
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        ));
+        let body_budget = crate::budget::BodyBudget::new(config.http.max_buffered_body_bytes);
         Ok(Self {
             signing_key,
             public_key,
             attester,
             dev_root_pem,
+            tls,
+            secrets,
             runner,
             manifest,
+            refused_tasks,
             metrics: Metrics::default(),
-            config,
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             clock_skew: std::sync::Mutex::new(None),
             body_budget,
+            clients: crate::clients::Clients::new(config.http.per_client),
+            turns: crate::clients::FairQueue::new(
+                config.runner.max_concurrent,
+                config.runner.max_queue,
+                config.http.per_client.queued_tasks,
+            ),
+            config,
         })
+    }
+
+    /// Tasks waiting for their turn (before the runner's own queue).
+    pub fn tasks_waiting(&self) -> usize {
+        self.turns.queued()
+    }
+
+    /// Tasks whose request went away while they waited for their turn.
+    pub fn tasks_abandoned_waiting(&self) -> u64 {
+        self.turns.abandoned()
     }
 
     /// A fresh attestation document for `nonce`, binding the server's key
@@ -255,6 +295,14 @@ impl AppState {
         message.sign(&self.signing_key)
     }
 
+    /// Signs the compact form of a task result with the attested key.
+    pub fn sign_compact(
+        &self,
+        message: IntentMessage<result_signing::TaskResult>,
+    ) -> Result<result_signing::CompactSignedResponse, result_signing::Error> {
+        result_signing::CompactSignedResponse::sign(message, &self.signing_key)
+    }
+
     /// The attested public key: 33-byte compressed SEC1.
     pub fn public_key(&self) -> &[u8] {
         &self.public_key
@@ -270,9 +318,55 @@ impl AppState {
         self.dev_root_pem.as_deref()
     }
 
+    /// The TLS identity, when the server terminates TLS.
+    pub fn tls(&self) -> Option<&TlsIdentity> {
+        self.tls.as_ref()
+    }
+
+    /// The operator secrets.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
     /// The frozen manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// Why `task_path`, which is not in the manifest, is not served, as the
+    /// error its request gets: refused at start (with the fix), added to the
+    /// tasks directory after start (restart to serve it), or not a task.
+    /// Telling the first two apart from the third shows whether
+    /// `<tasks dir>/<task_path>/package.json` exists; in an enclave the
+    /// tasks directory is part of the image and every task in it is in the
+    /// manifest, so that tells nothing new.
+    pub async fn why_not_served(&self, task_path: String) -> EnclaveError {
+        if let Some(why) = self.refused_tasks.get(&task_path) {
+            return EnclaveError::TaskRefused {
+                task: task_path,
+                why: why.clone(),
+            };
+        }
+        // Only where the runner looks for tasks: directly under the tasks
+        // directory (a package nested in a task's node_modules is not one).
+        if task_path.contains('/') {
+            return EnclaveError::NotInManifest(task_path);
+        }
+        let package = self
+            .config
+            .runner
+            .tasks_dir
+            .join(&task_path)
+            .join("package.json");
+        match tokio::fs::metadata(&package).await {
+            Ok(meta) if meta.is_file() => EnclaveError::AddedAfterStart(task_path),
+            _ => EnclaveError::NotInManifest(task_path),
+        }
+    }
+
+    /// The tasks found at start but not served, with why.
+    pub fn refused_tasks(&self) -> &BTreeMap<String, task_runner::DependencyError> {
+        &self.refused_tasks
     }
 
     /// The task runner.
@@ -284,6 +378,38 @@ impl AppState {
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
+}
+
+/// Splits `tasks` into those whose installed dependencies match their
+/// lockfile and those refused, logging each refusal with its fix: a task
+/// served without its `npm ci` would fail on every call with `Cannot find
+/// module`, signed.
+fn check_dependencies(
+    tasks_dir: &std::path::Path,
+    tasks: Vec<task_runner::TaskInfo>,
+) -> (
+    Vec<task_runner::TaskInfo>,
+    BTreeMap<String, task_runner::DependencyError>,
+) {
+    let mut refused = BTreeMap::new();
+    let served = tasks
+        .into_iter()
+        .filter(
+            |task| match task_runner::check_dependencies(&tasks_dir.join(&task.task_path)) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        task = %task.task_path,
+                        "not serving this task: {}",
+                        crate::error::refusal_text(&task.task_path, &why)
+                    );
+                    refused.insert(task.task_path.clone(), why);
+                    false
+                }
+            },
+        )
+        .collect();
+    (served, refused)
 }
 
 /// Opens the NSM, making `/dev/nsm` root-only first if the driver left it

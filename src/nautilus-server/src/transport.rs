@@ -1,5 +1,6 @@
 //! Where the server listens: TCP for local use and the parent-side proxy,
-//! vsock inside the enclave (no socat in the image).
+//! vsock inside the enclave (no socat in the image); with TLS, each
+//! accepted stream is wrapped in it before HTTP sees a byte.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -20,6 +21,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use tower::ServiceExt;
 
+use crate::clients::{read_proxy_header, ClientKey};
+use crate::config::Channel;
 pub use crate::config::HttpLimits;
 use crate::router::router;
 use crate::state::AppState;
@@ -136,28 +139,79 @@ impl Bound {
 /// retries errors by itself (tokio-vsock's silently), so they could not be
 /// counted.
 trait Accept: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Io: AsyncRead + AsyncWrite + std::os::fd::AsFd + Unpin + Send + 'static;
     /// The `transport` label of this listener's metrics.
     const NAME: &'static str;
-    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+    /// A connection and its peer's IP address, if it has one.
+    fn accept(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<(Self::Io, Option<std::net::IpAddr>)>> + Send;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
     const NAME: &'static str = "tcp";
-    async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, Option<std::net::IpAddr>)> {
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
         // Responses are written whole; waiting to coalesce only adds latency.
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, Some(peer.ip())))
     }
 }
 
 impl Accept for VsockListener {
     type Io = tokio_vsock::VsockStream;
     const NAME: &'static str = "vsock";
-    async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        Ok(VsockListener::accept(self).await?.0)
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, Option<std::net::IpAddr>)> {
+        // A CID says nothing about the client behind the parent's proxy.
+        Ok((VsockListener::accept(self).await?.0, None))
+    }
+}
+
+/// A second handle on a connection's socket that wakes only on a socket
+/// error: a reset peer. hyper does not read while a request is in progress
+/// (so that a half-close (FIN) still gets its answer), so without this a
+/// reset client's run would go on to the end.
+fn reset_watch(
+    io: &impl std::os::fd::AsFd,
+) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = io.as_fd().try_clone_to_owned().ok()?;
+    // SAFETY: an OwnedFd stays open and is the same descriptor until the
+    // AsyncFd that owns it is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::ERROR) }.ok()
+}
+
+/// Resolves once the peer has reset the connection.
+async fn peer_reset(watch: Option<&tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>) {
+    match watch {
+        Some(fd) => {
+            let _ = fd.ready(tokio::io::Interest::ERROR).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Who is on the other end of `io`: from its PROXY header when the server
+/// expects one (read within the idle deadline, before any TLS or HTTP byte),
+/// else its peer address. None: the connection is to be closed.
+async fn identify<I: AsyncRead + Unpin>(
+    io: &mut I,
+    peer: Option<std::net::IpAddr>,
+    limits: &HttpLimits,
+) -> Option<ClientKey> {
+    let from_peer = peer.map_or(ClientKey::UNKNOWN, ClientKey::from);
+    if !limits.proxy_protocol {
+        return Some(from_peer);
+    }
+    match tokio::time::timeout(limits.idle_timeout, read_proxy_header(io)).await {
+        Ok(Ok(Some(addr))) => Some(ClientKey::from(addr.ip())),
+        // LOCAL: the proxy itself (a health check), not a relayed client.
+        Ok(Ok(None)) => Some(from_peer),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection closed");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -184,6 +238,9 @@ async fn serve_on<L: Accept>(
     let limits = state.config().http.clone();
     let builder = Arc::new(http_builder(&limits, state.config().max_body_bytes));
     let app = router(Arc::clone(&state));
+    let tls = state
+        .tls()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -200,8 +257,8 @@ async fn serve_on<L: Accept>(
         let Some((permit, accepted)) = accepted else {
             break;
         };
-        let io = match accepted {
-            Ok(io) => io,
+        let (mut io, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 state.metrics.accept_error(L::NAME);
                 tracing::warn!(transport = L::NAME, error = %e, "accept failed");
@@ -214,12 +271,24 @@ async fn serve_on<L: Accept>(
         let connection = Connection {
             builder: Arc::clone(&builder),
             app: app.clone(),
+            tls: tls.clone(),
             state: Arc::clone(&state),
             limits: limits.clone(),
             stop: stop_rx.clone(),
         };
         tokio::spawn(async move {
-            connection.serve(io).await;
+            let Some(client) = identify(&mut io, peer, &connection.limits).await else {
+                connection.state.metrics.connection_closed("proxy_header");
+                return;
+            };
+            let Ok(share) = connection.state.clients.connection(client) else {
+                // Closed before a byte is read: its other connections go on.
+                connection.state.metrics.connection_closed("client_share");
+                return;
+            };
+            let watch = reset_watch(&io);
+            connection.serve(io, client, watch).await;
+            drop(share);
             drop(permit);
         });
     }
@@ -243,6 +312,9 @@ fn http_builder(limits: &HttpLimits, max_body: usize) -> auto::Builder<TokioExec
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // A client that sends its request and closes its sending half (as
+        // `nc -N` does) still gets the answer, and its task is not abandoned.
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.idle_timeout)
         .max_buf_size(H1_MAX_BUF);
@@ -264,22 +336,72 @@ fn http_builder(limits: &HttpLimits, max_body: usize) -> auto::Builder<TokioExec
 struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
+    /// Set when the server terminates TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     limits: HttpLimits,
     stop: watch::Receiver<bool>,
 }
 
 impl Connection {
-    async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: I) {
+    async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        io: I,
+        client: ClientKey,
+        watch: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    ) {
         let metrics = &self.state.metrics;
         let _open = metrics.connection_opened();
+        // Under TLS, so a client that reads nothing stalls the TLS writes too.
+        let io = WriteDeadline::new(io, self.limits.write_timeout);
+        let timed_out = io.timed_out.clone();
+        let Some(acceptor) = self.tls.clone() else {
+            let first_idle = self.limits.idle_timeout;
+            return self
+                .serve_http(io, Channel::Plain, first_idle, &timed_out, client, watch)
+                .await;
+        };
+        // The handshake counts against the idle deadline: from accept to the
+        // first request's headers is one idle timeout, with or without TLS.
+        let accepted = tokio::time::Instant::now();
+        let mut stop = self.stop.clone();
+        let handshake = tokio::select! {
+            done = tokio::time::timeout(self.limits.idle_timeout, acceptor.accept(io)) => done,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match handshake {
+            Err(_) => metrics.connection_closed("idle"),
+            Ok(Err(e)) => {
+                metrics.connection_closed("tls_handshake");
+                tracing::debug!(error = %e, "TLS handshake failed");
+            }
+            Ok(Ok(tls)) => {
+                let left = self.limits.idle_timeout.saturating_sub(accepted.elapsed());
+                self.serve_http(tls, Channel::Tls, left, &timed_out, client, watch)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves HTTP on `io` until it closes, goes idle (the first request's
+    /// headers must be complete within `first_idle`) or the server stops.
+    async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        io: I,
+        channel: Channel,
+        first_idle: Duration,
+        timed_out: &Arc<AtomicBool>,
+        client: ClientKey,
+        watch: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    ) {
+        let metrics = &self.state.metrics;
         let (activity, mut watch_activity) = watch::channel(Activity::default());
         let service = Tracked {
             app: self.app.clone(),
+            channel,
             activity: Arc::new(activity),
+            client,
         };
-        let io = WriteDeadline::new(io, self.limits.write_timeout);
-        let timed_out = io.timed_out.clone();
         let conn = self
             .builder
             .serve_connection(TokioIo::new(io), service)
@@ -288,10 +410,16 @@ impl Connection {
         let mut stop = self.stop.clone();
         let reason = tokio::select! {
             result = conn.as_mut() => {
-                self.ended(result.err(), &timed_out);
+                self.ended(result.err(), timed_out);
                 return;
             }
-            () = idle(&mut watch_activity, self.limits.idle_timeout) => "idle",
+            () = idle(&mut watch_activity, first_idle, self.limits.idle_timeout) => "idle",
+            () = peer_reset(watch.as_ref()) => {
+                // Dropping the connection drops its requests: their runs
+                // are abandoned.
+                metrics.connection_closed("reset");
+                return;
+            }
             _ = stop.wait_for(|s| *s) => "shutdown",
         };
         conn.as_mut().graceful_shutdown();
@@ -299,7 +427,7 @@ impl Connection {
             // Requests in flight finish (the runner's grace bounds them);
             // the binary bounds the whole drain.
             let result = conn.await;
-            self.ended(result.err(), &timed_out);
+            self.ended(result.err(), timed_out);
             return;
         }
         metrics.connection_closed(reason);
@@ -335,17 +463,20 @@ struct Activity {
 }
 
 /// Resolves once the connection has had no request in progress for
-/// `timeout` (counting from accept, or from the end of the last request).
-async fn idle(activity: &mut watch::Receiver<Activity>, timeout: Duration) {
+/// `timeout` (counting from the end of the last request), or, before its
+/// first request, for `first`.
+async fn idle(activity: &mut watch::Receiver<Activity>, first: Duration, timeout: Duration) {
+    let mut timeout_now = first;
     loop {
         // The sender lives as long as the connection's service.
         let Ok(now) = activity.wait_for(|a| a.in_flight == 0).await.map(|a| *a) else {
             return;
         };
         let busy = activity.wait_for(|a| a.in_flight > 0 || a.started != now.started);
-        if tokio::time::timeout(timeout, busy).await.is_err() {
+        if tokio::time::timeout(timeout_now, busy).await.is_err() {
             return;
         }
+        timeout_now = timeout;
     }
 }
 
@@ -354,7 +485,10 @@ async fn idle(activity: &mut watch::Receiver<Activity>, timeout: Duration) {
 #[derive(Clone)]
 struct Tracked {
     app: Router,
+    channel: Channel,
     activity: Arc<watch::Sender<Activity>>,
+    /// Every request carries its client for the per-client shares.
+    client: ClientKey,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked {
@@ -362,9 +496,12 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked 
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.client);
         let guard = InFlight::begin(Arc::clone(&self.activity));
-        let response = self.app.clone().oneshot(req.map(axum::body::Body::new));
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(self.channel);
+        let response = self.app.clone().oneshot(req);
         Box::pin(async move {
             let response = response.await;
             drop(guard);

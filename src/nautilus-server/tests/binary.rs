@@ -441,13 +441,18 @@ async fn h2c_streams_of_unfinished_bodies_keep_memory_bounded() {
 #[tokio::test]
 async fn accept_errors_are_logged_and_counted() {
     use std::os::unix::process::CommandExt;
+    // 1024: the least the server starts with (every task gets 1024 open
+    // files); this test's own 1100 sockets need more than a default soft limit.
+    nautilus_server::state::raise_descriptor_limit().expect("raise our own limit");
     let mut command = server();
+    // One address holds all the sockets: its share must not close them first.
+    command.args(["--max-connections-per-client", "4096"]);
     // SAFETY: setrlimit only, between fork and exec.
     unsafe {
         command.pre_exec(|| {
             let lim = libc::rlimit {
-                rlim_cur: 48,
-                rlim_max: 48,
+                rlim_cur: 1024,
+                rlim_max: 1024,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -459,7 +464,7 @@ async fn accept_errors_are_logged_and_counted() {
     let (mut child, url) = start(command, tasks, 1);
     let addr = url.trim_start_matches("http://").to_owned();
     let mut sockets = Vec::new();
-    for _ in 0..80 {
+    for _ in 0..1100 {
         sockets.push(
             tokio::net::TcpStream::connect(&addr)
                 .await
@@ -476,7 +481,7 @@ async fn accept_errors_are_logged_and_counted() {
     }
     assert!(
         logged,
-        "no accept error logged with 80 sockets and 48 descriptors"
+        "no accept error logged with 1100 sockets and 1024 descriptors"
     );
     drop(sockets);
     let metrics = reqwest::Client::builder()

@@ -248,3 +248,58 @@ async fn missing_node_is_503_with_retry_after() {
     );
     s.shutdown().await;
 }
+
+/// A body of the wrong shape is named at its field path in plain words, not
+/// with serde's Rust type names or a line and column.
+#[tokio::test]
+async fn shape_errors_name_the_field_in_plain_words() {
+    let s = TestServer::start(config()).await;
+    for (body, want) in [
+        (
+            r#"{"payload": 5}"#,
+            "payload: expected an object, got integer 5",
+        ),
+        (
+            r#"{"payload": {"args": {}}}"#,
+            "payload.args: expected an array, got an object",
+        ),
+        (
+            r#"{"payload": {"args": "x"}}"#,
+            "payload.args: expected an array, got string \"x\"",
+        ),
+        (
+            r#"{"payload": {"args": [1]}}"#,
+            "payload.args[0]: expected a string, got integer 1",
+        ),
+        (
+            r#"{"payload": {"timeout_secs": -1}}"#,
+            "payload.timeout_secs: expected a whole number of at least 0, got integer -1",
+        ),
+        (r#"{}"#, "missing field payload"),
+        (r#"{"payload": {"surprise": 1}}"#, "unknown field surprise"),
+    ] {
+        let resp = s
+            .http
+            .post(s.url("/process_data"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status().as_u16(), 400, "{body}");
+        let e = expect_error(resp, 400).await;
+        let msg = e["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(want), "{body}: {msg}");
+        for rust in [
+            "struct",
+            "TaskRequest",
+            "sequence`",
+            "u64",
+            "line 1",
+            "Failed to deserialize",
+        ] {
+            assert!(!msg.contains(rust), "{body}: {msg}");
+        }
+    }
+    s.shutdown().await;
+}

@@ -16,6 +16,11 @@ async fn overload_sheds_with_503_and_leaves_nothing_running() {
     let mut c = config();
     c.runner.max_concurrent = 2;
     c.runner.max_queue = 4;
+    // All 400 come from one address; what is tested is the server's own
+    // limit (503), not a client's share (429, availability.rs).
+    c.http.per_client.connections = 1024;
+    c.http.per_client.requests = 1024;
+    c.http.per_client.queued_tasks = 1024;
     let s = TestServer::start(c).await;
     let key = decode_public_key(s.state.public_key()).expect("P-256 key");
     let http = reqwest::Client::builder()

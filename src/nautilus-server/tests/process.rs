@@ -5,7 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use result_signing::{decode_public_key, SignedResponse, TaskResult, INTENT_TASK_RESULT};
+use result_signing::{
+    decode_public_key, CompactSignedResponse, SignedResponse, TaskResult, INTENT_TASK_RESULT,
+    INTENT_TASK_RESULT_COMPACT,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::{config, expect_error, repo_root, TestServer};
@@ -97,6 +100,49 @@ async fn args_stdin_and_nonce_are_signed_and_echoed() {
     let mut tampered = signed.clone();
     tampered.response.data.nonce = None;
     assert!(tampered.verify(&key, INTENT_TASK_RESULT).is_err());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn compact_signing_signs_the_digests_and_returns_the_texts() {
+    let mut c = config();
+    c.runner.tasks_dir = repo_root();
+    let s = TestServer::start(c).await;
+    let key = server_key(&s).await;
+
+    let resp = s
+        .process(json!({"args": ["7"], "nonce": "0a0b", "signing": "compact"}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let signed: CompactSignedResponse = resp.json().await.expect("compact response");
+    assert_eq!(signed.response.intent, INTENT_TASK_RESULT_COMPACT);
+    let full = signed.verify(&key).expect("signature and texts verify");
+    let d = &signed.response.data;
+    assert!(signed.stdout.contains("✅ Result:"), "{}", signed.stdout);
+    assert_eq!(
+        d.stdout_sha256,
+        hex::encode(Sha256::digest(signed.stdout.as_bytes()))
+    );
+    assert_eq!(d.stdout_len, signed.stdout.len() as u64);
+    assert_eq!(d.stderr_len, signed.stderr.len() as u64);
+    assert_eq!(d.nonce.as_deref(), Some("0a0b"));
+    assert_eq!(full.data.compact(), *d);
+    // A typical result's signed message is far below one Sui argument (16 KiB).
+    let bytes = signed.response.signing_bytes().expect("bcs");
+    assert!(bytes.len() < 1024, "{} bytes", bytes.len());
+    assert_eq!(bytes[0], 1, "intent byte");
+
+    // The default and "full" are the whole result, as before.
+    for payload in [json!({}), json!({"signing": "full"})] {
+        let resp = s.process(payload).await;
+        assert_eq!(resp.status(), 200);
+        let full: SignedResponse<TaskResult> = resp.json().await.expect("full response");
+        full.verify(&key, INTENT_TASK_RESULT).expect("verifies");
+    }
+    // Anything else is refused before a task runs, saying what is accepted.
+    let e = expect_error(s.process(json!({"signing": "tiny"})).await, 400).await;
+    let e = e["error"].as_str().unwrap_or_default().to_owned();
+    assert!(e.contains("full") && e.contains("compact"), "{e}");
     s.shutdown().await;
 }
 
@@ -222,6 +268,50 @@ async fn health_manifest_and_ping() {
     let cgroups = serde_json::to_value(s.state.runner().cgroups()).expect("json");
     assert_eq!(m["cgroups"], cgroups);
     assert_eq!(h["cgroups"], cgroups);
+    // Every feature the runner uses is listed, probed one by one, and those
+    // the kernel lacks are named in `missing`.
+    let features = m["cgroups"]["features"].as_array().expect("features");
+    let names: Vec<&str> = features.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "memory.max",
+            "memory.swap.max",
+            "memory.oom.group",
+            "pids.max",
+            "cpu.weight",
+            "clone-into-cgroup",
+            "cgroup.kill"
+        ],
+        "{cgroups}"
+    );
+    let missing: Vec<&serde_json::Value> = features
+        .iter()
+        .filter(|f| f["available"] == false)
+        .map(|f| &f["name"])
+        .collect();
+    assert_eq!(m["cgroups"]["missing"], json!(missing), "{cgroups}");
+    assert!(
+        features
+            .iter()
+            .all(|f| f["detail"].as_str().is_some_and(|d| !d.is_empty())),
+        "{cgroups}"
+    );
+    // What the limits say and what the features say agree.
+    let in_force = |n: &str| {
+        features
+            .iter()
+            .any(|f| f["name"] == n && f["in_force"] == true)
+    };
+    assert_eq!(
+        in_force("memory.max"),
+        !cgroups["memory_max_bytes"].is_null()
+    );
+    assert_eq!(in_force("pids.max"), !cgroups["pids_max"].is_null());
+    assert_eq!(
+        in_force("cpu.weight"),
+        !cgroups["slot_cpu_weight"].is_null()
+    );
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         // This host and the enclave both have the three controllers.
@@ -294,43 +384,56 @@ async fn responses_carry_a_request_id_and_cors_is_opt_in() {
 }
 
 /// The JavaScript verifier (the `clients/js` package) rebuilds the same bytes
-/// as the server for a live answer with non-ASCII output, stdin and a nonce.
+/// as the server for a live answer with non-ASCII output, stdin and a nonce,
+/// in both signed forms, and refuses an altered text in either.
 #[tokio::test]
 async fn the_js_verifier_accepts_live_responses() {
     let s = TestServer::start(config()).await;
-    let resp = s
-        .process(json!({"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b"}))
-        .await;
-    assert_eq!(resp.status(), 200);
-    let body = resp.text().await.expect("body");
-    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js");
-    let script = format!(
-        "const v = require({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
-         process.stdin.on('end', () => {{ v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
-         const t = JSON.parse(s); t.response.data.stdout += '!'; \
-         try {{ v.verifySignedResponse(t, process.argv[1]); process.exit(3); }} catch (e) {{ console.log('ok'); }} }});"
-    );
-    let mut child = tokio::process::Command::new("node")
-        .args(["-e", &script, &hex::encode(s.state.public_key())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(body.as_bytes()).await.expect("write");
-    drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("node finished")
-        .expect("node output");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/../../clients/js/lib/node.js");
+    for signing in ["full", "compact"] {
+        let resp = s
+            .process(json!({"task_path": "echo", "args": ["ünïcødé 🚀", ""], "stdin": "x\ny", "nonce": "0a0b", "signing": signing}))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.expect("body");
+        // The stdout to alter: beside the message in the compact form, inside it otherwise.
+        let script = format!(
+            "const v = await import({verifier:?}); let s = ''; process.stdin.on('data', c => s += c); \
+             process.stdin.on('end', async () => {{ await v.verifySignedResponse(JSON.parse(s), process.argv[1]); \
+             const t = JSON.parse(s); if ('stdout' in t) t.stdout += '!'; else t.response.data.stdout += '!'; \
+             try {{ await v.verifySignedResponse(t, process.argv[1]); process.exit(3); }} catch (e) {{ console.log('ok'); }} }});"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .args([
+                "--input-type=module",
+                "-e",
+                &script,
+                &hex::encode(s.state.public_key()),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(body.as_bytes()).await.expect("write");
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("node finished")
+            .expect("node output");
+        assert!(
+            out.status.success(),
+            "{signing}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{signing}"
+        );
+    }
     s.shutdown().await;
 }

@@ -40,6 +40,9 @@ async fn silent_connections_do_not_lock_out_new_clients() {
     }
     let mut c = config();
     c.http.idle_timeout = Duration::from_secs(1);
+    // 1100 sockets from one address: what is tested is the idle deadline,
+    // not the per-client connection share (availability.rs).
+    c.http.per_client.connections = 4096;
     let s = TestServer::start(c).await;
     let mut silent = Vec::new();
     for i in 0..1100 {

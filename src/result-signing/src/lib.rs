@@ -100,15 +100,86 @@
 //! `task_result_v3.json` a task that exited with code 3; `task_result_v4.json`
 //! a task that reached two declared hosts (`egress`).
 //!
+//! # The compact form (`"signing": "compact"`)
+//!
+//! A whole result can carry up to 1 MiB per output stream, far beyond what a
+//! Sui transaction argument holds (16 KiB). Asked with `"signing": "compact"`
+//! in the request's payload, the server signs [`CompactTaskResult`] instead:
+//! [`TaskResult`] with each output text replaced by the lowercase hex SHA-256
+//! of its UTF-8 bytes and its byte length; every other field is the same, in
+//! the same place. The texts still come back, beside the signed message:
+//!
+//! ```json
+//! {"response": {"intent": 1, "timestamp_ms": 1700000000000, "data": { ...CompactTaskResult... }},
+//!  "signature": "<128 lowercase hex digits>",
+//!  "stdout": "hello world\n", "stderr": ""}
+//! ```
+//!
+//! Its own intent, [`INTENT_TASK_RESULT_COMPACT`] = 1, keeps the two forms
+//! apart: a task that controls its stdout can never make a full message that
+//! also reads as a compact one. The signed bytes are the BCS encoding of
+//! `IntentMessage<CompactTaskResult>`:
+//!
+//! | field | type | BCS encoding |
+//! |---|---|---|
+//! | `intent` | `u8` | 1 byte; [`INTENT_TASK_RESULT_COMPACT`] = 1 |
+//! | `timestamp_ms` … `data.signal` | | as in the full form |
+//! | `data.stdout_sha256` | `String` | `40` then 64 lowercase hex digits |
+//! | `data.stdout_len` | `u64` | 8 bytes little-endian: bytes of UTF-8 in `stdout` |
+//! | `data.stderr_sha256` | `String` | same, of `stderr` |
+//! | `data.stderr_len` | `u64` | same |
+//! | `data.stdout_truncated` … `data.egress` | | as in the full form |
+//!
+//! A verifier checks the signature over those bytes, then that the SHA-256
+//! and length of each returned text are the signed ones
+//! ([`CompactSignedResponse::verify`] does both). The v1 message above is
+//! 324 bytes in compact form, v2's 17,036 bytes become 421; `tests/vectors/compact/` pins the compact form
+//! of every full vector. Fields appended to [`TaskResult`] are appended to
+//! [`CompactTaskResult`] in the same order ([`TaskResult::compact`] fails to
+//! compile until they are).
+//!
 //! [BCS]: https://github.com/diem/bcs
 
 use p256::ecdsa::signature::{Signer, Verifier};
 pub use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// `intent` of a signed task result. Other intents are reserved so that a
 /// signature over one kind of message can never be replayed as another.
 pub const INTENT_TASK_RESULT: u8 = 0;
+
+/// `intent` of a signed [`CompactTaskResult`].
+pub const INTENT_TASK_RESULT_COMPACT: u8 = 1;
+
+/// Which form of a result the server signs: a request option, `"full"` by default.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Signing {
+    /// [`TaskResult`], texts included.
+    #[default]
+    Full,
+    /// [`CompactTaskResult`]: the texts' SHA-256 and lengths, the texts beside.
+    Compact,
+}
+
+/// `intent` of an operator's secret update ([`SecretUpdate`]), signed by
+/// the operator's key, never the server's.
+pub const INTENT_SECRET_UPDATE: u8 = 2;
+
+/// An operator's request to set one secret in one server: the value travels
+/// beside it (only its SHA-256 is signed), the nonce is one the server
+/// handed out, good for one update.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUpdate {
+    /// The secret's name, as tasks declare it.
+    pub name: String,
+    /// Hex SHA-256 of the value's UTF-8 bytes.
+    pub value_sha256: String,
+    /// Hex of the server's nonce.
+    pub nonce: String,
+}
 
 /// What a task did, as signed by the server. Field order is the BCS layout:
 /// never reorder, only append in a new intent.
@@ -155,6 +226,92 @@ pub struct EgressEntry {
     pub bytes_in: u64,
 }
 
+/// [`TaskResult`] with each output text replaced by its SHA-256 (lowercase
+/// hex of the UTF-8 bytes) and byte length: what `"signing": "compact"`
+/// signs. Field order is the BCS layout; fields appended to [`TaskResult`]
+/// are appended here in the same order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompactTaskResult {
+    pub task_id: String,
+    pub task_path: String,
+    pub task_digest: String,
+    pub args: Vec<String>,
+    pub stdin_sha256: Option<String>,
+    pub nonce: Option<String>,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub stdout_sha256: String,
+    pub stdout_len: u64,
+    pub stderr_sha256: String,
+    pub stderr_len: u64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub execution_time_ms: u64,
+    pub limit: Option<String>,
+    pub resources: Option<Resources>,
+    pub egress: Vec<EgressEntry>,
+}
+
+/// Lowercase hex SHA-256 and byte length of a text's UTF-8 bytes.
+fn digest_of(text: &str) -> (String, u64) {
+    // A `usize` always fits a `u64` on the targets this builds for.
+    let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
+    (hex::encode(Sha256::digest(text.as_bytes())), len)
+}
+
+impl TaskResult {
+    /// The compact form of this result: the one mapping from the full form,
+    /// used by the signer and by verifiers alike.
+    pub fn compact(&self) -> CompactTaskResult {
+        // Destructured without `..`: a field added to `TaskResult` fails to
+        // compile here until the compact form carries it too.
+        let TaskResult {
+            task_id,
+            task_path,
+            task_digest,
+            args,
+            stdin_sha256,
+            nonce,
+            status,
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            execution_time_ms,
+            limit,
+            resources,
+            egress,
+        } = self;
+        let (stdout_sha256, stdout_len) = digest_of(stdout);
+        let (stderr_sha256, stderr_len) = digest_of(stderr);
+        CompactTaskResult {
+            task_id: task_id.clone(),
+            task_path: task_path.clone(),
+            task_digest: task_digest.clone(),
+            args: args.clone(),
+            stdin_sha256: stdin_sha256.clone(),
+            nonce: nonce.clone(),
+            status: status.clone(),
+            exit_code: *exit_code,
+            signal: signal.clone(),
+            stdout_sha256,
+            stdout_len,
+            stderr_sha256,
+            stderr_len,
+            stdout_truncated: *stdout_truncated,
+            stderr_truncated: *stderr_truncated,
+            execution_time_ms: *execution_time_ms,
+            limit: limit.clone(),
+            resources: *resources,
+            egress: egress.clone(),
+        }
+    }
+}
+
 /// The message that is signed: a typed payload with an intent and the
 /// signing time.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -174,6 +331,29 @@ pub struct SignedResponse<T> {
     pub signature: String,
 }
 
+/// The JSON body of `POST /process_data` with `"signing": "compact"`: the
+/// signed compact message, and the texts it carries the digests of.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompactSignedResponse {
+    pub response: IntentMessage<CompactTaskResult>,
+    /// Hex of the 64-byte `r || s` signature over the compact message.
+    pub signature: String,
+    /// The task's stdout; its SHA-256 and length are signed.
+    pub stdout: String,
+    /// The task's stderr; its SHA-256 and length are signed.
+    pub stderr: String,
+}
+
+/// A signed answer in either form, as the server sends it (untagged: the
+/// form is told by the fields; a client knows which one it asked for).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SignedTaskResult {
+    Full(SignedResponse<TaskResult>),
+    Compact(CompactSignedResponse),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("message cannot be BCS-encoded: {0}")]
@@ -186,6 +366,8 @@ pub enum Error {
     BadSignature,
     #[error("intent is {found}, expected {expected}")]
     WrongIntent { expected: u8, found: u8 },
+    #[error("the returned {stream} does not match the signed {stream}_sha256 and {stream}_len")]
+    OutputMismatch { stream: &'static str },
 }
 
 impl<T: Serialize> IntentMessage<T> {
@@ -248,6 +430,72 @@ impl<T: Serialize> SignedResponse<T> {
         let bytes = self.response.signing_bytes()?;
         key.verify(&bytes, &signature)
             .map_err(|_| Error::BadSignature)
+    }
+}
+
+impl CompactSignedResponse {
+    /// Signs the compact form of `message` and returns it with the texts.
+    pub fn sign(message: IntentMessage<TaskResult>, key: &SigningKey) -> Result<Self, Error> {
+        let compact = IntentMessage::new(
+            INTENT_TASK_RESULT_COMPACT,
+            message.timestamp_ms,
+            message.data.compact(),
+        );
+        let SignedResponse {
+            response,
+            signature,
+        } = compact.sign(key)?;
+        Ok(Self {
+            response,
+            signature,
+            stdout: message.data.stdout,
+            stderr: message.data.stderr,
+        })
+    }
+
+    /// Checks that `key` signed the compact message with intent
+    /// [`INTENT_TASK_RESULT_COMPACT`] and that the returned texts are the
+    /// ones it carries the SHA-256 and length of; returns the whole result
+    /// (intent [`INTENT_TASK_RESULT_COMPACT`]) for the caller's own checks.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<IntentMessage<TaskResult>, Error> {
+        let signed = SignedResponse {
+            response: self.response.clone(),
+            signature: self.signature.clone(),
+        };
+        signed.verify(key, INTENT_TASK_RESULT_COMPACT)?;
+        let d = &self.response.data;
+        let full = TaskResult {
+            task_id: d.task_id.clone(),
+            task_path: d.task_path.clone(),
+            task_digest: d.task_digest.clone(),
+            args: d.args.clone(),
+            stdin_sha256: d.stdin_sha256.clone(),
+            nonce: d.nonce.clone(),
+            status: d.status.clone(),
+            exit_code: d.exit_code,
+            signal: d.signal.clone(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+            stdout_truncated: d.stdout_truncated,
+            stderr_truncated: d.stderr_truncated,
+            execution_time_ms: d.execution_time_ms,
+            limit: d.limit.clone(),
+            resources: d.resources,
+            egress: d.egress.clone(),
+        };
+        // The one mapping decides: whatever it signs over must come back.
+        let again = full.compact();
+        if (&again.stdout_sha256, again.stdout_len) != (&d.stdout_sha256, d.stdout_len) {
+            return Err(Error::OutputMismatch { stream: "stdout" });
+        }
+        if again != *d {
+            return Err(Error::OutputMismatch { stream: "stderr" });
+        }
+        Ok(IntentMessage::new(
+            self.response.intent,
+            self.response.timestamp_ms,
+            full,
+        ))
     }
 }
 

@@ -5,8 +5,9 @@
 use std::path::Path;
 
 use result_signing::{
-    decode_public_key, encode_public_key, Error, IntentMessage, SignedResponse, SigningKey,
-    TaskResult, INTENT_TASK_RESULT,
+    decode_public_key, encode_public_key, CompactSignedResponse, CompactTaskResult, Error,
+    IntentMessage, SignedResponse, SignedTaskResult, SigningKey, TaskResult, INTENT_TASK_RESULT,
+    INTENT_TASK_RESULT_COMPACT,
 };
 use serde::Deserialize;
 
@@ -49,34 +50,35 @@ fn key(v: &Vector) -> SigningKey {
     SigningKey::from_slice(&secret).expect("valid scalar")
 }
 
-/// Writes BCS by hand from the table in the crate docs, without serde or the
-/// bcs crate, so a change in either cannot silently move the layout.
-fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
-    fn uleb(out: &mut Vec<u8>, mut n: usize) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
+fn uleb(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    uleb(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn opt_string(out: &mut Vec<u8>, s: &Option<String>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            string(out, s);
         }
     }
-    fn string(out: &mut Vec<u8>, s: &str) {
-        uleb(out, s.len());
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn opt_string(out: &mut Vec<u8>, s: &Option<String>) {
-        match s {
-            None => out.push(0),
-            Some(s) => {
-                out.push(1);
-                string(out, s);
-            }
-        }
-    }
-    let d = &m.data;
+}
+
+/// The fields before the texts, shared by both forms: `intent` through `signal`.
+fn hand_encode_head<T>(m: &IntentMessage<T>, d: &TaskResult) -> Vec<u8> {
     let mut out = vec![m.intent];
     out.extend_from_slice(&m.timestamp_ms.to_le_bytes());
     string(&mut out, &d.task_id);
@@ -97,10 +99,13 @@ fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
         }
     }
     opt_string(&mut out, &d.signal);
-    string(&mut out, &d.stdout);
-    string(&mut out, &d.stderr);
-    out.push(d.stdout_truncated as u8);
-    out.push(d.stderr_truncated as u8);
+    out
+}
+
+/// The fields after the texts, shared by both forms: fields appended to
+/// `TaskResult` are appended here.
+fn hand_encode_tail(d: &TaskResult) -> Vec<u8> {
+    let mut out = vec![d.stdout_truncated as u8, d.stderr_truncated as u8];
     out.extend_from_slice(&d.execution_time_ms.to_le_bytes());
     opt_string(&mut out, &d.limit);
     match d.resources {
@@ -119,6 +124,17 @@ fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
         out.extend_from_slice(&e.bytes_out.to_le_bytes());
         out.extend_from_slice(&e.bytes_in.to_le_bytes());
     }
+    out
+}
+
+/// Writes BCS by hand from the table in the crate docs, without serde or the
+/// bcs crate, so a change in either cannot silently move the layout.
+fn hand_encode(m: &IntentMessage<TaskResult>) -> Vec<u8> {
+    let d = &m.data;
+    let mut out = hand_encode_head(m, d);
+    string(&mut out, &d.stdout);
+    string(&mut out, &d.stderr);
+    out.extend(hand_encode_tail(d));
     out
 }
 
@@ -344,5 +360,203 @@ fn json_round_trip_keeps_nulls_and_rejects_unknown_fields() {
         let mut extra = json;
         extra["response"]["data"]["injected"] = serde_json::json!("x");
         assert!(serde_json::from_value::<SignedResponse<TaskResult>>(extra).is_err());
+    }
+}
+
+/// A pinned compact-form vector: the compact message of the full vector with
+/// the same file name, its BCS bytes and signature, and the texts beside it.
+#[derive(Deserialize, serde::Serialize)]
+struct CompactVector {
+    comment: String,
+    secret_key: String,
+    public_key: String,
+    message: IntentMessage<CompactTaskResult>,
+    stdout: String,
+    stderr: String,
+    bcs: String,
+    signature: String,
+}
+
+fn compact_vector_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors/compact")
+        .join(name)
+}
+
+/// The compact vector of a full one, computed by this crate.
+fn compact_of(v: &Vector) -> CompactVector {
+    let signed = CompactSignedResponse::sign(v.message.clone(), &key(v)).expect("signs");
+    CompactVector {
+        comment: "The compact form (intent 1) of the full vector of the same name; bcs and signature are pinned.".into(),
+        secret_key: v.secret_key.clone(),
+        public_key: v.public_key.clone(),
+        bcs: hex::encode(signed.response.signing_bytes().expect("encodes")),
+        message: signed.response,
+        stdout: signed.stdout,
+        stderr: signed.stderr,
+        signature: signed.signature,
+    }
+}
+
+/// Writes `tests/vectors/compact/` from the full vectors; run once by hand
+/// (`cargo test -p result-signing --test vector -- --ignored`) when a vector is added.
+#[test]
+#[ignore = "writes the pinned compact vectors"]
+fn write_compact_vectors() {
+    for (name, v) in vectors() {
+        let json = serde_json::to_string_pretty(&compact_of(&v)).expect("json");
+        std::fs::write(compact_vector_path(&name), json + "\n").expect("written");
+    }
+}
+
+/// Hand encoding of the compact message: the full layout with each text
+/// replaced by a 64-digit hex string and a u64 length. `full` is the whole
+/// result the compact one was made from.
+fn hand_encode_compact(m: &IntentMessage<CompactTaskResult>, full: &TaskResult) -> Vec<u8> {
+    let d = &m.data;
+    let mut out = hand_encode_head(m, full);
+    for (digest, len) in [
+        (&d.stdout_sha256, d.stdout_len),
+        (&d.stderr_sha256, d.stderr_len),
+    ] {
+        assert_eq!(digest.len(), 64);
+        out.push(64);
+        out.extend_from_slice(digest.as_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+    out.extend(hand_encode_tail(full));
+    out
+}
+
+#[test]
+fn compact_vectors_are_the_compact_form_of_the_full_ones() {
+    for (name, v) in vectors() {
+        let path = compact_vector_path(&name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (every full vector has a compact one)",
+                path.display()
+            )
+        });
+        let pinned: CompactVector =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("compact/{name}: {e}"));
+        let computed = compact_of(&v);
+        assert_eq!(pinned.message, computed.message, "compact/{name}: message");
+        assert_eq!(pinned.message.intent, INTENT_TASK_RESULT_COMPACT);
+        assert_eq!(pinned.bcs, computed.bcs, "compact/{name}: bcs");
+        assert_eq!(
+            pinned.signature, computed.signature,
+            "compact/{name}: signature"
+        );
+        assert_eq!(
+            (&pinned.stdout, &pinned.stderr),
+            (&v.message.data.stdout, &v.message.data.stderr)
+        );
+        assert_eq!(
+            hex::encode(hand_encode_compact(&pinned.message, &v.message.data)),
+            pinned.bcs,
+            "compact/{name}: hand encoding"
+        );
+        let signed = CompactSignedResponse {
+            response: pinned.message.clone(),
+            signature: pinned.signature.clone(),
+            stdout: pinned.stdout.clone(),
+            stderr: pinned.stderr.clone(),
+        };
+        let pk = decode_public_key(&hex::decode(&v.public_key).expect("hex")).expect("point");
+        let full = signed
+            .verify(&pk)
+            .unwrap_or_else(|e| panic!("compact/{name}: {e}"));
+        assert_eq!(
+            full.data, v.message.data,
+            "compact/{name}: the whole result comes back"
+        );
+        assert!(
+            pinned.bcs.len() / 2 < 1024,
+            "compact/{name}: {} bytes",
+            pinned.bcs.len() / 2
+        );
+    }
+}
+
+#[test]
+fn compact_form_refuses_other_texts_other_intents_and_changed_fields() {
+    for (name, v) in vectors() {
+        let k = key(&v);
+        let pk = *k.verifying_key();
+        let signed = CompactSignedResponse::sign(v.message.clone(), &k).expect("signs");
+        signed.verify(&pk).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        let mut t = signed.clone();
+        t.stdout.push('!');
+        assert!(
+            matches!(
+                t.verify(&pk),
+                Err(Error::OutputMismatch { stream: "stdout" })
+            ),
+            "{name}: stdout"
+        );
+        let mut t = signed.clone();
+        t.stderr.push('!');
+        assert!(
+            matches!(
+                t.verify(&pk),
+                Err(Error::OutputMismatch { stream: "stderr" })
+            ),
+            "{name}: stderr"
+        );
+        // The same texts with the signed digest edited to match: the signature fails.
+        let mut t = signed.clone();
+        t.stdout.push('!');
+        t.response.data = TaskResult {
+            stdout: t.stdout.clone(),
+            ..v.message.data.clone()
+        }
+        .compact();
+        assert!(
+            matches!(t.verify(&pk), Err(Error::BadSignature)),
+            "{name}: re-digested"
+        );
+        let mut t = signed.clone();
+        t.response.data.execution_time_ms += 1;
+        assert!(
+            matches!(t.verify(&pk), Err(Error::BadSignature)),
+            "{name}: execution_time_ms"
+        );
+
+        // A full-form signature is not a compact one, nor the reverse.
+        let full = v.message.clone().sign(&k).expect("signs");
+        let mut t = signed.clone();
+        t.signature = full.signature.clone();
+        assert!(
+            matches!(t.verify(&pk), Err(Error::BadSignature)),
+            "{name}: full signature"
+        );
+        let mut t = signed.clone();
+        t.response.intent = INTENT_TASK_RESULT;
+        assert!(
+            matches!(t.verify(&pk), Err(Error::WrongIntent { .. })),
+            "{name}: intent 0"
+        );
+        let as_full = SignedResponse {
+            response: v.message.clone(),
+            signature: signed.signature.clone(),
+        };
+        assert!(
+            as_full.verify(&pk, INTENT_TASK_RESULT).is_err(),
+            "{name}: compact signature as full"
+        );
+
+        // Both forms go through one JSON type, told apart by their fields.
+        for form in [
+            SignedTaskResult::Full(full.clone()),
+            SignedTaskResult::Compact(signed.clone()),
+        ] {
+            let json = serde_json::to_string(&form).expect("json");
+            assert_eq!(
+                serde_json::from_str::<SignedTaskResult>(&json).expect("parses"),
+                form
+            );
+        }
     }
 }

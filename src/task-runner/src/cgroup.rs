@@ -29,6 +29,12 @@
 //! the runner is told through an eventfd ([`Slot::oom_event`]) and kills it.
 //! Either way [`Slot::oom_kills`] counts it, so the result can say why.
 //!
+//! Every feature is probed on its own ([`Feature`]): each slot's files are
+//! written one by one, without creating them, and what the kernel lacks is
+//! left out and named, never the controller with it. AWS's Nitro kernel
+//! (4.14) has no `memory.oom.group`: memory, pids and CPU limits stay in
+//! force, and [`CgroupSummary::features`] says the OOM kill is per process.
+//!
 //! Written by hand, not with `cgroups-rs`: the join must happen in the
 //! pre-exec child with one async-signal-safe `write` per hierarchy, and the
 //! nesting under the runner's own cgroup per v1 controller is the point;
@@ -98,6 +104,127 @@ enum Version {
     V2,
 }
 
+/// A cgroup feature the runner uses, probed on its own in every slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feature {
+    /// The memory limit: v2 `memory.max`, v1 `memory.limit_in_bytes`.
+    MemoryMax,
+    /// Swap off: v2 `memory.swap.max`, v1 `memory.memsw.limit_in_bytes`.
+    SwapMax,
+    /// An OOM kill ends the whole slot: v2 `memory.oom.group` (Linux 4.19+);
+    /// v1: the runner kills the slot on the kernel's OOM notification.
+    OomGroup,
+    /// The process count limit: `pids.max`.
+    PidsMax,
+    /// An equal CPU share per slot: v2 `cpu.weight`, v1 `cpu.shares`.
+    CpuWeight,
+    /// A box is cloned straight into its v2 slot (`CLONE_INTO_CGROUP`, 5.7+).
+    CloneInto,
+    /// A v2 slot is emptied in one write (`cgroup.kill`, 5.14+).
+    Kill,
+}
+
+impl Feature {
+    const ALL: [Feature; 7] = [
+        Feature::MemoryMax,
+        Feature::SwapMax,
+        Feature::OomGroup,
+        Feature::PidsMax,
+        Feature::CpuWeight,
+        Feature::CloneInto,
+        Feature::Kill,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Feature::MemoryMax => "memory.max",
+            Feature::SwapMax => "memory.swap.max",
+            Feature::OomGroup => "memory.oom.group",
+            Feature::PidsMax => "pids.max",
+            Feature::CpuWeight => "cpu.weight",
+            Feature::CloneInto => "clone-into-cgroup",
+            Feature::Kill => "cgroup.kill",
+        }
+    }
+
+    /// The controller a feature belongs to; `None` for the v2 mechanisms.
+    fn controller(self) -> Option<Controller> {
+        match self {
+            Feature::MemoryMax | Feature::SwapMax | Feature::OomGroup => Some(Controller::Memory),
+            Feature::PidsMax => Some(Controller::Pids),
+            Feature::CpuWeight => Some(Controller::Cpu),
+            Feature::CloneInto | Feature::Kill => None,
+        }
+    }
+}
+
+/// What probing a feature in a slot found; each carries how, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    InForce(String),
+    /// Present, deliberately not used.
+    Unused(String),
+    Missing(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Probe {
+    feature: Feature,
+    state: State,
+}
+
+impl Probe {
+    fn in_force(feature: Feature, how: impl Into<String>) -> Self {
+        Probe {
+            feature,
+            state: State::InForce(how.into()),
+        }
+    }
+
+    fn missing(feature: Feature, why: impl Into<String>) -> Self {
+        Probe {
+            feature,
+            state: State::Missing(why.into()),
+        }
+    }
+
+    fn is_in_force(&self) -> bool {
+        matches!(self.state, State::InForce(_))
+    }
+
+    fn public(&self) -> CgroupFeature {
+        let (available, in_force, detail) = match &self.state {
+            State::InForce(d) => (true, true, d),
+            State::Unused(d) => (true, false, d),
+            State::Missing(d) => (false, false, d),
+        };
+        CgroupFeature {
+            name: self.feature.name().to_owned(),
+            available,
+            in_force,
+            detail: detail.clone(),
+        }
+    }
+}
+
+/// Whether two slots' probes found the same features in the same states
+/// (details may name different slots' errors).
+fn same_features(a: &[Probe], b: &[Probe]) -> bool {
+    let states = |p: &[Probe]| -> Vec<(Feature, std::mem::Discriminant<State>)> {
+        p.iter()
+            .map(|p| (p.feature, std::mem::discriminant(&p.state)))
+            .collect()
+    };
+    states(a) == states(b)
+}
+
+/// Whether `probes` (one slot's) put `feature` in force.
+fn in_force(probes: &[Probe], feature: Feature) -> bool {
+    probes
+        .iter()
+        .any(|p| p.feature == feature && p.is_in_force())
+}
+
 /// The cgroup limits in force for every slot, as `/manifest` and
 /// `/health_check` list them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,13 +247,47 @@ pub struct CgroupSummary {
     pub slot_cpu_weight: Option<u64>,
     /// The CPU weight of all slots together against the runner's own 100.
     pub tasks_cpu_weight: Option<u64>,
+    /// Every feature the runner uses, probed one by one: in force, present
+    /// but not used, or missing (and what stands in for it).
+    pub features: Vec<CgroupFeature>,
+    /// Names of the features this kernel or setup lacks (from `features`).
+    pub missing: Vec<String>,
     /// What is missing and why, if anything is.
     pub note: Option<String>,
 }
 
+/// One probed cgroup feature, as `/manifest` and `/health_check` list it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupFeature {
+    /// The cgroup v2 name: `memory.max`, `memory.swap.max`,
+    /// `memory.oom.group`, `pids.max`, `cpu.weight`, `clone-into-cgroup`,
+    /// `cgroup.kill`.
+    pub name: String,
+    /// The kernel has it (or its v1 equivalent) and it could be set.
+    pub available: bool,
+    /// It applies to every slot.
+    pub in_force: bool,
+    /// The file or mechanism that provides it here (v1 names differ), or why
+    /// it is missing or unused and what stands in for it.
+    pub detail: String,
+}
+
 impl CgroupSummary {
     fn none(note: String) -> Self {
+        let probes: Vec<Probe> = Feature::ALL
+            .iter()
+            .map(|&feature| Probe {
+                feature,
+                state: State::Missing(if note.is_empty() {
+                    "no cgroups".into()
+                } else {
+                    note.clone()
+                }),
+            })
+            .collect();
         CgroupSummary {
+            features: probes.iter().map(Probe::public).collect(),
+            missing: Feature::ALL.iter().map(|f| f.name().to_owned()).collect(),
             version: "none".into(),
             controllers: Vec::new(),
             memory_max_bytes: None,
@@ -310,9 +471,23 @@ impl Cgroups {
             }
         }
         let mut made = Vec::new();
+        // Slot 0's probes decide what is in force; every other slot must
+        // come out the same (one kernel: it does).
+        let mut probes: Vec<Probe> = Vec::new();
         for index in 0..slots {
             match Slot::create(&hierarchies, index, limits) {
-                Ok(slot) => made.push(slot),
+                Ok((slot, found)) if index == 0 => {
+                    probes = found;
+                    made.push(slot);
+                }
+                Ok((slot, found)) if same_features(&found, &probes) => made.push(slot),
+                Ok((slot, found)) => {
+                    notes.push(format!(
+                        "slot {index}: its cgroup features differ from slot 0's ({found:?})"
+                    ));
+                    made.push(slot);
+                    break;
+                }
                 Err(e) => {
                     notes.push(format!("slot {index}: {e}"));
                     break;
@@ -324,13 +499,14 @@ impl Cgroups {
             slots: made,
             summary: CgroupSummary::none(String::new()),
         };
-        if cgroups.slots.len() < slots {
+        if cgroups.slots.len() < slots || notes.iter().any(|n| n.starts_with("slot ")) {
             // All or nothing: slots with different limits would be unfair and confusing.
             cgroups.remove();
             cgroups.hierarchies.clear();
             cgroups.slots.clear();
+            probes.clear();
         }
-        cgroups.summary = cgroups.summarize(limits, notes);
+        cgroups.summary = summarize(&cgroups.hierarchies, &probes, limits, notes);
         cgroups
     }
 
@@ -341,46 +517,6 @@ impl Cgroups {
     /// Slot `index`'s cgroups, if there are any.
     pub fn slot(&self, index: usize) -> Option<&Slot> {
         self.slots.get(index)
-    }
-
-    fn summarize(&self, limits: Limits, mut notes: Vec<String>) -> CgroupSummary {
-        let mut controllers = Vec::new();
-        let mut versions = Vec::new();
-        for h in &self.hierarchies {
-            for &c in &h.controllers {
-                controllers.push(c);
-                if !versions.contains(&h.version) {
-                    versions.push(h.version);
-                }
-            }
-        }
-        let version = match versions[..] {
-            [] => "none",
-            [Version::V1] => "v1",
-            [Version::V2] => "v2",
-            _ => "v1+v2",
-        };
-        for c in Controller::ALL {
-            if !controllers.contains(&c) {
-                notes.push(format!("no usable {} controller", c.name()));
-            }
-        }
-        let on = |c| controllers.contains(&c);
-        let swap = self.slots.first().is_some_and(Slot::swap_limited);
-        CgroupSummary {
-            version: version.into(),
-            controllers: Controller::ALL
-                .iter()
-                .filter(|c| on(**c))
-                .map(|c| c.name().to_owned())
-                .collect(),
-            memory_max_bytes: on(Controller::Memory).then_some(limits.memory_bytes),
-            swap_max_bytes: (on(Controller::Memory) && swap).then_some(0),
-            pids_max: on(Controller::Pids).then_some(limits.pids),
-            slot_cpu_weight: on(Controller::Cpu).then_some(SLOT_CPU_WEIGHT),
-            tasks_cpu_weight: on(Controller::Cpu).then_some(TASKS_CPU_WEIGHT),
-            note: (!notes.is_empty()).then(|| notes.join("; ")),
-        }
     }
 
     /// Empties and removes every slot and group this runner made.
@@ -399,6 +535,72 @@ impl Cgroups {
     }
 }
 
+/// The summary of what `probes` (slot 0's, in `hierarchies`) put in force;
+/// features no hierarchy carries are named missing, with `notes`.
+fn summarize(
+    hierarchies: &[Hierarchy],
+    probes: &[Probe],
+    limits: Limits,
+    mut notes: Vec<String>,
+) -> CgroupSummary {
+    let on = |f| in_force(probes, f);
+    let mut versions = Vec::new();
+    let mut controllers = Vec::new();
+    for c in Controller::ALL {
+        let limited = Feature::ALL
+            .iter()
+            .any(|&f| f.controller() == Some(c) && on(f));
+        let carrier = hierarchies.iter().find(|h| h.controllers.contains(&c));
+        match (limited, carrier) {
+            (true, Some(h)) => {
+                controllers.push(c.name().to_owned());
+                if !versions.contains(&h.version) {
+                    versions.push(h.version);
+                }
+            }
+            _ => notes.push(format!("no usable {} controller", c.name())),
+        }
+    }
+    let version = match versions[..] {
+        [] => "none",
+        [Version::V1] => "v1",
+        [Version::V2] => "v2",
+        _ => "v1+v2",
+    };
+    let mut features = Vec::new();
+    for f in Feature::ALL {
+        let probe = probes.iter().find(|p| p.feature == f).cloned();
+        features.push(probe.unwrap_or_else(|| {
+            Probe::missing(
+                f,
+                match f.controller() {
+                    Some(c) => format!("no usable {} controller", c.name()),
+                    None => "no cgroup v2 hierarchy: the child joins its v1 slots \
+                             through their `tasks` files before it execs, and a slot \
+                             is emptied by killing its listed processes"
+                        .to_owned(),
+                },
+            )
+        }));
+    }
+    CgroupSummary {
+        version: version.into(),
+        controllers,
+        memory_max_bytes: on(Feature::MemoryMax).then_some(limits.memory_bytes),
+        swap_max_bytes: on(Feature::SwapMax).then_some(0),
+        pids_max: on(Feature::PidsMax).then_some(limits.pids),
+        slot_cpu_weight: on(Feature::CpuWeight).then_some(SLOT_CPU_WEIGHT),
+        tasks_cpu_weight: on(Feature::CpuWeight).then_some(TASKS_CPU_WEIGHT),
+        missing: features
+            .iter()
+            .filter(|p| matches!(p.state, State::Missing(_)))
+            .map(|p| p.feature.name().to_owned())
+            .collect(),
+        features: features.iter().map(Probe::public).collect(),
+        note: (!notes.is_empty()).then(|| notes.join("; ")),
+    }
+}
+
 impl Drop for Cgroups {
     fn drop(&mut self) {
         self.remove();
@@ -414,7 +616,14 @@ fn remove_dir(dir: &Path) {
 }
 
 impl Slot {
-    fn create(hierarchies: &[Hierarchy], index: usize, limits: Limits) -> Result<Slot, String> {
+    /// Creates slot `index` in every hierarchy and applies what the kernel
+    /// has; returns it with what was probed. Fails only when a directory or
+    /// its membership file cannot be made (then nothing of it is left).
+    fn create(
+        hierarchies: &[Hierarchy],
+        index: usize,
+        limits: Limits,
+    ) -> Result<(Slot, Vec<Probe>), String> {
         let mut slot = Slot {
             dirs: Vec::new(),
             procs: Vec::new(),
@@ -424,55 +633,98 @@ impl Slot {
             memory: None,
             pids_events: None,
         };
-        for h in hierarchies {
-            let dir = h.group.join(format!("slot-{index}"));
-            fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            slot.dirs.push((dir.clone(), h.version));
-            for &c in &h.controllers {
-                set_limits(&dir, h.version, c, limits)?;
-            }
-            if h.controllers.contains(&Controller::Pids) {
-                slot.pids_events = Some(dir.join("pids.events"));
-            }
-            if h.controllers.contains(&Controller::Memory) {
-                slot.memory = Some((dir.clone(), h.version));
-                slot.oom_counter = Some(dir.join(match h.version {
-                    Version::V2 => "memory.events",
-                    Version::V1 => "memory.oom_control",
-                }));
-                if h.version == Version::V1 {
-                    slot.oom_event = Some(
-                        oom_eventfd(&dir)
-                            .map_err(|e| format!("{}: OOM notification: {e}", dir.display()))?,
-                    );
+        let mut probes = Vec::new();
+        let made = (|| {
+            for h in hierarchies {
+                let dir = h.group.join(format!("slot-{index}"));
+                fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                slot.dirs.push((dir.clone(), h.version));
+                let applied = apply(&dir, h.version, &h.controllers, limits);
+                if in_force(&applied.probes, Feature::PidsMax) {
+                    slot.pids_events = Some(dir.join("pids.events"));
                 }
-            }
-            if h.version == Version::V2 {
-                let into = fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                if clones_into(&into) {
-                    slot.into = Some(into.into());
-                    continue;
+                if in_force(&applied.probes, Feature::MemoryMax) {
+                    slot.memory = Some((dir.clone(), h.version));
+                    slot.oom_counter = Some(dir.join(match h.version {
+                        Version::V2 => "memory.events",
+                        Version::V1 => "memory.oom_control",
+                    }));
                 }
+                slot.oom_event = slot.oom_event.take().or(applied.oom_event);
+                probes.extend(applied.probes);
+                if h.version == Version::V2 {
+                    let into =
+                        fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    let kill = dir.join("cgroup.kill").exists();
+                    match clones_into(&into) {
+                        Ok(()) => {
+                            probes.push(Probe::in_force(
+                                Feature::CloneInto,
+                                "clone3 CLONE_INTO_CGROUP: a box starts in its v2 slot",
+                            ));
+                            probes.push(Probe {
+                                feature: Feature::Kill,
+                                state: if kill {
+                                    // See `Slot::empty`.
+                                    State::Unused(
+                                        "not used where boxes are cloned in (Linux 6.18 then \
+                                         kills later children cloned into the slot): a slot \
+                                         is emptied by killing its listed processes"
+                                            .into(),
+                                    )
+                                } else {
+                                    State::Missing(
+                                        "no cgroup.kill (Linux 5.14+): a slot is emptied by \
+                                         killing its listed processes"
+                                            .into(),
+                                    )
+                                },
+                            });
+                            slot.into = Some(into.into());
+                            continue;
+                        }
+                        Err(e) => {
+                            probes.push(Probe::missing(
+                                Feature::CloneInto,
+                                format!(
+                                    "{e} (Linux 5.7+): a box joins its v2 slot through \
+                                     cgroup.procs before it execs, waiting for an RCU grace \
+                                     period unless cgroup2 is mounted with favordynmods"
+                                ),
+                            ));
+                            probes.push(if kill {
+                                Probe::in_force(Feature::Kill, "cgroup.kill empties a v2 slot")
+                            } else {
+                                Probe::missing(
+                                    Feature::Kill,
+                                    "no cgroup.kill (Linux 5.14+): a slot is emptied by \
+                                     killing its listed processes",
+                                )
+                            });
+                        }
+                    }
+                }
+                let procs = dir.join(match h.version {
+                    Version::V2 => "cgroup.procs",
+                    Version::V1 => "tasks",
+                });
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| format!("{}: {e}", procs.display()))?;
+                slot.procs.push(file.into());
             }
-            let procs = dir.join(match h.version {
-                Version::V2 => "cgroup.procs",
-                Version::V1 => "tasks",
-            });
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(&procs)
-                .map_err(|e| format!("{}: {e}", procs.display()))?;
-            slot.procs.push(file.into());
+            Ok(())
+        })();
+        match made {
+            Ok(()) => Ok((slot, probes)),
+            Err(e) => {
+                for (dir, _) in &slot.dirs {
+                    remove_dir(dir);
+                }
+                Err(e)
+            }
         }
-        Ok(slot)
-    }
-
-    /// Whether swap is limited to zero (the kernel accounts swap).
-    fn swap_limited(&self) -> bool {
-        self.dirs.iter().any(|(dir, v)| match v {
-            Version::V2 => dir.join("memory.swap.max").exists(),
-            Version::V1 => dir.join("memory.memsw.limit_in_bytes").exists(),
-        })
     }
 
     /// What a forked child writes to join this slot.
@@ -581,49 +833,140 @@ fn members(dir: &Path) -> io::Result<Vec<libc::pid_t>> {
         .collect())
 }
 
-/// A cgroup file and the value written to it.
-type Setting<'a> = (&'a str, &'a str);
-
-/// Writes one controller's limits into slot directory `dir`.
-fn set_limits(dir: &Path, version: Version, c: Controller, limits: Limits) -> Result<(), String> {
-    let memory = limits.memory_bytes.to_string();
-    let pids = limits.pids.to_string();
-    let shares = (SLOT_CPU_WEIGHT * 1024 / 100).to_string();
-    let weight = SLOT_CPU_WEIGHT.to_string();
-    let (required, optional): (Vec<Setting>, Vec<Setting>) = match (version, c) {
-        (Version::V2, Controller::Memory) => (
-            vec![("memory.max", &memory), ("memory.oom.group", "1")],
-            vec![("memory.swap.max", "0")],
-        ),
-        // The memory+swap limit may not be below the memory limit: set after
-        // it. v1 charges socket buffers only once a TCP limit is set (v2
-        // always counts them in memory.current).
-        (Version::V1, Controller::Memory) => (
-            vec![("memory.limit_in_bytes", &memory)],
-            vec![
-                ("memory.memsw.limit_in_bytes", &memory),
-                ("memory.kmem.tcp.limit_in_bytes", &memory),
-                ("memory.swappiness", "0"),
-            ],
-        ),
-        (_, Controller::Pids) => (vec![("pids.max", &pids)], vec![]),
-        (Version::V2, Controller::Cpu) => (vec![("cpu.weight", &weight)], vec![]),
-        (Version::V1, Controller::Cpu) => (vec![("cpu.shares", &shares)], vec![]),
-    };
-    for (file, value) in required {
-        write_file(&dir.join(file), value)?;
-    }
-    for (file, value) in optional {
-        let path = dir.join(file);
-        if path.exists() {
-            write_file(&path, value)?;
-        }
-    }
-    Ok(())
+/// What [`apply`] set in one slot directory.
+struct Applied {
+    probes: Vec<Probe>,
+    /// v1: the OOM notification registered for the slot.
+    oom_event: Option<OwnedFd>,
 }
 
-fn write_file(path: &Path, value: &str) -> Result<(), String> {
-    fs::write(path, value).map_err(|e| format!("writing {value} to {}: {e}", path.display()))
+/// Applies `limits` for `controllers` to slot directory `dir`, one feature
+/// at a time: a feature the kernel lacks is reported and the rest stay. Only
+/// a failed main limit (memory, pids or CPU) takes that controller's other
+/// features with it.
+fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limits) -> Applied {
+    let mut probes = Vec::new();
+    let mut oom_event = None;
+    // Details name the file, not the slot's path: they are the same for
+    // every slot and go into the attested manifest.
+    let set = |feature: Feature, file: &str, value: &str| match write_in(dir, file, value) {
+        Ok(()) => Probe::in_force(feature, format!("{file} = {value}")),
+        Err(e) => Probe::missing(feature, e),
+    };
+    for &c in controllers {
+        match (version, c) {
+            (_, Controller::Memory) => {
+                let file = match version {
+                    Version::V2 => "memory.max",
+                    Version::V1 => "memory.limit_in_bytes",
+                };
+                let mut max = set(Feature::MemoryMax, file, &limits.memory_bytes.to_string());
+                // v1 charges socket buffers only once a TCP limit is set (v2
+                // always counts them in memory.current).
+                let tcp = "memory.kmem.tcp.limit_in_bytes";
+                if let (Version::V1, State::InForce(how)) = (version, &mut max.state) {
+                    if dir.join(tcp).exists() {
+                        match write_in(dir, tcp, &limits.memory_bytes.to_string()) {
+                            Ok(()) => how.push_str(&format!(", {tcp} = {}", limits.memory_bytes)),
+                            Err(e) => how.push_str(&format!("; socket buffers not counted: {e}")),
+                        }
+                    }
+                }
+                let limited = max.is_in_force();
+                probes.push(max);
+                if !limited {
+                    for f in [Feature::SwapMax, Feature::OomGroup] {
+                        probes.push(Probe::missing(f, "no memory limit could be set"));
+                    }
+                    continue;
+                }
+                match version {
+                    Version::V2 => {
+                        probes.push(set(Feature::SwapMax, "memory.swap.max", "0"));
+                        let mut group = set(Feature::OomGroup, "memory.oom.group", "1");
+                        if let State::Missing(why) = &group.state {
+                            group.state = State::Missing(format!(
+                                "{why} (Linux 4.19+): an OOM kill ends the process the kernel \
+                                 picks, not the whole slot; when that is the task's main \
+                                 process the box's PID 1 ends the rest, and the result still \
+                                 reports the OOM kill"
+                            ));
+                        }
+                        probes.push(group);
+                    }
+                    Version::V1 => {
+                        // The memory+swap limit may not be below the memory limit: set after it.
+                        let mut swap = set(
+                            Feature::SwapMax,
+                            "memory.memsw.limit_in_bytes",
+                            &limits.memory_bytes.to_string(),
+                        );
+                        if let State::Missing(why) = &swap.state {
+                            let stand_in = match write_in(dir, "memory.swappiness", "0") {
+                                Ok(()) => "memory.swappiness = 0 instead".to_owned(),
+                                Err(e) => format!("and {e}"),
+                            };
+                            swap.state = State::Missing(format!(
+                                "{why} (swap is not accounted: boot with swapaccount=1); {stand_in}"
+                            ));
+                        }
+                        probes.push(swap);
+                        probes.push(match oom_eventfd(dir) {
+                            Ok(fd) => {
+                                oom_event = Some(fd);
+                                Probe::in_force(
+                                    Feature::OomGroup,
+                                    "v1: the runner kills the whole slot on the kernel's OOM \
+                                     notification (cgroup.event_control on memory.oom_control)",
+                                )
+                            }
+                            Err(e) => Probe::missing(
+                                Feature::OomGroup,
+                                format!(
+                                    "v1 OOM notification: {e}: an OOM kill ends the process \
+                                     the kernel picks, not the whole slot"
+                                ),
+                            ),
+                        });
+                    }
+                }
+            }
+            (_, Controller::Pids) => {
+                probes.push(set(Feature::PidsMax, "pids.max", &limits.pids.to_string()))
+            }
+            (Version::V2, Controller::Cpu) => probes.push(set(
+                Feature::CpuWeight,
+                "cpu.weight",
+                &SLOT_CPU_WEIGHT.to_string(),
+            )),
+            (Version::V1, Controller::Cpu) => probes.push(set(
+                Feature::CpuWeight,
+                "cpu.shares",
+                &(SLOT_CPU_WEIGHT * 1024 / 100).to_string(),
+            )),
+        }
+    }
+    Applied { probes, oom_event }
+}
+
+/// Writes `value` to the existing file `path`: never creates it, so a file
+/// the kernel does not provide is an error here as in cgroupfs.
+fn write_existing(path: &Path, value: &str) -> Result<(), String> {
+    write_value(path, value).map_err(|e| format!("writing {value} to {}: {e}", path.display()))
+}
+
+/// [`write_existing`] of `file` in `dir`, with only the file named in the error.
+fn write_in(dir: &Path, file: &str, value: &str) -> Result<(), String> {
+    write_value(&dir.join(file), value).map_err(|e| format!("writing {value} to {file}: {e}"))
+}
+
+fn write_value(path: &Path, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
 }
 
 /// Registers an eventfd for OOM notifications of v1 memory cgroup `dir`.
@@ -682,31 +1025,34 @@ impl Found {
             remove_stale(&group).map_err(|e| format!("stale {}: {e}", group.display()))?;
         }
         fs::create_dir(&group).map_err(|e| format!("{}: {e}", group.display()))?;
-        let result = (|| {
-            for &c in &self.controllers {
-                match (self.version, c) {
-                    (Version::V2, _) => enable(&group, c).map_err(|e| {
+        // One controller that cannot be set up here is left out alone.
+        let version = self.version;
+        self.controllers.retain(|&c| {
+            let set = || -> Result<(), String> {
+                if version == Version::V2 {
+                    enable(&group, c).map_err(|e| {
                         format!("enabling {} in {}: {e}", c.name(), group.display())
-                    })?,
-                    (Version::V1, _) => {}
+                    })?;
                 }
-                match (self.version, c) {
+                match (version, c) {
                     (Version::V2, Controller::Cpu) => {
-                        write_file(&group.join("cpu.weight"), &TASKS_CPU_WEIGHT.to_string())?
+                        write_existing(&group.join("cpu.weight"), &TASKS_CPU_WEIGHT.to_string())
                     }
-                    (Version::V1, Controller::Cpu) => write_file(
+                    (Version::V1, Controller::Cpu) => write_existing(
                         &group.join("cpu.shares"),
                         &(TASKS_CPU_WEIGHT * 1024 / 100).to_string(),
-                    )?,
-                    _ => {}
+                    ),
+                    _ => Ok(()),
+                }
+            };
+            match set() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cgroups: {} left out", c.name());
+                    false
                 }
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            remove_dir(&group);
-            return Err(e);
-        }
+        });
         Ok(Hierarchy {
             version: self.version,
             controllers: self.controllers,
@@ -757,7 +1103,7 @@ fn sweep(own: &Path, tag: u32, stale: &dyn Fn(u32) -> Option<fs::File>) {
 
 /// Whether this kernel clones a child straight into the v2 cgroup `dir`:
 /// tried with a child that exits at once.
-fn clones_into(dir: &fs::File) -> bool {
+fn clones_into(dir: &fs::File) -> Result<(), String> {
     let join = Join {
         into: Some(dir.as_raw_fd()),
         ..Join::NONE
@@ -769,17 +1115,18 @@ fn clones_into(dir: &fs::File) -> bool {
         unsafe { libc::_exit(0) };
     }
     if pid < 0 {
-        tracing::info!(
-            error = %io::Error::last_os_error(),
-            "cgroups: cannot clone into a v2 cgroup (CLONE_INTO_CGROUP, Linux 5.7+); each task moves \
-             there instead, waiting for an RCU grace period unless cgroup2 is mounted with favordynmods"
-        );
-        return false;
+        return Err(format!("clone3: {}", io::Error::last_os_error()));
     }
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "the child cloned into the cgroup ended with {status:#x}"
+        ))
+    }
 }
 
 /// Empties and removes a group left by a dead runner.
@@ -1066,26 +1413,254 @@ mod tests {
         assert_eq!(unescape("/plain\\x"), "/plain\\x");
     }
 
+    const LIMITS: Limits = Limits {
+        memory_bytes: 512 << 20,
+        pids: 64,
+    };
+
+    fn names(probes: &[Probe], want: bool) -> Vec<&'static str> {
+        probes
+            .iter()
+            .filter(|p| p.is_in_force() == want)
+            .map(|p| p.feature.name())
+            .collect()
+    }
+
     /// A supplement only: the v2 controller files cannot be enabled on a host
     /// whose v1 hierarchies hold the controllers, so the writes are checked
-    /// against a plain directory.
+    /// against a plain directory holding the files a 6.x kernel shows.
     #[test]
     fn v2_slot_limits_are_written_as_the_kernel_documents_them() {
-        let root = fake_root(&["slot"], &[("slot/memory.swap.max", "max\n")]);
+        let files = [
+            "memory.max",
+            "memory.swap.max",
+            "memory.oom.group",
+            "pids.max",
+            "cpu.weight",
+        ];
+        let root = fake_root(
+            &["slot"],
+            &files.map(|f| (&*format!("slot/{f}").leak(), "max\n")),
+        );
         let dir = root.path().join("slot");
-        let limits = Limits {
-            memory_bytes: 512 << 20,
-            pids: 64,
-        };
-        for c in Controller::ALL {
-            set_limits(&dir, Version::V2, c, limits).unwrap();
-        }
+        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
         let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("memory.max"), "536870912");
         assert_eq!(read("memory.swap.max"), "0");
         assert_eq!(read("memory.oom.group"), "1");
         assert_eq!(read("pids.max"), "64");
         assert_eq!(read("cpu.weight"), "100");
+        assert!(
+            names(&applied.probes, false).is_empty(),
+            "{:?}",
+            applied.probes
+        );
+    }
+
+    /// AWS's Nitro kernel (4.14) has cgroup v2 memory and pids but no
+    /// `memory.oom.group`: that one feature is reported missing, with what
+    /// stands in, and the memory, pids and CPU limits stay in force. The
+    /// directory holds the files such a kernel shows; a write never creates
+    /// a file, so the missing one fails as in cgroupfs (ENOENT).
+    #[test]
+    fn a_kernel_without_memory_oom_group_keeps_every_limit() {
+        let files = ["memory.max", "memory.swap.max", "pids.max", "cpu.weight"];
+        let root = fake_root(
+            &["slot"],
+            &files.map(|f| (&*format!("slot/{f}").leak(), "max\n")),
+        );
+        let dir = root.path().join("slot");
+        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
+        assert!(
+            !dir.join("memory.oom.group").exists(),
+            "a probe created a file"
+        );
+        assert_eq!(names(&applied.probes, false), ["memory.oom.group"]);
+        assert_eq!(
+            names(&applied.probes, true),
+            ["memory.max", "memory.swap.max", "pids.max", "cpu.weight"]
+        );
+        let hierarchies = [Hierarchy {
+            version: Version::V2,
+            controllers: Controller::ALL.to_vec(),
+            group: root.path().to_owned(),
+        }];
+        let summary = summarize(&hierarchies, &applied.probes, LIMITS, Vec::new());
+        assert_eq!(summary.controllers, ["memory", "pids", "cpu"]);
+        assert_eq!(summary.memory_max_bytes, Some(512 << 20));
+        assert_eq!(summary.swap_max_bytes, Some(0));
+        assert_eq!(summary.pids_max, Some(64));
+        assert_eq!(summary.slot_cpu_weight, Some(100));
+        let names: Vec<&str> = summary.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, Feature::ALL.map(Feature::name));
+        // No v2 slot was cloned into here: those two are missing too.
+        assert_eq!(
+            summary.missing,
+            ["memory.oom.group", "clone-into-cgroup", "cgroup.kill"]
+        );
+        let oom = &summary.features[2];
+        assert!(!oom.available && !oom.in_force, "{oom:?}");
+        assert!(oom.detail.contains("not the whole slot"), "{oom:?}");
+        // Every slot of such a kernel probes alike, and the attested details
+        // name files, not one slot's path: the slots are not told apart.
+        let other = fake_root(
+            &["slot-1"],
+            &files.map(|f| (&*format!("slot-1/{f}").leak(), "max\n")),
+        );
+        let second = apply(
+            &other.path().join("slot-1"),
+            Version::V2,
+            &Controller::ALL,
+            LIMITS,
+        );
+        assert!(same_features(&applied.probes, &second.probes));
+        assert!(
+            summary.features.iter().all(|f| !f.detail.contains("/slot")),
+            "{:?}",
+            summary.features
+        );
+        // A slot that came out differently is told apart.
+        let mut changed = second.probes.clone();
+        changed[0].state = State::Missing("gone".into());
+        assert!(!same_features(&applied.probes, &changed));
+    }
+
+    /// A failed memory limit takes swap and the OOM group with it, and
+    /// nothing else: pids and CPU stay.
+    #[test]
+    fn without_a_memory_limit_pids_and_cpu_stay() {
+        let root = fake_root(
+            &["slot"],
+            &[("slot/pids.max", "max\n"), ("slot/cpu.weight", "100\n")],
+        );
+        let dir = root.path().join("slot");
+        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
+        assert_eq!(
+            names(&applied.probes, false),
+            ["memory.max", "memory.swap.max", "memory.oom.group"]
+        );
+        assert_eq!(names(&applied.probes, true), ["pids.max", "cpu.weight"]);
+        let hierarchies = [Hierarchy {
+            version: Version::V2,
+            controllers: Controller::ALL.to_vec(),
+            group: root.path().to_owned(),
+        }];
+        let summary = summarize(&hierarchies, &applied.probes, LIMITS, Vec::new());
+        assert_eq!(summary.controllers, ["pids", "cpu"]);
+        assert_eq!(summary.memory_max_bytes, None);
+        assert_eq!(summary.pids_max, Some(64));
+        assert!(summary
+            .note
+            .unwrap()
+            .contains("no usable memory controller"));
+    }
+
+    /// The real kernel's answer for files a cgroup lacks: this host's v2
+    /// hierarchy carries none of the controllers (v1 holds them), so a v2
+    /// slot there has no `memory.max`, `memory.oom.group` nor `pids.max`;
+    /// the probe names each missing with cgroupfs's own error, and writes
+    /// nothing else.
+    #[test]
+    fn cgroupfs_refuses_what_a_cgroup_lacks_and_the_probe_says_so() {
+        let Some(cgroups) = real_cgroups(3_800_000_000) else {
+            return;
+        };
+        let Some((dir, _)) = cgroups
+            .slot(0)
+            .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
+        else {
+            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+            return;
+        };
+        if dir.join("memory.max").exists() {
+            eprintln!("SKIPPED (this v2 hierarchy has the memory controller)");
+            return;
+        }
+        let applied = apply(
+            dir,
+            Version::V2,
+            &[Controller::Memory, Controller::Pids],
+            LIMITS,
+        );
+        assert!(
+            names(&applied.probes, true).is_empty(),
+            "{:?}",
+            applied.probes
+        );
+        assert_eq!(
+            names(&applied.probes, false),
+            [
+                "memory.max",
+                "memory.swap.max",
+                "memory.oom.group",
+                "pids.max"
+            ]
+        );
+        let why = match &applied.probes[0].state {
+            State::Missing(why) => why.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(why.contains("No such file or directory"), "{why}");
+    }
+
+    /// On this host's real cgroups every feature is probed and what the
+    /// summary says is in force is what the slot's files hold.
+    #[test]
+    fn real_slots_report_each_feature_as_the_files_show() {
+        let Some(cgroups) = real_cgroups(3_700_000_000) else {
+            return;
+        };
+        let summary = cgroups.summary().clone();
+        eprintln!("{}", serde_json::to_string_pretty(&summary).unwrap());
+        let names: Vec<&str> = summary.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, Feature::ALL.map(Feature::name));
+        let slot = cgroups.slot(0).expect("a slot on a host with cgroups");
+        let feature = |n: &str| summary.features.iter().find(|f| f.name == n).unwrap();
+        for (dir, version) in &slot.dirs {
+            let read = |f: &str| fs::read_to_string(dir.join(f)).map(|t| t.trim().to_owned());
+            match version {
+                Version::V1 => {
+                    if let Ok(limit) = read("memory.limit_in_bytes") {
+                        assert_eq!(limit, (256u64 << 20).to_string());
+                        assert!(feature("memory.max").in_force);
+                        // v1 has no memory.oom.group: its stand-in is in force.
+                        assert!(!dir.join("memory.oom.group").exists());
+                        let oom = feature("memory.oom.group");
+                        assert!(oom.in_force && oom.detail.starts_with("v1:"), "{oom:?}");
+                        assert!(slot.oom_event.is_some());
+                        assert_eq!(
+                            feature("memory.swap.max").in_force,
+                            read("memory.memsw.limit_in_bytes").ok()
+                                == Some((256u64 << 20).to_string())
+                        );
+                    }
+                    if let Ok(pids) = read("pids.max") {
+                        assert_eq!(pids, "32");
+                        assert!(feature("pids.max").in_force);
+                    }
+                    if let Ok(shares) = read("cpu.shares") {
+                        assert_eq!(shares, "1024");
+                        assert!(feature("cpu.weight").in_force);
+                    }
+                }
+                Version::V2 => {
+                    let clone = feature("clone-into-cgroup");
+                    assert_eq!(clone.in_force, slot.into.is_some(), "{clone:?}");
+                    if kernel_at_least(5, 7) {
+                        assert!(clone.in_force, "{clone:?}");
+                    }
+                    let kill = feature("cgroup.kill");
+                    assert_eq!(kill.available, dir.join("cgroup.kill").exists(), "{kill:?}");
+                }
+            }
+        }
+        let missing: Vec<&str> = summary
+            .features
+            .iter()
+            .filter(|f| !f.available)
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(summary.missing, missing);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What a task declares about itself in its `package.json`, under `"nautilus"`:
+//! the destinations it may reach and the operator secrets it needs.
 //!
 //! ```json
 //! {"name": "fetch-task", "main": "index.js",
-//!  "nautilus": {"egress": ["api.open-meteo.com:443", "example.org"]}}
+//!  "nautilus": {"egress": ["api.open-meteo.com:443", "example.org"],
+//!               "secrets": ["WEATHER_API_KEY"]}}
 //! ```
 //!
 //! The declaration lives in the task's own files, so the task digest covers
@@ -14,9 +16,15 @@
 //! (`"egres"`) would otherwise silently give the task no network, or a
 //! field the runner does not enforce would look enforced.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::config::RESERVED_ENV;
+use crate::TaskError;
 
 /// Most hosts a task may declare: each gets its own loopback address in its
 /// box, and a listener per port.
@@ -27,6 +35,10 @@ pub const DEFAULT_EGRESS_PORT: u16 = 443;
 const MAX_HOST_BYTES: usize = 253;
 /// Longest label of a host name.
 const MAX_LABEL_BYTES: usize = 63;
+/// Most secrets one task may declare.
+pub const MAX_SECRETS: usize = 16;
+/// Longest secret name.
+pub const MAX_SECRET_NAME: usize = 64;
 
 /// Everything a task declares under `"nautilus"` in its `package.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +46,15 @@ pub struct TaskDeclaration {
     /// The destinations the task may open TCP connections to (its TLS is its
     /// own); empty: no network but its own loopback.
     pub egress: Vec<EgressHost>,
+    /// Names of the operator secrets the task needs, each handed to it as
+    /// an environment variable of that name. A run fails before it starts
+    /// when one of them is not set.
+    pub secrets: Vec<String>,
 }
+
+/// Operator secret values by name, as the runner receives them: zeroed when
+/// dropped. Only the names a task declares reach it.
+pub type SecretValues = BTreeMap<String, Zeroizing<String>>;
 
 /// One allowed destination: a host name (lower case, never an IP literal)
 /// and a port.
@@ -62,9 +82,9 @@ impl Serialize for EgressHost {
 /// Why a declaration is refused. The texts say what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeclarationError {
-    /// `"nautilus"` is not an object with known keys, or `egress` is not a
+    /// `"nautilus"` is not an object with known keys, or a field is not a
     /// list of strings.
-    #[error("package.json \"nautilus\" is not valid: {0} (expected {{\"egress\": [\"host[:port]\", ...]}})")]
+    #[error("package.json \"nautilus\" is not valid: {0} (expected {{\"egress\": [\"host[:port]\", ...], \"secrets\": [\"NAME\", ...]}})")]
     Shape(String),
     /// More than [`MAX_EGRESS_HOSTS`] entries.
     #[error("package.json \"nautilus\".\"egress\" has {0} entries, at most {MAX_EGRESS_HOSTS} are allowed")]
@@ -77,6 +97,33 @@ pub enum DeclarationError {
         /// What is wrong with it.
         why: String,
     },
+    /// The secrets list is too long, names one twice, or a name is not usable.
+    #[error("package.json \"nautilus\".\"secrets\": {0}")]
+    Secrets(String),
+}
+
+/// Why a secret name is refused, or `None` when it is a usable one: an
+/// environment variable name of capitals, digits and `_`, not starting with
+/// a digit, not one the runner sets itself nor `NAUTILUS_*` or `NODE_*`.
+pub fn check_secret_name(name: &str) -> Option<String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if name.is_empty()
+        || name.len() > MAX_SECRET_NAME
+        || !ok_chars
+        || name.as_bytes()[0].is_ascii_digit()
+    {
+        return Some(format!(
+            "secret name {name:?} must be 1 to {MAX_SECRET_NAME} capitals, digits or _, not starting with a digit"
+        ));
+    }
+    if RESERVED_ENV.contains(&name) || name.starts_with("NAUTILUS_") || name.starts_with("NODE_") {
+        return Some(format!(
+            "secret name {name:?} is reserved (the runner or Node.js use it)"
+        ));
+    }
+    None
 }
 
 #[derive(Deserialize)]
@@ -92,12 +139,20 @@ struct PackageJson {
 struct Raw {
     #[serde(default)]
     egress: Vec<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 impl TaskDeclaration {
+    /// Reads and checks the declaration in `dir/package.json` (a regular
+    /// file of bounded size); no `"nautilus"` object declares nothing.
+    pub fn read(dir: &Path) -> Result<Self, TaskError> {
+        Self::from_package_json(&crate::task::read_package_json(dir)?)
+            .map_err(|e| TaskError::InvalidTask(e.to_string()))
+    }
+
     /// Parses the declaration out of a whole `package.json`. A file without
-    /// `"nautilus"` declares nothing. (Whether the file is JSON at all is the
-    /// entry point's check; this one only reads `"nautilus"`.)
+    /// `"nautilus"` declares nothing.
     pub fn from_package_json(bytes: &[u8]) -> Result<Self, DeclarationError> {
         let package: PackageJson =
             serde_json::from_slice(bytes).map_err(|e| DeclarationError::Shape(e.to_string()))?;
@@ -127,8 +182,50 @@ impl TaskDeclaration {
             }
             egress.push(host);
         }
-        Ok(Self { egress })
+        check_secrets(&raw.secrets).map_err(DeclarationError::Secrets)?;
+        Ok(Self {
+            egress,
+            secrets: raw.secrets,
+        })
     }
+
+    /// The environment for a run: each declared secret from `values`, or
+    /// [`TaskError::SecretMissing`] naming the first one not set.
+    pub(crate) fn secret_env(
+        &self,
+        task_path: &str,
+        values: &SecretValues,
+    ) -> Result<Vec<(String, Zeroizing<String>)>, TaskError> {
+        self.secrets
+            .iter()
+            .map(|name| match values.get(name) {
+                Some(value) => Ok((name.clone(), value.clone())),
+                None => Err(TaskError::SecretMissing {
+                    task_path: task_path.to_owned(),
+                    name: name.clone(),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// At most [`MAX_SECRETS`] usable names, none twice.
+fn check_secrets(secrets: &[String]) -> Result<(), String> {
+    if secrets.len() > MAX_SECRETS {
+        return Err(format!(
+            "{} secrets are declared, at most {MAX_SECRETS} are allowed",
+            secrets.len()
+        ));
+    }
+    for (i, name) in secrets.iter().enumerate() {
+        if let Some(problem) = check_secret_name(name) {
+            return Err(problem);
+        }
+        if secrets[..i].contains(name) {
+            return Err(format!("{name:?} is named twice"));
+        }
+    }
+    Ok(())
 }
 
 /// `host` or `host:port`, host a DNS name of at least two labels.
@@ -219,6 +316,8 @@ fn check_host(host: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn parse(json: &str) -> Result<TaskDeclaration, DeclarationError> {
@@ -334,5 +433,79 @@ mod tests {
             hosts[..MAX_EGRESS_HOSTS].join(",")
         );
         assert_eq!(parse(&json).unwrap().egress.len(), MAX_EGRESS_HOSTS);
+    }
+
+    #[test]
+    fn names_are_plain_unreserved_variable_names() {
+        for ok in ["WEATHER_API_KEY", "K", "_X1"] {
+            assert_eq!(check_secret_name(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "lower",
+            "1ST",
+            "A-B",
+            "A B",
+            "PATH",
+            "HOME",
+            "NODE_OPTIONS",
+            "NAUTILUS_TASK_ID",
+        ] {
+            assert!(check_secret_name(bad).is_some(), "{bad:?} accepted");
+        }
+        assert!(check_secret_name(&"A".repeat(65)).is_some());
+    }
+
+    #[test]
+    fn declarations_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |text: &str| fs::write(dir.path().join("package.json"), text).expect("write");
+        write(r#"{"main": "index.js"}"#);
+        assert_eq!(
+            TaskDeclaration::read(dir.path()).expect("plain"),
+            TaskDeclaration::default()
+        );
+        write(r#"{"nautilus": {"secrets": ["A", "B"]}}"#);
+        assert_eq!(
+            TaskDeclaration::read(dir.path()).expect("two").secrets,
+            ["A", "B"]
+        );
+        for bad in [
+            r#"{"nautilus": {"secrets": ["A", "A"]}}"#,
+            r#"{"nautilus": {"secrets": ["PATH"]}}"#,
+            r#"{"nautilus": {"secrets": "A"}}"#,
+        ] {
+            write(bad);
+            let err = TaskDeclaration::read(dir.path()).expect_err(bad);
+            assert!(matches!(err, TaskError::InvalidTask(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn egress_and_secrets_are_declared_together() {
+        let d = parse(r#"{"nautilus":{"egress":["example.org"],"secrets":["API_KEY"]}}"#)
+            .expect("both");
+        assert_eq!(d.egress[0].to_string(), "example.org:443");
+        assert_eq!(d.secrets, ["API_KEY"]);
+        let err = parse(r#"{"nautilus":{"egress":["example.org"],"secret":["API_KEY"]}}"#)
+            .expect_err("typo");
+        assert!(err.to_string().contains("unknown field `secret`"), "{err}");
+        let err = parse(r#"{"nautilus":{"secrets":["PATH"]}}"#).expect_err("reserved");
+        assert!(matches!(err, DeclarationError::Secrets(_)), "{err}");
+    }
+
+    #[test]
+    fn a_missing_secret_is_named() {
+        let d = TaskDeclaration {
+            secrets: vec!["A".into(), "B".into()],
+            ..TaskDeclaration::default()
+        };
+        let mut values = SecretValues::new();
+        values.insert("A".into(), Zeroizing::new("a".into()));
+        let err = d.secret_env("t", &values).expect_err("B unset");
+        assert!(err.to_string().contains("\"B\""), "{err}");
+        assert!(!err.to_string().contains("\"a\""), "{err}");
+        values.insert("B".into(), Zeroizing::new("b".into()));
+        assert_eq!(d.secret_env("t", &values).expect("both").len(), 2);
     }
 }

@@ -6,6 +6,12 @@
 //!    regular file and symlink below it is an *entry*; its *path* is the
 //!    `/`-separated path relative to the task directory, as raw bytes (the task
 //!    directory itself is not an entry). Any other file type is an error.
+//!    One path is left out: `node_modules/.package-lock.json`, npm's own
+//!    bookkeeping, which every `npm ci` rewrites, whose bytes vary between
+//!    npm versions, which Node.js never reads and which the image build
+//!    removes; so a task installed locally and the same task in the image have
+//!    one digest. It is not staged either: the digest describes all a task can
+//!    read.
 //! 2. Sort the entries by path, bytewise.
 //! 3. Feed SHA-256 the ASCII bytes `nautilus-task-digest-v1\n`, then for each entry:
 //!    - one tag byte: `d` (directory), `f` (regular file) or `l` (symlink);
@@ -31,6 +37,9 @@ use sha2::{Digest, Sha256};
 
 /// Domain separator at the start of every digest input.
 const DOMAIN: &[u8] = b"nautilus-task-digest-v1\n";
+/// The one path of a task tree that is neither digested nor staged (see the
+/// module docs).
+pub const EXCLUDED_PATH: &str = "node_modules/.package-lock.json";
 /// Deepest directory nesting accepted.
 const MAX_DEPTH: usize = 64;
 
@@ -113,6 +122,9 @@ fn walk_dir(
     for dirent in fs::read_dir(&dir)? {
         let dirent = dirent?;
         let child = rel.join(dirent.file_name());
+        if child.as_os_str().as_bytes() == EXCLUDED_PATH.as_bytes() {
+            continue;
+        }
         let file_type = dirent.file_type()?;
         let (kind, len) = if file_type.is_dir() {
             (Kind::Dir, 0)

@@ -41,6 +41,15 @@ pub enum TaskError {
     /// The runner is shutting down and accepts no more work.
     #[error("Task runner is shutting down")]
     ShuttingDown,
+    /// The task declares an operator secret that is not set (the run did
+    /// not start). Names the secret, never a value.
+    #[error("{PREFIX}: task {task_path} needs the operator secret {name:?}, which is not set; the operator sets it with `nautilus-client secrets put`")]
+    SecretMissing {
+        /// The task.
+        task_path: String,
+        /// The secret's name.
+        name: String,
+    },
     /// Something failed on the runner's side (I/O, spawning, cleanup).
     #[error("{PREFIX}: {0}")]
     Internal(String),
@@ -64,6 +73,8 @@ pub enum ErrorKind {
     Busy,
     /// The runner is stopping (HTTP 503).
     ShuttingDown,
+    /// A secret the task declares is not set (HTTP 503, until the operator sets it).
+    SecretMissing,
     /// Runner-side failure (HTTP 500).
     Internal,
 }
@@ -79,6 +90,7 @@ impl TaskError {
             Self::NodeMissing => ErrorKind::NodeMissing,
             Self::Busy => ErrorKind::Busy,
             Self::ShuttingDown => ErrorKind::ShuttingDown,
+            Self::SecretMissing { .. } => ErrorKind::SecretMissing,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -41,8 +41,8 @@ pub(crate) struct SpawnSpec {
     /// A warm box: `node` waits for its task on a control pipe at this
     /// descriptor number (root mode only).
     pub control: Option<libc::c_int>,
-    /// As root: the slot identity and the run directory to box.
-    pub boxed: Option<(Identity, PathBuf)>,
+    /// As root: the slot identity to box (in the plan's root).
+    pub boxed: Option<Identity>,
     /// The slot's cgroups, joined by the box before anything else.
     pub cgroup: crate::cgroup::Join,
     /// As root: the slot's hosts file, the box's `/etc/hosts`.
@@ -80,7 +80,7 @@ pub(crate) fn spawn(
     plan: Option<&BoxPlan>,
 ) -> Result<Boxed, TaskError> {
     let started = Instant::now();
-    if let (Some((identity, run_dir)), Some(plan)) = (&spec.boxed, plan) {
+    if let (Some(identity), Some(plan)) = (spec.boxed, plan) {
         let mut args = spec.node_args.clone();
         args.push(spec.entry.clone().into());
         args.extend(spec.args.iter().map(OsString::from));
@@ -88,8 +88,7 @@ pub(crate) fn spawn(
             node: &spec.node,
             args,
             env: &spec.env,
-            run_dir,
-            identity: *identity,
+            identity,
             cwd: &spec.cwd,
             control: spec.control,
             cgroup: spec.cgroup,

@@ -183,13 +183,14 @@
 mod cgroup;
 mod cleanup;
 mod config;
-mod declaration;
+pub mod declaration;
 pub mod digest;
 mod egress;
 mod error;
 mod exec;
 mod isolation;
 mod limiter;
+mod lockfile;
 mod node;
 mod ns;
 mod pool;
@@ -210,16 +211,18 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-pub use cgroup::CgroupSummary;
+pub use cgroup::{CgroupFeature, CgroupSummary};
 pub use config::RunnerConfig;
 pub use declaration::{
-    DeclarationError, EgressHost, TaskDeclaration, DEFAULT_EGRESS_PORT, MAX_EGRESS_HOSTS,
+    DeclarationError, EgressHost, SecretValues, TaskDeclaration, DEFAULT_EGRESS_PORT,
+    MAX_EGRESS_HOSTS,
 };
 pub use egress::{
     ConnectFuture, DirectConnect, EgressConnect, EgressLimits, EgressRecord, EgressStream,
 };
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
+pub use lockfile::{check_installed as check_dependencies, DependencyError};
 pub use node::MIN_NODE_MAJOR;
 pub use request::{
     normalize_task_path, Resources, TaskInfo, TaskRequest, TaskResult, ValidRequest,
@@ -429,6 +432,12 @@ impl Runner {
             ),
             None => None,
         };
+        let mut plan = plan;
+        if let (Some(plan), Some(snapshot)) = (&mut plan, &snapshot) {
+            plan.seal(&snapshot.dir).map_err(|e| {
+                ConfigError::Invalid(format!("building the box's root from its allowlist: {e}"))
+            })?;
+        }
         let pool_size = match (privileged, config.warm_pool) {
             (true, size) => size.unwrap_or(config.max_concurrent),
             (false, Some(0)) => 0,
@@ -601,6 +610,7 @@ impl Runner {
                         task_path: name.clone(),
                         task_digest: staged.digest.clone(),
                         egress: staged.declaration.egress.clone(),
+                        secrets: staged.declaration.secrets.clone(),
                     }),
                     Err(refused) => Err(refused.to_error()),
                 })
@@ -621,14 +631,17 @@ impl Runner {
                 continue;
             };
             let task_digest = digest::digest_tree(&task.dir, inner.tree_limits())?;
-            let egress = match task::entry_point(&task.dir) {
-                Ok(_) => task::declaration(&task.dir)?.egress,
-                Err(_) => Vec::new(),
+            // A bad declaration refuses the listing (as the snapshot does
+            // as root); a task without an entry never runs.
+            let declaration = match task::entry_point(&task.dir) {
+                Ok(_) => TaskDeclaration::read(&task.dir)?,
+                Err(_) => TaskDeclaration::default(),
             };
             tasks.push(TaskInfo {
                 task_path: task.task_path,
                 task_digest,
-                egress,
+                egress: declaration.egress,
+                secrets: declaration.secrets,
             });
         }
         Ok(tasks)
@@ -641,13 +654,29 @@ impl Runner {
     /// freed (both counted in [`RunnerStats`]). The run is supervised on a
     /// task of its own, so nothing is left behind either way.
     pub async fn run(&self, req: TaskRequest) -> Result<TaskResult, TaskError> {
+        self.run_with_secrets(req, Arc::default()).await
+    }
+
+    /// [`Runner::run`], handing the task the operator secrets its
+    /// `package.json` declares (see [`TaskDeclaration`]) from `secrets`, as
+    /// environment variables of their names; a declared secret missing from
+    /// `secrets` fails the run with [`TaskError::SecretMissing`] before it
+    /// takes a slot. A run with secrets always starts cold: a warm box was
+    /// started before anyone knew which task it would run.
+    pub async fn run_with_secrets(
+        &self,
+        req: TaskRequest,
+        secrets: Arc<SecretValues>,
+    ) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
         // Dropped with this future: the run then sees its caller gone.
         let (_caller, gone) = oneshot::channel::<()>();
         // The caller's span (the server's request id) follows the run.
-        tokio::spawn(async move { inner.run(req, gone).await }.instrument(tracing::Span::current()))
-            .await
-            .map_err(|e| TaskError::internal("task supervisor failed", e))?
+        tokio::spawn(
+            async move { inner.run(req, secrets, gone).await }.instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|e| TaskError::internal("task supervisor failed", e))?
     }
 
     /// Stops accepting runs (new and queued ones fail with
@@ -679,14 +708,19 @@ fn log_cgroups(s: &CgroupSummary) {
         tracing::info!(
             version = %s.version,
             controllers = %s.controllers.join(","),
-            memory_max = ?s.memory_max_bytes,
-            swap_max = ?s.swap_max_bytes,
-            pids_max = ?s.pids_max,
-            slot_cpu_weight = ?s.slot_cpu_weight,
-            tasks_cpu_weight = ?s.tasks_cpu_weight,
+            // Options as their value or absent, never `Some(…)`.
+            memory_max = s.memory_max_bytes,
+            swap_max = s.swap_max_bytes,
+            pids_max = s.pids_max,
+            slot_cpu_weight = s.slot_cpu_weight,
+            tasks_cpu_weight = s.tasks_cpu_weight,
             note,
             "cgroups in force per task slot"
         );
+        // Once, at start: each feature the kernel lacks and what stands in.
+        for f in s.features.iter().filter(|f| !f.available) {
+            tracing::warn!(feature = %f.name, "cgroup feature missing: {}", f.detail);
+        }
     }
 }
 
@@ -895,7 +929,7 @@ enum Located {
         cwd: PathBuf,
         entry: PathBuf,
         digest: String,
-        egress: Vec<EgressHost>,
+        declaration: TaskDeclaration,
     },
     /// Without root: the task's directory, staged per run.
     Dir(task::ResolvedTask),
@@ -953,7 +987,7 @@ impl Inner {
                     entry: cwd.join(entry),
                     cwd,
                     digest: staged.digest.clone(),
-                    egress: staged.declaration.egress.clone(),
+                    declaration: staged.declaration.clone(),
                 })
             }
             Some(Err(refused)) => Err(refused.to_error()),
@@ -973,6 +1007,7 @@ impl Inner {
         index: usize,
         identity: Option<Identity>,
         task_id: String,
+        secrets: &[(String, zeroize::Zeroizing<String>)],
         launch: Launch,
     ) -> SpawnSpec {
         let mut env = vec![
@@ -983,7 +1018,12 @@ impl Inner {
             ("NAUTILUS_TASK_ID".into(), task_id.clone().into()),
         ];
         env.extend(self.pass_env.iter().cloned());
-        let box_dir = self.snapshot.as_ref().map(|s| s.dir.clone());
+        // Last: a declared secret wins over a passed-through variable.
+        env.extend(
+            secrets
+                .iter()
+                .map(|(name, value)| (name.into(), value.as_str().into())),
+        );
         SpawnSpec {
             node: self
                 .node
@@ -1001,7 +1041,7 @@ impl Inner {
             env,
             task_id,
             control: launch.control,
-            boxed: identity.zip(box_dir),
+            boxed: identity.filter(|_| self.snapshot.is_some()),
             hosts: self
                 .hosts
                 .as_ref()
@@ -1037,7 +1077,7 @@ impl Inner {
             preload: self.work_dir.join(PRELOAD_FILE),
             control: Some(control),
         };
-        let spec = self.spec(index, Some(identity), task_id.clone(), launch);
+        let spec = self.spec(index, Some(identity), task_id.clone(), &[], launch);
         let boxed = exec::spawn(spec, &self.policy, self.plan.as_ref())?;
         Ok(pool::Warm { boxed, task_id })
     }
@@ -1082,6 +1122,7 @@ impl Inner {
     async fn run(
         self: Arc<Self>,
         req: TaskRequest,
+        secrets: Arc<SecretValues>,
         mut gone: oneshot::Receiver<()>,
     ) -> Result<TaskResult, TaskError> {
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -1092,6 +1133,12 @@ impl Inner {
         }
         let req = req.validate(&self.config)?;
         let located = self.locate(&req.task_path)?;
+        let secret_env = match &located {
+            Located::Staged { declaration, .. } => declaration.clone(),
+            Located::Dir(task) => TaskDeclaration::read(&task.dir)?,
+        }
+        .secret_env(&req.task_path, &secrets)?;
+        drop(secrets);
         self.start_pool();
         let slot = tokio::select! {
             slot = self.limiter.acquire() => slot?,
@@ -1112,9 +1159,9 @@ impl Inner {
                 cwd,
                 entry,
                 digest,
-                egress: declared,
+                declaration,
             } => {
-                egress = declared;
+                egress = declaration.egress;
                 (
                     Launch {
                         entry,
@@ -1158,7 +1205,13 @@ impl Inner {
         }
         let mut session = None;
         let mut started = None;
-        if let Some(mut warm) = self.pool.take(index) {
+        // A warm box's environment was fixed before this run was known.
+        let warm = if secret_env.is_empty() {
+            self.pool.take(index)
+        } else {
+            None
+        };
+        if let Some(mut warm) = warm {
             let message = serde_json::json!({
                 "cwd": launch.cwd.to_str(),
                 "entry": launch.entry.to_str(),
@@ -1195,6 +1248,7 @@ impl Inner {
                 index,
                 identity,
                 task_id.clone(),
+                &secret_env,
                 Launch {
                     args: req.args.clone(),
                     ..launch

@@ -58,8 +58,9 @@ use tokio::net::unix::pipe;
 
 use crate::sandbox::{check, close_from, Identity, Policy};
 
-/// The namespaces every run gets. The cgroup namespace is the reaper's
-/// own `unshare` once it is in the slot's cgroups (its root is then the slot).
+/// The namespaces every run gets. The mount namespace is a copy of the
+/// plan's template, the cgroup namespace the reaper's own `unshare` once it
+/// is in the slot's cgroups (its root is then the slot).
 pub(crate) const NAMESPACES: [(&str, libc::c_int); 6] = [
     ("mount", libc::CLONE_NEWNS),
     ("ipc", libc::CLONE_NEWIPC),
@@ -165,8 +166,6 @@ pub(crate) struct BoxPlan {
     work_dir: CString,
     /// The snapshot's mount point while the root is built.
     code_at: CString,
-    /// `/etc/hosts` while the root is built (a run's own is bound there).
-    hosts_at: CString,
     /// `<work_dir>/task`: the task's code and working directory.
     code_dir: CString,
     /// Parents first.
@@ -178,6 +177,10 @@ pub(crate) struct BoxPlan {
     argv: (usize, usize),
     /// Whether [`MEMFD_NOEXEC`] exists (else seccomp denies `memfd_create`).
     pub memfd_sysctl: bool,
+    /// The mount namespace holding the box's root, built once by
+    /// [`BoxPlan::seal`]: each box copies it (no unmount, so no RCU grace
+    /// period, per box) and adds its own `/proc`, `/tmp` and `/dev/shm`.
+    template: Option<OwnedFd>,
 }
 
 /// Why the box cannot be planned.
@@ -245,7 +248,6 @@ impl BoxPlan {
         Ok(Self {
             work_dir: c(work_dir)?,
             code_at: c(&at(work_dir))?,
-            hosts_at: c(&at(Path::new("/etc/hosts")))?,
             code_dir: c(&work_dir.join(CODE_DIR))?,
             entries,
             // Digits and ASCII only: no NUL inside.
@@ -253,7 +255,47 @@ impl BoxPlan {
                 .map_err(|_| PlanError::Nul(PathBuf::from("tmpfs options")))?,
             argv: own_argv(),
             memfd_sysctl: Path::new(MEMFD_NOEXEC).exists(),
+            template: None,
         })
+    }
+
+    /// Builds the box's root once, with the task snapshot `run_dir`, in a
+    /// mount namespace of its own (a short-lived child's, held by a
+    /// descriptor). Blocking.
+    pub fn seal(&mut self, run_dir: &Path) -> io::Result<()> {
+        let run_dir = cstr(run_dir.as_os_str())?;
+        let (done_r, done_w) = pipe2()?;
+        let (hold_r, hold_w) = pipe2()?;
+        // SAFETY: the child makes only async-signal-safe calls on memory
+        // prepared before the fork, then exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                // Only the parent's end may hold the pipe open.
+                libc::close(hold_w.as_raw_fd());
+                let built = rc(libc::unshare(libc::CLONE_NEWNS))
+                    .and_then(|()| build_root(self, &run_dir))
+                    .map_or_else(|e| e.raw_os_error().unwrap_or(libc::EIO), |()| 0);
+                libc::write(done_w.as_raw_fd(), (&built as *const i32).cast(), 4);
+                let mut byte = 0u8;
+                libc::read(hold_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        check(pid)?;
+        drop((done_w, hold_r));
+        let mut errno = [0u8; 4];
+        let read = std::io::Read::read_exact(&mut std::fs::File::from(done_r), &mut errno);
+        let ns = read.and_then(|()| match i32::from_ne_bytes(errno) {
+            0 => std::fs::File::open(format!("/proc/{pid}/ns/mnt")),
+            e => Err(io::Error::from_raw_os_error(e)),
+        });
+        drop(hold_w);
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        self.template = Some(ns?.into());
+        Ok(())
     }
 
     /// Where the task's code is, inside the box.
@@ -367,8 +409,6 @@ pub(crate) struct Spec<'a> {
     pub args: Vec<OsString>,
     /// The complete environment.
     pub env: &'a [(OsString, OsString)],
-    /// The snapshot (holding `task/`), bound over the work directory.
-    pub run_dir: &'a Path,
     pub identity: Identity,
     /// `node`'s working directory (inside the box).
     pub cwd: &'a Path,
@@ -429,7 +469,6 @@ fn cstr(s: &OsStr) -> io::Result<CString> {
 struct ChildArgs<'a> {
     plan: &'a BoxPlan,
     policy: &'a Policy,
-    run_dir: &'a CStr,
     cwd: &'a CStr,
     node: &'a CStr,
     argv: &'a [*const libc::c_char],
@@ -476,7 +515,6 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let run_dir = cstr(spec.run_dir.as_os_str())?;
     let cwd = cstr(spec.cwd.as_os_str())?;
     let hosts = spec.hosts.map(|h| cstr(h.as_os_str())).transpose()?;
 
@@ -500,7 +538,6 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
     let args = ChildArgs {
         plan,
         policy,
-        run_dir: &run_dir,
         cwd: &cwd,
         node: &node,
         argv: &argv,
@@ -706,6 +743,19 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     // The slot's cgroups first, before its descriptors are closed below (as
     // root, before the identity switch): everything from here on counts there.
     let joined = a.cgroup.enter();
+    // A copy of the box's root (before the descriptors close below).
+    let template = a.plan.template.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    // The slot's hosts file is cloned as a detached mount while the runner's
+    // mounts are still in this namespace (a bind from another namespace's
+    // mount is refused), then attached over the copy's `/etc/hosts`: the
+    // same file, which the runner rewrites for each run (warm boxes too).
+    let hosts = a.hosts.map(|path| open_tree_clone(path));
+    let entered = rc(libc::setns(template, libc::CLONE_NEWNS))
+        .and_then(|()| rc(libc::unshare(libc::CLONE_NEWNS)))
+        .and_then(|()| match hosts {
+            Some(tree) => tree.and_then(|fd| attach_hosts(fd)),
+            None => Ok(()),
+        });
     // Step 1: descriptors. Everything first moves above 10, so moving to the
     // fixed numbers never overwrites one still needed; then all else closes.
     let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -753,7 +803,7 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     );
 
     let plan = a.plan;
-    or_fail(STEP_FS, build_fs(plan, a.run_dir, a.hosts));
+    or_fail(STEP_FS, entered.and_then(|()| fill_box(plan)));
     // The box's PID 1 says nothing of the runner: its command line (the
     // runner's, copied by clone) is overwritten and it gets a name of its own.
     let (start, end) = plan.argv;
@@ -937,21 +987,12 @@ unsafe fn bind_ro(src: &CStr, at: &CStr, recursive: bool, flags: libc::c_ulong) 
     )
 }
 
-/// The box's file system: a tmpfs on the work directory holding the plan's
-/// entries and the snapshot (`run_dir`, reached through the working
-/// directory once the tmpfs hides it), made `/` (the host's tree detached),
-/// then `/dev`, `/proc`, `/tmp` and `/etc`; read-only but for `/tmp` and
-/// `/dev/shm`. Async-signal-safe.
-unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr, hosts: Option<&CStr>) -> io::Result<()> {
-    // The slot's hosts file lies in the work directory, which the root's
-    // tmpfs covers next: held open, it is bound from /proc/self/fd below.
-    let hosts = match hosts {
-        Some(path) => Some(rc_fd(libc::open(
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        ))?),
-        None => None,
-    };
+/// The box's root, in a fresh mount namespace: a tmpfs on the work
+/// directory holding the plan's entries and the snapshot (`run_dir`,
+/// reached through the working directory once the tmpfs hides it), made
+/// `/` (the host's tree detached), with `/dev` and `/etc`; read-only.
+/// Async-signal-safe.
+unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     libc::umask(0o022);
     rc(libc::chdir(run_dir.as_ptr()))?;
@@ -969,36 +1010,13 @@ unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr, hosts: Option<&CStr>) -> io::
             bind_ro(&e.src, &e.at, e.kind == Kind::Tree, libc::MS_NODEV)?;
         }
     }
-    if let Some(fd) = hosts {
-        // The run's own names (see `crate::egress`), as the runner writes
-        // them for each run; bound while the host's mounts are still in this
-        // namespace (a bind from a detached mount is refused).
-        let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
-        libc::close(rc_fd(libc::open(plan.hosts_at.as_ptr(), flags, 0o444))?);
-        let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-        let digits = fd_digits(fd, &mut path[14..]);
-        let path = CStr::from_bytes_until_nul(&path[..15 + digits])
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        bind_ro(
-            path,
-            &plan.hosts_at,
-            false,
-            libc::MS_NODEV | libc::MS_NOEXEC,
-        )?;
-        libc::close(fd);
-    }
     bind_ro(c".", &plan.code_at, false, libc::MS_NODEV)?;
     rc(libc::chdir(plan.work_dir.as_ptr()))?;
     rc(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
     rc(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
     rc(libc::chdir(c"/".as_ptr()))?;
-    build_dev(plan)?;
-    mount_proc(plan)?;
-    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
+    build_dev()?;
     for (path, bytes) in ETC_FILES {
-        if hosts.is_some() && path == c"/etc/hosts" {
-            continue;
-        }
         write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
     }
 
@@ -1007,24 +1025,44 @@ unsafe fn build_fs(plan: &BoxPlan, run_dir: &CStr, hosts: Option<&CStr>) -> io::
     mount(None, c"/", None, ro, None)
 }
 
-/// Writes `fd` in decimal at the start of `out` (which has room, and a NUL
-/// after); returns the number of digits. Async-signal-safe.
-fn fd_digits(fd: RawFd, out: &mut [u8]) -> usize {
-    let mut n = fd.unsigned_abs();
-    let mut len = 0;
-    let mut tmp = [0u8; 10];
-    loop {
-        tmp[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (o, t) in out.iter_mut().zip(tmp[..len].iter().rev()) {
-        *o = *t;
-    }
-    len
+/// A detached copy of the mount holding `path` (just that file), to be
+/// attached in another mount namespace. Async-signal-safe.
+unsafe fn open_tree_clone(path: &CStr) -> io::Result<RawFd> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags);
+    rc_fd(fd as RawFd)
+}
+
+/// Attaches the detached hosts file `tree` over `/etc/hosts` of the current
+/// mount namespace, read-only. Async-signal-safe.
+unsafe fn attach_hosts(tree: RawFd) -> io::Result<()> {
+    // MOVE_MOUNT_F_EMPTY_PATH: move `tree` itself (not in the libc crate).
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let moved = rc(libc::syscall(
+        libc::SYS_move_mount,
+        tree,
+        c"".as_ptr(),
+        libc::AT_FDCWD,
+        c"/etc/hosts".as_ptr(),
+        MOVE_MOUNT_F_EMPTY_PATH,
+    ) as libc::c_int);
+    libc::close(tree);
+    moved?;
+    let ro = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    mount(None, c"/etc/hosts", None, ro, None)
+}
+
+/// A box's own part of its file system, on its copy of the root: a `/proc`
+/// of its PID namespace, a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
+unsafe fn fill_box(plan: &BoxPlan) -> io::Result<()> {
+    mount_proc(plan)?;
+    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
+    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)
 }
 
 /// A `/proc` of the box's PID namespace, host-wide files masked, memfds
@@ -1046,8 +1084,9 @@ unsafe fn mount_proc(plan: &BoxPlan) -> io::Result<()> {
 }
 
 /// A minimal private `/dev`: the harmless character devices, the standard
-/// stream links and a private `/dev/shm`. No NSM, vsock, kmsg, mem or disk.
-unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
+/// stream links and `/dev/shm` (each box mounts its own). No NSM, vsock,
+/// kmsg, mem or disk.
+unsafe fn build_dev() -> io::Result<()> {
     tmpfs(
         c"/dev",
         libc::MS_NOSUID | libc::MS_NOEXEC,
@@ -1079,7 +1118,6 @@ unsafe fn build_dev(plan: &BoxPlan) -> io::Result<()> {
         rc(libc::symlink(target.as_ptr(), link.as_ptr()))?;
     }
     rc(libc::mkdir(c"/dev/shm".as_ptr(), 0o1777))?;
-    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)?;
     libc::umask(old);
     Ok(())
 }

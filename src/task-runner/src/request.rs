@@ -224,6 +224,10 @@ pub struct TaskInfo {
     /// The destinations it declares (`"host:port"`, see
     /// [`TaskDeclaration`](crate::TaskDeclaration)); empty: no network.
     pub egress: Vec<crate::EgressHost>,
+    /// The operator secrets its `package.json` declares (listed only when
+    /// there are any).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 #[cfg(test)]

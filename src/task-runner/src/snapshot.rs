@@ -156,7 +156,7 @@ fn stage_one(root: &Path, src: &Path, dst: &Path, limits: TreeLimits) -> Result<
     // it refuses to start): running it without what it declared would fail
     // later, less clearly.
     let declaration = match entry {
-        Ok(_) => task::declaration(dst).map_err(Refused::from_error)?,
+        Ok(_) => TaskDeclaration::read(dst).map_err(Refused::from_error)?,
         Err(_) => TaskDeclaration::default(),
     };
     Ok(Staged {

@@ -7,7 +7,6 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::declaration::TaskDeclaration;
 use crate::digest::{self, Kind, TreeError, TreeLimits};
 use crate::TaskError;
 
@@ -120,7 +119,7 @@ const MAX_PACKAGE_JSON_BYTES: u64 = 1024 * 1024;
 
 /// The bytes of the staged `package.json` (a regular file of at most
 /// [`MAX_PACKAGE_JSON_BYTES`]).
-fn read_package_json(staged: &Path) -> Result<Vec<u8>, TaskError> {
+pub(crate) fn read_package_json(staged: &Path) -> Result<Vec<u8>, TaskError> {
     let invalid = |msg: String| TaskError::InvalidTask(msg);
     let package = staged.join("package.json");
     let meta = fs::symlink_metadata(&package).map_err(|_| TaskError::PackageJsonMissing)?;
@@ -133,12 +132,6 @@ fn read_package_json(staged: &Path) -> Result<Vec<u8>, TaskError> {
         )));
     }
     fs::read(&package).map_err(|e| TaskError::internal("reading package.json", e))
-}
-
-/// What the staged task declares under `"nautilus"` in its `package.json`.
-pub(crate) fn declaration(staged: &Path) -> Result<TaskDeclaration, TaskError> {
-    TaskDeclaration::from_package_json(&read_package_json(staged)?)
-        .map_err(|e| TaskError::InvalidTask(e.to_string()))
 }
 
 /// Reads `main` from the staged `package.json` and checks it names a regular file

@@ -104,3 +104,60 @@ async fn oversized_tasks_are_refused() {
     let err = run(&runner, request("big", &[])).await.unwrap_err();
     assert_eq!(err.kind(), task_runner::ErrorKind::InvalidTask, "{err}");
 }
+
+/// npm's bookkeeping file is the one path left out of the digest (and of the
+/// staged copy): a task installed with the host's npm and the same task in the
+/// image, where the build removes it, have one digest.
+#[tokio::test]
+async fn npm_bookkeeping_is_neither_digested_nor_staged() {
+    let tasks = tempfile::tempdir().unwrap();
+    let task = tasks.path().join("t");
+    write(&task, "package.json", "{}");
+    write(
+        &task,
+        "index.js",
+        "const fs = require('fs');\n\
+         const at = (p) => fs.existsSync(require('path').join(__dirname, p));\n\
+         console.log(at('node_modules/.package-lock.json'), at('node_modules/dep/index.js'));\n",
+    );
+    write(&task, "node_modules/dep/index.js", "module.exports = 1;\n");
+    let digest = || {
+        Runner::new(config_in(tasks.path()))
+            .unwrap()
+            .list_tasks()
+            .unwrap()[0]
+            .task_digest
+            .clone()
+    };
+    let without = digest();
+
+    let mut input = b"nautilus-task-digest-v1\n".to_vec();
+    let index = std::fs::read(task.join("index.js")).unwrap();
+    entry(&mut input, b'f', "index.js", &index);
+    entry(&mut input, b'd', "node_modules", b"");
+    entry(&mut input, b'd', "node_modules/dep", b"");
+    entry(
+        &mut input,
+        b'f',
+        "node_modules/dep/index.js",
+        b"module.exports = 1;\n",
+    );
+    entry(&mut input, b'f', "package.json", b"{}");
+    assert_eq!(without, hex::encode(Sha256::digest(&input)));
+
+    write(
+        &task,
+        task_runner::digest::EXCLUDED_PATH,
+        r#"{"name": "t", "lockfileVersion": 3, "packages": {}}"#,
+    );
+    assert_eq!(digest(), without, "the bookkeeping file changed the digest");
+    // Only that path: the same name elsewhere counts.
+    write(&task, "node_modules/dep/.package-lock.json", "{}");
+    assert_ne!(digest(), without);
+    std::fs::remove_file(task.join("node_modules/dep/.package-lock.json")).unwrap();
+
+    // What the task can read is what the digest describes.
+    let runner = Runner::new(config_in(tasks.path())).unwrap();
+    let result = run(&runner, request("t", &[])).await.unwrap();
+    assert_eq!(result.stdout, "false true\n", "{result:?}");
+}

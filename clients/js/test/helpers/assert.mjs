@@ -10,10 +10,10 @@ function check(error, ErrorClass, code, details) {
   return error;
 }
 
-/** Returns the error, for further checks of its message. */
-export function throwsCode(fn, ErrorClass, code, details) {
+/** Resolves to the error, for further checks of its message; `fn` may be async. */
+export async function throwsCode(fn, ErrorClass, code, details) {
   try {
-    fn();
+    await fn();
   } catch (e) {
     return check(e, ErrorClass, code, details);
   }

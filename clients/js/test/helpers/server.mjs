@@ -33,13 +33,13 @@ export function serverBinary() {
 
 /**
  * Starts `nautilus-server --attestation dev` on a free loopback port, serving
- * the repository's tasks, and resolves with `{ base, rootPem, rootPemPath, stop }`
+ * the repository's tasks (plus `args`, e.g. `--cors-origins` or `--tls on`), and resolves with `{ base, rootPem, rootPemPath, stop }`
  * once it has announced its address (within 60 s).
  */
-export async function startServer() {
+export async function startServer({ args = [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nautilus-e2e-'));
   const rootPemPath = path.join(dir, 'dev-root.pem');
-  const child = spawn(serverBinary(), ['--attestation', 'dev', '--listen', 'tcp://127.0.0.1:0', '--tasks-dir', REPO_DIR, '--dev-root-out', rootPemPath], {
+  const child = spawn(serverBinary(), ['--attestation', 'dev', '--listen', 'tcp://127.0.0.1:0', '--tasks-dir', REPO_DIR, '--dev-root-out', rootPemPath, ...args], {
     env: { PATH: process.env.PATH, HOME: process.env.HOME ?? '/tmp', RUST_LOG: 'warn' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -51,7 +51,7 @@ export async function startServer() {
     const timer = setTimeout(() => reject(new Error(`server did not announce its address within 60 s:\n${log}`)), 60_000);
     child.stderr.on('data', (chunk) => {
       log += chunk;
-      const m = /nautilus-server is listening on (http:\/\/\S+)/.exec(log);
+      const m = /nautilus-server is listening on (https?:\/\/\S+)/.exec(log);
       if (m) {
         clearTimeout(timer);
         resolve(m[1]);

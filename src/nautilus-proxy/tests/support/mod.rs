@@ -37,6 +37,9 @@ impl Proxy {
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nautilus-proxy"));
+        // The dev servers and raw upstreams here expect no PROXY header
+        // unless a test asks for one (through this variable).
+        cmd.env("NAUTILUS_PROXY_PROXY_PROTOCOL", "false");
         cmd.envs(env.iter().copied());
         Self::spawn(die_with_parent(&mut cmd).args(args)).await
     }
@@ -45,6 +48,7 @@ impl Proxy {
     pub async fn start_with_rlimit(args: &[&str], (soft, hard): (u64, u64)) -> Self {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nautilus-proxy"));
+        cmd.env("NAUTILUS_PROXY_PROXY_PROTOCOL", "false");
         // SAFETY: setrlimit is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {

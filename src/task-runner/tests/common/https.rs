@@ -66,7 +66,7 @@ impl HttpsServer {
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
+            .signed_by(&leaf_key, &rcgen::Issuer::from_params(&ca_params, &ca_key))
             .unwrap();
         let write = |name: &str, text: String| {
             let path = dir.path().join(name);
