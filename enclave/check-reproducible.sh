@@ -11,20 +11,17 @@
 # already show any time that reaches a binary.
 # Then compares the two out/nitro.eif and out/nitro.pcrs byte for byte.
 #
-#   KERNEL=<any file> enclave/check-reproducible.sh [WORK]
+#   enclave/check-reproducible.sh [WORK]
 #
 # Clones go to WORK/one and WORK/deeper/still/two and are left there for the
 # caller (the test in src/enclave-image/tests/reproducible.rs, which `make
 # repro-test`, part of `make test`, runs); without WORK, to a temporary
 # directory removed at the end. Uncommitted changes are not part of the check.
 set -eu
-: "${KERNEL:?set KERNEL=<path to a kernel image; any file works>}"
-[ -f "$KERNEL" ] || { echo "check-reproducible: KERNEL=$KERNEL does not exist" >&2; exit 1; }
 command -v faketime >/dev/null || {
     echo "check-reproducible: faketime is missing (apt-get install faketime); it moves the second assembly's wall-clock time" >&2
     exit 1
 }
-KERNEL="$(cd "$(dirname "$KERNEL")" && pwd)/$(basename "$KERNEL")"
 src="$(git rev-parse --show-toplevel)"
 commit="$(git -C "$src" rev-parse HEAD)"
 if [ $# -ge 1 ]; then
@@ -51,7 +48,7 @@ build() {
         unset CARGO_TARGET_DIR ENCLAVE_TARGET_DIR OUT RUSTFLAGS CARGO_BUILD_RUSTFLAGS \
             CARGO_ENCODED_RUSTFLAGS SOURCE_DATE_EPOCH
         TZ="$zone" LC_ALL="$locale" LANG="$locale" \
-            make --no-print-directory image KERNEL="$KERNEL" ASSEMBLE_WRAPPER="$wrapper"
+            make --no-print-directory image ASSEMBLE_WRAPPER="$wrapper"
     )
     echo "check-reproducible: $dir built at $(date -u +%FT%TZ) (real time)" >&2
 }

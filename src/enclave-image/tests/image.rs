@@ -1,4 +1,4 @@
-//! The real image: `make image` with a stand-in kernel, then what is inside.
+//! The real image: `make image` (with the pinned kernel), then what is inside.
 //!
 //! The first test to run builds it once (static musl binaries into
 //! `target/enclave`, inputs downloaded once into ~/.cache/nautilus, which needs
@@ -30,7 +30,6 @@ fn is_root() -> bool {
 
 struct Built {
     out: PathBuf,
-    kernel: PathBuf,
     bin_dir: PathBuf,
 }
 
@@ -41,24 +40,16 @@ fn built() -> &'static Built {
         let base = repo().join("target/image-test");
         let out = base.join("out");
         fs::create_dir_all(&out).unwrap();
-        // Any file works as the kernel of a test build; a fixed one keeps PCRs stable.
-        let kernel = base.join("stand-in-kernel");
-        let bytes: Vec<u8> = (0..65_536u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect();
-        fs::write(&kernel, bytes).unwrap();
         let status = Command::new("make")
             .current_dir(repo())
             .arg("--no-print-directory")
             .arg("image")
-            .arg(format!("KERNEL={}", kernel.display()))
             .arg(format!("OUT={}", out.display()))
             .status()
             .expect("running make");
         assert!(status.success(), "make image failed");
         Built {
             out,
-            kernel,
             bin_dir: repo().join("target/enclave/x86_64-unknown-linux-musl/release"),
         }
     })
@@ -95,7 +86,12 @@ fn the_pcrs_are_recomputed_independently_and_describe_agrees() {
         [1, 2, 5, 3, 3],
         "kernel, cmdline, metadata, boot and app ramdisks"
     );
-    assert_eq!(sections[0].1, fs::read(&b.kernel).unwrap());
+    // A bzImage (the boot protocol's "HdrS" at 0x202), Linux 6.12 as pinned.
+    assert_eq!(
+        &sections[0].1[0x202..0x206],
+        b"HdrS",
+        "the kernel is no bzImage"
+    );
     let cmdline = fs::read_to_string(repo().join("enclave/cmdline")).unwrap();
     assert_eq!(sections[1].1, cmdline.trim_end().as_bytes());
     let (k, c, boot, app) = (sections[0].1, sections[1].1, sections[3].1, sections[4].1);
@@ -521,7 +517,6 @@ fn build_script(dir: &Path) -> Command {
     let mut command = Command::new(dir.join("enclave/build-image.sh"));
     command
         .current_dir(dir)
-        .env("KERNEL", &b.kernel)
         .env("OUT", dir.join("out"))
         .env("BIN_DIR", &b.bin_dir)
         .env("SOURCE_DATE_EPOCH", commit_time());
@@ -705,23 +700,13 @@ fn two_assemblies_from_two_copies_are_byte_identical() {
     assert!(first == reference, "an assembly differs from make image's");
 }
 
-/// `run.sh` with the image's own busybox, chrooted, with a stand-in server:
-/// the cmdline switch selects dev mode, the dev root is printed between the
-/// documented markers, and after the console kill line the server is
-/// restarted and the new root printed again.
-#[test]
-fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
-    use std::io::{BufRead, BufReader, Write};
+/// The image's own `run.sh` and busybox in a chroot at `root`, with `server`
+/// (a script) standing in for nautilus-server, the init's
+/// `NAUTILUS_ATTESTATION=attestation`, stdin and stdout (with stderr) piped, in a process
+/// group of its own (kill `-pid` to end everything).
+fn chroot_run_sh(root: &Path, attestation: &str, server: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    if !is_root() {
-        eprintln!(
-            "SKIPPED run_sh_prints_the_dev_root_and_restarts_a_killed_server: needs root (chroot)"
-        );
-        return;
-    }
     let image = unpacked_app();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     for d in ["bin", "usr/bin", "proc", "run", "tasks", "dev"] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -738,32 +723,182 @@ fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
         std::os::unix::fs::symlink(target, root.join("bin").join(applet)).unwrap();
     }
     fs::copy(image.join("run.sh"), root.join("run.sh")).unwrap();
-    fs::write(
-        root.join("proc/cmdline"),
-        "console=ttyS0 nautilus.attestation=dev\n",
-    )
-    .unwrap();
-    let server = root.join("usr/bin/nautilus-server");
-    fs::write(
-        &server,
-        "#!/bin/sh\nprev=\nfor a in \"$@\"; do [ \"$prev\" = --dev-root-out ] && echo STAND-IN-ROOT > \"$a\"; prev=$a; done\nexec sleep 1000\n",
-    )
-    .unwrap();
-    fs::set_permissions(&server, fs::Permissions::from_mode(0o755)).unwrap();
-
+    let stand_in = root.join("usr/bin/nautilus-server");
+    fs::write(&stand_in, server).unwrap();
+    fs::set_permissions(&stand_in, fs::Permissions::from_mode(0o755)).unwrap();
     let chroot = ["/usr/sbin/chroot", "/sbin/chroot", "/usr/bin/chroot"]
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("chroot(8) is installed");
-    let mut child = Command::new(chroot)
+    Command::new(chroot)
         .arg(root)
-        .args(["/bin/sh", "/run.sh"])
+        // stderr with stdout, as the init pipes both into the channel.
+        .args(["/bin/sh", "-c", "exec /bin/sh /run.sh 2>&1"])
         .env_clear()
+        .env("NAUTILUS_ATTESTATION", attestation)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .process_group(0)
         .spawn()
+        .unwrap()
+}
+
+/// A server that refuses to start (exit status 78) is not restarted, and
+/// the refusal reaches a reader of the enclave's status and log channel:
+/// the image's run.sh, chrooted, writes into the init's log book, which the
+/// init's channel code serves on a real Unix socket (vsock in the enclave).
+#[test]
+fn a_server_that_refuses_to_start_is_reported_on_the_channel_and_not_restarted() {
+    use enclave_init::channel::{self, LogBook};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::Arc;
+    if !is_root() {
+        eprintln!("SKIPPED a_server_that_refuses_to_start_is_reported_on_the_channel_and_not_restarted: needs root (chroot)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut child = chroot_run_sh(
+        &root,
+        "nsm",
+        "#!/bin/sh\necho \"ERROR refusing to start: --tasks-dir /tasks holds no task\" >&2\nexit 78\n",
+    );
+    let pgid = child.id() as i32;
+    let book = Arc::new(LogBook::default());
+    book.set_console(false);
+    let stdout = child.stdout.take().unwrap();
+    let feed = Arc::clone(&book);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            feed.line(&line);
+        }
+    });
+    let sock = dir.path().join("channel.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let served = Arc::clone(&book);
+    std::thread::spawn(move || channel::serve(served, listener.incoming(), UnixStream::try_clone));
+
+    let reader = UnixStream::connect(&sock).unwrap();
+    reader
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
+    let mut lines = BufReader::new(reader).lines();
+    let mut seen = Vec::new();
+    let failed = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                let hit =
+                    line.starts_with("nautilus-status: failed: nautilus-server refused to start");
+                seen.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    // Long enough for a restart (the first backoff is 1 s) to have happened.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let still_running = child.try_wait().unwrap().is_none();
+    // SAFETY: kill on the process group this test created.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    let mut rest = Vec::new();
+    book.follow(&mut rest, &std::sync::atomic::AtomicBool::new(true))
+        .unwrap();
+    let all = String::from_utf8_lossy(&rest).into_owned();
+    assert!(
+        failed,
+        "no refusal status on the channel; it showed:\n{}",
+        seen.join("\n")
+    );
+    assert!(
+        all.contains("ERROR refusing to start: --tasks-dir /tasks holds no task"),
+        "{all}"
+    );
+    assert_eq!(
+        all.matches("started nautilus-server").count(),
+        1,
+        "restarted:\n{all}"
+    );
+    assert!(
+        still_running,
+        "run.sh exited (the init would end the enclave and its log):\n{all}"
+    );
+}
+
+/// Without an NSM outside a QEMU test VM, run.sh never starts the server and
+/// says why on the channel.
+#[test]
+fn no_attestation_means_no_server_and_a_status_saying_why() {
+    use std::io::{BufRead, BufReader};
+    if !is_root() {
+        eprintln!(
+            "SKIPPED no_attestation_means_no_server_and_a_status_saying_why: needs root (chroot)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = chroot_run_sh(
+        dir.path(),
+        "unavailable",
+        "#!/bin/sh\necho STARTED\nexec sleep 1000\n",
+    );
+    let pgid = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while let Ok(line) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let done = line.starts_with("nautilus-status: failed: no attestation available");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    seen.extend(rx.try_iter());
+    // SAFETY: kill on the process group this test created.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    let all = seen.join("\n");
+    assert!(
+        all.contains("nautilus-status: failed: no attestation available"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("STARTED") && !all.contains("started nautilus-server"),
+        "{all}"
+    );
+}
+
+/// `run.sh` with the image's own busybox, chrooted, with a stand-in server:
+/// the init's NAUTILUS_ATTESTATION=dev selects dev mode, the dev root is printed between the
+/// documented markers, and after the console kill line the server is
+/// restarted and the new root printed again.
+#[test]
+fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
+    use std::io::{BufRead, BufReader, Write};
+    if !is_root() {
+        eprintln!(
+            "SKIPPED run_sh_prints_the_dev_root_and_restarts_a_killed_server: needs root (chroot)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = chroot_run_sh(
+        dir.path(),
+        "dev",
+        "#!/bin/sh\nprev=\nfor a in \"$@\"; do [ \"$prev\" = --dev-root-out ] && echo STAND-IN-ROOT > \"$a\"; prev=$a; done\nexec sleep 1000\n",
+    );
     let pgid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();

@@ -12,11 +12,12 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// `cache file name -> (sha256, sha1)` of the Debian packages in inputs.lock.
+/// `cache file name -> (sha256, sha1)` of the Debian packages in inputs.lock
+/// (the kernel package included).
 fn lock_debs() -> BTreeMap<String, (String, String)> {
     repo_file("enclave/inputs.lock")
         .lines()
-        .filter(|l| l.starts_with("deb "))
+        .filter(|l| l.starts_with("deb ") || l.starts_with("kernel "))
         .map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(cols.len(), 6, "inputs.lock: {l}");

@@ -147,3 +147,54 @@ fn mount_with(root: &Path, mount: &Mount, data: &str) -> io::Result<Mounted> {
         Err(err)
     }
 }
+
+/// Where the initramfs root is bound while [`leave_rootfs`] moves it.
+const REBIND_AT: &str = "/.nautilus-root";
+
+/// Makes `/` a bind mount of the initramfs instead of the initramfs mount
+/// itself (what `switch_root` does, without copying anything): bind the
+/// root recursively onto a directory, move that mount onto `/`, `chroot`
+/// into it. The kernel refuses `pivot_root(2)` while the root is the initial
+/// rootfs (`EINVAL`: it has no parent mount), and the task runner builds
+/// every box with `pivot_root`; after this the root has one (the rootfs
+/// beneath), and nothing else changes: same files, same memory.
+/// PID 1 only, before anything else is mounted.
+pub fn leave_rootfs() -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (at, root, dot) = (c(REBIND_AT)?, c("/")?, c(".")?);
+    let rc = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls on valid C strings; null pointers where
+    // mount(2) takes none.
+    unsafe {
+        match rc(libc::mkdir(at.as_ptr(), 0o700)) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        rc(libc::mount(
+            root.as_ptr(),
+            at.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
+        rc(libc::chdir(at.as_ptr()))?;
+        rc(libc::mount(
+            dot.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ))?;
+        rc(libc::chroot(dot.as_ptr()))?;
+        rc(libc::chdir(root.as_ptr()))?;
+        // The empty mount point, seen through the bind: not part of the image.
+        let _ = libc::rmdir(at.as_ptr());
+    }
+    Ok(())
+}

@@ -143,6 +143,20 @@ pub fn seed_rng_from_nsm(want: usize) -> Result<usize, SeedError> {
     Ok(seed.len())
 }
 
+/// Whether the enclave runs in debug mode: the NSM then reports PCR0 as all
+/// zeros (AWS documents debug-mode PCRs as zeros). False when it cannot ask.
+pub fn nsm_debug_mode() -> bool {
+    use aws_nitro_enclaves_nsm_api::api::{Request, Response};
+    use aws_nitro_enclaves_nsm_api::driver;
+    let fd = driver::nsm_init();
+    if fd < 0 {
+        return false;
+    }
+    let answer = driver::nsm_process_request(fd, Request::DescribePCR { index: 0 });
+    driver::nsm_exit(fd);
+    matches!(answer, Response::DescribePCR { data, .. } if !data.is_empty() && data.iter().all(|b| *b == 0))
+}
+
 /// `RNDADDENTROPY` on `/dev/random`: mixes `bytes` in and credits them fully.
 fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
@@ -169,9 +183,10 @@ fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Ends the machine: SIGTERM to every process, up to two seconds reaping,
-/// SIGKILL to the rest, `sync`, then `reboot(RB_POWER_OFF)`. Never returns.
+/// SIGKILL to the rest, `sync`, then `reboot(RB_AUTOBOOT)` as AWS's init does
+/// (the enclave ends on reboot). Never returns.
 pub fn power_off() -> ! {
-    crate::log("powering off: stopping every process");
+    crate::log("ending the enclave: stopping every process");
     // SAFETY: kill(-1) signals every process but PID 1 itself.
     unsafe { libc::kill(-1, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -188,15 +203,15 @@ pub fn power_off() -> ! {
     // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     crate::reaper::reap_exited();
-    crate::log("powering off");
+    crate::log("rebooting: the enclave ends here");
     // SAFETY: sync and reboot take no pointers.
     unsafe {
         libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
+        libc::reboot(libc::RB_AUTOBOOT);
     }
     // reboot only returns on failure; PID 1 must not exit (the kernel panics).
     crate::log(format_args!(
-        "power-off failed: {}",
+        "reboot(RB_AUTOBOOT) failed: {}",
         io::Error::last_os_error()
     ));
     loop {

@@ -1,4 +1,5 @@
-//! `nautilus-proxy`: flags → [`ProxyConfig`], then relay until SIGTERM.
+//! `nautilus-proxy`: flags → [`ProxyConfig`], then relay until SIGTERM; or
+//! `nautilus-proxy logs`: print the enclave's status and log channel.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -15,9 +16,13 @@ use nautilus_proxy::{serve, Limits, ListenAddr, ProxyConfig, SourceLimits, Upstr
     about = "Relays TCP connections to a Nautilus enclave's vsock port, and its tasks' allowed egress out",
     after_help = "Upstreams: vsock://CID:PORT (the enclave), tcp://HOST:PORT, \
                   unix:PATH#PORT (hybrid vsock: Firecracker, vhost-device-vsock). \
-                  Egress (docs/egress.md): --egress-listen vsock://3128 --egress-allow api.example.org:443"
+                  Egress (docs/egress.md): --egress-listen vsock://3128 --egress-allow api.example.org:443",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// `tcp://IP:PORT` to accept clients on (with `--upstream`).
     #[arg(long, env = "NAUTILUS_PROXY_LISTEN", requires = "upstream")]
     listen: Option<ListenAddr>,
@@ -95,6 +100,34 @@ struct Args {
     drain_timeout_secs: u64,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Print the enclave's status and log channel (its vsock port 3001): the
+    /// backlog, then new lines as they come, until the enclave closes it or
+    /// Ctrl-C. Lines starting `nautilus-status: ` say whether the server runs
+    /// and, when it does not, why. Needs no debug mode.
+    Logs {
+        /// The channel: vsock://CID:3001 on the parent, or unix:PATH#3001.
+        #[arg(long)]
+        upstream: Upstream,
+        /// Seconds to open the connection.
+        #[arg(long, default_value_t = 5, value_parser = secs)]
+        connect_timeout_secs: u64,
+    },
+}
+
+/// Copies the channel to stdout until it closes.
+async fn print_logs(upstream: &Upstream, connect: Duration) -> anyhow::Result<()> {
+    let mut stream = upstream.connect(connect).await.with_context(|| {
+        format!("could not open the enclave's status and log channel at {upstream}")
+    })?;
+    let mut stdout = tokio::io::stdout();
+    tokio::io::copy(&mut stream, &mut stdout)
+        .await
+        .context("reading the status and log channel")?;
+    Ok(())
+}
+
 /// A timeout of 0 would close everything; a day is far past any use.
 fn secs(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
@@ -130,6 +163,13 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::Logs {
+        upstream,
+        connect_timeout_secs,
+    }) = &args.command
+    {
+        return print_logs(upstream, Duration::from_secs(*connect_timeout_secs)).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

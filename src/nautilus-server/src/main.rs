@@ -277,8 +277,24 @@ const DEFAULT_TCP_PORT: u16 = 3000;
 /// before the process exits anyway.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The exit status of a server that refused to start (`EX_CONFIG`): bad
+/// arguments, tasks, or an address it cannot listen on. `run.sh` does not
+/// restart a server that exits with it (the same image would fail the same
+/// way) and says so on the enclave's status channel.
+const EXIT_REFUSED_TO_START: u8 = 78;
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_REFUSED_TO_START)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // Flushes what is queued when main returns.
     let (writer, _flush) = log_writer();
     let dropped = writer.error_counter();
@@ -287,10 +303,15 @@ fn main() -> ExitCode {
         .name("log-drops".into())
         .spawn(move || report_dropped_log_lines(&dropped))
         .ok();
+    let ready = std::sync::atomic::AtomicBool::new(false);
     // One line that says what to do: `{:#}` joins the causes, and no
     // backtrace (the release binary's symbols are stripped anyway).
-    match serve(args) {
+    match serve(args, &ready) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if !ready.load(std::sync::atomic::Ordering::SeqCst) => {
+            tracing::error!("refusing to start: {err:#}");
+            ExitCode::from(EXIT_REFUSED_TO_START)
+        }
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
@@ -299,7 +320,7 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Args, ready: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
     // Before the key exists: no core dumps, no ptrace or /proc/<pid>/mem
     // access by other processes, tasks included.
     nautilus_server::state::harden_process().context("could not mark the process non-dumpable")?;
@@ -353,6 +374,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
 
     let local = bound.local_addr()?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
     announce(&state, &local, args.dev_root_out.as_deref());
     // On this thread, which lives as long as the server: the boxes die with it.
     state.runner().start_warm_pool();

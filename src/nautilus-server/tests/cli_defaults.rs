@@ -59,7 +59,8 @@ fn a_dev_server_without_listen_uses_loopback_port_3000() {
 }
 
 /// Start-up failures are one log line saying what to do: no repeated
-/// causes, no driver noise, and no backtrace even with RUST_BACKTRACE=1.
+/// causes, no driver noise, and no backtrace even with RUST_BACKTRACE=1; the
+/// exit status is 78 (refused to start), which run.sh does not restart.
 #[test]
 fn start_up_errors_are_one_line_even_with_rust_backtrace() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -89,7 +90,7 @@ fn start_up_errors_are_one_line_even_with_rust_backtrace() {
             .env("RUST_BACKTRACE", "1")
             .output()
             .expect("ran");
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         // The server's own lines (the task runner may log about leftovers of
         // other runs on a shared machine).
@@ -108,6 +109,10 @@ fn start_up_errors_are_one_line_even_with_rust_backtrace() {
             assert_eq!(err.matches("/dev/nsm").count(), 1, "{err}");
         }
     }
+    // Arguments it cannot parse: refused to start too.
+    let out = server().arg("--no-such-flag").output().expect("ran");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
     drop(taken);
 }
 
