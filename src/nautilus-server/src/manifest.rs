@@ -79,14 +79,16 @@ struct ManifestBody<'a> {
     tasks: &'a [TaskInfo],
 }
 
-/// Who can reach what: the TLS key clients pin and the operators who may
-/// set secrets.
+/// Who can reach what: the TLS key clients pin, the operators who may set
+/// secrets, and how tasks reach the destinations they declare.
 #[derive(Debug, Clone, Copy)]
 pub struct Access<'a> {
     /// SHA-256 of the TLS certificate's SPKI; `None` without TLS.
     pub tls_spki_sha256: Option<&'a [u8; 32]>,
     /// The operators' public keys.
     pub operator_keys: &'a [result_signing::VerifyingKey],
+    /// The egress route and caps.
+    pub egress: &'a Egress,
 }
 
 /// The frozen manifest: its bytes and their SHA-256.
@@ -105,7 +107,6 @@ impl Manifest {
         limits: Limits,
         isolation: &Isolation,
         cgroups: &CgroupSummary,
-        egress: Egress,
         access: Access<'_>,
         tasks: Vec<TaskInfo>,
     ) -> Result<Self, serde_json::Error> {
@@ -116,7 +117,7 @@ impl Manifest {
             limits: &limits,
             isolation,
             cgroups,
-            egress: &egress,
+            egress: access.egress,
             tls_spki_sha256: access.tls_spki_sha256.map(hex::encode),
             operator_keys: access
                 .operator_keys

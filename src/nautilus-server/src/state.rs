@@ -160,14 +160,14 @@ impl AppState {
             Limits::from_config(&config),
             runner.isolation(),
             runner.cgroups(),
-            crate::manifest::Egress {
-                route: config.egress_route.clone(),
-                limits: config.runner.egress,
-                test_ca_sha256: runner.egress_test_ca_sha256().map(str::to_owned),
-            },
             Access {
                 tls_spki_sha256: tls.as_ref().map(TlsIdentity::spki_sha256),
                 operator_keys: &config.operator_keys,
+                egress: &crate::manifest::Egress {
+                    route: config.egress_route.clone(),
+                    limits: config.runner.egress,
+                    test_ca_sha256: runner.egress_test_ca_sha256().map(str::to_owned),
+                },
             },
             tasks,
         )
