@@ -131,7 +131,8 @@ struct Args {
     tls: Option<OnOff>,
     /// Public key (hex SEC1 P-256, from `nautilus-client secrets keygen`) of
     /// an operator who may set secrets; repeatable. Pin it in the image
-    /// (run.sh), so it is measured and listed in the attested manifest.
+    /// (run.sh), so it is measured and listed in the attested manifest
+    /// [default: none].
     #[arg(long = "operator-key", env = "NAUTILUS_OPERATOR_KEYS", value_delimiter = ',', value_parser = parse_operator_key)]
     operator_keys: Vec<result_signing::VerifyingKey>,
     /// Log as JSON lines instead of text (the variable takes 1/0, true/false,
@@ -161,7 +162,8 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1..=300))]
     egress_connect_timeout_secs: u64,
     /// For tests only (refused with `--attestation nsm`, shown in /manifest):
-    /// a PEM file of CA certificates tasks trust besides Node's own store.
+    /// a PEM file of CA certificates tasks trust besides Node's own store
+    /// [default: none].
     #[arg(long, env = "NAUTILUS_EGRESS_TEST_CA")]
     egress_test_ca: Option<PathBuf>,
 }

@@ -261,11 +261,11 @@ async fn shape_errors_name_the_field_in_plain_words() {
         ),
         (
             r#"{"payload": {"args": {}}}"#,
-            "payload.args: expected an array, got an object",
+            "payload.args: expected an array of at most 64 strings, got an object",
         ),
         (
             r#"{"payload": {"args": "x"}}"#,
-            "payload.args: expected an array, got string \"x\"",
+            "payload.args: expected an array of at most 64 strings, got string \"x\"",
         ),
         (
             r#"{"payload": {"args": [1]}}"#,

@@ -143,7 +143,8 @@ fn a_port_in_use_names_the_listen_setting() {
         .args(["--tasks-dir", tasks_dir()])
         .output()
         .expect("ran");
-    assert_eq!(out.status.code(), Some(1));
+    // 78: refused to start (run.sh does not restart it).
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("could not listen on tcp://{addr}"))
