@@ -74,7 +74,7 @@ const U64 = {
 const U16 = {
   expected: 'a u16: a JSON number, integer 0..65535',
   is: (v) => Number.isInteger(v) && v >= 0 && v <= 65535,
-  encode: (v) => fixed(2, (b) => b.writeUInt16LE(v)),
+  encode: (v) => fixed(2, (b) => b.setUint16(0, v, true)),
 };
 const I32 = {
   expected: 'an i32: a JSON number, integer -2^31..2^31-1',
