@@ -22,9 +22,7 @@
 //! * [`error`]: every failure is an [`error::EnclaveError`] that becomes a JSON
 //!   `{"error": ...}` response with the right status.
 //! * [`router`] wires the routes and middleware; [`transport`] listens on TCP
-//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports;
-//!   [`egress`] opens the tasks' declared connections out (directly or
-//!   through the parent).
+//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports.
 //!
 //! Handlers can be called directly, without HTTP:
 //!
@@ -64,7 +62,6 @@ pub mod budget;
 pub mod clients;
 pub mod common;
 pub mod config;
-pub mod egress;
 pub mod error;
 pub mod manifest;
 pub mod metrics;
