@@ -261,6 +261,13 @@ impl BoxPlan {
     /// mount namespace of its own (a short-lived child's, held by a
     /// descriptor). Blocking.
     pub fn seal(&mut self, run_dir: &Path) -> io::Result<()> {
+        // One seal at a time in a process: a seal's child waits for EOF on
+        // its `hold` pipe, and a second seal's child forked meanwhile would
+        // inherit that pipe's write end while waiting on its own, each
+        // keeping the other's open for ever (two runners started at once
+        // deadlocked this way in the server's tests).
+        static SEALING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = SEALING.lock().unwrap_or_else(|e| e.into_inner());
         let run_dir = cstr(run_dir.as_os_str())?;
         let (done_r, done_w) = pipe2()?;
         let (hold_r, hold_w) = pipe2()?;
