@@ -67,6 +67,11 @@ pub(crate) struct Boxed {
     control: Option<tokio::net::unix::pipe::Sender>,
     /// When the task started (for a warm box: when it was handed over).
     started: Instant,
+    /// The CPU time of the whole box, as its reaper reported it with
+    /// `node`'s end (root mode).
+    reported_cpu: Option<Duration>,
+    /// The reaper being reaped, off the caller's path (see [`Outcome`]).
+    reaping: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) fn spawn(
@@ -97,6 +102,8 @@ pub(crate) fn spawn(
             stderr: Some(Box::new(stdio.stderr)),
             control: stdio.control,
             started,
+            reported_cpu: None,
+            reaping: None,
         });
     }
     if spec.control.is_some() {
@@ -138,6 +145,8 @@ pub(crate) fn spawn(
         },
         control: None,
         started,
+        reported_cpu: None,
+        reaping: None,
     })
 }
 
@@ -192,7 +201,10 @@ impl Boxed {
     async fn wait(&mut self) -> Result<ExitStatus, TaskError> {
         match &mut self.kind {
             Kind::Ns(child) => match child.report().await {
-                Report::Exited(status) => Ok(status),
+                Report::Exited(status, cpu) => {
+                    self.reported_cpu = Some(cpu);
+                    Ok(status)
+                }
                 Report::Failed(why) => Err(TaskError::Internal(format!("starting node: {why}"))),
                 // Killed from outside (the OOM killer, say) before it could report.
                 Report::Gone => Ok(killed()),
@@ -226,6 +238,21 @@ impl Boxed {
         match &mut self.kind {
             Kind::Ns(child) => {
                 let pid = child.pid();
+                if let (Some(status), Some(cpu)) = (known, self.reported_cpu) {
+                    // The reaper emptied the box and reported: only it is
+                    // left, exiting. Its namespaces go while it is reaped,
+                    // off the caller's path; the slot waits for it.
+                    child.mark_reaped();
+                    self.reaping = Some(tokio::task::spawn_blocking(move || {
+                        // SAFETY: kill and waitpid on our own unreaped child.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        while unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) } < 0
+                            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                        {
+                        }
+                    }));
+                    return Ok((status, Some(cpu)));
+                }
                 // Blocking: waits for the kernel to kill and reap the namespace.
                 let reaped = tokio::task::spawn_blocking(move || {
                     // SAFETY: kill and wait4 on our own unreaped child.
@@ -264,7 +291,7 @@ impl Boxed {
                 let status = match known {
                     Some(status) => status,
                     None => match child.report().await {
-                        Report::Exited(status) => status,
+                        Report::Exited(status, _) => status,
                         _ => killed(),
                     },
                 };
@@ -363,6 +390,10 @@ pub(crate) struct Outcome {
     pub ending: Ending,
     /// CPU time of every process of the box (root mode).
     pub cpu: Option<Duration>,
+    /// When the box's reaper reported `node`'s end, having killed and
+    /// reaped the rest of the box: the reaper, still being reaped (its
+    /// namespaces torn down). The slot may be used again once it has.
+    pub reaping: Option<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -469,6 +500,7 @@ pub(crate) async fn supervise(
         elapsed,
         ending,
         cpu,
+        reaping: boxed.reaping.take(),
     })
 }
 

@@ -1013,6 +1013,16 @@ impl Inner {
         Ok(pool::Warm { boxed, task_id })
     }
 
+    /// Kills whatever is left in slot `index`'s cgroups and waits until
+    /// they are empty. Blocking.
+    fn empty_slot(&self, index: usize) {
+        if let Some(cgroup) = self.cgroups.slot(index) {
+            if let Err(e) = cgroup.empty() {
+                tracing::error!(error = %e, "slot cgroup could not be emptied");
+            }
+        }
+    }
+
     /// Puts a warm box in the pooled slot `slot` holds, then frees the slot.
     fn refill(&self, slot: limiter::Slot) {
         let index = slot.index();
@@ -1178,7 +1188,7 @@ impl Inner {
             oom: cgroup.and_then(cgroup::Slot::oom_event),
         };
         let stdin = req.stdin.as_ref().map(|s| s.as_bytes().to_vec());
-        let (outcome, task_id) = match started {
+        let (mut outcome, task_id) = match started {
             Ok((boxed, task_id)) => (exec::supervise(boxed, stdin, watch).await, task_id),
             Err(e) => (Err(e), String::new()),
         };
@@ -1191,6 +1201,13 @@ impl Inner {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::info!("caller went away while the task ran; stopped it");
         }
+        // A box whose reaper emptied it is still being reaped: the slot's
+        // cgroups are emptied after that, off the caller's path.
+        let reaping = match &mut outcome {
+            Ok(o) => o.reaping.take(),
+            Err(_) => None,
+        };
+        let empty_now = reaping.is_none();
         // Blocking: the run directory (without root) goes, and the slot's
         // cgroups must be empty before the slot is used again.
         let this = self.clone();
@@ -1199,8 +1216,8 @@ impl Inner {
                 this.remove_run_dir(&path);
             }
             let cgroup = this.cgroups.slot(index)?;
-            if let Err(e) = cgroup.empty() {
-                tracing::error!(error = %e, "slot cgroup could not be emptied");
+            if empty_now {
+                this.empty_slot(index);
             }
             Some((
                 cgroup.oom_kills() > oom_before,
@@ -1212,9 +1229,17 @@ impl Inner {
         .ok()
         .flatten()
         .unwrap_or((false, false, None));
-        // The slot is freed once its warm box is back, off the caller's path.
+        // The slot is freed once it is empty and its warm box is back, off
+        // the caller's path.
         let this = self.clone();
-        tokio::spawn(async move { this.refill(slot) });
+        tokio::spawn(async move {
+            if let Some(reaping) = reaping {
+                let _ = reaping.await;
+                let emptied = this.clone();
+                let _ = tokio::task::spawn_blocking(move || emptied.empty_slot(index)).await;
+            }
+            this.refill(slot)
+        });
         let outcome = outcome?;
 
         let cap = self.config.max_output_bytes;

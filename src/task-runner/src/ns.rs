@@ -31,8 +31,10 @@
 //!    `node`'s process, which takes a new session, the rlimits and the slot
 //!    identity, then `exec`s;
 //! 4. drops to the slot identity itself, and loops on `sigtimedwait`: SIGTERM/SIGINT are forwarded to `node`'s
-//!    process group, children are reaped, and when `node` ends its wait
-//!    status goes to the runner over the report pipe and the reaper exits.
+//!    process group, children are reaped, and when `node` ends the reaper
+//!    kills and reaps everything else in the box, sends `node`'s wait
+//!    status and the box's CPU time to the runner over the report pipe, and
+//!    exits.
 //!
 //! When PID 1 of a namespace exits, the kernel kills every other process in
 //! it and reaps them before the reaper itself becomes a zombie, so once the
@@ -472,8 +474,10 @@ pub(crate) struct NsChild {
 
 /// How the box ended, as the reaper reported it.
 pub(crate) enum Report {
-    /// `node` ended with this status.
-    Exited(ExitStatus),
+    /// `node` ended with this status, and everything else in the box was
+    /// killed and reaped: the CPU time of all of it (the reaper's own
+    /// included). The reaper is exiting.
+    Exited(ExitStatus, std::time::Duration),
     /// Building the box or starting `node` failed.
     Failed(String),
     /// The reaper is gone without a word (killed).
@@ -623,7 +627,10 @@ impl NsChild {
                 let (kind, a, b) = (word(0), word(1), word(2));
                 self.pending.drain(..MSG_LEN);
                 return match kind {
-                    MSG_STATUS => Report::Exited(ExitStatus::from_raw(a as i32)),
+                    MSG_STATUS => Report::Exited(
+                        ExitStatus::from_raw(a as i32),
+                        std::time::Duration::from_millis(b.into()),
+                    ),
                     MSG_ERROR => Report::Failed(format!(
                         "{}: {}",
                         STEPS
@@ -723,6 +730,21 @@ impl Drop for NsChild {
                 unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
             });
     }
+}
+
+/// This process's CPU time and its reaped children's, in milliseconds.
+/// Async-signal-safe.
+unsafe fn cpu_millis() -> u32 {
+    let mut total = 0u64;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(who, &mut usage) == 0 {
+            for t in [usage.ru_utime, usage.ru_stime] {
+                total += t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+            }
+        }
+    }
+    u32::try_from(total / 1000).unwrap_or(u32::MAX)
 }
 
 /// Writes a report message. Async-signal-safe.
@@ -895,7 +917,16 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
                     break;
                 }
                 if pid == node {
-                    send(MSG_STATUS, status as u32, 0);
+                    // The rest of the box goes now and is reaped here, so
+                    // the report carries the CPU time of all of it and the
+                    // runner can answer before this process's exit tears
+                    // the namespaces down (a few ms: the unmounts above all).
+                    libc::kill(-1, libc::SIGKILL);
+                    while libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) > 0
+                        || io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                    {
+                    }
+                    send(MSG_STATUS, status as u32, cpu_millis());
                     let code = if libc::WIFEXITED(status) {
                         libc::WEXITSTATUS(status)
                     } else {
