@@ -765,13 +765,21 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
         });
     // Step 1: descriptors. Everything first moves above 10, so moving to the
     // fixed numbers never overwrites one still needed; then all else closes.
+    // All of them move before the report pipe takes number 3: the runner's
+    // pipes get whatever numbers are free, 3 included (a runner whose low
+    // descriptors were closed), and a stream moved after it would be the
+    // report pipe's write end (the task's stdin read EBADF, and its writes
+    // would reach the runner as reports).
     let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
     let report = high(a.report);
+    let netns = a.netns.map(high);
+    let stdin = high(a.stdin);
+    let stdout = high(a.stdout);
+    let stderr = high(a.stderr);
+    let control = a.control.map(|(fd, _)| high(fd));
     if report < 0 {
         libc::_exit(127);
     }
-    // Moved up before the report pipe takes its number, which it may hold.
-    let netns = a.netns.map(high);
     if libc::dup2(report, FD_REPORT) < 0
         || libc::fcntl(FD_REPORT, libc::F_SETFD, libc::FD_CLOEXEC) < 0
     {
@@ -787,10 +795,6 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
             }),
         );
     }
-    let stdin = high(a.stdin);
-    let stdout = high(a.stdout);
-    let stderr = high(a.stderr);
-    let control = a.control.map(|(fd, _)| high(fd));
     let moved = (|| -> io::Result<()> {
         rc(libc::dup2(rc_fd(stdin)?, 0))?;
         rc(libc::dup2(rc_fd(stdout)?, 1))?;
