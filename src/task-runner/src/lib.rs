@@ -39,7 +39,7 @@
 //!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
 //!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
 //!   task, not the runner), `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`,
-//!   and seccomp filters (profile `nautilus-seccomp-3`) at least as strict as
+//!   and seccomp filters (profile `nautilus-seccomp-4`) at least as strict as
 //!   Docker's default for what Node.js does not need: namespace creation
 //!   (`unshare`, `setns`, `clone` with `CLONE_NEW*` flags; `clone3` fails with
 //!   `ENOSYS`, so libc falls back to `clone`), the mount family, keyrings,

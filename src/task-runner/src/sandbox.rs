@@ -28,7 +28,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Version of the seccomp profile below, reported in [`crate::Isolation`].
 /// Bump it whenever the rules change.
-pub(crate) const SECCOMP_PROFILE: &str = "nautilus-seccomp-3";
+pub(crate) const SECCOMP_PROFILE: &str = "nautilus-seccomp-4";
 
 /// The unprivileged identity of a slot (only when the runner is root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +237,7 @@ const X32_SYSCALL_BIT: i64 = 0x4000_0000;
 /// keyrings, tracing and other processes' memory, BPF, perf, userfaultfd,
 /// kernel modules and kexec, reboot, swap, accounting, file handles,
 /// io_uring (which can create sockets without `socket()`), clock and host
-/// name changes, and obsolete calls. Most need privileges a slot uid lacks
+/// name changes, `sysinfo` (host-wide load and memory), and obsolete calls. Most need privileges a slot uid lacks
 /// anyway; denying them also closes the kernel bugs behind them.
 fn always_denied() -> Vec<i64> {
     let mut calls = vec![
@@ -292,6 +292,10 @@ fn always_denied() -> Vec<i64> {
         libc::SYS_adjtimex,
         libc::SYS_sethostname,
         libc::SYS_setdomainname,
+        // Host-wide load and memory (other tenants' activity), which libuv
+        // falls back to when the box's `/proc/loadavg` and `/proc/meminfo`
+        // are masked; Node.js then reports zeros.
+        libc::SYS_sysinfo,
     ];
     #[cfg(target_arch = "x86_64")]
     calls.extend([

@@ -105,6 +105,25 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
     assert_eq!(features["worker"], 42, "{features}");
 }
 
+/// Round 3: with `/proc/loadavg` and `/proc/meminfo` masked, libuv fell back
+/// to `sysinfo(2)`, and `os.loadavg()`, `os.freemem()` and `os.totalmem()`
+/// showed the host's load and memory (other tenants' activity). The call is
+/// denied now: Node.js reports zeros and keeps working.
+#[tokio::test]
+async fn sysinfo_shows_nothing_of_the_host() {
+    if skip_unless_root("the box masks the host's load and memory") {
+        return;
+    }
+    let runner = one_slot();
+    let seen = json(&run_ok(&runner, "hostile", &["host-load"]).await.stdout);
+    assert_eq!(seen["loadavg"], serde_json::json!([0, 0, 0]), "{seen}");
+    assert_eq!(seen["totalmem"], 0, "{seen}");
+    assert_eq!(seen["freemem"], 0, "{seen}");
+    if !seen["available"].is_null() {
+        assert_eq!(seen["available"], 0, "{seen}");
+    }
+}
+
 /// Probe (run inside the box by the test below): a memfd holding a program
 /// cannot be executed, and the x32 numbers of denied calls are denied.
 #[test]
