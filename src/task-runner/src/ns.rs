@@ -56,7 +56,9 @@ use std::process::ExitStatus;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::sandbox::{check, close_from, Identity, Policy};
+use crate::cgroup::Join;
+use crate::cleanup::{check, cstring as cstr};
+use crate::sandbox::{close_from, Identity, Policy};
 
 /// The namespaces every run gets. The mount namespace is a copy of the
 /// plan's template, the cgroup namespace the reaper's own `unshare` once it
@@ -422,7 +424,7 @@ pub(crate) struct Spec<'a> {
     pub control: Option<RawFd>,
     /// The slot's cgroups: the reaper joins them first, so it and everything
     /// it starts run inside.
-    pub cgroup: crate::cgroup::Join,
+    pub cgroup: Join,
 }
 
 /// The parent's ends of the task's standard streams.
@@ -461,10 +463,6 @@ fn pipe2() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
 /// Memory the child reads: built before the clone, never freed there.
 struct ChildArgs<'a> {
     plan: &'a BoxPlan,
@@ -480,7 +478,7 @@ struct ChildArgs<'a> {
     report: RawFd,
     /// The control pipe's read end, and its number in `node`.
     control: Option<(RawFd, RawFd)>,
-    cgroup: crate::cgroup::Join,
+    cgroup: Join,
     signals: libc::sigset_t,
 }
 
@@ -813,14 +811,7 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
         )),
     );
 
-    let node = libc::syscall(
-        libc::SYS_clone,
-        libc::SIGCHLD as libc::c_ulong,
-        0usize,
-        0usize,
-        0usize,
-        0usize,
-    );
+    let node = Join::NONE.fork(0);
     if node == 0 {
         start_node(a);
     }
@@ -1123,28 +1114,6 @@ unsafe fn write_all(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
 pub(crate) fn probe_namespaces() -> Vec<(&'static str, Result<(), io::Error>)> {
     NAMESPACES
         .iter()
-        .map(|&(name, flag)| {
-            // SAFETY: a fork-like clone whose child only exits.
-            let pid = unsafe {
-                libc::syscall(
-                    libc::SYS_clone,
-                    (flag | libc::SIGCHLD) as libc::c_ulong,
-                    0usize,
-                    0usize,
-                    0usize,
-                    0usize,
-                )
-            };
-            if pid == 0 {
-                // SAFETY: the child leaves at once.
-                unsafe { libc::_exit(0) };
-            }
-            if pid < 0 {
-                return (name, Err(io::Error::last_os_error()));
-            }
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
-            (name, Ok(()))
-        })
+        .map(|&(name, flag)| (name, Join::NONE.try_clone(flag)))
         .collect()
 }

@@ -20,6 +20,8 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+use crate::cleanup::check;
+use crate::cleanup::live_processes;
 use crate::error::ConfigError;
 
 /// How long killing an unprivileged task's processes may take before the
@@ -217,14 +219,6 @@ unsafe fn fd_table_end() -> io::Result<libc::c_int> {
     Ok(libc::c_int::try_from(limit.rlim_cur)
         .unwrap_or(libc::c_int::MAX)
         .min(1 << 20))
-}
-
-pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// Bit x32-ABI system call numbers carry on x86-64. The kernel accepts them under
@@ -452,22 +446,6 @@ impl Marker {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-}
-
-/// Every live (not zombie) process in /proc.
-fn live_processes() -> impl Iterator<Item = libc::pid_t> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("State:"))
-                    .is_some_and(|s| !s.trim_start().starts_with(['Z', 'X']))
-            })
-        })
 }
 
 fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {
