@@ -266,19 +266,11 @@ pub struct CgroupFeature {
 
 impl CgroupSummary {
     fn none(note: String) -> Self {
-        let probes: Vec<Probe> = Feature::ALL
-            .iter()
-            .map(|&feature| Probe {
-                feature,
-                state: State::Missing(if note.is_empty() {
-                    "no cgroups".into()
-                } else {
-                    note.clone()
-                }),
-            })
-            .collect();
+        let why = if note.is_empty() { "no cgroups" } else { &note };
         CgroupSummary {
-            features: probes.iter().map(Probe::public).collect(),
+            features: Feature::ALL
+                .map(|f| Probe::missing(f, why).public())
+                .to_vec(),
             missing: Feature::ALL.iter().map(|f| f.name().to_owned()).collect(),
             version: "none".into(),
             controllers: Vec::new(),
@@ -582,10 +574,9 @@ fn summarize(
         [Version::V2] => "v2",
         _ => "v1+v2",
     };
-    let mut features = Vec::new();
-    for f in Feature::ALL {
+    let features = Feature::ALL.map(|f| {
         let probe = probes.iter().find(|p| p.feature == f).cloned();
-        features.push(probe.unwrap_or_else(|| {
+        probe.unwrap_or_else(|| {
             Probe::missing(
                 f,
                 match f.controller() {
@@ -595,8 +586,8 @@ fn summarize(
                         .to_owned(),
                 },
             )
-        }));
-    }
+        })
+    });
     CgroupSummary {
         version: version.into(),
         controllers,

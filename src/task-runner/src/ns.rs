@@ -986,16 +986,11 @@ unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
 }
 
 /// A box's own part of its file system, on its copy of the root: a `/proc`
-/// of its PID namespace, a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
+/// of its PID namespace (host-wide files masked, memfds made non-executable
+/// where the kernel can), a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
 unsafe fn fill_box(plan: &BoxPlan) -> io::Result<()> {
-    mount_proc(plan)?;
     tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
-    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)
-}
-
-/// A `/proc` of the box's PID namespace, host-wide files masked, memfds
-/// made non-executable where the kernel can. Async-signal-safe.
-unsafe fn mount_proc(plan: &BoxPlan) -> io::Result<()> {
+    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)?;
     mount(Some(c"proc"), c"/proc", Some(c"proc"), SEALED, None)?;
     for file in PROC_MASKED {
         // Reads as empty.
@@ -1087,26 +1082,19 @@ unsafe fn loopback_up() -> io::Result<()> {
 /// Writes `bytes` to `path`, opened with `O_WRONLY` and `flags` (a new file
 /// gets mode 0644). Async-signal-safe.
 unsafe fn write_file(path: &CStr, bytes: &[u8], flags: libc::c_int) -> io::Result<()> {
-    let fd = libc::open(
+    let fd = rc_fd(libc::open(
         path.as_ptr(),
         libc::O_WRONLY | libc::O_CLOEXEC | flags,
         0o644,
-    );
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let result = write_all(fd, bytes);
-    libc::close(fd);
-    result
-}
-
-unsafe fn write_all(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+    ))?;
     let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-    match n {
+    let result = match n {
         n if n == bytes.len() as isize => Ok(()),
         n if n < 0 => Err(io::Error::last_os_error()),
         _ => Err(io::Error::from_raw_os_error(libc::EIO)),
-    }
+    };
+    libc::close(fd);
+    result
 }
 
 /// Which of [`NAMESPACES`] this kernel lets the runner create: each is tried

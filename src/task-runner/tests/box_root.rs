@@ -219,6 +219,51 @@ async fn memfd_programs_and_x32_calls_are_refused() {
     }
 }
 
+/// Finding 3 where the kernel has no `vm.memfd_noexec` (before Linux 6.3):
+/// seccomp denies `memfd_create` instead, and Node.js still runs. This host
+/// has the sysctl, so the runner is started (below) in a mount namespace
+/// whose `/proc/sys/vm` is an empty tmpfs: what a runner sees there on such
+/// a kernel. The boxes get their own `/proc` as always.
+#[test]
+fn without_the_memfd_sysctl_seccomp_denies_memfd_create() {
+    if skip_unless_root("a runner on a kernel without vm.memfd_noexec") {
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=4k,mode=555 none /proc/sys/vm && \
+             exec \"$0\" --ignored --exact memfd_fallback --nocapture",
+        )
+        .arg(std::env::current_exe().unwrap())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}
+
+/// The runner's side of the test above, in its mount namespace.
+#[tokio::test]
+#[ignore]
+async fn memfd_fallback() {
+    assert!(!std::path::Path::new("/proc/sys/vm/memfd_noexec").exists());
+    let (_tasks, config) = probe_tasks();
+    let runner = Runner::new(config).unwrap();
+    assert_eq!(runner.isolation().memfd_noexec, "seccomp");
+    let seen = run_probe(&runner, "memfd_and_x32_probe", &[]).await;
+    assert_eq!(seen["memfd_exec"], "EPERM", "{seen:?}");
+    assert_eq!(seen["memfd"], "EPERM", "{seen:?}");
+    assert!(!seen.contains_key("memfd_run"), "{seen:?}");
+    // Node.js needs no memfd: a child process, a worker, WebAssembly.
+    let features = json(&run_ok(&one_slot(), "hostile", &["features"]).await.stdout);
+    assert_eq!(features["child"], "child", "{features}");
+    assert_eq!(features["worker"], 42, "{features}");
+}
+
 /// Finding 8: where root lacks `CAP_SYS_RESOURCE` a task could lower its
 /// `oom_score_adj` from 1000 to 0, and nothing said so. The runner checks
 /// the floor at start and reports it (the server's `/manifest` and
