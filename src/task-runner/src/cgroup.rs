@@ -291,14 +291,15 @@ pub(crate) struct Limits {
     pub pids: u64,
 }
 
-/// One mounted hierarchy in use and the runner's group in it.
+/// One mounted hierarchy for some controllers and a directory in it: the
+/// runner's own cgroup when found ([`discover`]), its group
+/// `<own>/nautilus-<tag>` once created ([`Hierarchy::create_group`]).
 #[derive(Debug)]
 struct Hierarchy {
     version: Version,
     /// Controllers managed here; empty for a v2 hierarchy used for membership only.
     controllers: Vec<Controller>,
-    /// `<own>/nautilus-<tag>`.
-    group: PathBuf,
+    dir: PathBuf,
 }
 
 /// The slot cgroups of one runner; removed on drop.
@@ -468,7 +469,7 @@ impl Cgroups {
         };
         let name = format!("nautilus-{tag}");
         for h in &found {
-            sweep(&h.own, tag, stale);
+            sweep(&h.dir, tag, stale);
         }
         let mut hierarchies = Vec::new();
         for h in found.drain(..) {
@@ -537,7 +538,7 @@ impl Cgroups {
             }
         }
         for h in &self.hierarchies {
-            remove_dir(&h.group);
+            remove_dir(&h.dir);
         }
     }
 }
@@ -633,7 +634,7 @@ impl Slot {
         let mut probes = Vec::new();
         let made = (|| {
             for h in hierarchies {
-                let dir = h.group.join(format!("slot-{index}"));
+                let dir = h.dir.join(format!("slot-{index}"));
                 fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 slot.dirs.push((dir.clone(), h.version));
                 let applied = apply(&dir, h.version, &h.controllers, limits);
@@ -945,24 +946,15 @@ fn oom_eventfd(dir: &Path) -> io::Result<OwnedFd> {
     Ok(event)
 }
 
-/// A hierarchy found for some controllers, before the runner's group exists.
-#[derive(Debug)]
-struct Found {
-    version: Version,
-    controllers: Vec<Controller>,
-    /// The runner's own cgroup directory.
-    own: PathBuf,
-}
-
-impl Found {
-    /// Enables the controllers below `own` (v2), replaces a stale group of
-    /// this name, creates the group and sets its CPU weight.
+impl Hierarchy {
+    /// Enables the controllers below the runner's own cgroup (v2), replaces
+    /// a stale group of this name, creates the group and sets its CPU weight.
     fn create_group(mut self, name: &str) -> Result<Hierarchy, String> {
         if self.version == Version::V2 {
             let mut enabled = Vec::new();
             let mut refused = Vec::new();
             for c in self.controllers {
-                match enable(&self.own, c) {
+                match enable(&self.dir, c) {
                     Ok(()) => enabled.push(c),
                     Err(e) => refused.push(format!("{} ({e})", c.name())),
                 }
@@ -972,14 +964,14 @@ impl Found {
                 // EBUSY: a non-root cgroup with processes in it cannot hand
                 // controllers to children (cgroup v2's no-internal-process rule).
                 tracing::warn!(
-                    cgroup = %self.own.display(),
+                    cgroup = %self.dir.display(),
                     "cgroup v2: could not enable {} below the runner's cgroup; \
                      run the server in the root cgroup or in one delegated to it and otherwise empty",
                     refused.join(", ")
                 );
             }
         }
-        let group = self.own.join(name);
+        let group = self.dir.join(name);
         if group.exists() {
             remove_stale(&group).map_err(|e| format!("stale {}: {e}", group.display()))?;
         }
@@ -1007,11 +999,8 @@ impl Found {
                 }
             }
         });
-        Ok(Hierarchy {
-            version: self.version,
-            controllers: self.controllers,
-            group,
-        })
+        self.dir = group;
+        Ok(self)
     }
 }
 
@@ -1081,7 +1070,7 @@ fn version_of(dir: &Path) -> Version {
 
 /// Finds, per controller, the hierarchy and the runner's own cgroup in it.
 /// Returns the hierarchies to use and notes on what is missing.
-fn discover() -> io::Result<(Vec<Found>, Vec<String>)> {
+fn discover() -> io::Result<(Vec<Hierarchy>, Vec<String>)> {
     let cgroup = fs::read_to_string("/proc/self/cgroup")?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     Ok(plan(&cgroup, &mountinfo, Path::new("/")))
@@ -1089,10 +1078,10 @@ fn discover() -> io::Result<(Vec<Found>, Vec<String>)> {
 
 /// [`discover`] on given `/proc/self/cgroup` and `/proc/self/mountinfo`
 /// texts, with mount points taken relative to `root` (for tests).
-fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>) {
+fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Hierarchy>, Vec<String>) {
     let mounts = parse_mounts(mountinfo);
     let mut notes = Vec::new();
-    let mut found: Vec<Found> = Vec::new();
+    let mut found: Vec<Hierarchy> = Vec::new();
     let mut wanted: Vec<Controller> = Controller::ALL.to_vec();
 
     // cgroup v2 first: the "0::<path>" line.
@@ -1106,10 +1095,10 @@ fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>)
                 .filter(|c| available.split_whitespace().any(|n| n == c.name()))
                 .collect();
             wanted.retain(|c| !controllers.contains(c));
-            found.push(Found {
+            found.push(Hierarchy {
                 version: Version::V2,
                 controllers,
-                own: dir,
+                dir,
             });
         }
     }
@@ -1142,10 +1131,10 @@ fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>)
             continue;
         };
         wanted.retain(|c| !controllers.contains(c));
-        found.push(Found {
+        found.push(Hierarchy {
             version: Version::V1,
             controllers,
-            own: dir,
+            dir,
         });
     }
     (found, notes)
@@ -1256,10 +1245,10 @@ mod tests {
         root
     }
 
-    fn summary_of(found: &[Found]) -> Vec<(Version, Vec<Controller>, PathBuf)> {
+    fn summary_of(found: &[Hierarchy]) -> Vec<(Version, Vec<Controller>, PathBuf)> {
         found
             .iter()
-            .map(|f| (f.version, f.controllers.clone(), f.own.clone()))
+            .map(|f| (f.version, f.controllers.clone(), f.dir.clone()))
             .collect()
     }
 
@@ -1356,7 +1345,7 @@ mod tests {
         let hierarchies = [Hierarchy {
             version: Version::V2,
             controllers: Controller::ALL.to_vec(),
-            group: PathBuf::new(),
+            dir: PathBuf::new(),
         }];
         summarize(&hierarchies, probes, LIMITS, Vec::new())
     }
@@ -1463,14 +1452,7 @@ mod tests {
     /// nothing else.
     #[test]
     fn cgroupfs_refuses_what_a_cgroup_lacks_and_the_probe_says_so() {
-        let Some(cgroups) = real_cgroups(3_800_000_000) else {
-            return;
-        };
-        let Some((dir, _)) = cgroups
-            .slot(0)
-            .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
-        else {
-            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+        let Some((_cgroups, dir)) = real_v2_slot(3_800_000_000) else {
             return;
         };
         if dir.join("memory.max").exists() {
@@ -1478,7 +1460,7 @@ mod tests {
             return;
         }
         let applied = apply(
-            dir,
+            &dir,
             Version::V2,
             &[Controller::Memory, Controller::Pids],
             LIMITS,
@@ -1628,14 +1610,7 @@ mod tests {
     /// slot kills it.
     #[test]
     fn without_clone_into_a_child_joins_v2_through_cgroup_procs() {
-        let Some(cgroups) = real_cgroups(3_900_000_000) else {
-            return;
-        };
-        let Some((dir, _)) = cgroups
-            .slot(0)
-            .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
-        else {
-            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+        let Some((_cgroups, dir)) = real_v2_slot(3_900_000_000) else {
             return;
         };
         let procs = fs::OpenOptions::new()
@@ -1667,6 +1642,20 @@ mod tests {
         Some(Cgroups::new(base - std::process::id(), 1, limits, &|_| {
             None
         }))
+    }
+
+    /// [`real_cgroups`] and its slot's v2 directory, if there is one.
+    fn real_v2_slot(base: u32) -> Option<(Cgroups, PathBuf)> {
+        let cgroups = real_cgroups(base)?;
+        let v2 = cgroups.slot(0).and_then(|s| {
+            let (dir, _) = s.dirs.iter().find(|(_, v)| *v == Version::V2)?;
+            Some(dir.clone())
+        });
+        let Some(dir) = v2 else {
+            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+            return None;
+        };
+        Some((cgroups, dir))
     }
 
     /// A child cloned and joined into `slot` as a box is, waiting to be
