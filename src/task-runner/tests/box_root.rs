@@ -64,7 +64,8 @@ async fn a_world_writable_directory_deep_in_the_host_is_out_of_reach() {
 /// Findings 4 and 5: the box showed the host's whole mount table, every
 /// world-readable host file, host network devices in `/sys`, host cgroup
 /// paths and other slots' cgroup files, host-wide load and memory, and the
-/// runner's full command line as PID 1's.
+/// runner's full command line as PID 1's. (Its `/sys` now holds only the
+/// slot's memory limit.)
 #[tokio::test]
 async fn the_box_shows_nothing_of_the_host_or_the_runner() {
     if skip_unless_root("the box's root is built from an allowlist") {
@@ -92,10 +93,32 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
         assert!(line.as_str().unwrap().ends_with(":/"), "{seen}");
     }
     assert_eq!(seen["etc"], serde_json::json!(["hosts", "nsswitch.conf"]));
-    assert_eq!(seen["sys"], "ENOENT", "{seen}");
+    // Of `/sys`, only the slot's memory limit, where Node.js reads it (issue 26).
+    // `/proc/meminfo` says only that limit (the source of its bind is in `/sys`).
+    let meminfo = match runner.cgroups().memory_max_bytes {
+        Some(limit) => {
+            let meminfo = format!("MemTotal: {} kB\n", limit / 1024);
+            let limit = format!("{limit}\n");
+            let mut files: Vec<(&str, &str)> = [
+                "/sys/fs/cgroup/memory.high",
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.soft_limit_in_bytes",
+            ]
+            .map(|f| (f, limit.as_str()))
+            .into();
+            files.push(("/sys/meminfo", &meminfo));
+            assert_eq!(seen["sys_files"], serde_json::json!(files), "{seen}");
+            meminfo
+        }
+        None => {
+            assert_eq!(seen["sys"], "ENOENT", "{seen}");
+            String::new()
+        }
+    };
     assert_eq!(seen["passwd"], "ENOENT", "{seen}");
     assert_eq!(seen["loadavg"], "", "{seen}");
-    assert_eq!(seen["meminfo"], "", "{seen}");
+    assert_eq!(seen["meminfo"], meminfo, "{seen}");
     if std::path::Path::new("/proc/pressure").exists() {
         assert_eq!(seen["pressure"], serde_json::json!([]), "{seen}");
     }
@@ -108,7 +131,8 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
 /// Round 3: with `/proc/loadavg` and `/proc/meminfo` masked, libuv fell back
 /// to `sysinfo(2)`, and `os.loadavg()`, `os.freemem()` and `os.totalmem()`
 /// showed the host's load and memory (other tenants' activity). The call is
-/// denied now: Node.js reports zeros and keeps working.
+/// denied now and `/proc/meminfo` says only the slot's limit: Node.js shows
+/// no load, no free memory and the slot's own total, and keeps working.
 #[tokio::test]
 async fn sysinfo_shows_nothing_of_the_host() {
     if skip_unless_root("the box masks the host's load and memory") {
@@ -117,11 +141,9 @@ async fn sysinfo_shows_nothing_of_the_host() {
     let runner = one_slot();
     let seen = json(&run_ok(&runner, "hostile", &["host-load"]).await.stdout);
     assert_eq!(seen["loadavg"], serde_json::json!([0, 0, 0]), "{seen}");
-    assert_eq!(seen["totalmem"], 0, "{seen}");
+    let limit = runner.cgroups().memory_max_bytes.unwrap_or(0);
+    assert_eq!(seen["totalmem"], limit, "{seen}");
     assert_eq!(seen["freemem"], 0, "{seen}");
-    if !seen["available"].is_null() {
-        assert_eq!(seen["available"], 0, "{seen}");
-    }
 }
 
 /// Probe (run inside the box by the test below): a memfd holding a program
