@@ -1099,34 +1099,16 @@ unsafe fn build_dev() -> io::Result<()> {
     Ok(())
 }
 
-/// `struct ifreq` with the flags member, as SIOCGIFFLAGS/SIOCSIFFLAGS use it.
-#[repr(C)]
-struct IfReqFlags {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Brings up the new network namespace's loopback: the task may talk to
 /// itself over 127.0.0.1, and to nothing else.
 unsafe fn loopback_up() -> io::Result<()> {
-    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    req.name[..2].copy_from_slice(b"lo");
-    let result = rc(libc::ioctl(
-        sock,
-        libc::SIOCGIFFLAGS as libc::Ioctl,
-        &mut req,
-    ))
-    .and_then(|()| {
-        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    let flags = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+    let sock = rc_fd(libc::socket(libc::AF_INET, flags, 0))?;
+    let mut req: libc::ifreq = std::mem::zeroed();
+    req.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+    let get = libc::ioctl(sock, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req);
+    let result = rc(get).and_then(|()| {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         rc(libc::ioctl(sock, libc::SIOCSIFFLAGS as libc::Ioctl, &req))
     });
     libc::close(sock);
