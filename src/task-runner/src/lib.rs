@@ -41,14 +41,9 @@
 //!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
 //!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
 //!   task, not the runner), `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`,
-//!   and seccomp filters (profile `nautilus-seccomp-3`) at least as strict as
-//!   Docker's default for what Node.js does not need: namespace creation
-//!   (`unshare`, `setns`, `clone` with `CLONE_NEW*` flags; `clone3` fails with
-//!   `ENOSYS`, so libc falls back to `clone`), the mount family, keyrings,
-//!   `ptrace`, `process_vm_readv/writev`, `bpf`, `perf_event_open`,
-//!   `userfaultfd`, modules and kexec, `reboot`, swap, `acct`, file handles,
-//!   io_uring, clock and host name changes, `personality` other than Docker's
-//!   allowed values, and `socket`/`socketpair` with `AF_VSOCK`, all `EPERM`;
+//!   and seccomp filters (profile `nautilus-seccomp-4`) at least as strict as
+//!   Docker's default for what Node.js does not need (the `sandbox` module
+//!   lists them; `docs/isolation.md` too);
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
 //!   `*_truncated` set), decoded as UTF-8 with invalid bytes replaced by
@@ -67,106 +62,26 @@
 //!
 //! ## As root (the enclave's mode)
 //!
-//! Each run gets a box of fresh namespaces — mount, IPC, network, UTS and
-//! PID — built by a small PID 1 reaper that starts `node`, forwards SIGTERM
-//! and SIGINT to it and exits with it; the kernel then kills and reaps every
-//! other process of the box. The runner starts the reaper with a raw
-//! `clone(2)` carrying the namespace flags, not with
-//! `std::process::Command`: `Command::spawn` waits until its child has
-//! called `exec` or exited, so a reaper that stays alive without `exec`ing
-//! cannot live in a `pre_exec` hook, and a re-exec'd helper (bubblewrap's
-//! way) would need a second executable in the image. Everything between
-//! `clone` and `exec` (the mounts, the reaper's loop, `node`'s own child
-//! setup) makes only async-signal-safe system calls on memory prepared
-//! before the `clone`; the `ns` module's source lists the steps. Slot `i`
-//! runs as uid and gid
-//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
-//! Inside the box the task sees a root built from an allowlist (see
-//! `docs/isolation.md`): a fresh read-only tmpfs holding `node` and the
-//! libraries its loader opens (bound read-only, links recreated),
-//! [`RunnerConfig::box_paths`], a generated `/etc` (`hosts`,
-//! `nsswitch.conf`), the tasks as staged at start (read-only, its own at
-//! `<work dir>/task/<task path>`), a minimal `/dev`, a `/proc` of its own
-//! PID namespace with host-wide load and memory files masked, of `/sys`
-//! only the slot's memory limit (where Node.js reads it), and two writable `nosuid,nodev,noexec` tmpfs of
-//! [`RunnerConfig::max_scratch_bytes`] that die with it: `/tmp` (`HOME`,
-//! `TMPDIR`) and `/dev/shm`. It also gets loopback as its only network, its
-//! own SysV IPC, host name (`nautilus-task`) and cgroup namespace (rooted at
-//! its slot), memfds it cannot execute (`vm.memfd_noexec=2` on Linux 6.3+,
-//! else no `memfd_create`), and a PID 1 named `nautilus-box`.
-//!
-//! The task then cannot read or ptrace the runner's memory, signal it (or
-//! any process outside its box), write any task directory, see or touch a
-//! concurrent task, reach a host port, or leave anything behind. The box
-//! dies with the runner (`PR_SET_PDEATHSIG` on the reaper). The work
-//! directory must be on a file system that allows `exec` (native addons are
-//! mapped executable) and may not lie inside `/tmp`, `/dev`, `/etc` or
-//! `/proc` (the box mounts its own there); [`Runner::new`] checks both, and refuses to start when the kernel does not
-//! let it create all five namespaces. [`Runner::isolation`] describes what is
-//! in force (for the attested manifest).
-//!
-//! Each slot also has a cgroup in every hierarchy that carries the memory,
-//! pids or cpu controller (cgroup v2 where they can be enabled, v1
-//! otherwise), nested under the runner's own cgroup there:
-//! `<own>/nautilus-<first slot uid>/slot-<i>`; the box joins it first. It caps
-//! the slot's memory as the kernel counts it (shared and `MAP_GROWSDOWN`
-//! mappings, tmpfs and page cache included, which `RLIMIT_DATA` misses) at
-//! [`RunnerConfig::memory_limit_bytes`] with swap off, its processes and
-//! threads at [`RunnerConfig::max_processes`], and gives every slot an equal
-//! CPU weight, all slots together half the runner's. Running out of memory
-//! kills the whole task (v2 `memory.oom.group`; on v1 the runner, told by an
-//! eventfd), never the runner; the result then has signal `SIGKILL` and
-//! `limit` `"memory"`, a signed field the task cannot write. The cgroups
-//! are removed with the runner. [`Runner::cgroups`] says what is in force;
-//! with no usable controller only the rlimits apply, and the runner logs that
-//! at start.
-//!
-//! The slot uids must belong to nothing else on the host. A runner locks its
-//! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
-//! the work directory when `/run` is missing or not root's alone) for its
-//! lifetime, taking the first free range of `max_concurrent` uids at or above
-//! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
-//! holds any of its uids and none of them is a user or group the host knows
-//! (`getpwuid`/`getgrgid`; a missing `/etc/passwd` or `/etc/group` means
-//! none; any other lookup failure is an error) or 65534/65535. So a second
-//! runner (another server, the CLI) moves up instead of sharing, and
-//! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
-//! runner kills every process its slot uids still own and removes what
-//! earlier runs under them left (task snapshots): a crashed predecessor
-//! leaves no trap.
-//!
-//! ## The warm pool (root mode)
-//!
-//! `node` takes most of a run's time starting up. So each slot (up to
-//! [`RunnerConfig::warm_pool`], by default all) keeps a *warm box*: a box
-//! built exactly as above, with its own task id, whose `node` has already
-//! started and waits on a control pipe. A run hands it the task (working
-//! directory, entry, arguments) and it runs that one task as `node <entry>
-//! <args…>` would (same `process.argv`, `__filename`, `require.main`,
-//! CommonJS and ES module entries, exit codes, output, signals; nothing of
-//! the bootstrap in `require.cache` or on the task's stack), then exits and
-//! the box ends as any other. Each process still runs exactly one task.
-//! What a task can tell: its process started earlier (`process.uptime()`),
-//! `/proc/self/cmdline` shows the bootstrap's command line, and the bottom
-//! frame of its top-level stack is Node's tick queue. After a run its slot
-//! gets a new warm box before it is free again, off the caller's path; a box
-//! found dead or stopped before use is discarded and the run starts cold
-//! (counted in [`RunnerStats`]). [`Runner::start_warm_pool`] fills the pool;
-//! shutdown and drop kill it.
+//! Each run gets a box: fresh mount, IPC, network, UTS, PID and cgroup
+//! namespaces under a small PID 1 reaper started with a raw `clone(2)` (the
+//! `ns` module says why and lists its steps); a root built from an allowlist
+//! (`node` and the libraries its loader opens, [`RunnerConfig::box_paths`],
+//! the task snapshot, a generated `/etc`, a minimal `/dev`, its own `/proc`,
+//! of `/sys` only the slot's memory limit (where Node.js reads it), and
+//! `/tmp` and `/dev/shm` as its only writable places, `noexec`); the
+//! slot's own uid ([`RunnerConfig::sandbox_uid_base`]` + i`, leased by the
+//! `uids` module, see [`Runner::sandbox_uids`]) and the slot's cgroups (the
+//! `cgroup` module). When the reaper ends, the kernel ends everything else
+//! in the box. Each slot (up to [`RunnerConfig::warm_pool`]) keeps a warm
+//! box whose `node` has started and waits for its one task
+//! ([`Runner::start_warm_pool`]). `docs/isolation.md` describes all of it
+//! and what a task can still tell; [`Runner::isolation`] and
+//! [`Runner::cgroups`] say what is in force, for the attested manifest.
 //!
 //! ## Without root (development only)
 //!
-//! Tasks run as the runner's own uid, without namespaces. They can then read
-//! the runner's `/proc/<pid>/environ` and memory (unless it is non-dumpable,
-//! as the server is), signal it, see and signal other processes, use the
-//! network, and write wherever the runner can, task directories included;
-//! what they leave in shared directories such as `/tmp` stays. `HOME` is a
-//! directory in the run directory, removed afterwards. Leftover processes are
-//! found by process group and by the `NAUTILUS_TASK_ID` marker in
-//! `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
-//! environment escapes (the result still arrives: output pipes are cut off
-//! after one second). `RLIMIT_NPROC` is not set (it would count the runner's
-//! own threads). The seccomp filter and the other rlimits apply as above.
+//! Tasks run as the runner's own uid, without namespaces, and can do what
+//! that uid can (`docs/isolation.md` lists it): only for trusted tasks.
 //!
 //! # Example
 //!

@@ -616,7 +616,7 @@ async fn the_task_sees_a_minimal_dev() {
 fn the_isolation_in_force_is_described() {
     let runner = runner();
     let iso = runner.isolation();
-    assert_eq!(iso.seccomp_profile, "nautilus-seccomp-3");
+    assert_eq!(iso.seccomp_profile, "nautilus-seccomp-4");
     if !is_root() {
         assert_eq!(iso.mode, "unprivileged");
         assert!(!iso.missing.is_empty());
