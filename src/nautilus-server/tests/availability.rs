@@ -511,3 +511,120 @@ async fn many_clients_together_get_the_nsms_rate_and_share_documents_without_a_n
         "{calls} NSM calls in {attack_secs:.1} s, more than the server's rate ({bound:.0})"
     );
 }
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: a connection
+/// that has said it speaks HTTP/2, and then nothing.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Silent HTTP/2 connections closed at 15 s, not at the 5 s idle deadline:
+/// the server's graceful close waited for the answer to its ping, which a
+/// silent peer never sends, for the write timeout more. Sixteen such peers
+/// from sixteen addresses (no share helps) against 16 slots, reconnecting
+/// as soon as they are closed; idle deadline 1 s, write timeout 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_http2_connections_free_their_slot_at_the_idle_deadline() {
+    let mut c = config();
+    c.http.max_connections = 16;
+    c.http.idle_timeout = Duration::from_secs(1);
+    c.http.write_timeout = Duration::from_secs(10);
+    let server = TestServer::start(c).await;
+    let addr = server.addr();
+    let mut attackers = JoinSet::new();
+    for i in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 6, i + 1));
+        attackers.spawn(async move {
+            for _ in 0..100 {
+                let Ok(mut s) = connect_from(from, addr).await else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if s.write_all(H2_HELLO).await.is_err() {
+                    continue;
+                }
+                // Read (and never answer) until the server closes.
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        });
+    }
+    sleep(Duration::from_millis(500)).await;
+    let tally = legit::run_with(addr, 30, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("silent HTTP/2 connections");
+}
+
+/// An HTTP/2 connection whose stream window stays at zero, with one cheap
+/// request with an empty answer every 300 ms: the answer with a body never
+/// goes out, the empty answers keep the connection from being idle, and the
+/// socket itself never blocks, so nothing ever closed it. Sixteen of them
+/// from sixteen addresses against 16 slots, reconnecting when closed; a
+/// response that makes no progress for the write timeout (1 s here) now
+/// closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_window_kept_at_zero_cannot_hold_a_slot() {
+    let mut c = config();
+    c.http.max_connections = 16;
+    c.http.idle_timeout = Duration::from_secs(1);
+    c.http.write_timeout = Duration::from_secs(1);
+    let server = TestServer::start(c).await;
+    let addr = server.addr();
+    let mut attackers = JoinSet::new();
+    for i in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 7, i + 1));
+        attackers.spawn(async move {
+            for _ in 0..100 {
+                let Ok(s) = connect_from(from, addr).await else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok((client, connection)) = h2::client::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, axum::body::Bytes>(s)
+                    .await
+                else {
+                    continue;
+                };
+                let mut connection = tokio::spawn(connection);
+                let request = |method: &str, path: &str| {
+                    axum::http::Request::builder()
+                        .method(method)
+                        .uri(format!("http://{addr}{path}"))
+                        .body(())
+                        .expect("request")
+                };
+                let Ok(mut ready) = client.ready().await else {
+                    continue;
+                };
+                // The answer with a body, which can never be sent.
+                let Ok((stuck, _)) = ready.send_request(request("GET", "/health_check"), true)
+                else {
+                    continue;
+                };
+                let _stuck = stuck;
+                loop {
+                    let Ok(mut ready) = ready.clone().ready().await else {
+                        break;
+                    };
+                    if ready
+                        .send_request(request("HEAD", "/get_attestation"), true)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut connection => break,
+                        () = sleep(Duration::from_millis(300)) => {}
+                    }
+                }
+            }
+        });
+    }
+    sleep(Duration::from_millis(500)).await;
+    let tally = legit::run_with(addr, 30, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("HTTP/2 windows kept at zero");
+    let stalled = server
+        .metric("nautilus_connections_closed_total{reason=\"stalled\"}")
+        .await;
+    assert!(stalled > 0.0, "no connection was closed as stalled");
+}
