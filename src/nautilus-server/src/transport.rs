@@ -242,20 +242,14 @@ async fn serve_on<L: Accept>(
         .tls()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let idle_set = Arc::new(IdleSet::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = async {
-                // The semaphore is never closed, so acquiring cannot fail.
-                let permit = Arc::clone(&slots).acquire_owned().await.ok()?;
-                Some((permit, listener.accept().await))
-            } => accepted,
-        };
-        let Some((permit, accepted)) = accepted else {
-            break;
+            accepted = listener.accept() => accepted,
         };
         let (mut io, peer) = match accepted {
             Ok(a) => a,
@@ -268,6 +262,25 @@ async fn serve_on<L: Accept>(
                 continue;
             }
         };
+        // At the cap, a client is waiting (this one): make room by closing
+        // the connection idle the longest, so keep-alive connections that
+        // send a cheap request now and then cannot hold every slot. With
+        // none idle, this client waits for a slot as the backlog does.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                idle_set.evict_longest_idle();
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    // The semaphore is never closed, so acquiring cannot fail.
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let connection = Connection {
             builder: Arc::clone(&builder),
             app: app.clone(),
@@ -275,6 +288,7 @@ async fn serve_on<L: Accept>(
             state: Arc::clone(&state),
             limits: limits.clone(),
             stop: stop_rx.clone(),
+            idle_set: Arc::clone(&idle_set),
         };
         tokio::spawn(async move {
             let Some(client) = identify(&mut io, peer, &connection.limits).await else {
@@ -341,6 +355,8 @@ struct Connection {
     state: Arc<AppState>,
     limits: HttpLimits,
     stop: watch::Receiver<bool>,
+    /// The server's idle connections, longest idle first to go at the cap.
+    idle_set: Arc<IdleSet>,
 }
 
 impl Connection {
@@ -410,12 +426,14 @@ impl Connection {
             .into_owned();
         tokio::pin!(conn);
         let mut stop = self.stop.clone();
+        let entry = self.idle_set.join();
         let reason = tokio::select! {
             result = conn.as_mut() => {
                 self.ended(result.err(), timed_out);
                 return;
             }
-            () = idle(&mut watch_activity, first_idle, self.limits.idle_timeout) => "idle",
+            () = idle(&mut watch_activity, first_idle, self.limits.idle_timeout, &entry) => "idle",
+            () = entry.evicted.notified() => "evicted",
             () = deliveries.stalled(self.limits.write_timeout) => "stalled",
             () = peer_reset(watch.as_ref()) => {
                 // Dropping the connection drops its requests: their runs
@@ -434,6 +452,17 @@ impl Connection {
             return;
         }
         metrics.connection_closed(reason);
+        if watch_activity.borrow().busy() && reason == "evicted" {
+            // A request arrived as it was chosen: it gets the write timeout
+            // to finish.
+            if tokio::time::timeout(self.limits.write_timeout, conn)
+                .await
+                .is_err()
+            {
+                metrics.connection_closed("close_timeout");
+            }
+            return;
+        }
         // Nothing is owed on an idle connection (no request in progress, no
         // response being delivered) and nothing can be delivered on a
         // stalled one: one poll writes what closing writes (HTTP/2's GOAWAY),
@@ -476,18 +505,99 @@ impl Activity {
 /// Resolves once the connection has had no request in progress and no
 /// response being delivered for `timeout` (counting from the end of the
 /// last), or, before its first request, for `first`.
-async fn idle(activity: &mut watch::Receiver<Activity>, first: Duration, timeout: Duration) {
+async fn idle(
+    activity: &mut watch::Receiver<Activity>,
+    first: Duration,
+    timeout: Duration,
+    entry: &IdleEntry,
+) {
     let mut timeout_now = first;
     loop {
         // The sender lives as long as the connection's service.
         let Ok(now) = activity.wait_for(|a| !a.busy()).await.map(|a| *a) else {
             return;
         };
+        entry.set_idle(true);
         let busy = activity.wait_for(|a| a.busy() || a.started != now.started);
-        if tokio::time::timeout(timeout_now, busy).await.is_err() {
+        let woke = tokio::time::timeout(timeout_now, busy).await;
+        entry.set_idle(false);
+        if woke.is_err() {
             return;
         }
         timeout_now = timeout;
+    }
+}
+
+/// The server's connections that are idle now (no request in progress, no
+/// response being delivered), with since when; at the connection cap the
+/// longest idle is asked to close.
+#[derive(Debug, Default)]
+struct IdleSet(std::sync::Mutex<IdleConnections>);
+
+#[derive(Debug, Default)]
+struct IdleConnections {
+    next: u64,
+    idle: std::collections::BTreeMap<(tokio::time::Instant, u64), Arc<tokio::sync::Notify>>,
+    since: std::collections::HashMap<u64, tokio::time::Instant>,
+}
+
+impl IdleSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleConnections> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection's place in the set, out of it until it is idle.
+    fn join(self: &Arc<Self>) -> IdleEntry {
+        let mut c = self.lock();
+        let id = c.next;
+        c.next += 1;
+        IdleEntry {
+            set: Arc::clone(self),
+            id,
+            evicted: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Asks the connection idle the longest to close; false when none is.
+    fn evict_longest_idle(&self) -> bool {
+        let mut c = self.lock();
+        let Some(((_, id), evicted)) = c.idle.pop_first() else {
+            return false;
+        };
+        c.since.remove(&id);
+        // Stored if the connection is not waiting yet: it closes when it does.
+        evicted.notify_one();
+        true
+    }
+}
+
+/// One connection's place in the [`IdleSet`]; leaves it on drop.
+struct IdleEntry {
+    set: Arc<IdleSet>,
+    id: u64,
+    /// Notified when this connection is to make room.
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+impl IdleEntry {
+    fn set_idle(&self, idle: bool) {
+        let mut c = self.set.lock();
+        if let Some(since) = c.since.remove(&self.id) {
+            c.idle.remove(&(since, self.id));
+        }
+        if idle {
+            let now = tokio::time::Instant::now();
+            c.since.insert(self.id, now);
+            c.idle.insert((now, self.id), Arc::clone(&self.evicted));
+        }
+    }
+}
+
+impl Drop for IdleEntry {
+    fn drop(&mut self) {
+        self.set_idle(false);
     }
 }
 

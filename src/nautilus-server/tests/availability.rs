@@ -628,3 +628,58 @@ async fn an_http2_window_kept_at_zero_cannot_hold_a_slot() {
         .await;
     assert!(stalled > 0.0, "no connection was closed as stalled");
 }
+
+/// Issue item 3, keep-alive: connections sending a cheap `GET /` every
+/// 3 s (inside the 5 s idle deadline) held every slot, and nothing ever
+/// evicted one; new clients waited in the backlog for the whole attack.
+/// Sixteen of them from sixteen addresses (no share helps) against 16
+/// slots, reconnecting when closed: at the cap, the connection idle the
+/// longest now makes room for the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_cannot_hold_every_slot() {
+    let mut c = config();
+    c.http.max_connections = 16;
+    let server = TestServer::start(c).await;
+    let addr = server.addr();
+    let mut attackers = JoinSet::new();
+    for i in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 8, i + 1));
+        attackers.spawn(async move {
+            for _ in 0..100 {
+                let Ok(mut s) = connect_from(from, addr).await else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for _ in 0..100 {
+                    if s.write_all(b"GET / HTTP/1.1\r\nHost: n\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    // "Pong!" in a 200 with a 5-byte body: read it whole.
+                    let mut answer = Vec::new();
+                    let mut buf = [0u8; 512];
+                    while !answer.ends_with(b"Pong!") {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                            _ => break,
+                        }
+                    }
+                    if !answer.ends_with(b"Pong!") {
+                        break;
+                    }
+                    sleep(Duration::from_secs(3)).await;
+                }
+            }
+        });
+    }
+    sleep(Duration::from_millis(500)).await;
+    let tally = legit::run_with(addr, 30, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("keep-alive connections at the cap");
+    let evicted = server
+        .metric("nautilus_connections_closed_total{reason=\"evicted\"}")
+        .await;
+    assert!(evicted > 0.0, "no idle connection was evicted");
+}
