@@ -686,7 +686,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked 
             // Counted as delivering before the request stops being in
             // flight, so the connection is never idle in between.
             let response =
-                response.map(|r| r.map(|body| Delivering::new(body, activity, deliveries)));
+                response.map(|r| r.map(|body| Delivering::wrap(body, activity, deliveries)));
             drop(guard);
             response
         })
@@ -703,7 +703,8 @@ struct Delivering {
 }
 
 impl Delivering {
-    fn new(
+    /// `body`, counted until it ends.
+    fn wrap(
         body: axum::body::Body,
         activity: Arc<watch::Sender<Activity>>,
         deliveries: Arc<Deliveries>,
