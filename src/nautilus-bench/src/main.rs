@@ -502,6 +502,10 @@ impl Server {
             })
             .env_remove("NAUTILUS_WARM_POOL")
             .env_remove("NAUTILUS_MAX_CONCURRENT")
+            // The per-call cost asks for 50 documents in a row from one
+            // address; the server's NSM rates (issue 24) would answer 429.
+            .args(["--attestations-per-sec", "100000"])
+            .args(["--attestations-per-client-per-sec", "100000"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
