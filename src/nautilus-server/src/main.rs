@@ -18,6 +18,17 @@ use nautilus_server::transport::{Bound, Listen};
 use task_runner::{EgressLimits, RunnerConfig};
 use tokio::sync::watch;
 
+/// Every heap block is zeroed when freed, so operator secrets leave no copy
+/// behind in buffers this code does not own: the TLS and HTTP layers'
+/// (rustls, hyper), serde's, std's `Command`'s. The store and the run's
+/// environment zero their own copies too (`zeroize`), for library users
+/// without this allocator. Reallocation moves and zeroes the old block.
+/// Tested by `tests/secret_memory.rs`; what it cannot reach is in
+/// docs/trust-model.md ("Operator secrets").
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 #[derive(Debug, Parser)]
 #[command(version, about = "Attested Node.js task server for AWS Nitro Enclaves")]
 struct Args {
