@@ -12,6 +12,7 @@
 // eagerly into JS objects, which gives none of this.
 
 import { AttestationError } from './errors.js';
+import { concatBytes, utf8 } from './bytes.js';
 
 const MAJOR_NAMES = [
   'an unsigned integer',
@@ -24,7 +25,7 @@ const MAJOR_NAMES = [
   'a simple value or float',
 ];
 
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 class Decoder {
   /** @param {Uint8Array} bytes */
@@ -118,7 +119,7 @@ class Decoder {
     const start = this.pos;
     const raw = this.take(context, this.head(context).arg);
     try {
-      return utf8.decode(raw);
+      return utf8Decoder.decode(raw);
     } catch {
       this.pos = start;
       throw this.malformed(context, 'invalid UTF-8 in a text string');
@@ -231,20 +232,10 @@ function encodeHead(major, length) {
   return Uint8Array.of(m | 26, (length >>> 24) & 0xff, (length >> 16) & 0xff, (length >> 8) & 0xff, length & 0xff);
 }
 
-function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-const encodeBytes = (b) => concat([encodeHead(2, b.length), b]);
+const encodeBytes = (b) => concatBytes([encodeHead(2, b.length), b]);
 const encodeText = (s) => {
-  const b = new TextEncoder().encode(s);
-  return concat([encodeHead(3, b.length), b]);
+  const b = utf8(s);
+  return concatBytes([encodeHead(3, b.length), b]);
 };
 
-export { Decoder, encodeHead, encodeBytes, encodeText, concat };
+export { Decoder, encodeHead, encodeBytes, encodeText };

@@ -3,8 +3,9 @@
 // (src/attestation-verify/src/document.rs). Everything here runs on
 // untrusted bytes before any signature is checked.
 
-import { Decoder, encodeHead, encodeBytes, encodeText, concat } from './cbor.js';
+import { Decoder, encodeHead, encodeBytes, encodeText } from './cbor.js';
 import { AttestationError } from './errors.js';
+import { concatBytes } from './bytes.js';
 
 /** Largest document accepted, in bytes. Real documents are under 16 KiB. */
 const MAX_DOCUMENT_LEN = 64 * 1024;
@@ -264,7 +265,7 @@ function parseDocument(bytes) {
 
 /** The bytes the COSE signature covers (RFC 9052 §4.4): ["Signature1", protected, h'', payload]. */
 function sigStructure(doc) {
-  return concat([encodeHead(4, 4), encodeText('Signature1'), encodeBytes(doc.protected), encodeBytes(new Uint8Array(0)), encodeBytes(doc.payload)]);
+  return concatBytes([encodeHead(4, 4), encodeText('Signature1'), encodeBytes(doc.protected), encodeBytes(new Uint8Array(0)), encodeBytes(doc.payload)]);
 }
 
 export {

@@ -48,6 +48,13 @@ pub struct Isolation {
     pub seccomp_profile: String,
     /// Each slot runs under a uid of its own.
     pub slot_uids: bool,
+    /// What keeps a task's V8 heap within its memory limit: `"cgroup"`
+    /// (the slot's memory cgroup, whose limit the box shows where Node.js
+    /// reads it, so V8 sizes its heap from it and needs no flag; going over
+    /// is a memory-limit kill), or the `--max-old-space-size=<MiB>` flag
+    /// `node` then gets (no slot memory cgroup; the flag costs Node.js its
+    /// start-up code cache).
+    pub heap_limit: String,
     /// Isolation features that are not in force here, and why.
     pub missing: Vec<String>,
 }

@@ -22,8 +22,9 @@
 //!    `pivot_root`s into it and detaches the host's tree; mounts a minimal
 //!    `/dev`, a `/proc` of the new PID namespace (host-wide files masked,
 //!    memfds made non-executable), a size-capped `noexec` `/tmp`, writes
-//!    `/etc`, remounts the root read-only, brings up loopback, sets the
-//!    host name and overwrites its own command line;
+//!    `/etc` (and the slot's memory limit where Node.js reads it),
+//!    remounts the root read-only, brings up loopback, sets the host name
+//!    and overwrites its own command line;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
 //!    blocks SIGCHLD, SIGTERM
 //!    and SIGINT, and clones `node`'s process, which takes a new session,
@@ -85,6 +86,26 @@ const BOX_DIRS: [&str; 4] = ["/dev", "/etc", "/proc", "/tmp"];
 const ETC_FILES: [(&CStr, &[u8]); 2] = [
     (c"/etc/hosts", b"127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
     (c"/etc/nsswitch.conf", b"hosts: files dns\n"),
+];
+/// What Node.js reads to size its V8 heap (libuv's
+/// `uv_get_constrained_memory`: the memory controller's files under
+/// `/sys/fs/cgroup` at the path `/proc/self/cgroup` shows, which the box's
+/// cgroup namespace makes `/`), for cgroup v1 and v2 alike. Where the slot
+/// has a memory limit the box's `/sys` holds these files, each saying that
+/// limit, and nothing else: `node` then needs no V8 flag (which would cost
+/// it its start-up code cache) to keep its heap within the slot.
+const MEMORY_LIMIT_FILES: [&CStr; 4] = [
+    c"/sys/fs/cgroup/memory.max",
+    c"/sys/fs/cgroup/memory.high",
+    c"/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    c"/sys/fs/cgroup/memory/memory.soft_limit_in_bytes",
+];
+/// Parents first.
+const SYS_DIRS: [&CStr; 4] = [
+    c"/sys",
+    c"/sys/fs",
+    c"/sys/fs/cgroup",
+    c"/sys/fs/cgroup/memory",
 ];
 /// Host-wide `/proc` files that tell a task about other tenants (load,
 /// memory, I/O): `/dev/null` is bound over each. `/proc/pressure` gets an
@@ -175,6 +196,9 @@ pub(crate) struct BoxPlan {
     argv: (usize, usize),
     /// Whether [`MEMFD_NOEXEC`] exists (else seccomp denies `memfd_create`).
     pub memfd_sysctl: bool,
+    /// The slot's memory limit as [`MEMORY_LIMIT_FILES`] say it, when the
+    /// slots have one.
+    memory_limit: Option<Vec<u8>>,
     /// The mount namespace holding the box's root, built once by
     /// [`BoxPlan::seal`]: each box copies it (no unmount, so no RCU grace
     /// period, per box) and adds its own `/proc`, `/tmp` and `/dev/shm`.
@@ -253,14 +277,17 @@ impl BoxPlan {
                 .map_err(|_| PlanError::Nul(PathBuf::from("tmpfs options")))?,
             argv: own_argv(),
             memfd_sysctl: Path::new(MEMFD_NOEXEC).exists(),
+            memory_limit: None,
             template: None,
         })
     }
 
-    /// Builds the box's root once, with the task snapshot `run_dir`, in a
-    /// mount namespace of its own (a short-lived child's, held by a
-    /// descriptor). Blocking.
-    pub fn seal(&mut self, run_dir: &Path) -> io::Result<()> {
+    /// Builds the box's root once, with the task snapshot `run_dir` and,
+    /// when the slots have a memory limit of `memory_limit` bytes, the files
+    /// that show it to Node.js; in a mount namespace of its own (a
+    /// short-lived child's, held by a descriptor). Blocking.
+    pub fn seal(&mut self, run_dir: &Path, memory_limit: Option<u64>) -> io::Result<()> {
+        self.memory_limit = memory_limit.map(|bytes| format!("{bytes}\n").into_bytes());
         // One seal at a time in a process: a seal's child waits for EOF on
         // its `hold` pipe, and a second seal's child forked meanwhile would
         // inherit that pipe's write end while waiting on its own, each
@@ -988,6 +1015,16 @@ unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     build_dev()?;
     for (path, bytes) in ETC_FILES {
         write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
+    }
+    if let Some(limit) = &plan.memory_limit {
+        for dir in SYS_DIRS {
+            if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for path in MEMORY_LIMIT_FILES {
+            write_file(path, limit, libc::O_CREAT | libc::O_EXCL)?;
+        }
     }
     // The root holds only what was bound or written above.
     let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;

@@ -64,7 +64,8 @@ async fn a_world_writable_directory_deep_in_the_host_is_out_of_reach() {
 /// Findings 4 and 5: the box showed the host's whole mount table, every
 /// world-readable host file, host network devices in `/sys`, host cgroup
 /// paths and other slots' cgroup files, host-wide load and memory, and the
-/// runner's full command line as PID 1's.
+/// runner's full command line as PID 1's. (Its `/sys` now holds only the
+/// slot's memory limit.)
 #[tokio::test]
 async fn the_box_shows_nothing_of_the_host_or_the_runner() {
     if skip_unless_root("the box's root is built from an allowlist") {
@@ -92,7 +93,22 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
         assert!(line.as_str().unwrap().ends_with(":/"), "{seen}");
     }
     assert_eq!(seen["etc"], serde_json::json!(["hosts", "nsswitch.conf"]));
-    assert_eq!(seen["sys"], "ENOENT", "{seen}");
+    // Of `/sys`, only the slot's memory limit, where Node.js reads it (issue 26).
+    match runner.cgroups().memory_max_bytes {
+        Some(limit) => {
+            let limit = format!("{limit}\n");
+            let files: Vec<(&str, &str)> = [
+                "/sys/fs/cgroup/memory.high",
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.soft_limit_in_bytes",
+            ]
+            .map(|f| (f, limit.as_str()))
+            .into();
+            assert_eq!(seen["sys_files"], serde_json::json!(files), "{seen}");
+        }
+        None => assert_eq!(seen["sys"], "ENOENT", "{seen}"),
+    }
     assert_eq!(seen["passwd"], "ENOENT", "{seen}");
     assert_eq!(seen["loadavg"], "", "{seen}");
     assert_eq!(seen["meminfo"], "", "{seen}");

@@ -71,6 +71,37 @@ async fn memory_attack_is_stopped_at_the_limit(mode: &str) {
     assert_eq!(after.status, "success", "{after:?}");
 }
 
+/// Issue 26: `node` gets no V8 heap flag where the slot's cgroup limits its
+/// memory, yet V8 sizes its heap from the limit the box shows it (half of
+/// it, but at least 256 MiB plus the young generation): a task that grows
+/// its heap meets V8's own heap limit, with its usual message, before
+/// `RLIMIT_DATA` or the cgroup (a V8 that did not see the limit would size
+/// its heap from the host's memory and fail on `RLIMIT_DATA` instead).
+/// What goes past the limit outside the heap is a memory-limit kill (the
+/// attacks below).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_sizes_its_heap_from_the_slot_limit_without_a_flag() {
+    if skip_unless_root("slot memory cgroups") {
+        return;
+    }
+    let runner = Runner::new(RunnerConfig {
+        memory_limit_bytes: 768 * MIB,
+        ..config()
+    })
+    .unwrap();
+    if runner.cgroups().memory_max_bytes.is_none() {
+        skip_report::skipped(
+            "node's heap sized by the slot cgroup",
+            "no memory cgroup here",
+        );
+        return;
+    }
+    assert_eq!(runner.isolation().heap_limit, "cgroup");
+    let heap = run_ok(&runner, "hog", &["heap"]).await;
+    assert_eq!(heap.status, "failed", "{heap:?}");
+    assert!(heap.stderr.contains("heap limit"), "{heap:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_anonymous_memory_counts_against_the_limit() {
     memory_attack_is_stopped_at_the_limit("shared").await;
