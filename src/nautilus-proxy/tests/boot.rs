@@ -62,6 +62,10 @@ const CHECKS: &[(&str, Check)] = &[
     ),
     ("verified runs of both example tasks", example_tasks),
     ("20 concurrent verified runs", concurrent_runs),
+    (
+        "the limits demo: a task over its memory limit is killed by its cgroup, said in the signed result",
+        cgroup_limits,
+    ),
     ("a killed server is restarted by run.sh", restart_after_kill),
     ("the guest ends cleanly", end_of_guest),
 ];
@@ -538,17 +542,9 @@ fn attestation(g: &mut Guest) -> anyhow::Result<()> {
     ensure!(attest.contains("\"manifest\""), "attest printed {attest}");
     // The pinned kernel has every controller the runner uses: the attested
     // manifest says memory, pids and cpu limits are in force per slot.
-    fn find<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v serde_json::Value> {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.get(key).or_else(|| m.values().find_map(|v| find(v, key)))
-            }
-            _ => None,
-        }
-    }
     let printed: serde_json::Value =
         serde_json::from_str(attest.trim()).context("attest output")?;
-    let cgroups = find(&printed, "cgroups").context("no cgroups in the attested manifest")?;
+    let cgroups = find_key(&printed, "cgroups").context("no cgroups in the attested manifest")?;
     ensure!(cgroups["version"] == "v2", "cgroups: {cgroups}");
     for controller in ["memory", "pids", "cpu"] {
         ensure!(
@@ -592,6 +588,108 @@ fn example_tasks(g: &mut Guest) -> anyhow::Result<()> {
 fn concurrent_runs(g: &mut Guest) -> anyhow::Result<()> {
     g.runtime
         .block_on(verified_runs_at_once(&g.url, &g.pem, 20))
+}
+
+/// The limits demo (`limits-task`, shipped in the image so anyone can do
+/// this against a real enclave) asks for twice the memory limit the attested
+/// manifest lists, spread over child processes of at most 128 MiB each, every
+/// one far below its own `RLIMIT_DATA` (and off the V8 heap, so no
+/// `--max-old-space-size` matters): only the slot's memory cgroup, which
+/// counts the task as a whole, can stop it. The verified signed result must
+/// say `limit: "memory"`, SIGKILL, with the task seen working up to the limit.
+/// Below the limit the same task runs to the end (so the kill is the limit's,
+/// not a broken task); the request's timeout ends a waiting one (504, not
+/// signed: the task did not finish); the server serves on.
+fn cgroup_limits(g: &mut Guest) -> anyhow::Result<()> {
+    g.runtime.block_on(limits_demo(&g.url, &g.pem))
+}
+
+async fn limits_demo(url: &str, pem: &str) -> anyhow::Result<()> {
+    const MIB: u64 = 1 << 20;
+    let root = TrustedRoot::from_pem(pem)?;
+    let client = Client::connect(url, root, Policy::default().allow_debug(true)).await?;
+    ensure!(
+        client.manifest().task("limits-task").is_some(),
+        "the attested manifest lists no limits-task"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw())?;
+    let limit = find_key(&manifest, "cgroups")
+        .and_then(|c| c["memory_max_bytes"].as_u64())
+        .context("no memory limit in the attested manifest")?;
+    let run = |args: [String; 2], timeout: u64| {
+        let spec = TaskSpec::new("limits-task")
+            .args(args)
+            .timeout_secs(timeout);
+        let client = client.clone();
+        async move { client.run_task(&spec).await }
+    };
+
+    let ask = (2 * limit / MIB).min(4096);
+    let killed = run(["memory".into(), ask.to_string()], 150).await?;
+    let data = killed.data();
+    eprintln!(
+        "boot-test: limits-task memory {ask} (limit {} MiB): signal {:?}, limit {:?}, {:?}\n{}{}",
+        limit / MIB,
+        data.signal,
+        data.limit,
+        data.resources,
+        data.stdout,
+        data.stderr
+    );
+    ensure!(
+        data.limit.as_deref() == Some("memory"),
+        "asked for {ask} MiB under a {} MiB limit, the signed result says limit {:?}",
+        limit / MIB,
+        data.limit
+    );
+    ensure!(
+        data.signal.as_deref() == Some("SIGKILL") && data.status == "failed",
+        "not killed: {data:?}"
+    );
+    // "touched N MiB in K processes": it worked until the cgroup stopped it.
+    let touched = data
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("touched ")?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    ensure!(
+        touched >= 192 && touched * MIB <= limit && !data.stdout.contains("held_mib"),
+        "touched {touched} MiB before the kill, under a {} MiB limit: {}",
+        limit / MIB,
+        data.stdout
+    );
+    let peak = data.resources.as_ref().map_or(0, |r| r.peak_memory_bytes);
+    ensure!(
+        peak >= touched * MIB,
+        "peak {peak} B below the {touched} MiB touched"
+    );
+
+    let below = (limit / MIB / 4).max(1);
+    let ran = run(["memory".into(), below.to_string()], 150).await?;
+    let data = ran.data();
+    ensure!(
+        data.status == "success" && data.limit.is_none(),
+        "{below} MiB under a {} MiB limit: {data:?}",
+        limit / MIB
+    );
+    ensure!(
+        data.stdout.contains(&format!("\"held_mib\":{below}")),
+        "{}",
+        data.stdout
+    );
+
+    match run(["time".into(), "600".into()], 3).await {
+        Err(ClientError::Status { status: 504, .. }) => {}
+        other => bail!("a task waiting past its 3 s timeout: {other:?}"),
+    }
+    Ok(())
 }
 
 /// The dev-only console hook SIGKILLs the server; run.sh restarts it (with a
@@ -716,6 +814,16 @@ fn wait_bounded(
             bail!("{what} did not finish within {STEP_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first value under `key`, searched depth first through objects.
+fn find_key<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .or_else(|| m.values().find_map(|v| find_key(v, key))),
+        _ => None,
     }
 }
 
