@@ -7,8 +7,10 @@
 #   request   accept → the box's clone    (HTTP, queue, slot, pipes)
 #   box       clone → node's execve       (namespaces, mounts, /dev, seccomp)
 #   node      execve → node's exit_group  (Node.js start, the task, exit)
-#   reaper    node's exit_group → reaper's exit_group
-#   reply     reaper's exit → the response's write (collect, sign, send)
+#   reaper    node's exit_group → the reaper's report (it kills and reaps
+#             the rest of the box first)
+#   reply     the report → the response's write (collect, sign, send; the
+#             reaper's exit and the namespaces' teardown are off this path)
 #
 # strace adds its own cost to every traced call (and follows node's threads),
 # so the same N bare clean-environment `node index.js` runs are traced the
@@ -21,9 +23,9 @@
 #   wake      hand-over → node opens the task's entry (read, parse, runMain)
 #   task      entry opened → the task's first write (compile, run)
 #   exit      first write → node's exit_group (end of the loop, 'exit')
-#   reaper    node's exit_group → reaper's exit_group
-#   reply     reaper's exit → the response's write (reap and the box's
-#             namespaces go, slot cgroup checks, sign, send)
+#   reaper    node's exit_group → the reaper's report
+#   reply     the report → the response's write (slot cgroup checks,
+#             sign, send)
 #
 # Usage: [POOL=1] profile-cold.sh [SERVER_BIN] [REQUESTS]   (make profile)
 set -euo pipefail
@@ -104,16 +106,16 @@ if sys.argv[3] == "1":
             cur["first_write"] = t
         elif call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
             cur["node_exit"] = t
-        elif call == "exit_group" and "node_exit" in cur and "reaper_exit" not in cur and pid != cur.get("node_pid"):
-            cur["reaper_exit"] = t
-        elif call in ("write", "writev", "sendto", "sendmsg") and "reaper_exit" in cur and "HTTP/1.1" in args:
+        elif call == "write" and "node_exit" in cur and "report" not in cur and args.startswith('3, "\\2\\0\\0\\0'):
+            cur["report"] = t
+        elif call in ("write", "writev", "sendto", "sendmsg") and "report" in cur and "HTTP/1.1" in args:
             cur["reply"] = t
             if all(k in cur for k in ("handover", "entry", "first_write")):
                 runs.append(cur)
             cur = None
     phases = [("request", "accept", "handover"), ("wake", "handover", "entry"), ("task", "entry", "first_write"),
-              ("exit", "first_write", "node_exit"), ("reaper", "node_exit", "reaper_exit"),
-              ("reply", "reaper_exit", "reply"), ("total", "accept", "reply")]
+              ("exit", "first_write", "node_exit"), ("reaper", "node_exit", "report"),
+              ("reply", "report", "reply"), ("total", "accept", "reply")]
     print(f"{len(runs)} warm runs traced; median ms per phase (strace adds to each traced call)")
     for name, a, b in phases:
         print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
@@ -129,14 +131,14 @@ for pid, t, call, args in ev:
         cur["exec"], cur["node_pid"] = t, pid
     elif call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
         cur["node_exit"] = t
-    elif call == "exit_group" and "node_exit" in cur and "reaper_exit" not in cur and pid != cur.get("node_pid"):
-        cur["reaper_exit"] = t
-    elif call in ("write", "writev", "sendto", "sendmsg") and "reaper_exit" in cur and "HTTP/1.1" in args:
+    elif call == "write" and "node_exit" in cur and "report" not in cur and args.startswith('3, "\\2\\0\\0\\0'):
+        cur["report"] = t
+    elif call in ("write", "writev", "sendto", "sendmsg") and "report" in cur and "HTTP/1.1" in args:
         cur["reply"] = t
         runs.append(cur)
         cur = None
 phases = [("request", "accept", "box"), ("box", "box", "exec"), ("node", "exec", "node_exit"),
-          ("reaper", "node_exit", "reaper_exit"), ("reply", "reaper_exit", "reply"), ("total", "accept", "reply")]
+          ("reaper", "node_exit", "report"), ("reply", "report", "reply"), ("total", "accept", "reply")]
 print(f"{len(runs)} cold runs traced; median ms per phase (strace adds to each traced call)")
 for name, a, b in phases:
     print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
