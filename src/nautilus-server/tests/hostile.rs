@@ -363,10 +363,16 @@ async fn abandon(s: &TestServer, mut drop_running: impl FnMut(), mut drop_queued
         "the queued run left the queue: {:?}",
         stats()
     );
-    assert_eq!(
-        stats().abandoned_queued + s.state.tasks_abandoned_waiting(),
-        1
+    // Counted once the run has gone: wait for the count, not a margin.
+    let abandoned_queued = || stats().abandoned_queued + s.state.tasks_abandoned_waiting();
+    assert!(
+        eventually(Duration::from_secs(10), || abandoned_queued() >= 1)
+            .await
+            .is_some(),
+        "the queued run was not counted as abandoned: {:?}",
+        stats()
     );
+    assert_eq!(abandoned_queued(), 1);
     drop_running();
     let took = eventually(Duration::from_secs(10), || {
         stats().running == 0 && children_but_warm(s).is_empty()
@@ -380,6 +386,15 @@ async fn abandon(s: &TestServer, mut drop_running: impl FnMut(), mut drop_queued
         )
     });
     eprintln!("abandoned task stopped and its slot freed after {took:?}");
+    // The runner counts the abandoned run after its slot is free: wait for
+    // the count (under load it can come later than the slot).
+    assert!(
+        eventually(Duration::from_secs(10), || stats().abandoned_running >= 1)
+            .await
+            .is_some(),
+        "the running run was not counted as abandoned: {:?}",
+        stats()
+    );
     // The queued run must not take the freed slot.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!((stats().running, stats().queued), (0, 0));
