@@ -3,7 +3,7 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`clients`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
+//! then [`clients`], [`rate`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
 //! [`state`], then the handlers ([`common`], [`app`], [`operator`]), the
 //! [`router`], and [`transport`] on top.
 //!
@@ -22,7 +22,9 @@
 //! * [`error`]: every failure is an [`error::EnclaveError`] that becomes a JSON
 //!   `{"error": ...}` response with the right status.
 //! * [`router`] wires the routes and middleware; [`transport`] listens on TCP
-//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports.
+//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports;
+//!   [`egress`] opens the tasks' declared connections out (directly or
+//!   through the parent).
 //!
 //! Handlers can be called directly, without HTTP:
 //!
@@ -62,10 +64,12 @@ pub mod budget;
 pub mod clients;
 pub mod common;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod manifest;
 pub mod metrics;
 pub mod operator;
+pub mod rate;
 pub mod router;
 pub mod secrets;
 pub mod state;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use attestation_dev::{AttestError, AttestationRequest, Attester, DevAttester, NsmAttester};
 use result_signing::{encode_public_key, IntentMessage, SignedResponse, SigningKey};
-use task_runner::Runner;
+use task_runner::{Runner, RunnerConfig};
 
 pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADLINE};
 use crate::error::EnclaveError;
@@ -33,6 +33,9 @@ pub enum StartupError {
     /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
     Tasks(task_runner::TaskError),
+    /// `--egress-test-ca` with real attestation.
+    #[error("--egress-test-ca is for tests: a server with --attestation nsm refuses it (tasks would trust a CA nobody audits)")]
+    TestCaInNsm,
     /// The TLS key or certificate could not be made.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -60,6 +63,11 @@ pub struct AppState {
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
+    /// How often the NSM may be asked, by all and by each client.
+    nsm_rate: crate::rate::NsmRate,
+    /// The latest document without a nonce and when it was asked for: what
+    /// requests without a nonce share (see [`AppState::attestation_for`]).
+    shared_document: tokio::sync::Mutex<Option<(std::time::Instant, Vec<u8>)>>,
     /// The latest clock skew measured, see [`AppState::clock_skew`].
     clock_skew: std::sync::Mutex<Option<ClockSkew>>,
     /// Request-body bytes buffered by all requests together.
@@ -91,10 +99,21 @@ pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
 /// How long an attestation request waits for a turn before a 503.
 const ATTESTATION_WAIT: Duration = Duration::from_secs(5);
 
+/// A test CA makes every task trust certificates nobody audits: only with
+/// dev attestation.
+fn check_test_ca(config: &ServerConfig) -> Result<(), StartupError> {
+    if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
+        return Err(StartupError::TestCaInNsm);
+    }
+    Ok(())
+}
+
 impl AppState {
     /// Opens the attester, generates the key, builds the runner and freezes
     /// the manifest.
     pub fn new(config: ServerConfig) -> Result<Self, StartupError> {
+        // Before the NSM is opened: the refusal is about the flags.
+        check_test_ca(&config)?;
         let (attester, dev_root_pem): (Arc<dyn Attester>, _) = match config.attestation {
             AttestationMode::Nsm => (Arc::new(open_nsm()?), None),
             AttestationMode::Dev => {
@@ -126,8 +145,13 @@ impl AppState {
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
+        check_test_ca(&config)?;
         let tls = config.tls.then(TlsIdentity::generate).transpose()?;
-        let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
+        let runner = Runner::new(RunnerConfig {
+            egress_connect: Some(config.egress_route.connector()),
+            ..config.runner.clone()
+        })
+        .map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
         let (tasks, refused_tasks) = check_dependencies(&config.runner.tasks_dir, tasks);
         let declared = tasks
@@ -144,6 +168,11 @@ impl AppState {
             Access {
                 tls_spki_sha256: tls.as_ref().map(TlsIdentity::spki_sha256),
                 operator_keys: &config.operator_keys,
+                egress: &crate::manifest::Egress {
+                    route: config.egress_route.clone(),
+                    limits: config.runner.egress,
+                    test_ca_sha256: runner.egress_test_ca_sha256().map(str::to_owned),
+                },
             },
             tasks,
         )
@@ -162,6 +191,8 @@ impl AppState {
             refused_tasks,
             metrics: Metrics::default(),
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+            nsm_rate: crate::rate::NsmRate::new(config.attestation_limits),
+            shared_document: tokio::sync::Mutex::new(None),
             clock_skew: std::sync::Mutex::new(None),
             body_budget,
             clients: crate::clients::Clients::new(config.http.per_client),
@@ -182,6 +213,43 @@ impl AppState {
     /// Tasks whose request went away while they waited for their turn.
     pub fn tasks_abandoned_waiting(&self) -> u64 {
         self.turns.abandoned()
+    }
+
+    /// The document `GET /get_attestation` answers `client` with. With a
+    /// nonce: a fresh one, within the client's and the server's NSM rate
+    /// (else 429 or 503 with `Retry-After`). Without: the document shared by
+    /// every request without a nonce, at most
+    /// [`AttestationLimits::shared_for`](crate::config::AttestationLimits)
+    /// old, so however many ask, the NSM is called once per period; a
+    /// caller that needs freshness sends a nonce.
+    pub async fn attestation_for(
+        self: &Arc<Self>,
+        client: crate::clients::ClientKey,
+        nonce: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, EnclaveError> {
+        let shared_for = self.nsm_rate.limits().shared_for;
+        if nonce.is_some() || shared_for.is_zero() {
+            self.nsm_rate
+                .admit(Some(client))
+                .map_err(|r| r.into_error(self.nsm_rate.limits()))?;
+            return self.attest(nonce).await;
+        }
+        // Waiters behind a call in progress take its document.
+        let mut shared = tokio::time::timeout(ATTESTATION_WAIT, self.shared_document.lock())
+            .await
+            .map_err(|_| EnclaveError::AttestationBusy)?;
+        if let Some((asked, document)) = shared.as_ref() {
+            if asked.elapsed() < shared_for {
+                return Ok(document.clone());
+            }
+        }
+        self.nsm_rate
+            .admit(None)
+            .map_err(|r| r.into_error(self.nsm_rate.limits()))?;
+        let asked = std::time::Instant::now();
+        let document = self.attest(None).await?;
+        *shared = Some((asked, document.clone()));
+        Ok(document)
     }
 
     /// A fresh attestation document for `nonce`, binding the server's key
