@@ -254,9 +254,13 @@ NEED_EIF = @test -f "$(OUT)/nitro.eif" || { echo "make $@: $(OUT)/nitro.eif does
 NEED_NITRO_CLI = @command -v nitro-cli >/dev/null || { echo "make $@: nitro-cli is not installed: this runs on an EC2 parent instance with Nitro Enclaves enabled (install aws-nitro-enclaves-cli); see README.md, Deploy" >&2; exit 1; }
 
 ## describe: check out/nitro.eif and print its header, sections and PCRs
+# With `make image`'s own static tool when it is there (no second, host
+# release build of the tool, e.g. in the image test); else built for the host.
 describe:
 	$(NEED_EIF)
-	$(CARGO) run -q --release --locked --bin enclave-image -- describe $(OUT)/nitro.eif
+	@if [ -x "$(ENCLAVE_BIN_DIR)/enclave-image" ]; then \
+		"$(ENCLAVE_BIN_DIR)/enclave-image" describe $(OUT)/nitro.eif; \
+	else $(CARGO) run -q --release --locked --bin enclave-image -- describe $(OUT)/nitro.eif; fi
 
 ## eif-crosscheck: check out/nitro.eif and out/nitro.pcrs with AWS's own image-format crate; fails on any difference (heavy: ~290 crates, so not in make test)
 eif-crosscheck:
