@@ -59,9 +59,10 @@ pub struct RunnerConfig {
     pub max_scratch_bytes: u64,
     /// `RLIMIT_NOFILE` of the task. Default 1024.
     pub max_open_files: u64,
-    /// `RLIMIT_NPROC` (threads and processes of the slot uid; Node needs about a dozen).
-    /// Only applied when root, where each slot has its own uid; also the
-    /// slot cgroup's `pids.max`. Default 64.
+    /// Threads and processes of a task (Node needs about a dozen). Only
+    /// applied when root, where each slot has its own uid: the slot cgroup's
+    /// `pids.max`, with `RLIMIT_NPROC` at twice it as a backstop (or at it
+    /// where there is no pids cgroup). Default 64.
     pub max_processes: u64,
     /// As root, how many slots keep a warm box: `node` already started in
     /// the slot's box, waiting for its task (see

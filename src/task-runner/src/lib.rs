@@ -398,7 +398,14 @@ impl Runner {
             config.memory_limit_bytes,
             config.max_file_bytes,
             config.max_open_files,
-            privileged.then_some(config.max_processes),
+            // Where the slot's pids cgroup holds the limit it is the wall, and
+            // it counts what it refuses (a signed `limit: "pids"`). The kernel
+            // checks RLIMIT_NPROC first, so that stays only as a backstop
+            // above it; without the cgroup it is the wall.
+            privileged.then_some(match cgroups.summary().pids_max {
+                Some(pids) => pids.saturating_mul(2),
+                None => config.max_processes,
+            }),
             plan.as_ref().is_some_and(|p| !p.memfd_sysctl),
         )?;
         let isolation = describe(plan.as_ref(), &config, heap_flag.as_ref());

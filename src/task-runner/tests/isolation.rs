@@ -314,8 +314,16 @@ async fn process_limit_holds_and_every_process_is_killed() {
     })
     .unwrap();
     let limit = runner.config().max_processes;
+    let pids_cgroup = runner.cgroups().pids_max.is_some();
     for _ in 0..2 {
-        let seen = json(&run_ok(&runner, "fork-many", &[]).await.stdout);
+        let result = run_ok(&runner, "fork-many", &[]).await;
+        // Where the slot has a pids cgroup it is the wall, and the signed
+        // result says so (RLIMIT_NPROC, checked first by the kernel, used to
+        // refuse the fork before the cgroup could count it: `limit` null).
+        if pids_cgroup {
+            assert_eq!(result.limit.as_deref(), Some("pids"), "{result:?}");
+        }
+        let seen = json(&result.stdout);
         assert_eq!(seen["error"], "EAGAIN", "{seen}");
         // Node's own threads count too; the rest of the limit is the task's.
         let spawned = seen["spawned"].as_u64().unwrap();
