@@ -280,8 +280,7 @@ async fn health_manifest_and_ping() {
             "memory.oom.group",
             "pids.max",
             "cpu.weight",
-            "clone-into-cgroup",
-            "cgroup.kill"
+            "clone-into-cgroup"
         ],
         "{cgroups}"
     );

@@ -120,19 +120,16 @@ enum Feature {
     CpuWeight,
     /// A box is cloned straight into its v2 slot (`CLONE_INTO_CGROUP`, 5.7+).
     CloneInto,
-    /// A v2 slot is emptied in one write (`cgroup.kill`, 5.14+).
-    Kill,
 }
 
 impl Feature {
-    const ALL: [Feature; 7] = [
+    const ALL: [Feature; 6] = [
         Feature::MemoryMax,
         Feature::SwapMax,
         Feature::OomGroup,
         Feature::PidsMax,
         Feature::CpuWeight,
         Feature::CloneInto,
-        Feature::Kill,
     ];
 
     fn name(self) -> &'static str {
@@ -143,7 +140,6 @@ impl Feature {
             Feature::PidsMax => "pids.max",
             Feature::CpuWeight => "cpu.weight",
             Feature::CloneInto => "clone-into-cgroup",
-            Feature::Kill => "cgroup.kill",
         }
     }
 
@@ -153,7 +149,7 @@ impl Feature {
             Feature::MemoryMax | Feature::SwapMax | Feature::OomGroup => Some(Controller::Memory),
             Feature::PidsMax => Some(Controller::Pids),
             Feature::CpuWeight => Some(Controller::Cpu),
-            Feature::CloneInto | Feature::Kill => None,
+            Feature::CloneInto => None,
         }
     }
 }
@@ -162,8 +158,6 @@ impl Feature {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     InForce(String),
-    /// Present, deliberately not used.
-    Unused(String),
     Missing(String),
 }
 
@@ -195,7 +189,6 @@ impl Probe {
     fn public(&self) -> CgroupFeature {
         let (available, in_force, detail) = match &self.state {
             State::InForce(d) => (true, true, d),
-            State::Unused(d) => (true, false, d),
             State::Missing(d) => (false, false, d),
         };
         CgroupFeature {
@@ -260,8 +253,7 @@ pub struct CgroupSummary {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupFeature {
     /// The cgroup v2 name: `memory.max`, `memory.swap.max`,
-    /// `memory.oom.group`, `pids.max`, `cpu.weight`, `clone-into-cgroup`,
-    /// `cgroup.kill`.
+    /// `memory.oom.group`, `pids.max`, `cpu.weight`, `clone-into-cgroup`.
     pub name: String,
     /// The kernel has it (or its v1 equivalent) and it could be set.
     pub available: bool,
@@ -274,19 +266,11 @@ pub struct CgroupFeature {
 
 impl CgroupSummary {
     fn none(note: String) -> Self {
-        let probes: Vec<Probe> = Feature::ALL
-            .iter()
-            .map(|&feature| Probe {
-                feature,
-                state: State::Missing(if note.is_empty() {
-                    "no cgroups".into()
-                } else {
-                    note.clone()
-                }),
-            })
-            .collect();
+        let why = if note.is_empty() { "no cgroups" } else { &note };
         CgroupSummary {
-            features: probes.iter().map(Probe::public).collect(),
+            features: Feature::ALL
+                .map(|f| Probe::missing(f, why).public())
+                .to_vec(),
             missing: Feature::ALL.iter().map(|f| f.name().to_owned()).collect(),
             version: "none".into(),
             controllers: Vec::new(),
@@ -307,14 +291,15 @@ pub(crate) struct Limits {
     pub pids: u64,
 }
 
-/// One mounted hierarchy in use and the runner's group in it.
+/// One mounted hierarchy for some controllers and a directory in it: the
+/// runner's own cgroup when found ([`discover`]), its group
+/// `<own>/nautilus-<tag>` once created ([`Hierarchy::create_group`]).
 #[derive(Debug)]
 struct Hierarchy {
     version: Version,
     /// Controllers managed here; empty for a v2 hierarchy used for membership only.
     controllers: Vec<Controller>,
-    /// `<own>/nautilus-<tag>`.
-    group: PathBuf,
+    dir: PathBuf,
 }
 
 /// The slot cgroups of one runner; removed on drop.
@@ -326,7 +311,7 @@ pub(crate) struct Cgroups {
 }
 
 /// One slot's cgroups, one per hierarchy.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Slot {
     dirs: Vec<(PathBuf, Version)>,
     /// What the child writes to join, open for writing: v1 `tasks` files,
@@ -414,6 +399,29 @@ impl Join {
         }
     }
 
+    /// Whether a child cloned this way with `flags` starts (and exits 0):
+    /// tried with a child that exits at once.
+    pub fn try_clone(&self, flags: libc::c_int) -> io::Result<()> {
+        // SAFETY: the child only exits.
+        let pid = unsafe { self.fork(flags) };
+        if pid == 0 {
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        match libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            true => Ok(()),
+            false => Err(io::Error::other(format!(
+                "the child ended with {status:#x}"
+            ))),
+        }
+    }
+
     /// Moves the calling process into the slot's cgroups.
     ///
     /// # Safety
@@ -461,7 +469,7 @@ impl Cgroups {
         };
         let name = format!("nautilus-{tag}");
         for h in &found {
-            sweep(&h.own, tag, stale);
+            sweep(&h.dir, tag, stale);
         }
         let mut hierarchies = Vec::new();
         for h in found.drain(..) {
@@ -530,7 +538,7 @@ impl Cgroups {
             }
         }
         for h in &self.hierarchies {
-            remove_dir(&h.group);
+            remove_dir(&h.dir);
         }
     }
 }
@@ -567,22 +575,20 @@ fn summarize(
         [Version::V2] => "v2",
         _ => "v1+v2",
     };
-    let mut features = Vec::new();
-    for f in Feature::ALL {
+    let features = Feature::ALL.map(|f| {
         let probe = probes.iter().find(|p| p.feature == f).cloned();
-        features.push(probe.unwrap_or_else(|| {
+        probe.unwrap_or_else(|| {
             Probe::missing(
                 f,
                 match f.controller() {
                     Some(c) => format!("no usable {} controller", c.name()),
                     None => "no cgroup v2 hierarchy: the child joins its v1 slots \
-                             through their `tasks` files before it execs, and a slot \
-                             is emptied by killing its listed processes"
+                             through their `tasks` files before it execs"
                         .to_owned(),
                 },
             )
-        }));
-    }
+        })
+    });
     CgroupSummary {
         version: version.into(),
         controllers,
@@ -624,19 +630,11 @@ impl Slot {
         index: usize,
         limits: Limits,
     ) -> Result<(Slot, Vec<Probe>), String> {
-        let mut slot = Slot {
-            dirs: Vec::new(),
-            procs: Vec::new(),
-            into: None,
-            oom_counter: None,
-            oom_event: None,
-            memory: None,
-            pids_events: None,
-        };
+        let mut slot = Slot::default();
         let mut probes = Vec::new();
         let made = (|| {
             for h in hierarchies {
-                let dir = h.group.join(format!("slot-{index}"));
+                let dir = h.dir.join(format!("slot-{index}"));
                 fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 slot.dirs.push((dir.clone(), h.version));
                 let applied = apply(&dir, h.version, &h.controllers, limits);
@@ -655,53 +653,27 @@ impl Slot {
                 if h.version == Version::V2 {
                     let into =
                         fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                    let kill = dir.join("cgroup.kill").exists();
-                    match clones_into(&into) {
+                    let join = Join {
+                        into: Some(into.as_raw_fd()),
+                        ..Join::NONE
+                    };
+                    match join.try_clone(0) {
                         Ok(()) => {
                             probes.push(Probe::in_force(
                                 Feature::CloneInto,
                                 "clone3 CLONE_INTO_CGROUP: a box starts in its v2 slot",
                             ));
-                            probes.push(Probe {
-                                feature: Feature::Kill,
-                                state: if kill {
-                                    // See `Slot::empty`.
-                                    State::Unused(
-                                        "not used where boxes are cloned in (Linux 6.18 then \
-                                         kills later children cloned into the slot): a slot \
-                                         is emptied by killing its listed processes"
-                                            .into(),
-                                    )
-                                } else {
-                                    State::Missing(
-                                        "no cgroup.kill (Linux 5.14+): a slot is emptied by \
-                                         killing its listed processes"
-                                            .into(),
-                                    )
-                                },
-                            });
                             slot.into = Some(into.into());
                             continue;
                         }
-                        Err(e) => {
-                            probes.push(Probe::missing(
-                                Feature::CloneInto,
-                                format!(
-                                    "{e} (Linux 5.7+): a box joins its v2 slot through \
-                                     cgroup.procs before it execs, waiting for an RCU grace \
-                                     period unless cgroup2 is mounted with favordynmods"
-                                ),
-                            ));
-                            probes.push(if kill {
-                                Probe::in_force(Feature::Kill, "cgroup.kill empties a v2 slot")
-                            } else {
-                                Probe::missing(
-                                    Feature::Kill,
-                                    "no cgroup.kill (Linux 5.14+): a slot is emptied by \
-                                     killing its listed processes",
-                                )
-                            });
-                        }
+                        Err(e) => probes.push(Probe::missing(
+                            Feature::CloneInto,
+                            format!(
+                                "clone3: {e} (Linux 5.7+): a box joins its v2 slot through \
+                                 cgroup.procs before it execs, waiting for an RCU grace \
+                                 period unless cgroup2 is mounted with favordynmods"
+                            ),
+                        )),
                     }
                 }
                 let procs = dir.join(match h.version {
@@ -740,19 +712,13 @@ impl Slot {
 
     /// OOM kills in this slot so far (`None` without a memory controller).
     pub fn oom_kills(&self) -> Option<u64> {
-        let text = fs::read_to_string(self.oom_counter.as_ref()?).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|n| n.trim().parse().ok())
+        counter(self.oom_counter.as_ref()?, "oom_kill ")
     }
 
     /// Forks the slot's `pids.max` refused so far (`None` without a pids
     /// controller).
     pub fn pids_refused(&self) -> Option<u64> {
-        let text = fs::read_to_string(self.pids_events.as_ref()?).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("max "))
-            .and_then(|n| n.trim().parse().ok())
+        counter(self.pids_events.as_ref()?, "max ")
     }
 
     /// Starts measuring the slot's peak memory: v1 `memory.max_usage_in_bytes`,
@@ -786,31 +752,23 @@ impl Slot {
     }
 
     /// Kills whatever is in the slot and waits until it is empty. Blocking.
+    /// Listing is enough, no `cgroup.kill` (which Linux 6.18 also turns on
+    /// every box later cloned into the slot): a box is a PID namespace that
+    /// dies with its PID 1, so this only waits for the kernel to finish.
     pub fn empty(&self) -> io::Result<()> {
         let deadline = Instant::now() + EMPTY_DEADLINE;
-        for (dir, version) in &self.dirs {
-            let kill = dir.join("cgroup.kill");
-            // Not where boxes are cloned in: Linux 6.18 (at least) then
-            // SIGKILLs every later child cloned into a cgroup once killed
-            // through `cgroup.kill` (its kill counter is compared with the
-            // parent's cgroup's). Listing is enough here: the runner's
-            // children are unreaped, and a box's PID namespace dies with it.
-            let can_kill = *version == Version::V2 && self.into.is_none() && kill.exists();
+        for (dir, _) in &self.dirs {
             loop {
                 let pids = members(dir)?;
                 if pids.is_empty() {
                     break;
                 }
-                if can_kill {
-                    fs::write(&kill, "1")?;
-                } else {
-                    for pid in pids {
-                        // SAFETY: kill(2). A listed pid is in the slot unless it
-                        // died since the read; the slot's processes are the
-                        // runner's (subreaper) children, unreaped until the
-                        // runner waits, so the pid cannot have been reused.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
+                for pid in pids {
+                    // SAFETY: kill(2). A listed pid is in the slot unless it
+                    // died since the read; the slot's processes are the
+                    // runner's (subreaper) children, unreaped until the
+                    // runner waits, so the pid cannot have been reused.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
                 if Instant::now() >= deadline {
                     return Err(io::Error::new(
@@ -823,6 +781,13 @@ impl Slot {
         }
         Ok(())
     }
+}
+
+/// The number after `key` in the flat-keyed cgroup file `file`.
+fn counter(file: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(file).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
 }
 
 /// Live processes in cgroup `dir` (zombies have left it).
@@ -854,8 +819,8 @@ fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limit
         Err(e) => Probe::missing(feature, e),
     };
     for &c in controllers {
-        match (version, c) {
-            (_, Controller::Memory) => {
+        match c {
+            Controller::Memory => {
                 let file = match version {
                     Version::V2 => "memory.max",
                     Version::V1 => "memory.limit_in_bytes",
@@ -931,42 +896,37 @@ fn apply(dir: &Path, version: Version, controllers: &[Controller], limits: Limit
                     }
                 }
             }
-            (_, Controller::Pids) => {
+            Controller::Pids => {
                 probes.push(set(Feature::PidsMax, "pids.max", &limits.pids.to_string()))
             }
-            (Version::V2, Controller::Cpu) => probes.push(set(
-                Feature::CpuWeight,
-                "cpu.weight",
-                &SLOT_CPU_WEIGHT.to_string(),
-            )),
-            (Version::V1, Controller::Cpu) => probes.push(set(
-                Feature::CpuWeight,
-                "cpu.shares",
-                &(SLOT_CPU_WEIGHT * 1024 / 100).to_string(),
-            )),
+            Controller::Cpu => {
+                let (file, value) = cpu_weight(version, SLOT_CPU_WEIGHT);
+                probes.push(set(Feature::CpuWeight, file, &value))
+            }
         }
     }
     Applied { probes, oom_event }
 }
 
-/// Writes `value` to the existing file `path`: never creates it, so a file
-/// the kernel does not provide is an error here as in cgroupfs.
-fn write_existing(path: &Path, value: &str) -> Result<(), String> {
-    write_value(path, value).map_err(|e| format!("writing {value} to {}: {e}", path.display()))
-}
-
-/// [`write_existing`] of `file` in `dir`, with only the file named in the error.
+/// Writes `value` to the existing `file` in `dir`: never creates it, so a
+/// file the kernel does not provide is an error here as in cgroupfs. The
+/// error names only the file.
 fn write_in(dir: &Path, file: &str, value: &str) -> Result<(), String> {
-    write_value(&dir.join(file), value).map_err(|e| format!("writing {value} to {file}: {e}"))
-}
-
-fn write_value(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
     fs::OpenOptions::new()
         .write(true)
         .truncate(true)
-        .open(path)
+        .open(dir.join(file))
         .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| format!("writing {value} to {file}: {e}"))
+}
+
+/// The file and value of CPU weight `weight` (v2 scale) in a `version` cgroup.
+fn cpu_weight(version: Version, weight: u64) -> (&'static str, String) {
+    match version {
+        Version::V2 => ("cpu.weight", weight.to_string()),
+        Version::V1 => ("cpu.shares", (weight * 1024 / 100).to_string()),
+    }
 }
 
 /// Registers an eventfd for OOM notifications of v1 memory cgroup `dir`.
@@ -986,24 +946,15 @@ fn oom_eventfd(dir: &Path) -> io::Result<OwnedFd> {
     Ok(event)
 }
 
-/// A hierarchy found for some controllers, before the runner's group exists.
-#[derive(Debug)]
-struct Found {
-    version: Version,
-    controllers: Vec<Controller>,
-    /// The runner's own cgroup directory.
-    own: PathBuf,
-}
-
-impl Found {
-    /// Enables the controllers below `own` (v2), replaces a stale group of
-    /// this name, creates the group and sets its CPU weight.
+impl Hierarchy {
+    /// Enables the controllers below the runner's own cgroup (v2), replaces
+    /// a stale group of this name, creates the group and sets its CPU weight.
     fn create_group(mut self, name: &str) -> Result<Hierarchy, String> {
         if self.version == Version::V2 {
             let mut enabled = Vec::new();
             let mut refused = Vec::new();
             for c in self.controllers {
-                match enable(&self.own, c) {
+                match enable(&self.dir, c) {
                     Ok(()) => enabled.push(c),
                     Err(e) => refused.push(format!("{} ({e})", c.name())),
                 }
@@ -1013,14 +964,14 @@ impl Found {
                 // EBUSY: a non-root cgroup with processes in it cannot hand
                 // controllers to children (cgroup v2's no-internal-process rule).
                 tracing::warn!(
-                    cgroup = %self.own.display(),
+                    cgroup = %self.dir.display(),
                     "cgroup v2: could not enable {} below the runner's cgroup; \
                      run the server in the root cgroup or in one delegated to it and otherwise empty",
                     refused.join(", ")
                 );
             }
         }
-        let group = self.own.join(name);
+        let group = self.dir.join(name);
         if group.exists() {
             remove_stale(&group).map_err(|e| format!("stale {}: {e}", group.display()))?;
         }
@@ -1034,16 +985,11 @@ impl Found {
                         format!("enabling {} in {}: {e}", c.name(), group.display())
                     })?;
                 }
-                match (version, c) {
-                    (Version::V2, Controller::Cpu) => {
-                        write_existing(&group.join("cpu.weight"), &TASKS_CPU_WEIGHT.to_string())
-                    }
-                    (Version::V1, Controller::Cpu) => write_existing(
-                        &group.join("cpu.shares"),
-                        &(TASKS_CPU_WEIGHT * 1024 / 100).to_string(),
-                    ),
-                    _ => Ok(()),
+                if c != Controller::Cpu {
+                    return Ok(());
                 }
+                let (file, value) = cpu_weight(version, TASKS_CPU_WEIGHT);
+                write_in(&group, file, &value)
             };
             match set() {
                 Ok(()) => true,
@@ -1053,11 +999,8 @@ impl Found {
                 }
             }
         });
-        Ok(Hierarchy {
-            version: self.version,
-            controllers: self.controllers,
-            group,
-        })
+        self.dir = group;
+        Ok(self)
     }
 }
 
@@ -1101,34 +1044,6 @@ fn sweep(own: &Path, tag: u32, stale: &dyn Fn(u32) -> Option<fs::File>) {
     }
 }
 
-/// Whether this kernel clones a child straight into the v2 cgroup `dir`:
-/// tried with a child that exits at once.
-fn clones_into(dir: &fs::File) -> Result<(), String> {
-    let join = Join {
-        into: Some(dir.as_raw_fd()),
-        ..Join::NONE
-    };
-    // SAFETY: the child only exits.
-    let pid = unsafe { join.fork(0) };
-    if pid == 0 {
-        // SAFETY: leaving the child at once.
-        unsafe { libc::_exit(0) };
-    }
-    if pid < 0 {
-        return Err(format!("clone3: {}", io::Error::last_os_error()));
-    }
-    let mut status = 0;
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
-    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "the child cloned into the cgroup ended with {status:#x}"
-        ))
-    }
-}
-
 /// Empties and removes a group left by a dead runner.
 fn remove_stale(group: &Path) -> io::Result<()> {
     for entry in fs::read_dir(group)? {
@@ -1136,12 +1051,7 @@ fn remove_stale(group: &Path) -> io::Result<()> {
         if entry.file_type()?.is_dir() {
             let slot = Slot {
                 dirs: vec![(entry.path(), version_of(group))],
-                procs: Vec::new(),
-                into: None,
-                oom_counter: None,
-                oom_event: None,
-                memory: None,
-                pids_events: None,
+                ..Slot::default()
             };
             slot.empty()?;
             fs::remove_dir(entry.path())?;
@@ -1151,7 +1061,7 @@ fn remove_stale(group: &Path) -> io::Result<()> {
 }
 
 fn version_of(dir: &Path) -> Version {
-    if dir.join("cgroup.kill").exists() || dir.join("cgroup.controllers").exists() {
+    if dir.join("cgroup.controllers").exists() {
         Version::V2
     } else {
         Version::V1
@@ -1160,7 +1070,7 @@ fn version_of(dir: &Path) -> Version {
 
 /// Finds, per controller, the hierarchy and the runner's own cgroup in it.
 /// Returns the hierarchies to use and notes on what is missing.
-fn discover() -> io::Result<(Vec<Found>, Vec<String>)> {
+fn discover() -> io::Result<(Vec<Hierarchy>, Vec<String>)> {
     let cgroup = fs::read_to_string("/proc/self/cgroup")?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     Ok(plan(&cgroup, &mountinfo, Path::new("/")))
@@ -1168,10 +1078,10 @@ fn discover() -> io::Result<(Vec<Found>, Vec<String>)> {
 
 /// [`discover`] on given `/proc/self/cgroup` and `/proc/self/mountinfo`
 /// texts, with mount points taken relative to `root` (for tests).
-fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>) {
+fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Hierarchy>, Vec<String>) {
     let mounts = parse_mounts(mountinfo);
     let mut notes = Vec::new();
-    let mut found: Vec<Found> = Vec::new();
+    let mut found: Vec<Hierarchy> = Vec::new();
     let mut wanted: Vec<Controller> = Controller::ALL.to_vec();
 
     // cgroup v2 first: the "0::<path>" line.
@@ -1185,10 +1095,10 @@ fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>)
                 .filter(|c| available.split_whitespace().any(|n| n == c.name()))
                 .collect();
             wanted.retain(|c| !controllers.contains(c));
-            found.push(Found {
+            found.push(Hierarchy {
                 version: Version::V2,
                 controllers,
-                own: dir,
+                dir,
             });
         }
     }
@@ -1221,10 +1131,10 @@ fn plan(cgroup: &str, mountinfo: &str, root: &Path) -> (Vec<Found>, Vec<String>)
             continue;
         };
         wanted.retain(|c| !controllers.contains(c));
-        found.push(Found {
+        found.push(Hierarchy {
             version: Version::V1,
             controllers,
-            own: dir,
+            dir,
         });
     }
     (found, notes)
@@ -1335,10 +1245,10 @@ mod tests {
         root
     }
 
-    fn summary_of(found: &[Found]) -> Vec<(Version, Vec<Controller>, PathBuf)> {
+    fn summary_of(found: &[Hierarchy]) -> Vec<(Version, Vec<Controller>, PathBuf)> {
         found
             .iter()
-            .map(|f| (f.version, f.controllers.clone(), f.own.clone()))
+            .map(|f| (f.version, f.controllers.clone(), f.dir.clone()))
             .collect()
     }
 
@@ -1418,6 +1328,28 @@ mod tests {
         pids: 64,
     };
 
+    /// A plain directory `name` holding `files` as a v2 kernel shows them,
+    /// and what [`apply`] made of it.
+    fn applied_in(name: &str, files: &[&str]) -> (tempfile::TempDir, PathBuf, Applied) {
+        let root = fake_root(&[name], &[]);
+        let dir = root.path().join(name);
+        for f in files {
+            fs::write(dir.join(f), "max\n").unwrap();
+        }
+        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
+        (root, dir, applied)
+    }
+
+    /// The summary of `probes` from one v2 hierarchy with every controller.
+    fn summary_v2(probes: &[Probe]) -> CgroupSummary {
+        let hierarchies = [Hierarchy {
+            version: Version::V2,
+            controllers: Controller::ALL.to_vec(),
+            dir: PathBuf::new(),
+        }];
+        summarize(&hierarchies, probes, LIMITS, Vec::new())
+    }
+
     fn names(probes: &[Probe], want: bool) -> Vec<&'static str> {
         probes
             .iter()
@@ -1431,19 +1363,9 @@ mod tests {
     /// against a plain directory holding the files a 6.x kernel shows.
     #[test]
     fn v2_slot_limits_are_written_as_the_kernel_documents_them() {
-        let files = [
-            "memory.max",
-            "memory.swap.max",
-            "memory.oom.group",
-            "pids.max",
-            "cpu.weight",
-        ];
-        let root = fake_root(
-            &["slot"],
-            &files.map(|f| (&*format!("slot/{f}").leak(), "max\n")),
-        );
-        let dir = root.path().join("slot");
-        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
+        // The five limits' files (a feature's name is its v2 file).
+        let files = Feature::ALL.map(Feature::name);
+        let (_root, dir, applied) = applied_in("slot", &files[..5]);
         let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
         assert_eq!(read("memory.max"), "536870912");
         assert_eq!(read("memory.swap.max"), "0");
@@ -1465,12 +1387,7 @@ mod tests {
     #[test]
     fn a_kernel_without_memory_oom_group_keeps_every_limit() {
         let files = ["memory.max", "memory.swap.max", "pids.max", "cpu.weight"];
-        let root = fake_root(
-            &["slot"],
-            &files.map(|f| (&*format!("slot/{f}").leak(), "max\n")),
-        );
-        let dir = root.path().join("slot");
-        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
+        let (_root, dir, applied) = applied_in("slot", &files);
         assert!(
             !dir.join("memory.oom.group").exists(),
             "a probe created a file"
@@ -1480,12 +1397,7 @@ mod tests {
             names(&applied.probes, true),
             ["memory.max", "memory.swap.max", "pids.max", "cpu.weight"]
         );
-        let hierarchies = [Hierarchy {
-            version: Version::V2,
-            controllers: Controller::ALL.to_vec(),
-            group: root.path().to_owned(),
-        }];
-        let summary = summarize(&hierarchies, &applied.probes, LIMITS, Vec::new());
+        let summary = summary_v2(&applied.probes);
         assert_eq!(summary.controllers, ["memory", "pids", "cpu"]);
         assert_eq!(summary.memory_max_bytes, Some(512 << 20));
         assert_eq!(summary.swap_max_bytes, Some(0));
@@ -1494,25 +1406,13 @@ mod tests {
         let names: Vec<&str> = summary.features.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, Feature::ALL.map(Feature::name));
         // No v2 slot was cloned into here: those two are missing too.
-        assert_eq!(
-            summary.missing,
-            ["memory.oom.group", "clone-into-cgroup", "cgroup.kill"]
-        );
+        assert_eq!(summary.missing, ["memory.oom.group", "clone-into-cgroup"]);
         let oom = &summary.features[2];
         assert!(!oom.available && !oom.in_force, "{oom:?}");
         assert!(oom.detail.contains("not the whole slot"), "{oom:?}");
         // Every slot of such a kernel probes alike, and the attested details
         // name files, not one slot's path: the slots are not told apart.
-        let other = fake_root(
-            &["slot-1"],
-            &files.map(|f| (&*format!("slot-1/{f}").leak(), "max\n")),
-        );
-        let second = apply(
-            &other.path().join("slot-1"),
-            Version::V2,
-            &Controller::ALL,
-            LIMITS,
-        );
+        let (_other, _, second) = applied_in("slot-1", &files);
         assert!(same_features(&applied.probes, &second.probes));
         assert!(
             summary.features.iter().all(|f| !f.detail.contains("/slot")),
@@ -1529,23 +1429,13 @@ mod tests {
     /// nothing else: pids and CPU stay.
     #[test]
     fn without_a_memory_limit_pids_and_cpu_stay() {
-        let root = fake_root(
-            &["slot"],
-            &[("slot/pids.max", "max\n"), ("slot/cpu.weight", "100\n")],
-        );
-        let dir = root.path().join("slot");
-        let applied = apply(&dir, Version::V2, &Controller::ALL, LIMITS);
+        let (_root, _, applied) = applied_in("slot", &["pids.max", "cpu.weight"]);
         assert_eq!(
             names(&applied.probes, false),
             ["memory.max", "memory.swap.max", "memory.oom.group"]
         );
         assert_eq!(names(&applied.probes, true), ["pids.max", "cpu.weight"]);
-        let hierarchies = [Hierarchy {
-            version: Version::V2,
-            controllers: Controller::ALL.to_vec(),
-            group: root.path().to_owned(),
-        }];
-        let summary = summarize(&hierarchies, &applied.probes, LIMITS, Vec::new());
+        let summary = summary_v2(&applied.probes);
         assert_eq!(summary.controllers, ["pids", "cpu"]);
         assert_eq!(summary.memory_max_bytes, None);
         assert_eq!(summary.pids_max, Some(64));
@@ -1562,14 +1452,7 @@ mod tests {
     /// nothing else.
     #[test]
     fn cgroupfs_refuses_what_a_cgroup_lacks_and_the_probe_says_so() {
-        let Some(cgroups) = real_cgroups(3_800_000_000) else {
-            return;
-        };
-        let Some((dir, _)) = cgroups
-            .slot(0)
-            .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
-        else {
-            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+        let Some((_cgroups, dir)) = real_v2_slot(3_800_000_000) else {
             return;
         };
         if dir.join("memory.max").exists() {
@@ -1577,7 +1460,7 @@ mod tests {
             return;
         }
         let applied = apply(
-            dir,
+            &dir,
             Version::V2,
             &[Controller::Memory, Controller::Pids],
             LIMITS,
@@ -1649,8 +1532,6 @@ mod tests {
                     if kernel_at_least(5, 7) {
                         assert!(clone.in_force, "{clone:?}");
                     }
-                    let kill = feature("cgroup.kill");
-                    assert_eq!(kill.available, dir.join("cgroup.kill").exists(), "{kill:?}");
                 }
             }
         }
@@ -1674,13 +1555,8 @@ mod tests {
                 .into()
         };
         let slot = Slot {
-            dirs: Vec::new(),
             procs: vec![open("a"), open("b")],
-            into: None,
-            oom_counter: None,
-            oom_event: None,
-            memory: None,
-            pids_events: None,
+            ..Slot::default()
         };
         // SAFETY: the descriptors are open (held by `slot`).
         unsafe { slot.join().enter() }.unwrap();
@@ -1692,8 +1568,8 @@ mod tests {
     /// Real cgroups: a child cloned and joined as a box is is in every
     /// hierarchy's slot, and is killed when its slot is emptied through each
     /// hierarchy alone; a box cloned into a slot emptied before still lives
-    /// (it did not on Linux 6.18 after a `cgroup.kill`); everything is
-    /// removed with the runner's cgroups.
+    /// (it did not on Linux 6.18 once a slot was emptied through
+    /// `cgroup.kill`); everything is removed with the runner's cgroups.
     #[test]
     fn emptying_a_slot_kills_its_processes_in_each_hierarchy() {
         let Some(cgroups) = real_cgroups(4_000_000_000) else {
@@ -1711,15 +1587,7 @@ mod tests {
             let pid = box_child(slot);
             let alone = Slot {
                 dirs: vec![(dir.clone(), *version)],
-                procs: Vec::new(),
-                into: match version {
-                    Version::V2 => slot.into.as_ref().map(|fd| fd.try_clone().unwrap()),
-                    Version::V1 => None,
-                },
-                oom_counter: None,
-                oom_event: None,
-                memory: None,
-                pids_events: None,
+                ..Slot::default()
             };
             alone.empty().unwrap();
             assert_eq!(
@@ -1738,19 +1606,11 @@ mod tests {
     }
 
     /// Where a box cannot be cloned into its v2 slot (Linux before 5.7), the
-    /// child joins by writing the slot's `cgroup.procs`, and `cgroup.kill`
-    /// empties it.
+    /// child joins by writing the slot's `cgroup.procs`, and emptying the
+    /// slot kills it.
     #[test]
     fn without_clone_into_a_child_joins_v2_through_cgroup_procs() {
-        // Another tag than the test above: this one's slot gets a `cgroup.kill`.
-        let Some(cgroups) = real_cgroups(3_900_000_000) else {
-            return;
-        };
-        let Some((dir, _)) = cgroups
-            .slot(0)
-            .and_then(|s| s.dirs.iter().find(|(_, v)| *v == Version::V2))
-        else {
-            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+        let Some((_cgroups, dir)) = real_v2_slot(3_900_000_000) else {
             return;
         };
         let procs = fs::OpenOptions::new()
@@ -1760,11 +1620,7 @@ mod tests {
         let slot = Slot {
             dirs: vec![(dir.clone(), Version::V2)],
             procs: vec![procs.into()],
-            into: None,
-            oom_counter: None,
-            oom_event: None,
-            memory: None,
-            pids_events: None,
+            ..Slot::default()
         };
         let pid = box_child(&slot);
         slot.empty().unwrap();
@@ -1786,6 +1642,20 @@ mod tests {
         Some(Cgroups::new(base - std::process::id(), 1, limits, &|_| {
             None
         }))
+    }
+
+    /// [`real_cgroups`] and its slot's v2 directory, if there is one.
+    fn real_v2_slot(base: u32) -> Option<(Cgroups, PathBuf)> {
+        let cgroups = real_cgroups(base)?;
+        let v2 = cgroups.slot(0).and_then(|s| {
+            let (dir, _) = s.dirs.iter().find(|(_, v)| *v == Version::V2)?;
+            Some(dir.clone())
+        });
+        let Some(dir) = v2 else {
+            eprintln!("SKIPPED (no cgroup v2 hierarchy here)");
+            return None;
+        };
+        Some((cgroups, dir))
     }
 
     /// A child cloned and joined into `slot` as a box is, waiting to be

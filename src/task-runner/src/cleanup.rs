@@ -1,4 +1,5 @@
-//! Removing directory trees without recursion, and the start-up sweep.
+//! Removing directory trees without recursion, finding processes, and the
+//! start-up sweep.
 //!
 //! A task decides the shape of what it leaves: `std::fs::remove_dir_all`
 //! recurses once per level, so a 30 000-deep tree (a few lines of
@@ -81,11 +82,12 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
     fs::remove_dir(path)
 }
 
-fn cstring(s: &OsStr) -> io::Result<CString> {
+pub(crate) fn cstring(s: &OsStr) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
+/// A system call's result: `Err(errno)` when it returned a negative value.
+pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -199,34 +201,33 @@ fn first_entry(dir: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(CString, boo
     }
 }
 
-/// Processes whose real, effective or saved uid is in `uids`.
-fn processes_of(uids: &std::ops::Range<u32>) -> Vec<libc::pid_t> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+/// Every live (not zombie) process in `/proc`.
+pub(crate) fn live_processes() -> impl Iterator<Item = libc::pid_t> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|&pid| owned_by(pid, uids))
-        .collect()
+        .filter(|&pid| live_status(pid).is_some())
 }
 
+/// The `status` of process `pid`, if it is alive (not a zombie).
+fn live_status(pid: libc::pid_t) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let state = status.lines().find_map(|l| l.strip_prefix("State:"))?;
+    (!state.trim_start().starts_with(['Z', 'X'])).then_some(status)
+}
+
+/// Whether `pid` is alive with a real, effective or saved uid in `uids`.
 fn owned_by(pid: libc::pid_t, uids: &std::ops::Range<u32>) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    let zombie = status
-        .lines()
-        .any(|l| l.starts_with("State:") && (l.contains("Z (") || l.contains("X (")));
-    !zombie
-        && status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .is_some_and(|ids| {
-                ids.split_whitespace()
-                    .take(3)
-                    .filter_map(|u| u.parse().ok())
-                    .any(|u| uids.contains(&u))
-            })
+    live_status(pid).is_some_and(|status| {
+        let ids = status.lines().find_map(|l| l.strip_prefix("Uid:"));
+        ids.is_some_and(|ids| {
+            ids.split_whitespace()
+                .take(3)
+                .filter_map(|u| u.parse().ok())
+                .any(|u| uids.contains(&u))
+        })
+    })
 }
 
 /// SIGKILLs every live process owned by a uid in `uids` (only ever called
@@ -240,7 +241,7 @@ pub(crate) fn kill_processes_of(
 ) -> Vec<libc::pid_t> {
     let end = Instant::now() + deadline;
     loop {
-        let found = processes_of(uids);
+        let found: Vec<_> = live_processes().filter(|&p| owned_by(p, uids)).collect();
         if found.is_empty() || Instant::now() >= end {
             return found;
         }

@@ -34,8 +34,9 @@ pub(crate) struct SpawnSpec {
     pub entry: PathBuf,
     pub args: Vec<String>,
     pub cwd: PathBuf,
-    /// The complete environment.
-    pub env: Vec<(OsString, OsString)>,
+    /// The complete environment (declared secrets included), wiped when
+    /// the spec is dropped.
+    pub env: Env,
     /// Task id, also found in the environment as `NAUTILUS_TASK_ID`.
     pub task_id: String,
     /// A warm box: `node` waits for its task on a control pipe at this
@@ -45,6 +46,33 @@ pub(crate) struct SpawnSpec {
     pub boxed: Option<Identity>,
     /// The slot's cgroups, joined by the box before anything else.
     pub cgroup: crate::cgroup::Join,
+    /// As root: the slot's hosts file, the box's `/etc/hosts`.
+    pub hosts: Option<PathBuf>,
+    /// As root: the network namespace holding the task's egress listeners,
+    /// which the box joins (closed once the box has started).
+    pub netns: Option<std::os::fd::OwnedFd>,
+}
+
+/// A task's environment. Operator secrets are among its values, so every
+/// value is zeroed when it is dropped, not just freed.
+#[derive(Default)]
+pub(crate) struct Env(pub Vec<(OsString, OsString)>);
+
+impl std::ops::Deref for Env {
+    type Target = [(OsString, OsString)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStringExt;
+        use zeroize::Zeroize;
+        for (_, value) in &mut self.0 {
+            std::mem::take(value).into_vec().zeroize();
+        }
+    }
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -87,6 +115,8 @@ pub(crate) fn spawn(
             cwd: &spec.cwd,
             control: spec.control,
             cgroup: spec.cgroup,
+            hosts: spec.hosts.as_deref(),
+            netns: spec.netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
         };
         let (child, stdio) = ns::spawn(plan, policy, &ns_spec)
             .map_err(|e| TaskError::internal("starting node", e))?;
@@ -108,7 +138,9 @@ pub(crate) fn spawn(
         .args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
-        .envs(spec.env)
+        // std's Command keeps its own copies, which this crate cannot wipe
+        // (the server's zeroing allocator does when they are freed).
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

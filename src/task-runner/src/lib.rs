@@ -41,14 +41,9 @@
 //!   (`RLIMIT_CORE` 0, `RLIMIT_DATA`, `RLIMIT_FSIZE`, `RLIMIT_NOFILE`, and
 //!   `RLIMIT_NPROC` when root), `oom_score_adj` 1000 (the OOM killer takes the
 //!   task, not the runner), `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`,
-//!   and seccomp filters (profile `nautilus-seccomp-3`) at least as strict as
-//!   Docker's default for what Node.js does not need: namespace creation
-//!   (`unshare`, `setns`, `clone` with `CLONE_NEW*` flags; `clone3` fails with
-//!   `ENOSYS`, so libc falls back to `clone`), the mount family, keyrings,
-//!   `ptrace`, `process_vm_readv/writev`, `bpf`, `perf_event_open`,
-//!   `userfaultfd`, modules and kexec, `reboot`, swap, `acct`, file handles,
-//!   io_uring, clock and host name changes, `personality` other than Docker's
-//!   allowed values, and `socket`/`socketpair` with `AF_VSOCK`, all `EPERM`;
+//!   and seccomp filters (profile `nautilus-seccomp-4`) at least as strict as
+//!   Docker's default for what Node.js does not need (the `sandbox` module
+//!   lists them; `docs/isolation.md` too);
 //! - drains stdout and stderr continuously, keeping at most
 //!   [`RunnerConfig::max_output_bytes`] of each (the rest is discarded and
 //!   `*_truncated` set), decoded as UTF-8 with invalid bytes replaced by
@@ -67,106 +62,26 @@
 //!
 //! ## As root (the enclave's mode)
 //!
-//! Each run gets a box of fresh namespaces — mount, IPC, network, UTS and
-//! PID — built by a small PID 1 reaper that starts `node`, forwards SIGTERM
-//! and SIGINT to it and exits with it; the kernel then kills and reaps every
-//! other process of the box. The runner starts the reaper with a raw
-//! `clone(2)` carrying the namespace flags, not with
-//! `std::process::Command`: `Command::spawn` waits until its child has
-//! called `exec` or exited, so a reaper that stays alive without `exec`ing
-//! cannot live in a `pre_exec` hook, and a re-exec'd helper (bubblewrap's
-//! way) would need a second executable in the image. Everything between
-//! `clone` and `exec` (the mounts, the reaper's loop, `node`'s own child
-//! setup) makes only async-signal-safe system calls on memory prepared
-//! before the `clone`; the `ns` module's source lists the steps. Slot `i`
-//! runs as uid and gid
-//! [`RunnerConfig::sandbox_uid_base`]` + i` with no supplementary groups.
-//! Inside the box the task sees a root built from an allowlist (see
-//! `docs/isolation.md`): a fresh read-only tmpfs holding `node` and the
-//! libraries its loader opens (bound read-only, links recreated),
-//! [`RunnerConfig::box_paths`], a generated `/etc` (`hosts`,
-//! `nsswitch.conf`), the tasks as staged at start (read-only, its own at
-//! `<work dir>/task/<task path>`), a minimal `/dev`, a `/proc` of its own
-//! PID namespace with host-wide load and memory files masked, of `/sys`
-//! only the slot's memory limit (where Node.js reads it), and two writable `nosuid,nodev,noexec` tmpfs of
-//! [`RunnerConfig::max_scratch_bytes`] that die with it: `/tmp` (`HOME`,
-//! `TMPDIR`) and `/dev/shm`. It also gets loopback as its only network, its
-//! own SysV IPC, host name (`nautilus-task`) and cgroup namespace (rooted at
-//! its slot), memfds it cannot execute (`vm.memfd_noexec=2` on Linux 6.3+,
-//! else no `memfd_create`), and a PID 1 named `nautilus-box`.
-//!
-//! The task then cannot read or ptrace the runner's memory, signal it (or
-//! any process outside its box), write any task directory, see or touch a
-//! concurrent task, reach a host port, or leave anything behind. The box
-//! dies with the runner (`PR_SET_PDEATHSIG` on the reaper). The work
-//! directory must be on a file system that allows `exec` (native addons are
-//! mapped executable) and may not lie inside `/tmp`, `/dev`, `/etc` or
-//! `/proc` (the box mounts its own there); [`Runner::new`] checks both, and refuses to start when the kernel does not
-//! let it create all five namespaces. [`Runner::isolation`] describes what is
-//! in force (for the attested manifest).
-//!
-//! Each slot also has a cgroup in every hierarchy that carries the memory,
-//! pids or cpu controller (cgroup v2 where they can be enabled, v1
-//! otherwise), nested under the runner's own cgroup there:
-//! `<own>/nautilus-<first slot uid>/slot-<i>`; the box joins it first. It caps
-//! the slot's memory as the kernel counts it (shared and `MAP_GROWSDOWN`
-//! mappings, tmpfs and page cache included, which `RLIMIT_DATA` misses) at
-//! [`RunnerConfig::memory_limit_bytes`] with swap off, its processes and
-//! threads at [`RunnerConfig::max_processes`], and gives every slot an equal
-//! CPU weight, all slots together half the runner's. Running out of memory
-//! kills the whole task (v2 `memory.oom.group`; on v1 the runner, told by an
-//! eventfd), never the runner; the result then has signal `SIGKILL` and
-//! `limit` `"memory"`, a signed field the task cannot write. The cgroups
-//! are removed with the runner. [`Runner::cgroups`] says what is in force;
-//! with no usable controller only the rlimits apply, and the runner logs that
-//! at start.
-//!
-//! The slot uids must belong to nothing else on the host. A runner locks its
-//! uid range (`flock` on files in `/run/nautilus-task-runner-uids`, or under
-//! the work directory when `/run` is missing or not root's alone) for its
-//! lifetime, taking the first free range of `max_concurrent` uids at or above
-//! [`RunnerConfig::sandbox_uid_base`]. A range is free when no other runner
-//! holds any of its uids and none of them is a user or group the host knows
-//! (`getpwuid`/`getgrgid`; a missing `/etc/passwd` or `/etc/group` means
-//! none; any other lookup failure is an error) or 65534/65535. So a second
-//! runner (another server, the CLI) moves up instead of sharing, and
-//! [`Runner::sandbox_uids`] tells which range was taken. Before it serves, a
-//! runner kills every process its slot uids still own and removes what
-//! earlier runs under them left (task snapshots): a crashed predecessor
-//! leaves no trap.
-//!
-//! ## The warm pool (root mode)
-//!
-//! `node` takes most of a run's time starting up. So each slot (up to
-//! [`RunnerConfig::warm_pool`], by default all) keeps a *warm box*: a box
-//! built exactly as above, with its own task id, whose `node` has already
-//! started and waits on a control pipe. A run hands it the task (working
-//! directory, entry, arguments) and it runs that one task as `node <entry>
-//! <args…>` would (same `process.argv`, `__filename`, `require.main`,
-//! CommonJS and ES module entries, exit codes, output, signals; nothing of
-//! the bootstrap in `require.cache` or on the task's stack), then exits and
-//! the box ends as any other. Each process still runs exactly one task.
-//! What a task can tell: its process started earlier (`process.uptime()`),
-//! `/proc/self/cmdline` shows the bootstrap's command line, and the bottom
-//! frame of its top-level stack is Node's tick queue. After a run its slot
-//! gets a new warm box before it is free again, off the caller's path; a box
-//! found dead or stopped before use is discarded and the run starts cold
-//! (counted in [`RunnerStats`]). [`Runner::start_warm_pool`] fills the pool;
-//! shutdown and drop kill it.
+//! Each run gets a box: fresh mount, IPC, network, UTS, PID and cgroup
+//! namespaces under a small PID 1 reaper started with a raw `clone(2)` (the
+//! `ns` module says why and lists its steps); a root built from an allowlist
+//! (`node` and the libraries its loader opens, [`RunnerConfig::box_paths`],
+//! the task snapshot, a generated `/etc`, a minimal `/dev`, its own `/proc`,
+//! of `/sys` only the slot's memory limit (where Node.js reads it), and
+//! `/tmp` and `/dev/shm` as its only writable places, `noexec`); the
+//! slot's own uid ([`RunnerConfig::sandbox_uid_base`]` + i`, leased by the
+//! `uids` module, see [`Runner::sandbox_uids`]) and the slot's cgroups (the
+//! `cgroup` module). When the reaper ends, the kernel ends everything else
+//! in the box. Each slot (up to [`RunnerConfig::warm_pool`]) keeps a warm
+//! box whose `node` has started and waits for its one task
+//! ([`Runner::start_warm_pool`]). `docs/isolation.md` describes all of it
+//! and what a task can still tell; [`Runner::isolation`] and
+//! [`Runner::cgroups`] say what is in force, for the attested manifest.
 //!
 //! ## Without root (development only)
 //!
-//! Tasks run as the runner's own uid, without namespaces. They can then read
-//! the runner's `/proc/<pid>/environ` and memory (unless it is non-dumpable,
-//! as the server is), signal it, see and signal other processes, use the
-//! network, and write wherever the runner can, task directories included;
-//! what they leave in shared directories such as `/tmp` stays. `HOME` is a
-//! directory in the run directory, removed afterwards. Leftover processes are
-//! found by process group and by the `NAUTILUS_TASK_ID` marker in
-//! `/proc/<pid>/environ`; a process that leaves the group *and* rewrites its
-//! environment escapes (the result still arrives: output pipes are cut off
-//! after one second). `RLIMIT_NPROC` is not set (it would count the runner's
-//! own threads). The seccomp filter and the other rlimits apply as above.
+//! Tasks run as the runner's own uid, without namespaces, and can do what
+//! that uid can (`docs/isolation.md` lists it): only for trusted tasks.
 //!
 //! # Example
 //!
@@ -187,6 +102,7 @@ mod cleanup;
 mod config;
 pub mod declaration;
 pub mod digest;
+mod egress;
 mod error;
 mod exec;
 mod isolation;
@@ -214,7 +130,13 @@ use tracing::Instrument;
 
 pub use cgroup::{CgroupFeature, CgroupSummary};
 pub use config::RunnerConfig;
-pub use declaration::{SecretValues, TaskDeclaration};
+pub use declaration::{
+    DeclarationError, EgressHost, SecretValues, TaskDeclaration, DEFAULT_EGRESS_PORT,
+    MAX_EGRESS_HOSTS,
+};
+pub use egress::{
+    ConnectFuture, DirectConnect, EgressConnect, EgressLimits, EgressRecord, EgressStream,
+};
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
 pub use lockfile::{check_installed as check_dependencies, DependencyError};
@@ -261,6 +183,12 @@ pub struct RunnerStats {
     pub cold_runs: u64,
     /// Warm boxes found dead or stopped before use, and discarded.
     pub warm_discarded: u64,
+    /// Egress connections closed at once: the task had its maximum open.
+    pub egress_refused_connections: u64,
+    /// Egress connections cut: the task's bytes out or in reached their cap.
+    pub egress_refused_bytes: u64,
+    /// Egress connections whose connection out failed or timed out.
+    pub egress_connect_failed: u64,
 }
 
 /// Runs tasks; cheap to clone (all clones share slots and state).
@@ -277,6 +205,7 @@ struct Counters {
     warm_runs: AtomicU64,
     cold_runs: AtomicU64,
     warm_discarded: AtomicU64,
+    egress: Arc<egress::Refusals>,
 }
 
 struct Inner {
@@ -305,10 +234,17 @@ struct Inner {
     /// One cgroup per slot (when privileged and the host has controllers).
     /// Named after the uid lease, so declared (and dropped) before it.
     cgroups: cgroup::Cgroups,
+    /// Each slot's `/etc/hosts` (when privileged and the host has one).
+    /// Named after the uid lease, so declared (and dropped) before it.
+    hosts: Option<egress::HostsFiles>,
     /// The slot uids (when privileged).
     uids: Option<uids::UidLease>,
     /// The box layout (when privileged).
     plan: Option<BoxPlan>,
+    /// How egress connections go out.
+    connector: Arc<dyn EgressConnect>,
+    /// Hex SHA-256 of the test CA tasks trust besides Node's store.
+    test_ca_sha256: Option<String>,
     isolation: Isolation,
     /// `--max-old-space-size`, only where no slot cgroup limits memory:
     /// any V8 flag makes Node.js skip its start-up code cache (about 4 ms
@@ -376,16 +312,45 @@ impl Runner {
         } else {
             (None, None)
         };
+        let test_ca = config
+            .egress_test_ca
+            .as_deref()
+            .map(read_test_ca)
+            .transpose()?;
+        let mut env_extra = Vec::new();
         let snapshot = match &uids {
-            Some(lease) => Some(snapshot::Snapshot::build(
-                &root,
-                work_dir.join(format!("{}-snapshot", lease.slots().start)),
-                tree_limits(&config, true),
-                &[
+            Some(lease) => {
+                let mut files = vec![
                     (PRELOAD_FILE, PRELOAD),
                     (pool::BOOTSTRAP_FILE, pool::BOOTSTRAP),
-                ],
-            )?),
+                ];
+                if let Some(ca) = &test_ca {
+                    files.push((TEST_CA_FILE, ca.as_str()));
+                    env_extra.push((
+                        "NODE_EXTRA_CA_CERTS".into(),
+                        work_dir.join(TEST_CA_FILE).into(),
+                    ));
+                }
+                Some(snapshot::Snapshot::build(
+                    &root,
+                    work_dir.join(format!("{}-snapshot", lease.slots().start)),
+                    tree_limits(&config, true),
+                    &files,
+                )?)
+            }
+            None => {
+                if let Some(path) = &config.egress_test_ca {
+                    env_extra.push(("NODE_EXTRA_CA_CERTS".into(), path.clone().into()));
+                }
+                None
+            }
+        };
+        let hosts = match &uids {
+            Some(lease) => Some(
+                egress::HostsFiles::create(&work_dir, lease.slots()).map_err(|e| {
+                    ConfigError::Invalid(format!("creating the slots' hosts files: {e}"))
+                })?,
+            ),
             None => None,
         };
         let pool_size = match (privileged, config.warm_pool) {
@@ -441,7 +406,12 @@ impl Runner {
             .pass_env
             .iter()
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
+            .chain(env_extra)
             .collect();
+        let connector = config
+            .egress_connect
+            .clone()
+            .unwrap_or_else(|| Arc::new(DirectConnect));
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
         Ok(Runner {
             inner: Arc::new(Inner {
@@ -460,6 +430,9 @@ impl Runner {
                 cgroups,
                 uids,
                 plan,
+                hosts,
+                connector,
+                test_ca_sha256: test_ca.map(|ca| hex::encode(Sha256::digest(ca.as_bytes()))),
                 snapshot,
                 isolation,
                 heap_flag,
@@ -504,6 +477,12 @@ impl Runner {
         &self.inner.isolation
     }
 
+    /// Hex SHA-256 of the PEM file of [`RunnerConfig::egress_test_ca`], as
+    /// loaded at start.
+    pub fn egress_test_ca_sha256(&self) -> Option<&str> {
+        self.inner.test_ca_sha256.as_deref()
+    }
+
     /// The work directory in use (canonical).
     pub fn work_dir(&self) -> &Path {
         &self.inner.work_dir
@@ -535,6 +514,9 @@ impl Runner {
             warm_runs: c.warm_runs.load(Ordering::Relaxed),
             cold_runs: c.cold_runs.load(Ordering::Relaxed),
             warm_discarded: c.warm_discarded.load(Ordering::Relaxed),
+            egress_refused_connections: c.egress.connections.load(Ordering::Relaxed),
+            egress_refused_bytes: c.egress.bytes.load(Ordering::Relaxed),
+            egress_connect_failed: c.egress.connect.load(Ordering::Relaxed),
         }
     }
 
@@ -559,6 +541,7 @@ impl Runner {
                     Ok(staged) => Ok(TaskInfo {
                         task_path: name.clone(),
                         task_digest: staged.digest.clone(),
+                        egress: staged.declaration.egress.clone(),
                         secrets: staged.declaration.secrets.clone(),
                     }),
                     Err(refused) => Err(refused.to_error()),
@@ -580,14 +563,17 @@ impl Runner {
                 continue;
             };
             let task_digest = digest::digest_tree(&task.dir, inner.tree_limits())?;
-            // A bad declaration fails the task's runs, which say why.
-            let secrets = TaskDeclaration::read(&task.dir)
-                .map(|d| d.secrets)
-                .unwrap_or_default();
+            // A bad declaration refuses the listing (as the snapshot does
+            // as root); a task without an entry never runs.
+            let declaration = match task::entry_point(&task.dir) {
+                Ok(_) => TaskDeclaration::read(&task.dir)?,
+                Err(_) => TaskDeclaration::default(),
+            };
             tasks.push(TaskInfo {
                 task_path: task.task_path,
                 task_digest,
-                secrets,
+                egress: declaration.egress,
+                secrets: declaration.secrets,
             });
         }
         Ok(tasks)
@@ -846,6 +832,26 @@ fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The test CA's name in the snapshot.
+const TEST_CA_FILE: &str = "egress-test-ca.pem";
+/// Largest test CA file read.
+const MAX_TEST_CA_BYTES: u64 = 64 * 1024;
+
+/// Reads [`RunnerConfig::egress_test_ca`]: PEM certificates, bounded.
+fn read_test_ca(path: &Path) -> Result<String, ConfigError> {
+    let invalid =
+        |why: String| ConfigError::Invalid(format!("egress test CA {}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
+    if meta.len() > MAX_TEST_CA_BYTES {
+        return Err(invalid(format!("larger than {MAX_TEST_CA_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    Ok(text)
+}
+
 /// Without root, a run's own directory: `task/` (the staged copy that
 /// runs), the preload and the task's home.
 struct RunDir {
@@ -960,6 +966,7 @@ impl Inner {
                 .iter()
                 .map(|(name, value)| (name.into(), value.as_str().into())),
         );
+        let env = exec::Env(env);
         SpawnSpec {
             node: self
                 .node
@@ -979,6 +986,12 @@ impl Inner {
             task_id,
             control: launch.control,
             boxed: identity.filter(|_| self.snapshot.is_some()),
+            hosts: self
+                .hosts
+                .as_ref()
+                .and_then(|h| h.path(index))
+                .map(Path::to_path_buf),
+            netns: None,
             cgroup: self
                 .cgroups
                 .slot(index)
@@ -1083,21 +1096,29 @@ impl Inner {
         // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
         let identity = self.uids.as_ref().map(|u| u.slot(index as u32));
 
+        // Without root the task has the host's network: nothing to relay.
+        let mut egress: Vec<EgressHost> = Vec::new();
         let (launch, digest, run_dir) = match located {
             Located::Staged {
-                cwd, entry, digest, ..
-            } => (
-                Launch {
-                    entry,
-                    args: Vec::new(),
-                    cwd,
-                    home: PathBuf::from(ns::TASK_HOME),
-                    preload: self.work_dir.join(PRELOAD_FILE),
-                    control: None,
-                },
+                cwd,
+                entry,
                 digest,
-                None,
-            ),
+                declaration,
+            } => {
+                egress = declaration.egress;
+                (
+                    Launch {
+                        entry,
+                        args: Vec::new(),
+                        cwd,
+                        home: PathBuf::from(ns::TASK_HOME),
+                        preload: self.work_dir.join(PRELOAD_FILE),
+                        control: None,
+                    },
+                    digest,
+                    None,
+                )
+            }
             Located::Dir(task) => {
                 let this = self.clone();
                 let run_dir = tokio::task::spawn_blocking(move || this.prepare(&task.dir))
@@ -1121,6 +1142,12 @@ impl Inner {
         let oom_before = cgroup.and_then(cgroup::Slot::oom_kills);
         let pids_before = cgroup.and_then(cgroup::Slot::pids_refused);
         let peak = cgroup.and_then(cgroup::Slot::peak_from_now);
+        if let Some(hosts) = &self.hosts {
+            hosts
+                .write(index, &egress)
+                .map_err(|e| TaskError::internal("writing the box's hosts file", e))?;
+        }
+        let mut session = None;
         let mut started = None;
         // A warm box's environment was fixed before this run was known.
         let warm = if secret_env.is_empty() {
@@ -1139,7 +1166,13 @@ impl Inner {
                     "the warm box is dead or stopped".into(),
                 ))
             } else {
-                warm.boxed.hand_over(message.to_string().as_bytes()).await
+                match self.egress_into(&egress, &warm.boxed) {
+                    Ok(s) => {
+                        session = s;
+                        warm.boxed.hand_over(message.to_string().as_bytes()).await
+                    }
+                    Err(e) => Err(e),
+                }
             };
             match handed {
                 Ok(()) => {
@@ -1155,7 +1188,7 @@ impl Inner {
         let started = started.unwrap_or_else(|| {
             self.counters.cold_runs.fetch_add(1, Ordering::Relaxed);
             let task_id = uuid::Uuid::new_v4().to_string();
-            let spec = self.spec(
+            let mut spec = self.spec(
                 index,
                 identity,
                 task_id.clone(),
@@ -1165,6 +1198,13 @@ impl Inner {
                     ..launch
                 },
             );
+            if self.hosts.is_some() && !egress.is_empty() {
+                // The listeners exist before the box does: the box joins
+                // the namespace that holds them.
+                let (netns, s) = self.egress_session(egress::Netns::Fresh, &egress)?;
+                spec.netns = netns;
+                session = Some(s);
+            }
             // Spawned here, on a runtime worker: the box's death signal
             // follows the spawning thread, which must outlive the run.
             exec::spawn(spec, &self.policy, self.plan.as_ref()).map(|b| (b, task_id))
@@ -1182,6 +1222,8 @@ impl Inner {
             Ok((boxed, task_id)) => (exec::supervise(boxed, stdin, watch).await, task_id),
             Err(e) => (Err(e), String::new()),
         };
+        // Connections die with the task.
+        let egress_records = session.map(egress::Session::finish).unwrap_or_default();
         if outcome
             .as_ref()
             .is_ok_and(|o| o.ending == Ending::Abandoned)
@@ -1261,6 +1303,7 @@ impl Inner {
                 cpu_time_ms: millis(cpu),
                 peak_memory_bytes: peak.unwrap_or(0),
             }),
+            egress: egress_records,
         };
         match outcome.ending {
             Ending::Exited | Ending::OutOfMemory => Ok(result),
@@ -1273,6 +1316,43 @@ impl Inner {
                 "abandoned by its caller while running".into(),
             )),
         }
+    }
+
+    /// Binds `egress`'s listeners in `netns` and starts relaying from them;
+    /// returns the namespace when it is new.
+    fn egress_session(
+        &self,
+        netns: egress::Netns,
+        egress: &[EgressHost],
+    ) -> Result<(Option<std::os::fd::OwnedFd>, egress::Session), TaskError> {
+        let mut bound = egress::bind(netns, egress)
+            .map_err(|e| TaskError::internal("binding the task's egress listeners", e))?;
+        let netns = bound.netns.take();
+        let session = egress::Session::start(
+            bound,
+            self.connector.clone(),
+            self.config.egress,
+            self.counters.egress.clone(),
+        )
+        .map_err(|e| TaskError::internal("starting the task's egress relay", e))?;
+        Ok((netns, session))
+    }
+
+    /// For a warm box about to get a task declaring `egress`: its listeners,
+    /// in the box's own namespace.
+    fn egress_into(
+        &self,
+        egress: &[EgressHost],
+        boxed: &exec::Boxed,
+    ) -> Result<Option<egress::Session>, TaskError> {
+        if self.hosts.is_none() || egress.is_empty() {
+            return Ok(None);
+        }
+        let pid = boxed
+            .pid()
+            .and_then(|p| libc::pid_t::try_from(p).ok())
+            .ok_or_else(|| TaskError::Internal("the warm box has no process".into()))?;
+        Ok(Some(self.egress_session(egress::Netns::Of(pid), egress)?.1))
     }
 
     /// Without root: creates the run directory (staged task, digest, entry

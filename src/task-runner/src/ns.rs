@@ -57,7 +57,9 @@ use std::process::ExitStatus;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 
-use crate::sandbox::{check, close_from, Identity, Policy};
+use crate::cgroup::Join;
+use crate::cleanup::{check, cstring as cstr};
+use crate::sandbox::{close_from, Identity, Policy};
 
 /// The namespaces every run gets. The mount namespace is a copy of the
 /// plan's template, the cgroup namespace the reaper's own `unshare` once it
@@ -107,8 +109,14 @@ const SYS_DIRS: [&CStr; 4] = [
     c"/sys/fs/cgroup",
     c"/sys/fs/cgroup/memory",
 ];
+/// The box's `/proc/meminfo` where the slots have a memory limit: only
+/// `MemTotal`, that limit. Node.js sizes its heap by the smaller of it and
+/// the cgroup's limit; without it (and with `sysinfo(2)` denied) it would
+/// not size its heap at all.
+const MEMINFO: &CStr = c"/sys/meminfo";
 /// Host-wide `/proc` files that tell a task about other tenants (load,
-/// memory, I/O): `/dev/null` is bound over each. `/proc/pressure` gets an
+/// memory, I/O): `/dev/null` is bound over each ([`MEMINFO`] over
+/// `meminfo` where the slots have a memory limit). `/proc/pressure` gets an
 /// empty read-only tmpfs.
 const PROC_MASKED: [&CStr; 5] = [
     c"/proc/loadavg",
@@ -134,7 +142,7 @@ const MSG_ERROR: u32 = 1;
 const MSG_STATUS: u32 = 2;
 
 /// The steps of building the box, named in errors.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "moving descriptors",
     "building the box's file system",
     "bringing up loopback",
@@ -144,6 +152,7 @@ const STEPS: [&str; 9] = [
     "starting node's process",
     "dropping privileges",
     "executing node",
+    "joining the egress network namespace",
 ];
 const STEP_FDS: u32 = 0;
 const STEP_FS: u32 = 1;
@@ -154,6 +163,7 @@ const STEP_CGROUP: u32 = 5;
 const STEP_FORK: u32 = 6;
 const STEP_ENTER: u32 = 7;
 const STEP_EXEC: u32 = 8;
+const STEP_NETNS: u32 = 9;
 
 /// What a path of the box's root is: a directory, a symbolic link, or a
 /// read-only bind of a host file or (recursively) directory.
@@ -196,9 +206,9 @@ pub(crate) struct BoxPlan {
     argv: (usize, usize),
     /// Whether [`MEMFD_NOEXEC`] exists (else seccomp denies `memfd_create`).
     pub memfd_sysctl: bool,
-    /// The slot's memory limit as [`MEMORY_LIMIT_FILES`] say it, when the
-    /// slots have one.
-    memory_limit: Option<Vec<u8>>,
+    /// The slot's memory limit as [`MEMORY_LIMIT_FILES`] say it, and as
+    /// [`MEMINFO`] does, when the slots have one.
+    memory_limit: Option<(Vec<u8>, Vec<u8>)>,
     /// The mount namespace holding the box's root, built once by
     /// [`BoxPlan::seal`]: each box copies it (no unmount, so no RCU grace
     /// period, per box) and adds its own `/proc`, `/tmp` and `/dev/shm`.
@@ -287,7 +297,13 @@ impl BoxPlan {
     /// that show it to Node.js; in a mount namespace of its own (a
     /// short-lived child's, held by a descriptor). Blocking.
     pub fn seal(&mut self, run_dir: &Path, memory_limit: Option<u64>) -> io::Result<()> {
-        self.memory_limit = memory_limit.map(|bytes| format!("{bytes}\n").into_bytes());
+        self.memory_limit = memory_limit.map(|bytes| {
+            let kib = bytes / 1024;
+            (
+                format!("{bytes}\n").into(),
+                format!("MemTotal: {kib} kB\n").into(),
+            )
+        });
         // One seal at a time in a process: a seal's child waits for EOF on
         // its `hold` pipe, and a second seal's child forked meanwhile would
         // inherit that pipe's write end while waiting on its own, each
@@ -449,7 +465,12 @@ pub(crate) struct Spec<'a> {
     pub control: Option<RawFd>,
     /// The slot's cgroups: the reaper joins them first, so it and everything
     /// it starts run inside.
-    pub cgroup: crate::cgroup::Join,
+    pub cgroup: Join,
+    /// The slot's own hosts file, bound read-only over `/etc/hosts`.
+    pub hosts: Option<&'a Path>,
+    /// A network namespace the runner made (with the task's egress
+    /// listeners in it) that the box joins instead of making its own.
+    pub netns: Option<RawFd>,
 }
 
 /// The parent's ends of the task's standard streams.
@@ -488,10 +509,6 @@ fn pipe2() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
 /// Memory the child reads: built before the clone, never freed there.
 struct ChildArgs<'a> {
     plan: &'a BoxPlan,
@@ -507,8 +524,23 @@ struct ChildArgs<'a> {
     report: RawFd,
     /// The control pipe's read end, and its number in `node`.
     control: Option<(RawFd, RawFd)>,
-    cgroup: crate::cgroup::Join,
+    cgroup: Join,
     signals: libc::sigset_t,
+    hosts: Option<&'a CStr>,
+    netns: Option<RawFd>,
+}
+
+/// `NAME=value` strings for `execve`, which hold the operator secrets of
+/// the run: zeroed when dropped, whichever way [`spawn`] returns.
+struct WipedEnv(Vec<CString>);
+
+impl Drop for WipedEnv {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for entry in &mut self.0 {
+            std::mem::take(entry).into_bytes_with_nul().zeroize();
+        }
+    }
 }
 
 /// Starts a box running `node`. Must be called on a thread that lives as long
@@ -521,26 +553,32 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .iter()
         .map(|a| cstr(a))
         .collect::<Result<_, _>>()?;
-    let env: Vec<CString> = spec
-        .env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        })
-        .collect::<Result<_, _>>()?;
+    let env = WipedEnv(
+        spec.env
+            .iter()
+            .map(|(k, v)| {
+                // Sized for the NUL too: CString::new must not reallocate
+                // (and free, unwiped) a buffer holding a secret.
+                let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+                kv.extend_from_slice(k.as_bytes());
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+            })
+            .collect::<Result<_, _>>()?,
+    );
     let argv: Vec<*const libc::c_char> = std::iter::once(node.as_ptr())
         .chain(args.iter().map(|a| a.as_ptr()))
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let envp: Vec<*const libc::c_char> = env
+        .0
         .iter()
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let cwd = cstr(spec.cwd.as_os_str())?;
+    let hosts = spec.hosts.map(|h| cstr(h.as_os_str())).transpose()?;
 
     let (in_r, in_w) = pipe2()?;
     let control = spec
@@ -574,8 +612,14 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         control: control.as_ref().map(|((r, _), at)| (r.as_raw_fd(), *at)),
         cgroup: spec.cgroup,
         signals,
+        hosts: hosts.as_deref(),
+        netns: spec.netns,
     };
-    let flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) & !libc::CLONE_NEWCGROUP;
+    let mut flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) & !libc::CLONE_NEWCGROUP;
+    if spec.netns.is_some() {
+        // The box joins the namespace that holds its egress listeners.
+        flags &= !libc::CLONE_NEWNET;
+    }
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
     // runs `reaper`, which makes only async-signal-safe calls on `args`
     // (valid: the child has its own copy of this stack) and never returns.
@@ -763,12 +807,31 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     let joined = a.cgroup.enter();
     // A copy of the box's root (before the descriptors close below).
     let template = a.plan.template.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    // The slot's hosts file is cloned as a detached mount while the runner's
+    // mounts are still in this namespace (a bind from another namespace's
+    // mount is refused), then attached over the copy's `/etc/hosts`: the
+    // same file, which the runner rewrites for each run (warm boxes too).
+    let hosts = a.hosts.map(|path| open_tree_clone(path));
     let entered = rc(libc::setns(template, libc::CLONE_NEWNS))
-        .and_then(|()| rc(libc::unshare(libc::CLONE_NEWNS)));
+        .and_then(|()| rc(libc::unshare(libc::CLONE_NEWNS)))
+        .and_then(|()| match hosts {
+            Some(tree) => tree.and_then(|fd| attach_hosts(fd)),
+            None => Ok(()),
+        });
     // Step 1: descriptors. Everything first moves above 10, so moving to the
     // fixed numbers never overwrites one still needed; then all else closes.
+    // All of them move before the report pipe takes number 3: the runner's
+    // pipes get whatever numbers are free, 3 included (a runner whose low
+    // descriptors were closed), and a stream moved after it would be the
+    // report pipe's write end (the task's stdin read EBADF, and its writes
+    // would reach the runner as reports).
     let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
     let report = high(a.report);
+    let netns = a.netns.map(high);
+    let stdin = high(a.stdin);
+    let stdout = high(a.stdout);
+    let stderr = high(a.stderr);
+    let control = a.control.map(|(fd, _)| high(fd));
     if report < 0 {
         libc::_exit(127);
     }
@@ -777,10 +840,16 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     {
         libc::_exit(127);
     }
-    let stdin = high(a.stdin);
-    let stdout = high(a.stdout);
-    let stderr = high(a.stderr);
-    let control = a.control.map(|(fd, _)| high(fd));
+    if let Some(fd) = netns {
+        or_fail(
+            STEP_NETNS,
+            rc_fd(fd).and_then(|fd| {
+                let joined = rc(libc::setns(fd, libc::CLONE_NEWNET));
+                libc::close(fd);
+                joined
+            }),
+        );
+    }
     let moved = (|| -> io::Result<()> {
         rc(libc::dup2(rc_fd(stdin)?, 0))?;
         rc(libc::dup2(rc_fd(stdout)?, 1))?;
@@ -843,14 +912,7 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     // do here needs a call the filters deny.
     or_fail(STEP_ENTER, a.policy.confine());
 
-    let node = libc::syscall(
-        libc::SYS_clone,
-        libc::SIGCHLD as libc::c_ulong,
-        0usize,
-        0usize,
-        0usize,
-        0usize,
-    );
+    let node = Join::NONE.fork(0);
     if node == 0 {
         start_node(a);
     }
@@ -1019,7 +1081,7 @@ unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     for (path, bytes) in ETC_FILES {
         write_file(path, bytes, libc::O_CREAT | libc::O_EXCL)?;
     }
-    if let Some(limit) = &plan.memory_limit {
+    if let Some((limit, meminfo)) = &plan.memory_limit {
         for dir in SYS_DIRS {
             if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST {
                 return Err(io::Error::last_os_error());
@@ -1028,27 +1090,59 @@ unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
         for path in MEMORY_LIMIT_FILES {
             write_file(path, limit, libc::O_CREAT | libc::O_EXCL)?;
         }
+        write_file(MEMINFO, meminfo, libc::O_CREAT | libc::O_EXCL)?;
     }
     // The root holds only what was bound or written above.
     let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
     mount(None, c"/", None, ro, None)
 }
 
-/// A box's own part of its file system, on its copy of the root: a `/proc`
-/// of its PID namespace, a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
-unsafe fn fill_box(plan: &BoxPlan) -> io::Result<()> {
-    mount_proc(plan)?;
-    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
-    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)
+/// A detached copy of the mount holding `path` (just that file), to be
+/// attached in another mount namespace. Async-signal-safe.
+unsafe fn open_tree_clone(path: &CStr) -> io::Result<RawFd> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags);
+    rc_fd(fd as RawFd)
 }
 
-/// A `/proc` of the box's PID namespace, host-wide files masked, memfds
-/// made non-executable where the kernel can. Async-signal-safe.
-unsafe fn mount_proc(plan: &BoxPlan) -> io::Result<()> {
+/// Attaches the detached hosts file `tree` over `/etc/hosts` of the current
+/// mount namespace, read-only. Async-signal-safe.
+unsafe fn attach_hosts(tree: RawFd) -> io::Result<()> {
+    // MOVE_MOUNT_F_EMPTY_PATH: move `tree` itself (not in the libc crate).
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let moved = rc(libc::syscall(
+        libc::SYS_move_mount,
+        tree,
+        c"".as_ptr(),
+        libc::AT_FDCWD,
+        c"/etc/hosts".as_ptr(),
+        MOVE_MOUNT_F_EMPTY_PATH,
+    ) as libc::c_int);
+    libc::close(tree);
+    moved?;
+    let ro = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    mount(None, c"/etc/hosts", None, ro, None)
+}
+
+/// A box's own part of its file system, on its copy of the root: a `/proc`
+/// of its PID namespace (host-wide files masked, memfds made non-executable
+/// where the kernel can), a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
+unsafe fn fill_box(plan: &BoxPlan) -> io::Result<()> {
+    tmpfs(c"/tmp", SEALED, &plan.scratch_data)?;
+    tmpfs(c"/dev/shm", SEALED, &plan.scratch_data)?;
     mount(Some(c"proc"), c"/proc", Some(c"proc"), SEALED, None)?;
     for file in PROC_MASKED {
-        // Reads as empty.
-        bind_ro(c"/dev/null", file, false, libc::MS_NOEXEC)?;
+        let src = match plan.memory_limit {
+            Some(_) if file == c"/proc/meminfo" => MEMINFO,
+            // Reads as empty.
+            _ => c"/dev/null",
+        };
+        bind_ro(src, file, false, libc::MS_NOEXEC)?;
     }
     // Only with CONFIG_PSI.
     if libc::access(c"/proc/pressure".as_ptr(), libc::F_OK) == 0 {
@@ -1099,34 +1193,16 @@ unsafe fn build_dev() -> io::Result<()> {
     Ok(())
 }
 
-/// `struct ifreq` with the flags member, as SIOCGIFFLAGS/SIOCSIFFLAGS use it.
-#[repr(C)]
-struct IfReqFlags {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Brings up the new network namespace's loopback: the task may talk to
 /// itself over 127.0.0.1, and to nothing else.
-unsafe fn loopback_up() -> io::Result<()> {
-    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    req.name[..2].copy_from_slice(b"lo");
-    let result = rc(libc::ioctl(
-        sock,
-        libc::SIOCGIFFLAGS as libc::Ioctl,
-        &mut req,
-    ))
-    .and_then(|()| {
-        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+pub(crate) unsafe fn loopback_up() -> io::Result<()> {
+    let flags = libc::SOCK_DGRAM | libc::SOCK_CLOEXEC;
+    let sock = rc_fd(libc::socket(libc::AF_INET, flags, 0))?;
+    let mut req: libc::ifreq = std::mem::zeroed();
+    req.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+    let get = libc::ioctl(sock, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req);
+    let result = rc(get).and_then(|()| {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         rc(libc::ioctl(sock, libc::SIOCSIFFLAGS as libc::Ioctl, &req))
     });
     libc::close(sock);
@@ -1136,26 +1212,19 @@ unsafe fn loopback_up() -> io::Result<()> {
 /// Writes `bytes` to `path`, opened with `O_WRONLY` and `flags` (a new file
 /// gets mode 0644). Async-signal-safe.
 unsafe fn write_file(path: &CStr, bytes: &[u8], flags: libc::c_int) -> io::Result<()> {
-    let fd = libc::open(
+    let fd = rc_fd(libc::open(
         path.as_ptr(),
         libc::O_WRONLY | libc::O_CLOEXEC | flags,
         0o644,
-    );
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let result = write_all(fd, bytes);
-    libc::close(fd);
-    result
-}
-
-unsafe fn write_all(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+    ))?;
     let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-    match n {
+    let result = match n {
         n if n == bytes.len() as isize => Ok(()),
         n if n < 0 => Err(io::Error::last_os_error()),
         _ => Err(io::Error::from_raw_os_error(libc::EIO)),
-    }
+    };
+    libc::close(fd);
+    result
 }
 
 /// Which of [`NAMESPACES`] this kernel lets the runner create: each is tried
@@ -1163,28 +1232,6 @@ unsafe fn write_all(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
 pub(crate) fn probe_namespaces() -> Vec<(&'static str, Result<(), io::Error>)> {
     NAMESPACES
         .iter()
-        .map(|&(name, flag)| {
-            // SAFETY: a fork-like clone whose child only exits.
-            let pid = unsafe {
-                libc::syscall(
-                    libc::SYS_clone,
-                    (flag | libc::SIGCHLD) as libc::c_ulong,
-                    0usize,
-                    0usize,
-                    0usize,
-                    0usize,
-                )
-            };
-            if pid == 0 {
-                // SAFETY: the child leaves at once.
-                unsafe { libc::_exit(0) };
-            }
-            if pid < 0 {
-                return (name, Err(io::Error::last_os_error()));
-            }
-            // SAFETY: reaping our own child.
-            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
-            (name, Ok(()))
-        })
+        .map(|&(name, flag)| (name, Join::NONE.try_clone(flag)))
         .collect()
 }

@@ -20,6 +20,8 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
+use crate::cleanup::check;
+use crate::cleanup::live_processes;
 use crate::error::ConfigError;
 
 /// How long killing an unprivileged task's processes may take before the
@@ -28,7 +30,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Version of the seccomp profile below, reported in [`crate::Isolation`].
 /// Bump it whenever the rules change.
-pub(crate) const SECCOMP_PROFILE: &str = "nautilus-seccomp-3";
+pub(crate) const SECCOMP_PROFILE: &str = "nautilus-seccomp-4";
 
 /// The unprivileged identity of a slot (only when the runner is root).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,14 +234,6 @@ unsafe fn fd_table_end() -> io::Result<libc::c_int> {
         .min(1 << 20))
 }
 
-pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Bit x32-ABI system call numbers carry on x86-64. The kernel accepts them under
 /// the x86-64 audit arch, so each denied call is listed under both numbers.
 #[cfg(target_arch = "x86_64")]
@@ -250,7 +244,7 @@ const X32_SYSCALL_BIT: i64 = 0x4000_0000;
 /// keyrings, tracing and other processes' memory, BPF, perf, userfaultfd,
 /// kernel modules and kexec, reboot, swap, accounting, file handles,
 /// io_uring (which can create sockets without `socket()`), clock and host
-/// name changes, and obsolete calls. Most need privileges a slot uid lacks
+/// name changes, `sysinfo` (host-wide load and memory), and obsolete calls. Most need privileges a slot uid lacks
 /// anyway; denying them also closes the kernel bugs behind them.
 fn always_denied() -> Vec<i64> {
     let mut calls = vec![
@@ -305,6 +299,10 @@ fn always_denied() -> Vec<i64> {
         libc::SYS_adjtimex,
         libc::SYS_sethostname,
         libc::SYS_setdomainname,
+        // Host-wide load and memory (other tenants' activity), which libuv
+        // falls back to when the box's `/proc/loadavg` and `/proc/meminfo`
+        // are masked; Node.js then reports zeros.
+        libc::SYS_sysinfo,
     ];
     #[cfg(target_arch = "x86_64")]
     calls.extend([
@@ -461,22 +459,6 @@ impl Marker {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-}
-
-/// Every live (not zombie) process in /proc.
-fn live_processes() -> impl Iterator<Item = libc::pid_t> {
-    fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("State:"))
-                    .is_some_and(|s| !s.trim_start().starts_with(['Z', 'X']))
-            })
-        })
 }
 
 fn environ_has(pid: libc::pid_t, marker: &[u8]) -> bool {

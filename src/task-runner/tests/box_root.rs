@@ -80,6 +80,8 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
         let allowed = ["/", "/dev", "/dev/shm", "/proc", "/tmp"].contains(&mount)
             || mount.starts_with("/proc/")
             || mount == work_dir
+            // The run's own hosts file (its declared egress names, see egress.rs).
+            || mount == "/etc/hosts"
             || exposed.iter().any(|e| e == mount);
         assert!(allowed, "the box mounts {mount}: {seen}");
     }
@@ -94,10 +96,12 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
     }
     assert_eq!(seen["etc"], serde_json::json!(["hosts", "nsswitch.conf"]));
     // Of `/sys`, only the slot's memory limit, where Node.js reads it (issue 26).
-    match runner.cgroups().memory_max_bytes {
+    // `/proc/meminfo` says only that limit (the source of its bind is in `/sys`).
+    let meminfo = match runner.cgroups().memory_max_bytes {
         Some(limit) => {
+            let meminfo = format!("MemTotal: {} kB\n", limit / 1024);
             let limit = format!("{limit}\n");
-            let files: Vec<(&str, &str)> = [
+            let mut files: Vec<(&str, &str)> = [
                 "/sys/fs/cgroup/memory.high",
                 "/sys/fs/cgroup/memory.max",
                 "/sys/fs/cgroup/memory/memory.limit_in_bytes",
@@ -105,13 +109,18 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
             ]
             .map(|f| (f, limit.as_str()))
             .into();
+            files.push(("/sys/meminfo", &meminfo));
             assert_eq!(seen["sys_files"], serde_json::json!(files), "{seen}");
+            meminfo
         }
-        None => assert_eq!(seen["sys"], "ENOENT", "{seen}"),
-    }
+        None => {
+            assert_eq!(seen["sys"], "ENOENT", "{seen}");
+            String::new()
+        }
+    };
     assert_eq!(seen["passwd"], "ENOENT", "{seen}");
     assert_eq!(seen["loadavg"], "", "{seen}");
-    assert_eq!(seen["meminfo"], "", "{seen}");
+    assert_eq!(seen["meminfo"], meminfo, "{seen}");
     if std::path::Path::new("/proc/pressure").exists() {
         assert_eq!(seen["pressure"], serde_json::json!([]), "{seen}");
     }
@@ -119,6 +128,24 @@ async fn the_box_shows_nothing_of_the_host_or_the_runner() {
     let features = json(&run_ok(&runner, "hostile", &["features"]).await.stdout);
     assert_eq!(features["child"], "child", "{features}");
     assert_eq!(features["worker"], 42, "{features}");
+}
+
+/// Round 3: with `/proc/loadavg` and `/proc/meminfo` masked, libuv fell back
+/// to `sysinfo(2)`, and `os.loadavg()`, `os.freemem()` and `os.totalmem()`
+/// showed the host's load and memory (other tenants' activity). The call is
+/// denied now and `/proc/meminfo` says only the slot's limit: Node.js shows
+/// no load, no free memory and the slot's own total, and keeps working.
+#[tokio::test]
+async fn sysinfo_shows_nothing_of_the_host() {
+    if skip_unless_root("the box masks the host's load and memory") {
+        return;
+    }
+    let runner = one_slot();
+    let seen = json(&run_ok(&runner, "hostile", &["host-load"]).await.stdout);
+    assert_eq!(seen["loadavg"], serde_json::json!([0, 0, 0]), "{seen}");
+    let limit = runner.cgroups().memory_max_bytes.unwrap_or(0);
+    assert_eq!(seen["totalmem"], limit, "{seen}");
+    assert_eq!(seen["freemem"], 0, "{seen}");
 }
 
 /// Probe (run inside the box by the test below): a memfd holding a program
@@ -214,6 +241,51 @@ async fn memfd_programs_and_x32_calls_are_refused() {
     for nr in [521, 528, 539, 540, 547] {
         assert_eq!(seen[&format!("x32_{nr}")], "EPERM", "{nr}: {seen:?}");
     }
+}
+
+/// Finding 3 where the kernel has no `vm.memfd_noexec` (before Linux 6.3):
+/// seccomp denies `memfd_create` instead, and Node.js still runs. This host
+/// has the sysctl, so the runner is started (below) in a mount namespace
+/// whose `/proc/sys/vm` is an empty tmpfs: what a runner sees there on such
+/// a kernel. The boxes get their own `/proc` as always.
+#[test]
+fn without_the_memfd_sysctl_seccomp_denies_memfd_create() {
+    if skip_unless_root("a runner on a kernel without vm.memfd_noexec") {
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=4k,mode=555 none /proc/sys/vm && \
+             exec \"$0\" --ignored --exact memfd_fallback --nocapture",
+        )
+        .arg(std::env::current_exe().unwrap())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}
+
+/// The runner's side of the test above, in its mount namespace.
+#[tokio::test]
+#[ignore]
+async fn memfd_fallback() {
+    assert!(!std::path::Path::new("/proc/sys/vm/memfd_noexec").exists());
+    let (_tasks, config) = probe_tasks();
+    let runner = Runner::new(config).unwrap();
+    assert_eq!(runner.isolation().memfd_noexec, "seccomp");
+    let seen = run_probe(&runner, "memfd_and_x32_probe", &[]).await;
+    assert_eq!(seen["memfd_exec"], "EPERM", "{seen:?}");
+    assert_eq!(seen["memfd"], "EPERM", "{seen:?}");
+    assert!(!seen.contains_key("memfd_run"), "{seen:?}");
+    // Node.js needs no memfd: a child process, a worker, WebAssembly.
+    let features = json(&run_ok(&one_slot(), "hostile", &["features"]).await.stdout);
+    assert_eq!(features["child"], "child", "{features}");
+    assert_eq!(features["worker"], 42, "{features}");
 }
 
 /// Finding 8: where root lacks `CAP_SYS_RESOURCE` a task could lower its
