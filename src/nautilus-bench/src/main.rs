@@ -792,6 +792,7 @@ async fn per_call_costs(http: &reqwest::Client, server: &Server) -> anyhow::Resu
         stdin: None,
         nonce: result_nonce,
         task_digest: None,
+        egress: None,
         not_before_ms,
         not_after_ms,
         clock_skew: DEFAULT_CLOCK_SKEW,
