@@ -2,6 +2,13 @@
 # README.md explains both.
 
 CARGO ?= cargo
+# What `cargo test` sets for the test it runs (its package's name, version and
+# manifest directory) must not reach a cargo build started from here: build
+# scripts such as ring's declare `rerun-if-env-changed` on those names, so
+# `make image` called from two test binaries (the boot test, the image test)
+# recompiled ring and everything above it, the whole release server, each time
+# the caller changed. The nested cargo sets its own for every crate it builds.
+unexport $(filter CARGO_PKG_% CARGO_MANIFEST_% CARGO_CRATE_NAME CARGO_BIN_NAME CARGO_PRIMARY_PACKAGE CARGO_TARGET_TMPDIR,$(.VARIABLES))
 LISTEN ?= tcp://127.0.0.1:3000
 # Where `make install` puts the two CLIs (cargo install's layout: $(PREFIX)/bin).
 PREFIX ?= $(HOME)/.cargo
@@ -186,8 +193,12 @@ ENCLAVE_TARGET := x86_64-unknown-linux-musl
 ENCLAVE_TARGET_DIR ?= $(CURDIR)/target/enclave
 ENCLAVE_BIN_DIR := $(ENCLAVE_TARGET_DIR)/$(ENCLAVE_TARGET)/release
 CARGO_HOME ?= $(HOME)/.cargo
-# The build time recorded in binaries and in the EIF metadata: the commit's
-# time, so two clones of one commit agree (PCRs do not depend on it).
+# The build time recorded in the EIF metadata: the commit's time, so two
+# clones of one commit agree (PCRs do not depend on it). The binaries record
+# none: they are compiled with SOURCE_DATE_EPOCH=0 (only gcc reads it, for
+# __DATE__, which ring does not use), because cc-rs declares
+# `rerun-if-env-changed` on it and every new commit recompiled ring and the
+# release server above it.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 # Paths of this checkout and of cargo's home never reach the binaries.
 ENCLAVE_RUSTFLAGS := -C target-feature=+crt-static \
@@ -210,18 +221,17 @@ image:
 	OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
 		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
-# Static musl binaries of the server, the init and the image tool.
+# Static musl binaries of the server, the init and the image tool. The C
+# compiler (ring's C and assembly) is the one enclave/inputs.lock pins by hash,
+# unpacked by enclave/musl-cc.sh; the host's is never used.
 enclave-binaries:
-	@command -v musl-gcc >/dev/null || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "make image: installing musl-tools (musl-gcc, for ring's C code)"; \
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools >/dev/null; \
-		else echo "make image: musl-gcc is missing: install musl-tools (apt-get install musl-tools)" >&2; exit 1; fi; }
 	@rustup target list --installed 2>/dev/null | grep -qx $(ENCLAVE_TARGET) || { \
 		command -v rustup >/dev/null || { echo "make image: the Rust target $(ENCLAVE_TARGET) is missing and rustup is not installed: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }; \
 		rustup target add $(ENCLAVE_TARGET); }
-	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) CARGO_TARGET_DIR="$(ENCLAVE_TARGET_DIR)" \
-		CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
+	@cc_dir="$$(enclave/musl-cc.sh)" || exit 1; set -x; \
+	SOURCE_DATE_EPOCH=0 CARGO_TARGET_DIR="$(ENCLAVE_TARGET_DIR)" \
+		CC_x86_64_unknown_linux_musl="$$cc_dir/cc" AR_x86_64_unknown_linux_musl="$$cc_dir/ar" \
+		RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
 		$(CARGO) build --release --locked --target $(ENCLAVE_TARGET) \
 		-p nautilus-server -p enclave-init -p enclave-image
 

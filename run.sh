@@ -48,7 +48,12 @@ stay_failed() {
 
 mode="${NAUTILUS_ATTESTATION:-}"
 
-set -- --listen vsock://3000 --attestation "$mode" --tasks-dir /tasks
+# TLS is terminated in here whatever the attestation: with `nsm` it is the
+# server's default anyway; saying it also turns it on in the boot test's VM
+# (dev attestation, where the server's default is off), so that test speaks
+# https through the proxy exactly as clients of a real enclave do. The parent
+# relays only ciphertext either way.
+set -- --listen vsock://3000 --attestation "$mode" --tls on --tasks-dir /tasks
 # Operators who may set secrets: their public keys are part of the image (so
 # measured, and listed in the attested manifest), one hex key per line.
 OPERATOR_KEYS=/etc/nautilus-operator-keys

@@ -125,6 +125,7 @@ while read -r kind name version pin source sha1; do
         kernel) [ -z "$KERNEL_DEB" ] || die "inputs.lock pins more than one kernel"
              [ -n "$sha1" ] || die "inputs.lock: kernel $name has no sha1: column (its snapshot.debian.org file id)"
              KERNEL_DEB="$(fetch_deb "$name" "$version" "$pin" "$source" "$sha1")" || exit 1 ;;
+        cc) ;; # the compiler of the binaries, enclave/musl-cc.sh
         *) die "inputs.lock: unknown kind $kind" ;;
     esac
 done < "$ENCLAVE/inputs.lock"

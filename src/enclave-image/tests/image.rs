@@ -55,6 +55,39 @@ fn built() -> &'static Built {
     })
 }
 
+/// `make image` started from another test binary (another package's
+/// `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, … in its environment, as `cargo
+/// test` sets them) at another commit time finds the enclave binaries fresh.
+/// Those variables used to reach the nested cargo build, where ring's build
+/// script declares `rerun-if-env-changed` on them (and cc-rs on
+/// `SOURCE_DATE_EPOCH`): every change of caller or commit recompiled ring and
+/// the release server above it (6-7 minutes here, twice in every `make test`).
+#[test]
+fn make_image_from_another_caller_compiles_nothing_again() {
+    built();
+    let out = Command::new("make")
+        .current_dir(repo())
+        .args(["--no-print-directory", "enclave-binaries"])
+        .env("CARGO_MANIFEST_DIR", "/elsewhere/another-crate")
+        .env("CARGO_MANIFEST_PATH", "/elsewhere/another-crate/Cargo.toml")
+        .env("CARGO_PKG_NAME", "another-crate")
+        .env("CARGO_PKG_VERSION_MAJOR", "9")
+        .env("CARGO_PKG_VERSION_MINOR", "8")
+        .env("CARGO_PKG_VERSION_PATCH", "7")
+        .env("CARGO_PKG_VERSION_PRE", "pre")
+        .env("CARGO_CRATE_NAME", "another_crate")
+        .arg("SOURCE_DATE_EPOCH=1234567890")
+        .output()
+        .expect("running make");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Finished"), "{stderr}");
+    assert!(
+        !stderr.contains("Compiling"),
+        "another caller's cargo variables rebuilt the enclave binaries:\n{stderr}"
+    );
+}
+
 fn extend(data: &[u8]) -> String {
     let mut register = Sha384::new();
     register.update([0u8; 48]);

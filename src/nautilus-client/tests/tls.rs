@@ -13,8 +13,7 @@ use attestation_dev::{AttestError, AttestationRequest, Attester, DevAttester, Mo
 use nautilus_client::{Client, ClientError, ConnectOptions, Policy, TaskSpec, TrustedRoot};
 use nautilus_server::state::{AppState, ServerConfig};
 use nautilus_server::transport::{Bound, Listen};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use tokio::net::{TcpListener, TcpStream};
+use tls_test_support::{byte_relay, terminating_relay};
 
 struct Server {
     addr: std::net::SocketAddr,
@@ -89,110 +88,6 @@ fn policy() -> Policy {
     Policy::default().allow_debug(true)
 }
 
-/// Forwards bytes both ways, untouched: what `nautilus-proxy` does.
-async fn byte_relay(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut up) = TcpStream::connect(upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// Accepts any certificate: the malicious relay's side towards the enclave.
-#[derive(Debug)]
-struct AnyCert(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
-/// Terminates TLS with its own self-signed certificate, opens its own TLS
-/// connection to the enclave, and forwards the plaintext: it reads
-/// everything. Returns its address and the SHA-256 of its SPKI.
-async fn terminating_relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, String) {
-    let rcgen::CertifiedKey {
-        cert,
-        signing_key: key_pair,
-    } = rcgen::generate_simple_self_signed(vec!["nautilus-enclave".to_owned()]).expect("cert");
-    let spki = nautilus_client::spki_sha256(cert.der()).expect("spki");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivatePkcs8KeyDer::from(key_pair.serialize_der()).into(),
-        )
-        .expect("server config");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(
-            provider.signature_verification_algorithms,
-        )))
-        .with_no_client_auth();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            let (acceptor, connector) = (acceptor.clone(), connector.clone());
-            tokio::spawn(async move {
-                let Ok(mut down) = acceptor.accept(down).await else {
-                    return;
-                };
-                let Ok(up) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let name = ServerName::try_from("nautilus-enclave").expect("name");
-                let Ok(mut up) = connector.connect(name, up).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
-        }
-    });
-    (addr, hex::encode(spki))
-}
-
 async fn cli(args: &[&str]) -> Output {
     tokio::time::timeout(
         Duration::from_secs(120),
@@ -209,7 +104,7 @@ async fn cli(args: &[&str]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_runs_over_https_directly_and_through_a_byte_relay() {
     let s = start_server(true).await;
-    let relay = byte_relay(s.addr).await;
+    let (relay, _) = byte_relay(s.addr).await;
     for addr in [s.addr, relay] {
         let client = Client::connect(&format!("https://{addr}"), s.root(), policy())
             .await

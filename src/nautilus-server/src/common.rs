@@ -6,9 +6,10 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
+use crate::clients::ClientKey;
 use crate::error::EnclaveError;
 use crate::state::AppState;
 
@@ -68,16 +69,20 @@ pub struct GetAttestationResponse {
 
 /// Returns a fresh attestation document binding the server's public key and
 /// the manifest hash; the caller may only choose the nonce.
+/// Requests without a nonce share one recent document (see
+/// [`AppState::attestation_for`]).
 pub async fn get_attestation(
     State(state): State<Arc<AppState>>,
+    client: Option<Extension<ClientKey>>,
     Query(query): Query<AttestationQuery>,
 ) -> Result<Json<GetAttestationResponse>, EnclaveError> {
+    let client = client.map_or(ClientKey::UNKNOWN, |Extension(c)| c);
     let nonce = query
         .nonce
         .as_deref()
         .map(|n| parse_hex_nonce(n, MAX_ATTESTATION_NONCE_BYTES))
         .transpose()?;
-    let document = state.attest(nonce).await?;
+    let document = state.attestation_for(client, nonce).await?;
     Ok(Json(GetAttestationResponse {
         attestation: hex::encode(document),
     }))

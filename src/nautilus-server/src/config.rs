@@ -32,6 +32,8 @@ pub struct ServerConfig {
     /// The NSM driver itself waits up to 120 s, under a lock its hardware RNG
     /// also takes.
     pub attestation_deadline: Duration,
+    /// How often the NSM may be asked for a document.
+    pub attestation_limits: AttestationLimits,
     /// Connection limits and deadlines.
     pub http: HttpLimits,
     /// Where the tasks' egress connections go (the runner's connector is
@@ -66,11 +68,51 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
+            attestation_limits: AttestationLimits::default(),
             http: HttpLimits::default(),
             egress_route: EgressRoute::parent(),
             tls: true,
             operator_keys: Vec::new(),
         }
+    }
+}
+
+/// How often the NSM may be asked for a document (see [`crate::rate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttestationLimits {
+    /// NSM calls per second, all clients together; past it 503.
+    pub per_sec: u32,
+    /// NSM calls all clients together may make at once above that rate.
+    pub burst: u32,
+    /// NSM calls per second of one client; past it 429.
+    pub per_client_per_sec: u32,
+    /// NSM calls one client may make at once above its rate.
+    pub per_client_burst: u32,
+    /// Requests without a nonce share one document at most this old (one
+    /// NSM call per period, whoever asks); zero: every request gets its own.
+    pub shared_for: Duration,
+}
+
+impl AttestationLimits {
+    /// A burst of this many seconds' worth of calls.
+    pub const BURST_SECS: u32 = 2;
+
+    /// `per_sec` and `per_client_per_sec`, each with a burst of
+    /// [`Self::BURST_SECS`] seconds' worth.
+    pub fn new(per_sec: u32, per_client_per_sec: u32, shared_for: Duration) -> Self {
+        Self {
+            per_sec,
+            burst: per_sec.saturating_mul(Self::BURST_SECS),
+            per_client_per_sec,
+            per_client_burst: per_client_per_sec.saturating_mul(Self::BURST_SECS),
+            shared_for,
+        }
+    }
+}
+
+impl Default for AttestationLimits {
+    fn default() -> Self {
+        Self::new(50, 10, Duration::from_secs(2))
     }
 }
 

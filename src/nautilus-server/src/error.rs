@@ -75,6 +75,12 @@ pub enum EnclaveError {
     /// Too many attestation requests at once.
     #[error("attestation is busy, retry shortly")]
     AttestationBusy,
+    /// This client asked the NSM faster than its share; retry after this.
+    #[error("this client asks for attestation documents faster than its share of {0} a second; retry after the Retry-After seconds, or ask without a nonce to share the server's recent document")]
+    AttestationClientRate(u32, std::time::Duration),
+    /// All clients together asked the NSM faster than it may be asked.
+    #[error("the server is asked for attestation documents faster than {0} a second; retry after the Retry-After seconds")]
+    AttestationServerRate(u32, std::time::Duration),
     /// The attestation call did not finish within its deadline (a stalled NSM).
     #[error("the attestation call did not finish within {} s (the NSM is stalled or overloaded); retry later", .0.as_secs_f64())]
     AttestationTimeout(std::time::Duration),
@@ -101,7 +107,9 @@ impl EnclaveError {
             EnclaveError::BodyTimeout(_) | EnclaveError::BodyTooSlow(_) => {
                 StatusCode::REQUEST_TIMEOUT
             }
-            EnclaveError::OverShare(_) => StatusCode::TOO_MANY_REQUESTS,
+            EnclaveError::OverShare(_) | EnclaveError::AttestationClientRate(..) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             EnclaveError::BodyBudget | EnclaveError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             // Unparseable and ill-shaped bodies alike are the caller's: 400, not 422.
             EnclaveError::Json(r) if r.status() == StatusCode::UNPROCESSABLE_ENTITY => {
@@ -113,9 +121,9 @@ impl EnclaveError {
             }
             // The deployment's fault, like a task whose package.json is bad.
             EnclaveError::TaskRefused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            EnclaveError::AttestationBusy | EnclaveError::AttestationTimeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            EnclaveError::AttestationBusy
+            | EnclaveError::AttestationTimeout(_)
+            | EnclaveError::AttestationServerRate(..) => StatusCode::SERVICE_UNAVAILABLE,
             EnclaveError::Task(e) => match e.kind() {
                 ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
                 ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -264,6 +272,11 @@ impl IntoResponse for EnclaveError {
             let retry_after = match &self {
                 EnclaveError::AttestationTimeout(deadline) => {
                     HeaderValue::from(deadline.as_secs().max(1))
+                }
+                // When the next call is allowed, rounded up.
+                EnclaveError::AttestationClientRate(_, wait)
+                | EnclaveError::AttestationServerRate(_, wait) => {
+                    HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64)
                 }
                 _ => HeaderValue::from_static(RETRY_AFTER_SECS),
             };

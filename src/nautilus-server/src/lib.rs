@@ -3,7 +3,7 @@
 //! The whole flow fits in a few files:
 //!
 //! Each module uses only those listed before it: [`config`] and [`error`],
-//! then [`clients`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
+//! then [`clients`], [`rate`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
 //! [`state`], then the handlers ([`common`], [`app`], [`operator`]), the
 //! [`router`], and [`transport`] on top.
 //!
@@ -69,6 +69,7 @@ pub mod error;
 pub mod manifest;
 pub mod metrics;
 pub mod operator;
+pub mod rate;
 pub mod router;
 pub mod secrets;
 pub mod state;

@@ -9,12 +9,25 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::HeaderValue;
 use clap::Parser;
-use nautilus_server::config::{AttestationMode, ClientShares, HttpLimits, ServerConfig};
+use nautilus_server::config::{
+    AttestationLimits, AttestationMode, ClientShares, HttpLimits, ServerConfig,
+};
 use nautilus_server::egress::EgressRoute;
 use nautilus_server::state::AppState;
 use nautilus_server::transport::{Bound, Listen};
 use task_runner::{EgressLimits, RunnerConfig};
 use tokio::sync::watch;
+
+/// Every heap block is zeroed when freed, so operator secrets leave no copy
+/// behind in buffers this code does not own: the TLS and HTTP layers'
+/// (rustls, hyper), serde's, std's `Command`'s. The store and the run's
+/// environment zero their own copies too (`zeroize`), for library users
+/// without this allocator. Reallocation moves and zeroes the old block.
+/// Tested by `tests/secret_memory.rs`; what it cannot reach is in
+/// docs/trust-model.md ("Operator secrets").
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Attested Node.js task server for AWS Nitro Enclaves")]
@@ -121,6 +134,18 @@ struct Args {
     /// `Retry-After` (the NSM driver itself would wait 120 s).
     #[arg(long, env = "NAUTILUS_ATTESTATION_DEADLINE_SECS", default_value_t = 10)]
     attestation_deadline_secs: u64,
+    /// NSM calls a second, all clients together (a burst of twice as many);
+    /// past it `/get_attestation` gets 503 with `Retry-After`.
+    #[arg(long, env = "NAUTILUS_ATTESTATIONS_PER_SEC", default_value_t = AttestationLimits::default().per_sec, value_parser = clap::value_parser!(u32).range(1..))]
+    attestations_per_sec: u32,
+    /// NSM calls a second of one client address (a burst of twice as many);
+    /// past it `/get_attestation` gets 429 with `Retry-After`.
+    #[arg(long, env = "NAUTILUS_ATTESTATIONS_PER_CLIENT_PER_SEC", default_value_t = AttestationLimits::default().per_client_per_sec, value_parser = clap::value_parser!(u32).range(1..))]
+    attestations_per_client_per_sec: u32,
+    /// Seconds one document without a nonce is shared by every request
+    /// without a nonce (0: each gets its own, within the rates above).
+    #[arg(long, env = "NAUTILUS_ATTESTATION_SHARED_SECS", default_value_t = AttestationLimits::default().shared_for.as_secs())]
+    attestation_shared_secs: u64,
     /// On SIGTERM, seconds running tasks get before they are stopped.
     #[arg(long, env = "NAUTILUS_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -239,6 +264,11 @@ impl Args {
             cors_origins: self.cors_origins.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             attestation_deadline: Duration::from_secs(self.attestation_deadline_secs.max(1)),
+            attestation_limits: AttestationLimits::new(
+                self.attestations_per_sec,
+                self.attestations_per_client_per_sec,
+                Duration::from_secs(self.attestation_shared_secs),
+            ),
             http: HttpLimits {
                 max_connections: self.max_connections,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
@@ -414,7 +444,10 @@ async fn serve(args: Args, ready: &std::sync::atomic::AtomicBool) -> anyhow::Res
 /// Asks for one document at start: a broken NSM shows in the log at once,
 /// not at the first client, and the clock skew is known from the start.
 async fn first_attestation(state: Arc<AppState>) {
-    match state.attest(None).await {
+    match state
+        .attestation_for(nautilus_server::clients::ClientKey::UNKNOWN, None)
+        .await
+    {
         Ok(_) => tracing::info!(
             clock_skew_ms = state.clock_skew().map(|s| s.skew_ms),
             "attestation works"

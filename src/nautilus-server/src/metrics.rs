@@ -157,7 +157,7 @@ impl Default for Metrics {
         registry.register(
             "connections_closed",
             "Connections the server closed: idle (no request within the idle timeout), \
-             write_timeout (the client read nothing), close_timeout (still busy after being asked to close), \
+             write_timeout (the client read nothing), stalled (responses being delivered made no progress for the write timeout: an HTTP/2 window kept at zero), \
              tls_handshake (the TLS handshake failed)",
             connections_closed.clone(),
         );

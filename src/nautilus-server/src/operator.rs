@@ -46,6 +46,17 @@ pub async fn nonce(
     }))
 }
 
+/// Zeroes the request body, which holds the value, before it is freed. The
+/// body is the buffer the router read it into, so this handler holds the
+/// only reference; if not, the server's zeroing allocator wipes it when the
+/// last holder frees it.
+fn wipe(body: Bytes) {
+    use zeroize::Zeroize;
+    if let Ok(mut body) = body.try_into_mut() {
+        body.as_mut().zeroize();
+    }
+}
+
 /// `POST /secrets`. The body is parsed here, not by axum's `Json`, whose
 /// rejection texts quote the body: an error must never echo a value.
 pub async fn put(
@@ -54,8 +65,11 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Json<PutResponse>, EnclaveError> {
     require_tls(channel)?;
-    let put: SecretPut = serde_json::from_slice(&body).map_err(|_| SecretError::Malformed)?;
-    let name = state.secrets().put(put)?;
+    let put = serde_json::from_slice::<SecretPut>(&body);
+    wipe(body);
+    let name = state
+        .secrets()
+        .put(put.map_err(|_| SecretError::Malformed)?)?;
     // The name only: values are never logged.
     tracing::info!(secret = %name, "operator secret set");
     Ok(Json(PutResponse { set: name }))

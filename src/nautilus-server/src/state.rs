@@ -63,6 +63,11 @@ pub struct AppState {
     pub(crate) config: ServerConfig,
     /// Bounds attestation calls in flight: each holds a blocking thread.
     pub(crate) attestations: Arc<tokio::sync::Semaphore>,
+    /// How often the NSM may be asked, by all and by each client.
+    nsm_rate: crate::rate::NsmRate,
+    /// The latest document without a nonce and when it was asked for: what
+    /// requests without a nonce share (see [`AppState::attestation_for`]).
+    shared_document: tokio::sync::Mutex<Option<(std::time::Instant, Vec<u8>)>>,
     /// The latest clock skew measured, see [`AppState::clock_skew`].
     clock_skew: std::sync::Mutex<Option<ClockSkew>>,
     /// Request-body bytes buffered by all requests together.
@@ -186,6 +191,8 @@ impl AppState {
             refused_tasks,
             metrics: Metrics::default(),
             attestations: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+            nsm_rate: crate::rate::NsmRate::new(config.attestation_limits),
+            shared_document: tokio::sync::Mutex::new(None),
             clock_skew: std::sync::Mutex::new(None),
             body_budget,
             clients: crate::clients::Clients::new(config.http.per_client),
@@ -206,6 +213,43 @@ impl AppState {
     /// Tasks whose request went away while they waited for their turn.
     pub fn tasks_abandoned_waiting(&self) -> u64 {
         self.turns.abandoned()
+    }
+
+    /// The document `GET /get_attestation` answers `client` with. With a
+    /// nonce: a fresh one, within the client's and the server's NSM rate
+    /// (else 429 or 503 with `Retry-After`). Without: the document shared by
+    /// every request without a nonce, at most
+    /// [`AttestationLimits::shared_for`](crate::config::AttestationLimits)
+    /// old, so however many ask, the NSM is called once per period; a
+    /// caller that needs freshness sends a nonce.
+    pub async fn attestation_for(
+        self: &Arc<Self>,
+        client: crate::clients::ClientKey,
+        nonce: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, EnclaveError> {
+        let shared_for = self.nsm_rate.limits().shared_for;
+        if nonce.is_some() || shared_for.is_zero() {
+            self.nsm_rate
+                .admit(Some(client))
+                .map_err(|r| r.into_error(self.nsm_rate.limits()))?;
+            return self.attest(nonce).await;
+        }
+        // Waiters behind a call in progress take its document.
+        let mut shared = tokio::time::timeout(ATTESTATION_WAIT, self.shared_document.lock())
+            .await
+            .map_err(|_| EnclaveError::AttestationBusy)?;
+        if let Some((asked, document)) = shared.as_ref() {
+            if asked.elapsed() < shared_for {
+                return Ok(document.clone());
+            }
+        }
+        self.nsm_rate
+            .admit(None)
+            .map_err(|r| r.into_error(self.nsm_rate.limits()))?;
+        let asked = std::time::Instant::now();
+        let document = self.attest(None).await?;
+        *shared = Some((asked, document.clone()));
+        Ok(document)
     }
 
     /// A fresh attestation document for `nonce`, binding the server's key

@@ -242,20 +242,14 @@ async fn serve_on<L: Accept>(
         .tls()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let idle_set = Arc::new(IdleSet::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            accepted = async {
-                // The semaphore is never closed, so acquiring cannot fail.
-                let permit = Arc::clone(&slots).acquire_owned().await.ok()?;
-                Some((permit, listener.accept().await))
-            } => accepted,
-        };
-        let Some((permit, accepted)) = accepted else {
-            break;
+            accepted = listener.accept() => accepted,
         };
         let (mut io, peer) = match accepted {
             Ok(a) => a,
@@ -268,6 +262,25 @@ async fn serve_on<L: Accept>(
                 continue;
             }
         };
+        // At the cap, a client is waiting (this one): make room by closing
+        // the connection idle the longest, so keep-alive connections that
+        // send a cheap request now and then cannot hold every slot. With
+        // none idle, this client waits for a slot as the backlog does.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                idle_set.evict_longest_idle();
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    // The semaphore is never closed, so acquiring cannot fail.
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let connection = Connection {
             builder: Arc::clone(&builder),
             app: app.clone(),
@@ -275,6 +288,7 @@ async fn serve_on<L: Accept>(
             state: Arc::clone(&state),
             limits: limits.clone(),
             stop: stop_rx.clone(),
+            idle_set: Arc::clone(&idle_set),
         };
         tokio::spawn(async move {
             let Some(client) = identify(&mut io, peer, &connection.limits).await else {
@@ -341,6 +355,8 @@ struct Connection {
     state: Arc<AppState>,
     limits: HttpLimits,
     stop: watch::Receiver<bool>,
+    /// The server's idle connections, longest idle first to go at the cap.
+    idle_set: Arc<IdleSet>,
 }
 
 impl Connection {
@@ -396,10 +412,12 @@ impl Connection {
     ) {
         let metrics = &self.state.metrics;
         let (activity, mut watch_activity) = watch::channel(Activity::default());
+        let deliveries = Arc::new(Deliveries::default());
         let service = Tracked {
             app: self.app.clone(),
             channel,
             activity: Arc::new(activity),
+            deliveries: Arc::clone(&deliveries),
             client,
         };
         let conn = self
@@ -408,12 +426,15 @@ impl Connection {
             .into_owned();
         tokio::pin!(conn);
         let mut stop = self.stop.clone();
+        let entry = self.idle_set.join();
         let reason = tokio::select! {
             result = conn.as_mut() => {
                 self.ended(result.err(), timed_out);
                 return;
             }
-            () = idle(&mut watch_activity, first_idle, self.limits.idle_timeout) => "idle",
+            () = idle(&mut watch_activity, first_idle, self.limits.idle_timeout, &entry) => "idle",
+            () = entry.evicted.notified() => "evicted",
+            () = deliveries.stalled(self.limits.write_timeout) => "stalled",
             () = peer_reset(watch.as_ref()) => {
                 // Dropping the connection drops its requests: their runs
                 // are abandoned.
@@ -431,14 +452,24 @@ impl Connection {
             return;
         }
         metrics.connection_closed(reason);
-        // An idle connection closes at once; one still delivering a response
-        // gets the write timeout to finish it.
-        if tokio::time::timeout(self.limits.write_timeout, conn)
-            .await
-            .is_err()
-        {
-            metrics.connection_closed("close_timeout");
+        if watch_activity.borrow().busy() && reason == "evicted" {
+            // A request arrived as it was chosen: it gets the write timeout
+            // to finish.
+            if tokio::time::timeout(self.limits.write_timeout, conn)
+                .await
+                .is_err()
+            {
+                metrics.connection_closed("close_timeout");
+            }
+            return;
         }
+        // Nothing is owed on an idle connection (no request in progress, no
+        // response being delivered) and nothing can be delivered on a
+        // stalled one: one poll writes what closing writes (HTTP/2's GOAWAY),
+        // then the connection is dropped. Waiting for a graceful HTTP/2
+        // close would wait for the answer to its ping, which a silent peer
+        // never sends (it held the slot for the write timeout more).
+        let _ = tokio::time::timeout(Duration::ZERO, conn).await;
     }
 
     fn ended(
@@ -455,28 +486,173 @@ impl Connection {
     }
 }
 
-/// Requests in progress on a connection, and how many have started.
+/// Requests in progress on a connection, how many have started, and the
+/// responses still being delivered.
 #[derive(Debug, Default, Clone, Copy)]
 struct Activity {
     in_flight: usize,
     started: u64,
+    /// Response bodies not yet delivered in full.
+    delivering: usize,
 }
 
-/// Resolves once the connection has had no request in progress for
-/// `timeout` (counting from the end of the last request), or, before its
-/// first request, for `first`.
-async fn idle(activity: &mut watch::Receiver<Activity>, first: Duration, timeout: Duration) {
+impl Activity {
+    fn busy(&self) -> bool {
+        self.in_flight > 0 || self.delivering > 0
+    }
+}
+
+/// Resolves once the connection has had no request in progress and no
+/// response being delivered for `timeout` (counting from the end of the
+/// last), or, before its first request, for `first`.
+async fn idle(
+    activity: &mut watch::Receiver<Activity>,
+    first: Duration,
+    timeout: Duration,
+    entry: &IdleEntry,
+) {
     let mut timeout_now = first;
     loop {
         // The sender lives as long as the connection's service.
-        let Ok(now) = activity.wait_for(|a| a.in_flight == 0).await.map(|a| *a) else {
+        let Ok(now) = activity.wait_for(|a| !a.busy()).await.map(|a| *a) else {
             return;
         };
-        let busy = activity.wait_for(|a| a.in_flight > 0 || a.started != now.started);
-        if tokio::time::timeout(timeout_now, busy).await.is_err() {
+        entry.set_idle(true);
+        let busy = activity.wait_for(|a| a.busy() || a.started != now.started);
+        let woke = tokio::time::timeout(timeout_now, busy).await;
+        entry.set_idle(false);
+        if woke.is_err() {
             return;
         }
         timeout_now = timeout;
+    }
+}
+
+/// The server's connections that are idle now (no request in progress, no
+/// response being delivered), with since when; at the connection cap the
+/// longest idle is asked to close.
+#[derive(Debug, Default)]
+struct IdleSet(std::sync::Mutex<IdleConnections>);
+
+#[derive(Debug, Default)]
+struct IdleConnections {
+    next: u64,
+    idle: std::collections::BTreeMap<(tokio::time::Instant, u64), Arc<tokio::sync::Notify>>,
+    since: std::collections::HashMap<u64, tokio::time::Instant>,
+}
+
+impl IdleSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleConnections> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection's place in the set, out of it until it is idle.
+    fn join(self: &Arc<Self>) -> IdleEntry {
+        let mut c = self.lock();
+        let id = c.next;
+        c.next += 1;
+        IdleEntry {
+            set: Arc::clone(self),
+            id,
+            evicted: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Asks the connection idle the longest to close; false when none is.
+    fn evict_longest_idle(&self) -> bool {
+        let mut c = self.lock();
+        let Some(((_, id), evicted)) = c.idle.pop_first() else {
+            return false;
+        };
+        c.since.remove(&id);
+        // Stored if the connection is not waiting yet: it closes when it does.
+        evicted.notify_one();
+        true
+    }
+}
+
+/// One connection's place in the [`IdleSet`]; leaves it on drop.
+struct IdleEntry {
+    set: Arc<IdleSet>,
+    id: u64,
+    /// Notified when this connection is to make room.
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+impl IdleEntry {
+    fn set_idle(&self, idle: bool) {
+        let mut c = self.set.lock();
+        if let Some(since) = c.since.remove(&self.id) {
+            c.idle.remove(&(since, self.id));
+        }
+        if idle {
+            let now = tokio::time::Instant::now();
+            c.since.insert(self.id, now);
+            c.idle.insert((now, self.id), Arc::clone(&self.evicted));
+        }
+    }
+}
+
+impl Drop for IdleEntry {
+    fn drop(&mut self) {
+        self.set_idle(false);
+    }
+}
+
+/// The response bodies of a connection still being delivered, each with
+/// when it last handed over a frame.
+#[derive(Debug, Default)]
+struct Deliveries(std::sync::Mutex<DeliveryTimes>);
+
+#[derive(Debug, Default)]
+struct DeliveryTimes {
+    next: u64,
+    last: std::collections::HashMap<u64, tokio::time::Instant>,
+}
+
+impl Deliveries {
+    fn times(&self) -> std::sync::MutexGuard<'_, DeliveryTimes> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start(&self) -> u64 {
+        let mut t = self.times();
+        let id = t.next;
+        t.next += 1;
+        t.last.insert(id, tokio::time::Instant::now());
+        id
+    }
+
+    fn progress(&self, id: u64) {
+        if let Some(at) = self.times().last.get_mut(&id) {
+            *at = tokio::time::Instant::now();
+        }
+    }
+
+    fn end(&self, id: u64) {
+        self.times().last.remove(&id);
+    }
+
+    /// Resolves once a response has made no progress for `timeout`: an
+    /// HTTP/2 peer keeping its flow-control window at zero (hyper does not
+    /// poll a body without window), while cheap requests with empty answers
+    /// keep the connection from being idle. Per response, so other streams'
+    /// answers do not count as its progress. Checked at least every
+    /// `timeout`: a stall is seen within twice the timeout.
+    async fn stalled(&self, timeout: Duration) {
+        loop {
+            let oldest = self.times().last.values().min().copied();
+            let wake = match oldest {
+                Some(at) if at.elapsed() >= timeout => return,
+                Some(at) => at + timeout,
+                None => tokio::time::Instant::now() + timeout,
+            };
+            tokio::time::sleep_until(wake).await;
+        }
     }
 }
 
@@ -487,6 +663,7 @@ struct Tracked {
     app: Router,
     channel: Channel,
     activity: Arc<watch::Sender<Activity>>,
+    deliveries: Arc<Deliveries>,
     /// Every request carries its client for the per-client shares.
     client: ClientKey,
 }
@@ -502,11 +679,75 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Tracked 
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(self.channel);
         let response = self.app.clone().oneshot(req);
+        let activity = Arc::clone(&self.activity);
+        let deliveries = Arc::clone(&self.deliveries);
         Box::pin(async move {
             let response = response.await;
+            // Counted as delivering before the request stops being in
+            // flight, so the connection is never idle in between.
+            let response =
+                response.map(|r| r.map(|body| Delivering::wrap(body, activity, deliveries)));
             drop(guard);
             response
         })
+    }
+}
+
+/// A response body on its way to the client, counted in the connection's
+/// [`Activity`] until it has ended or been dropped.
+struct Delivering {
+    body: axum::body::Body,
+    activity: Arc<watch::Sender<Activity>>,
+    deliveries: Arc<Deliveries>,
+    id: u64,
+}
+
+impl Delivering {
+    /// `body`, counted until it ends.
+    fn wrap(
+        body: axum::body::Body,
+        activity: Arc<watch::Sender<Activity>>,
+        deliveries: Arc<Deliveries>,
+    ) -> axum::body::Body {
+        activity.send_modify(|a| a.delivering += 1);
+        let id = deliveries.start();
+        axum::body::Body::new(Self {
+            body,
+            activity,
+            deliveries,
+            id,
+        })
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        self.deliveries.end(self.id);
+        self.activity.send_modify(|a| a.delivering -= 1);
+    }
+}
+
+impl axum::body::HttpBody for Delivering {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if frame.is_ready() {
+            self.deliveries.progress(self.id);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use attestation_verify::{AttestationDocument, Error as VerifyError, Policy, TrustedRoot};
 use result_signing::{decode_public_key, SignedResponse, TaskResult, INTENT_TASK_RESULT};
 use serde_json::json;
@@ -112,6 +114,9 @@ async fn a_burst_of_attestation_requests_is_served() {
     // burst (the share itself is tested in availability.rs).
     let mut c = config();
     c.http.per_client.requests = 128;
+    // And its NSM rate (the rates are tested in availability.rs).
+    c.attestation_limits =
+        nautilus_server::config::AttestationLimits::new(1000, 1000, Duration::from_secs(2));
     let s = TestServer::start(c).await;
     let mut burst = tokio::task::JoinSet::new();
     for i in 0..64u32 {
@@ -125,5 +130,27 @@ async fn a_burst_of_attestation_requests_is_served() {
         ok += 1;
     }
     assert_eq!(ok, 64);
+    s.shutdown().await;
+}
+
+/// Requests without a nonce share one recent document (one NSM call per
+/// period, however many ask); a nonce gets a fresh one; with sharing off,
+/// every request gets its own.
+#[tokio::test]
+async fn requests_without_a_nonce_share_one_recent_document() {
+    let s = TestServer::start(config()).await;
+    let a = s.get_json("/get_attestation").await;
+    let b = s.get_json("/get_attestation").await;
+    assert_eq!(a["attestation"], b["attestation"]);
+    let fresh = s.get_json("/get_attestation?nonce=01").await;
+    assert_ne!(a["attestation"], fresh["attestation"]);
+    s.shutdown().await;
+
+    let mut c = config();
+    c.attestation_limits.shared_for = Duration::ZERO;
+    let s = TestServer::start(c).await;
+    let a = s.get_json("/get_attestation").await;
+    let b = s.get_json("/get_attestation").await;
+    assert_ne!(a["attestation"], b["attestation"]);
     s.shutdown().await;
 }

@@ -324,3 +324,362 @@ fn a_descriptor_limit_too_low_for_tasks_stops_the_start() {
     assert!(err.contains("the hard descriptor limit is 512"), "{err}");
     assert!(err.contains("raise it to at least 1024"), "{err}");
 }
+
+/// An attester that counts its calls (each is an NSM round trip in an
+/// enclave) and answers each at once with one document made at start: as
+/// cheap as a call can be, so the server's rates are what bounds them, not
+/// the dev attester's signing in a debug build.
+struct Counting {
+    document: Vec<u8>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl attestation_dev::Attester for Counting {
+    fn mode(&self) -> attestation_dev::Mode {
+        attestation_dev::Mode::Dev
+    }
+
+    fn attest(
+        &self,
+        _: attestation_dev::AttestationRequest<'_>,
+    ) -> Result<Vec<u8>, attestation_dev::AttestError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.document.clone())
+    }
+}
+
+impl Counting {
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A server (default attestation limits) around a counting attester.
+async fn counted_server() -> (TestServer, std::sync::Arc<Counting>) {
+    let dev = attestation_dev::DevAttester::generate().expect("dev attester");
+    let document = attestation_dev::Attester::attest(
+        &dev,
+        attestation_dev::AttestationRequest {
+            public_key: &[2; 33],
+            user_data: &[0; 32],
+            nonce: None,
+        },
+    )
+    .expect("a dev document");
+    let counting = std::sync::Arc::new(Counting {
+        document,
+        calls: Default::default(),
+    });
+    let state =
+        nautilus_server::state::AppState::with_attester(config(), counting.clone()).expect("state");
+    (TestServer::start_with(state).await, counting)
+}
+
+/// `GET path` from `from`, `Connection: close`: the status line and the
+/// `Retry-After` header, lower-cased ("" when the connection failed).
+async fn get(from: IpAddr, addr: SocketAddr, path: &str) -> String {
+    let Ok(mut s) = connect_from(from, addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut answer = Vec::new();
+    let _ = timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_ascii_lowercase()
+}
+
+/// The legitimate client's attestation requests: `n`, `gap` apart, with a
+/// nonce or without; how many got a document.
+async fn legit_attestations(addr: SocketAddr, n: usize, gap: Duration, nonce: bool) -> usize {
+    let mut ok = 0;
+    for i in 0..n {
+        let path = if nonce {
+            format!("/get_attestation?nonce={:08x}", 0xa000_0000u32 + i as u32)
+        } else {
+            "/get_attestation".to_owned()
+        };
+        if get(legit::LEGIT, addr, &path)
+            .await
+            .starts_with("http/1.1 200")
+        {
+            ok += 1;
+        }
+        sleep(gap).await;
+    }
+    ok
+}
+
+/// The default attestation limits (`AttestationLimits::default()`), spelled
+/// out so the bounds below are checked against numbers, not against
+/// themselves: 50 NSM calls a second in all (burst 100), 10 per client
+/// (burst 20), documents without a nonce shared for 2 s.
+const NSM_PER_SEC: f64 = 50.0;
+const NSM_BURST: f64 = 100.0;
+const NSM_PER_CLIENT_PER_SEC: f64 = 10.0;
+const NSM_PER_CLIENT_BURST: f64 = 20.0;
+/// NSM calls that may be under way when the attack stops (the attestation
+/// semaphore) and rounding.
+const NSM_SLACK: f64 = 10.0;
+
+/// `/get_attestation` had no rate limit: every request was an NSM call
+/// (906 a second in dev mode), a hypervisor round trip under the driver's
+/// one lock. One client asking with nonces as fast as it can now gets its
+/// share of NSM calls (429 with `Retry-After` past it); the legitimate
+/// client, asking with its own nonces at 4 a second, is not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_flood_from_one_client_costs_the_nsm_its_share() {
+    let (server, counting) = counted_server().await;
+    let addr = server.addr();
+    let started = tokio::time::Instant::now();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut attackers = JoinSet::new();
+    for a in 0..8u32 {
+        let refused = refused.clone();
+        attackers.spawn(async move {
+            for i in 0..300u32 {
+                let answer = get(
+                    ATTACKER,
+                    addr,
+                    &format!("/get_attestation?nonce={a:04x}{i:04x}"),
+                )
+                .await;
+                if answer.starts_with("http/1.1 429") && answer.contains("retry-after: ") {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    sleep(Duration::from_millis(300)).await;
+    let (tally, documents) = tokio::join!(
+        legit::run_with(addr, 20, Duration::from_millis(100), ECHO),
+        legit_attestations(addr, 10, Duration::from_millis(250), true),
+    );
+    let attack_secs = started.elapsed().as_secs_f64();
+    attackers.abort_all();
+    let calls = counting.calls() as f64;
+    eprintln!("one client's attestation flood: {calls} NSM calls in {attack_secs:.1} s");
+    tally.assert_kept_up("an attestation flood from one client");
+    assert!(documents >= 9, "legit got {documents}/10 documents");
+    // The attacker's share, the legitimate client's ten, the server's start.
+    let bound = NSM_PER_CLIENT_BURST + NSM_PER_CLIENT_PER_SEC * attack_secs + 10.0 + NSM_SLACK;
+    assert!(
+        calls <= bound,
+        "{calls} NSM calls in {attack_secs:.1} s, more than one client's share ({bound:.0})"
+    );
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the flood was never told 429 with Retry-After"
+    );
+}
+
+/// Sixteen clients, each within its own share, together asking faster than
+/// the NSM may be asked: the server's rate bounds the calls (503 with
+/// `Retry-After` past it), and requests without a nonce share one recent
+/// document, so the legitimate client asking without one is always served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_together_get_the_nsms_rate_and_share_documents_without_a_nonce() {
+    let (server, counting) = counted_server().await;
+    let addr = server.addr();
+    let started = tokio::time::Instant::now();
+    let mut attackers = JoinSet::new();
+    for a in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 5, a + 1));
+        attackers.spawn(async move {
+            for i in 0..100u32 {
+                let _ = get(
+                    from,
+                    addr,
+                    &format!("/get_attestation?nonce={a:04x}{i:04x}"),
+                )
+                .await;
+                let _ = get(from, addr, "/get_attestation").await;
+            }
+        });
+    }
+    sleep(Duration::from_millis(300)).await;
+    let documents = legit_attestations(addr, 20, Duration::from_millis(100), false).await;
+    let attack_secs = started.elapsed().as_secs_f64();
+    attackers.abort_all();
+    let calls = counting.calls() as f64;
+    eprintln!("sixteen clients' attestation flood: {calls} NSM calls in {attack_secs:.1} s");
+    assert!(documents >= 19, "legit got {documents}/20 shared documents");
+    let bound = NSM_BURST + NSM_PER_SEC * attack_secs + NSM_SLACK;
+    assert!(
+        calls <= bound,
+        "{calls} NSM calls in {attack_secs:.1} s, more than the server's rate ({bound:.0})"
+    );
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: a connection
+/// that has said it speaks HTTP/2, and then nothing.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Silent HTTP/2 connections closed at 15 s, not at the 5 s idle deadline:
+/// the server's graceful close waited for the answer to its ping, which a
+/// silent peer never sends, for the write timeout more. Sixteen such peers
+/// from sixteen addresses (no share helps) against 16 slots, reconnecting
+/// as soon as they are closed; idle deadline 1 s, write timeout 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_http2_connections_free_their_slot_at_the_idle_deadline() {
+    let mut c = config();
+    c.http.max_connections = 16;
+    c.http.idle_timeout = Duration::from_secs(1);
+    c.http.write_timeout = Duration::from_secs(10);
+    let server = TestServer::start(c).await;
+    let addr = server.addr();
+    let mut attackers = JoinSet::new();
+    for i in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 6, i + 1));
+        attackers.spawn(async move {
+            for _ in 0..100 {
+                let Ok(mut s) = connect_from(from, addr).await else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if s.write_all(H2_HELLO).await.is_err() {
+                    continue;
+                }
+                // Read (and never answer) until the server closes.
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        });
+    }
+    sleep(Duration::from_millis(500)).await;
+    let tally = legit::run_with(addr, 30, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("silent HTTP/2 connections");
+}
+
+/// An HTTP/2 connection whose stream window stays at zero, with one cheap
+/// request with an empty answer every 300 ms: the answer with a body never
+/// goes out, the empty answers keep the connection from being idle, and the
+/// socket itself never blocks, so nothing ever closed it. Sixteen of them
+/// from sixteen addresses against 16 slots, reconnecting when closed; a
+/// response that makes no progress for the write timeout (1 s here) now
+/// closes its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_window_kept_at_zero_cannot_hold_a_slot() {
+    let mut c = config();
+    c.http.max_connections = 16;
+    c.http.idle_timeout = Duration::from_secs(1);
+    c.http.write_timeout = Duration::from_secs(1);
+    let server = TestServer::start(c).await;
+    let addr = server.addr();
+    let mut attackers = JoinSet::new();
+    for i in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 7, i + 1));
+        attackers.spawn(async move {
+            for _ in 0..100 {
+                let Ok(s) = connect_from(from, addr).await else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok((client, connection)) = h2::client::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, axum::body::Bytes>(s)
+                    .await
+                else {
+                    continue;
+                };
+                let mut connection = tokio::spawn(connection);
+                let request = |method: &str, path: &str| {
+                    axum::http::Request::builder()
+                        .method(method)
+                        .uri(format!("http://{addr}{path}"))
+                        .body(())
+                        .expect("request")
+                };
+                let Ok(mut ready) = client.ready().await else {
+                    continue;
+                };
+                // The answer with a body, which can never be sent.
+                let Ok((stuck, _)) = ready.send_request(request("GET", "/health_check"), true)
+                else {
+                    continue;
+                };
+                let _stuck = stuck;
+                loop {
+                    let Ok(mut ready) = ready.clone().ready().await else {
+                        break;
+                    };
+                    if ready
+                        .send_request(request("HEAD", "/get_attestation"), true)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = &mut connection => break,
+                        () = sleep(Duration::from_millis(300)) => {}
+                    }
+                }
+            }
+        });
+    }
+    sleep(Duration::from_millis(500)).await;
+    let tally = legit::run_with(addr, 30, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("HTTP/2 windows kept at zero");
+    let stalled = server
+        .metric("nautilus_connections_closed_total{reason=\"stalled\"}")
+        .await;
+    assert!(stalled > 0.0, "no connection was closed as stalled");
+}
+
+/// Issue item 3, keep-alive: connections sending a cheap `GET /` every
+/// 3 s (inside the 5 s idle deadline) held every slot, and nothing ever
+/// evicted one; new clients waited in the backlog for the whole attack.
+/// Sixteen of them from sixteen addresses (no share helps) against 16
+/// slots, reconnecting when closed: at the cap, the connection idle the
+/// longest now makes room for the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_cannot_hold_every_slot() {
+    let mut c = config();
+    c.http.max_connections = 16;
+    let server = TestServer::start(c).await;
+    let addr = server.addr();
+    let mut attackers = JoinSet::new();
+    for i in 0..16u8 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 8, i + 1));
+        attackers.spawn(async move {
+            for _ in 0..100 {
+                let Ok(mut s) = connect_from(from, addr).await else {
+                    sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                for _ in 0..100 {
+                    if s.write_all(b"GET / HTTP/1.1\r\nHost: n\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    // "Pong!" in a 200 with a 5-byte body: read it whole.
+                    let mut answer = Vec::new();
+                    let mut buf = [0u8; 512];
+                    while !answer.ends_with(b"Pong!") {
+                        match s.read(&mut buf).await {
+                            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                            _ => break,
+                        }
+                    }
+                    if !answer.ends_with(b"Pong!") {
+                        break;
+                    }
+                    sleep(Duration::from_secs(3)).await;
+                }
+            }
+        });
+    }
+    sleep(Duration::from_millis(500)).await;
+    let tally = legit::run_with(addr, 30, Duration::from_millis(100), ECHO).await;
+    attackers.abort_all();
+    tally.assert_kept_up("keep-alive connections at the cap");
+    let evicted = server
+        .metric("nautilus_connections_closed_total{reason=\"evicted\"}")
+        .await;
+    assert!(evicted > 0.0, "no idle connection was evicted");
+}

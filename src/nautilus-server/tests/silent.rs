@@ -30,8 +30,8 @@ fn enough_descriptors(needed: u64) -> bool {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// 1100 sockets that send nothing or only the HTTP/2 preface, more than the
-/// connection cap: a new client still gets its answer once the idle deadline
-/// (1 s here) has closed them.
+/// connection cap: a new client still gets its answer, at once (the longest
+/// idle makes room) or once the idle deadline (1 s here) has closed them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_do_not_lock_out_new_clients() {
     if !enough_descriptors(4000) {
@@ -62,11 +62,15 @@ async fn silent_connections_do_not_lock_out_new_clients() {
     // The 1 s deadline, plus the backlog's late arrivals, plus a loaded machine.
     assert!(waited < Duration::from_secs(15), "waited {waited:?}");
     eprintln!("a new client waited {waited:?} behind 1100 silent sockets");
+    // Closed at the idle deadline, or earlier to make room at the cap for
+    // the sockets past it (the longest idle goes first).
     let mut closed = 0.0;
     for _ in 0..300 {
         closed = s
             .metric("nautilus_connections_closed_total{reason=\"idle\"}")
-            .await;
+            .await
+            + s.metric("nautilus_connections_closed_total{reason=\"evicted\"}")
+                .await;
         if closed >= 1100.0 {
             break;
         }

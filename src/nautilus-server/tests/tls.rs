@@ -4,60 +4,17 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use support::{config, TestServer};
+use tls_test_support::{http1_get, spki_sha256, Capture};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// Accepts any certificate (the handshake signature is still checked) and
-/// keeps it: these tests look at what the server presents; the clients'
-/// pinning has its own tests.
-#[derive(Debug)]
-struct Capture {
-    cert: Mutex<Option<Vec<u8>>>,
-    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Capture {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.cert.lock().expect("lock") = Some(end_entity.to_vec());
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
 
 fn tls_config() -> nautilus_server::state::ServerConfig {
     let mut c = config();
@@ -66,47 +23,9 @@ fn tls_config() -> nautilus_server::state::ServerConfig {
 }
 
 async fn connect(s: &TestServer, alpn: &[&[u8]]) -> (TlsStream<TcpStream>, Arc<Capture>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let capture = Arc::new(Capture {
-        cert: Mutex::new(None),
-        algorithms: provider.signature_verification_algorithms,
-    });
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(capture.clone())
-        .with_no_client_auth();
-    client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(s.addr()).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-        .connect(ServerName::try_from("nautilus-enclave").expect("name"), tcp)
+    tls_test_support::connect(s.addr(), alpn)
         .await
-        .expect("TLS handshake");
-    (tls, capture)
-}
-
-/// SHA-256 of the SubjectPublicKeyInfo of a DER certificate.
-fn spki_sha256(cert: &[u8]) -> String {
-    use x509_cert::der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(cert).expect("X.509 certificate");
-    let spki = cert
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .expect("SPKI DER");
-    hex::encode(Sha256::digest(spki))
-}
-
-async fn http1_get(mut tls: TlsStream<TcpStream>, path: &str) -> String {
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
-    let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).into_owned()
+        .expect("TLS handshake")
 }
 
 /// The manifest carries the hash of the key the server presents, so the
@@ -120,12 +39,7 @@ async fn the_manifest_pins_the_key_the_server_presents() {
     let (head, body) = answer.split_once("\r\n\r\n").expect("HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let manifest: serde_json::Value = serde_json::from_str(body).expect("manifest JSON");
-    let presented = capture
-        .cert
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("a certificate");
+    let presented = capture.cert().expect("a certificate");
     assert_eq!(manifest["tls_spki_sha256"], spki_sha256(&presented));
     assert_eq!(
         Sha256::digest(body.as_bytes())[..],
@@ -137,12 +51,7 @@ async fn the_manifest_pins_the_key_the_server_presents() {
     // A second server makes its own key.
     let other = TestServer::start(tls_config()).await;
     let (_, capture) = connect(&other, &[b"http/1.1"]).await;
-    let again = capture
-        .cert
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("a certificate");
+    let again = capture.cert().expect("a certificate");
     assert_ne!(spki_sha256(&again), spki_sha256(&presented));
     other.shutdown().await;
 }
@@ -216,17 +125,7 @@ async fn the_handshake_counts_against_the_idle_deadline() {
         .starts_with("HTTP/1.1 200"));
 
     // Silent for 1 s before the handshake, 1 s more before the headers.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let capture = Arc::new(Capture {
-        cert: Mutex::new(None),
-        algorithms: provider.signature_verification_algorithms,
-    });
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(capture)
-        .with_no_client_auth();
+    let (client, _) = Capture::client_config(&[]);
     let tcp = TcpStream::connect(s.addr()).await.expect("connect");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client))

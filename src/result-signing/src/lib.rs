@@ -396,40 +396,59 @@ impl<T: Serialize> IntentMessage<T> {
     }
 }
 
+impl<T: Serialize> IntentMessage<T> {
+    /// Checks that `key` made `signature` (hex `r || s`, see
+    /// [`parse_signature`]) over exactly this message, with the expected
+    /// intent. Both signed forms verify through here.
+    pub fn verify(
+        &self,
+        signature: &str,
+        key: &VerifyingKey,
+        expected_intent: u8,
+    ) -> Result<(), Error> {
+        if self.intent != expected_intent {
+            return Err(Error::WrongIntent {
+                expected: expected_intent,
+                found: self.intent,
+            });
+        }
+        let signature = parse_signature(signature)?;
+        let bytes = self.signing_bytes()?;
+        key.verify(&bytes, &signature)
+            .map_err(|_| Error::BadSignature)
+    }
+}
+
+/// Parses a hex signature strictly: exactly 128 lowercase hex digits, both
+/// scalars in range, low-S.
+pub fn parse_signature(hex_signature: &str) -> Result<Signature, Error> {
+    // `hex` also accepts upper case; refusing it gives every signature one
+    // spelling, exactly as the JS verifier requires.
+    let digits = hex_signature.as_bytes();
+    if !digits
+        .iter()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(Error::MalformedSignature);
+    }
+    let mut raw = [0u8; 64];
+    hex::decode_to_slice(digits, &mut raw).map_err(|_| Error::MalformedSignature)?;
+    let signature = Signature::from_slice(&raw).map_err(|_| Error::MalformedSignature)?;
+    if signature.normalize_s().is_some() {
+        return Err(Error::HighS);
+    }
+    Ok(signature)
+}
+
 impl<T: Serialize> SignedResponse<T> {
-    /// Parses the hex signature strictly: exactly 128 lowercase hex digits,
-    /// both scalars in range, low-S.
+    /// This response's signature, parsed strictly ([`parse_signature`]).
     pub fn parsed_signature(&self) -> Result<Signature, Error> {
-        // `hex` also accepts upper case; refusing it gives every signature one
-        // spelling, exactly as the JS verifier requires.
-        let digits = self.signature.as_bytes();
-        if !digits
-            .iter()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(Error::MalformedSignature);
-        }
-        let mut raw = [0u8; 64];
-        hex::decode_to_slice(digits, &mut raw).map_err(|_| Error::MalformedSignature)?;
-        let signature = Signature::from_slice(&raw).map_err(|_| Error::MalformedSignature)?;
-        if signature.normalize_s().is_some() {
-            return Err(Error::HighS);
-        }
-        Ok(signature)
+        parse_signature(&self.signature)
     }
 
     /// Checks that `key` signed exactly this response with the expected intent.
     pub fn verify(&self, key: &VerifyingKey, expected_intent: u8) -> Result<(), Error> {
-        if self.response.intent != expected_intent {
-            return Err(Error::WrongIntent {
-                expected: expected_intent,
-                found: self.response.intent,
-            });
-        }
-        let signature = self.parsed_signature()?;
-        let bytes = self.response.signing_bytes()?;
-        key.verify(&bytes, &signature)
-            .map_err(|_| Error::BadSignature)
+        self.response.verify(&self.signature, key, expected_intent)
     }
 }
 
@@ -458,11 +477,8 @@ impl CompactSignedResponse {
     /// ones it carries the SHA-256 and length of; returns the whole result
     /// (intent [`INTENT_TASK_RESULT_COMPACT`]) for the caller's own checks.
     pub fn verify(&self, key: &VerifyingKey) -> Result<IntentMessage<TaskResult>, Error> {
-        let signed = SignedResponse {
-            response: self.response.clone(),
-            signature: self.signature.clone(),
-        };
-        signed.verify(key, INTENT_TASK_RESULT_COMPACT)?;
+        self.response
+            .verify(&self.signature, key, INTENT_TASK_RESULT_COMPACT)?;
         let d = &self.response.data;
         let full = TaskResult {
             task_id: d.task_id.clone(),

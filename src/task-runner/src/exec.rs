@@ -34,8 +34,9 @@ pub(crate) struct SpawnSpec {
     pub entry: PathBuf,
     pub args: Vec<String>,
     pub cwd: PathBuf,
-    /// The complete environment.
-    pub env: Vec<(OsString, OsString)>,
+    /// The complete environment (declared secrets included), wiped when
+    /// the spec is dropped.
+    pub env: Env,
     /// Task id, also found in the environment as `NAUTILUS_TASK_ID`.
     pub task_id: String,
     /// A warm box: `node` waits for its task on a control pipe at this
@@ -50,6 +51,28 @@ pub(crate) struct SpawnSpec {
     /// As root: the network namespace holding the task's egress listeners,
     /// which the box joins (closed once the box has started).
     pub netns: Option<std::os::fd::OwnedFd>,
+}
+
+/// A task's environment. Operator secrets are among its values, so every
+/// value is zeroed when it is dropped, not just freed.
+#[derive(Default)]
+pub(crate) struct Env(pub Vec<(OsString, OsString)>);
+
+impl std::ops::Deref for Env {
+    type Target = [(OsString, OsString)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStringExt;
+        use zeroize::Zeroize;
+        for (_, value) in &mut self.0 {
+            std::mem::take(value).into_vec().zeroize();
+        }
+    }
 }
 
 type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -115,7 +138,9 @@ pub(crate) fn spawn(
         .args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
-        .envs(spec.env)
+        // std's Command keeps its own copies, which this crate cannot wipe
+        // (the server's zeroing allocator does when they are freed).
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

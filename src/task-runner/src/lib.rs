@@ -966,6 +966,7 @@ impl Inner {
                 .iter()
                 .map(|(name, value)| (name.into(), value.as_str().into())),
         );
+        let env = exec::Env(env);
         SpawnSpec {
             node: self
                 .node

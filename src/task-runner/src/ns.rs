@@ -530,6 +530,19 @@ struct ChildArgs<'a> {
     netns: Option<RawFd>,
 }
 
+/// `NAME=value` strings for `execve`, which hold the operator secrets of
+/// the run: zeroed when dropped, whichever way [`spawn`] returns.
+struct WipedEnv(Vec<CString>);
+
+impl Drop for WipedEnv {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for entry in &mut self.0 {
+            std::mem::take(entry).into_bytes_with_nul().zeroize();
+        }
+    }
+}
+
 /// Starts a box running `node`. Must be called on a thread that lives as long
 /// as the run (a tokio worker, not a blocking-pool thread): the reaper's
 /// death signal follows the thread that cloned it.
@@ -540,21 +553,26 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .iter()
         .map(|a| cstr(a))
         .collect::<Result<_, _>>()?;
-    let env: Vec<CString> = spec
-        .env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        })
-        .collect::<Result<_, _>>()?;
+    let env = WipedEnv(
+        spec.env
+            .iter()
+            .map(|(k, v)| {
+                // Sized for the NUL too: CString::new must not reallocate
+                // (and free, unwiped) a buffer holding a secret.
+                let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+                kv.extend_from_slice(k.as_bytes());
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+            })
+            .collect::<Result<_, _>>()?,
+    );
     let argv: Vec<*const libc::c_char> = std::iter::once(node.as_ptr())
         .chain(args.iter().map(|a| a.as_ptr()))
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let envp: Vec<*const libc::c_char> = env
+        .0
         .iter()
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
