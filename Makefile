@@ -127,12 +127,13 @@ install:
 	install -d $(PREFIX)/bin
 	install -m 0755 target/release/nautilus-client target/release/task-runner $(PREFIX)/bin/
 
-## bench: the release server against bare Node.js spawns, side by side (not part of the tests)
+## bench: the release server against bare Node.js spawns, side by side, twice: the issue 26 targets, the tables, the spread (BENCH_ARGS: e.g. --runs 1 --requests 30; not part of the tests)
+BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
-	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
+	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json $(BENCH_ARGS)
 
-## profile: where a cold run's time goes, phase by phase, against bare node under the same tracing (root, strace; not part of the tests)
+## profile: where a cold run's time goes, phase by phase, against bare node under the same tracing (root, strace; POOL=1: a warm run's; not part of the tests)
 profile:
 	@[ "$$(id -u)" = 0 ] || { echo "make profile: run it as root (it traces the server's boxes, which only root makes)" >&2; exit 1; }
 	@command -v strace >/dev/null || { echo "make profile: strace is not installed: apt-get install strace" >&2; exit 1; }

@@ -26,11 +26,11 @@
 //!    remounts the root read-only, brings up loopback, sets the host name
 //!    and overwrites its own command line;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
-//!    blocks SIGCHLD, SIGTERM
-//!    and SIGINT, and clones `node`'s process, which takes a new session,
-//!    the rlimits, the slot identity, `no_new_privs` and seccomp, then `exec`s;
-//! 4. drops to the slot identity and the same seccomp filters itself, and
-//!    loops on `sigtimedwait`: SIGTERM/SIGINT are forwarded to `node`'s
+//!    blocks SIGCHLD, SIGTERM and SIGINT, takes `no_new_privs` and the
+//!    seccomp filters (loaded once: `node` inherits them), and clones
+//!    `node`'s process, which takes a new session, the rlimits and the slot
+//!    identity, then `exec`s;
+//! 4. drops to the slot identity itself, and loops on `sigtimedwait`: SIGTERM/SIGINT are forwarded to `node`'s
 //!    process group, children are reaped, and when `node` ends its wait
 //!    status goes to the runner over the report pipe and the reaper exits.
 //!
@@ -880,6 +880,9 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
             std::ptr::null_mut(),
         )),
     );
+    // Once for the reaper and node, which inherits them: nothing left to
+    // do here needs a call the filters deny.
+    or_fail(STEP_ENTER, a.policy.confine());
 
     let node = libc::syscall(
         libc::SYS_clone,
@@ -901,7 +904,7 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     for fd in [0, 1, 2, FD_CONTROL] {
         libc::close(fd);
     }
-    or_fail(STEP_ENTER, a.policy.enter(Some(a.identity)));
+    or_fail(STEP_ENTER, a.policy.enter(Some(a.identity), true));
     // The runner may have died before the death signal was armed: its end of
     // the report pipe is then closed.
     let mut pfd = libc::pollfd {
@@ -978,7 +981,7 @@ unsafe fn start_node(a: &ChildArgs) -> ! {
         ))?;
         // The runner (Rust) ignores SIGPIPE; node expects the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        a.policy.enter(Some(a.identity))
+        a.policy.enter(Some(a.identity), true)
     })();
     or_fail(STEP_ENTER, setup);
     libc::execve(a.node.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
