@@ -212,8 +212,13 @@ pub async fn serve_egress(listener: EgressListener, config: EgressConfig) {
         tokio::spawn(async move {
             let outcome = handle(stream, &config).await;
             match outcome {
-                Ok((dest, up, down)) => {
+                Ok((dest, Ok((up, down)))) => {
                     tracing::info!(%peer, dest, to_destination = up, to_enclave = down, "egress connection")
+                }
+                // Relayed, then cut: the enclave's server closes a task's
+                // connections when the task ends, whatever is in flight.
+                Ok((dest, Err(e))) => {
+                    tracing::info!(%peer, dest, end = %e, "egress connection")
                 }
                 Err(why) => tracing::warn!(%peer, "egress connection refused: {why}"),
             }
@@ -238,11 +243,11 @@ enum Refusal {
 }
 
 /// Reads the request head, checks it, connects and relays. Returns the
-/// destination and the bytes each way.
+/// destination and the bytes each way, or how the relay ended early.
 async fn handle(
     mut client: Box<dyn Stream>,
     config: &EgressConfig,
-) -> Result<(String, u64, u64), Refusal> {
+) -> Result<(String, std::io::Result<(u64, u64)>), Refusal> {
     let (target, rest) = tokio::time::timeout(config.head_timeout, read_head(&mut client))
         .await
         .map_err(|_| Refusal::Head)??;
@@ -275,9 +280,13 @@ async fn handle(
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await?;
-    upstream.write_all(&rest).await?;
-    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-    Ok((target, up + rest.len() as u64, down))
+    let relayed = async {
+        upstream.write_all(&rest).await?;
+        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok((up + rest.len() as u64, down))
+    }
+    .await;
+    Ok((target, relayed))
 }
 
 /// The allowlist entry for `target` (`host:port`), exact match.

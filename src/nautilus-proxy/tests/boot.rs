@@ -691,10 +691,11 @@ fn egress_through_the_proxy(g: &mut Guest) -> anyhow::Result<()> {
             && entries[0]["bytes_in"].as_u64().is_some_and(|b| b > 0),
         "the signed egress list: {egress}"
     );
-    let relayed =
-        g.runtime.block_on(proxy.wait_for_line(|l| {
-            l.contains("egress connection") && l.contains(&format!("{HOST}:443"))
-        }));
+    let relayed = g.runtime.block_on(proxy.wait_for_line(|l| {
+        l.contains("egress connection")
+            && !l.contains("refused")
+            && l.contains(&format!("{HOST}:443"))
+    }));
     eprintln!("boot-test: the proxy relayed: {relayed}");
     Ok(())
 }
