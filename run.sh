@@ -21,7 +21,14 @@
 #   - a console line `nautilus-kill-server` makes this script SIGKILL the
 #     server (to prove the restart); a real enclave's console takes no input;
 #   - a console line `nautilus-poweroff` stops the server with SIGTERM and
-#     ends this script, so the init powers the VM off cleanly.
+#     ends this script, so the init powers the VM off cleanly;
+#   - tasks' egress goes over vsock to the VM's host (CID 2, port 3128), where
+#     the boot test runs `nautilus-proxy --egress-listen`; on Nitro the
+#     parent is CID 3, the server's default with nsm;
+#   - a console line `nautilus-egress-test-ca` followed by the lines of one
+#     PEM certificate (up to its END line) makes this script restart the
+#     server with `--egress-test-ca` (the boot test's HTTPS server's CA). The
+#     server itself refuses that flag with nsm.
 
 set -u
 export PATH=/usr/bin:/bin
@@ -35,6 +42,7 @@ status() { echo "nautilus-status: $*"; }
 CONFIG_ERROR=78
 
 DEV_ROOT=/run/dev-root.pem
+EGRESS_TEST_CA=/run/egress-test-ca.pem
 PID_FILE=/run/nautilus-server.pid
 STOP_FILE=/run/nautilus-stop
 
@@ -66,7 +74,7 @@ if [ -f "$OPERATOR_KEYS" ]; then
     done < "$OPERATOR_KEYS"
 fi
 if [ "$mode" = dev ]; then
-    set -- "$@" --dev-root-out "$DEV_ROOT"
+    set -- "$@" --dev-root-out "$DEV_ROOT" --egress-via vsock://2:3128
     # Dev-only console hook, see above. A background job's stdin would be
     # /dev/null: hand it the console (our stdin) through fd 3.
     exec 3<&0
@@ -75,6 +83,17 @@ if [ "$mode" = dev ]; then
             if [ "$line" = nautilus-kill-server ] && [ -s "$PID_FILE" ]; then
                 log "console asked to kill nautilus-server (pid $(cat "$PID_FILE"))"
                 kill -KILL "$(cat "$PID_FILE")"
+            fi
+            if [ "$line" = nautilus-egress-test-ca ]; then
+                : > "$EGRESS_TEST_CA"
+                n=0
+                while [ "$n" -lt 64 ] && read -r pem; do
+                    echo "$pem" >> "$EGRESS_TEST_CA"
+                    case "$pem" in -----END*) break ;; esac
+                    n=$((n + 1))
+                done
+                log "console gave an egress test CA: restarting nautilus-server with --egress-test-ca"
+                [ -s "$PID_FILE" ] && kill -TERM "$(cat "$PID_FILE")"
             fi
             if [ "$line" = nautilus-poweroff ]; then
                 log "console asked for a power-off: stopping nautilus-server"
@@ -114,7 +133,11 @@ restarts=0
 while :; do
     rm -f "$DEV_ROOT"
     started=$(date +%s)
-    nautilus-server "$@" &
+    if [ "$mode" = dev ] && [ -s "$EGRESS_TEST_CA" ]; then
+        nautilus-server "$@" --egress-test-ca "$EGRESS_TEST_CA" &
+    else
+        nautilus-server "$@" &
+    fi
     pid=$!
     echo "$pid" > "$PID_FILE"
     log "started nautilus-server (pid $pid)"

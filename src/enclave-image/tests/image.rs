@@ -979,3 +979,89 @@ fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
         seen.join("\n")
     );
 }
+
+/// The boot test's HTTPS server has a test CA; the image's server gets it
+/// only in dev mode (a QEMU test VM): run.sh reads it from the console after
+/// a `nautilus-egress-test-ca` line and restarts the server with
+/// `--egress-test-ca`, and sends egress to the VM's host (vsock CID 2). With
+/// nsm the console is not read: the same lines change nothing (and the
+/// server would refuse the flag anyway).
+#[test]
+fn run_sh_takes_an_egress_test_ca_from_the_console_only_in_dev_mode() {
+    use std::io::{BufRead, BufReader, Write};
+    if !is_root() {
+        eprintln!("SKIPPED run_sh_takes_an_egress_test_ca_from_the_console_only_in_dev_mode: needs root (chroot)");
+        return;
+    }
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nTEST+CA/LINE==\n-----END CERTIFICATE-----\n";
+    // Prints its arguments, writes the dev root when asked for one.
+    const SERVER: &str = "#!/bin/sh\necho \"ARGS $*\"\nprev=\nfor a in \"$@\"; do [ \"$prev\" = --dev-root-out ] && echo STAND-IN-ROOT > \"$a\"; prev=$a; done\nexec sleep 1000\n";
+    for mode in ["dev", "nsm"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = chroot_run_sh(dir.path(), mode, SERVER);
+        let pgid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let wait_for = |want: &str, seen: &mut Vec<String>| loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(want);
+                    seen.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        };
+        let first = wait_for("ARGS ", &mut seen);
+        let first_args = seen.last().cloned().unwrap_or_default();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("nautilus-egress-test-ca\n{CA}").as_bytes())
+            .unwrap();
+        let restarted = if mode == "dev" {
+            wait_for("console gave an egress test CA", &mut seen)
+                && wait_for("started nautilus-server", &mut seen)
+                && wait_for("ARGS ", &mut seen)
+        } else {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            seen.extend(rx.try_iter());
+            false
+        };
+        let last_args = seen.last().cloned().unwrap_or_default();
+        drop(stdin);
+        // SAFETY: kill on the process group this test created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait();
+        let all = seen.join("\n");
+        let written = fs::read_to_string(dir.path().join("run/egress-test-ca.pem")).ok();
+        assert!(
+            first && !first_args.contains("--egress-test-ca"),
+            "{mode}:\n{all}"
+        );
+        if mode == "dev" {
+            assert!(first_args.contains("--egress-via vsock://2:3128"), "{all}");
+            assert!(restarted, "run.sh did not restart the server:\n{all}");
+            assert!(
+                last_args.contains("--egress-test-ca /run/egress-test-ca.pem"),
+                "{all}"
+            );
+            assert_eq!(written.as_deref(), Some(CA), "{all}");
+        } else {
+            assert!(!first_args.contains("--egress-via"), "{all}");
+            assert_eq!(all.matches("ARGS ").count(), 1, "restarted:\n{all}");
+            assert_eq!(written, None, "{all}");
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //! sees plaintext.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,19 +28,21 @@ pub const DEFAULT_EGRESS_PORT: u32 = 3128;
 /// Longest `CONNECT` request head read.
 const MAX_HEAD_BYTES: usize = 4096;
 
-/// One allowlist entry: `host:port`, or `host:port=IP` to pin the address
-/// instead of resolving the name on the parent.
+/// One allowlist entry: `host:port`, or `host:port=IP` (`=IP:PORT`,
+/// `=[IPv6]:PORT`) to pin the address (and port) connected to instead of
+/// resolving the name on the parent: an operator's own forwarder, or a local
+/// stand-in in tests. The task's TLS still names and verifies `host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed {
     /// Lower case.
     pub host: String,
     pub port: u16,
-    pub pin: Option<IpAddr>,
+    pub pin: Option<SocketAddr>,
 }
 
 /// Why an allowlist entry was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("egress allowlist entry {0:?} must be HOST:PORT or HOST:PORT=IP (a host name, a port from 1 to 65535)")]
+#[error("egress allowlist entry {0:?} must be HOST:PORT, HOST:PORT=IP or HOST:PORT=IP:PORT (a host name, ports from 1 to 65535, an IPv6 address with a port in brackets)")]
 pub struct AllowedParseError(String);
 
 impl FromStr for Allowed {
@@ -48,11 +51,21 @@ impl FromStr for Allowed {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || AllowedParseError(s.to_owned());
         let (target, pin) = match s.split_once('=') {
-            Some((t, ip)) => (t, Some(ip.parse().map_err(|_| err())?)),
+            Some((t, at)) => (t, Some(at)),
             None => (s, None),
         };
         let (host, port) = target.rsplit_once(':').ok_or_else(err)?;
         let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(err)?;
+        let pin = match pin {
+            None => None,
+            Some(at) => Some(
+                at.parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| Some(SocketAddr::new(at.parse::<IpAddr>().ok()?, port)))
+                    .filter(|a| a.port() > 0)
+                    .ok_or_else(err)?,
+            ),
+        };
         let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
         if host.is_empty() || !host.chars().all(plain) {
             return Err(err());
@@ -66,16 +79,20 @@ impl FromStr for Allowed {
 }
 
 /// Where the egress mode listens: `vsock://PORT` (the parent, for the
-/// enclave) or `tcp://IP:PORT` (development and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// enclave), `unix:PATH` (the host of a hybrid-vsock VM, QEMU with
+/// vhost-device-vsock or Firecracker: the guest's connections to the host's
+/// port P arrive on the Unix socket `<its uds path>_P`), or `tcp://IP:PORT`
+/// (development and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressListen {
     Vsock(u32),
+    Unix(PathBuf),
     Tcp(SocketAddr),
 }
 
 /// Why an egress listen address was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("egress listen address {0:?} must be vsock://PORT or tcp://IP:PORT")]
+#[error("egress listen address {0:?} must be vsock://PORT, unix:PATH or tcp://IP:PORT")]
 pub struct EgressListenParseError(String);
 
 impl FromStr for EgressListen {
@@ -85,6 +102,12 @@ impl FromStr for EgressListen {
         let err = || EgressListenParseError(s.to_owned());
         if let Some(port) = s.strip_prefix("vsock://") {
             return port.parse().map(Self::Vsock).map_err(|_| err());
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Some(path)
+                .filter(|p| !p.is_empty())
+                .map(|p| Self::Unix(p.into()))
+                .ok_or_else(err);
         }
         s.strip_prefix("tcp://")
             .and_then(|a| a.parse().ok())
@@ -97,6 +120,7 @@ impl std::fmt::Display for EgressListen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Vsock(port) => write!(f, "vsock://{port}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
             Self::Tcp(addr) => write!(f, "tcp://{addr}"),
         }
     }
@@ -122,6 +146,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// A bound egress listener.
 pub enum EgressListener {
     Vsock(tokio_vsock::VsockListener),
+    Unix(tokio::net::UnixListener, PathBuf),
     Tcp(tokio::net::TcpListener),
 }
 
@@ -132,6 +157,9 @@ impl EgressListener {
             EgressListen::Vsock(port) => Self::Vsock(tokio_vsock::VsockListener::bind(
                 tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port),
             )?),
+            // A socket file left by an earlier run makes this fail
+            // (EADDRINUSE): the proxy removes no file it did not create.
+            EgressListen::Unix(path) => Self::Unix(tokio::net::UnixListener::bind(&path)?, path),
             EgressListen::Tcp(addr) => Self::Tcp(tokio::net::TcpListener::bind(addr).await?),
         })
     }
@@ -140,6 +168,7 @@ impl EgressListener {
     pub fn local(&self) -> std::io::Result<EgressListen> {
         Ok(match self {
             Self::Vsock(l) => EgressListen::Vsock(l.local_addr()?.port()),
+            Self::Unix(_, path) => EgressListen::Unix(path.clone()),
             Self::Tcp(l) => EgressListen::Tcp(l.local_addr()?),
         })
     }
@@ -149,6 +178,10 @@ impl EgressListener {
             Self::Vsock(l) => {
                 let (s, peer) = l.accept().await?;
                 (Box::new(s), format!("vsock:{}", peer.cid()))
+            }
+            Self::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                (Box::new(s), format!("unix:{}", path.display()))
             }
             Self::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
@@ -179,8 +212,13 @@ pub async fn serve_egress(listener: EgressListener, config: EgressConfig) {
         tokio::spawn(async move {
             let outcome = handle(stream, &config).await;
             match outcome {
-                Ok((dest, up, down)) => {
+                Ok((dest, Ok((up, down)))) => {
                     tracing::info!(%peer, dest, to_destination = up, to_enclave = down, "egress connection")
+                }
+                // Relayed, then cut: the enclave's server closes a task's
+                // connections when the task ends, whatever is in flight.
+                Ok((dest, Err(e))) => {
+                    tracing::info!(%peer, dest, end = %e, "egress connection")
                 }
                 Err(why) => tracing::warn!(%peer, "egress connection refused: {why}"),
             }
@@ -205,11 +243,11 @@ enum Refusal {
 }
 
 /// Reads the request head, checks it, connects and relays. Returns the
-/// destination and the bytes each way.
+/// destination and the bytes each way, or how the relay ended early.
 async fn handle(
     mut client: Box<dyn Stream>,
     config: &EgressConfig,
-) -> Result<(String, u64, u64), Refusal> {
+) -> Result<(String, std::io::Result<(u64, u64)>), Refusal> {
     let (target, rest) = tokio::time::timeout(config.head_timeout, read_head(&mut client))
         .await
         .map_err(|_| Refusal::Head)??;
@@ -222,7 +260,7 @@ async fn handle(
     };
     let connect = async {
         match allowed.pin {
-            Some(ip) => TcpStream::connect((ip, allowed.port)).await,
+            Some(addr) => TcpStream::connect(addr).await,
             None => TcpStream::connect((allowed.host.as_str(), allowed.port)).await,
         }
     };
@@ -242,9 +280,13 @@ async fn handle(
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await?;
-    upstream.write_all(&rest).await?;
-    let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
-    Ok((target, up + rest.len() as u64, down))
+    let relayed = async {
+        upstream.write_all(&rest).await?;
+        let (up, down) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok((up + rest.len() as u64, down))
+    }
+    .await;
+    Ok((target, relayed))
 }
 
 /// The allowlist entry for `target` (`host:port`), exact match.
@@ -299,8 +341,19 @@ mod tests {
             "egress.nautilus.test:8443=127.0.0.1"
                 .parse::<Allowed>()
                 .map(|a| a.pin),
-            Ok(Some("127.0.0.1".parse().unwrap()))
+            Ok(Some("127.0.0.1:8443".parse().unwrap()))
         );
+        for (entry, pin) in [
+            ("a.example.org:443=127.0.0.1:8443", "127.0.0.1:8443"),
+            ("a.example.org:443=::1", "[::1]:443"),
+            ("a.example.org:443=[::1]:8443", "[::1]:8443"),
+        ] {
+            assert_eq!(
+                entry.parse::<Allowed>().map(|a| a.pin),
+                Ok(Some(pin.parse().unwrap())),
+                "{entry}"
+            );
+        }
         for bad in [
             "example.org",
             "example.org:0",
@@ -308,6 +361,9 @@ mod tests {
             "a b:1",
             "x.org:1=nope",
             "*.org:443",
+            "x.org:443=127.0.0.1:0",
+            "x.org:443=127.0.0.1:",
+            "x.org:443=127.0.0.1:99999",
         ] {
             assert!(bad.parse::<Allowed>().is_err(), "{bad}");
         }
@@ -322,5 +378,10 @@ mod tests {
         assert_eq!("vsock://3128".parse(), Ok(EgressListen::Vsock(3128)));
         assert!("tcp://127.0.0.1:0".parse::<EgressListen>().is_ok());
         assert!("tcp://localhost:1".parse::<EgressListen>().is_err());
+        assert_eq!(
+            "unix:/run/vm.vsock_3128".parse(),
+            Ok(EgressListen::Unix("/run/vm.vsock_3128".into()))
+        );
+        assert!("unix:".parse::<EgressListen>().is_err());
     }
 }

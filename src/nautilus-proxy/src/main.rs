@@ -30,11 +30,14 @@ struct Args {
     #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM", requires = "listen")]
     upstream: Option<Upstream>,
     /// Egress mode: where the enclave's server asks for destinations with
-    /// HTTP CONNECT (`vsock://3128` on the parent; `tcp://IP:PORT` in development).
+    /// HTTP CONNECT (`vsock://3128` on the parent; `unix:PATH` on the host of
+    /// a hybrid-vsock VM, the guest's port P being `<uds path>_P`;
+    /// `tcp://IP:PORT` in development).
     #[arg(long, env = "NAUTILUS_PROXY_EGRESS_LISTEN")]
     egress_listen: Option<EgressListen>,
     /// The only destinations egress connects to: `HOST:PORT`, or
-    /// `HOST:PORT=IP` to pin the address; repeat or separate with commas.
+    /// `HOST:PORT=IP[:PORT]` to pin the address (and port); repeat or
+    /// separate with commas.
     #[arg(long, env = "NAUTILUS_PROXY_EGRESS_ALLOW", value_delimiter = ',')]
     egress_allow: Vec<Allowed>,
     /// Egress connections relayed at once.
@@ -162,7 +165,7 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Some(Cmd::Logs {
         upstream,
         connect_timeout_secs,
@@ -183,11 +186,11 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    if let Some(addr) = args.egress_listen {
+    if let Some(addr) = args.egress_listen.take() {
         if args.egress_allow.is_empty() {
             anyhow::bail!("--egress-listen needs --egress-allow HOST:PORT (the only destinations it may connect to)");
         }
-        let listener = EgressListener::bind(addr)
+        let listener = EgressListener::bind(addr.clone())
             .await
             .with_context(|| format!("could not listen on {addr} for egress"))?;
         let local = listener

@@ -18,6 +18,10 @@
 //! `make test`) runs it with the binaries it needs built.
 
 mod boot_support;
+// The task-runner's HTTPS test server; the boot test uses part of it.
+#[allow(dead_code)]
+#[path = "../../task-runner/tests/common/https.rs"]
+mod https;
 mod support;
 
 use std::collections::BTreeMap;
@@ -65,6 +69,10 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "the limits demo: a task over its memory limit is killed by its cgroup, said in the signed result",
         cgroup_limits,
+    ),
+    (
+        "a task's HTTPS fetch leaves over vsock through the proxy's egress mode; the client verifies its egress list",
+        egress_through_the_proxy,
     ),
     ("a killed server is restarted by run.sh", restart_after_kill),
     ("the guest ends cleanly", end_of_guest),
@@ -857,6 +865,112 @@ fn closed_before_answer(e: &ClientError) -> bool {
         source = err.source();
     }
     false
+}
+
+/// A task in the image reaches an HTTPS server on the host. `fetch-task`'s
+/// `fetch("https://api.open-meteo.com/…")` leaves its box through the
+/// guest's server, over vsock to the host (CID 2, run.sh's dev-mode route),
+/// to `nautilus-proxy`'s egress mode on the hybrid-vsock socket for that
+/// port, which allows only that name, pinned to a local HTTPS server holding
+/// a test CA's certificate for it. The CA reaches the guest's server through
+/// run.sh's dev-only console hook (the server restarts with
+/// `--egress-test-ca`, which it refuses with nsm); the TLS is the task's
+/// own, checked in the guest. The client verifies the signed result and its
+/// `egress` list against the attested manifest.
+fn egress_through_the_proxy(g: &mut Guest) -> anyhow::Result<()> {
+    use nautilus_proxy::egress::DEFAULT_EGRESS_PORT;
+    const HOST: &str = "api.open-meteo.com";
+    let https = https::HttpsServer::start_for(&[HOST]);
+    let upstream = format!("unix:{}#{SERVER_PORT}", g.vm.uds.display());
+    // vhost-device-vsock hands the guest's connections to the host's port P
+    // to the Unix socket `<uds path>_P`.
+    let listen = format!("unix:{}_{DEFAULT_EGRESS_PORT}", g.vm.uds.display());
+    let allow = format!("{HOST}:443=127.0.0.1:{}", https.port);
+    // Both directions in one proxy, as `make proxy` runs it on a parent.
+    let proxy = g.runtime.block_on(Proxy::start(&[
+        "--upstream",
+        &upstream,
+        "--egress-listen",
+        &listen,
+        "--egress-allow",
+        &allow,
+    ]));
+    g.runtime
+        .block_on(proxy.wait_for_line(|l| l.contains("egress ready")));
+
+    let pem = std::fs::read_to_string(&https.ca)?;
+    let lines: Vec<&str> = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let before = g.vm.console().len().max(g.mark);
+    g.vm.type_line("nautilus-egress-test-ca")?;
+    for line in &lines {
+        g.vm.type_line(line)?;
+    }
+    let restarted =
+        g.vm.wait_for("exited with status", before, STEP_TIMEOUT)
+            .context("run.sh did not restart the server for the test CA")?;
+    let (root, after) = dev_root(g.vm, restarted, BOOT_TIMEOUT)?;
+    std::fs::write(&g.root_file, &root)?;
+    g.pem = root;
+    g.mark = after;
+
+    let url = proxy.url();
+    let attest: serde_json::Value =
+        serde_json::from_str(g.client(&["attest", "--url", &url])?.trim())
+            .context("attest output")?;
+    let manifest = &attest["manifest"];
+    let route = format!("vsock://2:{DEFAULT_EGRESS_PORT}");
+    ensure!(
+        manifest["egress"]["route"] == route.as_str(),
+        "the guest's server does not send egress to {route}: {}",
+        manifest["egress"]
+    );
+    // run.sh wrote the lines typed, each ending in a newline.
+    let written: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let ca_sha256 = hex::encode(sha2::Sha256::digest(written.as_bytes()));
+    ensure!(
+        manifest["egress"]["test_ca_sha256"] == ca_sha256.as_str(),
+        "the attested manifest does not show the test CA sent ({ca_sha256}): {}",
+        manifest["egress"]
+    );
+    let declared = manifest["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["task_path"] == "fetch-task"))
+        .map(|t| t["egress"].clone());
+    ensure!(
+        declared == Some(serde_json::json!([format!("{HOST}:443")])),
+        "the manifest lists fetch-task's egress as {declared:?}"
+    );
+
+    let printed = g.client(&["run", "--url", &url, "--task", "fetch-task"])?;
+    let stdout = signed_stdout(&printed)?;
+    ensure!(
+        stdout.contains("\"temperature_2m\":21.5"),
+        "fetch-task printed {stdout}"
+    );
+    let signed: serde_json::Value =
+        serde_json::from_str(printed.trim()).context("client output")?;
+    let egress = find_key(&signed, "egress").context("no egress in the signed result")?;
+    let entries = egress.as_array().context("egress is not a list")?;
+    ensure!(
+        entries.len() == 1
+            && entries[0]["host"] == HOST
+            && entries[0]["port"] == 443
+            && entries[0]["connections"] == 1
+            && entries[0]["bytes_out"].as_u64().is_some_and(|b| b > 0)
+            && entries[0]["bytes_in"].as_u64().is_some_and(|b| b > 0),
+        "the signed egress list: {egress}"
+    );
+    let relayed = g.runtime.block_on(proxy.wait_for_line(|l| {
+        l.contains("egress connection")
+            && !l.contains("refused")
+            && l.contains(&format!("{HOST}:443"))
+    }));
+    eprintln!("boot-test: the proxy relayed: {relayed}");
+    Ok(())
 }
 
 /// `n` runs at once over one attested client (so over `n` connections), each verified.

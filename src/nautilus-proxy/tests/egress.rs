@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nautilus_proxy::egress::{serve_egress, EgressConfig, EgressListen, EgressListener};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// An echo server that counts its connections.
@@ -43,7 +43,12 @@ async fn proxy(allow: &[String]) -> u16 {
 
 /// Sends `CONNECT target`; returns the status line and the open stream.
 async fn connect(proxy: u16, target: &str) -> (String, TcpStream) {
-    let mut s = TcpStream::connect(("127.0.0.1", proxy)).await.unwrap();
+    let s = TcpStream::connect(("127.0.0.1", proxy)).await.unwrap();
+    connect_over(s, target).await
+}
+
+/// Sends `CONNECT target` over `s`; returns the status line and `s`.
+async fn connect_over<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, target: &str) -> (String, S) {
     s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
         .await
         .unwrap();
@@ -95,6 +100,44 @@ async fn only_allowlisted_destinations_are_connected() {
     s.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
     // None of the refused requests reached the destination.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(connections.try_recv().is_err());
+}
+
+/// The host side of a hybrid-vsock VM (QEMU with vhost-device-vsock, as the
+/// boot test runs it): the guest's connections to the host's port P arrive
+/// on the Unix socket `<uds path>_P`, where the proxy listens. A pinned
+/// entry may name the port too (here a local stand-in for the name).
+#[tokio::test]
+async fn a_unix_listener_relays_allowed_targets_to_the_pinned_address_and_port() {
+    let (port, mut connections) = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.vsock_3128");
+    let listen: EgressListen = format!("unix:{}", path.display()).parse().unwrap();
+    let listener = EgressListener::bind(listen.clone()).await.unwrap();
+    assert_eq!(listener.local().unwrap(), listen);
+    let config = EgressConfig {
+        allow: vec![format!("api.example.org:443=127.0.0.1:{port}")
+            .parse()
+            .unwrap()],
+        max_connections: 8,
+        head_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+    };
+    tokio::spawn(serve_egress(listener, config));
+    let unix = || tokio::net::UnixStream::connect(&path);
+    let (status, mut s) = connect_over(unix().await.unwrap(), "api.example.org:443").await;
+    assert!(status.contains(" 200 "), "{status}");
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    assert!(connections.recv().await.is_some());
+    // The pinned address is not itself a destination, nor another port.
+    for target in [format!("127.0.0.1:{port}"), "api.example.org:8443".into()] {
+        let (status, _) = connect_over(unix().await.unwrap(), &target).await;
+        assert!(status.contains(" 403 "), "{target}: {status}");
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(connections.try_recv().is_err());
 }
@@ -208,6 +251,7 @@ async fn a_task_fetches_through_the_proxy_and_the_client_verifies_its_egress() {
         (TEST_HOST, port)
     );
     assert!(d.egress[0].bytes_in > 0 && d.egress[0].bytes_out > 0);
+    let result_bytes = (d.egress[0].bytes_out, d.egress[0].bytes_in);
 
     let url = format!("https://other.nautilus.test:{port}/data");
     let result = client
@@ -223,4 +267,45 @@ async fn a_task_fetches_through_the_proxy_and_the_client_verifies_its_egress() {
         })
         .await;
     assert_eq!(dev.state.runner().stats().egress_connect_failed, 1);
+
+    // A scrape of /metrics counts the same: per task, and the refusal by reason.
+    let fetch = &result_bytes;
+    let body = reqwest::get(format!("http://{}/metrics", dev.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |name: &str, labels: &[&str]| -> Option<u64> {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let task = r#"task="fetch""#;
+    assert_eq!(
+        sample("nautilus_egress_connections_total", &[task]),
+        Some(1),
+        "{body}"
+    );
+    assert_eq!(
+        sample("nautilus_egress_bytes_total", &[task, r#"direction="out""#]),
+        Some(fetch.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample("nautilus_egress_bytes_total", &[task, r#"direction="in""#]),
+        Some(fetch.1),
+        "{body}"
+    );
+    assert_eq!(
+        sample("nautilus_egress_connections_total", &[r#"task="sneaky""#]),
+        None,
+        "a refused connection carried nothing: {body}"
+    );
+    assert_eq!(
+        sample("nautilus_egress_refused_total", &[r#"reason="connect""#]),
+        Some(1),
+        "{body}"
+    );
 }
