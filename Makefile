@@ -106,12 +106,14 @@ repro-test:
 		else echo "make repro-test: faketime is missing: install it (apt-get install faketime)" >&2; exit 1; fi; }
 	$(CARGO) test --locked -p enclave-image --test reproducible -- --ignored --nocapture
 
-## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID)
+## proxy: on the parent instance, relay tcp://$(PROXY_LISTEN) to the enclave's vsock port 3000 (ENCLAVE_CID), and its tasks' egress from vsock port 3128 to EGRESS_ALLOW (HOST:PORT,...)
 PROXY_LISTEN ?= 0.0.0.0:3000
+EGRESS_ALLOW ?=
 proxy:
 	@test -n "$(ENCLAVE_CID)" || { echo "make proxy: set ENCLAVE_CID to the enclave's CID (nitro-cli describe-enclaves shows it), e.g. make proxy ENCLAVE_CID=16" >&2; exit 1; }
 	$(CARGO) run --locked --release --bin nautilus-proxy -- \
-		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000
+		--listen tcp://$(PROXY_LISTEN) --upstream vsock://$(ENCLAVE_CID):3000 \
+		$(if $(EGRESS_ALLOW),--egress-listen vsock://3128 --egress-allow $(EGRESS_ALLOW))
 
 ## logs: on the parent instance, print the enclave's status and log channel (vsock port 3001 of ENCLAVE_CID; no debug mode needed)
 logs:
@@ -125,12 +127,13 @@ install:
 	install -d $(PREFIX)/bin
 	install -m 0755 target/release/nautilus-client target/release/task-runner $(PREFIX)/bin/
 
-## bench: the release server against bare Node.js spawns, side by side (not part of the tests)
+## bench: the release server against bare Node.js spawns, side by side, twice: the issue 26 targets, the tables, the spread (BENCH_ARGS: e.g. --runs 1 --requests 30; not part of the tests)
+BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release --locked --bin nautilus-server --bin nautilus-bench
-	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json
+	target/release/nautilus-bench --server target/release/nautilus-server --json out/bench.json $(BENCH_ARGS)
 
-## profile: where a cold run's time goes, phase by phase, against bare node under the same tracing (root, strace; not part of the tests)
+## profile: where a cold run's time goes, phase by phase, against bare node under the same tracing (root, strace; POOL=1: a warm run's; not part of the tests)
 profile:
 	@[ "$$(id -u)" = 0 ] || { echo "make profile: run it as root (it traces the server's boxes, which only root makes)" >&2; exit 1; }
 	@command -v strace >/dev/null || { echo "make profile: strace is not installed: apt-get install strace" >&2; exit 1; }

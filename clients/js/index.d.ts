@@ -117,6 +117,17 @@ export interface TaskResult {
   limit: 'memory' | 'time' | 'pids' | 'output' | null;
   /** What the run used, as the runner measured it (null without root). */
   resources: { cpu_time_ms: number; peak_memory_bytes: number } | null;
+  /** One entry per declared destination the task connected to (docs/egress.md). */
+  egress: EgressEntry[];
+}
+
+/** What one destination carried during a run. */
+export interface EgressEntry {
+  host: string;
+  port: number;
+  connections: number;
+  bytes_out: number;
+  bytes_in: number;
 }
 
 export interface SignedResponse {
@@ -158,6 +169,8 @@ export interface ExpectedResult {
   nonce: string;
   /** The task's digest from the attested manifest, if known. */
   taskDigest?: string | null;
+  /** The task's destinations (`host:port`) from the attested manifest: every signed `egress` entry must be one. */
+  egress?: string[] | null;
   /** The signed timestamp must be within [notBeforeMs - clockSkewMs, notAfterMs + clockSkewMs]. */
   notBeforeMs: number;
   notAfterMs: number;

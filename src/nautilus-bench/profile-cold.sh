@@ -14,13 +14,29 @@
 # so the same N bare clean-environment `node index.js` runs are traced the
 # same way, side by side: read `node` against `bare node`.
 #
-# Usage: profile-cold.sh [SERVER_BIN] [REQUESTS]   (make profile)
+# With POOL=1, the warm path instead (the pool on, a box ready for each
+# paced request), phase by phase:
+#
+#   request   accept → the hand-over's write to the box's control pipe
+#   wake      hand-over → node opens the task's entry (read, parse, runMain)
+#   task      entry opened → the task's first write (compile, run)
+#   exit      first write → node's exit_group (end of the loop, 'exit')
+#   reaper    node's exit_group → reaper's exit_group
+#   reply     reaper's exit → the response's write (reap and the box's
+#             namespaces go, slot cgroup checks, sign, send)
+#
+# Usage: [POOL=1] profile-cold.sh [SERVER_BIN] [REQUESTS]   (make profile)
 set -euo pipefail
 
 server=${1:-target/release/nautilus-server}
 requests=${2:-20}
 port=3917
 traced=accept4,clone,clone3,execve,exit_group,write,writev,sendto,sendmsg
+pool=0
+if [ -n "${POOL:-}" ] && [ "${POOL}" != 0 ]; then
+    traced=$traced,openat
+    pool=1
+fi
 [ "$(id -u)" = 0 ] || { echo "profile-cold.sh: needs root (the box is root mode)" >&2; exit 2; }
 command -v strace >/dev/null || { echo "profile-cold.sh: needs strace" >&2; exit 2; }
 [ -x "$server" ] || { echo "profile-cold.sh: $server not found (cargo build --release --bin nautilus-server)" >&2; exit 2; }
@@ -38,7 +54,10 @@ printf '{"name":"trivial","version":"1.0.0","main":"index.js"}\n' >"$work/tasks/
 printf "console.log('ok');\n" >"$work/tasks/trivial/index.js"
 chmod -R go-w "$work"
 
-NAUTILUS_WARM_POOL=0 strace -f --seccomp-bpf -ttt -qq -o "$work/trace" \
+# The pool's default (a warm box per slot), or none.
+pool_env=(NAUTILUS_WARM_POOL=0)
+[ "$pool" = 0 ] || pool_env=(-u NAUTILUS_WARM_POOL)
+env "${pool_env[@]}" strace -f --seccomp-bpf -ttt -qq -s 128 -o "$work/trace" \
     -e trace="$traced" \
     "$server" --attestation dev --listen "tcp://127.0.0.1:$port" \
     --tasks-dir "$work/tasks" --node "$(command -v node)" >"$work/server.log" 2>&1 &
@@ -53,16 +72,16 @@ for _ in $(seq "$requests"); do
     sleep 0.25
 done
 stop
-for i in $(seq "$requests"); do
+[ "$pool" = 1 ] || for i in $(seq "$requests"); do
     (cd "$work/tasks/trivial" && strace -f --seccomp-bpf -ttt -qq -o "$work/bare.$i" \
         -e trace="$traced" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp \
         node index.js >/dev/null)
     sleep 0.25
 done
-cat "$work"/bare.* >"$work/bare"
+cat "$work"/bare.* >"$work/bare" 2>/dev/null || true
 
 [ -z "${KEEP_TRACE:-}" ] || cp "$work/trace" "$KEEP_TRACE"
-python3 - "$work/trace" "$work/bare" <<'EOF'
+python3 - "$work/trace" "$work/bare" "$pool" <<'EOF'
 import re, statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
 ev = []
@@ -71,6 +90,34 @@ for l in lines:
     if m:
         ev.append((int(m[1]), float(m[2]), m[3], m[4]))
 runs, cur = [], None
+if sys.argv[3] == "1":
+    for pid, t, call, args in ev:
+        if call == "accept4" and "= -1" not in args:
+            cur = {"accept": t}
+        elif cur is None:
+            continue
+        elif call == "write" and '\\"cwd\\"' in args and "handover" not in cur:
+            cur["handover"] = t
+        elif call == "openat" and "handover" in cur and "/task/trivial/index.js" in args and "entry" not in cur:
+            cur["entry"], cur["node_pid"] = t, pid
+        elif call in ("write", "writev") and pid == cur.get("node_pid") and "ok" in args and "first_write" not in cur:
+            cur["first_write"] = t
+        elif call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
+            cur["node_exit"] = t
+        elif call == "exit_group" and "node_exit" in cur and "reaper_exit" not in cur and pid != cur.get("node_pid"):
+            cur["reaper_exit"] = t
+        elif call in ("write", "writev", "sendto", "sendmsg") and "reaper_exit" in cur and "HTTP/1.1" in args:
+            cur["reply"] = t
+            if all(k in cur for k in ("handover", "entry", "first_write")):
+                runs.append(cur)
+            cur = None
+    phases = [("request", "accept", "handover"), ("wake", "handover", "entry"), ("task", "entry", "first_write"),
+              ("exit", "first_write", "node_exit"), ("reaper", "node_exit", "reaper_exit"),
+              ("reply", "reaper_exit", "reply"), ("total", "accept", "reply")]
+    print(f"{len(runs)} warm runs traced; median ms per phase (strace adds to each traced call)")
+    for name, a, b in phases:
+        print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+    sys.exit(0)
 for pid, t, call, args in ev:
     if call == "accept4" and "= -1" not in args and (cur is None or "box" not in cur):
         cur = {"accept": t}

@@ -381,7 +381,16 @@ class Client {
     try {
       await verifyResult(signed, {
         publicKey: this.publicKey,
-        expect: { taskPath, args, stdin, nonce, taskDigest: entry.task_digest, notBeforeMs, notAfterMs },
+        expect: {
+          taskPath,
+          args,
+          stdin,
+          nonce,
+          taskDigest: entry.task_digest,
+          egress: Array.isArray(entry.egress) ? entry.egress.filter((e) => typeof e === 'string') : [],
+          notBeforeMs,
+          notAfterMs,
+        },
       });
     } catch (e) {
       if (e instanceof ResultError) throw new ClientError('Result', {}, e);

@@ -14,7 +14,8 @@
 //   - exactly the keys of the Rust structs: no extra field, no missing one;
 //     null only for `Option` fields;
 //   - integers are JSON numbers, never strings: `intent` 0..255, `exit_code`
-//     an i32, `timestamp_ms` / `execution_time_ms` / `resources.*` 0..2^53-1. A u64 above
+//     an i32, `egress[].port` a u16, `timestamp_ms` / `execution_time_ms` /
+//     `resources.*` and the `egress` counts 0..2^53-1. A u64 above
 //     2^53-1 has no exact JS number, so such responses are rejected rather
 //     than read as a neighbouring value (the server's values are millisecond
 //     times, far below);
@@ -70,6 +71,11 @@ const U64 = {
   is: (v) => Number.isSafeInteger(v) && v >= 0,
   encode: (v) => fixed(8, (b) => b.setBigUint64(0, BigInt(v), true)),
 };
+const U16 = {
+  expected: 'a u16: a JSON number, integer 0..65535',
+  is: (v) => Number.isInteger(v) && v >= 0 && v <= 65535,
+  encode: (v) => fixed(2, (b) => b.setUint16(0, v, true)),
+};
 const I32 = {
   expected: 'an i32: a JSON number, integer -2^31..2^31-1',
   is: (v) => Number.isInteger(v) && v >= -(2 ** 31) && v < 2 ** 31,
@@ -101,6 +107,16 @@ const RESOURCES = {
     ['peak_memory_bytes', U64],
   ],
 };
+// One destination a task reached (docs/egress.md).
+const EGRESS_ENTRY = {
+  struct: [
+    ['host', STRING],
+    ['port', U16],
+    ['connections', U64],
+    ['bytes_out', U64],
+    ['bytes_in', U64],
+  ],
+};
 // Field order is the BCS layout (../src/lib.rs): never reorder.
 const TASK_RESULT = {
   struct: [
@@ -120,6 +136,7 @@ const TASK_RESULT = {
     ['execution_time_ms', U64],
     ['limit', option(STRING)],
     ['resources', option(RESOURCES)],
+    ['egress', vec(EGRESS_ENTRY)],
   ],
 };
 const SHA256_HEX = {
@@ -347,7 +364,7 @@ function normalizeTaskPath(path) {
 
 function checkExpect(expect) {
   if (expect === null || typeof expect !== 'object') throw new TypeError('`expect` must be an object');
-  const { taskPath, args = [], stdin = null, nonce, taskDigest = null, notBeforeMs, notAfterMs, clockSkewMs = DEFAULT_CLOCK_SKEW_MS } = expect;
+  const { taskPath, args = [], stdin = null, nonce, taskDigest = null, egress = null, notBeforeMs, notAfterMs, clockSkewMs = DEFAULT_CLOCK_SKEW_MS } = expect;
   if (typeof taskPath !== 'string') throw new TypeError('`expect.taskPath` must be a string');
   if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) throw new TypeError('`expect.args` must be an array of strings');
   if (!(stdin === null || typeof stdin === 'string' || stdin instanceof Uint8Array)) {
@@ -355,10 +372,13 @@ function checkExpect(expect) {
   }
   if (typeof nonce !== 'string') throw new TypeError('`expect.nonce` must be the hex nonce sent');
   if (!(taskDigest === null || typeof taskDigest === 'string')) throw new TypeError('`expect.taskDigest` must be a string or null');
+  if (!(egress === null || (Array.isArray(egress) && egress.every((e) => typeof e === 'string')))) {
+    throw new TypeError('`expect.egress` must be an array of "host:port" strings or null');
+  }
   for (const [name, v] of [['notBeforeMs', notBeforeMs], ['notAfterMs', notAfterMs], ['clockSkewMs', clockSkewMs]]) {
     if (!Number.isSafeInteger(v) || v < 0) throw new TypeError(`\`expect.${name}\` must be a non-negative integer (ms)`);
   }
-  return { taskPath, args, stdin, nonce, taskDigest, notBeforeMs, notAfterMs, clockSkewMs };
+  return { taskPath, args, stdin, nonce, taskDigest, egress, notBeforeMs, notAfterMs, clockSkewMs };
 }
 
 /**
@@ -367,7 +387,8 @@ function checkExpect(expect) {
  * form, 1 for the compact form, whose returned texts must also have the
  * signed SHA-256 and lengths), then that the signed data
  * answers exactly the request `expect` describes: nonce, task path (after
- * normalization), args, SHA-256 of stdin, task digest (if given), a status
+ * normalization), args, SHA-256 of stdin, task digest (if given), every
+ * `egress` entry among the manifest's `host:port`s for the task (if given), a status
  * consistent with the exit code, and a timestamp within
  * [notBeforeMs - clockSkewMs, notAfterMs + clockSkewMs]. Same checks, order
  * and messages as the Rust client's `verify_result`.
@@ -400,6 +421,10 @@ async function verifyResult(response, { publicKey, expect } = {}) {
   if (d.stdin_sha256 !== wantStdin) throw mismatch('stdin_sha256', wantStdin ?? 'none', d.stdin_sha256 ?? 'none');
   if (want.taskDigest !== null && d.task_digest !== want.taskDigest) {
     throw mismatch('task_digest', want.taskDigest, d.task_digest);
+  }
+  if (want.egress !== null) {
+    const undeclared = d.egress.find((e) => !want.egress.includes(`${e.host}:${e.port}`));
+    if (undeclared) throw mismatch('egress', `one of ${rustDebugList(want.egress)}`, `${undeclared.host}:${undeclared.port}`);
   }
   const success = d.status === 'success';
   if (success !== (d.exit_code === 0) || !(success || d.status === 'failed')) {

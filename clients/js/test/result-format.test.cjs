@@ -129,6 +129,20 @@ test('u64 and u8 fields must be JSON numbers in range, not strings', async () =>
   assert.strictEqual(Buffer.from(max.subarray(1, 9)).toString('hex'), 'ffffffffffff1f00');
 });
 
+test('egress entries are exactly {host, port: u16, connections, bytes_out, bytes_in: u64}', async () => {
+  const v4 = vectors.find((v) => v.name === 'task_result_v4.json');
+  const signedV4 = () => ({ response: structuredClone(v4.message), signature: v4.signature });
+  const cases = [
+    [(s) => (s.response.data.egress[0].port = 65536), /^TypeError: response\.data\.egress\[0\]\.port: expected a u16/],
+    [(s) => (s.response.data.egress[0].port = '443'), /^TypeError: response\.data\.egress\[0\]\.port: expected a u16/],
+    [(s) => (s.response.data.egress[1].bytes_in = 2 ** 53), /^TypeError: response\.data\.egress\[1\]\.bytes_in: expected a u64/],
+    [(s) => delete s.response.data.egress[0].connections, /^TypeError: response\.data\.egress\[0\]\.connections: missing/],
+    [(s) => (s.response.data.egress[0].extra = 1), /^TypeError: response\.data\.egress\[0\]: unknown field "extra"/],
+    [(s) => (s.response.data.egress = null), /^TypeError: response\.data\.egress: expected an array/],
+  ];
+  for (const [alter, reason] of cases) await assertAlteredIsRefused(signedV4(), alter, reason);
+});
+
 test('exactly the Rust fields are accepted at every level, null only for Option', async () => {
   const extra = [
     [(s) => (s.extra = 1), /^TypeError: signed response: unknown field "extra"/],

@@ -39,6 +39,7 @@ function signed(nonce, edit = () => {}) {
     execution_time_ms: 5,
     limit: null,
     resources: { cpu_time_ms: 3, peak_memory_bytes: 1024 },
+    egress: [],
   };
   edit(data);
   const response = { intent: 0, timestamp_ms: 10_000, data };
@@ -81,6 +82,14 @@ test('a faithful answer passes and each deviation is named, with the Rust wordin
   assert.strictEqual((await mismatch({ taskDigest: 'cd'.repeat(32) })).details.field, 'task_digest');
   // Without a known digest, the digest is not compared.
   await check({ taskDigest: null });
+  // A destination the manifest does not list for the task, with the Rust wording.
+  const entry = { host: 'a.example.org', port: 443, connections: 1, bytes_out: 1, bytes_in: 1 };
+  const { signed: reached, key: k3 } = signed('aa', (d) => d.egress.push(entry));
+  const checkReached = (egress) => verifyResult(reached, { publicKey: k3.publicKeyHex, expect: expected({ egress }) });
+  e = await resultError(() => checkReached([]), 'Mismatch');
+  assert.strictEqual(e.message, 'signed egress is "a.example.org:443", but "one of []" was asked for');
+  await checkReached(['a.example.org:443']);
+  await checkReached(null);
   // Stdin as bytes hashes the same.
   await check({ stdin: Buffer.from('in') });
 

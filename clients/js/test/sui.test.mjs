@@ -29,12 +29,16 @@ const common = {
   signal: bcs.option(bcs.string()),
 };
 const Resources = bcs.struct('Resources', { cpu_time_ms: bcs.u64(), peak_memory_bytes: bcs.u64() });
+const EgressEntry = bcs.struct('EgressEntry', {
+  host: bcs.string(), port: bcs.u16(), connections: bcs.u64(), bytes_out: bcs.u64(), bytes_in: bcs.u64(),
+});
 const tail = {
   stdout_truncated: bcs.bool(),
   stderr_truncated: bcs.bool(),
   execution_time_ms: bcs.u64(),
   limit: bcs.option(bcs.string()),
   resources: bcs.option(Resources),
+  egress: bcs.vector(EgressEntry),
 };
 const TaskResult = bcs.struct('TaskResult', { ...common, stdout: bcs.string(), stderr: bcs.string(), ...tail });
 const CompactTaskResult = bcs.struct('CompactTaskResult', {
@@ -88,8 +92,8 @@ test('the pinned vectors, full and compact: Sui BCS gives the signed bytes and S
   }
   // The sizes docs/sui.md quotes: v2's full message (a 16 KiB stderr) is over one argument, its compact form is not.
   const size = (...p) => load(...p).bcs.length / 2;
-  assert.deepStrictEqual([size('task_result_v1.json'), size('compact', 'task_result_v1.json')], [191, 323]);
-  assert.deepStrictEqual([size('task_result_v2.json'), size('compact', 'task_result_v2.json')], [17035, 420]);
+  assert.deepStrictEqual([size('task_result_v1.json'), size('compact', 'task_result_v1.json')], [192, 324]);
+  assert.deepStrictEqual([size('task_result_v2.json'), size('compact', 'task_result_v2.json')], [17036, 421]);
   assert.ok(size('task_result_v2.json') > 16 * 1024);
 });
 

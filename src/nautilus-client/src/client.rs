@@ -258,6 +258,10 @@ pub struct ManifestTask {
     /// Hex digest of the task's files; every signed result for this task
     /// must carry the same value.
     pub task_digest: String,
+    /// The destinations (`host:port`) the task declares; every signed
+    /// `egress` entry must be one of them. Empty: no network.
+    #[serde(default)]
+    pub egress: Vec<String>,
     /// Operator secrets the task declares (names).
     #[serde(default)]
     pub secrets: Vec<String>,
@@ -509,12 +513,12 @@ impl Client {
     /// Runs a task with a fresh nonce and returns it only if the answer is
     /// signed by the attested key and echoes exactly this request.
     pub async fn run_task(&self, spec: &TaskSpec) -> Result<VerifiedResult, ClientError> {
-        let digest = self
+        let listed = self
             .manifest
             .task(&spec.task_path)
-            .ok_or_else(|| ClientError::UnknownTask(spec.task_path.clone()))?
-            .task_digest
-            .clone();
+            .ok_or_else(|| ClientError::UnknownTask(spec.task_path.clone()))?;
+        let digest = listed.task_digest.clone();
+        let egress = listed.egress.clone();
         let nonce = hex::encode(random_nonce());
         let url = join(&self.base, "process_data")?;
         let limits = &self.manifest.body.limits;
@@ -574,6 +578,7 @@ impl Client {
                 stdin: spec.stdin.as_deref().map(str::as_bytes),
                 nonce: &nonce,
                 task_digest: Some(&digest),
+                egress: Some(&egress),
                 not_before_ms,
                 not_after_ms,
                 clock_skew: DEFAULT_CLOCK_SKEW,

@@ -23,6 +23,9 @@ pub struct Expected<'a> {
     pub nonce: &'a str,
     /// The task's digest as announced in the attested manifest, if known.
     pub task_digest: Option<&'a str>,
+    /// The destinations (`host:port`) the attested manifest lists for the
+    /// task, if known: every signed `egress` entry must be one of them.
+    pub egress: Option<&'a [String]>,
     /// The signed timestamp must fall in `[not_before_ms - skew, not_after_ms + skew]`.
     pub not_before_ms: u64,
     /// End of the request window, ms since the UNIX epoch (see `not_before_ms`).
@@ -180,6 +183,19 @@ fn check_expected(
             ));
         }
     }
+    if let Some(declared) = expected.egress {
+        if let Some(e) = d
+            .egress
+            .iter()
+            .find(|e| !declared.contains(&format!("{}:{}", e.host, e.port)))
+        {
+            return Err(mismatch(
+                "egress",
+                format!("one of {declared:?}"),
+                format!("{}:{}", e.host, e.port),
+            ));
+        }
+    }
     let success = d.status == "success";
     if success != (d.exit_code == Some(0)) || !(success || d.status == "failed") {
         return Err(ResultError::Inconsistent {
@@ -243,6 +259,7 @@ mod tests {
             execution_time_ms: 5,
             limit: None,
             resources: None,
+            egress: Vec::new(),
         };
         edit(&mut data);
         let s = IntentMessage::new(INTENT_TASK_RESULT, 10_000, data)
@@ -258,6 +275,7 @@ mod tests {
             stdin: Some(b"in"),
             nonce: "aa",
             task_digest: Some(digest),
+            egress: Some(&[]),
             not_before_ms: 10_000,
             not_after_ms: 10_000,
             clock_skew: Duration::ZERO,
@@ -316,6 +334,37 @@ mod tests {
             field_of(expected(&args, &"cd".repeat(32)), &s),
             "task_digest"
         );
+        // A destination the manifest does not list for the task.
+        let (reached, k3) = signed_with(Some("aa"), |d| {
+            d.egress.push(result_signing::EgressEntry {
+                host: "a.example.org".into(),
+                port: 443,
+                connections: 1,
+                bytes_out: 1,
+                bytes_in: 1,
+            })
+        });
+        let mismatch = verify_result(&reached, k3.verifying_key(), &expected(&args, &digest));
+        assert!(
+            matches!(
+                mismatch,
+                Err(ResultError::Mismatch {
+                    field: "egress",
+                    ..
+                })
+            ),
+            "{mismatch:?}"
+        );
+        let declared = ["a.example.org:443".to_owned()];
+        verify_result(
+            &reached,
+            k3.verifying_key(),
+            &Expected {
+                egress: Some(&declared),
+                ..expected(&args, &digest)
+            },
+        )
+        .expect("a declared destination passes");
 
         let (no_nonce, k2) = signed(None);
         assert!(matches!(

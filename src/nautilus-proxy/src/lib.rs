@@ -9,6 +9,7 @@
 //! writes and a client lingering after the upstream closed, log lines under a
 //! budget, and a bounded drain on shutdown.
 
+pub mod egress;
 pub mod fd_limit;
 pub mod log_budget;
 pub mod relay;

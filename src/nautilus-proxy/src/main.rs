@@ -6,27 +6,41 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use nautilus_proxy::egress::{serve_egress, Allowed, EgressConfig, EgressListen, EgressListener};
 use nautilus_proxy::fd_limit::{connections_for, raise_nofile};
 use nautilus_proxy::{serve, Limits, ListenAddr, ProxyConfig, SourceLimits, Upstream};
 
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Relays TCP connections to a Nautilus enclave's vsock port",
+    about = "Relays TCP connections to a Nautilus enclave's vsock port, and its tasks' allowed egress out",
     after_help = "Upstreams: vsock://CID:PORT (the enclave), tcp://HOST:PORT, \
-                  unix:PATH#PORT (hybrid vsock: Firecracker, vhost-device-vsock).",
+                  unix:PATH#PORT (hybrid vsock: Firecracker, vhost-device-vsock). \
+                  Egress (docs/egress.md): --egress-listen vsock://3128 --egress-allow api.example.org:443",
     subcommand_negates_reqs = true,
     args_conflicts_with_subcommands = true
 )]
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// `tcp://IP:PORT` to accept clients on.
-    #[arg(long, env = "NAUTILUS_PROXY_LISTEN", required = true)]
+    /// `tcp://IP:PORT` to accept clients on (with `--upstream`).
+    #[arg(long, env = "NAUTILUS_PROXY_LISTEN", requires = "upstream")]
     listen: Option<ListenAddr>,
     /// Where each connection is relayed to.
-    #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM", required = true)]
+    #[arg(long, env = "NAUTILUS_PROXY_UPSTREAM", requires = "listen")]
     upstream: Option<Upstream>,
+    /// Egress mode: where the enclave's server asks for destinations with
+    /// HTTP CONNECT (`vsock://3128` on the parent; `tcp://IP:PORT` in development).
+    #[arg(long, env = "NAUTILUS_PROXY_EGRESS_LISTEN")]
+    egress_listen: Option<EgressListen>,
+    /// The only destinations egress connects to: `HOST:PORT`, or
+    /// `HOST:PORT=IP` to pin the address; repeat or separate with commas.
+    #[arg(long, env = "NAUTILUS_PROXY_EGRESS_ALLOW", value_delimiter = ',')]
+    egress_allow: Vec<Allowed>,
+    /// Egress connections relayed at once.
+    #[arg(long, env = "NAUTILUS_PROXY_EGRESS_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    egress_max_connections: u32,
     /// Connections relayed at once; past this, new ones are closed at once.
     #[arg(long, env = "NAUTILUS_PROXY_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -156,9 +170,6 @@ async fn main() -> anyhow::Result<()> {
     {
         return print_logs(upstream, Duration::from_secs(*connect_timeout_secs)).await;
     }
-    let (Some(listen), Some(upstream)) = (args.listen, args.upstream.clone()) else {
-        anyhow::bail!("--listen and --upstream are required");
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -172,6 +183,42 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    if let Some(addr) = args.egress_listen {
+        if args.egress_allow.is_empty() {
+            anyhow::bail!("--egress-listen needs --egress-allow HOST:PORT (the only destinations it may connect to)");
+        }
+        let listener = EgressListener::bind(addr)
+            .await
+            .with_context(|| format!("could not listen on {addr} for egress"))?;
+        let local = listener
+            .local()
+            .context("reading the bound egress address")?;
+        let allow: Vec<String> = args
+            .egress_allow
+            .iter()
+            .map(|a| format!("{}:{}", a.host, a.port))
+            .collect();
+        tracing::info!(listen = %local, allow = %allow.join(","), "nautilus-proxy egress ready");
+        let config = EgressConfig {
+            allow: args.egress_allow.clone(),
+            max_connections: args.egress_max_connections,
+            head_timeout: Duration::from_secs(args.first_byte_timeout_secs),
+            connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+        };
+        let egress = tokio::spawn(serve_egress(listener, config));
+        if args.listen.is_none() {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            egress.abort();
+            tracing::info!("stopped");
+            return Ok(());
+        }
+    }
+    let (Some(listen), Some(upstream)) = (args.listen, args.upstream.clone()) else {
+        anyhow::bail!("give --listen and --upstream (the enclave's API), --egress-listen (its tasks' egress), or both");
+    };
     let config = args.config(upstream);
     let (fds, raise_error) = raise_nofile();
     if let Some(e) = raise_error {

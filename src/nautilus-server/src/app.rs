@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::{Extension, Json};
-use result_signing::{IntentMessage, SignedTaskResult, Signing, TaskResult, INTENT_TASK_RESULT};
+use result_signing::{
+    EgressEntry, IntentMessage, SignedTaskResult, Signing, TaskResult, INTENT_TASK_RESULT,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::clients::{ClientKey, QueueRefusal};
@@ -181,5 +183,16 @@ fn signed_data(r: task_runner::TaskResult, nonce: Option<String>) -> TaskResult 
             cpu_time_ms: u.cpu_time_ms,
             peak_memory_bytes: u.peak_memory_bytes,
         }),
+        egress: r
+            .egress
+            .into_iter()
+            .map(|e| EgressEntry {
+                host: e.host,
+                port: e.port,
+                connections: e.connections,
+                bytes_out: e.bytes_out,
+                bytes_in: e.bytes_in,
+            })
+            .collect(),
     }
 }

@@ -1,10 +1,13 @@
 //! What the server is told at start: attestation mode, task runner settings,
-//! request and connection limits. The bottom of the crate: it uses nothing
-//! else of it, and everything else may use it.
+//! request and connection limits, where egress goes. The bottom of the
+//! crate: it uses nothing else of it but [`crate::egress`] (which uses
+//! nothing of the crate), and everything else may use it.
 
 use std::time::Duration;
 
 use task_runner::RunnerConfig;
+
+use crate::egress::EgressRoute;
 
 /// Where attestation documents come from: the NSM (the only mode a verifier
 /// trusting the AWS root accepts), or the dev stand-in for local development
@@ -31,6 +34,9 @@ pub struct ServerConfig {
     pub attestation_deadline: Duration,
     /// Connection limits and deadlines.
     pub http: HttpLimits,
+    /// Where the tasks' egress connections go (the runner's connector is
+    /// made from it).
+    pub egress_route: EgressRoute,
     /// Terminate TLS in the server, with a key made at start whose hash the
     /// manifest carries (see [`crate::tls`]).
     pub tls: bool,
@@ -44,6 +50,7 @@ impl ServerConfig {
     pub fn dev() -> Self {
         Self {
             attestation: AttestationMode::Dev,
+            egress_route: EgressRoute::Direct,
             tls: false,
             ..Self::default()
         }
@@ -60,6 +67,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             attestation_deadline: DEFAULT_ATTESTATION_DEADLINE,
             http: HttpLimits::default(),
+            egress_route: EgressRoute::parent(),
             tls: true,
             operator_keys: Vec::new(),
         }

@@ -22,7 +22,9 @@
 //! * [`error`]: every failure is an [`error::EnclaveError`] that becomes a JSON
 //!   `{"error": ...}` response with the right status.
 //! * [`router`] wires the routes and middleware; [`transport`] listens on TCP
-//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports.
+//!   or vsock; [`metrics`] holds the counters `GET /metrics` exports;
+//!   [`egress`] opens the tasks' declared connections out (directly or
+//!   through the parent).
 //!
 //! Handlers can be called directly, without HTTP:
 //!
@@ -62,6 +64,7 @@ pub mod budget;
 pub mod clients;
 pub mod common;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod manifest;
 pub mod metrics;

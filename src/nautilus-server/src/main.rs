@@ -10,9 +10,10 @@ use anyhow::Context;
 use axum::http::HeaderValue;
 use clap::Parser;
 use nautilus_server::config::{AttestationMode, ClientShares, HttpLimits, ServerConfig};
+use nautilus_server::egress::EgressRoute;
 use nautilus_server::state::AppState;
 use nautilus_server::transport::{Bound, Listen};
-use task_runner::RunnerConfig;
+use task_runner::{EgressLimits, RunnerConfig};
 use tokio::sync::watch;
 
 /// Every heap block is zeroed when freed, so operator secrets leave no copy
@@ -149,6 +150,33 @@ struct Args {
     /// yes/no, on/off).
     #[arg(long, env = "NAUTILUS_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
+    /// Where tasks' declared egress goes: `direct`, or an HTTP CONNECT
+    /// proxy `tcp://HOST:PORT` | `vsock://CID:PORT` (`nautilus-proxy
+    /// --egress-listen`) [default: vsock://3:3128 (the parent) with
+    /// `--attestation nsm`, direct with `--attestation dev`]
+    #[arg(long, env = "NAUTILUS_EGRESS_VIA")]
+    egress_via: Option<EgressRoute>,
+    /// Egress connections a task may have open at once.
+    #[arg(long, env = "NAUTILUS_EGRESS_MAX_CONNECTIONS", default_value_t = EgressLimits::default().max_connections,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    egress_max_connections: usize,
+    /// Bytes a task may send over all its egress connections.
+    #[arg(long, env = "NAUTILUS_EGRESS_MAX_BYTES_OUT", default_value_t = EgressLimits::default().max_bytes_out,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    egress_max_bytes_out: u64,
+    /// Bytes a task may receive over all its egress connections.
+    #[arg(long, env = "NAUTILUS_EGRESS_MAX_BYTES_IN", default_value_t = EgressLimits::default().max_bytes_in,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    egress_max_bytes_in: u64,
+    /// Seconds to open an egress connection.
+    #[arg(long, env = "NAUTILUS_EGRESS_CONNECT_TIMEOUT_SECS", default_value_t = EgressLimits::default().connect_timeout_secs,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    egress_connect_timeout_secs: u64,
+    /// For tests only (refused with `--attestation nsm`, shown in /manifest):
+    /// a PEM file of CA certificates tasks trust besides Node's own store
+    /// [default: none].
+    #[arg(long, env = "NAUTILUS_EGRESS_TEST_CA")]
+    egress_test_ca: Option<PathBuf>,
 }
 
 fn parse_operator_key(hex_key: &str) -> Result<result_signing::VerifyingKey, String> {
@@ -205,8 +233,19 @@ impl Args {
                 pass_env: self.pass_env.clone(),
                 work_dir: self.work_dir.clone(),
                 warm_pool: self.warm_pool,
+                egress: EgressLimits {
+                    max_connections: self.egress_max_connections,
+                    max_bytes_out: self.egress_max_bytes_out,
+                    max_bytes_in: self.egress_max_bytes_in,
+                    connect_timeout_secs: self.egress_connect_timeout_secs,
+                },
+                egress_test_ca: self.egress_test_ca.clone(),
                 ..d
             },
+            egress_route: self.egress_via.clone().unwrap_or(match self.attestation {
+                AttestationMode::Nsm => EgressRoute::parent(),
+                AttestationMode::Dev => EgressRoute::Direct,
+            }),
             max_body_bytes: self.max_body_bytes,
             cors_origins: self.cors_origins.clone(),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),

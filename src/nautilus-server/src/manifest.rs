@@ -46,6 +46,21 @@ impl Limits {
     }
 }
 
+/// How tasks that declare egress reach it (each task's own list is in
+/// `tasks[].egress`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Egress {
+    /// `direct`, or the `CONNECT` proxy connections go through
+    /// (`vsock://3:3128`: the parent).
+    pub route: crate::egress::EgressRoute,
+    /// Per-run caps.
+    #[serde(flatten)]
+    pub limits: task_runner::EgressLimits,
+    /// Hex SHA-256 of the test CA tasks trust besides Node's own store
+    /// (`--egress-test-ca`, dev attestation only); `null` without.
+    pub test_ca_sha256: Option<String>,
+}
+
 #[derive(Serialize)]
 struct ManifestBody<'a> {
     server_version: &'a str,
@@ -55,6 +70,7 @@ struct ManifestBody<'a> {
     isolation: &'a Isolation,
     /// Per-task cgroup limits in force (memory, pids, CPU weight).
     cgroups: &'a CgroupSummary,
+    egress: &'a Egress,
     /// Hex SHA-256 of the TLS certificate's SubjectPublicKeyInfo; `null`
     /// when the server does not terminate TLS. Clients pin it.
     tls_spki_sha256: Option<String>,
@@ -63,14 +79,16 @@ struct ManifestBody<'a> {
     tasks: &'a [TaskInfo],
 }
 
-/// Who can reach what: the TLS key clients pin and the operators who may
-/// set secrets.
+/// Who can reach what: the TLS key clients pin, the operators who may set
+/// secrets, and how tasks reach the destinations they declare.
 #[derive(Debug, Clone, Copy)]
 pub struct Access<'a> {
     /// SHA-256 of the TLS certificate's SPKI; `None` without TLS.
     pub tls_spki_sha256: Option<&'a [u8; 32]>,
     /// The operators' public keys.
     pub operator_keys: &'a [result_signing::VerifyingKey],
+    /// The egress route and caps.
+    pub egress: &'a Egress,
 }
 
 /// The frozen manifest: its bytes and their SHA-256.
@@ -99,6 +117,7 @@ impl Manifest {
             limits: &limits,
             isolation,
             cgroups,
+            egress: access.egress,
             tls_spki_sha256: access.tls_spki_sha256.map(hex::encode),
             operator_keys: access
                 .operator_keys

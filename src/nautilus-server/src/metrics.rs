@@ -40,6 +40,18 @@ struct StageLabels {
     stage: &'static str,
 }
 
+/// A task's label: its path, one of the manifest's (a bounded set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EgressBytesLabels {
+    task: String,
+    direction: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StartLabels {
     kind: &'static str,
@@ -67,6 +79,9 @@ pub struct Metrics {
     warm_ready: Gauge,
     task_starts: Family<StartLabels, Counter>,
     warm_discarded: Counter,
+    egress_connections: Family<TaskLabels, Counter>,
+    egress_bytes: Family<EgressBytesLabels, Counter>,
+    egress_refused: Family<ReasonLabels, Counter>,
     /// Serializes scrapes while they copy the runner's totals into counters.
     scrape: std::sync::Mutex<()>,
 }
@@ -189,6 +204,24 @@ impl Default for Metrics {
             "Warm boxes found dead or stopped before use (the run then started cold)",
             warm_discarded.clone(),
         );
+        let egress_connections = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "egress_connections",
+            "Egress connections tasks made to declared destinations, by task",
+            egress_connections.clone(),
+        );
+        let egress_bytes = Family::<EgressBytesLabels, Counter>::default();
+        registry.register(
+            "egress_bytes",
+            "Egress bytes by task and direction (out: sent by the task)",
+            egress_bytes.clone(),
+        );
+        let egress_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "egress_refused",
+            "Egress connections refused or cut by the runner, by reason (connections: too many open; bytes: a byte cap; connect: the connection out failed)",
+            egress_refused.clone(),
+        );
         Self {
             registry,
             warm_ready,
@@ -210,6 +243,9 @@ impl Default for Metrics {
             body_budget_exhausted,
             abandoned,
             cleanup_failures,
+            egress_connections,
+            egress_bytes,
+            egress_refused,
             scrape: std::sync::Mutex::new(()),
         }
     }
@@ -226,6 +262,11 @@ impl Metrics {
 
     /// Counts a task outcome and, when it ran, its duration.
     pub fn record_task(&self, outcome: &Result<TaskResult, TaskError>) {
+        match outcome {
+            Ok(r) => self.record_egress(r),
+            Err(TaskError::Timeout { partial, .. }) => self.record_egress(partial),
+            Err(_) => {}
+        }
         let label = match outcome {
             Ok(r) => {
                 self.task_duration
@@ -256,6 +297,25 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Counts what a run's egress carried.
+    fn record_egress(&self, r: &TaskResult) {
+        for e in &r.egress {
+            self.egress_connections
+                .get_or_create(&TaskLabels {
+                    task: r.task_path.clone(),
+                })
+                .inc_by(e.connections);
+            for (direction, bytes) in [("out", e.bytes_out), ("in", e.bytes_in)] {
+                self.egress_bytes
+                    .get_or_create(&EgressBytesLabels {
+                        task: r.task_path.clone(),
+                        direction,
+                    })
+                    .inc_by(bytes);
+            }
+        }
+    }
+
     /// Counts an attestation document handed out.
     pub fn attestation(&self) {
         self.attestations.inc();
@@ -331,6 +391,16 @@ impl Metrics {
                 catch_up(&m.task_starts.get_or_create(&StartLabels { kind }), total);
             }
             catch_up(&m.warm_discarded, stats.warm_discarded);
+            for (reason, total) in [
+                ("connections", stats.egress_refused_connections),
+                ("bytes", stats.egress_refused_bytes),
+                ("connect", stats.egress_connect_failed),
+            ] {
+                catch_up(
+                    &m.egress_refused.get_or_create(&ReasonLabels { reason }),
+                    total,
+                );
+            }
         }
         let mut body = String::new();
         encode(&mut body, &m.registry)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use attestation_dev::{AttestError, AttestationRequest, Attester, DevAttester, NsmAttester};
 use result_signing::{encode_public_key, IntentMessage, SignedResponse, SigningKey};
-use task_runner::Runner;
+use task_runner::{Runner, RunnerConfig};
 
 pub use crate::config::{AttestationMode, ServerConfig, DEFAULT_ATTESTATION_DEADLINE};
 use crate::error::EnclaveError;
@@ -33,6 +33,9 @@ pub enum StartupError {
     /// The tasks directory could not be listed.
     #[error("could not list the tasks for the manifest: {0}")]
     Tasks(task_runner::TaskError),
+    /// `--egress-test-ca` with real attestation.
+    #[error("--egress-test-ca is for tests: a server with --attestation nsm refuses it (tasks would trust a CA nobody audits)")]
+    TestCaInNsm,
     /// The TLS key or certificate could not be made.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -91,10 +94,21 @@ pub(crate) const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
 /// How long an attestation request waits for a turn before a 503.
 const ATTESTATION_WAIT: Duration = Duration::from_secs(5);
 
+/// A test CA makes every task trust certificates nobody audits: only with
+/// dev attestation.
+fn check_test_ca(config: &ServerConfig) -> Result<(), StartupError> {
+    if config.attestation == AttestationMode::Nsm && config.runner.egress_test_ca.is_some() {
+        return Err(StartupError::TestCaInNsm);
+    }
+    Ok(())
+}
+
 impl AppState {
     /// Opens the attester, generates the key, builds the runner and freezes
     /// the manifest.
     pub fn new(config: ServerConfig) -> Result<Self, StartupError> {
+        // Before the NSM is opened: the refusal is about the flags.
+        check_test_ca(&config)?;
         let (attester, dev_root_pem): (Arc<dyn Attester>, _) = match config.attestation {
             AttestationMode::Nsm => (Arc::new(open_nsm()?), None),
             AttestationMode::Dev => {
@@ -126,8 +140,13 @@ impl AppState {
         let signing_key = SigningKey::random(&mut rand_core::OsRng);
         let public_key = encode_public_key(signing_key.verifying_key());
 
+        check_test_ca(&config)?;
         let tls = config.tls.then(TlsIdentity::generate).transpose()?;
-        let runner = Runner::new(config.runner.clone()).map_err(StartupError::Runner)?;
+        let runner = Runner::new(RunnerConfig {
+            egress_connect: Some(config.egress_route.connector()),
+            ..config.runner.clone()
+        })
+        .map_err(StartupError::Runner)?;
         let tasks = runner.list_tasks().map_err(StartupError::Tasks)?;
         let (tasks, refused_tasks) = check_dependencies(&config.runner.tasks_dir, tasks);
         let declared = tasks
@@ -144,6 +163,11 @@ impl AppState {
             Access {
                 tls_spki_sha256: tls.as_ref().map(TlsIdentity::spki_sha256),
                 operator_keys: &config.operator_keys,
+                egress: &crate::manifest::Egress {
+                    route: config.egress_route.clone(),
+                    limits: config.runner.egress,
+                    test_ca_sha256: runner.egress_test_ca_sha256().map(str::to_owned),
+                },
             },
             tasks,
         )

@@ -115,3 +115,38 @@ fn start_up_errors_are_one_line_even_with_rust_backtrace() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
     drop(taken);
 }
+
+/// Egress flags and declarations that cannot work stop the start with one
+/// line saying what to fix.
+#[test]
+fn egress_misconfigurations_refuse_to_start() {
+    let tasks = tempfile::tempdir().expect("tempdir");
+    let bad = tasks.path().join("bad");
+    std::fs::create_dir(&bad).expect("mkdir");
+    std::fs::write(
+        bad.join("package.json"),
+        r#"{"main":"index.js","nautilus":{"egress":["203.0.113.7:443"]}}"#,
+    )
+    .expect("write");
+    std::fs::write(bad.join("index.js"), "").expect("write");
+    let ca = tasks.path().join("ca.pem");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+    let dir = tasks.path().to_str().expect("utf-8");
+    let ca = ca.to_str().expect("utf-8");
+    for (args, needle) in [
+        (
+            vec!["--attestation", "dev", "--listen", "tcp://127.0.0.1:0", "--tasks-dir", dir],
+            "package.json \"nautilus\".\"egress\" entry \"203.0.113.7:443\": IP literals are not allowed",
+        ),
+        (
+            vec!["--attestation", "nsm", "--listen", "tcp://127.0.0.1:0", "--egress-test-ca", ca],
+            "--egress-test-ca is for tests",
+        ),
+    ] {
+        let out = server().args(&args).output().expect("ran");
+        // 78: refused to start (run.sh does not restart it).
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

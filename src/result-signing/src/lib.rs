@@ -47,11 +47,18 @@
 //! | `data.execution_time_ms` | `u64` | 8 bytes little-endian |
 //! | `data.limit` | `Option<String>` | the runner's limit the run hit: `"memory"`, `"time"`, `"pids"`, `"output"` |
 //! | `data.resources` | `Option<Resources>` | `00`, or `01` then `cpu_time_ms` and `peak_memory_bytes`, each `u64` |
+//! | `data.egress` | `Vec<EgressEntry>` | ULEB128 count, then each entry: |
+//! | `  .host` | `String` | a destination the task declared and connected to |
+//! | `  .port` | `u16` | 2 bytes little-endian |
+//! | `  .connections` | `u64` | 8 bytes little-endian |
+//! | `  .bytes_out` | `u64` | same: bytes the task sent there |
+//! | `  .bytes_in` | `u64` | same: bytes it received from there |
 //!
 //! `limit` and `resources` are what the runner and the kernel know (a
 //! memory kill in the task's cgroup, the runner's own timer, the cgroup's
 //! refused forks, the output cap; the box's CPU time and its cgroup's peak
-//! memory), never read from the task's output, so a task cannot forge them.
+//! memory), never read from the task's output, so a task cannot forge them;
+//! so is `egress`, counted by the runner's relay (see `docs/egress.md`).
 //!
 //! The signature is ECDSA over NIST P-256 with SHA-256 of those bytes,
 //! serialized as `r || s` (32 + 32 bytes, big-endian), with `s` in the lower
@@ -83,13 +90,15 @@
 //! 2a 00 00 00 00 00 00 00             execution_time_ms = 42
 //! 00                                  limit = None
 //! 01 …                                resources = Some: 8 + 8 bytes
+//! 00                                  egress: no entries
 //! ```
 //!
 //! Lengths are ULEB128, 7 bits per byte, low bits first: a 200-byte stdout
 //! starts `c8 01`. `task_result_v2.json` pins the longer forms (a 372-byte
 //! non-ASCII stdout, `f4 02`; a 16384-byte stderr, `80 80 01`) along with a
 //! killed task (`exit_code = None`, `signal = Some("SIGKILL")`);
-//! `task_result_v3.json` a task that exited with code 3.
+//! `task_result_v3.json` a task that exited with code 3; `task_result_v4.json`
+//! a task that reached two declared hosts (`egress`).
 //!
 //! # The compact form (`"signing": "compact"`)
 //!
@@ -119,12 +128,12 @@
 //! | `data.stdout_len` | `u64` | 8 bytes little-endian: bytes of UTF-8 in `stdout` |
 //! | `data.stderr_sha256` | `String` | same, of `stderr` |
 //! | `data.stderr_len` | `u64` | same |
-//! | `data.stdout_truncated` … `data.resources` | | as in the full form |
+//! | `data.stdout_truncated` … `data.egress` | | as in the full form |
 //!
 //! A verifier checks the signature over those bytes, then that the SHA-256
 //! and length of each returned text are the signed ones
 //! ([`CompactSignedResponse::verify`] does both). The v1 message above is
-//! 323 bytes in compact form, v2's 17,035 bytes become 420; `tests/vectors/compact/` pins the compact form
+//! 324 bytes in compact form, v2's 17,036 bytes become 421; `tests/vectors/compact/` pins the compact form
 //! of every full vector. Fields appended to [`TaskResult`] are appended to
 //! [`CompactTaskResult`] in the same order ([`TaskResult::compact`] fails to
 //! compile until they are).
@@ -193,6 +202,9 @@ pub struct TaskResult {
     pub execution_time_ms: u64,
     pub limit: Option<String>,
     pub resources: Option<Resources>,
+    /// One entry per declared destination the task connected to (see
+    /// `docs/egress.md`); empty when it reached none.
+    pub egress: Vec<EgressEntry>,
 }
 
 /// What a run used, as the runner measured it.
@@ -201,6 +213,17 @@ pub struct TaskResult {
 pub struct Resources {
     pub cpu_time_ms: u64,
     pub peak_memory_bytes: u64,
+}
+
+/// What one destination carried during a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEntry {
+    pub host: String,
+    pub port: u16,
+    pub connections: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
 }
 
 /// [`TaskResult`] with each output text replaced by its SHA-256 (lowercase
@@ -228,6 +251,7 @@ pub struct CompactTaskResult {
     pub execution_time_ms: u64,
     pub limit: Option<String>,
     pub resources: Option<Resources>,
+    pub egress: Vec<EgressEntry>,
 }
 
 /// Lowercase hex SHA-256 and byte length of a text's UTF-8 bytes.
@@ -260,6 +284,7 @@ impl TaskResult {
             execution_time_ms,
             limit,
             resources,
+            egress,
         } = self;
         let (stdout_sha256, stdout_len) = digest_of(stdout);
         let (stderr_sha256, stderr_len) = digest_of(stderr);
@@ -282,6 +307,7 @@ impl TaskResult {
             execution_time_ms: *execution_time_ms,
             limit: limit.clone(),
             resources: *resources,
+            egress: egress.clone(),
         }
     }
 }
@@ -471,6 +497,7 @@ impl CompactSignedResponse {
             execution_time_ms: d.execution_time_ms,
             limit: d.limit.clone(),
             resources: d.resources,
+            egress: d.egress.clone(),
         };
         // The one mapping decides: whatever it signs over must come back.
         let again = full.compact();

@@ -116,6 +116,14 @@ fn hand_encode_tail(d: &TaskResult) -> Vec<u8> {
             out.extend_from_slice(&r.peak_memory_bytes.to_le_bytes());
         }
     }
+    uleb(&mut out, d.egress.len());
+    for e in &d.egress {
+        string(&mut out, &e.host);
+        out.extend_from_slice(&e.port.to_le_bytes());
+        out.extend_from_slice(&e.connections.to_le_bytes());
+        out.extend_from_slice(&e.bytes_out.to_le_bytes());
+        out.extend_from_slice(&e.bytes_in.to_le_bytes());
+    }
     out
 }
 
@@ -179,6 +187,15 @@ fn the_vectors_cover_every_encoding_branch() {
     has("limit = None", &|d| d.limit.is_none());
     has("resources = Some", &|d| d.resources.is_some());
     has("resources = None", &|d| d.resources.is_none());
+    has("no egress", &|d| d.egress.is_empty());
+    has(
+        "two egress entries, one with a 2-byte port and counts past 2^32",
+        &|d| {
+            d.egress.len() == 2
+                && d.egress.iter().any(|e| e.port > 255)
+                && d.egress.iter().any(|e| e.bytes_in > u64::from(u32::MAX))
+        },
+    );
 }
 
 #[test]
@@ -223,6 +240,16 @@ fn any_change_to_the_signed_data_breaks_the_signature() {
                     peak_memory_bytes: 0,
                 }),
             }
+        },
+        |m| match m.data.egress.first_mut() {
+            Some(e) => e.bytes_in += 1,
+            None => m.data.egress.push(result_signing::EgressEntry {
+                host: "example.org".into(),
+                port: 443,
+                connections: 1,
+                bytes_out: 0,
+                bytes_in: 0,
+            }),
         },
     ];
     for (name, v) in vectors() {

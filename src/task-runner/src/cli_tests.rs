@@ -41,8 +41,9 @@ fn output(cmd: &mut Command) -> (i32, serde_json::Value, String) {
     )
 }
 
-const RESULT_FIELDS: [&str; 15] = [
+const RESULT_FIELDS: [&str; 16] = [
     "args",
+    "egress",
     "execution_time_ms",
     "exit_code",
     "limit",

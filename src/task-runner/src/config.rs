@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::egress::{EgressConnect, EgressLimits};
 use crate::error::ConfigError;
 
 const MIB: u64 = 1024 * 1024;
@@ -70,6 +73,14 @@ pub struct RunnerConfig {
     /// read-only in every box besides `node` and its libraries: for tasks
     /// that run another program of the image. Default none.
     pub box_paths: Vec<PathBuf>,
+    /// Caps on a task's egress (see [`EgressLimits`]).
+    pub egress: EgressLimits,
+    /// How egress connections go out; `None`: [`DirectConnect`](crate::DirectConnect).
+    pub egress_connect: Option<Arc<dyn EgressConnect>>,
+    /// For tests: a PEM file of CA certificates every task trusts besides
+    /// Node's own store (`NODE_EXTRA_CA_CERTS`). A server refuses it with
+    /// real attestation.
+    pub egress_test_ca: Option<PathBuf>,
 }
 
 impl Default for RunnerConfig {
@@ -95,6 +106,9 @@ impl Default for RunnerConfig {
             max_processes: 64,
             warm_pool: None,
             box_paths: Vec::new(),
+            egress: EgressLimits::default(),
+            egress_connect: None,
+            egress_test_ca: None,
         }
     }
 }
@@ -127,6 +141,13 @@ impl RunnerConfig {
         }
         if self.max_scratch_bytes < MIB {
             return invalid("max_scratch_bytes must be at least 1 MiB");
+        }
+        let e = &self.egress;
+        if e.max_connections == 0 || e.max_bytes_out == 0 || e.max_bytes_in == 0 {
+            return invalid("egress limits (connections, bytes out, bytes in) must be at least 1");
+        }
+        if !(1..=300).contains(&e.connect_timeout_secs) {
+            return invalid("egress connect_timeout_secs must be within 1..=300");
         }
         if self.max_open_files < 64 {
             return invalid("max_open_files must be at least 64");

@@ -46,6 +46,11 @@ pub(crate) struct SpawnSpec {
     pub boxed: Option<Identity>,
     /// The slot's cgroups, joined by the box before anything else.
     pub cgroup: crate::cgroup::Join,
+    /// As root: the slot's hosts file, the box's `/etc/hosts`.
+    pub hosts: Option<PathBuf>,
+    /// As root: the network namespace holding the task's egress listeners,
+    /// which the box joins (closed once the box has started).
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 /// A task's environment. Operator secrets are among its values, so every
@@ -110,6 +115,8 @@ pub(crate) fn spawn(
             cwd: &spec.cwd,
             control: spec.control,
             cgroup: spec.cgroup,
+            hosts: spec.hosts.as_deref(),
+            netns: spec.netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
         };
         let (child, stdio) = ns::spawn(plan, policy, &ns_spec)
             .map_err(|e| TaskError::internal("starting node", e))?;

@@ -187,6 +187,7 @@ mod cleanup;
 mod config;
 pub mod declaration;
 pub mod digest;
+mod egress;
 mod error;
 mod exec;
 mod isolation;
@@ -214,7 +215,13 @@ use tracing::Instrument;
 
 pub use cgroup::{CgroupFeature, CgroupSummary};
 pub use config::RunnerConfig;
-pub use declaration::{SecretValues, TaskDeclaration};
+pub use declaration::{
+    DeclarationError, EgressHost, SecretValues, TaskDeclaration, DEFAULT_EGRESS_PORT,
+    MAX_EGRESS_HOSTS,
+};
+pub use egress::{
+    ConnectFuture, DirectConnect, EgressConnect, EgressLimits, EgressRecord, EgressStream,
+};
 pub use error::{ConfigError, ErrorKind, TaskError};
 pub use isolation::Isolation;
 pub use lockfile::{check_installed as check_dependencies, DependencyError};
@@ -261,6 +268,12 @@ pub struct RunnerStats {
     pub cold_runs: u64,
     /// Warm boxes found dead or stopped before use, and discarded.
     pub warm_discarded: u64,
+    /// Egress connections closed at once: the task had its maximum open.
+    pub egress_refused_connections: u64,
+    /// Egress connections cut: the task's bytes out or in reached their cap.
+    pub egress_refused_bytes: u64,
+    /// Egress connections whose connection out failed or timed out.
+    pub egress_connect_failed: u64,
 }
 
 /// Runs tasks; cheap to clone (all clones share slots and state).
@@ -277,6 +290,7 @@ struct Counters {
     warm_runs: AtomicU64,
     cold_runs: AtomicU64,
     warm_discarded: AtomicU64,
+    egress: Arc<egress::Refusals>,
 }
 
 struct Inner {
@@ -305,10 +319,17 @@ struct Inner {
     /// One cgroup per slot (when privileged and the host has controllers).
     /// Named after the uid lease, so declared (and dropped) before it.
     cgroups: cgroup::Cgroups,
+    /// Each slot's `/etc/hosts` (when privileged and the host has one).
+    /// Named after the uid lease, so declared (and dropped) before it.
+    hosts: Option<egress::HostsFiles>,
     /// The slot uids (when privileged).
     uids: Option<uids::UidLease>,
     /// The box layout (when privileged).
     plan: Option<BoxPlan>,
+    /// How egress connections go out.
+    connector: Arc<dyn EgressConnect>,
+    /// Hex SHA-256 of the test CA tasks trust besides Node's store.
+    test_ca_sha256: Option<String>,
     isolation: Isolation,
     /// `--max-old-space-size`, only where no slot cgroup limits memory:
     /// any V8 flag makes Node.js skip its start-up code cache (about 4 ms
@@ -376,16 +397,45 @@ impl Runner {
         } else {
             (None, None)
         };
+        let test_ca = config
+            .egress_test_ca
+            .as_deref()
+            .map(read_test_ca)
+            .transpose()?;
+        let mut env_extra = Vec::new();
         let snapshot = match &uids {
-            Some(lease) => Some(snapshot::Snapshot::build(
-                &root,
-                work_dir.join(format!("{}-snapshot", lease.slots().start)),
-                tree_limits(&config, true),
-                &[
+            Some(lease) => {
+                let mut files = vec![
                     (PRELOAD_FILE, PRELOAD),
                     (pool::BOOTSTRAP_FILE, pool::BOOTSTRAP),
-                ],
-            )?),
+                ];
+                if let Some(ca) = &test_ca {
+                    files.push((TEST_CA_FILE, ca.as_str()));
+                    env_extra.push((
+                        "NODE_EXTRA_CA_CERTS".into(),
+                        work_dir.join(TEST_CA_FILE).into(),
+                    ));
+                }
+                Some(snapshot::Snapshot::build(
+                    &root,
+                    work_dir.join(format!("{}-snapshot", lease.slots().start)),
+                    tree_limits(&config, true),
+                    &files,
+                )?)
+            }
+            None => {
+                if let Some(path) = &config.egress_test_ca {
+                    env_extra.push(("NODE_EXTRA_CA_CERTS".into(), path.clone().into()));
+                }
+                None
+            }
+        };
+        let hosts = match &uids {
+            Some(lease) => Some(
+                egress::HostsFiles::create(&work_dir, lease.slots()).map_err(|e| {
+                    ConfigError::Invalid(format!("creating the slots' hosts files: {e}"))
+                })?,
+            ),
             None => None,
         };
         let pool_size = match (privileged, config.warm_pool) {
@@ -441,7 +491,12 @@ impl Runner {
             .pass_env
             .iter()
             .filter_map(|name| Some((OsString::from(name), std::env::var_os(name)?)))
+            .chain(env_extra)
             .collect();
+        let connector = config
+            .egress_connect
+            .clone()
+            .unwrap_or_else(|| Arc::new(DirectConnect));
         let limiter = limiter::Limiter::new(config.max_concurrent, config.max_queue);
         Ok(Runner {
             inner: Arc::new(Inner {
@@ -460,6 +515,9 @@ impl Runner {
                 cgroups,
                 uids,
                 plan,
+                hosts,
+                connector,
+                test_ca_sha256: test_ca.map(|ca| hex::encode(Sha256::digest(ca.as_bytes()))),
                 snapshot,
                 isolation,
                 heap_flag,
@@ -504,6 +562,12 @@ impl Runner {
         &self.inner.isolation
     }
 
+    /// Hex SHA-256 of the PEM file of [`RunnerConfig::egress_test_ca`], as
+    /// loaded at start.
+    pub fn egress_test_ca_sha256(&self) -> Option<&str> {
+        self.inner.test_ca_sha256.as_deref()
+    }
+
     /// The work directory in use (canonical).
     pub fn work_dir(&self) -> &Path {
         &self.inner.work_dir
@@ -535,6 +599,9 @@ impl Runner {
             warm_runs: c.warm_runs.load(Ordering::Relaxed),
             cold_runs: c.cold_runs.load(Ordering::Relaxed),
             warm_discarded: c.warm_discarded.load(Ordering::Relaxed),
+            egress_refused_connections: c.egress.connections.load(Ordering::Relaxed),
+            egress_refused_bytes: c.egress.bytes.load(Ordering::Relaxed),
+            egress_connect_failed: c.egress.connect.load(Ordering::Relaxed),
         }
     }
 
@@ -559,6 +626,7 @@ impl Runner {
                     Ok(staged) => Ok(TaskInfo {
                         task_path: name.clone(),
                         task_digest: staged.digest.clone(),
+                        egress: staged.declaration.egress.clone(),
                         secrets: staged.declaration.secrets.clone(),
                     }),
                     Err(refused) => Err(refused.to_error()),
@@ -580,14 +648,17 @@ impl Runner {
                 continue;
             };
             let task_digest = digest::digest_tree(&task.dir, inner.tree_limits())?;
-            // A bad declaration fails the task's runs, which say why.
-            let secrets = TaskDeclaration::read(&task.dir)
-                .map(|d| d.secrets)
-                .unwrap_or_default();
+            // A bad declaration refuses the listing (as the snapshot does
+            // as root); a task without an entry never runs.
+            let declaration = match task::entry_point(&task.dir) {
+                Ok(_) => TaskDeclaration::read(&task.dir)?,
+                Err(_) => TaskDeclaration::default(),
+            };
             tasks.push(TaskInfo {
                 task_path: task.task_path,
                 task_digest,
-                secrets,
+                egress: declaration.egress,
+                secrets: declaration.secrets,
             });
         }
         Ok(tasks)
@@ -846,6 +917,26 @@ fn check_root_owned(root: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The test CA's name in the snapshot.
+const TEST_CA_FILE: &str = "egress-test-ca.pem";
+/// Largest test CA file read.
+const MAX_TEST_CA_BYTES: u64 = 64 * 1024;
+
+/// Reads [`RunnerConfig::egress_test_ca`]: PEM certificates, bounded.
+fn read_test_ca(path: &Path) -> Result<String, ConfigError> {
+    let invalid =
+        |why: String| ConfigError::Invalid(format!("egress test CA {}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
+    if meta.len() > MAX_TEST_CA_BYTES {
+        return Err(invalid(format!("larger than {MAX_TEST_CA_BYTES} bytes")));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(invalid("holds no PEM certificate".into()));
+    }
+    Ok(text)
+}
+
 /// Without root, a run's own directory: `task/` (the staged copy that
 /// runs), the preload and the task's home.
 struct RunDir {
@@ -980,6 +1071,12 @@ impl Inner {
             task_id,
             control: launch.control,
             boxed: identity.filter(|_| self.snapshot.is_some()),
+            hosts: self
+                .hosts
+                .as_ref()
+                .and_then(|h| h.path(index))
+                .map(Path::to_path_buf),
+            netns: None,
             cgroup: self
                 .cgroups
                 .slot(index)
@@ -1084,21 +1181,29 @@ impl Inner {
         // Slot indexes are below max_concurrent, which `check` made sure fits a u32.
         let identity = self.uids.as_ref().map(|u| u.slot(index as u32));
 
+        // Without root the task has the host's network: nothing to relay.
+        let mut egress: Vec<EgressHost> = Vec::new();
         let (launch, digest, run_dir) = match located {
             Located::Staged {
-                cwd, entry, digest, ..
-            } => (
-                Launch {
-                    entry,
-                    args: Vec::new(),
-                    cwd,
-                    home: PathBuf::from(ns::TASK_HOME),
-                    preload: self.work_dir.join(PRELOAD_FILE),
-                    control: None,
-                },
+                cwd,
+                entry,
                 digest,
-                None,
-            ),
+                declaration,
+            } => {
+                egress = declaration.egress;
+                (
+                    Launch {
+                        entry,
+                        args: Vec::new(),
+                        cwd,
+                        home: PathBuf::from(ns::TASK_HOME),
+                        preload: self.work_dir.join(PRELOAD_FILE),
+                        control: None,
+                    },
+                    digest,
+                    None,
+                )
+            }
             Located::Dir(task) => {
                 let this = self.clone();
                 let run_dir = tokio::task::spawn_blocking(move || this.prepare(&task.dir))
@@ -1122,6 +1227,12 @@ impl Inner {
         let oom_before = cgroup.and_then(cgroup::Slot::oom_kills);
         let pids_before = cgroup.and_then(cgroup::Slot::pids_refused);
         let peak = cgroup.and_then(cgroup::Slot::peak_from_now);
+        if let Some(hosts) = &self.hosts {
+            hosts
+                .write(index, &egress)
+                .map_err(|e| TaskError::internal("writing the box's hosts file", e))?;
+        }
+        let mut session = None;
         let mut started = None;
         // A warm box's environment was fixed before this run was known.
         let warm = if secret_env.is_empty() {
@@ -1140,7 +1251,13 @@ impl Inner {
                     "the warm box is dead or stopped".into(),
                 ))
             } else {
-                warm.boxed.hand_over(message.to_string().as_bytes()).await
+                match self.egress_into(&egress, &warm.boxed) {
+                    Ok(s) => {
+                        session = s;
+                        warm.boxed.hand_over(message.to_string().as_bytes()).await
+                    }
+                    Err(e) => Err(e),
+                }
             };
             match handed {
                 Ok(()) => {
@@ -1156,7 +1273,7 @@ impl Inner {
         let started = started.unwrap_or_else(|| {
             self.counters.cold_runs.fetch_add(1, Ordering::Relaxed);
             let task_id = uuid::Uuid::new_v4().to_string();
-            let spec = self.spec(
+            let mut spec = self.spec(
                 index,
                 identity,
                 task_id.clone(),
@@ -1166,6 +1283,13 @@ impl Inner {
                     ..launch
                 },
             );
+            if self.hosts.is_some() && !egress.is_empty() {
+                // The listeners exist before the box does: the box joins
+                // the namespace that holds them.
+                let (netns, s) = self.egress_session(egress::Netns::Fresh, &egress)?;
+                spec.netns = netns;
+                session = Some(s);
+            }
             // Spawned here, on a runtime worker: the box's death signal
             // follows the spawning thread, which must outlive the run.
             exec::spawn(spec, &self.policy, self.plan.as_ref()).map(|b| (b, task_id))
@@ -1183,6 +1307,8 @@ impl Inner {
             Ok((boxed, task_id)) => (exec::supervise(boxed, stdin, watch).await, task_id),
             Err(e) => (Err(e), String::new()),
         };
+        // Connections die with the task.
+        let egress_records = session.map(egress::Session::finish).unwrap_or_default();
         if outcome
             .as_ref()
             .is_ok_and(|o| o.ending == Ending::Abandoned)
@@ -1262,6 +1388,7 @@ impl Inner {
                 cpu_time_ms: millis(cpu),
                 peak_memory_bytes: peak.unwrap_or(0),
             }),
+            egress: egress_records,
         };
         match outcome.ending {
             Ending::Exited | Ending::OutOfMemory => Ok(result),
@@ -1274,6 +1401,43 @@ impl Inner {
                 "abandoned by its caller while running".into(),
             )),
         }
+    }
+
+    /// Binds `egress`'s listeners in `netns` and starts relaying from them;
+    /// returns the namespace when it is new.
+    fn egress_session(
+        &self,
+        netns: egress::Netns,
+        egress: &[EgressHost],
+    ) -> Result<(Option<std::os::fd::OwnedFd>, egress::Session), TaskError> {
+        let mut bound = egress::bind(netns, egress)
+            .map_err(|e| TaskError::internal("binding the task's egress listeners", e))?;
+        let netns = bound.netns.take();
+        let session = egress::Session::start(
+            bound,
+            self.connector.clone(),
+            self.config.egress,
+            self.counters.egress.clone(),
+        )
+        .map_err(|e| TaskError::internal("starting the task's egress relay", e))?;
+        Ok((netns, session))
+    }
+
+    /// For a warm box about to get a task declaring `egress`: its listeners,
+    /// in the box's own namespace.
+    fn egress_into(
+        &self,
+        egress: &[EgressHost],
+        boxed: &exec::Boxed,
+    ) -> Result<Option<egress::Session>, TaskError> {
+        if self.hosts.is_none() || egress.is_empty() {
+            return Ok(None);
+        }
+        let pid = boxed
+            .pid()
+            .and_then(|p| libc::pid_t::try_from(p).ok())
+            .ok_or_else(|| TaskError::Internal("the warm box has no process".into()))?;
+        Ok(Some(self.egress_session(egress::Netns::Of(pid), egress)?.1))
     }
 
     /// Without root: creates the run directory (staged task, digest, entry

@@ -26,11 +26,11 @@
 //!    remounts the root read-only, brings up loopback, sets the host name
 //!    and overwrites its own command line;
 //! 3. raises its OOM score (inherited, and a floor the task cannot lower),
-//!    blocks SIGCHLD, SIGTERM
-//!    and SIGINT, and clones `node`'s process, which takes a new session,
-//!    the rlimits, the slot identity, `no_new_privs` and seccomp, then `exec`s;
-//! 4. drops to the slot identity and the same seccomp filters itself, and
-//!    loops on `sigtimedwait`: SIGTERM/SIGINT are forwarded to `node`'s
+//!    blocks SIGCHLD, SIGTERM and SIGINT, takes `no_new_privs` and the
+//!    seccomp filters (loaded once: `node` inherits them), and clones
+//!    `node`'s process, which takes a new session, the rlimits and the slot
+//!    identity, then `exec`s;
+//! 4. drops to the slot identity itself, and loops on `sigtimedwait`: SIGTERM/SIGINT are forwarded to `node`'s
 //!    process group, children are reaped, and when `node` ends its wait
 //!    status goes to the runner over the report pipe and the reaper exits.
 //!
@@ -134,7 +134,7 @@ const MSG_ERROR: u32 = 1;
 const MSG_STATUS: u32 = 2;
 
 /// The steps of building the box, named in errors.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "moving descriptors",
     "building the box's file system",
     "bringing up loopback",
@@ -144,6 +144,7 @@ const STEPS: [&str; 9] = [
     "starting node's process",
     "dropping privileges",
     "executing node",
+    "joining the egress network namespace",
 ];
 const STEP_FDS: u32 = 0;
 const STEP_FS: u32 = 1;
@@ -154,6 +155,7 @@ const STEP_CGROUP: u32 = 5;
 const STEP_FORK: u32 = 6;
 const STEP_ENTER: u32 = 7;
 const STEP_EXEC: u32 = 8;
+const STEP_NETNS: u32 = 9;
 
 /// What a path of the box's root is: a directory, a symbolic link, or a
 /// read-only bind of a host file or (recursively) directory.
@@ -450,6 +452,11 @@ pub(crate) struct Spec<'a> {
     /// The slot's cgroups: the reaper joins them first, so it and everything
     /// it starts run inside.
     pub cgroup: crate::cgroup::Join,
+    /// The slot's own hosts file, bound read-only over `/etc/hosts`.
+    pub hosts: Option<&'a Path>,
+    /// A network namespace the runner made (with the task's egress
+    /// listeners in it) that the box joins instead of making its own.
+    pub netns: Option<RawFd>,
 }
 
 /// The parent's ends of the task's standard streams.
@@ -509,6 +516,8 @@ struct ChildArgs<'a> {
     control: Option<(RawFd, RawFd)>,
     cgroup: crate::cgroup::Join,
     signals: libc::sigset_t,
+    hosts: Option<&'a CStr>,
+    netns: Option<RawFd>,
 }
 
 /// `NAME=value` strings for `execve`, which hold the operator secrets of
@@ -559,6 +568,7 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         .chain(std::iter::once(std::ptr::null()))
         .collect();
     let cwd = cstr(spec.cwd.as_os_str())?;
+    let hosts = spec.hosts.map(|h| cstr(h.as_os_str())).transpose()?;
 
     let (in_r, in_w) = pipe2()?;
     let control = spec
@@ -592,8 +602,14 @@ pub(crate) fn spawn(plan: &BoxPlan, policy: &Policy, spec: &Spec) -> io::Result<
         control: control.as_ref().map(|((r, _), at)| (r.as_raw_fd(), *at)),
         cgroup: spec.cgroup,
         signals,
+        hosts: hosts.as_deref(),
+        netns: spec.netns,
     };
-    let flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) & !libc::CLONE_NEWCGROUP;
+    let mut flags = NAMESPACES.iter().fold(0, |f, (_, flag)| f | flag) & !libc::CLONE_NEWCGROUP;
+    if spec.netns.is_some() {
+        // The box joins the namespace that holds its egress listeners.
+        flags &= !libc::CLONE_NEWNET;
+    }
     // SAFETY: a fork-like clone (no new stack, no shared memory). The child
     // runs `reaper`, which makes only async-signal-safe calls on `args`
     // (valid: the child has its own copy of this stack) and never returns.
@@ -781,12 +797,31 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     let joined = a.cgroup.enter();
     // A copy of the box's root (before the descriptors close below).
     let template = a.plan.template.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    // The slot's hosts file is cloned as a detached mount while the runner's
+    // mounts are still in this namespace (a bind from another namespace's
+    // mount is refused), then attached over the copy's `/etc/hosts`: the
+    // same file, which the runner rewrites for each run (warm boxes too).
+    let hosts = a.hosts.map(|path| open_tree_clone(path));
     let entered = rc(libc::setns(template, libc::CLONE_NEWNS))
-        .and_then(|()| rc(libc::unshare(libc::CLONE_NEWNS)));
+        .and_then(|()| rc(libc::unshare(libc::CLONE_NEWNS)))
+        .and_then(|()| match hosts {
+            Some(tree) => tree.and_then(|fd| attach_hosts(fd)),
+            None => Ok(()),
+        });
     // Step 1: descriptors. Everything first moves above 10, so moving to the
     // fixed numbers never overwrites one still needed; then all else closes.
+    // All of them move before the report pipe takes number 3: the runner's
+    // pipes get whatever numbers are free, 3 included (a runner whose low
+    // descriptors were closed), and a stream moved after it would be the
+    // report pipe's write end (the task's stdin read EBADF, and its writes
+    // would reach the runner as reports).
     let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
     let report = high(a.report);
+    let netns = a.netns.map(high);
+    let stdin = high(a.stdin);
+    let stdout = high(a.stdout);
+    let stderr = high(a.stderr);
+    let control = a.control.map(|(fd, _)| high(fd));
     if report < 0 {
         libc::_exit(127);
     }
@@ -795,10 +830,16 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     {
         libc::_exit(127);
     }
-    let stdin = high(a.stdin);
-    let stdout = high(a.stdout);
-    let stderr = high(a.stderr);
-    let control = a.control.map(|(fd, _)| high(fd));
+    if let Some(fd) = netns {
+        or_fail(
+            STEP_NETNS,
+            rc_fd(fd).and_then(|fd| {
+                let joined = rc(libc::setns(fd, libc::CLONE_NEWNET));
+                libc::close(fd);
+                joined
+            }),
+        );
+    }
     let moved = (|| -> io::Result<()> {
         rc(libc::dup2(rc_fd(stdin)?, 0))?;
         rc(libc::dup2(rc_fd(stdout)?, 1))?;
@@ -857,6 +898,9 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
             std::ptr::null_mut(),
         )),
     );
+    // Once for the reaper and node, which inherits them: nothing left to
+    // do here needs a call the filters deny.
+    or_fail(STEP_ENTER, a.policy.confine());
 
     let node = libc::syscall(
         libc::SYS_clone,
@@ -878,7 +922,7 @@ unsafe fn reaper(a: &ChildArgs) -> ! {
     for fd in [0, 1, 2, FD_CONTROL] {
         libc::close(fd);
     }
-    or_fail(STEP_ENTER, a.policy.enter(Some(a.identity)));
+    or_fail(STEP_ENTER, a.policy.enter(Some(a.identity), true));
     // The runner may have died before the death signal was armed: its end of
     // the report pipe is then closed.
     let mut pfd = libc::pollfd {
@@ -955,7 +999,7 @@ unsafe fn start_node(a: &ChildArgs) -> ! {
         ))?;
         // The runner (Rust) ignores SIGPIPE; node expects the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        a.policy.enter(Some(a.identity))
+        a.policy.enter(Some(a.identity), true)
     })();
     or_fail(STEP_ENTER, setup);
     libc::execve(a.node.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
@@ -1049,6 +1093,38 @@ unsafe fn build_root(plan: &BoxPlan, run_dir: &CStr) -> io::Result<()> {
     mount(None, c"/", None, ro, None)
 }
 
+/// A detached copy of the mount holding `path` (just that file), to be
+/// attached in another mount namespace. Async-signal-safe.
+unsafe fn open_tree_clone(path: &CStr) -> io::Result<RawFd> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags);
+    rc_fd(fd as RawFd)
+}
+
+/// Attaches the detached hosts file `tree` over `/etc/hosts` of the current
+/// mount namespace, read-only. Async-signal-safe.
+unsafe fn attach_hosts(tree: RawFd) -> io::Result<()> {
+    // MOVE_MOUNT_F_EMPTY_PATH: move `tree` itself (not in the libc crate).
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    let moved = rc(libc::syscall(
+        libc::SYS_move_mount,
+        tree,
+        c"".as_ptr(),
+        libc::AT_FDCWD,
+        c"/etc/hosts".as_ptr(),
+        MOVE_MOUNT_F_EMPTY_PATH,
+    ) as libc::c_int);
+    libc::close(tree);
+    moved?;
+    let ro = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    mount(None, c"/etc/hosts", None, ro, None)
+}
+
 /// A box's own part of its file system, on its copy of the root: a `/proc`
 /// of its PID namespace, a fresh `/tmp` and `/dev/shm`. Async-signal-safe.
 unsafe fn fill_box(plan: &BoxPlan) -> io::Result<()> {
@@ -1124,7 +1200,7 @@ struct IfReqFlags {
 
 /// Brings up the new network namespace's loopback: the task may talk to
 /// itself over 127.0.0.1, and to nothing else.
-unsafe fn loopback_up() -> io::Result<()> {
+pub(crate) unsafe fn loopback_up() -> io::Result<()> {
     let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     if sock < 0 {
         return Err(io::Error::last_os_error());

@@ -197,6 +197,9 @@ pub struct TaskResult {
     /// What the run used (root mode: its slot's cgroup and its box's
     /// processes); `None` without root.
     pub resources: Option<Resources>,
+    /// One entry per declared destination the task connected to, in
+    /// declaration order (root mode; empty otherwise).
+    pub egress: Vec<crate::EgressRecord>,
 }
 
 /// What one run used.
@@ -218,6 +221,9 @@ pub struct TaskInfo {
     pub task_path: String,
     /// Digest of its files.
     pub task_digest: String,
+    /// The destinations it declares (`"host:port"`, see
+    /// [`TaskDeclaration`](crate::TaskDeclaration)); empty: no network.
+    pub egress: Vec<crate::EgressHost>,
     /// The operator secrets its `package.json` declares (listed only when
     /// there are any).
     #[serde(skip_serializing_if = "Vec::is_empty")]

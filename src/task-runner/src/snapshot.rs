@@ -36,7 +36,8 @@ pub(crate) struct Staged {
     pub digest: String,
     /// The entry file relative to the task's directory, or why it has none.
     pub entry: Result<PathBuf, Refused>,
-    /// What its `package.json` declares (empty when it is refused).
+    /// What its `package.json` declares (nothing when it has no entry: it
+    /// never runs).
     pub declaration: TaskDeclaration,
 }
 
@@ -150,12 +151,13 @@ fn stage_one(root: &Path, src: &Path, dst: &Path, limits: TreeLimits) -> Result<
     }
     task::stage(src, dst, limits).map_err(|e| Refused::from_error(e.into()))?;
     let digest = digest::digest_tree(dst, limits).map_err(|e| Refused::from_error(e.into()))?;
-    let (entry, declaration) = match TaskDeclaration::read(dst) {
-        Ok(declaration) => (
-            task::entry_point(dst).map_err(Refused::from_error),
-            declaration,
-        ),
-        Err(e) => (Err(Refused::from_error(e)), TaskDeclaration::default()),
+    let entry = task::entry_point(dst).map_err(Refused::from_error);
+    // A malformed declaration refuses the task outright (and a server with
+    // it refuses to start): running it without what it declared would fail
+    // later, less clearly.
+    let declaration = match entry {
+        Ok(_) => TaskDeclaration::read(dst).map_err(Refused::from_error)?,
+        Err(_) => TaskDeclaration::default(),
     };
     Ok(Staged {
         digest,

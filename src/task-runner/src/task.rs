@@ -117,9 +117,9 @@ struct PackageJson {
 /// Largest `package.json` read.
 const MAX_PACKAGE_JSON_BYTES: u64 = 1024 * 1024;
 
-/// Reads `main` from the staged `package.json` and checks it names a regular file
-/// inside the staged directory. Returns the entry's path relative to `staged`.
-pub(crate) fn entry_point(staged: &Path) -> Result<PathBuf, TaskError> {
+/// The bytes of the staged `package.json` (a regular file of at most
+/// [`MAX_PACKAGE_JSON_BYTES`]).
+pub(crate) fn read_package_json(staged: &Path) -> Result<Vec<u8>, TaskError> {
     let invalid = |msg: String| TaskError::InvalidTask(msg);
     let package = staged.join("package.json");
     let meta = fs::symlink_metadata(&package).map_err(|_| TaskError::PackageJsonMissing)?;
@@ -131,7 +131,14 @@ pub(crate) fn entry_point(staged: &Path) -> Result<PathBuf, TaskError> {
             "package.json is larger than {MAX_PACKAGE_JSON_BYTES} bytes"
         )));
     }
-    let text = fs::read(&package).map_err(|e| TaskError::internal("reading package.json", e))?;
+    fs::read(&package).map_err(|e| TaskError::internal("reading package.json", e))
+}
+
+/// Reads `main` from the staged `package.json` and checks it names a regular file
+/// inside the staged directory. Returns the entry's path relative to `staged`.
+pub(crate) fn entry_point(staged: &Path) -> Result<PathBuf, TaskError> {
+    let invalid = |msg: String| TaskError::InvalidTask(msg);
+    let text = read_package_json(staged)?;
     let parsed: PackageJson = serde_json::from_slice(&text)
         .map_err(|e| invalid(format!("package.json is not valid: {e}")))?;
     let main = parsed.main.unwrap_or_else(|| "index.js".to_owned());

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (each test binary uses a subset).
 #![allow(dead_code)]
 
+pub mod https;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
