@@ -2,7 +2,8 @@
 //!
 //! The whole flow fits in a few files:
 //!
-//! Each module uses only those listed before it: [`config`] and [`error`],
+//! Each module uses only those listed before it: [`config`], [`error`] and
+//! [`log_flood`],
 //! then [`clients`], [`rate`], [`budget`], [`manifest`], [`metrics`], [`tls`], [`secrets`] and
 //! [`state`], then the handlers ([`common`], [`app`], [`operator`]), the
 //! [`router`], and [`transport`] on top.
@@ -66,6 +67,7 @@ pub mod common;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod log_flood;
 pub mod manifest;
 pub mod metrics;
 pub mod operator;

@@ -13,6 +13,7 @@ use nautilus_server::config::{
     AttestationLimits, AttestationMode, ClientShares, HttpLimits, ServerConfig,
 };
 use nautilus_server::egress::EgressRoute;
+use nautilus_server::log_flood::{self, FloodFilter};
 use nautilus_server::state::AppState;
 use nautilus_server::transport::{Bound, Listen};
 use task_runner::{EgressLimits, RunnerConfig};
@@ -330,10 +331,11 @@ fn main() -> ExitCode {
     // Flushes what is queued when main returns.
     let (writer, _flush) = log_writer();
     let dropped = writer.error_counter();
-    init_logging(args.log_json, writer);
+    let flood = FloodFilter::default();
+    init_logging(args.log_json, writer, flood.clone());
     std::thread::Builder::new()
-        .name("log-drops".into())
-        .spawn(move || report_dropped_log_lines(&dropped))
+        .name("log-report".into())
+        .spawn(move || report_log_losses(&flood, &dropped))
         .ok();
     let ready = std::sync::atomic::AtomicBool::new(false);
     // One line that says what to do: `{:#}` joins the causes, and no
@@ -498,11 +500,14 @@ fn log_writer() -> (
         .finish(std::io::stderr())
 }
 
-/// Every 10 s, one line for the log lines dropped meanwhile.
-fn report_dropped_log_lines(counter: &tracing_appender::non_blocking::ErrorCounter) {
+/// Every window (10 s), one line per call site for the events not written
+/// meanwhile (past each call site's share), and one for the log lines
+/// dropped because stderr was read too slowly.
+fn report_log_losses(flood: &FloodFilter, counter: &tracing_appender::non_blocking::ErrorCounter) {
     let mut reported = 0;
     loop {
-        std::thread::sleep(Duration::from_secs(10));
+        std::thread::sleep(log_flood::WINDOW);
+        flood.report(log_flood::WINDOW);
         let dropped = counter.dropped_lines();
         if dropped > reported {
             tracing::warn!(
@@ -514,20 +519,32 @@ fn report_dropped_log_lines(counter: &tracing_appender::non_blocking::ErrorCount
     }
 }
 
-fn init_logging(json: bool, writer: tracing_appender::non_blocking::NonBlocking) {
+fn init_logging(
+    json: bool,
+    writer: tracing_appender::non_blocking::NonBlocking,
+    flood: FloodFilter,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
     // Colours only for a person at a terminal, never into a file or a pipe.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(writer);
-    if json {
-        builder.json().init();
+    // The level filter for everything; the flood filter only on what is
+    // written, per call site.
+    let output = if json {
+        output.json().with_filter(flood).boxed()
     } else {
-        builder.init();
-    }
+        output.with_filter(flood).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .init();
 }
 
 fn write_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

@@ -47,6 +47,17 @@ impl Running {
             .iter()
             .any(|l| l.contains(needle))
     }
+
+    /// The lines logged so far that contain `needle`.
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.1
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
 }
 
 impl Drop for Running {
@@ -588,6 +599,105 @@ async fn accept_errors_are_logged_and_counted() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     assert!(errors >= 1.0, "{metrics}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
+
+/// The number a summary line gives for the lines it stands for
+/// ("290 more like `request failed` ...").
+fn suppressed_count(summary: &str) -> u64 {
+    summary
+        .split_whitespace()
+        .zip(summary.split_whitespace().skip(1))
+        .find(|(_, next)| *next == "more")
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary:?}"))
+}
+
+/// A flood of one cheap request that the server logs at ERROR each time (a
+/// task refused at start: 500, "request failed") writes a few lines and then
+/// one line per 10 s saying how many more there were, not one line per
+/// request: nothing is lost from the count, and the log is not the attack.
+#[tokio::test]
+async fn a_flood_of_one_logged_error_is_summed_up_not_written_per_request() {
+    const FLOOD: u64 = 300;
+    // Lines one call site may write per 10 s window (`log_flood`).
+    const PER_WINDOW: u64 = 10;
+    let tasks = tempfile::tempdir().expect("tempdir");
+    let task = tasks.path().join("dep-task");
+    std::fs::create_dir_all(&task).expect("task dir");
+    std::fs::write(
+        task.join("package.json"),
+        r#"{"name": "dep-task", "version": "1.0.0", "main": "index.js"}"#,
+    )
+    .expect("package.json");
+    std::fs::write(task.join("index.js"), "require('ms')\n").expect("index.js");
+    // Its lockfile pins a dependency that is not installed: refused at start.
+    std::fs::write(
+        task.join("package-lock.json"),
+        r#"{"name": "dep-task", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {
+    "": {"name": "dep-task", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}},
+    "node_modules/ms": {"version": "2.1.3"}
+  }}"#,
+    )
+    .expect("package-lock.json");
+    let tasks_dir = tasks.path().to_str().expect("utf-8 temp path");
+    let (mut child, url) = start(server(), tasks_dir, 1);
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    for _ in 0..FLOOD {
+        let resp = http
+            .post(format!("{url}/process_data"))
+            .json(&json!({"payload": {"task_path": "dep-task"}}))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 500);
+    }
+
+    // Every request is accounted for, as its own line or in a summary (one
+    // per window, every 10 s): wait for the last summary, bounded.
+    let count = || {
+        let lines = child.lines_with("request failed");
+        let (summaries, written): (Vec<String>, Vec<String>) =
+            lines.into_iter().partition(|l| l.contains(" more like "));
+        let suppressed: u64 = summaries.iter().map(|l| suppressed_count(l)).sum();
+        (written.len() as u64, summaries, suppressed)
+    };
+    let mut accounted = count();
+    for _ in 0..300 {
+        if accounted.0 + accounted.2 >= FLOOD {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        accounted = count();
+    }
+    let (written, summaries, suppressed) = accounted;
+    println!("{FLOOD} refused requests: {written} lines written, {suppressed} summed up in {summaries:?}");
+    // Each window lets PER_WINDOW through; the flood may straddle window
+    // boundaries on a slow machine, and each boundary it straddles leaves a
+    // summary (or is the last, partial window).
+    assert!(
+        written <= PER_WINDOW * (summaries.len() as u64 + 2),
+        "{written} lines for {FLOOD} requests with {} summaries",
+        summaries.len()
+    );
+    assert_eq!(
+        written + suppressed,
+        FLOOD,
+        "every request is in the log or in a summary: {summaries:?}"
+    );
+    for summary in &summaries {
+        assert!(
+            summary.contains("src/nautilus-server/src/error.rs:")
+                && summary.contains("in the last 10 s"),
+            "the summary names the call site and the window: {summary}"
+        );
+    }
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }
