@@ -151,7 +151,7 @@ async fn sysinfo_shows_nothing_of_the_host() {
 /// Probe (run inside the box by the test below): a memfd holding a program
 /// cannot be executed, and the x32 numbers of denied calls are denied.
 #[test]
-#[ignore]
+#[ignore = "a probe, not a check: memfd_programs_and_x32_calls_are_refused and memfd_fallback run it inside the box and assert on what it prints"]
 fn memfd_and_x32_probe() {
     const MFD_EXEC: libc::c_uint = 0x10;
     // SAFETY: memfd_create with a valid name.
@@ -272,7 +272,7 @@ fn without_the_memfd_sysctl_seccomp_denies_memfd_create() {
 
 /// The runner's side of the test above, in its mount namespace.
 #[tokio::test]
-#[ignore]
+#[ignore = "runs only inside the mount namespace that the test above makes (it hides /proc/sys/vm); that test runs it and asserts it passed"]
 async fn memfd_fallback() {
     assert!(!std::path::Path::new("/proc/sys/vm/memfd_noexec").exists());
     let (_tasks, config) = probe_tasks();
