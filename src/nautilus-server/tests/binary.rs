@@ -1,20 +1,14 @@
 //! The `nautilus-server` binary: start-up refusal without an NSM, and a
 //! graceful SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-fn server() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_nautilus-server"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn");
-    c
-}
+mod support;
+use support::binary::{server, spawn_announced, Running};
 
 #[test]
 fn nsm_mode_without_a_device_exits_and_names_the_dev_flag() {
@@ -35,40 +29,6 @@ fn nsm_mode_without_a_device_exits_and_names_the_dev_flag() {
     assert!(err.contains("/dev/nsm"), "{err}");
 }
 
-/// A server process that is killed if the test fails before it exits, and
-/// the lines it has written to stderr so far.
-struct Running(std::process::Child, Arc<Mutex<Vec<String>>>);
-
-impl Running {
-    fn logged(&self, needle: &str) -> bool {
-        self.1
-            .lock()
-            .expect("log lock")
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    /// The lines logged so far that contain `needle`.
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.1
-            .lock()
-            .expect("log lock")
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Starts a dev server on a free port and returns it with its base URL,
 /// read from the banner it prints.
 fn start_dev(grace_secs: u64) -> (Running, String) {
@@ -77,37 +37,11 @@ fn start_dev(grace_secs: u64) -> (Running, String) {
 }
 
 fn start(mut command: Command, tasks: &str, grace_secs: u64) -> (Running, String) {
-    let mut child = command
-        .args([
-            "--attestation",
-            "dev",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--tasks-dir",
-            tasks,
-        ])
-        .args(["--shutdown-grace-secs", &grace_secs.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server started");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&logs);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.trim().strip_prefix("nautilus-server is listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-            log.lock().expect("log lock").push(line);
-        }
-    });
-    let child = Running(child, logs);
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server announced its address");
-    (child, url)
+    command
+        .args(["--attestation", "dev", "--listen", "tcp://127.0.0.1:0"])
+        .args(["--tasks-dir", tasks])
+        .args(["--shutdown-grace-secs", &grace_secs.to_string()]);
+    spawn_announced(command, Duration::from_secs(30))
 }
 
 fn sigterm(child: &Running) {

@@ -9,8 +9,8 @@
 //! HTTP layers buffered must all be wiped by then. The new value must still
 //! be found (the store holds it): the scan sees what is there.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Seek, SeekFrom};
+use std::process::Stdio;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
@@ -18,47 +18,22 @@ use result_signing::{IntentMessage, SecretUpdate, SigningKey, INTENT_SECRET_UPDA
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod support;
+use support::binary::{server, spawn_announced, Running};
+
 const NAME: &str = "MEMORY_TEST_KEY";
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the binary; returns it with its https base URL (from its banner).
-fn start(operator: &SigningKey) -> (Server, String) {
+fn start(operator: &SigningKey) -> (Running, String) {
     let tasks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/secret-tasks");
     let key = hex::encode(result_signing::encode_public_key(operator.verifying_key()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nautilus-server"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
+    let mut command = server();
+    command
         .args(["--attestation", "dev", "--tls", "on"])
         .args(["--listen", "tcp://127.0.0.1:0", "--tasks-dir", tasks])
         .args(["--operator-key", &key])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server started");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.trim().strip_prefix("nautilus-server is listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let server = Server(child);
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server announced its address");
-    (server, url)
+        .stdin(Stdio::null());
+    spawn_announced(command, Duration::from_secs(60))
 }
 
 fn random_value() -> String {

@@ -1,6 +1,8 @@
 //! A real server on a loopback port, for the HTTP tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod binary;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
