@@ -608,11 +608,14 @@ impl Runner {
         secrets: Arc<SecretValues>,
     ) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
-        // Dropped with this future: the run then sees its caller gone.
+        // Dropped with this future: the run then sees its caller gone, and
+        // the slot's refill knows the caller has its answer.
         let (_caller, gone) = oneshot::channel::<()>();
+        let (_answered, answered) = oneshot::channel::<()>();
         // The caller's span (the server's request id) follows the run.
         tokio::spawn(
-            async move { inner.run(req, secrets, gone).await }.instrument(tracing::Span::current()),
+            async move { inner.run(req, secrets, gone, answered).await }
+                .instrument(tracing::Span::current()),
         )
         .await
         .map_err(|e| TaskError::internal("task supervisor failed", e))?
@@ -1085,6 +1088,7 @@ impl Inner {
         req: TaskRequest,
         secrets: Arc<SecretValues>,
         mut gone: oneshot::Receiver<()>,
+        answered: oneshot::Receiver<()>,
     ) -> Result<TaskResult, TaskError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(TaskError::ShuttingDown);
@@ -1279,7 +1283,9 @@ impl Inner {
         .flatten()
         .unwrap_or((false, false, None));
         // The slot is freed once it is empty and its warm box is back, off
-        // the caller's path.
+        // the caller's path: the new box starts only once the caller has its
+        // answer (its future ended: returned or dropped), so that booting
+        // it does not compete with signing and sending the response.
         let this = self.clone();
         tokio::spawn(async move {
             if let Some(reaping) = reaping {
@@ -1287,6 +1293,8 @@ impl Inner {
                 let emptied = this.clone();
                 let _ = tokio::task::spawn_blocking(move || emptied.empty_slot(index)).await;
             }
+            // Err once the sender is dropped, which is the only way it ends.
+            let _ = answered.await;
             this.refill(slot)
         });
         let outcome = outcome?;

@@ -90,6 +90,12 @@ fn tasks() -> tempfile::TempDir {
             "process.stdout.write('x'.repeat(300000)); process.exit(7);\n",
         )],
     );
+    task(
+        r,
+        "slow",
+        "{}",
+        &[("index.js", "setTimeout(() => {}, 60000);\n")],
+    );
     root
 }
 
@@ -254,4 +260,41 @@ async fn a_refill_racing_a_shutdown_leaves_no_box() {
         );
         assert!(runner.warm_box_pids().is_empty());
     }
+}
+
+/// After every run, answered or abandoned by its caller, the slot gets a new
+/// warm box (started once the caller's future has ended, so that it does not
+/// compete with sending the answer), the next run is warm again, and a
+/// shutdown then leaves nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_run_leaves_its_slot_a_new_warm_box() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    let root = tasks();
+    let runner = runner_in(root.path(), 1);
+    runner.start_warm_pool();
+    let uids = runner.sandbox_uids().expect("root runner has slot uids");
+    let mut last = warm_node(&runner).await;
+    for n in 1..=3u64 {
+        if n == 2 {
+            // The caller goes away while its task runs.
+            let run = runner.run(request("slow", &[]));
+            let gone = tokio::time::timeout(Duration::from_millis(500), run).await;
+            assert!(gone.is_err(), "the slow task returned: {gone:?}");
+        } else {
+            run_ok(&runner, "semantics", &[]).await;
+        }
+        let next = warm_node(&runner).await;
+        assert_ne!(next, last, "run {n}: the slot kept the box it used");
+        last = next;
+        let stats = runner.stats();
+        assert_eq!((stats.warm_runs, stats.cold_runs), (n, 0), "{stats:?}");
+    }
+    runner.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        processes_of(&uids),
+        Vec::<String>::new(),
+        "a box outlived the shutdown"
+    );
 }
