@@ -94,8 +94,9 @@ setImmediate(() => {
     await new Promise((resolve) => setTimeout(resolve, 10));
     closed.resource = performance.getEntriesByType('resource')[0].startTime / 1e3;
     server.close();
-    const worker = new Worker('setTimeout(() => {}, 200)', { eval: true });
-    worker.on('online', () => {
+    const code = "require('node:worker_threads').parentPort.postMessage(process.uptime())";
+    new Worker(code, { eval: true }).on('message', (uptime) => {
+      open.worker = uptime;
       const tids = fs.readdirSync('/proc/self/task');
       open.thread = Math.max(...tids.map((t) => ticks(`/proc/self/task/${t}/stat`))) - ticks('/proc/self/stat');
       process.stdout.write(JSON.stringify({ closed, open }));
@@ -225,6 +226,7 @@ async fn a_warm_box_measures_its_run_from_hand_over() {
     settled(&runner).await;
     tokio::time::sleep(Duration::from_secs_f64(WAIT)).await;
     let seen = json(&run_ok(&runner, "clock", &[]).await.stdout);
+    eprintln!("{seen}");
     assert_eq!(runner.stats().warm_runs, 2, "{seen}");
     let ages = |group: &str| -> Vec<(String, f64)> {
         let all = seen[group].as_object().expect(group);
