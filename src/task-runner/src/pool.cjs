@@ -7,9 +7,8 @@
 // in require.cache, and no frame of it on the task's stack (the entry runs
 // from the tick queue, straight into Node's own runMain).
 const fs = require('node:fs');
-const perfHooks = require('node:perf_hooks');
 const fd = Number(process.argv[2]);
-const waitFrom = perfHooks.performance.now();
+const handOver = clocksFromHandOver();
 // The read end is a blocking pipe (only the runner's write end is
 // non-blocking), and libuv retries EINTR: a plain read to end of file.
 const chunks = [];
@@ -18,7 +17,7 @@ for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) {
   chunks.push(Buffer.from(buf.subarray(0, n)));
 }
 fs.closeSync(fd);
-measureFromHandOver(waitFrom, perfHooks.performance.now() - waitFrom);
+handOver();
 const task = JSON.parse(Buffer.concat(chunks).toString('utf8'));
 process.chdir(task.cwd);
 process.argv.splice(1, process.argv.length - 1, task.entry, ...task.args);
@@ -29,20 +28,23 @@ process.nextTick(require('node:module').runMain, task.entry);
 
 // This process started when its slot's previous run ended, so a clock that
 // counts from the process's start would tell its task when that was. The
-// time it waited for its task (`ms`, from `from` on Node's performance
+// time it waits for its task (`ms`, from `from` on Node's performance
 // timeline) is taken out of every clock Node shows a task as time since
 // start: process.uptime(), performance.now() and the performance timeline
 // (entries, nodeTiming; timeOrigin moves forward as much). The run looks
 // like a cold start whose start-up took as long as this one's did. Node
 // keeps its own timeline inside, so times are translated where a task reads
-// them and where it passes them in. What stays (the kernel's start time,
-// libuv's timer base): docs/isolation.md.
-function measureFromHandOver(from, ms) {
-  const { uptime } = process;
-  process.uptime = { uptime() { return uptime() - ms / 1e3; } }.uptime;
+// them and where it passes them in. All of it is set up before the wait;
+// the returned function, called at hand-over, only sets `ms`. What stays
+// (the kernel's start time, libuv's timer base): docs/isolation.md.
+function clocksFromHandOver() {
+  const perfHooks = require('node:perf_hooks');
   const { performance, PerformanceEntry, PerformanceMark } = perfHooks;
   const proto = Object.getPrototypeOf(performance);
   const { value: now } = Object.getOwnPropertyDescriptor(proto, 'now');
+  let [from, ms] = [0, 0];
+  const { uptime } = process;
+  process.uptime = { uptime() { return uptime() - ms / 1e3; } }.uptime;
   // Node's time to the task's (nothing happens inside the wait), and back.
   const out = (t) => t - Math.min(ms, Math.max(0, t - from));
   const into = (options, key) => {
@@ -101,4 +103,8 @@ function measureFromHandOver(from, ms) {
   });
   perfHooks.PerformanceMark = Mark;
   globalThis.PerformanceMark = Mark;
+  from = now.call(performance);
+  return () => {
+    ms = now.call(performance) - from;
+  };
 }
