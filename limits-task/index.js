@@ -178,13 +178,21 @@ async function sockets(mib, ballast) {
   const pump = (c) => {
     while (!done && c.write(chunk));
   };
-  // Resolves false when the pair cannot be made (descriptors, 2 s).
+  // Resolves false when the pair cannot be made (out of descriptors, or
+  // not connected within 2 s).
   const connect = () =>
     new Promise((resolve) => {
-      setTimeout(() => resolve(false), 2000).unref();
       const c = net.connect(port, '127.0.0.1');
-      c.on('error', () => resolve(false));
+      const timer = setTimeout(() => {
+        c.destroy();
+        resolve(false);
+      }, 2000);
+      c.on('error', () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
       c.once('connect', () => {
+        clearTimeout(timer);
         writers.push(c);
         open.push(c);
         c.on('drain', () => pump(c));
@@ -213,7 +221,8 @@ async function sockets(mib, ballast) {
     else if (now - started > SOCKETS_SECONDS * 1000) stopped = 'time';
     else if (now - grew > STALL_MS) stopped = 'refused';
     if (stopped) break;
-    // A few new pairs per round while the kernel still takes more.
+    // Four more pairs per round, up to the bound: each new pair's buffers
+    // start small, so more pairs reach the kernel's limits sooner.
     for (let i = 0; i < 4 && writers.length < MAX_PAIRS; i++) {
       if (!(await connect())) break;
     }
