@@ -392,3 +392,36 @@ async fn every_run_leaves_its_slot_a_new_warm_box() {
         "a box outlived the shutdown"
     );
 }
+
+/// A caller that keeps its run's future while it shuts the runner down (the
+/// CLI does on SIGTERM) is not waited for: the slot's refill waits for that
+/// future to end, or for the shutdown, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_does_not_wait_for_a_runs_caller() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    let root = tasks();
+    let runner = runner_in(root.path(), 1);
+    runner.start_warm_pool();
+    warm_node(&runner).await;
+    let uids = runner.sandbox_uids().expect("root runner has slot uids");
+    let run = runner.run(request("slow", &[]));
+    tokio::pin!(run);
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut run).await;
+    assert!(early.is_err(), "the slow task returned: {early:?}");
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(10), runner.shutdown(Duration::ZERO)).await;
+    assert!(stopped.is_ok(), "the shutdown waited for the run's caller");
+    let outcome = run.await;
+    assert!(
+        outcome.as_ref().is_ok_and(|r| r.status != "success") || outcome.is_err(),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        processes_of(&uids),
+        Vec::<String>::new(),
+        "a box outlived the shutdown"
+    );
+    assert!(runner.warm_box_pids().is_empty());
+}
