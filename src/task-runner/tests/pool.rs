@@ -56,7 +56,9 @@ process.stdout.write(JSON.stringify({
 
 /// How long before its task its process started, as each clock a
 /// JavaScript task can read tells it (seconds): `closed` the ones a warm box
-/// measures from hand-over, `open` the ones it cannot (docs/isolation.md).
+/// measures from hand-over (less Node's own start-up, which comes before
+/// any wait, so that a slow start on a busy machine is not taken for one),
+/// `open` the ones it cannot (docs/isolation.md).
 const CLOCK: &str = r#"'use strict';
 const fs = require('node:fs');
 const http = require('node:http');
@@ -99,7 +101,9 @@ setImmediate(() => {
       open.worker = uptime;
       const tids = fs.readdirSync('/proc/self/task');
       open.thread = Math.max(...tids.map((t) => ticks(`/proc/self/task/${t}/stat`))) - ticks('/proc/self/stat');
-      process.stdout.write(JSON.stringify({ closed, open }));
+      const startUp = performance.nodeTiming.bootstrapComplete / 1e3;
+      for (const clock of Object.keys(closed)) closed[clock] -= startUp;
+      process.stdout.write(JSON.stringify({ closed, open, startUp }));
     });
   });
 });
@@ -240,7 +244,7 @@ async fn a_warm_box_measures_its_run_from_hand_over() {
             .map(|(k, v)| (k.clone(), v.as_f64().expect("seconds")))
             .collect()
     };
-    // Node's own start-up (well under a second) and the task's, not the wait.
+    // The task's own time since hand-over, not the wait.
     let shows_wait: Vec<_> = ages("closed")
         .into_iter()
         .filter(|(_, s)| *s >= WAIT / 2.0)
@@ -250,7 +254,7 @@ async fn a_warm_box_measures_its_run_from_hand_over() {
     // libuv's record of the process's start, and the box's fresh mounts.
     let hidden: Vec<_> = ages("open")
         .into_iter()
-        .filter(|(_, s)| *s < WAIT - 0.05)
+        .filter(|(_, s)| *s < WAIT / 2.0)
         .collect();
     assert!(
         hidden.is_empty(),
