@@ -113,7 +113,7 @@ if [ ! -x "$OUT/busybox" ]; then
         KCONFIG_NOTIMESTAMP=1 SOURCE_DATE_EPOCH=0 \
         BB_EXTRA_VERSION="Debian $VERSION, nautilus enclave/busybox.config"
     make -s "$@" silentoldconfig < /dev/null > "$work/build.log" 2>&1 \
-        || { cat "$work/build.log" >&2; die "make silentoldconfig failed (above)"; }
+        || { cat "$work/build.log" >&2; die "make silentoldconfig failed (above; when it wants to ask about an option, enclave/busybox.config lacks it for busybox $VERSION: regenerate it, docs/image.md, \"busybox\")"; }
     # The committed config must be complete and exact: kconfig rewrote it with
     # every option resolved; any option it added or changed means the file
     # is stale for this source.
