@@ -95,8 +95,11 @@ applets() { sed 's/#.*//' "$APPLETS" | tr -s ' \t' '\n\n' | grep . | LC_ALL=C so
 
 if [ ! -x "$OUT/busybox" ]; then
     log "building busybox $VERSION from source with $COMPILER into $OUT"
-    work="$(mktemp -d "$BUILDS/.new-XXXXXX")"
+    # Kbuild cannot build in a path with spaces: build under TMPDIR, then
+    # move only the binary into the cache.
+    work="$(mktemp -d "${TMPDIR:-/tmp}/busybox-build.XXXXXX")"
     trap 'rm -rf "$work"' EXIT
+    case "$work" in *[[:space:]]*) die "TMPDIR=$TMPDIR has white space, which busybox's build cannot handle: set TMPDIR to another directory" ;; esac
     mkdir "$work/src" "$work/debian" "$work/tools"
     tar -xf "$ORIG" -C "$work/src" --strip-components=1
     tar -xf "$PATCHES" -C "$work/debian" --strip-components=1
@@ -128,10 +131,10 @@ if [ ! -x "$OUT/busybox" ]; then
     "$work/src/busybox" --list | LC_ALL=C sort > "$work/got"
     diff -u "$work/want" "$work/got" >&2 \
         || die "the built busybox offers other applets than enclave/busybox.applets lists (diff above)"
-    mkdir "$work/out"
-    install -m 0755 "$work/src/busybox" "$work/out/busybox"
+    staged="$(mktemp -d "$BUILDS/.new-XXXXXX")" && chmod 0755 "$staged"
+    install -m 0755 "$work/src/busybox" "$staged/busybox"
     # Another build may have finished the same inputs meanwhile: keep the first.
-    mv -T "$work/out" "$OUT" 2>/dev/null || true
+    mv -T "$staged" "$OUT" 2>/dev/null || rm -rf "$staged"
     rm -rf "$work"
     trap - EXIT
     log "built $OUT/busybox ($(wc -c < "$OUT/busybox") bytes)"
