@@ -98,7 +98,10 @@ fn two_builds_from_the_pinned_source_in_other_places_are_byte_identical() {
     );
 
     let elf = goblin::elf::Elf::parse(&a).unwrap();
-    assert!(elf.interpreter.is_none() && elf.libraries.is_empty(), "not static");
+    assert!(
+        elf.interpreter.is_none() && elf.libraries.is_empty(),
+        "not static"
+    );
     let out = Command::new(&first).arg("--list").output().unwrap();
     assert!(out.status.success());
     let mut listed: Vec<String> = String::from_utf8(out.stdout)
@@ -137,7 +140,10 @@ fn a_source_file_that_does_not_match_its_pin_is_refused() {
         stderr.contains("could not download busybox_1.35.0.orig.tar.bz2 matching sha256:faeeb244"),
         "{stderr}"
     );
-    assert!(!planted.exists(), "the tampered tarball stayed in the cache");
+    assert!(
+        !planted.exists(),
+        "the tampered tarball stayed in the cache"
+    );
     assert!(stdout.is_empty(), "{stdout}");
     assert_eq!(std::fs::read_dir(builds.path()).unwrap().count(), 0);
 }

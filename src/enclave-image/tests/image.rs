@@ -333,10 +333,16 @@ fn the_images_busybox_offers_exactly_the_applets_run_sh_needs() {
     let mut expected: Vec<&str> = applets.iter().map(String::as_str).collect();
     expected.push("busybox");
     expected.sort_unstable();
-    assert_eq!(in_bin, expected, "/bin holds other files than busybox and its applets");
+    assert_eq!(
+        in_bin, expected,
+        "/bin holds other files than busybox and its applets"
+    );
     for applet in &applets {
         let link = find(app, &format!("bin/{applet}"));
-        assert!(link.is_symlink() && link.data == b"busybox", "/bin/{applet}");
+        assert!(
+            link.is_symlink() && link.data == b"busybox",
+            "/bin/{applet}"
+        );
     }
     let busybox = find(app, "bin/busybox");
     assert_static(busybox);
@@ -359,12 +365,20 @@ fn the_images_busybox_offers_exactly_the_applets_run_sh_needs() {
     assert_eq!(code, Some(0));
     let mut listed: Vec<String> = stdout.lines().map(str::to_owned).collect();
     listed.sort();
-    assert_eq!(listed, applets, "busybox --list is not enclave/busybox.applets");
+    assert_eq!(
+        listed, applets,
+        "busybox --list is not enclave/busybox.applets"
+    );
 
-    for applet in ["wget", "nc", "httpd", "telnet", "ftpget", "vi", "mount", "ash"] {
+    for applet in [
+        "wget", "nc", "httpd", "telnet", "ftpget", "vi", "mount", "ash",
+    ] {
         let (code, _, stderr) = run(&[applet, "--help"]);
         assert_eq!(code, Some(127), "busybox {applet}: {stderr}");
-        assert!(stderr.contains(&format!("{applet}: applet not found")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{applet}: applet not found")),
+            "{stderr}"
+        );
         let (code, _, stderr) = run(&["sh", "-c", &format!("{applet} --help")]);
         assert_eq!(code, Some(127), "sh -c {applet}: {stderr}");
         assert!(stderr.contains(&format!("{applet}: not found")), "{stderr}");
@@ -376,16 +390,23 @@ fn the_images_busybox_offers_exactly_the_applets_run_sh_needs() {
         "-c",
         "sleep 0.1 & p=$!; kill -0 $p && echo alive; wait $p; echo $((20 + 22)); [ 1 -lt 2 ] && echo test; kill -TERM $$",
     ]);
-    assert_eq!(code, None, "not ended by SIGTERM from its own kill: {stderr}");
+    assert_eq!(
+        code, None,
+        "not ended by SIGTERM from its own kill: {stderr}"
+    );
     assert_eq!(stdout, "alive\n42\ntest\n", "{stderr}");
 
     let (_, banner, _) = run(&[]);
     assert!(
-        banner.starts_with("BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1, nautilus enclave/busybox.config)"),
+        banner.starts_with(
+            "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1, nautilus enclave/busybox.config)"
+        ),
         "{banner}"
     );
     let (ok, cached, stderr) = {
-        let out = Command::new(repo().join("enclave/busybox.sh")).output().unwrap();
+        let out = Command::new(repo().join("enclave/busybox.sh"))
+            .output()
+            .unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
