@@ -11,6 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod support;
+use support::listed_applets;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -38,18 +41,6 @@ fn busybox_sh(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The applet names enclave/busybox.applets lists, sorted.
-fn listed_applets() -> Vec<String> {
-    let text = std::fs::read_to_string(repo().join("enclave/busybox.applets")).unwrap();
-    let mut names: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split('#').next()?.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    names
 }
 
 /// The shared cached build (what `make image` puts into the image) and a

@@ -16,6 +16,9 @@ use enclave_image::cpio::{self, ListedEntry};
 use enclave_image::eif;
 use sha2::{Digest, Sha384};
 
+mod support;
+use support::listed_applets;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -297,18 +300,6 @@ fn the_ramdisks_hold_init_run_sh_a_static_server_and_a_node_whose_libraries_reso
             "{lib} was not needed? {seen:?}"
         );
     }
-}
-
-/// The applet names enclave/busybox.applets lists (the ones run.sh runs), sorted.
-fn listed_applets() -> Vec<String> {
-    let text = fs::read_to_string(repo().join("enclave/busybox.applets")).unwrap();
-    let mut names: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.split('#').next()?.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
-    names.sort();
-    names
 }
 
 /// The image's busybox holds the listed applets and nothing else: `/bin` is
