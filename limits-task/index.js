@@ -11,13 +11,32 @@
 //                     it: the result then says signal SIGKILL and limit
 //                     "memory". Below the limit it prints what it held.
 //   processes <N>     start N child processes (1 to 256) that wait; the
-//                     slot's process limit refuses the ones past it.
+//                     slot's process limit (threads count too: about four
+//                     per child) refuses the ones past it: the task then says
+//                     `started K of N processes` and fails, and the result
+//                     says limit "pids".
 //   time <seconds>    wait that long (1 to 3600); the request's timeout ends it.
+//   sockets <MiB> [<ballast MiB>]
+//                     hold MiB (1 to 4096) in loopback TCP buffers inside the
+//                     box, first (optionally) holding the ballast as `memory`
+//                     does (1 to 4096). Connection pairs whose accepting end
+//                     never reads are written to until the kernel has taken
+//                     MiB, takes no more (no progress for 3 s) or 60 s pass;
+//                     at most 400 pairs (800 descriptors, under the box's
+//                     1024). Only bytes the kernel accepted count (bytesWritten
+//                     minus writableLength: Node's own queue is not socket
+//                     memory). The buffers are kernel memory of the task's
+//                     sockets: on cgroup v2 (and on v1 with the TCP limit set)
+//                     the slot's memory cgroup counts them, so its memory
+//                     limit holds them too. Prints `sockets held N MiB in K
+//                     pairs` per 32 MiB, then what it held and why it stopped.
 //
 // Input is bounded, and nothing outlives the run: the box's PID 1 ends every
 // process of the task when its main process ends.
 
 const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
 
 const MIB = 1 << 20;
 // Per child: far below any per-process limit the runner sets (RLIMIT_DATA is
@@ -46,7 +65,9 @@ const CHILD_FLAGS = ['--v8-pool-size=1'];
 
 function usage(message) {
   console.error(`limits-task: ${message}`);
-  console.error('usage: memory <MiB 1-4096> | processes <N 1-256> | time <seconds 1-3600>');
+  console.error(
+    'usage: memory <MiB 1-4096> | processes <N 1-256> | time <seconds 1-3600> | sockets <MiB 1-4096> [<ballast MiB 1-4096>]',
+  );
   process.exit(2);
 }
 
@@ -92,7 +113,8 @@ function start(args, until, onLine = () => {}) {
   });
 }
 
-async function memory(mib) {
+// Holds MiB in child processes; returns how many it started.
+async function hold(mib) {
   let held = 0;
   for (let i = 0; held < mib; i++) {
     const share = Math.min(CHUNK_MIB, mib - held);
@@ -107,11 +129,135 @@ async function memory(mib) {
     });
     held += share;
   }
+  return held;
+}
+
+async function memory(mib) {
+  const held = await hold(mib);
   console.log(JSON.stringify({ mode: 'memory', asked_mib: mib, held_mib: held, processes: children.length }));
 }
 
+const MAX_PAIRS = 400;
+const SOCKETS_SECONDS = 60;
+const STALL_MS = 3000;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// The kernel's own count of TCP buffer memory (all sockets of the machine, in
+// pages), where the box shows it; a cross-check of what the sockets count.
+function kernelTcpPages() {
+  try {
+    const m = /^TCP:.* mem (\d+)/m.exec(fs.readFileSync('/proc/net/sockstat', 'utf8'));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+async function sockets(mib, ballast) {
+  if (ballast) {
+    await hold(ballast);
+    console.log(`ballast: holding ${ballast} MiB in ${children.length} processes`);
+  }
+  const want = mib * MIB;
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  const tcpBefore = kernelTcpPages();
+  const open = [];
+  // Accepted ends stay paused: they never read, so what is written stays in
+  // the kernel (the sender's queue and the receiver's buffer).
+  const server = net.createServer({ pauseOnConnect: true }, (s) => {
+    s.on('error', () => {});
+    open.push(s);
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+  const writers = [];
+  const held = () => writers.reduce((sum, c) => sum + c.bytesWritten - c.writableLength, 0);
+  let done = false;
+  const pump = (c) => {
+    while (!done && c.write(chunk));
+  };
+  // Resolves false when the pair cannot be made (out of descriptors, or
+  // not connected within 2 s).
+  const connect = () =>
+    new Promise((resolve) => {
+      const c = net.connect(port, '127.0.0.1');
+      const timer = setTimeout(() => {
+        c.destroy();
+        resolve(false);
+      }, 2000);
+      c.on('error', () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+      c.once('connect', () => {
+        clearTimeout(timer);
+        writers.push(c);
+        open.push(c);
+        c.on('drain', () => pump(c));
+        pump(c);
+        resolve(true);
+      });
+    });
+
+  const started = Date.now();
+  let best = 0;
+  let grew = started;
+  let reported = 0;
+  let stopped;
+  for (;;) {
+    const now = Date.now();
+    const h = held();
+    if (h > best) {
+      best = h;
+      grew = now;
+    }
+    while (Math.floor(best / (32 * MIB)) > reported) {
+      reported++;
+      console.log(`sockets held ${reported * 32} MiB in ${writers.length} pairs`);
+    }
+    if (h >= want) stopped = 'asked';
+    else if (now - started > SOCKETS_SECONDS * 1000) stopped = 'time';
+    else if (now - grew > STALL_MS) stopped = 'refused';
+    if (stopped) break;
+    // Four more pairs per round, up to the bound: each new pair's buffers
+    // start small, so more pairs reach the kernel's limits sooner.
+    for (let i = 0; i < 4 && writers.length < MAX_PAIRS; i++) {
+      if (!(await connect())) break;
+    }
+    await sleep(20);
+  }
+  done = true;
+  const final = held();
+  const tcpAfter = kernelTcpPages();
+  console.log(
+    JSON.stringify({
+      mode: 'sockets',
+      asked_mib: mib,
+      ballast_mib: ballast ?? 0,
+      held_bytes: final,
+      held_mib: Math.floor(final / MIB),
+      pairs: writers.length,
+      stopped,
+      seconds: (Date.now() - started) / 1000,
+      kernel_tcp_mib: tcpBefore === null || tcpAfter === null ? null : Math.floor(((tcpAfter - tcpBefore) * 4096) / MIB),
+    }),
+  );
+  for (const s of open) s.destroy();
+  server.close();
+}
+
 async function processes(n) {
-  for (let i = 0; i < n; i++) await start(['-e', IDLE], null);
+  for (let i = 0; i < n; i++) {
+    try {
+      await start(['-e', IDLE], null);
+    } catch (err) {
+      // How far it got before the wall (the slot's process limit).
+      console.log(`started ${i} of ${n} processes`);
+      throw err;
+    }
+  }
   console.log(JSON.stringify({ mode: 'processes', asked: n, started: children.length }));
 }
 
@@ -123,7 +269,7 @@ async function time(seconds) {
 
 async function main() {
   const [mode, value, ...rest] = process.argv.slice(2);
-  if (rest.length > 0) usage(`one mode and one number, got ${rest.length} more arguments`);
+  if (rest.length > (mode === 'sockets' ? 1 : 0)) usage(`too many arguments for ${mode}: ${rest.length} more`);
   switch (mode) {
     case 'memory':
       return memory(bounded(value, 4096, 'MiB'));
@@ -131,6 +277,8 @@ async function main() {
       return processes(bounded(value, 256, 'N'));
     case 'time':
       return time(bounded(value, 3600, 'seconds'));
+    case 'sockets':
+      return sockets(bounded(value, 4096, 'MiB'), rest[0] === undefined ? undefined : bounded(rest[0], 4096, 'ballast MiB'));
     default:
       return usage(`unknown mode ${JSON.stringify(mode ?? '')}`);
   }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use boot_support::deps::{self, Unavailable};
 use boot_support::vm::Vm;
-use nautilus_client::{Client, ClientError, Policy, TaskSpec, TrustedRoot};
+use nautilus_client::{Client, ClientError, Policy, TaskSpec, TrustedRoot, VerifiedResult};
 use sha2::{Digest, Sha384};
 use support::Proxy;
 
@@ -69,6 +69,14 @@ const CHECKS: &[(&str, Check)] = &[
     (
         "the limits demo: a task over its memory limit is killed by its cgroup, said in the signed result",
         cgroup_limits,
+    ),
+    (
+        "the limits demo: a task past the attested process limit is stopped by its pids cgroup, said in the signed result",
+        pids_limit,
+    ),
+    (
+        "the limits demo: loopback TCP buffers count against the slot's memory limit (cgroup v2)",
+        socket_memory,
     ),
     (
         "a task's HTTPS fetch leaves over vsock through the proxy's egress mode; the client verifies its egress list",
@@ -612,24 +620,78 @@ fn cgroup_limits(g: &mut Guest) -> anyhow::Result<()> {
     g.runtime.block_on(limits_demo(&g.url, &g.pem))
 }
 
-async fn limits_demo(url: &str, pem: &str) -> anyhow::Result<()> {
-    const MIB: u64 = 1 << 20;
-    let root = TrustedRoot::from_pem(pem)?;
-    let client = Client::connect(url, root, Policy::default().allow_debug(true)).await?;
-    ensure!(
-        client.manifest().task("limits-task").is_some(),
-        "the attested manifest lists no limits-task"
-    );
-    let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw())?;
-    let limit = find_key(&manifest, "cgroups")
-        .and_then(|c| c["memory_max_bytes"].as_u64())
-        .context("no memory limit in the attested manifest")?;
-    let run = |args: [String; 2], timeout: u64| {
+const MIB: u64 = 1 << 20;
+
+/// A client that verified the guest's attestation, and the per-slot limits
+/// its attested manifest lists (`isolation.cgroups`): what the limits demo
+/// checks are read from there, never assumed.
+struct Limits {
+    client: Client,
+    cgroups: serde_json::Value,
+}
+
+impl Limits {
+    async fn connect(url: &str, pem: &str) -> anyhow::Result<Self> {
+        let root = TrustedRoot::from_pem(pem)?;
+        let client = Client::connect(url, root, Policy::default().allow_debug(true)).await?;
+        ensure!(
+            client.manifest().task("limits-task").is_some(),
+            "the attested manifest lists no limits-task"
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(client.manifest().raw())?;
+        let cgroups = find_key(&manifest, "cgroups")
+            .cloned()
+            .context("no cgroups in the attested manifest")?;
+        Ok(Self { client, cgroups })
+    }
+
+    /// A limit from the manifest's `cgroups`, e.g. `memory_max_bytes`.
+    fn get(&self, key: &str) -> anyhow::Result<u64> {
+        self.cgroups[key]
+            .as_u64()
+            .with_context(|| format!("no {key} in the attested manifest: {}", self.cgroups))
+    }
+
+    /// A verified run of `limits-task` with `args`.
+    async fn run(&self, args: &[&str], timeout: u64) -> Result<VerifiedResult, ClientError> {
         let spec = TaskSpec::new("limits-task")
-            .args(args)
+            .args(args.iter().map(|a| a.to_string()))
             .timeout_secs(timeout);
-        let client = client.clone();
-        async move { client.run_task(&spec).await }
+        self.client.run_task(&spec).await
+    }
+}
+
+/// What a limits-task run printed, for the test's log.
+fn shown(args: &str, run: &VerifiedResult) -> String {
+    let data = run.data();
+    format!(
+        "boot-test: limits-task {args}: status {}, exit {:?}, signal {:?}, limit {:?}, {:?}\n{}{}",
+        data.status,
+        data.exit_code,
+        data.signal,
+        data.limit,
+        data.resources,
+        data.stdout,
+        data.stderr
+    )
+}
+
+/// The largest N of the lines `<prefix>N ...` in `text`.
+fn most(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.split(' ').next()?.parse().ok())
+        .max()
+}
+
+async fn limits_demo(url: &str, pem: &str) -> anyhow::Result<()> {
+    let limits = Limits::connect(url, pem).await?;
+    let limit = limits.get("memory_max_bytes")?;
+    let run = |args: [String; 2], timeout: u64| {
+        let limits = &limits;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            limits.run(&args, timeout).await
+        }
     };
 
     let ask = (2 * limit / MIB).min(4096);
@@ -655,18 +717,7 @@ async fn limits_demo(url: &str, pem: &str) -> anyhow::Result<()> {
         "not killed: {data:?}"
     );
     // "touched N MiB in K processes": it worked until the cgroup stopped it.
-    let touched = data
-        .stdout
-        .lines()
-        .filter_map(|l| {
-            l.strip_prefix("touched ")?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .max()
-        .unwrap_or(0);
+    let touched = most(&data.stdout, "touched ").unwrap_or(0);
     ensure!(
         touched >= 192 && touched * MIB <= limit && !data.stdout.contains("held_mib"),
         "touched {touched} MiB before the kill, under a {} MiB limit: {}",
@@ -697,6 +748,141 @@ async fn limits_demo(url: &str, pem: &str) -> anyhow::Result<()> {
         Err(ClientError::Status { status: 504, .. }) => {}
         other => bail!("a task waiting past its 3 s timeout: {other:?}"),
     }
+    Ok(())
+}
+
+/// The process limit: `limits-task processes N` one past the attested
+/// `pids_max` (every child `node` is several threads, and threads count, so
+/// the wall comes well before N). The slot's pids cgroup refuses a fork or a
+/// thread, the task stops and says how many children it started, and the
+/// verified signed result says `limit: "pids"`, which the runner reads from
+/// the cgroup's `pids.events`, not from the task. Two children run to the
+/// end, so the refusal is the limit's, not a broken task.
+fn pids_limit(g: &mut Guest) -> anyhow::Result<()> {
+    g.runtime.block_on(pids_demo(&g.url, &g.pem))
+}
+
+async fn pids_demo(url: &str, pem: &str) -> anyhow::Result<()> {
+    let limits = Limits::connect(url, pem).await?;
+    let pids = limits.get("pids_max")?;
+    ensure!(
+        pids < 256,
+        "the attested pids limit is {pids}; limits-task starts at most 256 processes"
+    );
+    let ask = (pids + 1).to_string();
+    let stopped = limits.run(&["processes", &ask], 150).await?;
+    let data = stopped.data();
+    eprintln!(
+        "{} (pids limit {pids})",
+        shown(&format!("processes {ask}"), &stopped)
+    );
+    ensure!(
+        data.limit.as_deref() == Some("pids") && data.status == "failed",
+        "asked for {ask} processes under a pids limit of {pids}, the signed result says status {}, limit {:?}",
+        data.status,
+        data.limit
+    );
+    let started = most(&data.stdout, "started ").context("no `started K of N processes` line")?;
+    ensure!(
+        (1..pids).contains(&started),
+        "started {started} processes under a pids limit of {pids}"
+    );
+
+    let ran = limits.run(&["processes", "2"], 150).await?;
+    let data = ran.data();
+    ensure!(
+        data.status == "success" && data.limit.is_none() && data.stdout.contains("\"started\":2"),
+        "{}",
+        shown("processes 2", &ran)
+    );
+    Ok(())
+}
+
+/// Issue 23, finding 1, on cgroup v2: a tenant filled loopback TCP buffers
+/// in its own network namespace and pinned 2.2 GiB while its slot's v1
+/// cgroup showed 12–24 MiB. `limits-task sockets` does the same (connection
+/// pairs whose accepting end never reads; only bytes the kernel accepted
+/// count). Two runs, each with a precise outcome on this VM's pinned kernel:
+///
+/// 1. Sockets alone, asking twice the slot's memory limit. The machine-wide
+///    TCP cap (`tcp_mem`, 3/32 of the RAM: about 126 MiB at the size
+///    `enclave/memory.sh` gives, under the 512 MiB slot limit) stops it
+///    first: the kernel takes no more, the run succeeds, and the slot's
+///    peak memory in the signed result is at least what the sockets held:
+///    the slot's cgroup counted every byte (on v1 it counted none).
+/// 2. The same on top of a ballast of three quarters of the limit (held in
+///    child processes first, as `memory` does): the buffers take the slot
+///    over its limit, and the socket allocation itself (in the task's
+///    context) runs the slot's OOM killer: SIGKILL, signed `limit:
+///    "memory"`, after the ballast was held and before the sockets reached
+///    what run 1 held. Were socket memory not counted, the slot would sit at
+///    the ballast (the task ran past it) and the run would end as run 1 did.
+fn socket_memory(g: &mut Guest) -> anyhow::Result<()> {
+    g.runtime.block_on(sockets_demo(&g.url, &g.pem))
+}
+
+async fn sockets_demo(url: &str, pem: &str) -> anyhow::Result<()> {
+    let limits = Limits::connect(url, pem).await?;
+    let limit = limits.get("memory_max_bytes")?;
+    let limit_mib = limit / MIB;
+
+    let ask = (2 * limit_mib).min(4096).to_string();
+    let alone = limits.run(&["sockets", &ask], 150).await?;
+    let data = alone.data();
+    eprintln!(
+        "{} (memory limit {limit_mib} MiB)",
+        shown(&format!("sockets {ask}"), &alone)
+    );
+    ensure!(
+        data.status == "success" && data.limit.is_none(),
+        "{}",
+        shown(&ask, &alone)
+    );
+    let report: serde_json::Value = data
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("{\"mode\":\"sockets\""))
+        .context("no report from the sockets run")
+        .and_then(|l| Ok(serde_json::from_str(l)?))?;
+    let held = report["held_bytes"].as_u64().context("held_bytes")?;
+    ensure!(
+        report["stopped"] == "refused" && (32 * MIB..limit).contains(&held),
+        "sockets alone under a {limit_mib} MiB limit: the kernel's TCP cap should stop them below it: {report}"
+    );
+    let peak = data.resources.as_ref().map_or(0, |r| r.peak_memory_bytes);
+    ensure!(
+        peak >= held,
+        "the slot's cgroup peaked at {} MiB while the task's sockets held {} MiB: socket memory is not counted",
+        peak / MIB,
+        held / MIB
+    );
+
+    let ballast = limit_mib * 3 / 4;
+    let args = [
+        "sockets".to_string(),
+        limit_mib.to_string(),
+        ballast.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let killed = limits.run(&args, 150).await?;
+    let data = killed.data();
+    eprintln!("{}", shown(&args.join(" "), &killed));
+    ensure!(
+        data.limit.as_deref() == Some("memory")
+            && data.signal.as_deref() == Some("SIGKILL")
+            && data.status == "failed",
+        "sockets on a {ballast} MiB ballast under a {limit_mib} MiB limit were not killed by the slot's cgroup"
+    );
+    let sockets = most(&data.stdout, "sockets held ").unwrap_or(0);
+    ensure!(
+        data.stdout.contains(&format!("ballast: holding {ballast} MiB"))
+            && sockets >= 32
+            && sockets * MIB < held
+            && !data.stdout.contains("\"mode\":\"sockets\""),
+        "the kill should come after the ballast, with at least 32 MiB and less than run 1's {} MiB in sockets: {}",
+        held / MIB,
+        data.stdout
+    );
     Ok(())
 }
 

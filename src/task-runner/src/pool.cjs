@@ -8,6 +8,7 @@
 // from the tick queue, straight into Node's own runMain).
 const fs = require('node:fs');
 const fd = Number(process.argv[2]);
+const handOver = clocksFromHandOver();
 // The read end is a blocking pipe (only the runner's write end is
 // non-blocking), and libuv retries EINTR: a plain read to end of file.
 const chunks = [];
@@ -16,6 +17,7 @@ for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0; ) {
   chunks.push(Buffer.from(buf.subarray(0, n)));
 }
 fs.closeSync(fd);
+handOver();
 const task = JSON.parse(Buffer.concat(chunks).toString('utf8'));
 process.chdir(task.cwd);
 process.argv.splice(1, process.argv.length - 1, task.entry, ...task.args);
@@ -23,3 +25,86 @@ delete require.cache[__filename];
 // runMain sets it again for a CommonJS entry; an ES module entry has none.
 delete process.mainModule;
 process.nextTick(require('node:module').runMain, task.entry);
+
+// This process started when its slot's previous run ended, so a clock that
+// counts from the process's start would tell its task when that was. The
+// time it waits for its task (`ms`, from `from` on Node's performance
+// timeline) is taken out of every clock Node shows a task as time since
+// start: process.uptime(), performance.now() and the performance timeline
+// (entries, nodeTiming; timeOrigin moves forward as much). The run looks
+// like a cold start whose start-up took as long as this one's did. Node
+// keeps its own timeline inside, so times are translated where a task reads
+// them and where it passes them in. All of it is set up before the wait;
+// the returned function, called at hand-over, only sets `ms`. What stays
+// (the kernel's start time, libuv's timer base): docs/isolation.md.
+function clocksFromHandOver() {
+  const perfHooks = require('node:perf_hooks');
+  const { performance, PerformanceEntry, PerformanceMark } = perfHooks;
+  const proto = Object.getPrototypeOf(performance);
+  const { value: now } = Object.getOwnPropertyDescriptor(proto, 'now');
+  let [from, ms] = [0, 0];
+  const { uptime } = process;
+  process.uptime = { uptime() { return uptime() - ms / 1e3; } }.uptime;
+  // Node's time to the task's (nothing happens inside the wait), and back.
+  const out = (t) => t - Math.min(ms, Math.max(0, t - from));
+  const into = (options, key) => {
+    const t = options !== null && typeof options === 'object' ? options[key] : undefined;
+    return typeof t === 'number' && t > from ? { __proto__: options, [key]: t + ms } : options;
+  };
+  const replace = (object, key, make) => {
+    const old = Object.getOwnPropertyDescriptor(object, key);
+    Object.defineProperty(object, key, { ...old, ...make(old) });
+  };
+  const getter = (object) => Object.values(Object.getOwnPropertyDescriptors(object))[0].get;
+  replace(proto, 'now', () => ({ value: { now() { return now.call(this) - ms; } }.now }));
+  replace(proto, 'timeOrigin', ({ get }) => ({
+    get: getter({ get timeOrigin() { return get.call(this) + ms; } }),
+  }));
+  const entry = PerformanceEntry.prototype;
+  const start = Object.getOwnPropertyDescriptor(entry, 'startTime').get;
+  replace(entry, 'startTime', () => ({
+    get: getter({ get startTime() { return out(start.call(this)); } }),
+  }));
+  replace(entry, 'duration', ({ get }) => ({
+    get: getter({
+      get duration() {
+        const t = start.call(this);
+        return out(t + get.call(this)) - out(t);
+      },
+    }),
+  }));
+  replace(proto, 'nodeTiming', ({ value: node }) => {
+    const own = Object.getOwnPropertyDescriptors(node);
+    const shifted = (key) => ({ ...own[key], get: () => (node[key] < 0 ? -1 : out(node[key])) });
+    return {
+      value: Object.create(Object.getPrototypeOf(node), {
+        ...own,
+        duration: { ...own.duration, get: () => now.call(performance) - ms },
+        loopStart: shifted('loopStart'),
+        loopExit: shifted('loopExit'),
+      }),
+    };
+  });
+  replace(proto, 'mark', ({ value: mark }) => ({
+    value: { mark(name, options) { return mark.call(this, name, into(options, 'startTime')); } }.mark,
+  }));
+  replace(proto, 'measure', ({ value: measure }) => ({
+    value: {
+      measure(name, options, end) {
+        return measure.call(this, name, into(into(options, 'start'), 'end'), end);
+      },
+    }.measure,
+  }));
+  const Mark = new Proxy(PerformanceMark, {
+    construct(target, args, newTarget) {
+      if (args.length > 1) args[1] = into(args[1], 'startTime');
+      return Reflect.construct(target, args, newTarget === Mark ? target : newTarget);
+    },
+  });
+  perfHooks.PerformanceMark = Mark;
+  globalThis.PerformanceMark = Mark;
+  from = now.call(performance);
+  return () => {
+    ms = now.call(performance) - from;
+  };
+}

@@ -8,9 +8,11 @@
 //! and it runs that one task as `node <entry> <args…>` would, then exits
 //! like any task; the box ends with it. Each process still runs exactly one
 //! task. What a task can observe differently: the process started earlier
-//! (`process.uptime()`, `performance.timeOrigin`), and the bottom frame of
-//! its top-level stack is Node's tick queue instead of Node's main-module
-//! runner.
+//! (Node's clocks count from hand-over, but the kernel's start time and
+//! libuv's timer base do not: docs/isolation.md), the bottom frame of its
+//! top-level stack is Node's tick queue instead of Node's main-module
+//! runner, and an error thrown through a clock the bootstrap rebased (a
+//! `performance.mark` with a bad name) has a bootstrap frame.
 //!
 //! Only the slot's own run ever takes or refills its warm box, while holding
 //! the slot, so a warm box never shares its slot's cgroup with a running

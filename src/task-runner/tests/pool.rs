@@ -54,6 +54,57 @@ process.stdout.write(JSON.stringify({
 }));
 "#;
 
+/// How long before its task its process started, as each clock a
+/// JavaScript task can read tells it (seconds): `closed` the ones a warm box
+/// measures from hand-over, `open` the ones it cannot (docs/isolation.md).
+const CLOCK: &str = r#"'use strict';
+const fs = require('node:fs');
+const http = require('node:http');
+const { performance } = require('node:perf_hooks');
+const { Worker } = require('node:worker_threads');
+const started = Date.now();
+const ticks = (file) => {
+  const stat = fs.readFileSync(file, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]) / 100;
+};
+const closed = {
+  uptime: process.uptime(),
+  performance_now: performance.now() / 1e3,
+  time_origin: (started - performance.timeOrigin) / 1e3,
+  node_timing: performance.nodeTiming.duration / 1e3,
+  to_json: performance.toJSON().nodeTiming.duration / 1e3,
+  mark: performance.mark('start').startTime / 1e3,
+  measure: performance.measure('from the origin').duration / 1e3,
+};
+const open = {
+  timer: setTimeout(() => {}, 0)._idleStart / 1e3,
+  // The report's CPU share is over the process's life.
+  report: ((u) => (u.userCpuSeconds + u.kernelCpuSeconds) / (u.cpuConsumptionPercent / 100))(
+    process.report.getReport().resourceUsage),
+  proc_uptime: Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]) - ticks('/proc/self/stat'),
+  tmp: (started - fs.statSync('/tmp').birthtimeMs) / 1e3,
+  proc: (started - fs.statSync('/proc/self').ctimeMs) / 1e3,
+};
+setImmediate(() => {
+  closed.loop_start = performance.nodeTiming.loopStart / 1e3;
+  const elu = performance.eventLoopUtilization();
+  closed.event_loop = (elu.active + elu.idle) / 1e3;
+  const server = http.createServer((q, s) => s.end('x')).listen(0, '127.0.0.1', async () => {
+    await (await fetch(`http://127.0.0.1:${server.address().port}/`)).text();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    closed.resource = performance.getEntriesByType('resource')[0].startTime / 1e3;
+    server.close();
+    const code = "require('node:worker_threads').parentPort.postMessage(process.uptime())";
+    new Worker(code, { eval: true }).on('message', (uptime) => {
+      open.worker = uptime;
+      const tids = fs.readdirSync('/proc/self/task');
+      open.thread = Math.max(...tids.map((t) => ticks(`/proc/self/task/${t}/stat`))) - ticks('/proc/self/stat');
+      process.stdout.write(JSON.stringify({ closed, open }));
+    });
+  });
+});
+"#;
+
 fn task(root: &Path, name: &str, package: &str, files: &[(&str, &str)]) {
     let dir = root.join(name);
     std::fs::create_dir(&dir).unwrap();
@@ -68,6 +119,7 @@ fn tasks() -> tempfile::TempDir {
     let r = root.path();
     task(r, "semantics", "{}", &[("index.js", SEMANTICS)]);
     task(r, "esm", r#"{"type":"module"}"#, &[("index.js", ESM)]);
+    task(r, "clock", "{}", &[("index.js", CLOCK)]);
     task(r, "mjs", r#"{"main":"main.mjs"}"#, &[("main.mjs", ESM)]);
     task(
         r,
@@ -156,6 +208,48 @@ async fn a_warm_box_runs_a_task_exactly_as_a_cold_start_does() {
     assert_eq!(stats.warm_runs, cases.len() as u64 + 2, "{stats:?}");
     assert_eq!((stats.cold_runs, stats.warm_discarded), (0, 0), "{stats:?}");
     assert_eq!(cold.stats().warm_runs, 0);
+}
+
+/// A warm box started when its slot's previous run ended; what its task
+/// reads of its process's age must not tell when that was.
+#[tokio::test]
+async fn a_warm_box_measures_its_run_from_hand_over() {
+    if skip_unless_root("the warm pool (root mode)") {
+        return;
+    }
+    const WAIT: f64 = 2.0;
+    let root = tasks();
+    let runner = runner_in(root.path(), 1);
+    runner.start_warm_pool();
+    // The slot's previous run; its box is refilled once it ends.
+    run_ok(&runner, "clock", &[]).await;
+    settled(&runner).await;
+    tokio::time::sleep(Duration::from_secs_f64(WAIT)).await;
+    let seen = json(&run_ok(&runner, "clock", &[]).await.stdout);
+    eprintln!("{seen}");
+    assert_eq!(runner.stats().warm_runs, 2, "{seen}");
+    let ages = |group: &str| -> Vec<(String, f64)> {
+        let all = seen[group].as_object().expect(group);
+        all.iter()
+            .map(|(k, v)| (k.clone(), v.as_f64().expect("seconds")))
+            .collect()
+    };
+    // Node's own start-up (well under a second) and the task's, not the wait.
+    let shows_wait: Vec<_> = ages("closed")
+        .into_iter()
+        .filter(|(_, s)| *s >= WAIT / 2.0)
+        .collect();
+    assert!(shows_wait.is_empty(), "{shows_wait:?} in {seen}");
+    // What docs/isolation.md says a task can still read: the kernel's and
+    // libuv's record of the process's start, and the box's fresh mounts.
+    let hidden: Vec<_> = ages("open")
+        .into_iter()
+        .filter(|(_, s)| *s < WAIT - 0.05)
+        .collect();
+    assert!(
+        hidden.is_empty(),
+        "{hidden:?} in {seen}: update docs/isolation.md"
+    );
 }
 
 /// The `node` process of the slot's waiting warm box.
