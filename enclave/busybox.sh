@@ -37,6 +37,11 @@ CONFIG="$ENCLAVE/busybox.config"
 APPLETS="$ENCLAVE/busybox.applets"
 mkdir -p "$CACHE" "$BUILDS"
 
+for tool in make patch bzip2 xz curl sha256sum; do
+    command -v "$tool" >/dev/null 2>&1 \
+        || die "$tool is missing: building busybox needs make, patch, bzip2, xz, curl and sha256sum (Debian/Ubuntu: apt-get install make patch bzip2 xz-utils curl coreutils)"
+done
+
 sha256() { sha256sum "$1" | cut -c1-64; }
 
 # fetch_src sha256:HEX POOLPATH sha1:HEX: the cached file, else the first
