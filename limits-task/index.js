@@ -71,10 +71,14 @@ function usage(message) {
   process.exit(2);
 }
 
+// An argument as an error message shows it: at most 20 characters.
+const shown = (text) => (text.length > 20 ? `${text.slice(0, 20)}…` : text);
+
 function bounded(text, max, what) {
-  if (!/^[0-9]{1,6}$/.test(text ?? '')) usage(`${what} must be a whole number, got ${JSON.stringify(text)}`);
+  if (text === undefined) usage(`${what} is missing`);
+  if (!/^[0-9]+$/.test(text)) usage(`${what} must be a whole number, got ${JSON.stringify(shown(text))}`);
   const n = Number(text);
-  if (n < 1 || n > max) usage(`${what} must be between 1 and ${max}, got ${n}`);
+  if (n < 1 || n > max) usage(`${what} must be between 1 and ${max}, got ${shown(text)}`);
   return n;
 }
 
@@ -269,7 +273,12 @@ async function time(seconds) {
 
 async function main() {
   const [mode, value, ...rest] = process.argv.slice(2);
-  if (rest.length > (mode === 'sockets' ? 1 : 0)) usage(`too many arguments for ${mode}: ${rest.length} more`);
+  // How many arguments each mode takes after its first.
+  const optional = new Map([['memory', 0], ['processes', 0], ['time', 0], ['sockets', 1]]);
+  if (mode === undefined) usage('no mode given');
+  if (!optional.has(mode)) usage(`unknown mode ${JSON.stringify(shown(mode))}`);
+  const extra = rest.length - optional.get(mode);
+  if (extra > 0) usage(`too many arguments for ${mode}: ${extra} more than it takes`);
   switch (mode) {
     case 'memory':
       return memory(bounded(value, 4096, 'MiB'));
@@ -280,7 +289,7 @@ async function main() {
     case 'sockets':
       return sockets(bounded(value, 4096, 'MiB'), rest[0] === undefined ? undefined : bounded(rest[0], 4096, 'ballast MiB'));
     default:
-      return usage(`unknown mode ${JSON.stringify(mode ?? '')}`);
+      throw new Error(`mode ${mode} has no case`);
   }
 }
 

@@ -52,6 +52,72 @@ async fn example_task_fails_on_bad_input() {
     assert!(result.stderr.contains("❌ Error:"), "{}", result.stderr);
 }
 
+/// The shipped limits demo: every wrong argument gets exit 2, one line saying
+/// what was wrong (right about which: a number too large is not "not a whole
+/// number", one argument too many is one), and the usage, before it asks for
+/// anything.
+#[tokio::test]
+async fn limits_task_says_what_is_wrong_with_its_arguments() {
+    let runner = Runner::new(config_in(repo_root())).unwrap();
+    // The runner takes arguments of up to 4096 bytes.
+    let long = "9".repeat(4000);
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "no mode given"),
+        (&["bogus", "1", "2"], "unknown mode \"bogus\""),
+        (&["memory"], "MiB is missing"),
+        (&["memory", "0"], "MiB must be between 1 and 4096, got 0"),
+        (
+            &["memory", "9999999"],
+            "MiB must be between 1 and 4096, got 9999999",
+        ),
+        (
+            &["memory", &long],
+            "MiB must be between 1 and 4096, got 99999999999999999999…",
+        ),
+        (
+            &["memory", "1.5"],
+            "MiB must be a whole number, got \"1.5\"",
+        ),
+        (
+            &["memory", "0x10"],
+            "MiB must be a whole number, got \"0x10\"",
+        ),
+        (
+            &["memory", "1", "2"],
+            "too many arguments for memory: 1 more than it takes",
+        ),
+        (
+            &["sockets", "1", "2", "3"],
+            "too many arguments for sockets: 1 more than it takes",
+        ),
+        (
+            &["sockets", "1", "x"],
+            "ballast MiB must be a whole number, got \"x\"",
+        ),
+        (
+            &["time", "3601"],
+            "seconds must be between 1 and 3600, got 3601",
+        ),
+    ];
+    for (args, said) in cases {
+        let result = run_ok(&runner, "limits-task", args).await;
+        let mut lines = result.stderr.lines();
+        assert_eq!(
+            (result.exit_code, lines.next(), result.stdout.as_str()),
+            (Some(2), Some(format!("limits-task: {said}").as_str()), ""),
+            "{args:?}: {}",
+            result.stderr
+        );
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with("usage: memory <MiB 1-4096>")),
+            "{args:?}: {}",
+            result.stderr
+        );
+    }
+}
+
 #[tokio::test]
 async fn non_zero_exit_is_reported() {
     let result = run_ok(&runner(), "exit-with", &["7"]).await;
