@@ -25,7 +25,7 @@
 //                     at most 400 pairs (800 descriptors, under the box's
 //                     1024). Only bytes the kernel accepted count (bytesWritten
 //                     minus writableLength: Node's own queue is not socket
-//                     memory). The buffers are kernel memory of the task's
+//                     memory), and only on pairs still connected. The buffers are kernel memory of the task's
 //                     sockets: on cgroup v2 (and on v1 with the TCP limit set)
 //                     the slot's memory cgroup counts them, so its memory
 //                     limit holds them too. Prints `sockets held N MiB in K
@@ -177,7 +177,10 @@ async function sockets(mib, ballast) {
   });
   const { port } = server.address();
   const writers = [];
-  const held = () => writers.reduce((sum, c) => sum + c.bytesWritten - c.writableLength, 0);
+  // A pair whose connection closed (its accepting end refused for want of
+  // descriptors, say) holds nothing: only live writers count.
+  const live = () => writers.filter((c) => !c.destroyed);
+  const held = () => live().reduce((sum, c) => sum + c.bytesWritten - c.writableLength, 0);
   let done = false;
   const pump = (c) => {
     while (!done && c.write(chunk));
@@ -219,7 +222,7 @@ async function sockets(mib, ballast) {
     }
     while (Math.floor(best / (32 * MIB)) > reported) {
       reported++;
-      console.log(`sockets held ${reported * 32} MiB in ${writers.length} pairs`);
+      console.log(`sockets held ${reported * 32} MiB in ${live().length} pairs`);
     }
     if (h >= want) stopped = 'asked';
     else if (now - started > SOCKETS_SECONDS * 1000) stopped = 'time';
@@ -242,7 +245,8 @@ async function sockets(mib, ballast) {
       ballast_mib: ballast ?? 0,
       held_bytes: final,
       held_mib: Math.floor(final / MIB),
-      pairs: writers.length,
+      pairs: live().length,
+      closed_pairs: writers.length - live().length,
       stopped,
       seconds: (Date.now() - started) / 1000,
       kernel_tcp_mib: tcpBefore === null || tcpAfter === null ? null : Math.floor(((tcpAfter - tcpBefore) * 4096) / MIB),

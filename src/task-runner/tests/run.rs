@@ -118,6 +118,67 @@ async fn limits_task_says_what_is_wrong_with_its_arguments() {
     }
 }
 
+/// The limits demo's sockets mode counts only pairs still connected. Run
+/// straight under `node` with few descriptors, the accepting end runs out
+/// first for one parity of the limit (libuv then accepts and closes the
+/// connection): the demo used to count those closed pairs and the bytes
+/// once written to them (400 pairs, 85 MiB, on 41 descriptors).
+#[test]
+fn limits_task_sockets_counts_only_live_pairs() {
+    use std::os::unix::process::CommandExt;
+    let script = repo_root().join("limits-task/index.js");
+    let runs: Vec<_> = [40u64, 41]
+        .into_iter()
+        .map(|nofile| {
+            let mut cmd = std::process::Command::new("node");
+            cmd.arg(&script).args(["sockets", "256"]);
+            cmd.stdout(std::process::Stdio::piped());
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in
+            // the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            (nofile, cmd.spawn().expect("node"))
+        })
+        .collect();
+    for (nofile, mut child) in runs {
+        // The mode bounds itself (60 s, and 3 s without progress).
+        let ended = eventually(Duration::from_secs(90), || {
+            child.try_wait().expect("wait").is_some()
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(ended && out.status.success(), "{nofile}: {stdout}");
+        let report = json(stdout.lines().last().unwrap_or(""));
+        let pairs = report["pairs"].as_u64().expect("pairs");
+        let held = report["held_bytes"].as_u64().expect("held_bytes");
+        // Each live pair is two descriptors; each holds at most the
+        // kernel's largest send and receive buffers.
+        let most = |file: &str| -> u64 {
+            let text = std::fs::read_to_string(file).unwrap();
+            text.split_whitespace().last().unwrap().parse().unwrap()
+        };
+        let per_pair = most("/proc/sys/net/ipv4/tcp_wmem") + most("/proc/sys/net/ipv4/tcp_rmem");
+        assert!(
+            (1..=nofile / 2).contains(&pairs) && held <= pairs * per_pair,
+            "{nofile} descriptors: {report}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn non_zero_exit_is_reported() {
     let result = run_ok(&runner(), "exit-with", &["7"]).await;
