@@ -262,9 +262,9 @@ async fn a_warm_box_measures_its_run_from_hand_over() {
     // What docs/isolation.md says a task can still read: the kernel's and
     // libuv's record of the process's start, and the box's fresh mounts.
     // The wait is timed from when the slot's refill returned, before node's
-    // environment (the timer base) exists: these read ~2.0 s, a closed one
-    // ~0.1 s, so the bar sits halfway, as above: a start-up slowed by load
-    // (main had 0.05 s of slack, 1.992 s read for /proc) does not trip it.
+    // environment (the timer base) exists: these read ~2.0 s, so the bar
+    // sits halfway, as above: a start-up slowed by load does not trip it
+    // (at WAIT - 0.05 it had 42 ms of slack: /proc read 1.992 s).
     let hidden: Vec<_> = ages("open")
         .into_iter()
         .filter(|(_, s)| *s < WAIT / 2.0)
