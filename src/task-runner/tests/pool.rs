@@ -85,6 +85,16 @@ const closed = {
   // Event.timeStamp is on performance.now()'s timeline.
   event: new Event('x').timeStamp / 1e3,
 };
+// What the options' getters see of a time the task passed, and a mark's name
+// as measure's duration (Node takes a name there too), read back.
+const t = 1e7;
+performance.mark('got', { startTime: t, get detail() { closed.detail_mark = (this.startTime - t) / 1e3; } });
+performance.measure('got', { start: t, end: t, get detail() { closed.detail_measure = (this.start - t) / 1e3; } });
+const made = new PerformanceMark('made');
+closed.duration_mark = (performance.measure('by name', { start: 'start', duration: 'start' }).duration -
+  performance.getEntriesByName('start')[0].startTime) / 1e3;
+closed.duration_made = (performance.measure('by made', { start: 'start', duration: 'made' }).duration -
+  made.startTime) / 1e3;
 const open = {
   timer: setTimeout(() => {}, 0)._idleStart / 1e3,
   // The report's CPU share is over the process's life.
