@@ -128,6 +128,37 @@ setImmediate(() => {
 });
 "#;
 
+/// The user-timing API with odd arguments: what each call returns or
+/// throws (the bootstrap wraps these calls in a warm box).
+const TIMELINE: &str = r#"const { performance } = require('node:perf_hooks');
+const r = {};
+const tryit = (k, f) => { try { const v = f(); r[k] = v && typeof v === 'object' ? [v.name, v.entryType, typeof v.startTime, v.detail] : v; } catch (e) { r[k] = 'E:' + (e.code || e.name); } };
+tryit('mark_null', () => performance.mark('a', null));
+tryit('mark_num', () => performance.mark('a', 5));
+tryit('mark_arr', () => performance.mark('a', []));
+tryit('mark_neg', () => performance.mark('a', { startTime: -1 }));
+tryit('mark_str', () => performance.mark('a', { startTime: '5' }));
+tryit('mark_detail', () => performance.mark('d', { detail: { x: 1 } }));
+tryit('mark_reserved', () => performance.mark('loopStart'));
+tryit('mark_noargs', () => performance.mark());
+tryit('ctor_noargs', () => new PerformanceMark());
+tryit('ctor_nonew', () => PerformanceMark('x'));
+tryit('measure_endmark_with_opts', () => performance.measure('m', { start: 1 }, 'a'));
+tryit('measure_all3', () => performance.measure('m', { start: 1, end: 2, duration: 1 }));
+tryit('measure_unset', () => performance.measure('m', 'nope'));
+tryit('measure_dur_unset', () => performance.measure('m', { start: 'a', duration: 'nope' }));
+tryit('measure_dur_loop', () => performance.measure('m', { start: 0, duration: 'nodeStart' }).duration > 0);
+tryit('measure_detail', () => performance.measure('m', { start: 0, detail: 'x' }));
+tryit('measure_dur_only', () => performance.measure('m', { duration: 5 }));
+tryit('clear_then_dur', () => { performance.clearMarks('a'); return performance.measure('m', { start: 0, duration: 'a' }); });
+tryit('clear_reserved', () => performance.clearMarks('loopStart'));
+tryit('instanceof', () => performance.mark('z') instanceof PerformanceMark);
+tryit('subclass', () => { class X extends PerformanceMark {} ; const x = new X('q'); return x instanceof X && x.constructor === X; });
+tryit('ctor', () => performance.mark('z').constructor === PerformanceMark);
+tryit('toJSON', () => JSON.stringify(performance.mark('j', {detail: 1})).includes('"detail":1'));
+console.log(JSON.stringify(r));
+"#;
+
 fn task(root: &Path, name: &str, package: &str, files: &[(&str, &str)]) {
     let dir = root.join(name);
     std::fs::create_dir(&dir).unwrap();
@@ -143,6 +174,7 @@ fn tasks() -> tempfile::TempDir {
     task(r, "semantics", "{}", &[("index.js", SEMANTICS)]);
     task(r, "esm", r#"{"type":"module"}"#, &[("index.js", ESM)]);
     task(r, "clock", "{}", &[("index.js", CLOCK)]);
+    task(r, "timeline", "{}", &[("index.js", TIMELINE)]);
     task(r, "mjs", r#"{"main":"main.mjs"}"#, &[("main.mjs", ESM)]);
     task(
         r,
@@ -191,8 +223,9 @@ async fn a_warm_box_runs_a_task_exactly_as_a_cold_start_does() {
     let root = tasks();
     let cold = runner_in(root.path(), 0);
     let warm = runner_in(root.path(), 1);
-    let cases: [(&str, &[&str], Option<&str>); 7] = [
+    let cases: [(&str, &[&str], Option<&str>); 8] = [
         ("semantics", &["a", "b c", ""], None),
+        ("timeline", &[], None),
         ("esm", &["x"], Some("from stdin")),
         ("esm", &[], None),
         ("mjs", &["y"], None),
