@@ -60,7 +60,7 @@ function clocksFromHandOver() {
   const measureOptions = (o) => {
     if (o === null || typeof o !== 'object') return o;
     const { start, end, duration } = o;
-    const copy = { start: inward(start), end: inward(end), duration: length(duration) };
+    const copy = { start: inward(start), end: inward(end), duration: durationOf(duration) };
     return Object.defineProperty(copy, 'detail', { get: () => o.detail });
   };
   // Node also takes a mark's name as measure's duration, as that mark's time
@@ -68,7 +68,7 @@ function clocksFromHandOver() {
   // the task's view of every mark's time by name, as Node keeps it.
   const marks = new Map();
   const startUp = ['nodeStart', 'v8Start', 'environment', 'loopStart', 'loopExit', 'bootstrapComplete'];
-  const length = (d) => {
+  const durationOf = (d) => {
     if (d === undefined || typeof d === 'number') return d;
     const name = `${d}`;
     if (startUp.includes(name)) return out(nodeTiming[name]);
@@ -137,8 +137,8 @@ function clocksFromHandOver() {
   }));
   replace(proto, 'clearMarks', ({ value: clearMarks }) => ({
     value: {
-      clearMarks(name) {
-        const named = name === undefined ? name : `${name}`;
+      clearMarks(...args) {
+        const named = args[0] === undefined ? undefined : `${args[0]}`;
         clearMarks.call(this, named);
         if (named === undefined) marks.clear();
         else marks.delete(named);
