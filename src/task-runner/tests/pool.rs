@@ -156,6 +156,11 @@ tryit('instanceof', () => performance.mark('z') instanceof PerformanceMark);
 tryit('subclass', () => { class X extends PerformanceMark {} ; const x = new X('q'); return x instanceof X && x.constructor === X; });
 tryit('ctor', () => performance.mark('z').constructor === PerformanceMark);
 tryit('toJSON', () => JSON.stringify(performance.mark('j', {detail: 1})).includes('"detail":1'));
+// Spans that reach back before the task's start keep their length.
+const close = (a, b) => Math.abs(a - b) < 1e-6;
+tryit('span_from_origin', () => { const t = performance.now(); return close(performance.measure('s', { start: 0, duration: t }).duration, t); });
+tryit('span_to_now', () => { const t = performance.now(); return close(performance.measure('s', { end: t, duration: t - 1 }).duration, t - 1); });
+tryit('span_to_mark', () => { const m = performance.mark('e').startTime; return close(performance.measure('s', { end: 'e', duration: m - 1 }).startTime, 1); });
 console.log(JSON.stringify(r));
 "#;
 
