@@ -60,19 +60,32 @@ function clocksFromHandOver() {
   const measureOptions = (o) => {
     if (o === null || typeof o !== 'object') return o;
     const { start, end, duration } = o;
-    const copy = { start: inward(start), end: inward(end), duration: durationOf(duration) };
-    return Object.defineProperty(copy, 'detail', { get: () => o.detail });
+    const withDetail = (copy) => Object.defineProperty(copy, 'detail', { get: () => o.detail });
+    // One end and a duration: Node would put the other end `duration` away
+    // on its own timeline, across the wait when the span reaches back before
+    // it; both ends go in the task's time instead (where Node would accept them).
+    if (duration !== undefined && (start === undefined) !== (end === undefined)) {
+      const d = taskTime(duration);
+      const known = taskTime(start === undefined ? end : start);
+      const [s, e] = start === undefined ? [known - d, known] : [known, known + d];
+      if (d >= 0 && s >= 0 && e >= 0) return withDetail({ start: inward(s), end: inward(e) });
+    }
+    return withDetail({ start: inward(start), end: inward(end), duration: durationOf(duration) });
   };
-  // Node also takes a mark's name as measure's duration, as that mark's time
-  // on its timeline: the task's view of that time goes instead. `marks` is
-  // the task's view of every mark's time by name, as Node keeps it.
+  // Node also takes a mark's name where it takes a time (as a duration too),
+  // as that mark's time on its timeline. `marks` is the task's view of every
+  // mark's time by name, as Node keeps it.
   const marks = new Map();
   const startUp = ['nodeStart', 'v8Start', 'environment', 'loopStart', 'loopExit', 'bootstrapComplete'];
+  const taskTime = (t) => {
+    if (typeof t === 'number') return t;
+    const name = `${t}`;
+    return startUp.includes(name) ? out(nodeTiming[name]) : marks.get(name);
+  };
   const durationOf = (d) => {
     if (d === undefined || typeof d === 'number') return d;
-    const name = `${d}`;
-    if (startUp.includes(name)) return out(nodeTiming[name]);
-    return marks.has(name) ? marks.get(name) : name;
+    const t = taskTime(d);
+    return t === undefined ? `${d}` : t;
   };
   const replace = (object, key, make) => {
     const old = Object.getOwnPropertyDescriptor(object, key);
