@@ -16,7 +16,7 @@ PREFIX ?= $(HOME)/.cargo
 # in this file; `make test` prints it after the summary.
 SKIPPED := $(CURDIR)/target/skipped-tests.txt
 
-.PHONY: logs run need-node task-deps new-task test lint msrv unit repro-test bench profile install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
+.PHONY: logs run need-node task-deps new-task test lint msrv unit repro-test bench profile profile-cpu install mutants help image enclave-binaries build-eif describe eif-crosscheck eif-aws-vector run-enclave run-debug terminate proxy boot-test
 
 # The release binaries `make run` builds once; README's commands, `make install`
 # and `make client` reuse them from target/release.
@@ -146,6 +146,13 @@ profile:
 	@command -v strace >/dev/null || { echo "make profile: strace is not installed: apt-get install strace" >&2; exit 1; }
 	$(CARGO) build --release --locked --bin nautilus-server
 	src/nautilus-bench/profile-cold.sh target/release/nautilus-server
+
+## profile-cpu: where a run's CPU goes, by process and system call, against bare node sampled the same way (root, perf; POOL=1: the warm pool; not part of the tests)
+profile-cpu:
+	@[ "$$(id -u)" = 0 ] || { echo "make profile-cpu: run it as root (it samples the server's boxes, which only root makes)" >&2; exit 1; }
+	@command -v perf >/dev/null || { echo "make profile-cpu: perf is not installed: apt-get install linux-perf" >&2; exit 1; }
+	$(CARGO) build --release --locked --bin nautilus-server
+	src/nautilus-bench/profile-cpu.sh target/release/nautilus-server
 
 ## mutants: mutation testing of the trust crates and the JS client's result
 ## checks (slow; not part of `make test`). Needs `cargo install --locked

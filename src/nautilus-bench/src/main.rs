@@ -47,6 +47,8 @@ use nautilus_client::result::{verify_result, Expected, DEFAULT_CLOCK_SKEW};
 use result_signing::{IntentMessage, SignedResponse, SigningKey, TaskResult, INTENT_TASK_RESULT};
 use serde_json::{json, Value};
 
+mod ab;
+
 /// The environment the runner gives tasks, for the baseline.
 const TASK_PATH_ENV: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -78,6 +80,16 @@ struct Args {
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "out/bench.json")]
     json: PathBuf,
+    /// A/B mode: compare `--server` (A) with this second server binary (B),
+    /// interleaved (A B, B A, …, `--pairs` pairs), on the few points the
+    /// targets are about (trivial task: cold, warm back to back, warm paced;
+    /// `--requests` each), each run with its own bare baseline measured just
+    /// before it. Prints every pair's figures and B/A of their medians.
+    #[arg(long)]
+    ab: Option<PathBuf>,
+    /// A/B pairs (with `--ab`).
+    #[arg(long, default_value_t = 6)]
+    pairs: usize,
 }
 
 #[tokio::main]
@@ -105,6 +117,10 @@ async fn main() -> anyhow::Result<()> {
         "nautilus-bench: {cpus} CPUs, {} requests per point, {} run(s); this takes a few minutes",
         args.requests, args.runs
     );
+    if let Some(b) = &args.ab {
+        ensure!(b.is_file(), "{} not found", b.display());
+        return ab::compare(&args, b, &node, &tasks).await;
+    }
     let mut reports = Vec::new();
     for run in 1..=args.runs {
         eprintln!("run {run} of {}", args.runs);

@@ -221,7 +221,9 @@ struct Inner {
     /// Whether tasks get slot uids and a box of namespaces (the runner is root).
     privileged: bool,
     limiter: Arc<limiter::Limiter>,
-    shutting_down: AtomicBool,
+    /// Set once by [`Runner::shutdown`]; a refill waiting for its run's
+    /// caller stops waiting then.
+    shutting_down: watch::Sender<bool>,
     /// Turns true when running tasks must be killed for shutdown.
     cancel: watch::Sender<bool>,
     pass_env: Vec<(OsString, OsString)>,
@@ -430,7 +432,7 @@ impl Runner {
                 policy,
                 privileged,
                 limiter,
-                shutting_down: AtomicBool::new(false),
+                shutting_down: watch::Sender::new(false),
                 cancel: watch::Sender::new(false),
                 pass_env,
                 work_dir,
@@ -608,11 +610,14 @@ impl Runner {
         secrets: Arc<SecretValues>,
     ) -> Result<TaskResult, TaskError> {
         let inner = self.inner.clone();
-        // Dropped with this future: the run then sees its caller gone.
+        // Dropped with this future: the run then sees its caller gone, and
+        // the slot's refill knows the caller has its answer.
         let (_caller, gone) = oneshot::channel::<()>();
+        let (_answered, answered) = oneshot::channel::<()>();
         // The caller's span (the server's request id) follows the run.
         tokio::spawn(
-            async move { inner.run(req, secrets, gone).await }.instrument(tracing::Span::current()),
+            async move { inner.run(req, secrets, gone, answered).await }
+                .instrument(tracing::Span::current()),
         )
         .await
         .map_err(|e| TaskError::internal("task supervisor failed", e))?
@@ -623,7 +628,7 @@ impl Runner {
     /// kills them. Returns when nothing is left running.
     pub async fn shutdown(&self, grace: Duration) {
         let inner = &self.inner;
-        inner.shutting_down.store(true, Ordering::SeqCst);
+        inner.shutting_down.send_replace(true);
         inner.limiter.close();
         inner.pool.clear();
         let mut running = inner.limiter.watch_running();
@@ -1046,10 +1051,7 @@ impl Inner {
     /// Puts a warm box in the pooled slot `slot` holds, then frees the slot.
     fn refill(&self, slot: limiter::Slot) {
         let index = slot.index();
-        if index >= self.pool.size()
-            || self.pool.has(index)
-            || self.shutting_down.load(Ordering::SeqCst)
-        {
+        if index >= self.pool.size() || self.pool.has(index) || *self.shutting_down.borrow() {
             return;
         }
         match self.spawn_warm(index) {
@@ -1057,7 +1059,7 @@ impl Inner {
             Err(e) => tracing::warn!(slot = index, error = %e, "could not start a warm box"),
         }
         // A shutdown that began meanwhile has already cleared the pool.
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if *self.shutting_down.borrow() {
             self.pool.clear();
         }
         drop(slot);
@@ -1085,8 +1087,9 @@ impl Inner {
         req: TaskRequest,
         secrets: Arc<SecretValues>,
         mut gone: oneshot::Receiver<()>,
+        answered: oneshot::Receiver<()>,
     ) -> Result<TaskResult, TaskError> {
-        if self.shutting_down.load(Ordering::SeqCst) {
+        if *self.shutting_down.borrow() {
             return Err(TaskError::ShuttingDown);
         }
         if self.node.is_none() {
@@ -1279,13 +1282,26 @@ impl Inner {
         .flatten()
         .unwrap_or((false, false, None));
         // The slot is freed once it is empty and its warm box is back, off
-        // the caller's path.
+        // the caller's path: the new box starts only once the caller has its
+        // answer (its future ended: returned or dropped), so that booting
+        // it does not compete with signing and sending the response.
         let this = self.clone();
         tokio::spawn(async move {
             if let Some(reaping) = reaping {
                 let _ = reaping.await;
                 let emptied = this.clone();
                 let _ = tokio::task::spawn_blocking(move || emptied.empty_slot(index)).await;
+            }
+            // Only for a box to start: a cold slot is free at once. Err once
+            // the sender is dropped, which is the only way it ends; a caller
+            // may keep the run's future while it shuts the runner down (the
+            // CLI on SIGTERM), which then waits for this slot.
+            if index < this.pool.size() {
+                let mut stopping = this.shutting_down.subscribe();
+                tokio::select! {
+                    _ = answered => {}
+                    _ = stopping.wait_for(|s| *s) => {}
+                }
             }
             this.refill(slot)
         });

@@ -46,10 +46,13 @@ function clocksFromHandOver() {
   const { uptime } = process;
   process.uptime = { uptime() { return uptime() - ms / 1e3; } }.uptime;
   // Node's time to the task's (nothing happens inside the wait), and back.
+  // Every time a task can hand Node goes through `inward`: one that does
+  // not would be read back through `out` less the wait, telling it.
   const out = (t) => t - Math.min(ms, Math.max(0, t - from));
+  const inward = (t) => (typeof t === 'number' && t > from ? t + ms : t);
   const into = (options, key) => {
     const t = options !== null && typeof options === 'object' ? options[key] : undefined;
-    return typeof t === 'number' && t > from ? { __proto__: options, [key]: t + ms } : options;
+    return inward(t) !== t ? { __proto__: options, [key]: inward(t) } : options;
   };
   const replace = (object, key, make) => {
     const old = Object.getOwnPropertyDescriptor(object, key);
@@ -91,7 +94,7 @@ function clocksFromHandOver() {
   replace(proto, 'measure', ({ value: measure }) => ({
     value: {
       measure(name, options, end) {
-        return measure.call(this, name, into(into(options, 'start'), 'end'), end);
+        return measure.call(this, name, into(into(options, 'start'), 'end'), inward(end));
       },
     }.measure,
   }));
@@ -103,6 +106,12 @@ function clocksFromHandOver() {
   });
   perfHooks.PerformanceMark = Mark;
   globalThis.PerformanceMark = Mark;
+  // A mark's `constructor` would otherwise hand out Node's own class.
+  replace(PerformanceMark.prototype, 'constructor', () => ({ value: Mark }));
+  // Node stamps an Event with its own timeline's time.
+  replace(Event.prototype, 'timeStamp', ({ get }) => ({
+    get: getter({ get timeStamp() { return out(get.call(this)); } }),
+  }));
   from = now.call(performance);
   return () => {
     ms = now.call(performance) - from;
