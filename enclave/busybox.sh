@@ -80,13 +80,15 @@ done < "$ENCLAVE/inputs.lock"
 [ -n "$ORIG" ] && [ -n "$PATCHES" ] || die "inputs.lock must pin busybox's .orig.tar and .debian.tar (kind src)"
 
 # The compiler: the pinned gcc (its own assembler and, through -B, its own
-# linker; strip from the same binutils), or the one BUSYBOX_CC names.
+# linker; ar, strip, ... from the same binutils), or the one BUSYBOX_CC names
+# with the binutils on PATH.
+# BINUTILS is the prefix of ar, nm, objcopy, objdump and strip.
 if [ -n "${BUSYBOX_CC:-}" ]; then
-    CC="$BUSYBOX_CC" STRIP="${BUSYBOX_STRIP:-strip}" LD_DIR=""
+    CC="$BUSYBOX_CC" BINUTILS="" LD_DIR=""
     COMPILER="$("$CC" --version 2>&1 | head -n1)" || die "BUSYBOX_CC=$CC does not run"
 else
     TREE="$("$ENCLAVE/musl-cc.sh")" || exit 1
-    CC="$TREE/cc" STRIP="$TREE/usr/bin/x86_64-linux-gnu-strip" LD_DIR="$TREE/usr/bin/x86_64-linux-gnu-ld"
+    CC="$TREE/cc" BINUTILS="$TREE/usr/bin/x86_64-linux-gnu-" LD_DIR="$TREE/usr/bin/x86_64-linux-gnu-ld"
     export LD_LIBRARY_PATH="$TREE/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     COMPILER="pinned gcc $(basename "$TREE")"
 fi
@@ -106,18 +108,29 @@ if [ ! -x "$OUT/busybox" ]; then
     trap 'rm -rf "$work"' EXIT
     case "$work" in *[[:space:]]*) die "TMPDIR=$TMPDIR has white space, which busybox's build cannot handle: set TMPDIR to another directory" ;; esac
     mkdir "$work/src" "$work/debian" "$work/tools"
-    tar -xf "$ORIG" -C "$work/src" --strip-components=1
-    tar -xf "$PATCHES" -C "$work/debian" --strip-components=1
+    # Decompressed explicitly: not every tar (busybox's) detects bzip2 or xz.
+    untar() {
+        case "$1" in
+            *.bz2) bzip2 -dc "$1" ;;
+            *.xz) xz -dc "$1" ;;
+            *) die "$1: neither .bz2 nor .xz" ;;
+        esac | tar -xf - -C "$2" --strip-components=1
+    }
+    untar "$ORIG" "$work/src"
+    untar "$PATCHES" "$work/debian"
     # Debian's patches, in its series order (security fixes included).
     sed 's/#.*//' "$work/debian/patches/series" | while read -r patch _; do
         [ -n "$patch" ] || continue
-        patch -d "$work/src" -p1 -s -N < "$work/debian/patches/$patch" \
-            || die "Debian's $patch does not apply"
+        # (cd, not -d: StageX's busybox patch has no -d.)
+        (cd "$work/src" && patch -p1 -N < "$work/debian/patches/$patch") >> "$work/patch.log" 2>&1 \
+            || { cat "$work/patch.log" >&2; die "Debian's $patch does not apply (above)"; }
     done
     [ -z "$LD_DIR" ] || ln -s "$LD_DIR" "$work/tools/ld"
     cp "$CONFIG" "$work/src/.config"
     set -- -C "$work/src" -j"$(nproc 2>/dev/null || echo 2)" \
-        HOSTCC="$CC -static" CC="$CC${LD_DIR:+ -B$work/tools/}" STRIP="$STRIP" \
+        HOSTCC="$CC -static" CC="$CC${LD_DIR:+ -B$work/tools/}" \
+        AR="${BINUTILS}ar" NM="${BINUTILS}nm" STRIP="${BINUTILS}strip" \
+        OBJCOPY="${BINUTILS}objcopy" OBJDUMP="${BINUTILS}objdump" \
         KCONFIG_NOTIMESTAMP=1 SOURCE_DATE_EPOCH=0 \
         BB_EXTRA_VERSION="Debian $VERSION, nautilus enclave/busybox.config"
     make -s "$@" silentoldconfig < /dev/null > "$work/build.log" 2>&1 \
@@ -137,7 +150,7 @@ if [ ! -x "$OUT/busybox" ]; then
     diff -u "$work/want" "$work/got" >&2 \
         || die "the built busybox offers other applets than enclave/busybox.applets lists (diff above)"
     staged="$(mktemp -d "$BUILDS/.new-XXXXXX")" && chmod 0755 "$staged"
-    install -m 0755 "$work/src/busybox" "$staged/busybox"
+    cp "$work/src/busybox" "$staged/busybox" && chmod 0755 "$staged/busybox"
     # Another build may have finished the same inputs meanwhile: keep the first.
     mv -T "$staged" "$OUT" 2>/dev/null || rm -rf "$staged"
     rm -rf "$work"
