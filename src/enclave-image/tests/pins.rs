@@ -1,4 +1,5 @@
-//! The two build paths pin the same outside inputs: every Debian package in
+//! The two build paths pin the same outside inputs: every Debian package and
+//! Debian source file (busybox's) in
 //! `enclave/inputs.lock` (which `make image` fetches) is in the Containerfile
 //! (which `make build-eif` fetches) with the same SHA-256 and the same
 //! content-addressed snapshot.debian.org file id, and both name the file the
@@ -13,11 +14,11 @@ fn repo_file(path: &str) -> String {
 }
 
 /// `cache file name -> (sha256, sha1)` of the Debian packages in inputs.lock
-/// (the kernel package included).
+/// (the kernel package included) and of the Debian source files (`src`).
 fn lock_debs() -> BTreeMap<String, (String, String)> {
     repo_file("enclave/inputs.lock")
         .lines()
-        .filter(|l| l.starts_with("deb ") || l.starts_with("kernel "))
+        .filter(|l| ["deb ", "kernel ", "src "].iter().any(|k| l.starts_with(k)))
         .map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(cols.len(), 6, "inputs.lock: {l}");
