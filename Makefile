@@ -225,7 +225,10 @@ help:
 ## image: build out/nitro.eif and out/nitro.pcrs without containers (the kernel is the one enclave/inputs.lock pins)
 image:
 	@$(MAKE) --no-print-directory enclave-binaries
-	OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
+	@# The linker (the pinned binutils' ld) leaves no name in the binaries:
+	@# the metadata records its --version line beside the compilers.
+	LINKER_VERSION="$$("$$(enclave/musl-cc.sh)/link-gcc" -Wl,--version 2>/dev/null | grep '^GNU ld ')" \
+		OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
 		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
 # Static musl binaries of the server, the init and the image tool. The C

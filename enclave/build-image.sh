@@ -10,6 +10,8 @@
 #   OUT        output directory                                     (default out)
 #   CACHE      download cache, outside OUT  (default ~/.cache/nautilus/inputs)
 #   SOURCE_DATE_EPOCH  build time recorded in the EIF metadata      (default 0)
+#   LINKER_VERSION     the linker to name in the EIF metadata, when it leaves
+#                      no name in the binaries           (default: none)
 set -eu
 # pipefail where the shell has it (bash, busybox ash; not dash).
 # shellcheck disable=SC3040
@@ -234,10 +236,13 @@ done < "$ENCLAVE/tasks"
 # ------------------------------------------------------------------ image ----
 "$TOOL" cpio --root "$BOOT" --char-device dev/console:5:1:600 --mtime 0 --out "$OUT/boot.cpio.gz"
 "$TOOL" cpio --root "$APP" --mtime 0 --out "$OUT/app.cpio.gz"
-# The metadata (not measured) names the kernel (from its bzImage header) and
-# the compilers that built the two binaries (their .comment sections).
+# The metadata (not measured) names the kernel (from its bzImage header), the
+# compilers that built the two binaries (their .comment sections) and
+# LINKER_VERSION when the caller names it (make image: the pinned binutils'
+# ld, which leaves no name in the binaries; the Containerfile's lld does).
 "$TOOL" eif --kernel "$KERNEL" --cmdline-file "$ENCLAVE/cmdline" \
     --toolchain-from "$BIN_DIR/nautilus-server" --toolchain-from "$BIN_DIR/nautilus-init" \
+    ${LINKER_VERSION:+--toolchain "$LINKER_VERSION"} \
     --ramdisk "$OUT/boot.cpio.gz" --ramdisk "$OUT/app.cpio.gz" \
     --out "$OUT/nitro.eif" --pcrs-out "$OUT/nitro.pcrs" >/dev/null
 rm -rf "$WORK"

@@ -58,6 +58,11 @@ enum Command {
         /// metadata (`CustomMetadata.Toolchain`; repeatable).
         #[arg(long)]
         toolchain_from: Vec<PathBuf>,
+        /// Also record this tool in `CustomMetadata.Toolchain`: one that
+        /// leaves nothing in the binaries, such as GNU ld's `--version` line
+        /// (repeatable; at most 200 printable characters).
+        #[arg(long)]
+        toolchain: Vec<String>,
         /// Build time recorded in the metadata (default: $SOURCE_DATE_EPOCH, else 0).
         #[arg(long)]
         build_time: Option<i64>,
@@ -179,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             image_version,
             kernel_version,
             toolchain_from,
+            toolchain,
             build_time,
         } => {
             let cmdline = std::fs::read_to_string(&cmdline_file)
@@ -203,6 +209,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if !compilers.contains(&c) {
                         compilers.push(c);
                     }
+                }
+            }
+            for tool in toolchain {
+                if tool.is_empty() || tool.len() > 200 || tool.chars().any(char::is_control) {
+                    bail!(
+                        "--toolchain {tool:?}: name a tool in 1 to 200 printable characters, e.g. the first line of `ld --version`"
+                    );
+                }
+                if !compilers.contains(&tool) {
+                    compilers.push(tool);
                 }
             }
             let metadata = eif::Metadata::new(&name, &image_version, &kernel_version, build_time)?
