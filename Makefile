@@ -225,10 +225,7 @@ help:
 ## image: build out/nitro.eif and out/nitro.pcrs without containers (the kernel is the one enclave/inputs.lock pins)
 image:
 	@$(MAKE) --no-print-directory enclave-binaries
-	@# The linker (the pinned binutils' ld) leaves no name in the binaries:
-	@# the metadata records its --version line beside the compilers.
-	LINKER_VERSION="$$("$$(enclave/musl-cc.sh)/link-gcc" -Wl,--version 2>/dev/null | grep '^GNU ld ')" \
-		OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
+	OUT="$(OUT)" BIN_DIR="$(ENCLAVE_BIN_DIR)" \
 		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
 # Static musl binaries of the server, the init and the image tool. The C
@@ -247,6 +244,11 @@ enclave-binaries:
 		RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
 		$(CARGO) build --release --locked --target $(ENCLAVE_TARGET) \
 		-p nautilus-server -p enclave-init -p enclave-image
+	@# The pinned ld leaves no name in the binaries: build-image.sh records
+	@# this line in the EIF metadata beside the compilers of their .comment.
+	@cc_dir="$$(enclave/musl-cc.sh)" && mkdir -p "$(ENCLAVE_BIN_DIR)" && \
+		"$$cc_dir/link-gcc" -Wl,--version 2>/dev/null | grep '^GNU ld ' > "$(ENCLAVE_BIN_DIR)/.linker-version.new" && \
+		mv -f "$(ENCLAVE_BIN_DIR)/.linker-version.new" "$(ENCLAVE_BIN_DIR)/linker-version"
 
 ## build-eif: build out/nitro.eif and out/nitro.pcrs inside StageX images pinned by digest (docker or podman)
 build-eif:

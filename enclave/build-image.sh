@@ -10,8 +10,6 @@
 #   OUT        output directory                                     (default out)
 #   CACHE      download cache, outside OUT  (default ~/.cache/nautilus/inputs)
 #   SOURCE_DATE_EPOCH  build time recorded in the EIF metadata      (default 0)
-#   LINKER_VERSION     the linker to name in the EIF metadata, when it leaves
-#                      no name in the binaries           (default: none)
 set -eu
 # pipefail where the shell has it (bash, busybox ash; not dash).
 # shellcheck disable=SC3040
@@ -237,9 +235,11 @@ done < "$ENCLAVE/tasks"
 "$TOOL" cpio --root "$BOOT" --char-device dev/console:5:1:600 --mtime 0 --out "$OUT/boot.cpio.gz"
 "$TOOL" cpio --root "$APP" --mtime 0 --out "$OUT/app.cpio.gz"
 # The metadata (not measured) names the kernel (from its bzImage header), the
-# compilers that built the two binaries (their .comment sections) and
-# LINKER_VERSION when the caller names it (make image: the pinned binutils'
-# ld, which leaves no name in the binaries; the Containerfile's lld does).
+# compilers that built the two binaries (their .comment sections) and the
+# linker BIN_DIR/linker-version names (make image: the pinned binutils' ld,
+# which leaves no name in the binaries; the Containerfile's lld does).
+LINKER_VERSION=""
+[ ! -f "$BIN_DIR/linker-version" ] || LINKER_VERSION="$(head -n 1 "$BIN_DIR/linker-version")"
 "$TOOL" eif --kernel "$KERNEL" --cmdline-file "$ENCLAVE/cmdline" \
     --toolchain-from "$BIN_DIR/nautilus-server" --toolchain-from "$BIN_DIR/nautilus-init" \
     ${LINKER_VERSION:+--toolchain "$LINKER_VERSION"} \
