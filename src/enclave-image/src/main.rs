@@ -187,6 +187,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             toolchain,
             build_time,
         } => {
+            if let Some(tool) = toolchain.iter().find(|t| {
+                t.is_empty() || t.chars().count() > 200 || t.chars().any(char::is_control)
+            }) {
+                bail!(
+                    "--toolchain {tool:?}: name a tool in 1 to 200 printable characters, e.g. the first line of `ld --version`"
+                );
+            }
             let cmdline = std::fs::read_to_string(&cmdline_file)
                 .with_context(|| format!("reading {}", cmdline_file.display()))?;
             let cmdline = cmdline.trim_end_matches('\n');
@@ -212,11 +219,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             for tool in toolchain {
-                if tool.is_empty() || tool.len() > 200 || tool.chars().any(char::is_control) {
-                    bail!(
-                        "--toolchain {tool:?}: name a tool in 1 to 200 printable characters, e.g. the first line of `ld --version`"
-                    );
-                }
                 if !compilers.contains(&tool) {
                     compilers.push(tool);
                 }
