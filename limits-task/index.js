@@ -25,7 +25,7 @@
 //                     at most 400 pairs (800 descriptors, under the box's
 //                     1024). Only bytes the kernel accepted count (bytesWritten
 //                     minus writableLength: Node's own queue is not socket
-//                     memory). The buffers are kernel memory of the task's
+//                     memory), and only on pairs still connected. The buffers are kernel memory of the task's
 //                     sockets: on cgroup v2 (and on v1 with the TCP limit set)
 //                     the slot's memory cgroup counts them, so its memory
 //                     limit holds them too. Prints `sockets held N MiB in K
@@ -71,10 +71,14 @@ function usage(message) {
   process.exit(2);
 }
 
+// An argument as an error message shows it: at most 20 characters.
+const shown = (text) => (text.length > 20 ? `${text.slice(0, 20)}…` : text);
+
 function bounded(text, max, what) {
-  if (!/^[0-9]{1,6}$/.test(text ?? '')) usage(`${what} must be a whole number, got ${JSON.stringify(text)}`);
+  if (text === undefined) usage(`${what} is missing`);
+  if (!/^[0-9]+$/.test(text)) usage(`${what} must be a whole number, got ${JSON.stringify(shown(text))}`);
   const n = Number(text);
-  if (n < 1 || n > max) usage(`${what} must be between 1 and ${max}, got ${n}`);
+  if (n < 1 || n > max) usage(`${what} must be between 1 and ${max}, got ${shown(text)}`);
   return n;
 }
 
@@ -173,7 +177,10 @@ async function sockets(mib, ballast) {
   });
   const { port } = server.address();
   const writers = [];
-  const held = () => writers.reduce((sum, c) => sum + c.bytesWritten - c.writableLength, 0);
+  // A pair whose connection closed (its accepting end refused for want of
+  // descriptors, say) holds nothing: only live writers count.
+  const live = () => writers.filter((c) => !c.destroyed);
+  const held = () => live().reduce((sum, c) => sum + c.bytesWritten - c.writableLength, 0);
   let done = false;
   const pump = (c) => {
     while (!done && c.write(chunk));
@@ -215,7 +222,7 @@ async function sockets(mib, ballast) {
     }
     while (Math.floor(best / (32 * MIB)) > reported) {
       reported++;
-      console.log(`sockets held ${reported * 32} MiB in ${writers.length} pairs`);
+      console.log(`sockets held ${reported * 32} MiB in ${live().length} pairs`);
     }
     if (h >= want) stopped = 'asked';
     else if (now - started > SOCKETS_SECONDS * 1000) stopped = 'time';
@@ -238,7 +245,8 @@ async function sockets(mib, ballast) {
       ballast_mib: ballast ?? 0,
       held_bytes: final,
       held_mib: Math.floor(final / MIB),
-      pairs: writers.length,
+      pairs: live().length,
+      closed_pairs: writers.length - live().length,
       stopped,
       seconds: (Date.now() - started) / 1000,
       kernel_tcp_mib: tcpBefore === null || tcpAfter === null ? null : Math.floor(((tcpAfter - tcpBefore) * 4096) / MIB),
@@ -269,7 +277,12 @@ async function time(seconds) {
 
 async function main() {
   const [mode, value, ...rest] = process.argv.slice(2);
-  if (rest.length > (mode === 'sockets' ? 1 : 0)) usage(`too many arguments for ${mode}: ${rest.length} more`);
+  // How many arguments each mode takes after its first.
+  const optional = new Map([['memory', 0], ['processes', 0], ['time', 0], ['sockets', 1]]);
+  if (mode === undefined) usage('no mode given');
+  if (!optional.has(mode)) usage(`unknown mode ${JSON.stringify(shown(mode))}`);
+  const extra = rest.length - optional.get(mode);
+  if (extra > 0) usage(`too many arguments for ${mode}: ${extra} more than it takes`);
   switch (mode) {
     case 'memory':
       return memory(bounded(value, 4096, 'MiB'));
@@ -280,7 +293,7 @@ async function main() {
     case 'sockets':
       return sockets(bounded(value, 4096, 'MiB'), rest[0] === undefined ? undefined : bounded(rest[0], 4096, 'ballast MiB'));
     default:
-      return usage(`unknown mode ${JSON.stringify(mode ?? '')}`);
+      throw new Error(`mode ${mode} has no case`);
   }
 }
 

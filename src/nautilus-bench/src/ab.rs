@@ -109,7 +109,9 @@ async fn one(bin: &Path, node: &Path, tasks: &Tasks, n: usize) -> anyhow::Result
     for pool in [false, true] {
         let server = Server::start(bin, node, &tasks.root, slots, pool)?;
         let http = reqwest::Client::new();
-        load(&http, &server, "trivial", 1, 4, Duration::ZERO).await?;
+        server
+            .learning_group(load(&http, &server, "trivial", 1, 4, Duration::ZERO))
+            .await?;
         server.settle(&http).await;
         let before = server.cpu();
         let point = load(&http, &server, "trivial", 1, n, Duration::ZERO).await?;

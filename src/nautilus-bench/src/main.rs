@@ -162,9 +162,14 @@ async fn one_run(args: &Args, node: &Path, tasks: &Tasks) -> anyhow::Result<Repo
         let server = Server::start(&args.server, node, &tasks.root, slots, pool)?;
         let http = reqwest::Client::new();
         // Node's own caches and the server's first connections.
-        for task in TASKS {
-            load(&http, &server, task, 2, 4, Duration::ZERO).await?;
-        }
+        server
+            .learning_group(async {
+                for task in TASKS {
+                    load(&http, &server, task, 2, 4, Duration::ZERO).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+            .await?;
         let health: Value = http
             .get(format!("{}/health_check", server.base))
             .send()
@@ -178,7 +183,7 @@ async fn one_run(args: &Args, node: &Path, tasks: &Tasks) -> anyhow::Result<Repo
         let boxes = server.settle(&http).await;
         let idle_rss = rss_kib(server.pid()).unwrap_or(0);
         let idle_children = children_rss_kib(server.pid());
-        let slots_memory = slot_cgroup_files(server.pid(), MEMORY_FILES)
+        let slots_memory = slot_cgroup_files(server.pid(), server.group(), MEMORY_FILES)
             .iter()
             .filter_map(|f| read_number(f))
             .collect::<Vec<_>>();
@@ -338,7 +343,7 @@ const CPU_FILES: [&str; 2] = ["cpuacct.usage", "cpu.stat"];
 /// (`<its cgroup>/nautilus-<uid>/slot-<i>` in every hierarchy; see
 /// task-runner's cgroup module), by hierarchy, the first hierarchy that has
 /// one. Empty without root or cgroups.
-fn slot_cgroup_files(server: u32, names: [&str; 2]) -> Vec<PathBuf> {
+fn slot_cgroup_files(server: u32, group: Option<&str>, names: [&str; 2]) -> Vec<PathBuf> {
     let own = std::fs::read_to_string(format!("/proc/{server}/cgroup")).unwrap_or_default();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut found = Vec::new();
@@ -369,11 +374,10 @@ fn slot_cgroup_files(server: u32, names: [&str; 2]) -> Vec<PathBuf> {
             continue;
         };
         for runner in runners.flatten() {
-            if !runner
-                .file_name()
-                .to_string_lossy()
-                .starts_with("nautilus-")
-            {
+            let name = runner.file_name();
+            let name = name.to_string_lossy();
+            let ours = group.map_or(name.starts_with("nautilus-"), |g| name == g);
+            if !ours {
                 continue;
             }
             for slot in std::fs::read_dir(runner.path())
@@ -482,6 +486,8 @@ struct Server {
     root_pem: String,
     /// Warm boxes it keeps when idle.
     pool_size: Option<usize>,
+    /// The runner's cgroup group, once seen (see [`runner_group`]).
+    group: std::sync::OnceLock<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -538,6 +544,7 @@ impl Server {
             } else {
                 0
             }),
+            group: std::sync::OnceLock::new(),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -564,10 +571,44 @@ impl Server {
         self.child.id()
     }
 
+    /// The runner's cgroup group, if a box of it was seen yet.
+    fn group(&self) -> Option<&str> {
+        if self.group.get().is_none() {
+            if let Some(g) = runner_group(self.pid()) {
+                let _ = self.group.set(g);
+            }
+        }
+        self.group.get().map(String::as_str)
+    }
+
+    /// Looks for the runner's cgroup group while `work` runs (a cold
+    /// server has boxes only then).
+    async fn learning_group<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let pid = self.pid();
+        let found = Arc::new(std::sync::OnceLock::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, st) = (found.clone(), stop.clone());
+        let watch = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) && f.get().is_none() {
+                if let Some(g) = runner_group(pid) {
+                    let _ = f.set(g);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let out = work.await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = watch.join();
+        if let Some(g) = found.get() {
+            let _ = self.group.set(g.clone());
+        }
+        out
+    }
+
     /// The server's CPU clock, with its slot cgroups'.
     fn cpu(&self) -> Option<CpuClock> {
         let mut clock = CpuClock::read(&self.pid().to_string())?;
-        let slots = slot_cgroup_files(self.pid(), CPU_FILES);
+        let slots = slot_cgroup_files(self.pid(), self.group(), CPU_FILES);
         if !slots.is_empty() {
             clock.cgroups = slots.iter().map(|f| read_number(f)).sum();
         }
@@ -719,8 +760,28 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Total RSS of every descendant of `pid` (task and pool processes).
 fn children_rss_kib(pid: u32) -> u64 {
+    descendants(pid).iter().filter_map(|&p| rss_kib(p)).sum()
+}
+
+/// The runner's own cgroup group (`nautilus-<tag>`), from the cgroup of any
+/// process the server started (a box). Several root servers under one
+/// cgroup (tests on a shared machine) each have one: only the server's own
+/// slots count.
+fn runner_group(server: u32) -> Option<String> {
+    descendants(server).iter().find_map(|p| {
+        let cgroups = std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok()?;
+        cgroups
+            .lines()
+            .flat_map(|l| l.split('/'))
+            .find(|seg| seg.starts_with("nautilus-"))
+            .map(str::to_owned)
+    })
+}
+
+/// Every descendant of `pid`, not `pid` itself.
+fn descendants(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     let mut parent_of = Vec::new();
     for e in entries.flatten() {
@@ -751,7 +812,7 @@ fn children_rss_kib(pid: u32) -> u64 {
         );
         i += 1;
     }
-    family[1..].iter().filter_map(|&p| rss_kib(p)).sum()
+    family.split_off(1)
 }
 
 /// Per-call costs, each the median of many calls.

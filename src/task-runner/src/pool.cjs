@@ -50,15 +50,50 @@ function clocksFromHandOver() {
   // not would be read back through `out` less the wait, telling it.
   const out = (t) => t - Math.min(ms, Math.max(0, t - from));
   const inward = (t) => (typeof t === 'number' && t > from ? t + ms : t);
-  const into = (options, key) => {
-    const t = options !== null && typeof options === 'object' ? options[key] : undefined;
-    return inward(t) !== t ? { __proto__: options, [key]: inward(t) } : options;
+  // Options reach Node as a plain copy with the task's times moved onto
+  // Node's timeline: each property read once, in Node's order, and `detail`
+  // read from the task's own object, whose getters never see a moved time.
+  const markOptions = (o) =>
+    o === null || typeof o !== 'object' || Array.isArray(o)
+      ? o
+      : { startTime: inward(o.startTime), get detail() { return o.detail; } };
+  const measureOptions = (o) => {
+    if (o === null || typeof o !== 'object') return o;
+    const { start, end, duration } = o;
+    const withDetail = (copy) => Object.defineProperty(copy, 'detail', { get: () => o.detail });
+    // One end and a duration: Node would put the other end `duration` away
+    // on its own timeline, across the wait when the span reaches back before
+    // it; both ends go in the task's time instead (where Node would accept them).
+    if (duration !== undefined && (start === undefined) !== (end === undefined)) {
+      const d = taskTime(duration);
+      const known = taskTime(start === undefined ? end : start);
+      const [s, e] = start === undefined ? [known - d, known] : [known, known + d];
+      if (d >= 0 && s >= 0 && e >= 0) return withDetail({ start: inward(s), end: inward(e) });
+    }
+    return withDetail({ start: inward(start), end: inward(end), duration: durationOf(duration) });
+  };
+  // Node also takes a mark's name where it takes a time (as a duration too),
+  // as that mark's time on its timeline. `marks` is the task's view of every
+  // mark's time by name, as Node keeps it.
+  const marks = new Map();
+  const startUp = ['nodeStart', 'v8Start', 'environment', 'loopStart', 'loopExit', 'bootstrapComplete'];
+  const taskTime = (t) => {
+    if (typeof t === 'number') return t;
+    const name = `${t}`;
+    return startUp.includes(name) ? out(nodeTiming[name]) : marks.get(name);
+  };
+  const durationOf = (d) => {
+    if (d === undefined || typeof d === 'number') return d;
+    const t = taskTime(d);
+    return t === undefined ? `${d}` : t;
   };
   const replace = (object, key, make) => {
     const old = Object.getOwnPropertyDescriptor(object, key);
     Object.defineProperty(object, key, { ...old, ...make(old) });
   };
   const getter = (object) => Object.values(Object.getOwnPropertyDescriptors(object))[0].get;
+  const { nodeTiming } = performance;
+  const entryName = Object.getOwnPropertyDescriptor(PerformanceEntry.prototype, 'name').get;
   replace(proto, 'now', () => ({ value: { now() { return now.call(this) - ms; } }.now }));
   replace(proto, 'timeOrigin', ({ get }) => ({
     get: getter({ get timeOrigin() { return get.call(this) + ms; } }),
@@ -88,20 +123,45 @@ function clocksFromHandOver() {
       }),
     };
   });
+  const made = (entry) => {
+    marks.set(entryName.call(entry), out(start.call(entry)));
+    return entry;
+  };
+  // Arguments pass on as given, as many as given (Node counts them), and
+  // each wrapper's length is Node's.
   replace(proto, 'mark', ({ value: mark }) => ({
-    value: { mark(name, options) { return mark.call(this, name, into(options, 'startTime')); } }.mark,
+    value: {
+      mark(name) {
+        const args = [...arguments];
+        if (args.length > 1) args[1] = markOptions(args[1]);
+        return made(mark.apply(this, args));
+      },
+    }.mark,
   }));
   replace(proto, 'measure', ({ value: measure }) => ({
     value: {
-      measure(name, options, end) {
-        return measure.call(this, name, into(into(options, 'start'), 'end'), inward(end));
+      measure(name) {
+        const args = [...arguments];
+        if (args.length > 1) args[1] = measureOptions(args[1]);
+        if (args.length > 2) args[2] = inward(args[2]);
+        return measure.apply(this, args);
       },
     }.measure,
   }));
+  replace(proto, 'clearMarks', ({ value: clearMarks }) => ({
+    value: {
+      clearMarks(...args) {
+        const named = args[0] === undefined ? undefined : `${args[0]}`;
+        clearMarks.call(this, named);
+        if (named === undefined) marks.clear();
+        else marks.delete(named);
+      },
+    }.clearMarks,
+  }));
   const Mark = new Proxy(PerformanceMark, {
     construct(target, args, newTarget) {
-      if (args.length > 1) args[1] = into(args[1], 'startTime');
-      return Reflect.construct(target, args, newTarget === Mark ? target : newTarget);
+      if (args.length > 1) args[1] = markOptions(args[1]);
+      return made(Reflect.construct(target, args, newTarget === Mark ? target : newTarget));
     },
   });
   perfHooks.PerformanceMark = Mark;

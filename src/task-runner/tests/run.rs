@@ -52,6 +52,133 @@ async fn example_task_fails_on_bad_input() {
     assert!(result.stderr.contains("❌ Error:"), "{}", result.stderr);
 }
 
+/// The shipped limits demo: every wrong argument gets exit 2, one line saying
+/// what was wrong (right about which: a number too large is not "not a whole
+/// number", one argument too many is one), and the usage, before it asks for
+/// anything.
+#[tokio::test]
+async fn limits_task_says_what_is_wrong_with_its_arguments() {
+    let runner = Runner::new(config_in(repo_root())).unwrap();
+    // The runner takes arguments of up to 4096 bytes.
+    let long = "9".repeat(4000);
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "no mode given"),
+        (&["bogus", "1", "2"], "unknown mode \"bogus\""),
+        (&["memory"], "MiB is missing"),
+        (&["memory", "0"], "MiB must be between 1 and 4096, got 0"),
+        (
+            &["memory", "9999999"],
+            "MiB must be between 1 and 4096, got 9999999",
+        ),
+        (
+            &["memory", &long],
+            "MiB must be between 1 and 4096, got 99999999999999999999…",
+        ),
+        (
+            &["memory", "1.5"],
+            "MiB must be a whole number, got \"1.5\"",
+        ),
+        (
+            &["memory", "0x10"],
+            "MiB must be a whole number, got \"0x10\"",
+        ),
+        (
+            &["memory", "1", "2"],
+            "too many arguments for memory: 1 more than it takes",
+        ),
+        (
+            &["sockets", "1", "2", "3"],
+            "too many arguments for sockets: 1 more than it takes",
+        ),
+        (
+            &["sockets", "1", "x"],
+            "ballast MiB must be a whole number, got \"x\"",
+        ),
+        (
+            &["time", "3601"],
+            "seconds must be between 1 and 3600, got 3601",
+        ),
+    ];
+    for (args, said) in cases {
+        let result = run_ok(&runner, "limits-task", args).await;
+        let mut lines = result.stderr.lines();
+        assert_eq!(
+            (result.exit_code, lines.next(), result.stdout.as_str()),
+            (Some(2), Some(format!("limits-task: {said}").as_str()), ""),
+            "{args:?}: {}",
+            result.stderr
+        );
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with("usage: memory <MiB 1-4096>")),
+            "{args:?}: {}",
+            result.stderr
+        );
+    }
+}
+
+/// The limits demo's sockets mode counts only pairs still connected. Run
+/// straight under `node` with few descriptors, the accepting end runs out
+/// first for one parity of the limit (libuv then accepts and closes the
+/// connection): the demo used to count those closed pairs and the bytes
+/// once written to them (400 pairs, 85 MiB, on 41 descriptors).
+#[test]
+fn limits_task_sockets_counts_only_live_pairs() {
+    use std::os::unix::process::CommandExt;
+    let script = repo_root().join("limits-task/index.js");
+    let runs: Vec<_> = [40u64, 41]
+        .into_iter()
+        .map(|nofile| {
+            let mut cmd = std::process::Command::new("node");
+            cmd.arg(&script).args(["sockets", "256"]);
+            cmd.stdout(std::process::Stdio::piped());
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in
+            // the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            (nofile, cmd.spawn().expect("node"))
+        })
+        .collect();
+    for (nofile, mut child) in runs {
+        // The mode bounds itself (60 s, and 3 s without progress).
+        let ended = eventually(Duration::from_secs(90), || {
+            child.try_wait().expect("wait").is_some()
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(ended && out.status.success(), "{nofile}: {stdout}");
+        let report = json(stdout.lines().last().unwrap_or(""));
+        let pairs = report["pairs"].as_u64().expect("pairs");
+        let held = report["held_bytes"].as_u64().expect("held_bytes");
+        // Each live pair is two descriptors; each holds at most the
+        // kernel's largest send and receive buffers.
+        let most = |file: &str| -> u64 {
+            let text = std::fs::read_to_string(file).unwrap();
+            text.split_whitespace().last().unwrap().parse().unwrap()
+        };
+        let per_pair = most("/proc/sys/net/ipv4/tcp_wmem") + most("/proc/sys/net/ipv4/tcp_rmem");
+        assert!(
+            (1..=nofile / 2).contains(&pairs) && held <= pairs * per_pair,
+            "{nofile} descriptors: {report}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn non_zero_exit_is_reported() {
     let result = run_ok(&runner(), "exit-with", &["7"]).await;
