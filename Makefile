@@ -229,8 +229,10 @@ image:
 		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(ASSEMBLE_WRAPPER) enclave/build-image.sh
 
 # Static musl binaries of the server, the init and the image tool. The C
-# compiler (ring's C and assembly) is the one enclave/inputs.lock pins by hash,
-# unpacked by enclave/musl-cc.sh; the host's is never used.
+# compiler (ring's C and assembly) and the linker (gcc driving binutils' ld)
+# are the ones enclave/inputs.lock pins by hash, unpacked by enclave/musl-cc.sh;
+# the host's cc and ld are never used for these binaries (build scripts, which
+# run on the host, still link with the host's).
 enclave-binaries:
 	@rustup target list --installed 2>/dev/null | grep -qx $(ENCLAVE_TARGET) || { \
 		command -v rustup >/dev/null || { echo "make image: the Rust target $(ENCLAVE_TARGET) is missing and rustup is not installed: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }; \
@@ -238,9 +240,15 @@ enclave-binaries:
 	@cc_dir="$$(enclave/musl-cc.sh)" || exit 1; set -x; \
 	SOURCE_DATE_EPOCH=0 CARGO_TARGET_DIR="$(ENCLAVE_TARGET_DIR)" \
 		CC_x86_64_unknown_linux_musl="$$cc_dir/cc" AR_x86_64_unknown_linux_musl="$$cc_dir/ar" \
+		CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER="$$cc_dir/link-gcc" \
 		RUSTFLAGS="$(ENCLAVE_RUSTFLAGS)" \
 		$(CARGO) build --release --locked --target $(ENCLAVE_TARGET) \
 		-p nautilus-server -p enclave-init -p enclave-image
+	@# The pinned ld leaves no name in the binaries: build-image.sh records
+	@# this line in the EIF metadata beside the compilers of their .comment.
+	@cc_dir="$$(enclave/musl-cc.sh)" && mkdir -p "$(ENCLAVE_BIN_DIR)" && \
+		"$$cc_dir/link-gcc" -Wl,--version 2>/dev/null | grep '^GNU ld ' > "$(ENCLAVE_BIN_DIR)/.linker-version.new" && \
+		mv -f "$(ENCLAVE_BIN_DIR)/.linker-version.new" "$(ENCLAVE_BIN_DIR)/linker-version"
 
 ## build-eif: build out/nitro.eif and out/nitro.pcrs inside StageX images pinned by digest (docker or podman)
 build-eif:

@@ -234,10 +234,15 @@ done < "$ENCLAVE/tasks"
 # ------------------------------------------------------------------ image ----
 "$TOOL" cpio --root "$BOOT" --char-device dev/console:5:1:600 --mtime 0 --out "$OUT/boot.cpio.gz"
 "$TOOL" cpio --root "$APP" --mtime 0 --out "$OUT/app.cpio.gz"
-# The metadata (not measured) names the kernel (from its bzImage header) and
-# the compilers that built the two binaries (their .comment sections).
+# The metadata (not measured) names the kernel (from its bzImage header), the
+# compilers that built the two binaries (their .comment sections) and the
+# linker BIN_DIR/linker-version names (make image: the pinned binutils' ld,
+# which leaves no name in the binaries; the Containerfile's lld does).
+LINKER_VERSION=""
+[ ! -f "$BIN_DIR/linker-version" ] || LINKER_VERSION="$(head -n 1 "$BIN_DIR/linker-version")"
 "$TOOL" eif --kernel "$KERNEL" --cmdline-file "$ENCLAVE/cmdline" \
     --toolchain-from "$BIN_DIR/nautilus-server" --toolchain-from "$BIN_DIR/nautilus-init" \
+    ${LINKER_VERSION:+--toolchain "$LINKER_VERSION"} \
     --ramdisk "$OUT/boot.cpio.gz" --ramdisk "$OUT/app.cpio.gz" \
     --out "$OUT/nitro.eif" --pcrs-out "$OUT/nitro.pcrs" >/dev/null
 rm -rf "$WORK"

@@ -6,8 +6,10 @@
 # deb.debian.org's pool, then snapshot.debian.org by SHA-1), checked against
 # the pin before every use, unpacked once into the cache.
 #
-# Prints the directory holding `cc` (gcc with musl's specs) and `ar`; logs go
-# to stderr.
+# Prints the directory holding `cc` (gcc with musl's specs), `link-gcc` (the
+# same gcc without musl's specs: the linker of rustc, which passes its own musl
+# crt objects and libc; the name ends in -gcc so rustc drives it as gcc) and
+# `ar`; both drivers run the pinned `as` and `ld`. Logs go to stderr.
 #
 # Environment:
 #   CACHE  download cache (default ~/.cache/nautilus/inputs, as build-image.sh)
@@ -78,7 +80,7 @@ done < "$LOCK"
 # One directory per set of pins: a changed pin never reuses an old tree.
 key="$(echo "$PINS" | sha256sum | cut -c1-16)"
 TREE="$BASE/musl-cc/$key"
-if [ ! -x "$TREE/cc" ]; then
+if [ ! -d "$TREE" ]; then
     log "unpacking the pinned C compiler into $TREE"
     mkdir -p "$BASE/musl-cc"
     work="$(mktemp -d "$BASE/musl-cc/.new-XXXXXX")"
@@ -88,30 +90,55 @@ if [ ! -x "$TREE/cc" ]; then
         "$work/usr/lib/x86_64-linux-musl/musl-gcc.specs" > "$work/musl-gcc.specs"
     mkdir -p "$work/bin"
     ln -s ../usr/bin/x86_64-linux-gnu-as "$work/bin/as"
-    # gcc finds cc1 relative to itself; -B names the pinned assembler; the
-    # pinned binutils' own libraries come first.
-    cat > "$work/cc" <<WRAP
-#!/bin/sh
-LD_LIBRARY_PATH="$TREE/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
-    exec "$TREE/usr/bin/x86_64-linux-gnu-gcc-12" -B"$TREE/bin/" "\$@" -specs "$TREE/musl-gcc.specs"
-WRAP
-    cat > "$work/ar" <<WRAP
-#!/bin/sh
-LD_LIBRARY_PATH="$TREE/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
-    exec "$TREE/usr/bin/x86_64-linux-gnu-ar" "\$@"
-WRAP
-    chmod 0755 "$work/cc" "$work/ar"
     # Another build may have unpacked the same pins meanwhile: keep the first.
     mv -T "$work" "$TREE" 2>/dev/null || rm -rf "$work"
 fi
 
-# The compiler must run its own cc1 and as, never a host's.
-for prog in cc1 as; do
-    where="$("$TREE/cc" -print-prog-name=$prog)"
-    case "$where" in
-        "$TREE"/*) ;;
-        *) die "the pinned gcc would run $prog from $where, not from $TREE" ;;
-    esac
+# put NAME: stdin becomes $TREE/NAME (mode 0755) unless it is there. A
+# tree unpacked before a tool was added gets it here; a temporary name and a
+# rename keep a concurrent build from seeing half a file.
+put() {
+    if [ ! -e "$TREE/$1" ] && [ ! -L "$TREE/$1" ]; then
+        cat > "$TREE/.$(basename "$1").$$"
+        chmod 0755 "$TREE/.$(basename "$1").$$"
+        mv -f "$TREE/.$(basename "$1").$$" "$TREE/$1"
+    else
+        cat > /dev/null
+    fi
+}
+# -B names the pinned assembler and linker (gcc looks in -B directories before
+# PATH; collect2 too, through COMPILER_PATH); gcc finds cc1 and collect2
+# relative to itself; the pinned binutils' own libraries come first.
+if [ ! -L "$TREE/bin/ld" ]; then
+    ln -s ../usr/bin/x86_64-linux-gnu-ld "$TREE/bin/.ld.$$"
+    mv -f "$TREE/bin/.ld.$$" "$TREE/bin/ld"
+fi
+put cc <<WRAP
+#!/bin/sh
+LD_LIBRARY_PATH="$TREE/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
+    exec "$TREE/usr/bin/x86_64-linux-gnu-gcc-12" -B"$TREE/bin/" "\$@" -specs "$TREE/musl-gcc.specs"
+WRAP
+put link-gcc <<WRAP
+#!/bin/sh
+LD_LIBRARY_PATH="$TREE/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
+    exec "$TREE/usr/bin/x86_64-linux-gnu-gcc-12" -B"$TREE/bin/" "\$@"
+WRAP
+put ar <<WRAP
+#!/bin/sh
+LD_LIBRARY_PATH="$TREE/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
+    exec "$TREE/usr/bin/x86_64-linux-gnu-ar" "\$@"
+WRAP
+
+# The compiler and the linker driver must run their own cc1, as and ld (and
+# collect2, which runs ld), never a host's.
+for driver in cc link-gcc; do
+    for prog in cc1 as ld collect2; do
+        where="$("$TREE/$driver" -print-prog-name=$prog)"
+        case "$where" in
+            "$TREE"/*) ;;
+            *) die "the pinned gcc ($driver) would run $prog from $where, not from $TREE" ;;
+        esac
+    done
 done
 probe="$(mktemp -d)"
 if ! echo 'int nautilus_probe(void) { return 0; }' > "$probe/p.c" ||

@@ -58,6 +58,11 @@ enum Command {
         /// metadata (`CustomMetadata.Toolchain`; repeatable).
         #[arg(long)]
         toolchain_from: Vec<PathBuf>,
+        /// Also record this tool in `CustomMetadata.Toolchain`: one that
+        /// leaves nothing in the binaries, such as GNU ld's `--version` line
+        /// (repeatable; at most 200 printable characters).
+        #[arg(long)]
+        toolchain: Vec<String>,
         /// Build time recorded in the metadata (default: $SOURCE_DATE_EPOCH, else 0).
         #[arg(long)]
         build_time: Option<i64>,
@@ -179,8 +184,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             image_version,
             kernel_version,
             toolchain_from,
+            toolchain,
             build_time,
         } => {
+            if let Some(tool) = toolchain.iter().find(|t| {
+                t.is_empty() || t.chars().count() > 200 || t.chars().any(char::is_control)
+            }) {
+                bail!(
+                    "--toolchain {tool:?}: name a tool in 1 to 200 printable characters, e.g. the first line of `ld --version`"
+                );
+            }
             let cmdline = std::fs::read_to_string(&cmdline_file)
                 .with_context(|| format!("reading {}", cmdline_file.display()))?;
             let cmdline = cmdline.trim_end_matches('\n');
@@ -203,6 +216,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     if !compilers.contains(&c) {
                         compilers.push(c);
                     }
+                }
+            }
+            for tool in toolchain {
+                if !compilers.contains(&tool) {
+                    compilers.push(tool);
                 }
             }
             let metadata = eif::Metadata::new(&name, &image_version, &kernel_version, build_time)?

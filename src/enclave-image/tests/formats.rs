@@ -380,3 +380,55 @@ fn inputs_are_checked_against_their_pins() {
     assert!(err.to_string().contains("the pin says"), "{err}");
     assert!(enclave_image::verify_digest(&f, "md5:x").is_err());
 }
+
+/// `enclave-image eif --toolchain` adds a tool that leaves no `.comment`
+/// (make image's GNU ld) to `CustomMetadata.Toolchain`; a name with a
+/// control character or too long is refused before anything is written.
+#[test]
+fn eif_toolchain_names_a_tool_in_the_metadata_and_refuses_bad_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("bzImage");
+    fs::write(&kernel, b"not really a kernel").unwrap();
+    let cmdline = dir.path().join("cmdline");
+    fs::write(&cmdline, b"console=ttyS0\n").unwrap();
+    let ramdisk = dir.path().join("ramdisk");
+    fs::write(&ramdisk, b"ramdisk").unwrap();
+    let eif_path = dir.path().join("out.eif");
+    let run = |tool: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_enclave-image"))
+            .arg("eif")
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--cmdline-file")
+            .arg(&cmdline)
+            .arg("--ramdisk")
+            .arg(&ramdisk)
+            .arg("--out")
+            .arg(&eif_path)
+            .args(["--build-time", "0", "--toolchain", tool])
+            .output()
+            .unwrap()
+    };
+
+    for bad in ["", "GNU ld\n2.40", &"x".repeat(201)] {
+        let out = run(bad);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--toolchain"), "{stderr}");
+        assert!(!eif_path.exists(), "{bad:?} wrote an EIF");
+    }
+
+    let out = run("GNU ld (GNU Binutils for Debian) 2.40");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = eif::read_eif(&eif_path, None).unwrap();
+    let metadata = info.metadata.expect("JSON metadata");
+    assert_eq!(
+        metadata["CustomMetadata"]["Toolchain"],
+        serde_json::json!(["GNU ld (GNU Binutils for Debian) 2.40"]),
+        "{metadata}"
+    );
+}

@@ -165,6 +165,39 @@ fn the_pcrs_are_recomputed_independently_and_describe_agrees() {
     assert!(text.contains("EIF version 4"), "{text}");
 }
 
+/// The EIF's metadata names the toolchain of the measured binaries: the pinned
+/// gcc (from the binaries' `.comment`) and the pinned binutils' ld, which
+/// leaves nothing in them, so `make image` names it.
+#[test]
+fn the_metadata_names_the_pinned_compiler_and_linker() {
+    let b = built();
+    let bytes = fs::read(b.out.join("nitro.eif")).unwrap();
+    let metadata = sections(&bytes)
+        .into_iter()
+        .find(|s| s.0 == 5)
+        .expect("a metadata section")
+        .1;
+    let json: serde_json::Value = serde_json::from_slice(metadata).unwrap();
+    let toolchain: Vec<&str> = json["CustomMetadata"]["Toolchain"]
+        .as_array()
+        .expect("CustomMetadata.Toolchain")
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        toolchain.contains(&"GCC: (Debian 12.2.0-14+deb12u1) 12.2.0"),
+        "{toolchain:?}"
+    );
+    assert!(
+        toolchain.contains(&"GNU ld (GNU Binutils for Debian) 2.40"),
+        "{toolchain:?}"
+    );
+    assert!(
+        toolchain.iter().any(|t| t.starts_with("rustc version ")),
+        "{toolchain:?}"
+    );
+}
+
 /// The entries of ramdisk `index` (0 boot, 1 application), unpacked once.
 fn archive(b: &Built, index: usize) -> &'static [ListedEntry] {
     static ARCHIVES: OnceLock<Vec<Vec<ListedEntry>>> = OnceLock::new();

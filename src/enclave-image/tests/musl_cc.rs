@@ -112,3 +112,91 @@ fn a_compiler_package_that_does_not_match_its_pin_is_refused() {
         "something was unpacked"
     );
 }
+
+/// The Rust binaries of the image are linked by the pinned gcc and binutils'
+/// `ld`, not the host's `cc` and `ld` (rustc's musl target names no linker, so
+/// without one it runs `cc` from PATH, and that runs the host's `ld`): the
+/// host's binutils would decide the layout of the measured binaries.
+///
+/// `make enclave-binaries` runs with a PATH whose `cc`, `gcc`, `ld`, ... only
+/// write down that they ran and fail; its cargo is a script that builds a
+/// small Rust program for the enclave's target with the real cargo and the
+/// environment the Makefile gave it (the image's own binaries take minutes).
+#[test]
+fn make_enclave_binaries_links_with_the_pinned_linker_not_the_hosts() {
+    let work = tempfile::tempdir().unwrap();
+    let host_tools = work.path().join("host-tools");
+    let ran = work.path().join("host-tools-ran");
+    std::fs::create_dir(&host_tools).unwrap();
+    for tool in [
+        "cc",
+        "gcc",
+        "c99",
+        "ld",
+        "ld.bfd",
+        "ld.gold",
+        "ld.lld",
+        "x86_64-linux-gnu-gcc",
+        "x86_64-linux-gnu-ld",
+        "x86_64-linux-musl-gcc",
+        "musl-gcc",
+    ] {
+        let path = host_tools.join(tool);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho \"$0 $*\" >> '{}'\nexit 1\n", ran.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+
+    let program = work.path().join("probe");
+    std::fs::create_dir_all(program.join("src")).unwrap();
+    std::fs::write(
+        program.join("Cargo.toml"),
+        "[package]\nname = \"probe\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        program.join("src/main.rs"),
+        "fn main() { println!(\"linked\"); }\n",
+    )
+    .unwrap();
+    let real_cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let cargo = work.path().join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\nexec '{real_cargo}' build --offline --release --target x86_64-unknown-linux-musl \
+             --manifest-path '{}/Cargo.toml' --target-dir '{}/target'\n",
+            program.display(),
+            program.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let path = format!(
+        "{}:{}",
+        host_tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("make")
+        .current_dir(repo())
+        .args(["--no-print-directory", "enclave-binaries"])
+        .arg(format!("CARGO={}", cargo.display()))
+        .env("PATH", &path)
+        .output()
+        .expect("running make");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let host_runs = std::fs::read_to_string(&ran).unwrap_or_default();
+    assert!(
+        host_runs.is_empty(),
+        "the host's tools ran while linking the enclave's binaries:\n{host_runs}\n{stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    let binary = program.join("target/x86_64-unknown-linux-musl/release/probe");
+    let run = Command::new(&binary).output().expect("running the probe");
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "linked\n");
+}
