@@ -12,14 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod support;
-use support::listed_applets;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use support::{listed_applets, outcome, repo};
 
 /// Runs `script` (a copy of enclave/busybox.sh, or the one itself) under
 /// `umask` in `cwd` with `envs`; (success, stdout, stderr).
@@ -29,17 +22,14 @@ fn busybox_sh(
     cwd: &Path,
     envs: &[(&str, &str)],
 ) -> (bool, String, String) {
-    let out = Command::new("sh")
-        .args(["-c", "umask \"$1\" && exec \"$2\"", "sh", umask])
-        .arg(script)
-        .current_dir(cwd)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("running enclave/busybox.sh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    outcome(
+        Command::new("sh")
+            .args(["-c", "umask \"$1\" && exec \"$2\"", "sh", umask])
+            .arg(script)
+            .current_dir(cwd)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("running enclave/busybox.sh"),
     )
 }
 

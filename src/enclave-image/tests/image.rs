@@ -17,14 +17,7 @@ use enclave_image::eif;
 use sha2::{Digest, Sha384};
 
 mod support;
-use support::listed_applets;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use support::{listed_applets, outcome, repo};
 
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
@@ -427,16 +420,11 @@ fn the_images_busybox_offers_exactly_the_applets_run_sh_needs() {
         ),
         "{banner}"
     );
-    let (ok, cached, stderr) = {
-        let out = Command::new(repo().join("enclave/busybox.sh"))
+    let (ok, cached, stderr) = outcome(
+        Command::new(repo().join("enclave/busybox.sh"))
             .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+            .unwrap(),
+    );
     assert!(ok, "{stderr}");
     assert!(
         busybox.data == fs::read(cached.trim()).unwrap(),
@@ -882,6 +870,59 @@ fn two_assemblies_from_two_copies_are_byte_identical() {
 /// (a script) standing in for nautilus-server, the init's
 /// `NAUTILUS_ATTESTATION=attestation`, stdin and stdout (with stderr) piped, in a process
 /// group of its own (kill `-pid` to end everything).
+/// run.sh's console (a chrooted child's stdout) read line by line until one
+/// deadline for the whole test; `seen` keeps every line for the failure
+/// message.
+struct Console {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    deadline: std::time::Instant,
+}
+
+impl Console {
+    fn of(child: &mut std::process::Child) -> Self {
+        use std::io::{BufRead, BufReader};
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Console {
+            lines,
+            seen: Vec::new(),
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// Reads until a line contains `want`; false once the deadline passes.
+    fn wait_for(&mut self, want: &str) -> bool {
+        loop {
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(want);
+                    self.seen.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Takes the lines that have arrived, without waiting.
+    fn drain(&mut self) {
+        self.seen.extend(self.lines.try_iter());
+    }
+}
+
 fn chroot_run_sh(root: &Path, attestation: &str, server: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let image = unpacked_app();
@@ -1064,7 +1105,7 @@ fn no_attestation_means_no_server_and_a_status_saying_why() {
 /// restarted and the new root printed again.
 #[test]
 fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     if !is_root() {
         eprintln!(
             "SKIPPED run_sh_prints_the_dev_root_and_restarts_a_killed_server: needs root (chroot)"
@@ -1078,41 +1119,18 @@ fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
         "#!/bin/sh\nprev=\nfor a in \"$@\"; do [ \"$prev\" = --dev-root-out ] && echo STAND-IN-ROOT > \"$a\"; prev=$a; done\nexec sleep 1000\n",
     );
     let pgid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let wait_for = |want: &str, seen: &mut Vec<String>| loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = line.contains(want);
-                seen.push(line);
-                if hit {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
-    };
-    let mut ok = wait_for("run.sh: attestation mode: dev", &mut seen)
-        && wait_for("nautilus-dev-root-begin", &mut seen)
-        && wait_for("STAND-IN-ROOT", &mut seen)
-        && wait_for("nautilus-dev-root-end", &mut seen);
+    let mut console = Console::of(&mut child);
+    let mut ok = console.wait_for("run.sh: attestation mode: dev")
+        && console.wait_for("nautilus-dev-root-begin")
+        && console.wait_for("STAND-IN-ROOT")
+        && console.wait_for("nautilus-dev-root-end");
     if ok {
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(b"nautilus-kill-server\n").unwrap();
-        ok = wait_for("console asked to kill nautilus-server", &mut seen)
-            && wait_for("exited with status 137", &mut seen)
-            && wait_for("started nautilus-server", &mut seen)
-            && wait_for("nautilus-dev-root-end", &mut seen);
+        ok = console.wait_for("console asked to kill nautilus-server")
+            && console.wait_for("exited with status 137")
+            && console.wait_for("started nautilus-server")
+            && console.wait_for("nautilus-dev-root-end");
         drop(stdin);
     }
     // SAFETY: kill on the process group this test created.
@@ -1121,7 +1139,7 @@ fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
     assert!(
         ok,
         "run.sh did not behave as documented; its output:\n{}",
-        seen.join("\n")
+        console.seen.join("\n")
     );
 }
 
@@ -1133,7 +1151,7 @@ fn run_sh_prints_the_dev_root_and_restarts_a_killed_server() {
 /// server would refuse the flag anyway).
 #[test]
 fn run_sh_takes_an_egress_test_ca_from_the_console_only_in_dev_mode() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     if !is_root() {
         eprintln!("SKIPPED run_sh_takes_an_egress_test_ca_from_the_console_only_in_dev_mode: needs root (chroot)");
         return;
@@ -1145,51 +1163,28 @@ fn run_sh_takes_an_egress_test_ca_from_the_console_only_in_dev_mode() {
         let dir = tempfile::tempdir().unwrap();
         let mut child = chroot_run_sh(dir.path(), mode, SERVER);
         let pgid = child.id() as i32;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let wait_for = |want: &str, seen: &mut Vec<String>| loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = line.contains(want);
-                    seen.push(line);
-                    if hit {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
-            }
-        };
-        let first = wait_for("ARGS ", &mut seen);
-        let first_args = seen.last().cloned().unwrap_or_default();
+        let mut console = Console::of(&mut child);
+        let first = console.wait_for("ARGS ");
+        let first_args = console.seen.last().cloned().unwrap_or_default();
         let mut stdin = child.stdin.take().unwrap();
         stdin
             .write_all(format!("nautilus-egress-test-ca\n{CA}").as_bytes())
             .unwrap();
         let restarted = if mode == "dev" {
-            wait_for("console gave an egress test CA", &mut seen)
-                && wait_for("started nautilus-server", &mut seen)
-                && wait_for("ARGS ", &mut seen)
+            console.wait_for("console gave an egress test CA")
+                && console.wait_for("started nautilus-server")
+                && console.wait_for("ARGS ")
         } else {
             std::thread::sleep(std::time::Duration::from_secs(2));
-            seen.extend(rx.try_iter());
+            console.drain();
             false
         };
-        let last_args = seen.last().cloned().unwrap_or_default();
+        let last_args = console.seen.last().cloned().unwrap_or_default();
         drop(stdin);
         // SAFETY: kill on the process group this test created.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = child.wait();
-        let all = seen.join("\n");
+        let all = console.seen.join("\n");
         let written = fs::read_to_string(dir.path().join("run/egress-test-ca.pem")).ok();
         assert!(
             first && !first_args.contains("--egress-test-ca"),

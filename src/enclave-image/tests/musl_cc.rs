@@ -9,20 +9,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod support;
+use support::{outcome, repo};
 
 /// Runs musl-cc.sh with `envs`; (success, stdout, stderr).
 fn musl_cc(envs: &[(&str, &Path)]) -> (bool, String, String) {
-    let out = Command::new(repo().join("enclave/musl-cc.sh"))
-        .envs(envs.iter().map(|(k, v)| (*k, *v)))
-        .output()
-        .expect("running enclave/musl-cc.sh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    outcome(
+        Command::new(repo().join("enclave/musl-cc.sh"))
+            .envs(envs.iter().map(|(k, v)| (*k, *v)))
+            .output()
+            .expect("running enclave/musl-cc.sh"),
     )
 }
 

@@ -16,12 +16,8 @@ use std::process::Command;
 
 use enclave_image::eif;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod support;
+use support::repo;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
