@@ -92,6 +92,27 @@ for l in lines:
     if m:
         ev.append((int(m[1]), float(m[2]), m[3], m[4]))
 runs, cur = [], None
+
+
+def ended(cur, pid, t, call, args):
+    """The end every run shares: node's exit, the reaper's report, the reply.
+    True once the reply is written."""
+    if call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
+        cur["node_exit"] = t
+    elif call == "write" and "node_exit" in cur and "report" not in cur and args.startswith('3, "\\2\\0\\0\\0'):
+        cur["report"] = t
+    elif call in ("write", "writev", "sendto", "sendmsg") and "report" in cur and "HTTP/1.1" in args:
+        cur["reply"] = t
+        return True
+    return False
+
+
+def show(kind, runs, phases):
+    print(f"{len(runs)} {kind} runs traced; median ms per phase (strace adds to each traced call)")
+    for name, a, b in phases:
+        print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+
+
 if sys.argv[3] == "1":
     for pid, t, call, args in ev:
         if call == "accept4" and "= -1" not in args:
@@ -104,21 +125,14 @@ if sys.argv[3] == "1":
             cur["entry"], cur["node_pid"] = t, pid
         elif call in ("write", "writev") and pid == cur.get("node_pid") and "ok" in args and "first_write" not in cur:
             cur["first_write"] = t
-        elif call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
-            cur["node_exit"] = t
-        elif call == "write" and "node_exit" in cur and "report" not in cur and args.startswith('3, "\\2\\0\\0\\0'):
-            cur["report"] = t
-        elif call in ("write", "writev", "sendto", "sendmsg") and "report" in cur and "HTTP/1.1" in args:
-            cur["reply"] = t
+        elif ended(cur, pid, t, call, args):
             if all(k in cur for k in ("handover", "entry", "first_write")):
                 runs.append(cur)
             cur = None
-    phases = [("request", "accept", "handover"), ("wake", "handover", "entry"), ("task", "entry", "first_write"),
-              ("exit", "first_write", "node_exit"), ("reaper", "node_exit", "report"),
-              ("reply", "report", "reply"), ("total", "accept", "reply")]
-    print(f"{len(runs)} warm runs traced; median ms per phase (strace adds to each traced call)")
-    for name, a, b in phases:
-        print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+    show("warm", runs, [("request", "accept", "handover"), ("wake", "handover", "entry"),
+                        ("task", "entry", "first_write"), ("exit", "first_write", "node_exit"),
+                        ("reaper", "node_exit", "report"), ("reply", "report", "reply"),
+                        ("total", "accept", "reply")])
     sys.exit(0)
 for pid, t, call, args in ev:
     if call == "accept4" and "= -1" not in args and (cur is None or "box" not in cur):
@@ -129,19 +143,11 @@ for pid, t, call, args in ev:
         cur["box"] = t
     elif call == "execve" and "box" in cur and "exec" not in cur:
         cur["exec"], cur["node_pid"] = t, pid
-    elif call == "exit_group" and pid == cur.get("node_pid") and "node_exit" not in cur:
-        cur["node_exit"] = t
-    elif call == "write" and "node_exit" in cur and "report" not in cur and args.startswith('3, "\\2\\0\\0\\0'):
-        cur["report"] = t
-    elif call in ("write", "writev", "sendto", "sendmsg") and "report" in cur and "HTTP/1.1" in args:
-        cur["reply"] = t
+    elif ended(cur, pid, t, call, args):
         runs.append(cur)
         cur = None
-phases = [("request", "accept", "box"), ("box", "box", "exec"), ("node", "exec", "node_exit"),
-          ("reaper", "node_exit", "report"), ("reply", "report", "reply"), ("total", "accept", "reply")]
-print(f"{len(runs)} cold runs traced; median ms per phase (strace adds to each traced call)")
-for name, a, b in phases:
-    print(f"  {name:9} {statistics.median((r[b] - r[a]) * 1000 for r in runs):7.2f}")
+show("cold", runs, [("request", "accept", "box"), ("box", "box", "exec"), ("node", "exec", "node_exit"),
+                    ("reaper", "node_exit", "report"), ("reply", "report", "reply"), ("total", "accept", "reply")])
 bare, start = [], {}
 for l in open(sys.argv[2]).read().splitlines():
     m = re.match(r"(\d+)\s+(\d+\.\d+) (\w+)\((.*)", l)
